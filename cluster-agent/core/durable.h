@@ -1,0 +1,61 @@
+// durable.h - the disk as the core sees it.
+//
+// Each call returns only when the write is durable (the agent implements
+// this with Redis AOF + fsynced files; the simulator with memory that
+// survives a simulated crash). The core calls it synchronously and never
+// acknowledges anything before the call has returned.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "records.h"
+
+namespace porcupine {
+
+struct DurableSnapshot {
+  std::map<MsgId, MessageRecord> records;
+  std::map<std::string, Profile> profiles;
+  std::map<Version, LogEntry> log;
+  std::uint64_t next_seq = 1;  // next MsgId sequence number of this node
+  Time last_version = 0;       // highest version time this node issued
+};
+
+class DurableStore {
+ public:
+  virtual ~DurableStore() = default;
+  virtual DurableSnapshot load() = 0;
+  virtual void put_record(const MessageRecord& r) = 0;
+  virtual void erase_record(const MsgId& id) = 0;
+  virtual void put_profile(const Profile& p) = 0;
+  virtual void put_log(const LogEntry& e) = 0;
+  virtual void erase_log(const Version& id) = 0;
+  virtual void put_counters(std::uint64_t next_seq, Time last_version) = 0;
+};
+
+// Memory-backed store: the simulator's disk, and a fake for unit tests.
+// Its contents outlive the Node that writes to it, as a disk outlives a
+// crashed process.
+class MemoryStore final : public DurableStore {
+ public:
+  DurableSnapshot load() override { return data_; }
+  void put_record(const MessageRecord& r) override { data_.records[r.id] = r; ++writes_; }
+  void erase_record(const MsgId& id) override { data_.records.erase(id); ++writes_; }
+  void put_profile(const Profile& p) override { data_.profiles[p.user] = p; ++writes_; }
+  void put_log(const LogEntry& e) override { data_.log[e.update.id] = e; ++writes_; }
+  void erase_log(const Version& id) override { data_.log.erase(id); ++writes_; }
+  void put_counters(std::uint64_t seq, Time v) override {
+    data_.next_seq = seq;
+    data_.last_version = v;
+    ++writes_;
+  }
+  const DurableSnapshot& data() const { return data_; }
+  std::uint64_t writes() const { return writes_; }
+
+ private:
+  DurableSnapshot data_;
+  std::uint64_t writes_ = 0;
+};
+
+}  // namespace porcupine

@@ -1,0 +1,37 @@
+// env.h - the effects a node's core produces: messages to send, replies to
+// local clients, log lines. The shell (agent or simulator) implements it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "records.h"
+#include "wire.h"
+
+namespace porcupine {
+
+// The answer to one local client operation (deliver, flags, expunge,
+// create user, list). `req` is the id the client passed in.
+struct ClientReply {
+  std::uint64_t req = 0;
+  Status status = Status::Ok;
+  std::string detail;              // human-readable reason on failure
+  MsgId msg;                       // deliver: the new message
+  std::uint32_t uidvalidity = 0;   // deliver
+  std::uint32_t uid = 0;           // deliver
+  std::vector<NodeId> replicas;    // deliver: where it is stored
+  std::vector<MessageRecord> records;  // list: merged view, bodies stripped
+};
+
+class Env {
+ public:
+  virtual ~Env() = default;
+  // Delivers asynchronously, never by calling back into the node (a
+  // message to self included).
+  virtual void send(Envelope e) = 0;
+  virtual void reply(ClientReply r) = 0;
+  virtual void log(const std::string& line) = 0;
+};
+
+}  // namespace porcupine

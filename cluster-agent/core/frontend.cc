@@ -1,0 +1,294 @@
+// frontend.cc - the front-end role: local client operations (what the
+// milter and the Dovecot plugin ask through the agent) turned into calls
+// to the user's manager and to the nodes that store the fragments.
+//
+// Every operation has a deadline (request_timeout) and ends in exactly one
+// Env::reply. Requests to peers are resent until answered or until the
+// deadline: each is idempotent (same update id, or a fresh harmless UID).
+#include <algorithm>
+
+#include "hash.h"
+#include "node.h"
+
+namespace porcupine {
+
+namespace {
+constexpr Time kRetry = 200;
+}
+
+void Node::fe_fail(std::uint64_t id, Status s, const std::string& why) {
+  auto it = pending_.find(id);
+  if (it == pending_.end()) return;
+  if (it->second.client_req != 0 || it->second.kind != Pending::Kind::Audit) {
+    ClientReply r;
+    r.req = it->second.client_req;
+    r.status = s;
+    r.detail = why;
+    env_.reply(std::move(r));
+  }
+  pending_.erase(it);
+}
+
+void Node::create_user(Time now, std::uint64_t req, const std::string& user,
+                       const std::string& password_hash) {
+  std::uint64_t id = new_req();
+  Pending& p = pending_[id];
+  p.kind = Pending::Kind::CreateUser;
+  p.client_req = req;
+  p.deadline = now + cfg_.request_timeout;
+  p.user = canonical_user(user);
+  p.body = password_hash;
+  p.retry_at = now;  // sent by fe_tick, which also resends
+  fe_tick(now);
+}
+
+void Node::deliver(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
+                   std::string body) {
+  std::uint64_t id = new_req();
+  Pending& p = pending_[id];
+  p.kind = Pending::Kind::Alloc;
+  p.client_req = req;
+  p.deadline = now + cfg_.request_timeout;
+  p.user = canonical_user(user);
+  p.folder = folder;
+  p.body = std::move(body);
+  p.retry_at = now;
+  fe_tick(now);
+}
+
+void Node::list(Time now, std::uint64_t req, const std::string& user, const std::string& folder) {
+  std::uint64_t id = new_req();
+  Pending& p = pending_[id];
+  p.kind = Pending::Kind::Map;
+  p.client_req = req;
+  p.deadline = now + cfg_.request_timeout;
+  p.user = canonical_user(user);
+  p.folder = folder;
+  p.retry_at = now;
+  fe_tick(now);
+}
+
+namespace {
+Update mutation(Update::Kind kind, const MessageRecord& target) {
+  Update u;
+  u.kind = kind;
+  u.replicas = target.replicas;
+  u.record.id = target.id;
+  u.record.user = target.user;
+  u.record.folder = target.folder;
+  return u;
+}
+}  // namespace
+
+void Node::set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags) {
+  std::uint64_t id = new_req();
+  Pending& p = pending_[id];
+  p.kind = Pending::Kind::Mutate;
+  p.client_req = req;
+  p.deadline = now + cfg_.request_timeout;
+  p.update = mutation(Update::Kind::Flags, target);
+  p.update.id = next_version(now);
+  p.update.record.flags = flags;
+  p.retry_at = now;
+  fe_tick(now);
+}
+
+void Node::expunge(Time now, std::uint64_t req, const MessageRecord& target) {
+  std::uint64_t id = new_req();
+  Pending& p = pending_[id];
+  p.kind = Pending::Kind::Mutate;
+  p.client_req = req;
+  p.deadline = now + cfg_.request_timeout;
+  p.update = mutation(Update::Kind::Expunge, target);
+  p.update.id = next_version(now);
+  p.retry_at = now;
+  fe_tick(now);
+}
+
+void Node::fe_tick(Time now) {
+  std::vector<std::uint64_t> expired;
+  for (auto& [id, p] : pending_) {
+    if (now >= p.deadline) {
+      expired.push_back(id);
+      continue;
+    }
+    if (p.retry_at == 0 || now < p.retry_at) continue;
+    p.retry_at = now + kRetry;
+    NodeId mgr = membership_.in_group() ? membership_.manager_of(bucket(p.user)) : kNoNode;
+    switch (p.kind) {
+      case Pending::Kind::CreateUser:
+        send(mgr, CreateUserRequest{id, p.user, p.body});
+        break;
+      case Pending::Kind::Alloc:
+        send(mgr, AllocRequest{id, p.user, p.folder});
+        break;
+      case Pending::Kind::Map:
+        send(mgr, MapRequest{id, p.user, p.folder});
+        break;
+      case Pending::Kind::Store:
+        p.retry_at = now + cfg_.push_retry;
+        send(p.peer, StoreRequest{id, p.update});
+        break;
+      case Pending::Kind::Mutate: {
+        // Any live replica can coordinate; rotate through them on retries.
+        NodeId to = kNoNode;
+        for (NodeId r : p.update.replicas)
+          if (live(r) && r != p.peer) { to = r; break; }
+        if (to == kNoNode)
+          for (NodeId r : p.update.replicas)
+            if (live(r)) { to = r; break; }
+        p.peer = to;
+        send(to, MutateRequest{id, p.update});
+        break;
+      }
+      case Pending::Kind::List:
+      case Pending::Kind::Audit:
+        for (NodeId n : p.awaiting) send(n, ListRequest{id, p.user, p.folder});
+        break;
+    }
+  }
+  for (std::uint64_t id : expired) {
+    Pending& p = pending_[id];
+    if (p.kind == Pending::Kind::List || p.kind == Pending::Kind::Audit) {
+      fe_finish_list(id);  // answer with what the reachable nodes gave
+    } else {
+      fe_fail(id, Status::TryAgain, "cluster did not answer in time");
+    }
+  }
+}
+
+void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& nodes) {
+  Pending& p = pending_[id];
+  p.awaiting.clear();
+  for (NodeId n : nodes)
+    if (live(n)) p.awaiting.insert(n);
+  if (p.awaiting.empty()) {
+    fe_finish_list(id);
+    return;
+  }
+  p.retry_at = now + cfg_.push_retry;
+  for (NodeId n : p.awaiting) send(n, ListRequest{id, p.user, p.folder});
+}
+
+void Node::fe_finish_list(std::uint64_t id) {
+  auto it = pending_.find(id);
+  if (it == pending_.end()) return;
+  Pending p = std::move(it->second);
+  pending_.erase(it);
+  if (p.kind == Pending::Kind::Audit) {
+    on_audit_done(now_, p);
+    return;
+  }
+  ClientReply r;
+  r.req = p.client_req;
+  for (auto& [mid, rec] : p.gathered)
+    if (rec.has_body && !rec.expunged) r.records.push_back(rec);
+  std::sort(r.records.begin(), r.records.end(),
+            [](const MessageRecord& a, const MessageRecord& b) { return a.uid < b.uid; });
+  if (!p.awaiting.empty()) r.detail = "some fragments unreachable";
+  env_.reply(std::move(r));
+}
+
+void Node::fe_reply(NodeId from, const Message& m) {
+  auto find = [this](std::uint64_t req) -> Pending* {
+    auto it = pending_.find(req);
+    return it == pending_.end() ? nullptr : &it->second;
+  };
+  if (const auto* a = std::get_if<AllocReply>(&m)) {
+    Pending* p = find(a->req);
+    if (!p || p->kind != Pending::Kind::Alloc) return;
+    if (a->status == Status::NoSuchUser) return fe_fail(a->req, Status::NoSuchUser, "no such user");
+    if (a->status != Status::Ok) {
+      p->retry_at = now_ + kRetry;
+      return;
+    }
+    Update u;
+    u.id = next_version(now_);
+    u.kind = Update::Kind::Store;
+    u.replicas = a->nodes;
+    u.record.id = MsgId{cfg_.self, next_seq_++};
+    persist_counters();
+    u.record.user = p->user;
+    u.record.folder = p->folder;
+    u.record.body = std::move(p->body);
+    u.record.internal_date = now_;
+    u.record.uidvalidity = a->uidvalidity;
+    u.record.uid = a->uid;
+    u.record.uid_term = a->term;
+    p->kind = Pending::Kind::Store;
+    p->update = std::move(u);
+    p->peer = a->nodes.front();
+    p->retry_at = now_ + cfg_.push_retry;
+    send(p->peer, StoreRequest{a->req, p->update});
+  } else if (const auto* o = std::get_if<OpReply>(&m)) {
+    Pending* p = find(o->req);
+    if (!p) return;
+    if (o->status == Status::Ok) {
+      ClientReply r;
+      r.req = p->client_req;
+      if (p->kind == Pending::Kind::Store) {
+        r.msg = p->update.record.id;
+        r.uidvalidity = p->update.record.uidvalidity;
+        r.uid = p->update.record.uid;
+        r.replicas = p->update.replicas;
+      }
+      pending_.erase(o->req);
+      env_.reply(std::move(r));
+    } else if (o->status == Status::Exists || o->status == Status::NoSuchUser) {
+      fe_fail(o->req, o->status, status_name(o->status));
+    } else {
+      p->retry_at = now_ + kRetry;
+    }
+  } else if (const auto* mr = std::get_if<MapReply>(&m)) {
+    Pending* p = find(mr->req);
+    if (!p || p->kind != Pending::Kind::Map) return;
+    if (mr->status == Status::NoSuchUser) return fe_fail(mr->req, Status::NoSuchUser, "no such user");
+    if (mr->status != Status::Ok) {
+      p->retry_at = now_ + kRetry;
+      return;
+    }
+    p->kind = Pending::Kind::List;
+    fe_gather(now_, mr->req, mr->nodes);
+  } else if (const auto* l = std::get_if<ListReply>(&m)) {
+    Pending* p = find(l->req);
+    if (!p || (p->kind != Pending::Kind::List && p->kind != Pending::Kind::Audit)) return;
+    if (!p->awaiting.erase(from)) return;
+    for (const auto& rec : l->records) {
+      auto [it, fresh] = p->gathered.try_emplace(rec.id, rec);
+      if (!fresh) merge_record(it->second, rec, now_);
+    }
+    if (p->awaiting.empty()) fe_finish_list(l->req);
+  }
+}
+
+void Node::serve_list(NodeId from, const ListRequest& l) {
+  ListReply rep;
+  rep.req = l.req;
+  for (const MsgId& id : repl_.user_records(l.user)) {
+    const MessageRecord& r = repl_.records().at(id);
+    if (r.folder != l.folder) continue;
+    MessageRecord copy = r;
+    copy.body.clear();  // has_body stays: the list says the body is here
+    rep.records.push_back(std::move(copy));
+  }
+  send(from, std::move(rep));
+}
+
+void Node::serve_store(Time now, NodeId from, const StoreRequest& s) {
+  const Version id = s.update.id;
+  auto rec = repl_.records().find(s.update.record.id);
+  bool held = rec != repl_.records().end() && (rec->second.has_body || rec->second.expunged);
+  if (held && !repl_.log().count(id)) {
+    send(from, OpReply{s.req, Status::Ok});  // a resend of a store already complete
+    return;
+  }
+  stores_[id] = StoreWaiter{from, s.req};
+  if (!held) repl_.coordinate(now, s.update);
+}
+
+void Node::serve_mutate(Time now, NodeId from, const MutateRequest& m) {
+  repl_.coordinate(now, m.update);
+  send(from, OpReply{m.req, Status::Ok});
+}
+
+}  // namespace porcupine

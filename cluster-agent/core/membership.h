@@ -1,0 +1,93 @@
+// membership.h - failure detection and the three-round membership protocol.
+//
+// Owns the soft state "who is in the group, at which epoch, and which node
+// manages each bucket". Pure state machine: driven by tick() and
+// on_message(); sends through the callback it is given; reads no clock.
+//
+// Protocol (docs/protocols.md, "Membership"):
+//  * each member probes its successor in the id-ordered ring every
+//    probe_interval; silence for probe_timeout makes it suspect a change;
+//  * the lowest-id member also probes known non-members (discovery), so a
+//    recovered node or the other side of a healed partition is found;
+//  * a probe or ack carrying another epoch also means a change;
+//  * on a change the node becomes coordinator: round 1 NewGroup(epoch =
+//    (time, id)) to every known node; round 2 each node that has promised
+//    nothing higher answers Accept (with its weight and user map); round 3
+//    after accept_window the coordinator commits the members that accepted
+//    and the new user map. A higher epoch always pre-empts a lower one.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <optional>
+#include <set>
+#include <vector>
+
+#include "config.h"
+#include "user_map.h"
+#include "wire.h"
+
+namespace porcupine {
+
+class Membership {
+ public:
+  struct Change {
+    Epoch old_epoch, epoch;
+    std::vector<MemberWeight> old_members, members;
+    UserMap old_map, map;
+  };
+  using SendFn = std::function<void(NodeId, Message)>;
+  using LogFn = std::function<void(const std::string&)>;
+  using ChangeFn = std::function<void(const Change&)>;
+
+  Membership(const CoreConfig& cfg, SendFn send, LogFn log, ChangeFn on_change);
+
+  void start(Time now);
+  void tick(Time now);
+  // Handles Probe, ProbeAck, NewGroup, Accept, Commit; ignores the rest.
+  void on_message(Time now, NodeId from, const Message& m);
+
+  const Epoch& epoch() const { return epoch_; }
+  const std::vector<MemberWeight>& members() const { return members_; }
+  const UserMap& map() const { return map_; }
+  bool is_member(NodeId n) const;
+  bool in_group() const { return !members_.empty(); }
+  NodeId manager_of(Bucket b) const { return b < map_.size() ? map_[b] : kNoNode; }
+  bool coordinating() const { return coord_.has_value(); }
+  const std::set<NodeId>& known() const { return known_; }
+  void learn(NodeId n);
+
+ private:
+  struct Round {
+    Epoch epoch;
+    Time deadline = 0;
+    std::map<NodeId, Accept> accepted;
+  };
+
+  void coordinate(Time now, const char* why);
+  void maybe_coordinate(Time now, const char* why);  // rate-limited by reconfig_backoff
+  void finish_round(Time now);
+  void install(Time now, const Commit& c);
+  Epoch next_epoch(Time now) const;
+  NodeId successor() const;
+
+  const CoreConfig& cfg_;
+  SendFn send_;
+  LogFn log_;
+  ChangeFn on_change_;
+
+  Epoch epoch_;      // installed
+  Epoch promised_;   // highest epoch accepted (>= epoch_)
+  Time promised_at_ = 0;
+  std::vector<MemberWeight> members_;  // sorted by id
+  UserMap map_;
+  Epoch map_epoch_;
+  std::set<NodeId> known_;
+  std::optional<Round> coord_;
+  Time last_round_end_ = -1'000'000;
+  Time last_probe_ = 0;
+  Time last_discovery_ = 0;
+  std::map<NodeId, Time> last_heard_;
+};
+
+}  // namespace porcupine

@@ -1,0 +1,148 @@
+// node.cc - wiring of the node's roles and dispatch of peer messages.
+#include "node.h"
+
+#include <algorithm>
+
+#include "hash.h"
+
+namespace porcupine {
+
+Node::Node(CoreConfig cfg, Env& env, DurableStore& disk)
+    : cfg_(std::move(cfg)),
+      env_(env),
+      disk_(disk),
+      membership_(
+          cfg_, [this](NodeId to, Message m) { send(to, std::move(m)); },
+          [this](const std::string& l) { env_.log(l); },
+          [this](const Membership::Change& ch) { on_change(ch); }),
+      repl_(
+          cfg_, disk_, [this](NodeId to, Message m) { send(to, std::move(m)); },
+          [this](const std::string& l) { env_.log(l); }) {
+  repl_.on_user_changed = [this](const std::string& u) { rep_user_changed(u); };
+  repl_.on_complete = [this](const Version& id) {
+    auto it = stores_.find(id);
+    if (it == stores_.end()) return;
+    StoreWaiter w = it->second;
+    stores_.erase(it);
+    send(w.peer, OpReply{w.req, Status::Ok});
+  };
+}
+
+void Node::start(Time now) {
+  now_ = now;
+  DurableSnapshot snap = disk_.load();
+  next_seq_ = snap.next_seq;
+  last_version_ = snap.last_version;
+  repl_.load(snap, now);
+  for (const auto& [id, r] : snap.records)
+    for (NodeId n : r.replicas) membership_.learn(n);
+  membership_.start(now);
+}
+
+std::uint32_t Node::load() const {
+  // Pending disk work: updates still being replicated plus stores in flight.
+  return static_cast<std::uint32_t>(repl_.backlog() + stores_.size());
+}
+
+void Node::send(NodeId to, Message m) {
+  // Messages to self go through the shell as well, so no handler ever
+  // re-enters the node while it is iterating its own state.
+  if (to == kNoNode) return;
+  env_.send(Envelope{cfg_.self, to, load(), std::move(m)});
+}
+
+bool Node::live(NodeId n) const { return n == cfg_.self || membership_.is_member(n); }
+
+Version Node::next_version(Time now) {
+  last_version_ = std::max(now, last_version_ + 1);
+  persist_counters();
+  return Version{last_version_, cfg_.self};
+}
+
+void Node::persist_counters() { disk_.put_counters(next_seq_, last_version_); }
+
+Bucket Node::bucket(const std::string& user) const { return bucket_of(user, cfg_.buckets); }
+
+bool Node::manages(const std::string& user) const {
+  return membership_.in_group() && membership_.manager_of(bucket(user)) == cfg_.self;
+}
+
+void Node::on_change(const Membership::Change& ch) {
+  mgr_on_change(now_, ch);
+  rep_on_change(ch);
+}
+
+void Node::tick(Time now) {
+  now_ = now;
+  membership_.tick(now);
+  repl_.tick(now, [this](NodeId n) { return live(n); });
+  mgr_tick(now);
+  rep_tick(now);
+  fe_tick(now);
+}
+
+void Node::receive(Time now, const Envelope& e) {
+  now_ = std::max(now_, now);
+  if (e.from != cfg_.self) loads_[e.from] = e.load;
+  const Message& m = e.body;
+  std::visit(
+      [&](const auto& msg) {
+        using T = std::decay_t<decltype(msg)>;
+        if constexpr (std::is_same_v<T, Probe> || std::is_same_v<T, ProbeAck> ||
+                      std::is_same_v<T, NewGroup> || std::is_same_v<T, Accept> ||
+                      std::is_same_v<T, Commit>) {
+          membership_.on_message(now_, e.from, m);
+        } else if constexpr (std::is_same_v<T, Report>) {
+          mgr_report(now_, e.from, msg);
+        } else if constexpr (std::is_same_v<T, ReportAck>) {
+          rep_ack(now_, e.from, msg);
+        } else if constexpr (std::is_same_v<T, ReportPoll>) {
+          rep_poll(msg);
+        } else if constexpr (std::is_same_v<T, AllocRequest>) {
+          mgr_alloc(now_, e.from, msg);
+        } else if constexpr (std::is_same_v<T, CreateUserRequest>) {
+          mgr_create_user(now_, e.from, msg);
+        } else if constexpr (std::is_same_v<T, MapRequest>) {
+          mgr_map(e.from, msg);
+        } else if constexpr (std::is_same_v<T, StoreRequest>) {
+          serve_store(now_, e.from, msg);
+        } else if constexpr (std::is_same_v<T, MutateRequest>) {
+          serve_mutate(now_, e.from, msg);
+        } else if constexpr (std::is_same_v<T, Push>) {
+          repl_.on_push(now_, e.from, msg);
+        } else if constexpr (std::is_same_v<T, PushAck>) {
+          repl_.on_ack(now_, e.from, msg);
+        } else if constexpr (std::is_same_v<T, Retire>) {
+          repl_.on_retire(msg);
+        } else if constexpr (std::is_same_v<T, ListRequest>) {
+          serve_list(e.from, msg);
+        } else {
+          fe_reply(e.from, m);  // AllocReply, MapReply, OpReply, ListReply
+        }
+      },
+      m);
+}
+
+const char* status_name(Status s) {
+  switch (s) {
+    case Status::Ok: return "ok";
+    case Status::TryAgain: return "try-again";
+    case Status::NoSuchUser: return "no-such-user";
+    case Status::Exists: return "exists";
+    case Status::NotManager: return "not-manager";
+    case Status::Failed: return "failed";
+  }
+  return "?";
+}
+
+const char* message_name(const Message& m) {
+  static const char* const names[] = {
+      "Probe",      "ProbeAck",  "NewGroup",     "Accept",        "Commit",   "Report",
+      "ReportAck",  "ReportPoll", "AllocRequest", "AllocReply",
+      "CreateUserRequest", "MapRequest", "MapReply", "StoreRequest", "MutateRequest",
+      "OpReply",    "Push",      "PushAck",      "Retire",        "ListRequest", "ListReply"};
+  static_assert(sizeof(names) / sizeof(names[0]) == std::variant_size_v<Message>);
+  return names[m.index()];
+}
+
+}  // namespace porcupine

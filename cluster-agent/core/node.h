@@ -1,0 +1,168 @@
+// node.h - one node's cluster core: membership, replication, the manager
+// role (mail maps, profiles, UIDs, placement) and the front-end role
+// (local client operations), wired together.
+//
+// Pure state machine. The shell calls start(), then tick() every 100 ms or
+// so, receive() for each message from a peer, and the client operations
+// for local requests; effects leave through Env and the DurableStore.
+// Single-threaded: every call must come from the same thread.
+//
+// Files: node.cc (wiring, dispatch), manager.cc (manager role),
+// report.cc (mail-map reporting), frontend.cc (client operations).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "config.h"
+#include "durable.h"
+#include "env.h"
+#include "membership.h"
+#include "placement.h"
+#include "replication.h"
+
+namespace porcupine {
+
+class Node {
+ public:
+  Node(CoreConfig cfg, Env& env, DurableStore& disk);
+
+  void start(Time now);
+  void tick(Time now);
+  void receive(Time now, const Envelope& e);
+
+  // ---- local client operations; each ends in exactly one Env::reply ----
+  void create_user(Time now, std::uint64_t req, const std::string& user,
+                   const std::string& password_hash);
+  void deliver(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
+               std::string body);
+  // `target` needs id, user, folder and replicas (as a list or deliver gave them).
+  void set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags);
+  void expunge(Time now, std::uint64_t req, const MessageRecord& target);
+  void list(Time now, std::uint64_t req, const std::string& user, const std::string& folder);
+
+  // ---- observation (status, tests, the simulator's checker) ----
+  struct MgrFolder {
+    std::set<NodeId> nodes;        // the mail map: nodes holding fragments
+    std::uint32_t uidvalidity = 0;
+    std::uint32_t next_uid = 1;
+    // UIDs stamped under the current UIDVALIDITY, per manager term. Terms
+    // must hold disjoint ranges in epoch order; anything else proves two
+    // managers (a partition, a lost reservation) handed out UIDs blind.
+    std::map<Epoch, std::pair<std::uint32_t, std::uint32_t>> ranges;
+    std::map<Epoch, std::pair<std::uint32_t, std::uint32_t>> legacy;  // older UIDVALIDITYs
+    bool audit_due = false;        // duplicates may exist: list the holders and re-stamp
+    bool audit_running = false;
+  };
+  struct MgrUser {
+    std::optional<Profile> profile;
+    std::map<std::string, MgrFolder> folders;
+  };
+  NodeId id() const { return cfg_.self; }
+  const CoreConfig& config() const { return cfg_; }
+  const Membership& membership() const { return membership_; }
+  const Replicator& replicator() const { return repl_; }
+  std::uint32_t load() const;
+  const MgrUser* managed_user(const std::string& user) const;
+  bool bucket_ready(Bucket b) const;
+  std::size_t pending_reports() const { return report_buckets_.size() + dirty_users_.size(); }
+
+ private:
+  // front-end work in flight (frontend.cc), and manager audits
+  struct Pending {
+    enum class Kind { CreateUser, Alloc, Store, Mutate, Map, List, Audit } kind;
+    std::uint64_t client_req = 0;  // the local client's id (0 for internal work)
+    Time deadline = 0;
+    Time retry_at = 0;
+    NodeId peer = kNoNode;
+    std::string user, folder, body;
+    Update update;
+    std::set<NodeId> awaiting;                    // List/Audit: nodes still to answer
+    std::map<MsgId, MessageRecord> gathered;      // List/Audit: merged records
+    std::uint32_t uidvalidity = 0;
+  };
+
+  // frontend.cc
+  // node.cc
+  void send(NodeId to, Message m);
+  void on_change(const Membership::Change& ch);
+  bool live(NodeId n) const;
+  Version next_version(Time now);
+  void persist_counters();
+  Bucket bucket(const std::string& user) const;
+  bool manages(const std::string& user) const;
+
+  // manager.cc
+  void mgr_on_change(Time now, const Membership::Change& ch);
+  void mgr_report(Time now, NodeId from, const Report& r);
+  void mgr_alloc(Time now, NodeId from, const AllocRequest& a);
+  void mgr_create_user(Time now, NodeId from, const CreateUserRequest& c);
+  void mgr_map(NodeId from, const MapRequest& m);
+  void mgr_tick(Time now);
+  void absorb_range(Time now, const std::string& user, const std::string& folder, MgrFolder& f,
+                    const UidRange& r);
+  void on_audit_done(Time now, Pending& p);
+  std::uint32_t take_uid(Time now, const std::string& user, const std::string& folder, MgrFolder& f);
+  void bump_validity(Time now, const std::string& user, const std::string& folder, MgrFolder& f,
+                     std::uint32_t above);
+  void write_profile(Time now, MgrUser& u);
+  void start_audit(Time now, const std::string& user, const std::string& folder);
+  std::vector<NodeLoad> live_loads() const;
+
+  // report.cc
+  void rep_on_change(const Membership::Change& ch);
+  void rep_user_changed(const std::string& user);
+  void rep_tick(Time now);
+  void rep_ack(Time now, NodeId from, const ReportAck& a);
+  void rep_poll(const ReportPoll& p);
+  ReportEntry summarize(const std::string& user, const std::string& folder) const;
+
+  std::uint64_t new_req() { return next_req_++; }
+  void fe_reply(NodeId from, const Message& m);
+  void fe_tick(Time now);
+  void fe_fail(std::uint64_t id, Status s, const std::string& why);
+  void fe_send_alloc(Time now, Pending& p, std::uint64_t id);
+  void fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& nodes);
+  void fe_finish_list(std::uint64_t id);
+  void serve_list(NodeId from, const ListRequest& l);
+  void serve_store(Time now, NodeId from, const StoreRequest& s);
+  void serve_mutate(Time now, NodeId from, const MutateRequest& m);
+
+  CoreConfig cfg_;
+  Env& env_;
+  DurableStore& disk_;
+  Time now_ = 0;
+  Membership membership_;
+  Replicator repl_;
+  std::uint64_t next_seq_ = 1;
+  Time last_version_ = 0;
+  std::uint64_t next_req_ = 1;
+
+  // manager role (soft state)
+  std::map<Bucket, std::map<std::string, MgrUser>> managed_;
+  std::map<NodeId, std::uint32_t> loads_;          // load table, piggybacked on every message
+  std::map<Bucket, std::set<NodeId>> awaiting_;   // bucket -> members yet to report
+  std::map<Bucket, std::set<NodeId>> reported_;   // bucket -> members that have reported
+  std::set<std::pair<std::string, std::string>> audits_due_;  // (user, folder)
+  std::set<Bucket> blind_takeover_;  // moved here from a manager no longer in the group
+  Time awaiting_since_ = 0;
+  Time last_poll_ = 0;
+
+  // reporter role (soft state)
+  std::set<Bucket> report_buckets_;
+  std::map<std::string, std::uint64_t> dirty_users_;  // user -> generation
+  std::uint64_t dirty_gen_ = 0;
+  Time next_report_ = 0;
+
+  // front-end role (soft state)
+  std::map<std::uint64_t, Pending> pending_;
+  struct StoreWaiter { NodeId peer; std::uint64_t req; };
+  std::map<Version, StoreWaiter> stores_;
+};
+
+}  // namespace porcupine

@@ -1,0 +1,95 @@
+// records.h - the hard state of a node: message records, user profiles,
+// and replication log entries (updates not yet known to all replicas).
+//
+// Plain values with their merge rules. The DurableStore (durable.h) keeps
+// them; the Replicator owns the in-memory copies.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "types.h"
+
+namespace porcupine {
+
+// One message as one replica holds it. The body is immutable; flags, the
+// UID stamp and the expunge mark are mutable, each with its own version
+// (last writer wins per attribute). An expunged record without a body is
+// a death certificate.
+struct MessageRecord {
+  MsgId id;
+  std::string user;    // canonical address
+  std::string folder;  // e.g. "INBOX"
+  std::vector<NodeId> replicas;  // every node that should hold this record
+  bool has_body = false;
+  std::string body;
+  Time internal_date = 0;
+
+  std::uint32_t uidvalidity = 0;
+  std::uint32_t uid = 0;
+  Epoch uid_term;  // membership epoch of the manager that stamped the UID
+  Version uid_version;
+
+  std::uint32_t flags = 0;
+  Version flags_version;
+
+  bool expunged = false;
+  Version expunge_version;
+  Time expunged_at = 0;  // local time the death certificate was written
+
+  bool operator==(const MessageRecord&) const = default;
+};
+
+// Merge `in` into `cur`, attribute by attribute (Thomas write rule).
+// Expunge is sticky: once expunged, always expunged. Returns true if
+// anything changed.
+bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now);
+
+// Per-folder UID state kept in the profile. Merged by max, so it only grows.
+struct FolderMeta {
+  std::uint32_t uidvalidity = 0;
+  std::uint32_t uid_reserved = 0;  // highest UID a manager may have handed out
+  bool operator==(const FolderMeta&) const = default;
+};
+
+// A user's profile: scalar fields last-writer-wins by `version`; folder
+// metadata max-merged so concurrent writers never lose a reservation.
+struct Profile {
+  std::string user;
+  Version version;
+  std::string password_hash;
+  std::uint64_t quota_bytes = 0;  // 0 = unlimited
+  bool enabled = true;
+  std::map<std::string, FolderMeta> folders;
+  std::vector<NodeId> holders;  // nodes that keep a replica of this profile
+
+  bool operator==(const Profile&) const = default;
+};
+
+bool merge_profile(Profile& cur, const Profile& in);
+
+// One replicated update. Its id (a Version, unique cluster-wide) is also
+// the version it writes.
+struct Update {
+  enum class Kind : std::uint8_t { Store, Flags, Expunge, SetUid, Profile };
+  Version id;
+  Kind kind = Kind::Store;
+  NodeId coordinator = kNoNode;
+  std::vector<NodeId> replicas;
+  MessageRecord record;  // Store: the whole record; others: id/user/folder + changed field
+  Profile profile;       // Profile
+};
+
+const char* kind_name(Update::Kind k);
+
+// What the node does with an update until every replica has it.
+struct LogEntry {
+  Update update;
+  std::set<NodeId> have;  // replicas known to hold it (always includes self if a replica)
+};
+
+}  // namespace porcupine

@@ -1,0 +1,210 @@
+// replication.cc - see replication.h for the protocol.
+#include "replication.h"
+
+#include <algorithm>
+
+namespace porcupine {
+
+namespace {
+bool contains(const std::vector<NodeId>& v, NodeId n) {
+  return std::find(v.begin(), v.end(), n) != v.end();
+}
+}  // namespace
+
+Replicator::Replicator(const CoreConfig& cfg, DurableStore& disk, SendFn send, LogFn log)
+    : cfg_(cfg), disk_(disk), send_(std::move(send)), log_fn_(std::move(log)) {}
+
+void Replicator::load(const DurableSnapshot& snap, Time now) {
+  records_ = snap.records;
+  profiles_ = snap.profiles;
+  log_ = snap.log;
+  by_user_.clear();
+  for (const auto& [id, r] : records_) by_user_[r.user].insert(id);
+  for (const auto& [id, e] : log_) {
+    next_push_[id] = now;  // resume pushing at once after a restart
+    logged_at_[id] = now;
+  }
+}
+
+const std::set<MsgId>& Replicator::user_records(const std::string& user) const {
+  static const std::set<MsgId> none;
+  auto it = by_user_.find(user);
+  return it == by_user_.end() ? none : it->second;
+}
+
+std::set<std::string> Replicator::local_users() const {
+  std::set<std::string> out;
+  for (const auto& [u, ids] : by_user_) out.insert(u);
+  for (const auto& [u, p] : profiles_) out.insert(u);
+  return out;
+}
+
+void Replicator::apply(Time now, const Update& u) {
+  if (u.kind == Update::Kind::Profile) {
+    auto [it, fresh] = profiles_.try_emplace(u.profile.user, Profile{});
+    if (merge_profile(it->second, u.profile) || fresh) {
+      disk_.put_profile(it->second);
+      if (fresh && on_user_changed) on_user_changed(u.profile.user);
+    }
+    return;
+  }
+  MessageRecord in = u.record;
+  in.replicas = u.replicas;
+  switch (u.kind) {
+    case Update::Kind::Store:
+      in.has_body = true;
+      in.uid_version = in.flags_version = u.id;
+      break;
+    case Update::Kind::Flags: in.flags_version = u.id; break;
+    case Update::Kind::Expunge:
+      in.expunged = true;
+      in.expunge_version = u.id;
+      break;
+    case Update::Kind::SetUid: in.uid_version = u.id; break;
+    case Update::Kind::Profile: break;
+  }
+  auto it = records_.find(in.id);
+  bool fresh = it == records_.end();
+  if (fresh) {
+    MessageRecord stub;
+    stub.id = in.id;
+    stub.user = in.user;
+    stub.folder = in.folder;
+    it = records_.emplace(in.id, std::move(stub)).first;
+    by_user_[in.user].insert(in.id);
+  }
+  bool was_live = !fresh && it->second.has_body && !it->second.expunged;
+  bool changed = merge_record(it->second, in, now);
+  if (changed || fresh) disk_.put_record(it->second);
+  bool is_live = it->second.has_body && !it->second.expunged;
+  if ((fresh || was_live != is_live || u.kind == Update::Kind::SetUid) && on_user_changed)
+    on_user_changed(in.user);
+}
+
+bool Replicator::is_complete(const LogEntry& e) const {
+  for (NodeId r : e.update.replicas)
+    if (!e.have.count(r)) return false;
+  return true;
+}
+
+void Replicator::push_missing(const LogEntry& e, const LiveFn* live) {
+  std::vector<NodeId> have(e.have.begin(), e.have.end());
+  for (NodeId r : e.update.replicas) {
+    if (r == cfg_.self || e.have.count(r)) continue;
+    if (live && !(*live)(r)) continue;  // never wait on a dead replica; retried when it returns
+    send_(r, Push{e.update, have});
+  }
+}
+
+void Replicator::complete(const Version& id) {
+  auto it = log_.find(id);
+  if (it == log_.end()) return;
+  if (it->second.update.coordinator == cfg_.self)
+    for (NodeId r : it->second.update.replicas)
+      if (r != cfg_.self) send_(r, Retire{id});
+  log_.erase(it);
+  next_push_.erase(id);
+  logged_at_.erase(id);
+  disk_.erase_log(id);
+  if (on_complete) on_complete(id);
+}
+
+void Replicator::coordinate(Time now, Update u) {
+  u.coordinator = cfg_.self;
+  bool replica = contains(u.replicas, cfg_.self);
+  if (replica) apply(now, u);
+  LogEntry e;
+  e.update = std::move(u);
+  if (replica) e.have.insert(cfg_.self);
+  Version id = e.update.id;
+  if (is_complete(e)) {  // R = 1: nothing to push
+    if (on_complete) on_complete(id);
+    return;
+  }
+  disk_.put_log(e);
+  push_missing(e, nullptr);
+  next_push_[id] = now + cfg_.push_retry;
+  logged_at_[id] = now;
+  log_[id] = std::move(e);
+}
+
+void Replicator::on_push(Time now, NodeId from, const Push& p) {
+  const Version id = p.update.id;
+  if (contains(p.update.replicas, cfg_.self)) apply(now, p.update);
+  auto it = log_.find(id);
+  if (it == log_.end()) {
+    LogEntry e;
+    e.update = p.update;
+    e.have.insert(p.have.begin(), p.have.end());
+    e.have.insert(cfg_.self);
+    e.have.insert(from);
+    if (!is_complete(e)) {
+      disk_.put_log(e);
+      next_push_[id] = now + cfg_.takeover_delay;
+      logged_at_[id] = now;
+      log_[id] = std::move(e);
+    }
+  } else {
+    it->second.have.insert(p.have.begin(), p.have.end());
+    it->second.have.insert(from);
+    if (is_complete(it->second)) {
+      log_.erase(it);
+      next_push_.erase(id);
+      logged_at_.erase(id);
+      disk_.erase_log(id);
+    }
+  }
+  send_(from, PushAck{id});
+}
+
+void Replicator::on_ack(Time, NodeId from, const PushAck& a) {
+  auto it = log_.find(a.id);
+  if (it == log_.end()) return;
+  it->second.have.insert(from);
+  if (is_complete(it->second)) complete(a.id);
+}
+
+void Replicator::on_retire(const Retire& r) {
+  if (!log_.count(r.id)) return;
+  log_.erase(r.id);
+  next_push_.erase(r.id);
+  logged_at_.erase(r.id);
+  disk_.erase_log(r.id);
+}
+
+void Replicator::tick(Time now, const LiveFn& live) {
+  for (auto& [id, e] : log_) {
+    Time& next = next_push_[id];
+    if (now < next) continue;
+    // The coordinator pushes; the others hold back while it is alive, but
+    // take over when it is gone or once takeover_delay has passed (a lost
+    // Retire or ack must not leave an entry behind forever).
+    bool mine = e.update.coordinator == cfg_.self;
+    bool takeover = !live(e.update.coordinator) || now - logged_at_[id] >= cfg_.takeover_delay;
+    if (mine || takeover) push_missing(e, &live);
+    next = now + cfg_.push_retry;
+  }
+
+  // Death certificates are kept death_ttl, then the record goes for good.
+  if (now - last_sweep_ < 1000) return;
+  last_sweep_ = now;
+  std::set<MsgId> pending;
+  for (const auto& [id, e] : log_)
+    if (e.update.kind != Update::Kind::Profile) pending.insert(e.update.record.id);
+  for (auto it = records_.begin(); it != records_.end();) {
+    const MessageRecord& r = it->second;
+    if (r.expunged && now - r.expunged_at >= cfg_.death_ttl && !pending.count(r.id)) {
+      std::string user = r.user;
+      disk_.erase_record(r.id);
+      auto& ids = by_user_[user];
+      ids.erase(r.id);
+      if (ids.empty()) by_user_.erase(user);
+      it = records_.erase(it);
+      if (on_user_changed) on_user_changed(user);
+    } else {
+      ++it;
+    }
+  }
+}
+
+}  // namespace porcupine

@@ -1,0 +1,82 @@
+// replication.h - optimistic replication of messages and profiles.
+//
+// Owns this node's hard state in memory (message records, profile
+// replicas, the replication log) and writes every change through the
+// DurableStore before anything that depends on it leaves the node.
+//
+// Protocol (docs/protocols.md, "Replication"): the coordinator of an
+// update applies it, logs it, and pushes it to every other replica until
+// each acknowledges; a replica that receives a push applies it, logs it
+// and acknowledges. Each holder keeps its log entry until it knows every
+// replica has the update; the coordinator then sends Retire. If the
+// coordinator is not a live member, or takeover_delay has passed, the
+// other holders push too, so any replica finishes a dead coordinator's
+// work. Conflicts resolve per attribute by version (Thomas write rule);
+// an expunge leaves a death certificate kept for death_ttl.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <set>
+#include <string>
+
+#include "config.h"
+#include "durable.h"
+#include "wire.h"
+
+namespace porcupine {
+
+class Replicator {
+ public:
+  using SendFn = std::function<void(NodeId, Message)>;
+  using LogFn = std::function<void(const std::string&)>;
+  using LiveFn = std::function<bool(NodeId)>;
+
+  Replicator(const CoreConfig& cfg, DurableStore& disk, SendFn send, LogFn log);
+
+  void load(const DurableSnapshot& snap, Time now);
+
+  // Apply and start replicating an update this node coordinates. The node
+  // need not be a replica itself (a manager writing a profile it does not
+  // hold). Returns once the coordinator's copy and log entry are durable.
+  void coordinate(Time now, Update u);
+
+  void on_push(Time now, NodeId from, const Push& p);
+  void on_ack(Time now, NodeId from, const PushAck& a);
+  void on_retire(const Retire& r);
+  void tick(Time now, const LiveFn& live);
+
+  // Called when a user's local records or profile appear, change count or
+  // disappear (the mail-map reporter listens).
+  std::function<void(const std::string& user)> on_user_changed;
+  // Called when an update is known to be held by every replica.
+  std::function<void(const Version& id)> on_complete;
+
+  const std::map<MsgId, MessageRecord>& records() const { return records_; }
+  const std::map<std::string, Profile>& profiles() const { return profiles_; }
+  const std::map<Version, LogEntry>& log() const { return log_; }
+  const std::set<MsgId>& user_records(const std::string& user) const;
+  std::set<std::string> local_users() const;
+  std::size_t backlog() const { return log_.size(); }
+
+ private:
+  void apply(Time now, const Update& u);
+  void push_missing(const LogEntry& e, const LiveFn* live);
+  void complete(const Version& id);
+  bool is_complete(const LogEntry& e) const;
+
+  const CoreConfig& cfg_;
+  DurableStore& disk_;
+  SendFn send_;
+  LogFn log_fn_;
+
+  std::map<MsgId, MessageRecord> records_;
+  std::map<std::string, std::set<MsgId>> by_user_;
+  std::map<std::string, Profile> profiles_;
+  std::map<Version, LogEntry> log_;
+  std::map<Version, Time> next_push_;  // soft: when to push an entry again
+  std::map<Version, Time> logged_at_;  // soft: when this node first logged it
+  Time last_sweep_ = 0;
+};
+
+}  // namespace porcupine

@@ -1,0 +1,99 @@
+// report.cc - the reporter role: tell each user's manager which fragments
+// and profile replicas this node holds, so managers can rebuild their soft
+// state (ARCHITECTURE.md 4, "Mail map").
+//
+// What is owed is kept as two sets: buckets whose manager changed in this
+// node's view of the user map (reported in full, marked complete), and
+// single users whose local state changed since the last acknowledged
+// report (a delivery, an expunge, a death certificate that expired). Both
+// are resent every report_retry until the manager acknowledges them, and
+// a manager still waiting for a bucket can poll for it. The cost of a
+// membership change is proportional to the data in the moved buckets, not
+// to the size of the cluster.
+#include <algorithm>
+
+#include "hash.h"
+#include "node.h"
+
+namespace porcupine {
+
+void Node::rep_on_change(const Membership::Change& ch) {
+  bool same = ch.old_map.size() == ch.map.size();
+  for (Bucket b = 0; b < ch.map.size(); ++b)
+    if (!same || ch.old_map[b] != ch.map[b]) report_buckets_.insert(b);
+  next_report_ = now_;
+}
+
+void Node::rep_user_changed(const std::string& user) {
+  dirty_users_[user] = ++dirty_gen_;
+  next_report_ = std::min(next_report_, now_);
+}
+
+void Node::rep_poll(const ReportPoll& p) {
+  if (p.epoch != membership_.epoch()) return;
+  report_buckets_.insert(p.buckets.begin(), p.buckets.end());
+  next_report_ = now_;
+}
+
+ReportEntry Node::summarize(const std::string& user, const std::string& folder) const {
+  ReportEntry e;
+  e.user = user;
+  e.folder = folder;
+  std::map<std::pair<std::uint32_t, Epoch>, UidRange> ranges;
+  for (const MsgId& id : repl_.user_records(user)) {
+    const MessageRecord& r = repl_.records().at(id);
+    if (r.folder != folder) continue;
+    if (r.has_body && !r.expunged) ++e.count;
+    if (r.uid == 0) continue;
+    auto [it, fresh] = ranges.try_emplace({r.uidvalidity, r.uid_term},
+                                          UidRange{r.uidvalidity, r.uid_term, r.uid, r.uid});
+    if (!fresh) {
+      it->second.min_uid = std::min(it->second.min_uid, r.uid);
+      it->second.max_uid = std::max(it->second.max_uid, r.uid);
+    }
+  }
+  for (auto& [k, r] : ranges) e.ranges.push_back(r);
+  return e;
+}
+
+void Node::rep_tick(Time now) {
+  if (!membership_.in_group() || now < next_report_) return;
+  if (report_buckets_.empty() && dirty_users_.empty()) return;
+  next_report_ = now + cfg_.report_retry;
+
+  std::map<NodeId, Report> out;
+  auto add_user = [&](const std::string& user) {
+    Report& r = out[membership_.manager_of(bucket(user))];
+    if (std::find(r.users.begin(), r.users.end(), user) != r.users.end()) return;
+    auto d = dirty_users_.find(user);
+    r.users.push_back(user);
+    r.generations.push_back(d == dirty_users_.end() ? 0 : d->second);
+    std::set<std::string> folders;
+    for (const MsgId& id : repl_.user_records(user)) folders.insert(repl_.records().at(id).folder);
+    for (const auto& f : folders) r.entries.push_back(summarize(user, f));
+    if (auto p = repl_.profiles().find(user); p != repl_.profiles().end())
+      r.profiles.push_back(p->second);
+  };
+  for (Bucket b : report_buckets_) out[membership_.manager_of(b)].complete.push_back(b);
+  if (!report_buckets_.empty())
+    for (const auto& user : repl_.local_users())
+      if (report_buckets_.count(bucket(user))) add_user(user);
+  for (const auto& [user, gen] : dirty_users_) add_user(user);
+  for (auto& [mgr, r] : out) {
+    r.epoch = membership_.epoch();
+    send(mgr, std::move(r));
+  }
+}
+
+void Node::rep_ack(Time, NodeId from, const ReportAck& a) {
+  if (a.epoch != membership_.epoch()) return;
+  for (Bucket b : a.complete)
+    if (membership_.manager_of(b) == from) report_buckets_.erase(b);
+  for (std::size_t i = 0; i < a.users.size(); ++i) {
+    auto d = dirty_users_.find(a.users[i]);
+    if (d != dirty_users_.end() && i < a.generations.size() && d->second == a.generations[i])
+      dirty_users_.erase(d);
+  }
+}
+
+}  // namespace porcupine

@@ -1,0 +1,109 @@
+// wire.h - every message one node's core sends another's.
+//
+// In-memory form only: the agent serializes these (protobuf, versioned),
+// the simulator passes them as values. Every message travels in an
+// Envelope that piggybacks the sender's load, so each node's load table
+// is refreshed by ordinary traffic (ARCHITECTURE.md 4, placement).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "records.h"
+#include "types.h"
+#include "user_map.h"
+
+namespace porcupine {
+
+// ---- membership --------------------------------------------------------
+struct Probe { Epoch epoch; };
+struct ProbeAck { Epoch epoch; };
+struct NewGroup { Epoch epoch; };
+struct Accept {
+  Epoch epoch;
+  std::uint32_t weight = 1;
+  Epoch map_epoch;  // the epoch of the user map the accepter holds
+  UserMap map;
+};
+struct Commit {
+  Epoch epoch;
+  std::vector<MemberWeight> members;
+  UserMap map;
+};
+
+// ---- mail map and profile reconstruction ---------------------------------
+// The UIDs one manager term stamped on the messages a node holds.
+struct UidRange {
+  std::uint32_t uidvalidity = 0;
+  Epoch term;
+  std::uint32_t min_uid = 0, max_uid = 0;
+};
+struct ReportEntry {
+  std::string user;
+  std::string folder;
+  std::vector<UidRange> ranges;  // expunged messages included: their UIDs were used
+  std::uint32_t count = 0;       // live (not expunged) messages held
+};
+struct Report {
+  Epoch epoch;
+  std::vector<Bucket> complete;       // buckets this report covers in full
+  std::vector<std::string> users;     // users covered (possibly with nothing held)
+  std::vector<std::uint64_t> generations;  // reporter's change counter per user, echoed in the ack
+  std::vector<ReportEntry> entries;
+  std::vector<Profile> profiles;
+};
+struct ReportAck {
+  Epoch epoch;
+  std::vector<Bucket> complete;
+  std::vector<std::string> users;
+  std::vector<std::uint64_t> generations;  // echoed from the Report, one per user
+};
+struct ReportPoll { Epoch epoch; std::vector<Bucket> buckets; };
+
+// ---- delivery: manager side ---------------------------------------------
+enum class Status : std::uint8_t { Ok, TryAgain, NoSuchUser, Exists, NotManager, Failed };
+const char* status_name(Status s);
+
+struct AllocRequest { std::uint64_t req = 0; std::string user; std::string folder; };
+struct AllocReply {
+  std::uint64_t req = 0;
+  Status status = Status::Ok;
+  std::uint32_t uidvalidity = 0;
+  std::uint32_t uid = 0;
+  Epoch term;                 // the manager's epoch, stamped on the message with the UID
+  std::vector<NodeId> nodes;  // [0] primary, then replicas
+};
+struct CreateUserRequest { std::uint64_t req = 0; std::string user; std::string password_hash; };
+struct MapRequest { std::uint64_t req = 0; std::string user; std::string folder; };
+struct MapReply { std::uint64_t req = 0; Status status = Status::Ok; std::vector<NodeId> nodes; };
+
+// ---- replication ---------------------------------------------------------
+struct StoreRequest { std::uint64_t req = 0; Update update; };
+struct MutateRequest { std::uint64_t req = 0; Update update; };
+struct OpReply { std::uint64_t req = 0; Status status = Status::Ok; };
+struct Push { Update update; std::vector<NodeId> have; };
+struct PushAck { Version id; };
+struct Retire { Version id; };
+
+// ---- reads ---------------------------------------------------------------
+struct ListRequest { std::uint64_t req = 0; std::string user; std::string folder; };
+struct ListReply { std::uint64_t req = 0; std::vector<MessageRecord> records; };  // bodies stripped
+
+using Message = std::variant<Probe, ProbeAck, NewGroup, Accept, Commit, Report, ReportAck,
+                             ReportPoll, AllocRequest, AllocReply,
+                             CreateUserRequest, MapRequest, MapReply, StoreRequest, MutateRequest,
+                             OpReply, Push, PushAck, Retire, ListRequest, ListReply>;
+
+const char* message_name(const Message& m);
+
+struct Envelope {
+  NodeId from = kNoNode;
+  NodeId to = kNoNode;
+  std::uint32_t load = 0;  // sender's pending disk operations
+  Message body;
+};
+
+}  // namespace porcupine

@@ -1,0 +1,306 @@
+// schedule.cc - see schedule.h.
+#include "schedule.h"
+
+#include <algorithm>
+#include <random>
+#include <sstream>
+
+#include "core/hash.h"
+
+namespace porcupine::sim {
+
+namespace {
+
+std::string user_name(int i) { return "user" + std::to_string(i) + "@example.org"; }
+
+struct Outstanding {
+  enum Kind { Deliver, Flags, Expunge, List } kind;
+  std::size_t acked_index = 0;  // Flags/Expunge: which delivered message
+  Time issued = 0;
+};
+
+}  // namespace
+
+std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool destroyed_any) {
+  std::vector<std::string> bad;
+  auto fail = [&](std::string s) {
+    if (bad.size() < 20) bad.push_back(std::move(s));
+  };
+  std::vector<NodeId> up = c.up();
+  std::set<NodeId> upset(up.begin(), up.end());
+  if (up.empty()) return {"no node running"};
+
+  // (a) one group: same epoch, members == running nodes, same user map.
+  if (!c.converged()) {
+    std::ostringstream o;
+    o << "(a) membership not converged:";
+    for (NodeId n : up) {
+      const Membership& m = c.node(n)->membership();
+      o << " n" << n << "@" << m.epoch().str() << "[";
+      for (const auto& mw : m.members()) o << mw.id << ",";
+      o << "]";
+    }
+    fail(o.str());
+    return bad;  // the rest presumes one group
+  }
+  const Membership& mem = c.node(up.front())->membership();
+
+  // (b) every bucket has exactly one live manager, and it is ready.
+  for (Bucket b = 0; b < mem.map().size(); ++b) {
+    NodeId m = mem.map()[b];
+    if (!upset.count(m)) fail("(b) bucket " + std::to_string(b) + " managed by non-running n" + std::to_string(m));
+    else if (!c.node(m)->bucket_ready(b)) fail("(b) bucket " + std::to_string(b) + " not ready at n" + std::to_string(m));
+  }
+
+  // (c) acknowledged messages survive and replicas converge.
+  for (const Acked& a : w.delivered) {
+    std::vector<const MessageRecord*> copies;
+    bool any_alive_replica = false;
+    for (NodeId r : a.target.replicas) {
+      if (c.is_destroyed(r)) continue;
+      any_alive_replica = true;
+      const auto& recs = c.disk(r)->data().records;
+      auto it = recs.find(a.target.id);
+      if (it == recs.end()) {
+        fail("(c) message " + a.target.id.str() + " missing on replica n" + std::to_string(r));
+        continue;
+      }
+      copies.push_back(&it->second);
+    }
+    if (!any_alive_replica) {
+      if (a.target.replicas.size() >= 2 || !destroyed_any)
+        fail("(c) message " + a.target.id.str() + " lost: every replica destroyed");
+      continue;
+    }
+    for (const MessageRecord* r : copies) {
+      if (!r->expunged && !r->has_body) fail("(c) message " + a.target.id.str() + " has no body");
+      if (a.expunge_acked && !destroyed_any && !r->expunged)
+        fail("(c) message " + a.target.id.str() + " expunge acknowledged but not applied");
+      const MessageRecord* f = copies.front();
+      if (r->flags != f->flags || r->expunged != f->expunged || r->uid != f->uid)
+        fail("(c) replicas of " + a.target.id.str() + " diverge");
+    }
+  }
+  // Replication backlogs drain (entries for destroyed replicas excepted).
+  for (NodeId n : up)
+    for (const auto& [id, e] : c.node(n)->replicator().log()) {
+      bool blocked = false;
+      for (NodeId r : e.update.replicas)
+        if (c.is_destroyed(r) && !e.have.count(r)) blocked = true;
+      if (!blocked)
+        fail("(c) n" + std::to_string(n) + " still holds update " + id.str() + " (" +
+             kind_name(e.update.kind) + ")");
+    }
+
+  // (d) every fragment on a running node is in its user's mail map.
+  for (NodeId n : up) {
+    for (const auto& [id, r] : c.node(n)->replicator().records()) {
+      if (!r.has_body || r.expunged) continue;
+      NodeId mgr = mem.manager_of(bucket_of(r.user, mem.map().size()));
+      const Node::MgrUser* u = c.node(mgr)->managed_user(r.user);
+      auto f = u ? u->folders.find(r.folder) : decltype(u->folders.end()){};
+      if (!u || f == u->folders.end() || !f->second.nodes.count(n))
+        fail("(d) " + r.user + "/" + r.folder + " fragment on n" + std::to_string(n) +
+             " missing from mail map at n" + std::to_string(mgr));
+    }
+  }
+
+  // (e) UIDs unique per folder; in allocation order within one UIDVALIDITY.
+  std::map<std::pair<std::string, std::string>, std::map<MsgId, MessageRecord>> folders;
+  for (NodeId n : up)
+    for (const auto& [id, r] : c.node(n)->replicator().records()) {
+      auto& slot = folders[{r.user, r.folder}];
+      auto [it, fresh] = slot.try_emplace(id, r);
+      if (!fresh) merge_record(it->second, r, 0);
+    }
+  for (const auto& [key, recs] : folders) {
+    std::map<std::uint32_t, MsgId> seen;
+    for (const auto& [id, r] : recs) {
+      if (r.uid == 0 || r.expunged) continue;
+      auto [it, fresh] = seen.emplace(r.uid, id);
+      if (!fresh)
+        fail("(e) " + key.first + "/" + key.second + " UID " + std::to_string(r.uid) +
+             " held by " + it->second.str() + " and " + id.str());
+    }
+  }
+  for (std::size_t i = 0; i < w.delivered.size(); ++i)
+    for (std::size_t j = 0; j < w.delivered.size(); ++j) {
+      const Acked& a = w.delivered[i];
+      const Acked& b = w.delivered[j];
+      if (a.target.user != b.target.user || a.target.folder != b.target.folder) continue;
+      if (a.uidvalidity != b.uidvalidity || a.acked >= b.issued) continue;
+      NodeId mgr = mem.manager_of(bucket_of(a.target.user, mem.map().size()));
+      const Node::MgrUser* u = c.node(mgr)->managed_user(a.target.user);
+      if (!u) continue;
+      auto f = u->folders.find(a.target.folder);
+      if (f == u->folders.end() || f->second.uidvalidity != a.uidvalidity) continue;
+      if (b.uid <= a.uid)
+        fail("(e) " + a.target.user + "/" + a.target.folder + " UID went back from " +
+             std::to_string(a.uid) + " to " + std::to_string(b.uid) + " in UIDVALIDITY " +
+             std::to_string(a.uidvalidity));
+    }
+  return bad;
+}
+
+ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
+  std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ULL + 1);
+  auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
+  auto chance = [&](double p) { return std::uniform_real_distribution<double>(0, 1)(rng) < p; };
+
+  CoreConfig cfg;
+  cfg.buckets = opt.buckets;
+  cfg.death_ttl = 10 * 60 * 1000;  // longer than the run: certificates stay
+  Cluster c(seed, cfg);
+  c.keep_trace = opt.trace;
+
+  const int n = pick(opt.min_nodes, opt.max_nodes);
+  std::vector<NodeId> seeds;
+  for (int i = 1; i <= n; ++i) seeds.push_back(static_cast<NodeId>(i));
+  for (int i = 1; i <= n; ++i) c.add_node(static_cast<NodeId>(i), seeds, chance(0.2) ? 2 : 1);
+  const bool joiner = chance(0.3);
+  const NodeId join_id = static_cast<NodeId>(n + 1);
+  const Time join_at = 5'000 + pick(0, static_cast<int>(opt.fault_phase));
+  c.network().latency_max = pick(2, 30);
+
+  // Users exist before the faults start.
+  const int users = 10;
+  c.run_until_pred([&] { return c.converged(); }, 10'000);
+  for (int u = 0; u < users; ++u) {
+    for (int attempt = 0; attempt < 10; ++attempt) {
+      const ClientReply* r = c.wait(c.create_user(static_cast<NodeId>(1 + u % n), user_name(u)), 10'000);
+      if (r && (r->status == Status::Ok || r->status == Status::Exists)) break;
+    }
+  }
+
+  WorkloadLog w;
+  std::map<std::uint64_t, Outstanding> out;
+  std::map<std::uint64_t, std::string> bodies;
+  int destroyed = 0, crashes = 0, partitions = 0;
+  const Time start = c.now();
+  const Time fault_end = start + opt.fault_phase;
+  Time next_fault = start + pick(1000, 4000);
+  const char* folders[] = {"INBOX", "Archive"};
+
+  auto random_up = [&]() -> NodeId {
+    auto up = c.up();
+    return up.empty() ? kNoNode : up[static_cast<std::size_t>(pick(0, static_cast<int>(up.size()) - 1))];
+  };
+
+  auto collect = [&] {
+    for (auto it = out.begin(); it != out.end();) {
+      const ClientReply* r = c.reply(it->first);
+      if (!r) { ++it; continue; }
+      if (it->second.kind == Outstanding::Deliver) {
+        if (r->status == Status::Ok) {
+          Acked a;
+          a.deliver_req = it->first;
+          a.target.id = r->msg;
+          a.target.replicas = r->replicas;
+          a.uidvalidity = r->uidvalidity;
+          a.uid = r->uid;
+          a.issued = it->second.issued;
+          a.acked = c.reply_time(it->first);
+          auto b = bodies.find(it->first);
+          std::string tag = b->second;
+          a.target.user = tag.substr(0, tag.find('|'));
+          a.target.folder = tag.substr(tag.find('|') + 1);
+          w.delivered.push_back(a);
+        } else {
+          ++w.tempfailed;
+        }
+      } else if (it->second.kind == Outstanding::Expunge && r->status == Status::Ok) {
+        w.delivered[it->second.acked_index].expunge_acked = true;
+      }
+      it = out.erase(it);
+    }
+  };
+
+  for (Time t = start; t < fault_end; t += 50) {
+    c.run_until(t);
+    collect();
+    if (joiner && t >= join_at && !c.disk(join_id)) {
+      c.add_node(join_id, {1, 2});
+    }
+    if (t >= next_fault) {
+      next_fault = t + pick(1000, 4000);
+      auto up = c.up();
+      switch (pick(0, 6)) {
+        case 0:
+        case 1:
+          if (up.size() > 1) { c.crash(random_up()); ++crashes; }
+          break;
+        case 2:
+          for (NodeId id : c.ids())
+            if (!c.is_up(id)) { c.restart(id); break; }
+          break;
+        case 3: {
+          std::set<NodeId> a, b;
+          for (NodeId id : c.ids()) (chance(0.5) ? a : b).insert(id);
+          c.partition({a, b});
+          ++partitions;
+          break;
+        }
+        case 4: c.heal(); break;
+        case 5:
+          c.network().loss = chance(0.5) ? 0.0 : 0.2 * std::uniform_real_distribution<double>(0, 1)(rng);
+          c.network().duplicate = chance(0.5) ? 0.0 : 0.05;
+          break;
+        case 6:
+          if (destroyed < static_cast<int>(cfg.replicas) - 1 && up.size() > 2 && chance(0.3)) {
+            c.destroy(random_up());
+            ++destroyed;
+          }
+          break;
+      }
+    }
+    // Workload: one operation every 50 ms at a random running node.
+    NodeId via = random_up();
+    if (via == kNoNode) continue;
+    int kind = pick(0, 9);
+    if (kind < 6 || w.delivered.empty()) {
+      std::string user = user_name(pick(0, users - 1));
+      std::string folder = folders[pick(0, 1)];
+      std::uint64_t req = c.deliver(via, user, folder, "Subject: m" + std::to_string(w.attempted) + "\r\n\r\nbody\r\n");
+      ++w.attempted;
+      out[req] = {Outstanding::Deliver, 0, t};
+      bodies[req] = user + "|" + folder;
+    } else if (kind < 8) {
+      std::size_t i = static_cast<std::size_t>(pick(0, static_cast<int>(w.delivered.size()) - 1));
+      out[c.set_flags(via, w.delivered[i].target, static_cast<std::uint32_t>(pick(0, 31)))] = {Outstanding::Flags, i, t};
+      ++w.flag_ops;
+    } else if (kind < 9) {
+      std::size_t i = static_cast<std::size_t>(pick(0, static_cast<int>(w.delivered.size()) - 1));
+      out[c.expunge(via, w.delivered[i].target)] = {Outstanding::Expunge, i, t};
+      ++w.expunge_ops;
+    } else {
+      out[c.list(via, user_name(pick(0, users - 1)), folders[pick(0, 1)])] = {Outstanding::List, 0, t};
+      ++w.lists;
+    }
+  }
+
+  // Settle: heal, restart, reliable network; let outstanding requests end.
+  c.heal();
+  c.network().loss = 0;
+  c.network().duplicate = 0;
+  for (NodeId id : c.ids())
+    if (!c.is_up(id)) c.restart(id);
+  c.run_for(CoreConfig{}.request_timeout + 1000);
+  collect();
+  c.run_until_pred([&] { return false; }, opt.settle);
+
+  ScheduleResult res;
+  res.seed = seed;
+  res.failures = check_invariants(c, w, destroyed > 0);
+  res.ok = res.failures.empty();
+  std::ostringstream s;
+  s << "seed " << seed << ": " << n << " nodes" << (joiner ? " +1 joined" : "") << ", " << crashes
+    << " crashes, " << partitions << " partitions, " << destroyed << " destroyed; "
+    << w.delivered.size() << "/" << w.attempted << " deliveries acknowledged, " << w.tempfailed
+    << " tempfailed, " << w.flag_ops << " flag ops, " << w.expunge_ops << " expunges, "
+    << c.messages_sent() << " messages; " << (res.ok ? "ok" : "FAILED");
+  res.summary = s.str();
+  if (opt.trace) res.trace = c.trace();
+  return res;
+}
+
+}  // namespace porcupine::sim

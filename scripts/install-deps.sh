@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# install-deps.sh - install everything needed to build, test and run the
+# project on Debian 12 (bookworm). The one place the dependency list lives.
+#
+# Run as root. Idempotent and non-interactive: safe to run again and again.
+# apt-get's own output goes to a log file under /tmp; this script prints one
+# line per phase, and the tail of the log if a phase fails.
+#
+# Postfix and Dovecot are deliberately not installed yet.
+set -euo pipefail
+
+# Build and test.
+PACKAGES=(
+  build-essential cmake pkg-config git python3 ca-certificates
+  libgtest-dev libgmock-dev googletest
+  libxxhash-dev
+)
+# Later parts of the product (agent daemon, milter), installed now so the
+# list stays in one place.
+PACKAGES+=(
+  libboost-dev libboost-system-dev libboost-program-options-dev
+  libhiredis-dev redis-server
+  libprotobuf-dev protobuf-compiler
+  libssl-dev
+  libmilter-dev
+)
+
+say() { echo "install-deps: $*"; }
+die() { echo "install-deps: error: $*" >&2; exit 1; }
+
+if [[ $(id -u) -ne 0 ]]; then
+  die "must run as root (try: sudo bash scripts/install-deps.sh)"
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  die "apt-get not found: this script supports Debian 12 (or a Debian-like system) only"
+fi
+
+LOG=$(mktemp /tmp/porcupine-install-deps.XXXXXX.log)
+export DEBIAN_FRONTEND=noninteractive
+
+# run PHASE CMD... - run one phase quietly; on failure show why and stop.
+run() {
+  local phase=$1
+  shift
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "install-deps: error: $phase failed; last lines of $LOG:" >&2
+    tail -n 25 "$LOG" >&2
+    exit 1
+  fi
+}
+
+say "updating package lists (log: $LOG)"
+run "apt-get update" apt-get update
+
+say "installing ${#PACKAGES[@]} packages"
+run "apt-get install" apt-get install -y --no-install-recommends \
+  -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+  "${PACKAGES[@]}"
+
+say "ok"

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# test.sh - install dependencies, build, and run the whole test suite.
+#
+#   scripts/test.sh [--sanitize]
+#
+# With --sanitize (or PORCUPINE_CI_SANITIZE=1) it also builds the
+# ASan/UBSan tree and runs unit_tests and sim_tests there (minus the long
+# *Randomized* schedules). The main ctest run always goes last, and the
+# final line printed is ctest's summary ("N% tests passed, N tests failed
+# out of M"). Exit status: ctest's, or non-zero if the sanitizer pass failed.
+#
+# Environment: BUILD_DIR, ASAN_BUILD_DIR (as for build.sh);
+# PORCUPINE_TEST_TIMEOUT seconds per test (default 600; tests that set
+# their own TIMEOUT keep it); PORCUPINE_SKIP_DEPS=1 skips install-deps.sh.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+sanitize=${PORCUPINE_CI_SANITIZE:-0}
+for arg in "$@"; do
+  case $arg in
+    --sanitize) sanitize=1 ;;
+    -h|--help) sed -n '2,15s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "test: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+build_dir=${BUILD_DIR:-build}
+asan_dir=${ASAN_BUILD_DIR:-build-asan}
+timeout=${PORCUPINE_TEST_TIMEOUT:-600}
+
+if [[ ${PORCUPINE_SKIP_DEPS:-0} != 1 ]]; then
+  bash scripts/install-deps.sh
+fi
+bash scripts/build.sh
+
+# run_sanitized NAME ARGS... - run one test binary of the sanitizer tree;
+# remember a failure rather than stop.
+run_sanitized() {
+  local bin="$asan_dir/tests/$1"
+  shift
+  echo "test: sanitizer pass: $bin $*"
+  if [[ ! -x $bin ]]; then
+    echo "test: sanitizer pass: $bin is missing" >&2
+    sanitizer_failed=1
+  elif ! ASAN_OPTIONS=${ASAN_OPTIONS:-detect_stack_use_after_return=1:strict_string_checks=1} \
+       UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+       timeout "$((timeout * 3))" "$bin" "$@"; then
+    echo "test: sanitizer pass: $bin FAILED" >&2
+    sanitizer_failed=1
+  fi
+}
+
+# Sanitizer pass: a failure here is remembered, not fatal, so the main
+# ctest run below still runs and still prints the last line.
+sanitizer_failed=0
+if [[ $sanitize == 1 ]]; then
+  if ! bash scripts/build.sh --sanitize; then
+    echo "test: sanitizer build FAILED" >&2
+    sanitizer_failed=1
+  else
+    run_sanitized unit_tests
+    run_sanitized sim_tests '--gtest_filter=-*Randomized*'
+  fi
+  if [[ $sanitizer_failed == 1 ]]; then
+    echo "test: sanitizer pass FAILED (see above); running the main suite anyway"
+  else
+    echo "test: sanitizer pass ok"
+  fi
+fi
+
+# Main run, last. ctest prints its summary line before the total time and
+# the list of failed tests, so repeat the summary as the final line.
+log="$build_dir/ctest-output.log"
+set +e
+ctest --test-dir "$build_dir" --output-on-failure -j2 --timeout "$timeout" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+
+summary=$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1 || true)
+if [[ $sanitizer_failed == 1 && $rc == 0 ]]; then
+  rc=1
+fi
+if [[ -n $summary ]]; then
+  echo "$summary"
+else
+  echo "test: ctest printed no summary line (exit status $rc)"
+  [[ $rc != 0 ]] || rc=1
+fi
+exit "$rc"
