@@ -253,6 +253,7 @@ void Node::fe_reply(NodeId from, const Message& m) {
     Pending* p = find(l->req);
     if (!p || (p->kind != Pending::Kind::List && p->kind != Pending::Kind::Audit)) return;
     if (!p->awaiting.erase(from)) return;
+    p->answered.insert(from);
     for (const auto& rec : l->records) {
       auto [it, fresh] = p->gathered.try_emplace(rec.id, rec);
       if (!fresh) merge_record(it->second, rec, now_);

@@ -47,6 +47,7 @@ void Node::mgr_on_change(Time now, const Membership::Change& ch) {
     NodeId was = same_size ? ch.old_map[b] : kNoNode;
     if (ch.map[b] != cfg_.self) {
       blind_takeover_.erase(b);
+      expected_.erase(b);
       managed_.erase(b);
       awaiting_.erase(b);
       reported_.erase(b);
@@ -64,6 +65,10 @@ void Node::mgr_on_change(Time now, const Membership::Change& ch) {
         for (auto& [fname, f] : u.folders)
           for (NodeId d : departed) f.nodes.erase(d);
       for (NodeId d : departed) reported_[b].erase(d);
+      // A member new to this manager may hold fragments of the bucket while
+      // its own view says nothing moved: ask it, without blocking delivery.
+      for (NodeId n : now_members)
+        if (n != cfg_.self && !reported_[b].count(n)) expected_[b].insert(n);
       if (auto a = awaiting_.find(b); a != awaiting_.end()) {
         for (NodeId d : departed) a->second.erase(d);
         for (NodeId n : now_members)
@@ -216,6 +221,12 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
       if (e.user != user) continue;
       MgrFolder& f = mu.folders[e.folder];
       if (e.count > 0) f.nodes.insert(from);
+      // Once UIDs were handed out blind (a new UIDVALIDITY was needed),
+      // every holder the last audit did not hear from is audited too.
+      if (!f.legacy.empty() && !e.ranges.empty() && !f.audited.count(from) && !f.audit_due) {
+        f.audit_due = true;
+        audits_due_.insert({user, e.folder});
+      }
       for (const auto& range : e.ranges) absorb_range(now, user, e.folder, f, range);
     }
     ack.users.push_back(user);
@@ -225,6 +236,10 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
     if (membership_.manager_of(b) != cfg_.self) continue;
     reported_[b].insert(from);
     ack.complete.push_back(b);
+    if (auto x = expected_.find(b); x != expected_.end()) {
+      x->second.erase(from);
+      if (x->second.empty()) expected_.erase(x);
+    }
     auto a = awaiting_.find(b);
     if (a == awaiting_.end()) continue;
     a->second.erase(from);
@@ -255,12 +270,13 @@ void Node::mgr_tick(Time now) {
   }
   // A member that has not reported a moved bucket (its commit or report
   // was lost, or it holds another view of the old map) is asked directly.
-  if (awaiting_.empty() || now - awaiting_since_ < cfg_.report_poll ||
-      now - last_poll_ < cfg_.report_poll)
-    return;
+  if ((awaiting_.empty() && expected_.empty()) || now - last_poll_ < cfg_.report_poll) return;
   last_poll_ = now;
   std::map<NodeId, std::vector<Bucket>> ask;
-  for (const auto& [b, nodes] : awaiting_)
+  if (now - awaiting_since_ >= cfg_.report_poll)
+    for (const auto& [b, nodes] : awaiting_)
+      for (NodeId n : nodes) ask[n].push_back(b);
+  for (const auto& [b, nodes] : expected_)
     for (NodeId n : nodes) ask[n].push_back(b);
   for (auto& [n, bs] : ask) send(n, ReportPoll{membership_.epoch(), std::move(bs)});
 }
@@ -353,6 +369,7 @@ void Node::start_audit(Time now, const std::string& user, const std::string& fol
   if (f.audit_running) return;
   f.audit_due = false;
   f.audit_running = true;
+  f.audited.clear();
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
   p.kind = Pending::Kind::Audit;
@@ -370,6 +387,7 @@ void Node::on_audit_done(Time now, Pending& p) {
   MgrFolder& f = u->second.folders[p.folder];
   f.audit_running = false;
   bool incomplete = !p.awaiting.empty();
+  f.audited = p.answered;
   std::map<std::uint32_t, std::vector<const MessageRecord*>> by_uid;
   for (const auto& [id, r] : p.gathered)
     if (r.uid != 0) by_uid[r.uid].push_back(&r);

@@ -48,6 +48,7 @@ void Membership::coordinate(Time now, const char* why) {
   promised_at_ = now;
   log_(std::string("membership: coordinating epoch ") + r.epoch.str() + " (" + why + ")");
   for (NodeId n : known_) send_(n, NewGroup{r.epoch});
+  r.invited = known_;
   Accept self;
   self.epoch = r.epoch;
   self.weight = cfg_.weight;
@@ -65,6 +66,21 @@ void Membership::maybe_coordinate(Time now, const char* why) {
 }
 
 void Membership::finish_round(Time now) {
+  // Accepters told us of nodes we did not invite: invite them, once.
+  if (!coord_->extended) {
+    std::vector<NodeId> late;
+    for (NodeId n : known_)
+      if (!coord_->invited.count(n)) late.push_back(n);
+    if (!late.empty()) {
+      coord_->extended = true;
+      coord_->deadline = now + cfg_.accept_window;
+      for (NodeId n : late) {
+        coord_->invited.insert(n);
+        send_(n, NewGroup{coord_->epoch});
+      }
+      return;
+    }
+  }
   Round r = std::move(*coord_);
   coord_.reset();
   last_round_end_ = now;
@@ -161,6 +177,7 @@ void Membership::on_message(Time now, NodeId from, const Message& m) {
       acc.weight = cfg_.weight;
       acc.map_epoch = map_epoch_;
       acc.map = map_;
+      acc.known.assign(known_.begin(), known_.end());
       send_(from, std::move(acc));
     } else if (g->epoch < promised_) {
       // A stale or slower coordinator: it is alive and outside our round,
@@ -168,7 +185,10 @@ void Membership::on_message(Time now, NodeId from, const Message& m) {
       maybe_coordinate(now, "stale NewGroup");
     }
   } else if (const auto* acc = std::get_if<Accept>(&m)) {
-    if (coord_ && acc->epoch == coord_->epoch) coord_->accepted[from] = *acc;
+    if (coord_ && acc->epoch == coord_->epoch) {
+      coord_->accepted[from] = *acc;
+      for (NodeId n : acc->known) learn(n);
+    }
   } else if (const auto* c = std::get_if<Commit>(&m)) {
     bool included = std::any_of(c->members.begin(), c->members.end(),
                                 [this](const MemberWeight& w) { return w.id == cfg_.self; });

@@ -62,6 +62,8 @@ class Membership {
     Epoch epoch;
     Time deadline = 0;
     std::map<NodeId, Accept> accepted;
+    std::set<NodeId> invited;
+    bool extended = false;
   };
 
   void coordinate(Time now, const char* why);

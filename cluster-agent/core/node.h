@@ -56,6 +56,7 @@ class Node {
     // managers (a partition, a lost reservation) handed out UIDs blind.
     std::map<Epoch, std::pair<std::uint32_t, std::uint32_t>> ranges;
     std::map<Epoch, std::pair<std::uint32_t, std::uint32_t>> legacy;  // older UIDVALIDITYs
+    std::set<NodeId> audited;      // holders the last audit heard from
     bool audit_due = false;        // duplicates may exist: list the holders and re-stamp
     bool audit_running = false;
   };
@@ -83,6 +84,7 @@ class Node {
     std::string user, folder, body;
     Update update;
     std::set<NodeId> awaiting;                    // List/Audit: nodes still to answer
+    std::set<NodeId> answered;                    // List/Audit: nodes that answered
     std::map<MsgId, MessageRecord> gathered;      // List/Audit: merged records
     std::uint32_t uidvalidity = 0;
   };
@@ -148,6 +150,7 @@ class Node {
   std::map<NodeId, std::uint32_t> loads_;          // load table, piggybacked on every message
   std::map<Bucket, std::set<NodeId>> awaiting_;   // bucket -> members yet to report
   std::map<Bucket, std::set<NodeId>> reported_;   // bucket -> members that have reported
+  std::map<Bucket, std::set<NodeId>> expected_;   // kept bucket -> new members yet to report (not blocking)
   std::set<std::pair<std::string, std::string>> audits_due_;  // (user, folder)
   std::set<Bucket> blind_takeover_;  // moved here from a manager no longer in the group
   Time awaiting_since_ = 0;

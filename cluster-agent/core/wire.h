@@ -27,6 +27,7 @@ struct Accept {
   std::uint32_t weight = 1;
   Epoch map_epoch;  // the epoch of the user map the accepter holds
   UserMap map;
+  std::vector<NodeId> known;  // every node the accepter knows of, so none is left out
 };
 struct Commit {
   Epoch epoch;

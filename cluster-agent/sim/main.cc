@@ -158,6 +158,7 @@ int check(std::uint64_t schedules, std::uint64_t base, const ScheduleOptions& op
 int main(int argc, char** argv) {
   if (argc < 2) return usage();
   std::string cmd = argv[1];
+  bool partitions = true;
   std::uint64_t nodes = 5, seed = 1, schedules = 1000, base = 1, min_n = 3, max_n = 7;
   try {
     for (int i = 2; i < argc; ++i) {
@@ -165,6 +166,7 @@ int main(int argc, char** argv) {
           arg(i, argc, argv, "--schedules", schedules) || arg(i, argc, argv, "--seed-base", base) ||
           arg(i, argc, argv, "--min-nodes", min_n) || arg(i, argc, argv, "--max-nodes", max_n))
         continue;
+      if (std::strcmp(argv[i], "--no-partitions") == 0) { partitions = false; continue; }
       std::cerr << "unknown argument: " << argv[i] << "\n";
       return usage();
     }
@@ -175,6 +177,7 @@ int main(int argc, char** argv) {
   ScheduleOptions opt;
   opt.min_nodes = static_cast<int>(min_n);
   opt.max_nodes = static_cast<int>(max_n);
+  opt.partitions = partitions;
   if (cmd == "demo") return demo(nodes, seed);
   if (cmd == "check") return check(schedules, base, opt);
   if (cmd == "replay") {

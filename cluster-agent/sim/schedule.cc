@@ -234,6 +234,7 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
             if (!c.is_up(id)) { c.restart(id); break; }
           break;
         case 3: {
+          if (!opt.partitions) break;
           std::set<NodeId> a, b;
           for (NodeId id : c.ids()) (chance(0.5) ? a : b).insert(id);
           c.partition({a, b});

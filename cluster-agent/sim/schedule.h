@@ -23,7 +23,8 @@ struct ScheduleOptions {
   std::uint32_t buckets = 1024;
   Time fault_phase = 40'000;
   Time settle = 60'000;
-  bool trace = false;  // keep the full trace (replay)
+  bool partitions = true;  // include partitions among the faults
+  bool trace = false;      // keep the full trace (replay)
 };
 
 // What the workload saw acknowledged, for the checker.
