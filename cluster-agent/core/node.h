@@ -86,7 +86,6 @@ class Node {
     std::set<NodeId> awaiting;                    // List/Audit: nodes still to answer
     std::set<NodeId> answered;                    // List/Audit: nodes that answered
     std::map<MsgId, MessageRecord> gathered;      // List/Audit: merged records
-    std::uint32_t uidvalidity = 0;
   };
 
   // frontend.cc

@@ -52,6 +52,15 @@ struct Harness {
     for (const auto& b : bad) ADD_FAILURE() << b;
   }
   Epoch epoch(NodeId n) { return c.node(n)->membership().epoch(); }
+  // The target a client would address flag changes and expunges to.
+  static MessageRecord target(const ClientReply& r, const std::string& u) {
+    MessageRecord t;
+    t.id = r.msg;
+    t.user = u;
+    t.folder = "INBOX";
+    t.replicas = r.replicas;
+    return t;
+  }
 };
 
 }  // namespace
@@ -157,11 +166,7 @@ TEST(Replication, FlagChangeRacingExpungeConvergesToExpunged) {
   h.user("dan@example.org");
   const ClientReply* r = h.deliver(1, "dan@example.org");
   ASSERT_EQ(r->status, Status::Ok);
-  MessageRecord t;
-  t.id = r->msg;
-  t.user = "dan@example.org";
-  t.folder = "INBOX";
-  t.replicas = r->replicas;
+  MessageRecord t = Harness::target(*r, "dan@example.org");
   // Issued at the same moment through different nodes.
   std::uint64_t e = h.c.expunge(2, t);
   std::uint64_t f = h.c.set_flags(3, t, kSeen | kFlagged);
@@ -183,11 +188,7 @@ TEST(Replication, DeathCertificateKeptUntilTtlThenDropped) {
   Harness h(3, 7, cfg);
   h.user("eve@example.org");
   const ClientReply* r = h.deliver(1, "eve@example.org");
-  MessageRecord t;
-  t.id = r->msg;
-  t.user = "eve@example.org";
-  t.folder = "INBOX";
-  t.replicas = r->replicas;
+  MessageRecord t = Harness::target(*r, "eve@example.org");
   ASSERT_EQ(h.c.wait(h.c.expunge(1, t))->status, Status::Ok);
   h.c.run_for(5000);
   for (NodeId n : t.replicas) ASSERT_TRUE(h.c.node(n)->replicator().records().at(t.id).expunged);
@@ -220,10 +221,10 @@ TEST(Uids, AllocationContinuesAboveMaxAfterManagerChange) {
   NodeId via = mgr == 1 ? 2 : 1;
   const ClientReply* r = h.deliver(via, u);
   ASSERT_EQ(r->status, Status::Ok);
-  // The old manager cannot be told apart from one behind a partition, so
-  // either UIDs continue above every known one, or UIDVALIDITY changes.
-  EXPECT_TRUE(r->uid > last || r->uidvalidity != validity) << r->uid << " after " << last;
+  // UIDs continue above every known one (the UIDVALIDITY may change too:
+  // the old manager cannot be told apart from one behind a partition).
   EXPECT_GT(r->uid, last);
+  EXPECT_NE(validity, 0u);
   h.c.restart(mgr);
   ASSERT_TRUE(h.settle());
   h.expect_invariants();
