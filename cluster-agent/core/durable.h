@@ -20,6 +20,7 @@ struct DurableSnapshot {
   std::map<Version, LogEntry> log;
   std::uint64_t next_seq = 1;  // next MsgId sequence number of this node
   Time last_version = 0;       // highest version time this node issued
+  std::uint32_t last_lineage = 0;  // highest UIDVALIDITY this node created
 };
 
 class DurableStore {
@@ -31,7 +32,8 @@ class DurableStore {
   virtual void put_profile(const Profile& p) = 0;
   virtual void put_log(const LogEntry& e) = 0;
   virtual void erase_log(const Version& id) = 0;
-  virtual void put_counters(std::uint64_t next_seq, Time last_version) = 0;
+  virtual void put_counters(std::uint64_t next_seq, Time last_version,
+                            std::uint32_t last_lineage) = 0;
 };
 
 // Memory-backed store: the simulator's disk, and a fake for unit tests.
@@ -45,9 +47,10 @@ class MemoryStore final : public DurableStore {
   void put_profile(const Profile& p) override { data_.profiles[p.user] = p; ++writes_; }
   void put_log(const LogEntry& e) override { data_.log[e.update.id] = e; ++writes_; }
   void erase_log(const Version& id) override { data_.log.erase(id); ++writes_; }
-  void put_counters(std::uint64_t seq, Time v) override {
+  void put_counters(std::uint64_t seq, Time v, std::uint32_t lineage) override {
     data_.next_seq = seq;
     data_.last_version = v;
+    data_.last_lineage = lineage;
     ++writes_;
   }
   const DurableSnapshot& data() const { return data_; }

@@ -18,8 +18,8 @@ struct ClientReply {
   Status status = Status::Ok;
   std::string detail;              // human-readable reason on failure
   MsgId msg;                       // deliver: the new message
-  std::uint32_t uidvalidity = 0;   // deliver
-  std::uint32_t uid = 0;           // deliver
+  std::uint32_t uidvalidity = 0;   // deliver; list: the folder's UIDVALIDITY
+  std::uint32_t uid = 0;           // deliver; list: the next UID
   std::vector<NodeId> replicas;    // deliver: where it is stored
   std::vector<MessageRecord> records;  // list: merged view, bodies stripped
 };

@@ -19,7 +19,7 @@ constexpr Time kRetry = 200;
 void Node::fe_fail(std::uint64_t id, Status s, const std::string& why) {
   auto it = pending_.find(id);
   if (it == pending_.end()) return;
-  if (it->second.client_req != 0 || it->second.kind != Pending::Kind::Audit) {
+  if (it->second.client_req != 0 || it->second.kind != Pending::Kind::Renumber) {
     ClientReply r;
     r.req = it->second.client_req;
     r.status = s;
@@ -142,14 +142,14 @@ void Node::fe_tick(Time now) {
         break;
       }
       case Pending::Kind::List:
-      case Pending::Kind::Audit:
+      case Pending::Kind::Renumber:
         for (NodeId n : p.awaiting) send(n, ListRequest{id, p.user, p.folder});
         break;
     }
   }
   for (std::uint64_t id : expired) {
     Pending& p = pending_[id];
-    if (p.kind == Pending::Kind::List || p.kind == Pending::Kind::Audit) {
+    if (p.kind == Pending::Kind::List || p.kind == Pending::Kind::Renumber) {
       fe_finish_list(id);  // answer with what the reachable nodes gave
     } else {
       fe_fail(id, Status::TryAgain, "cluster did not answer in time");
@@ -175,14 +175,18 @@ void Node::fe_finish_list(std::uint64_t id) {
   if (it == pending_.end()) return;
   Pending p = std::move(it->second);
   pending_.erase(it);
-  if (p.kind == Pending::Kind::Audit) {
-    on_audit_done(now_, p);
+  if (p.kind == Pending::Kind::Renumber) {
+    on_renumber_done(now_, p);
     return;
   }
   ClientReply r;
   r.req = p.client_req;
+  r.uidvalidity = p.uidvalidity;
+  r.uid = p.next_uid;
+  // A message still carrying an older lineage's UID is being renumbered:
+  // it shows once it has its UID in the current one.
   for (auto& [mid, rec] : p.gathered)
-    if (rec.has_body && !rec.expunged) r.records.push_back(rec);
+    if (rec.has_body && !rec.expunged && rec.uidvalidity == p.uidvalidity) r.records.push_back(rec);
   std::sort(r.records.begin(), r.records.end(),
             [](const MessageRecord& a, const MessageRecord& b) { return a.uid < b.uid; });
   if (!p.awaiting.empty()) r.detail = "some fragments unreachable";
@@ -214,7 +218,6 @@ void Node::fe_reply(NodeId from, const Message& m) {
     u.record.internal_date = now_;
     u.record.uidvalidity = a->uidvalidity;
     u.record.uid = a->uid;
-    u.record.uid_term = a->term;
     p->kind = Pending::Kind::Store;
     p->update = std::move(u);
     p->peer = a->nodes.front();
@@ -222,7 +225,9 @@ void Node::fe_reply(NodeId from, const Message& m) {
     send(p->peer, StoreRequest{a->req, p->update});
   } else if (const auto* o = std::get_if<OpReply>(&m)) {
     Pending* p = find(o->req);
-    if (!p) return;
+    if (!p || (p->kind != Pending::Kind::Store && p->kind != Pending::Kind::Mutate &&
+               p->kind != Pending::Kind::CreateUser))
+      return;
     if (o->status == Status::Ok) {
       ClientReply r;
       r.req = p->client_req;
@@ -248,10 +253,12 @@ void Node::fe_reply(NodeId from, const Message& m) {
       return;
     }
     p->kind = Pending::Kind::List;
+    p->uidvalidity = mr->uidvalidity;
+    p->next_uid = mr->next_uid;
     fe_gather(now_, mr->req, mr->nodes);
   } else if (const auto* l = std::get_if<ListReply>(&m)) {
     Pending* p = find(l->req);
-    if (!p || (p->kind != Pending::Kind::List && p->kind != Pending::Kind::Audit)) return;
+    if (!p || (p->kind != Pending::Kind::List && p->kind != Pending::Kind::Renumber)) return;
     if (!p->awaiting.erase(from)) return;
     p->answered.insert(from);
     for (const auto& rec : l->records) {

@@ -4,11 +4,19 @@
 //
 // All of it is soft state, rebuilt after every user-map change from the
 // members' reports (report.cc). A bucket that moved here serves nothing
-// until every member has reported it ("ready"); UIDs then continue at
-// max(known) + 1. A member that reports a bucket after it became ready
-// (a node that was away) can hold UIDs this manager reused: then the
-// folder's UIDVALIDITY is bumped and an audit re-stamps duplicates.
+// until every member has reported it ("ready").
+//
+// UIDs. Each folder has one lineage at a time: a UIDVALIDITY and a next
+// UID, and only one manager hands out UIDs under it. A manager that loses
+// a bucket hands each folder's lineage to the new manager in its report,
+// valid only in the epoch that moved the bucket, so a lineage never forks.
+// A manager that receives no handoff for a folder (its predecessor crashed
+// or is on the far side of a partition, still handing out UIDs perhaps)
+// starts a new lineage, and every message still carrying another
+// lineage's UID is renumbered into the current one.
+
 #include <algorithm>
+#include <tuple>
 
 #include "hash.h"
 #include "node.h"
@@ -42,11 +50,19 @@ void Node::mgr_on_change(Time now, const Membership::Change& ch) {
   for (const auto& m : ch.members) now_members.insert(m.id);
   for (const auto& m : ch.old_members)
     if (!now_members.count(m.id)) departed.insert(m.id);
+  handoffs_.clear();  // a handoff not delivered in its epoch is void
   bool same_size = ch.old_map.size() == ch.map.size();
   for (Bucket b = 0; b < ch.map.size(); ++b) {
     NodeId was = same_size ? ch.old_map[b] : kNoNode;
     if (ch.map[b] != cfg_.self) {
-      blind_takeover_.erase(b);
+      // Lost: hand each folder's lineage to the new manager, if this node
+      // was handing out UIDs for the bucket.
+      if (was == cfg_.self && !awaiting_.count(b))
+        if (auto m = managed_.find(b); m != managed_.end())
+          for (const auto& [name, u] : m->second)
+            for (const auto& [fname, f] : u.folders)
+              if (f.uidvalidity != 0)
+                handoffs_[b].push_back(Handoff{name, fname, f.uidvalidity, f.next_uid});
       expected_.erase(b);
       managed_.erase(b);
       awaiting_.erase(b);
@@ -56,8 +72,6 @@ void Node::mgr_on_change(Time now, const Membership::Change& ch) {
       managed_.erase(b);
       reported_.erase(b);
       awaiting_[b] = now_members;
-      if (was != kNoNode && !now_members.count(was)) blind_takeover_.insert(b);
-      else blind_takeover_.erase(b);
     } else {
       // Kept: forget what departed nodes held; they report again on return.
       auto& users = managed_[b];
@@ -73,7 +87,10 @@ void Node::mgr_on_change(Time now, const Membership::Change& ch) {
         for (NodeId d : departed) a->second.erase(d);
         for (NodeId n : now_members)
           if (!reported_[b].count(n)) a->second.insert(n);
-        if (a->second.empty()) awaiting_.erase(a);
+        if (a->second.empty()) {
+          awaiting_.erase(a);
+          decide_lineages(now, b);
+        }
       }
     }
   }
@@ -81,53 +98,33 @@ void Node::mgr_on_change(Time now, const Membership::Change& ch) {
   last_poll_ = now;
 }
 
-namespace {
-using Ranges = std::map<Epoch, std::pair<std::uint32_t, std::uint32_t>>;
-// Adds r to `into`; true if it widened what was known of its term.
-bool widen(Ranges& into, const UidRange& r) {
-  auto [it, fresh] = into.try_emplace(r.term, r.min_uid, r.max_uid);
-  if (fresh) return true;
-  bool wider = r.min_uid < it->second.first || r.max_uid > it->second.second;
-  it->second.first = std::min(it->second.first, r.min_uid);
-  it->second.second = std::max(it->second.second, r.max_uid);
-  return wider;
-}
-}  // namespace
-
-void Node::absorb_range(Time now, const std::string& user, const std::string& folder,
-                        MgrFolder& f, const UidRange& r) {
-  if (r.max_uid == 0) return;
-  f.next_uid = std::max(f.next_uid, r.max_uid + 1);
-  bool conflict = false;
-  if (r.uidvalidity > f.uidvalidity) {
-    // Another manager moved the folder to a newer UIDVALIDITY. Adopt it,
-    // unless UIDs were handed out here meanwhile: then neither can stand.
-    if (f.ranges.empty()) {
-      f.uidvalidity = r.uidvalidity;
-      widen(f.ranges, r);
-      return;
-    }
-    conflict = true;
-  } else if (r.uidvalidity < f.uidvalidity) {
-    // Stamped before the current UIDVALIDITY. News of such a term after
-    // UIDs were handed out under the current one may precede or repeat
-    // them.
-    conflict = widen(f.legacy, r) && !f.ranges.empty();
-  } else {
-    // Same UIDVALIDITY: terms in epoch order must hold ascending,
-    // disjoint ranges.
-    widen(f.ranges, r);
-    std::uint32_t prev_max = 0;
-    for (const auto& [term, rng] : f.ranges) {
-      if (prev_max != 0 && rng.first <= prev_max) conflict = true;
-      prev_max = std::max(prev_max, rng.second);
+void Node::absorb_entry(const std::string& user, MgrFolder& f, const ReportEntry& e) {
+  for (const auto& r : e.ranges) {
+    if (r.max_uid == 0) continue;
+    auto [it, fresh] = f.seen.try_emplace(r.uidvalidity, r.max_uid);
+    if (!fresh) it->second = std::max(it->second, r.max_uid);
+    if (r.live == 0) continue;
+    f.seen_live.insert(r.uidvalidity);
+    if (f.uidvalidity != 0 && r.uidvalidity != f.uidvalidity && !f.renumber_due) {
+      f.renumber_due = true;
+      renumbers_due_.insert({user, e.folder});
     }
   }
-  if (!conflict) return;
-  env_.log("manager: " + user + "/" + folder + " UIDs " + std::to_string(r.min_uid) + "-" +
-           std::to_string(r.max_uid) + " of term " + r.term.str() + " (UIDVALIDITY " +
-           std::to_string(r.uidvalidity) + ") were handed out blind: new UIDVALIDITY and an audit");
-  bump_validity(now, user, folder, f, r.uidvalidity);
+  if (f.uidvalidity != 0)
+    if (auto s = f.seen.find(f.uidvalidity); s != f.seen.end())
+      f.next_uid = std::max(f.next_uid, s->second + 1);
+}
+
+std::uint32_t Node::new_lineage(Time now, const MgrFolder& f) {
+  // (counter << 8 | node id): two managers that start lineages at once
+  // (two sides of a partition) never pick the same value, and a node
+  // never repeats one, since its last is durable.
+  std::uint32_t base = std::max(static_cast<std::uint32_t>(now / 1000), last_lineage_);
+  for (const auto& [v, max] : f.seen) base = std::max(base, v);
+  for (const auto& [v, next] : f.handed) base = std::max(base, v);
+  last_lineage_ = (((base >> 8) + 1) << 8) | (cfg_.self & 0xff);
+  persist_counters();
+  return last_lineage_;
 }
 
 void Node::write_profile(Time now, MgrUser& u) {
@@ -140,62 +137,67 @@ void Node::write_profile(Time now, MgrUser& u) {
   repl_.coordinate(now, std::move(up));
 }
 
-void Node::bump_validity(Time now, const std::string& user, const std::string& folder,
-                         MgrFolder& f, std::uint32_t above) {
-  // Values are (seconds-ish counter << 8 | node id), so two managers that
-  // bump independently (two sides of a partition) never pick the same one.
-  std::uint32_t base = std::max({f.uidvalidity, above, static_cast<std::uint32_t>(now / 1000)});
-  f.uidvalidity = (((base >> 8) + 1) << 8) | (cfg_.self & 0xff);
-  for (const auto& [term, rng] : f.ranges)
-    widen(f.legacy, UidRange{0, term, rng.first, rng.second});
-  f.ranges.clear();
-  if (!f.audit_due) {
-    f.audit_due = true;
-    audits_due_.insert({user, folder});
+bool Node::settle_lineage(Time now, const std::string& user, const std::string& folder,
+                          MgrFolder& f) {
+  if (f.uidvalidity != 0) return true;
+  std::uint32_t top = 0;
+  for (const auto& [v, max] : f.seen) top = std::max(top, max);
+  if (!f.handed.empty()) {
+    // Continue a handed-on lineage; if two were (two sides of a healed
+    // partition), the one that went furthest.
+    auto best = std::max_element(f.handed.begin(), f.handed.end(), [](const auto& x, const auto& y) {
+      return std::pair(x.second, x.first) < std::pair(y.second, y.first);
+    });
+    f.uidvalidity = best->first;
+    f.next_uid = best->second;
+    if (auto s = f.seen.find(f.uidvalidity); s != f.seen.end())
+      f.next_uid = std::max(f.next_uid, s->second + 1);
+  } else {
+    f.uidvalidity = new_lineage(now, f);
+    f.next_uid = top + 1;
+    if (top != 0)
+      env_.log("manager: " + user + "/" + folder + " taken over without a handoff: UIDVALIDITY " +
+               std::to_string(f.uidvalidity) + ", renumbering");
   }
-  auto b = managed_.find(bucket(user));
-  if (b == managed_.end()) return;
-  MgrUser& u = b->second[user];
-  if (!u.profile) return;
-  FolderMeta& m = u.profile->folders[folder];
-  m.uidvalidity = std::max(m.uidvalidity, f.uidvalidity);
-  m.uid_reserved = std::max(m.uid_reserved, f.next_uid - 1);
-  write_profile(now, u);
+  f.handed.clear();
+  bool others = false;
+  for (std::uint32_t v : f.seen_live) others |= v != f.uidvalidity;
+  if (others && !f.renumber_due) {
+    f.renumber_due = true;
+    renumbers_due_.insert({user, folder});
+  }
+  return true;
+}
+
+void Node::decide_lineages(Time now, Bucket b) {
+  auto m = managed_.find(b);
+  if (m == managed_.end()) return;
+  for (auto& [name, u] : m->second)
+    for (auto& [fname, f] : u.folders)
+      if (f.uidvalidity == 0 && (!f.handed.empty() || !f.seen.empty()))
+        settle_lineage(now, name, fname, f);
 }
 
 std::uint32_t Node::take_uid(Time now, const std::string& user, const std::string& folder,
                              MgrFolder& f) {
-  auto b = managed_.find(bucket(user));
-  MgrUser& u = b->second[user];
-  bool write = false;
-  if (f.uidvalidity == 0) {
-    f.uidvalidity = ((static_cast<std::uint32_t>(now / 1000) >> 8) + 1) << 8 | (cfg_.self & 0xff);
-    write = true;
-  }
-  std::uint32_t uid = f.next_uid++;
-  auto [rng, fresh] = f.ranges.try_emplace(membership_.epoch(), uid, uid);
-  if (!fresh) rng->second.second = std::max(rng->second.second, uid);
-  if (u.profile) {
-    // Reserve UIDs in blocks in the replicated profile, so a successor that
-    // sees the profile never starts below what this manager handed out.
-    FolderMeta& m = u.profile->folders[folder];
-    if (m.uidvalidity < f.uidvalidity) {
-      m.uidvalidity = f.uidvalidity;
-      write = true;
-    }
-    if (uid > m.uid_reserved) {
-      m.uid_reserved = uid + cfg_.uid_block - 1;
-      write = true;
-    }
-    if (write) write_profile(now, u);
-  }
-  return uid;
+  settle_lineage(now, user, folder, f);
+  return f.next_uid++;
 }
 
 void Node::mgr_report(Time now, NodeId from, const Report& r) {
   if (r.epoch != membership_.epoch()) return;  // sender retries under the right epoch
   ReportAck ack;
   ack.epoch = r.epoch;
+  for (const auto& h : r.handoffs) {
+    // Only a folder still without a lineage takes a handoff; one that has
+    // a lineage keeps it (the other's messages get renumbered).
+    Bucket b = bucket(h.user);
+    if (membership_.manager_of(b) != cfg_.self) continue;
+    MgrFolder& f = managed_[b][h.user].folders[h.folder];
+    if (f.uidvalidity != 0) continue;
+    auto& next = f.handed[h.uidvalidity];
+    next = std::max(next, h.next_uid);
+  }
   for (std::size_t i = 0; i < r.users.size(); ++i) {
     const std::string& user = r.users[i];
     Bucket b = bucket(user);
@@ -210,24 +212,14 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
       if (p.user != user) continue;
       if (!mu.profile) mu.profile = p;
       else merge_profile(*mu.profile, p);
-      // A reservation is no use of a UID, but a successor starts above it.
-      for (const auto& [fname, meta] : p.folders) {
-        MgrFolder& f = mu.folders[fname];
-        f.next_uid = std::max(f.next_uid, meta.uid_reserved + 1);
-        if (meta.uidvalidity > f.uidvalidity && f.ranges.empty()) f.uidvalidity = meta.uidvalidity;
-      }
     }
     for (const auto& e : r.entries) {
       if (e.user != user) continue;
       MgrFolder& f = mu.folders[e.folder];
       if (e.count > 0) f.nodes.insert(from);
-      // Once UIDs were handed out blind (a new UIDVALIDITY was needed),
-      // every holder the last audit did not hear from is audited too.
-      if (!f.legacy.empty() && !e.ranges.empty() && !f.audited.count(from) && !f.audit_due) {
-        f.audit_due = true;
-        audits_due_.insert({user, e.folder});
-      }
-      for (const auto& range : e.ranges) absorb_range(now, user, e.folder, f, range);
+      absorb_entry(user, f, e);
+      // A folder first heard of after the bucket became ready.
+      if (f.uidvalidity == 0 && !f.seen.empty() && bucket_ready(b)) settle_lineage(now, user, e.folder, f);
     }
     ack.users.push_back(user);
     ack.generations.push_back(i < r.generations.size() ? r.generations[i] : 0);
@@ -245,25 +237,18 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
     a->second.erase(from);
     if (!a->second.empty()) continue;
     awaiting_.erase(a);
-    // The previous manager is gone from the group: crashed, or on the far
-    // side of a partition and perhaps still handing out UIDs. Which, no
-    // one can tell, so every folder it knew starts a new UIDVALIDITY.
-    if (blind_takeover_.erase(b))
-      for (auto& [name, u] : managed_[b])
-        for (auto& [fname, f] : u.folders)
-          if (f.next_uid > 1) bump_validity(now, name, fname, f, 0);
+    decide_lineages(now, b);
   }
   send(from, std::move(ack));
 }
 
 void Node::mgr_tick(Time now) {
-  for (auto it = audits_due_.begin(); it != audits_due_.end();) {
+  for (auto it = renumbers_due_.begin(); it != renumbers_due_.end();) {
     Bucket b = bucket(it->first);
     if (membership_.manager_of(b) != cfg_.self) {
-      it = audits_due_.erase(it);
-    } else if (bucket_ready(b)) {
-      start_audit(now, it->first, it->second);
-      it = audits_due_.erase(it);
+      it = renumbers_due_.erase(it);
+    } else if (bucket_ready(b) && start_renumber(now, it->first, it->second)) {
+      it = renumbers_due_.erase(it);
     } else {
       ++it;
     }
@@ -305,12 +290,11 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
       in.replicas = cfg_.replicas;
       in.salt = user_hash(a.user);
       Placement pl = choose_placement(in);
-      if (f.audit_due || f.audit_running || pl.nodes.empty()) {
+      if (pl.nodes.empty()) {
         rep.status = Status::TryAgain;
       } else {
         rep.uid = take_uid(now, a.user, a.folder, f);
         rep.uidvalidity = f.uidvalidity;
-        rep.term = membership_.epoch();
         rep.nodes = pl.nodes;
         f.nodes.insert(pl.nodes.begin(), pl.nodes.end());
       }
@@ -357,61 +341,71 @@ void Node::mgr_map(NodeId from, const MapRequest& m) {
     rep.status = Status::TryAgain;
   } else if (const MgrUser* u = managed_user(m.user); !u || !u->profile) {
     rep.status = (u && !u->folders.empty()) ? Status::TryAgain : Status::NoSuchUser;
-  } else if (auto f = u->folders.find(m.folder); f != u->folders.end()) {
+  } else if (auto f = u->folders.find(m.folder);
+             f != u->folders.end() && (f->second.renumber_due || f->second.renumber_running)) {
+    rep.status = Status::TryAgain;  // a list now would miss messages being renumbered
+  } else if (f != u->folders.end()) {
     rep.nodes.assign(f->second.nodes.begin(), f->second.nodes.end());
+    rep.uidvalidity = f->second.uidvalidity;
+    rep.next_uid = f->second.next_uid;
   }
   send(from, std::move(rep));
 }
 
-void Node::start_audit(Time now, const std::string& user, const std::string& folder) {
-  MgrUser& u = managed_[bucket(user)][user];
-  MgrFolder& f = u.folders[folder];
-  if (f.audit_running) return;
-  f.audit_due = false;
-  f.audit_running = true;
-  f.audited.clear();
+bool Node::start_renumber(Time now, const std::string& user, const std::string& folder) {
+  MgrFolder& f = managed_[bucket(user)][user].folders[folder];
+  if (f.renumber_running) return false;  // due again once this one ends
+  f.renumber_due = false;
+  f.renumber_running = true;
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
-  p.kind = Pending::Kind::Audit;
+  p.kind = Pending::Kind::Renumber;
   p.user = user;
   p.folder = folder;
   p.deadline = now + cfg_.request_timeout;
   fe_gather(now, id, std::vector<NodeId>(f.nodes.begin(), f.nodes.end()));
+  return true;
 }
 
-void Node::on_audit_done(Time now, Pending& p) {
+void Node::on_renumber_done(Time now, Pending& p) {
   auto b = managed_.find(bucket(p.user));
   if (b == managed_.end()) return;  // no longer the manager
   auto u = b->second.find(p.user);
   if (u == b->second.end()) return;
   MgrFolder& f = u->second.folders[p.folder];
-  f.audit_running = false;
-  bool incomplete = !p.awaiting.empty();
-  f.audited = p.answered;
-  std::map<std::uint32_t, std::vector<const MessageRecord*>> by_uid;
+  f.renumber_running = false;
+  settle_lineage(now, p.user, p.folder, f);
+  // Messages of other lineages get UIDs at the end of the current one, in
+  // their old order.
+  std::vector<const MessageRecord*> todo;
   for (const auto& [id, r] : p.gathered)
-    if (r.uid != 0) by_uid[r.uid].push_back(&r);
-  int fixed = 0;
-  for (auto& [uid, recs] : by_uid) {
-    // The lowest MsgId keeps the UID; every other message gets a new one.
-    for (std::size_t i = 1; i < recs.size(); ++i) {
-      Update up;
-      up.id = next_version(now);
-      up.kind = Update::Kind::SetUid;
-      up.replicas = recs[i]->replicas;
-      up.record.id = recs[i]->id;
-      up.record.user = p.user;
-      up.record.folder = p.folder;
-      up.record.uid = take_uid(now, p.user, p.folder, f);
-      up.record.uidvalidity = f.uidvalidity;
-      up.record.uid_term = membership_.epoch();
-      repl_.coordinate(now, std::move(up));
-      ++fixed;
-    }
+    if (r.uid != 0 && r.has_body && !r.expunged && r.uidvalidity != f.uidvalidity) todo.push_back(&r);
+  std::sort(todo.begin(), todo.end(), [](const MessageRecord* x, const MessageRecord* y) {
+    return std::tie(x->uidvalidity, x->uid, x->id) < std::tie(y->uidvalidity, y->uid, y->id);
+  });
+  for (const MessageRecord* r : todo) {
+    // The new UID must win over whatever stamped the old one, whatever
+    // that node's clock said.
+    last_version_ = std::max(last_version_, r->uid_version.time);
+    Update up;
+    up.id = next_version(now);
+    up.kind = Update::Kind::SetUid;
+    up.replicas = r->replicas;
+    up.record.id = r->id;
+    up.record.user = p.user;
+    up.record.folder = p.folder;
+    up.record.uidvalidity = f.uidvalidity;
+    up.record.uid = take_uid(now, p.user, p.folder, f);
+    repl_.coordinate(now, std::move(up));
   }
-  env_.log("manager: audit of " + p.user + "/" + p.folder + " re-stamped " +
-           std::to_string(fixed) + " duplicate UIDs" + (incomplete ? ", some holders silent: again" : ""));
-  if (incomplete) start_audit(now, p.user, p.folder);
+  bool incomplete = !p.awaiting.empty();
+  env_.log("manager: " + p.user + "/" + p.folder + " renumbered " + std::to_string(todo.size()) +
+           " messages into UIDVALIDITY " + std::to_string(f.uidvalidity) +
+           (incomplete ? "; some holders silent, again" : ""));
+  if (incomplete && !f.renumber_due) {
+    f.renumber_due = true;
+    renumbers_due_.insert({p.user, p.folder});
+  }
 }
 
 }  // namespace porcupine

@@ -33,6 +33,10 @@ void Node::start(Time now) {
   DurableSnapshot snap = disk_.load();
   next_seq_ = snap.next_seq;
   last_version_ = snap.last_version;
+  last_lineage_ = snap.last_lineage;
+  // Request ids must not repeat across restarts: a reply to the previous
+  // incarnation's request may still be in flight.
+  next_req_ = (static_cast<std::uint64_t>(std::max(now, last_version_)) << 16) + 1;
   repl_.load(snap, now);
   for (const auto& [id, r] : snap.records)
     for (NodeId n : r.replicas) membership_.learn(n);
@@ -59,7 +63,7 @@ Version Node::next_version(Time now) {
   return Version{last_version_, cfg_.self};
 }
 
-void Node::persist_counters() { disk_.put_counters(next_seq_, last_version_); }
+void Node::persist_counters() { disk_.put_counters(next_seq_, last_version_, last_lineage_); }
 
 Bucket Node::bucket(const std::string& user) const { return bucket_of(user, cfg_.buckets); }
 

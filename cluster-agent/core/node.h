@@ -49,16 +49,15 @@ class Node {
   // ---- observation (status, tests, the simulator's checker) ----
   struct MgrFolder {
     std::set<NodeId> nodes;        // the mail map: nodes holding fragments
-    std::uint32_t uidvalidity = 0;
+    // The folder's UID lineage: UIDVALIDITY and the next UID. Only this
+    // manager hands out UIDs under it, until it hands the lineage on.
+    std::uint32_t uidvalidity = 0;  // 0: not decided yet
     std::uint32_t next_uid = 1;
-    // UIDs stamped under the current UIDVALIDITY, per manager term. Terms
-    // must hold disjoint ranges in epoch order; anything else proves two
-    // managers (a partition, a lost reservation) handed out UIDs blind.
-    std::map<Epoch, std::pair<std::uint32_t, std::uint32_t>> ranges;
-    std::map<Epoch, std::pair<std::uint32_t, std::uint32_t>> legacy;  // older UIDVALIDITYs
-    std::set<NodeId> audited;      // holders the last audit heard from
-    bool audit_due = false;        // duplicates may exist: list the holders and re-stamp
-    bool audit_running = false;
+    std::map<std::uint32_t, std::uint32_t> handed;  // lineage -> next UID, from handoffs
+    std::map<std::uint32_t, std::uint32_t> seen;    // lineage -> highest UID reported
+    std::set<std::uint32_t> seen_live;              // lineages reported with live messages
+    bool renumber_due = false;     // messages of other lineages await new UIDs
+    bool renumber_running = false;
   };
   struct MgrUser {
     std::optional<Profile> profile;
@@ -74,18 +73,19 @@ class Node {
   std::size_t pending_reports() const { return report_buckets_.size() + dirty_users_.size(); }
 
  private:
-  // front-end work in flight (frontend.cc), and manager audits
+  // front-end work in flight (frontend.cc), and manager renumberings
   struct Pending {
-    enum class Kind { CreateUser, Alloc, Store, Mutate, Map, List, Audit } kind;
+    enum class Kind { CreateUser, Alloc, Store, Mutate, Map, List, Renumber } kind;
     std::uint64_t client_req = 0;  // the local client's id (0 for internal work)
     Time deadline = 0;
     Time retry_at = 0;
     NodeId peer = kNoNode;
     std::string user, folder, body;
+    std::uint32_t uidvalidity = 0, next_uid = 1;  // List: the folder's lineage
     Update update;
-    std::set<NodeId> awaiting;                    // List/Audit: nodes still to answer
-    std::set<NodeId> answered;                    // List/Audit: nodes that answered
-    std::map<MsgId, MessageRecord> gathered;      // List/Audit: merged records
+    std::set<NodeId> awaiting;                    // List/Renumber: nodes still to answer
+    std::set<NodeId> answered;                    // List/Renumber: nodes that answered
+    std::map<MsgId, MessageRecord> gathered;      // List/Renumber: merged records
   };
 
   // frontend.cc
@@ -105,14 +105,14 @@ class Node {
   void mgr_create_user(Time now, NodeId from, const CreateUserRequest& c);
   void mgr_map(NodeId from, const MapRequest& m);
   void mgr_tick(Time now);
-  void absorb_range(Time now, const std::string& user, const std::string& folder, MgrFolder& f,
-                    const UidRange& r);
-  void on_audit_done(Time now, Pending& p);
-  std::uint32_t take_uid(Time now, const std::string& user, const std::string& folder, MgrFolder& f);
-  void bump_validity(Time now, const std::string& user, const std::string& folder, MgrFolder& f,
-                     std::uint32_t above);
+  void absorb_entry(const std::string& user, MgrFolder& f, const ReportEntry& e);
+  void decide_lineages(Time now, Bucket b);
   void write_profile(Time now, MgrUser& u);
-  void start_audit(Time now, const std::string& user, const std::string& folder);
+  bool settle_lineage(Time now, const std::string& user, const std::string& folder, MgrFolder& f);
+  std::uint32_t new_lineage(Time now, const MgrFolder& f);
+  std::uint32_t take_uid(Time now, const std::string& user, const std::string& folder, MgrFolder& f);
+  bool start_renumber(Time now, const std::string& user, const std::string& folder);
+  void on_renumber_done(Time now, Pending& p);
   std::vector<NodeLoad> live_loads() const;
 
   // report.cc
@@ -142,6 +142,7 @@ class Node {
   Replicator repl_;
   std::uint64_t next_seq_ = 1;
   Time last_version_ = 0;
+  std::uint32_t last_lineage_ = 0;
   std::uint64_t next_req_ = 1;
 
   // manager role (soft state)
@@ -150,8 +151,10 @@ class Node {
   std::map<Bucket, std::set<NodeId>> awaiting_;   // bucket -> members yet to report
   std::map<Bucket, std::set<NodeId>> reported_;   // bucket -> members that have reported
   std::map<Bucket, std::set<NodeId>> expected_;   // kept bucket -> new members yet to report (not blocking)
-  std::set<std::pair<std::string, std::string>> audits_due_;  // (user, folder)
-  std::set<Bucket> blind_takeover_;  // moved here from a manager no longer in the group
+  std::set<std::pair<std::string, std::string>> renumbers_due_;  // (user, folder)
+  // Lineages of buckets this node managed until the last change, for their
+  // new managers; valid only in the epoch that moved them.
+  std::map<Bucket, std::vector<Handoff>> handoffs_;
   Time awaiting_since_ = 0;
   Time last_poll_ = 0;
 

@@ -20,7 +20,6 @@ bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now) {
   if (newer(in.uid_version, cur.uid_version)) {
     cur.uid = in.uid;
     cur.uidvalidity = in.uidvalidity;
-    cur.uid_term = in.uid_term;
     cur.uid_version = in.uid_version;
     changed = true;
   }
@@ -60,8 +59,7 @@ bool merge_profile(Profile& cur, const Profile& in) {
   if (cur.user.empty()) cur.user = in.user;
   for (const auto& [name, meta] : in.folders) {
     FolderMeta& m = cur.folders[name];
-    FolderMeta merged{std::max(m.uidvalidity, meta.uidvalidity),
-                      std::max(m.uid_reserved, meta.uid_reserved)};
+    FolderMeta merged{std::max(m.uidvalidity, meta.uidvalidity)};
     if (!(merged == m)) {
       m = merged;
       changed = true;

@@ -31,7 +31,6 @@ struct MessageRecord {
 
   std::uint32_t uidvalidity = 0;
   std::uint32_t uid = 0;
-  Epoch uid_term;  // membership epoch of the manager that stamped the UID
   Version uid_version;
 
   std::uint32_t flags = 0;
@@ -49,15 +48,14 @@ struct MessageRecord {
 // anything changed.
 bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now);
 
-// Per-folder UID state kept in the profile. Merged by max, so it only grows.
+// A folder the user has, kept in the profile. Merged by max.
 struct FolderMeta {
-  std::uint32_t uidvalidity = 0;
-  std::uint32_t uid_reserved = 0;  // highest UID a manager may have handed out
+  std::uint32_t uidvalidity = 0;  // highest UIDVALIDITY the folder has had
   bool operator==(const FolderMeta&) const = default;
 };
 
 // A user's profile: scalar fields last-writer-wins by `version`; folder
-// metadata max-merged so concurrent writers never lose a reservation.
+// metadata max-merged so concurrent writers never lose a folder.
 struct Profile {
   std::string user;
   Version version;

@@ -39,18 +39,18 @@ ReportEntry Node::summarize(const std::string& user, const std::string& folder) 
   ReportEntry e;
   e.user = user;
   e.folder = folder;
-  std::map<std::pair<std::uint32_t, Epoch>, UidRange> ranges;
+  std::map<std::uint32_t, UidRange> ranges;
   for (const MsgId& id : repl_.user_records(user)) {
     const MessageRecord& r = repl_.records().at(id);
     if (r.folder != folder) continue;
     if (r.has_body && !r.expunged) ++e.count;
     if (r.uid == 0) continue;
-    auto [it, fresh] = ranges.try_emplace({r.uidvalidity, r.uid_term},
-                                          UidRange{r.uidvalidity, r.uid_term, r.uid, r.uid});
+    auto [it, fresh] = ranges.try_emplace(r.uidvalidity, UidRange{r.uidvalidity, r.uid, r.uid, 0});
     if (!fresh) {
       it->second.min_uid = std::min(it->second.min_uid, r.uid);
       it->second.max_uid = std::max(it->second.max_uid, r.uid);
     }
+    if (r.has_body && !r.expunged) ++it->second.live;
   }
   for (auto& [k, r] : ranges) e.ranges.push_back(r);
   return e;
@@ -74,7 +74,12 @@ void Node::rep_tick(Time now) {
     if (auto p = repl_.profiles().find(user); p != repl_.profiles().end())
       r.profiles.push_back(p->second);
   };
-  for (Bucket b : report_buckets_) out[membership_.manager_of(b)].complete.push_back(b);
+  for (Bucket b : report_buckets_) {
+    Report& r = out[membership_.manager_of(b)];
+    r.complete.push_back(b);
+    if (auto h = handoffs_.find(b); h != handoffs_.end())
+      r.handoffs.insert(r.handoffs.end(), h->second.begin(), h->second.end());
+  }
   if (!report_buckets_.empty())
     for (const auto& user : repl_.local_users())
       if (report_buckets_.count(bucket(user))) add_user(user);
@@ -88,7 +93,10 @@ void Node::rep_tick(Time now) {
 void Node::rep_ack(Time, NodeId from, const ReportAck& a) {
   if (a.epoch != membership_.epoch()) return;
   for (Bucket b : a.complete)
-    if (membership_.manager_of(b) == from) report_buckets_.erase(b);
+    if (membership_.manager_of(b) == from) {
+      report_buckets_.erase(b);
+      handoffs_.erase(b);
+    }
   for (std::size_t i = 0; i < a.users.size(); ++i) {
     auto d = dirty_users_.find(a.users[i]);
     if (d != dirty_users_.end() && i < a.generations.size() && d->second == a.generations[i])

@@ -36,11 +36,19 @@ struct Commit {
 };
 
 // ---- mail map and profile reconstruction ---------------------------------
-// The UIDs one manager term stamped on the messages a node holds.
+// The UIDs of one UIDVALIDITY (one lineage) on the messages a node holds.
 struct UidRange {
   std::uint32_t uidvalidity = 0;
-  Epoch term;
   std::uint32_t min_uid = 0, max_uid = 0;
+  std::uint32_t live = 0;  // of them, messages a client sees (body held, not expunged)
+};
+// A manager that lost a bucket hands each folder's UID lineage to the new
+// manager, once, in the epoch that moved the bucket.
+struct Handoff {
+  std::string user;
+  std::string folder;
+  std::uint32_t uidvalidity = 0;
+  std::uint32_t next_uid = 1;
 };
 struct ReportEntry {
   std::string user;
@@ -55,6 +63,7 @@ struct Report {
   std::vector<std::uint64_t> generations;  // reporter's change counter per user, echoed in the ack
   std::vector<ReportEntry> entries;
   std::vector<Profile> profiles;
+  std::vector<Handoff> handoffs;      // for buckets in `complete` this node managed until now
 };
 struct ReportAck {
   Epoch epoch;
@@ -74,12 +83,17 @@ struct AllocReply {
   Status status = Status::Ok;
   std::uint32_t uidvalidity = 0;
   std::uint32_t uid = 0;
-  Epoch term;                 // the manager's epoch, stamped on the message with the UID
   std::vector<NodeId> nodes;  // [0] primary, then replicas
 };
 struct CreateUserRequest { std::uint64_t req = 0; std::string user; std::string password_hash; };
 struct MapRequest { std::uint64_t req = 0; std::string user; std::string folder; };
-struct MapReply { std::uint64_t req = 0; Status status = Status::Ok; std::vector<NodeId> nodes; };
+struct MapReply {
+  std::uint64_t req = 0;
+  Status status = Status::Ok;
+  std::vector<NodeId> nodes;
+  std::uint32_t uidvalidity = 0;  // the folder's current lineage (0: none yet)
+  std::uint32_t next_uid = 1;
+};
 
 // ---- replication ---------------------------------------------------------
 struct StoreRequest { std::uint64_t req = 0; Update update; };

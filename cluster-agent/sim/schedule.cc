@@ -115,8 +115,15 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
     }
   for (const auto& [key, recs] : folders) {
     std::map<std::uint32_t, MsgId> seen;
+    NodeId mgr = mem.manager_of(bucket_of(key.first, mem.map().size()));
+    const Node::MgrUser* u = c.node(mgr)->managed_user(key.first);
+    auto f = u ? u->folders.find(key.second) : decltype(u->folders.end()){};
+    std::uint32_t lineage = u && f != u->folders.end() ? f->second.uidvalidity : 0;
     for (const auto& [id, r] : recs) {
-      if (r.uid == 0 || r.expunged) continue;
+      if (r.uid == 0 || r.expunged || !r.has_body) continue;  // no client sees it
+      if (r.uidvalidity != lineage)
+        fail("(e) " + key.first + "/" + key.second + " message " + id.str() + " has UIDVALIDITY " +
+             std::to_string(r.uidvalidity) + ", the folder " + std::to_string(lineage));
       auto [it, fresh] = seen.emplace(r.uid, id);
       if (!fresh)
         fail("(e) " + key.first + "/" + key.second + " UID " + std::to_string(r.uid) +

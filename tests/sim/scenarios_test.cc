@@ -3,6 +3,8 @@
 // scenario names and then every invariant of docs/protocols.md.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "core/hash.h"
 #include "sim/cluster.h"
 #include "sim/schedule.h"
@@ -203,30 +205,70 @@ TEST(Replication, DeathCertificateKeptUntilTtlThenDropped) {
   }
 }
 
-TEST(Uids, AllocationContinuesAboveMaxAfterManagerChange) {
+TEST(Uids, ManagerCrashStartsANewLineageAndRenumbersInOrder) {
   Harness h(4);
   const std::string u = "fay@example.org";
   h.user(u);
   std::uint32_t last = 0, validity = 0;
+  std::vector<MsgId> order;
   for (int i = 0; i < 10; ++i) {
     const ClientReply* r = h.deliver(1 + i % 4, u);
     ASSERT_EQ(r->status, Status::Ok);
     EXPECT_GT(r->uid, last);
     last = r->uid;
     validity = r->uidvalidity;
+    order.push_back(r->msg);
   }
   NodeId mgr = h.c.node(1)->membership().manager_of(bucket_of(u, 1024));
   h.c.crash(mgr);
   ASSERT_TRUE(h.settle());
   NodeId via = mgr == 1 ? 2 : 1;
+  // The old manager cannot be told apart from one behind a partition, so
+  // its successor starts a new UIDVALIDITY and renumbers every message.
   const ClientReply* r = h.deliver(via, u);
   ASSERT_EQ(r->status, Status::Ok);
-  // UIDs continue above every known one (the UIDVALIDITY may change too:
-  // the old manager cannot be told apart from one behind a partition).
-  EXPECT_GT(r->uid, last);
-  EXPECT_NE(validity, 0u);
+  EXPECT_NE(r->uidvalidity, validity);
+  order.push_back(r->msg);
+  h.c.run_for(5000);
+  const ClientReply* l = h.c.wait(h.c.list(via, u, "INBOX"));
+  ASSERT_TRUE(l);
+  ASSERT_EQ(l->status, Status::Ok);
+  EXPECT_EQ(l->uidvalidity, r->uidvalidity);
+  ASSERT_EQ(l->records.size(), order.size());  // list sorts by UID
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    EXPECT_EQ(l->records[i].id, order[i]) << "position " << i;
+    EXPECT_EQ(l->records[i].uidvalidity, r->uidvalidity);
+  }
   h.c.restart(mgr);
   ASSERT_TRUE(h.settle());
+  h.expect_invariants();
+}
+
+TEST(Uids, HandoffOnJoinKeepsUidValidityAndContinuesUids) {
+  Harness h(4);
+  std::map<std::string, std::pair<std::uint32_t, std::uint32_t>> before;  // validity, uid
+  std::map<std::string, NodeId> mgr_before;
+  for (int i = 0; i < 24; ++i) {
+    std::string u = "user" + std::to_string(i) + "@example.org";
+    h.user(u);
+    const ClientReply* r = h.deliver(1 + i % 4, u);
+    ASSERT_EQ(r->status, Status::Ok);
+    before[u] = {r->uidvalidity, r->uid};
+    mgr_before[u] = h.c.node(1)->membership().manager_of(bucket_of(u, 1024));
+  }
+  h.c.add_node(5, {1, 2, 3, 4});
+  ASSERT_TRUE(h.settle());
+  int moved = 0;
+  for (const auto& [u, vu] : before) {
+    const ClientReply* r = h.deliver(2, u);
+    ASSERT_EQ(r->status, Status::Ok);
+    if (h.c.node(1)->membership().manager_of(bucket_of(u, 1024)) != mgr_before[u]) ++moved;
+    // Every old manager is alive and hands its lineages on: no client
+    // resynchronises, and UIDs go on growing.
+    EXPECT_EQ(r->uidvalidity, vu.first) << u;
+    EXPECT_GT(r->uid, vu.second) << u;
+  }
+  EXPECT_GT(moved, 0);  // the join moved some of these users to node 5
   h.expect_invariants();
 }
 
