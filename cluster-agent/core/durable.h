@@ -1,13 +1,21 @@
 // durable.h - the disk as the core sees it.
 //
-// Each call returns only when the write is durable (the agent implements
-// this with Redis AOF + fsynced files; the simulator with memory that
-// survives a simulated crash). The core calls it synchronously and never
-// acknowledges anything before the call has returned.
+// A write is durable before any effect of the same event leaves the node:
+// the simulator's memory store is durable at once; the agent's store
+// (Redis AOF + fsynced spool files) batches the writes of one turn of its
+// event loop and the agent holds every outgoing message and reply until
+// that batch is flushed (group commit). The core never acknowledges
+// anything before its writes.
+//
+// Bodies: a record passed with a non-empty body stores that body; a record
+// passed with has_body and an empty body keeps the body already stored
+// (the core keeps bodies out of memory once stored); a record without
+// has_body (expunged) drops it.
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 
 #include "records.h"
@@ -28,6 +36,8 @@ class DurableStore {
   virtual ~DurableStore() = default;
   virtual DurableSnapshot load() = 0;
   virtual void put_record(const MessageRecord& r) = 0;
+  // The stored body of a record, or nothing if this node holds none.
+  virtual std::optional<std::string> get_body(const MsgId& id) = 0;
   virtual void erase_record(const MsgId& id) = 0;
   virtual void put_profile(const Profile& p) = 0;
   virtual void put_log(const LogEntry& e) = 0;
@@ -42,7 +52,18 @@ class DurableStore {
 class MemoryStore final : public DurableStore {
  public:
   DurableSnapshot load() override { return data_; }
-  void put_record(const MessageRecord& r) override { data_.records[r.id] = r; ++writes_; }
+  void put_record(const MessageRecord& r) override {
+    MessageRecord& cur = data_.records[r.id];
+    std::string keep = r.has_body && r.body.empty() ? std::move(cur.body) : std::string();
+    cur = r;
+    if (!keep.empty()) cur.body = std::move(keep);
+    ++writes_;
+  }
+  std::optional<std::string> get_body(const MsgId& id) override {
+    auto it = data_.records.find(id);
+    if (it == data_.records.end() || !it->second.has_body) return std::nullopt;
+    return it->second.body;
+  }
   void erase_record(const MsgId& id) override { data_.records.erase(id); ++writes_; }
   void put_profile(const Profile& p) override { data_.profiles[p.user] = p; ++writes_; }
   void put_log(const LogEntry& e) override { data_.log[e.update.id] = e; ++writes_; }

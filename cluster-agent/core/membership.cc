@@ -62,6 +62,10 @@ void Membership::maybe_coordinate(Time now, const char* why) {
   // A mismatch seen right after a round is usually that round still
   // settling; wait a little before starting another.
   if (coord_ || now - last_round_end_ < cfg_.reconfig_backoff) return;
+  // Promised to a round that may still commit: starting another now would
+  // pre-empt it, and rounds pre-empting each other can go on forever.
+  // If its commit never comes, tick() starts a round after commit_timeout.
+  if (promised_ > epoch_ && now - promised_at_ <= cfg_.commit_timeout) return;
   coordinate(now, why);
 }
 

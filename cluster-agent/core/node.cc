@@ -144,7 +144,9 @@ const char* message_name(const Message& m) {
       "Probe",      "ProbeAck",  "NewGroup",     "Accept",        "Commit",   "Report",
       "ReportAck",  "ReportPoll", "AllocRequest", "AllocReply",
       "CreateUserRequest", "MapRequest", "MapReply", "StoreRequest", "MutateRequest",
-      "OpReply",    "Push",      "PushAck",      "Retire",        "ListRequest", "ListReply"};
+      "OpReply",    "Push",      "PushAck",      "Retire",        "ListRequest", "ListReply",
+      "FetchRequest", "FetchReply", "ProfileRequest", "ProfileReply", "UserUpdateRequest",
+      "UserListRequest", "UserListReply"};
   static_assert(sizeof(names) / sizeof(names[0]) == std::variant_size_v<Message>);
   return names[m.index()];
 }

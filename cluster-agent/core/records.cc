@@ -53,6 +53,7 @@ bool merge_profile(Profile& cur, const Profile& in) {
     cur.password_hash = in.password_hash;
     cur.quota_bytes = in.quota_bytes;
     cur.enabled = in.enabled;
+    cur.deleted = in.deleted;
     cur.holders = in.holders;
     changed = true;
   }

@@ -62,6 +62,7 @@ struct Profile {
   std::string password_hash;
   std::uint64_t quota_bytes = 0;  // 0 = unlimited
   bool enabled = true;
+  bool deleted = false;  // a deleted user's profile stays as a tombstone
   std::map<std::string, FolderMeta> folders;
   std::vector<NodeId> holders;  // nodes that keep a replica of this profile
 

@@ -106,11 +106,30 @@ struct Retire { Version id; };
 // ---- reads ---------------------------------------------------------------
 struct ListRequest { std::uint64_t req = 0; std::string user; std::string folder; };
 struct ListReply { std::uint64_t req = 0; std::vector<MessageRecord> records; };  // bodies stripped
+struct FetchRequest { std::uint64_t req = 0; MsgId id; };
+struct FetchReply { std::uint64_t req = 0; Status status = Status::Ok; std::string body; };
+
+// ---- the user database (profiles, at the user's manager) ------------------
+struct ProfileRequest { std::uint64_t req = 0; std::string user; };
+struct ProfileReply { std::uint64_t req = 0; Status status = Status::Ok; Profile profile; };
+struct UserUpdateRequest {
+  enum class Op : std::uint8_t { SetPassword, SetQuota, Enable, Disable, Delete };
+  std::uint64_t req = 0;
+  std::string user;
+  Op op = Op::SetPassword;
+  std::string password_hash;     // SetPassword
+  std::uint64_t quota_bytes = 0;  // SetQuota
+};
+struct UserListRequest { std::uint64_t req = 0; };
+// From one manager: the users with a profile in the buckets it manages.
+struct UserListReply { std::uint64_t req = 0; Status status = Status::Ok; std::vector<std::string> users; };
 
 using Message = std::variant<Probe, ProbeAck, NewGroup, Accept, Commit, Report, ReportAck,
                              ReportPoll, AllocRequest, AllocReply,
                              CreateUserRequest, MapRequest, MapReply, StoreRequest, MutateRequest,
-                             OpReply, Push, PushAck, Retire, ListRequest, ListReply>;
+                             OpReply, Push, PushAck, Retire, ListRequest, ListReply,
+                             FetchRequest, FetchReply, ProfileRequest, ProfileReply,
+                             UserUpdateRequest, UserListRequest, UserListReply>;
 
 const char* message_name(const Message& m);
 
