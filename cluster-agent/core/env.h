@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,9 @@ struct ClientReply {
   std::uint32_t uid = 0;           // deliver; list: the next UID
   std::vector<NodeId> replicas;    // deliver: where it is stored
   std::vector<MessageRecord> records;  // list: merged view, bodies stripped
+  std::string body;                    // fetch
+  std::optional<Profile> profile;      // get_user
+  std::vector<std::string> users;      // list_users, sorted
 };
 
 class Env {

@@ -145,6 +145,21 @@ void Node::fe_tick(Time now) {
       case Pending::Kind::Renumber:
         for (NodeId n : p.awaiting) send(n, ListRequest{id, p.user, p.folder});
         break;
+      case Pending::Kind::Fetch:
+        // The holder did not answer in time: the next one.
+        p.candidates.push_back(p.peer);
+        if (!fe_fetch_next(p, id)) p.deadline = now;  // fails on the next tick
+        break;
+      case Pending::Kind::Profile:
+        send(mgr, ProfileRequest{id, p.user});
+        break;
+      case Pending::Kind::UserUpdate:
+        p.change.req = id;
+        send(mgr, p.change);
+        break;
+      case Pending::Kind::UserList:
+        for (NodeId n : p.awaiting) send(n, UserListRequest{id});
+        break;
     }
   }
   for (std::uint64_t id : expired) {
@@ -193,7 +208,61 @@ void Node::fe_finish_list(std::uint64_t id) {
   env_.reply(std::move(r));
 }
 
+void Node::fetch(Time now, std::uint64_t req, const MessageRecord& target) {
+  std::uint64_t id = new_req();
+  Pending& p = pending_[id];
+  p.kind = Pending::Kind::Fetch;
+  p.client_req = req;
+  p.deadline = now + cfg_.request_timeout;
+  p.update.record.id = target.id;
+  // This node first (no network), then the other replicas.
+  if (std::find(target.replicas.begin(), target.replicas.end(), cfg_.self) != target.replicas.end())
+    p.candidates.push_back(cfg_.self);
+  for (NodeId n : target.replicas)
+    if (n != cfg_.self) p.candidates.push_back(n);
+  if (!fe_fetch_next(p, id)) fe_fail(id, Status::TryAgain, "no live replica holds the message");
+}
+
+bool Node::fe_fetch_next(Pending& p, std::uint64_t id) {
+  while (!p.candidates.empty() && !live(p.candidates.front())) p.candidates.erase(p.candidates.begin());
+  if (p.candidates.empty()) return false;
+  p.peer = p.candidates.front();
+  p.candidates.erase(p.candidates.begin());
+  p.retry_at = now_ + cfg_.push_retry;
+  send(p.peer, FetchRequest{id, p.update.record.id});
+  return true;
+}
+
+void Node::serve_fetch(NodeId from, const FetchRequest& f) {
+  FetchReply rep;
+  rep.req = f.req;
+  auto r = repl_.records().find(f.id);
+  std::optional<std::string> body;
+  if (r != repl_.records().end() && r->second.has_body && !r->second.expunged) body = disk_.get_body(f.id);
+  if (body) rep.body = std::move(*body);
+  else rep.status = (r != repl_.records().end() && r->second.expunged) ? Status::NoSuchUser : Status::Failed;
+  send(from, std::move(rep));
+}
+
 void Node::fe_reply(NodeId from, const Message& m) {
+  if (fe_user_reply(from, m)) return;
+  if (const auto* f = std::get_if<FetchReply>(&m)) {
+    auto it = pending_.find(f->req);
+    Pending* p = it == pending_.end() ? nullptr : &it->second;
+    if (!p || p->kind != Pending::Kind::Fetch || from != p->peer) return;
+    if (f->status == Status::Ok) {
+      ClientReply r;
+      r.req = p->client_req;
+      r.body = f->body;
+      pending_.erase(f->req);
+      env_.reply(std::move(r));
+    } else if (f->status == Status::NoSuchUser) {
+      fe_fail(f->req, Status::NoSuchUser, "message expunged");
+    } else if (!fe_fetch_next(*p, f->req)) {
+      fe_fail(f->req, Status::TryAgain, "no live replica holds the message");
+    }
+    return;
+  }
   auto find = [this](std::uint64_t req) -> Pending* {
     auto it = pending_.find(req);
     return it == pending_.end() ? nullptr : &it->second;

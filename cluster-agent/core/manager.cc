@@ -277,10 +277,11 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
   } else {
     auto& users = managed_[b];
     auto it = users.find(a.user);
-    if (it == users.end() || !it->second.profile) {
+    if (it == users.end() || !it->second.profile || it->second.profile->deleted) {
       // Mail without a profile means the profile's holders are down.
-      rep.status = (it != users.end() && !it->second.folders.empty()) ? Status::TryAgain
-                                                                      : Status::NoSuchUser;
+      rep.status = (it != users.end() && !it->second.profile && !it->second.folders.empty())
+                       ? Status::TryAgain
+                       : Status::NoSuchUser;
     } else {
       MgrFolder& f = it->second.folders[a.folder];
       PlacementInput in;
@@ -310,7 +311,8 @@ void Node::mgr_create_user(Time now, NodeId from, const CreateUserRequest& c) {
     rep.status = Status::NotManager;
   } else if (!bucket_ready(b)) {
     rep.status = Status::TryAgain;
-  } else if (managed_[b].count(c.user) && managed_[b][c.user].profile) {
+  } else if (managed_[b].count(c.user) && managed_[b][c.user].profile &&
+             !managed_[b][c.user].profile->deleted) {
     rep.status = Status::Exists;
   } else {
     PlacementInput in;
@@ -339,8 +341,8 @@ void Node::mgr_map(NodeId from, const MapRequest& m) {
     rep.status = Status::NotManager;
   } else if (!bucket_ready(b)) {
     rep.status = Status::TryAgain;
-  } else if (const MgrUser* u = managed_user(m.user); !u || !u->profile) {
-    rep.status = (u && !u->folders.empty()) ? Status::TryAgain : Status::NoSuchUser;
+  } else if (const MgrUser* u = managed_user(m.user); !u || !u->profile || u->profile->deleted) {
+    rep.status = (u && !u->profile && !u->folders.empty()) ? Status::TryAgain : Status::NoSuchUser;
   } else if (auto f = u->folders.find(m.folder);
              f != u->folders.end() && (f->second.renumber_due || f->second.renumber_running)) {
     rep.status = Status::TryAgain;  // a list now would miss messages being renumbered

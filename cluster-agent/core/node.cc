@@ -120,8 +120,16 @@ void Node::receive(Time now, const Envelope& e) {
           repl_.on_retire(msg);
         } else if constexpr (std::is_same_v<T, ListRequest>) {
           serve_list(e.from, msg);
+        } else if constexpr (std::is_same_v<T, FetchRequest>) {
+          serve_fetch(e.from, msg);
+        } else if constexpr (std::is_same_v<T, ProfileRequest>) {
+          mgr_profile(e.from, msg);
+        } else if constexpr (std::is_same_v<T, UserUpdateRequest>) {
+          mgr_user_update(now_, e.from, msg);
+        } else if constexpr (std::is_same_v<T, UserListRequest>) {
+          mgr_user_list(e.from, msg);
         } else {
-          fe_reply(e.from, m);  // AllocReply, MapReply, OpReply, ListReply
+          fe_reply(e.from, m);  // the replies
         }
       },
       m);

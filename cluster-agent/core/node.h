@@ -45,6 +45,12 @@ class Node {
   void set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags);
   void expunge(Time now, std::uint64_t req, const MessageRecord& target);
   void list(Time now, std::uint64_t req, const std::string& user, const std::string& folder);
+  // `target` needs id and replicas; tries this node first, then each replica.
+  void fetch(Time now, std::uint64_t req, const MessageRecord& target);
+  // The user database (users.cc), answered by each user's manager.
+  void get_user(Time now, std::uint64_t req, const std::string& user);
+  void update_user(Time now, std::uint64_t req, const UserUpdateRequest& change);
+  void list_users(Time now, std::uint64_t req);
 
   // ---- observation (status, tests, the simulator's checker) ----
   struct MgrFolder {
@@ -75,7 +81,7 @@ class Node {
  private:
   // front-end work in flight (frontend.cc), and manager renumberings
   struct Pending {
-    enum class Kind { CreateUser, Alloc, Store, Mutate, Map, List, Renumber } kind;
+    enum class Kind { CreateUser, Alloc, Store, Mutate, Map, List, Renumber, Fetch, Profile, UserUpdate, UserList } kind;
     std::uint64_t client_req = 0;  // the local client's id (0 for internal work)
     Time deadline = 0;
     Time retry_at = 0;
@@ -86,6 +92,9 @@ class Node {
     std::set<NodeId> awaiting;                    // List/Renumber: nodes still to answer
     std::set<NodeId> answered;                    // List/Renumber: nodes that answered
     std::map<MsgId, MessageRecord> gathered;      // List/Renumber: merged records
+    std::vector<NodeId> candidates;               // Fetch: holders still to try
+    UserUpdateRequest change;                     // UserUpdate
+    std::set<std::string> users;                  // UserList: gathered
   };
 
   // frontend.cc
@@ -133,6 +142,15 @@ class Node {
   void serve_list(NodeId from, const ListRequest& l);
   void serve_store(Time now, NodeId from, const StoreRequest& s);
   void serve_mutate(Time now, NodeId from, const MutateRequest& m);
+  void serve_fetch(NodeId from, const FetchRequest& f);
+  bool fe_fetch_next(Pending& p, std::uint64_t id);
+
+  // users.cc
+  std::uint64_t fe_start(Time now, Pending::Kind kind, std::uint64_t req, const std::string& user);
+  void mgr_profile(NodeId from, const ProfileRequest& r);
+  void mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r);
+  void mgr_user_list(NodeId from, const UserListRequest& r);
+  bool fe_user_reply(NodeId from, const Message& m);
 
   CoreConfig cfg_;
   Env& env_;

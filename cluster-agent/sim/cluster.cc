@@ -196,6 +196,10 @@ std::uint64_t Cluster::list(NodeId via, const std::string& user, const std::stri
   return client_op(via, [&](Node& n, std::uint64_t req) { n.list(now_, req, user, folder); });
 }
 
+std::uint64_t Cluster::call(NodeId via, const std::function<void(Node&, Time, std::uint64_t)>& f) {
+  return client_op(via, [&](Node& n, std::uint64_t req) { f(n, now_, req); });
+}
+
 const ClientReply* Cluster::reply(std::uint64_t req) const {
   auto it = replies_.find(req);
   return it == replies_.end() ? nullptr : &it->second.first;

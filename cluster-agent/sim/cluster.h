@@ -58,6 +58,8 @@ class Cluster {
   std::uint64_t set_flags(NodeId via, const MessageRecord& target, std::uint32_t flags);
   std::uint64_t expunge(NodeId via, const MessageRecord& target);
   std::uint64_t list(NodeId via, const std::string& user, const std::string& folder);
+  // Any other client operation: f(node, now, request id).
+  std::uint64_t call(NodeId via, const std::function<void(Node&, Time, std::uint64_t)>& f);
   const ClientReply* reply(std::uint64_t req) const;
   Time reply_time(std::uint64_t req) const;
   // Runs until the request is answered (or `limit`), returns its reply.

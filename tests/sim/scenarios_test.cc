@@ -288,3 +288,68 @@ TEST(Uids, UidsStayUniqueWhenBothSidesOfAPartitionDeliver) {
   h.c.run_for(10'000);
   h.expect_invariants();
 }
+
+TEST(Reads, FetchComesFromAReplicaWhenTheFirstHolderIsDown) {
+  Harness h(4);
+  const std::string u = "ivy@example.org";
+  h.user(u);
+  const ClientReply* d = h.deliver(1, u);
+  ASSERT_EQ(d->status, Status::Ok);
+  ASSERT_EQ(d->replicas.size(), 2u);
+  MessageRecord t = Harness::target(*d, u);
+  NodeId via = 1;
+  while (via == d->replicas[0] || via == d->replicas[1]) ++via;  // a node holding nothing
+  const ClientReply* f = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, t); }));
+  ASSERT_EQ(f->status, Status::Ok);
+  EXPECT_EQ(f->body, "Subject: t\r\n\r\nx\r\n");
+  h.c.crash(d->replicas[0]);
+  ASSERT_TRUE(h.settle());
+  f = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, t); }));
+  ASSERT_EQ(f->status, Status::Ok);
+  EXPECT_EQ(f->body, "Subject: t\r\n\r\nx\r\n");
+  h.c.crash(d->replicas[1]);
+  ASSERT_TRUE(h.settle());
+  f = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, t); }));
+  EXPECT_EQ(f->status, Status::TryAgain);  // both copies down: a temporary error
+  h.c.restart(d->replicas[0]);
+  h.c.restart(d->replicas[1]);
+  ASSERT_TRUE(h.settle());
+  h.expect_invariants();
+}
+
+TEST(Users, ChangesSurviveAManagerCrashAndDeletedUsersStayDeleted) {
+  Harness h(4);
+  for (const char* u : {"ann@example.org", "bob@example.org", "cat@example.org"}) h.user(u);
+  auto get = [&](NodeId via, const std::string& u) {
+    return h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.get_user(now, req, u); }));
+  };
+  auto change = [&](NodeId via, UserUpdateRequest c) {
+    return h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, c); }));
+  };
+  UserUpdateRequest pw;
+  pw.user = "Bob@Example.org";
+  pw.password_hash = "{SHA512-CRYPT}x";
+  ASSERT_EQ(change(2, pw)->status, Status::Ok);
+  UserUpdateRequest del;
+  del.user = "cat@example.org";
+  del.op = UserUpdateRequest::Op::Delete;
+  ASSERT_EQ(change(3, del)->status, Status::Ok);
+  h.c.run_for(2000);
+  NodeId mgr = h.c.node(1)->membership().manager_of(bucket_of("bob@example.org", 1024));
+  h.c.crash(mgr);
+  ASSERT_TRUE(h.settle());
+  NodeId via = mgr == 1 ? 2 : 1;
+  const ClientReply* r = get(via, "bob@example.org");
+  ASSERT_EQ(r->status, Status::Ok);
+  ASSERT_TRUE(r->profile);
+  EXPECT_EQ(r->profile->password_hash, "{SHA512-CRYPT}x");
+  EXPECT_EQ(get(via, "cat@example.org")->status, Status::NoSuchUser);
+  EXPECT_EQ(get(via, "nobody@example.org")->status, Status::NoSuchUser);
+  h.c.restart(mgr);
+  ASSERT_TRUE(h.settle());
+  const ClientReply* l = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.list_users(now, req); }));
+  ASSERT_EQ(l->status, Status::Ok);
+  EXPECT_EQ(l->users, (std::vector<std::string>{"ann@example.org", "bob@example.org"}));
+  EXPECT_EQ(get(mgr, "cat@example.org")->status, Status::NoSuchUser);  // the tombstone won
+  h.expect_invariants();
+}

@@ -1,0 +1,166 @@
+// users.cc - the cluster's user database: each user's profile (password
+// hash, quota, enabled, folders) is hard state replicated like mail, and
+// the user's manager answers for it (ARCHITECTURE.md 3). Front-end and
+// manager sides of lookup, change and listing.
+//
+// A deleted user keeps a tombstone profile (deleted = true, newer
+// version), so a replica that was down cannot bring the user back.
+#include <algorithm>
+
+#include "hash.h"
+#include "node.h"
+
+namespace porcupine {
+
+std::uint64_t Node::fe_start(Time now, Pending::Kind kind, std::uint64_t req, const std::string& user) {
+  std::uint64_t id = new_req();
+  Pending& p = pending_[id];
+  p.kind = kind;
+  p.client_req = req;
+  p.deadline = now + cfg_.request_timeout;
+  p.user = canonical_user(user);
+  p.retry_at = now;
+  return id;
+}
+
+void Node::get_user(Time now, std::uint64_t req, const std::string& user) {
+  fe_start(now, Pending::Kind::Profile, req, user);
+  fe_tick(now);
+}
+
+void Node::update_user(Time now, std::uint64_t req, const UserUpdateRequest& change) {
+  std::uint64_t id = fe_start(now, Pending::Kind::UserUpdate, req, change.user);
+  Pending& p = pending_[id];
+  p.change = change;
+  p.change.user = p.user;
+  fe_tick(now);
+}
+
+void Node::list_users(Time now, std::uint64_t req) {
+  std::uint64_t id = fe_start(now, Pending::Kind::UserList, req, "");
+  Pending& p = pending_[id];
+  for (const auto& m : membership_.members()) p.awaiting.insert(m.id);
+  if (p.awaiting.empty()) {
+    fe_fail(id, Status::TryAgain, "not in a group yet");
+    return;
+  }
+  fe_tick(now);
+}
+
+bool Node::fe_user_reply(NodeId from, const Message& m) {
+  auto pending = [this](std::uint64_t req, Pending::Kind kind) -> Pending* {
+    auto it = pending_.find(req);
+    return it == pending_.end() || it->second.kind != kind ? nullptr : &it->second;
+  };
+  if (const auto* r = std::get_if<ProfileReply>(&m)) {
+    Pending* p = pending(r->req, Pending::Kind::Profile);
+    if (!p) return true;
+    if (r->status == Status::Ok) {
+      ClientReply out;
+      out.req = p->client_req;
+      out.profile = r->profile;
+      pending_.erase(r->req);
+      env_.reply(std::move(out));
+    } else if (r->status == Status::NoSuchUser) {
+      fe_fail(r->req, Status::NoSuchUser, "no such user");
+    } else {
+      p->retry_at = now_ + 200;  // not ready, not the manager: ask again
+    }
+    return true;
+  }
+  if (const auto* r = std::get_if<UserListReply>(&m)) {
+    Pending* p = pending(r->req, Pending::Kind::UserList);
+    if (!p || !p->awaiting.count(from)) return true;
+    if (r->status != Status::Ok) return true;  // asked again on retry
+    p->awaiting.erase(from);
+    p->users.insert(r->users.begin(), r->users.end());
+    if (p->awaiting.empty()) {
+      ClientReply out;
+      out.req = p->client_req;
+      out.users.assign(p->users.begin(), p->users.end());
+      pending_.erase(r->req);
+      env_.reply(std::move(out));
+    }
+    return true;
+  }
+  if (const auto* o = std::get_if<OpReply>(&m)) {
+    Pending* p = pending(o->req, Pending::Kind::UserUpdate);
+    if (!p) return false;  // someone else's OpReply
+    if (o->status == Status::Ok) {
+      ClientReply out;
+      out.req = p->client_req;
+      pending_.erase(o->req);
+      env_.reply(std::move(out));
+    } else if (o->status == Status::NoSuchUser) {
+      fe_fail(o->req, Status::NoSuchUser, "no such user");
+    } else {
+      p->retry_at = now_ + 200;
+    }
+    return true;
+  }
+  return false;
+}
+
+void Node::mgr_profile(NodeId from, const ProfileRequest& r) {
+  ProfileReply rep;
+  rep.req = r.req;
+  Bucket b = bucket(r.user);
+  if (!membership_.in_group() || membership_.manager_of(b) != cfg_.self) {
+    rep.status = Status::NotManager;
+  } else if (!bucket_ready(b)) {
+    rep.status = Status::TryAgain;
+  } else if (const MgrUser* u = managed_user(r.user); !u || !u->profile || u->profile->deleted) {
+    // Mail without a profile means the profile's holders are down.
+    rep.status = (u && !u->profile && !u->folders.empty()) ? Status::TryAgain : Status::NoSuchUser;
+  } else {
+    rep.profile = *u->profile;
+  }
+  send(from, std::move(rep));
+}
+
+void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
+  OpReply rep{r.req, Status::Ok};
+  Bucket b = bucket(r.user);
+  MgrUser* u = nullptr;
+  if (auto m = managed_.find(b); m != managed_.end())
+    if (auto it = m->second.find(r.user); it != m->second.end()) u = &it->second;
+  if (!membership_.in_group() || membership_.manager_of(b) != cfg_.self) {
+    rep.status = Status::NotManager;
+  } else if (!bucket_ready(b)) {
+    rep.status = Status::TryAgain;
+  } else if (!u || !u->profile || u->profile->deleted) {
+    rep.status = (u && !u->profile && !u->folders.empty()) ? Status::TryAgain : Status::NoSuchUser;
+  } else {
+    Profile& p = *u->profile;
+    switch (r.op) {
+      case UserUpdateRequest::Op::SetPassword: p.password_hash = r.password_hash; break;
+      case UserUpdateRequest::Op::SetQuota: p.quota_bytes = r.quota_bytes; break;
+      case UserUpdateRequest::Op::Enable: p.enabled = true; break;
+      case UserUpdateRequest::Op::Disable: p.enabled = false; break;
+      case UserUpdateRequest::Op::Delete: p.deleted = true; break;
+    }
+    p.version = next_version(now);
+    write_profile(now, *u);
+  }
+  send(from, rep);
+}
+
+void Node::mgr_user_list(NodeId from, const UserListRequest& r) {
+  UserListReply rep;
+  rep.req = r.req;
+  for (Bucket b = 0; b < membership_.map().size() && rep.status == Status::Ok; ++b) {
+    if (membership_.manager_of(b) != cfg_.self) continue;
+    if (!bucket_ready(b)) {
+      rep.status = Status::TryAgain;
+      break;
+    }
+    if (auto m = managed_.find(b); m != managed_.end())
+      for (const auto& [name, u] : m->second)
+        if (u.profile && !u.profile->deleted) rep.users.push_back(name);
+  }
+  if (!membership_.in_group()) rep.status = Status::NotManager;
+  if (rep.status != Status::Ok) rep.users.clear();
+  send(from, std::move(rep));
+}
+
+}  // namespace porcupine
