@@ -22,7 +22,7 @@ PACKAGES+=(
   libhiredis-dev redis-server
   libprotobuf-dev protobuf-compiler
   libssl-dev
-  libmilter-dev
+  libmilter-dev nlohmann-json3-dev libcrypt-dev
 )
 
 say() { echo "install-deps: $*"; }

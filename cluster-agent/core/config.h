@@ -33,7 +33,6 @@ struct CoreConfig {
   Time takeover_delay = 3000;      // non-coordinator replica starts pushing too
   Time death_ttl = 24LL * 3600 * 1000;  // keep death certificates this long
   Time request_timeout = 5000;     // deadline of a client operation
-  std::uint32_t uid_block = 32;    // UIDs reserved in the profile per write
 };
 
 }  // namespace porcupine

@@ -283,6 +283,7 @@ void Node::fe_reply(NodeId from, const Message& m) {
     persist_counters();
     u.record.user = p->user;
     u.record.folder = p->folder;
+    u.record.size = p->body.size();
     u.record.body = std::move(p->body);
     u.record.internal_date = now_;
     u.record.uidvalidity = a->uidvalidity;

@@ -74,6 +74,10 @@ class Node {
   const Membership& membership() const { return membership_; }
   const Replicator& replicator() const { return repl_; }
   std::uint32_t load() const;
+  std::uint32_t peer_load(NodeId n) const {
+    auto it = loads_.find(n);
+    return it == loads_.end() ? 0 : it->second;
+  }
   const MgrUser* managed_user(const std::string& user) const;
   bool bucket_ready(Bucket b) const;
   std::size_t pending_reports() const { return report_buckets_.size() + dirty_users_.size(); }

@@ -14,6 +14,7 @@ bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now) {
   if (in.has_body && !cur.has_body && !cur.expunged && !in.expunged) {
     cur.has_body = true;
     cur.body = in.body;
+    cur.size = in.size;
     cur.internal_date = in.internal_date;
     changed = true;
   }

@@ -27,6 +27,7 @@ struct MessageRecord {
   std::vector<NodeId> replicas;  // every node that should hold this record
   bool has_body = false;
   std::string body;
+  std::uint64_t size = 0;  // body bytes (kept when the body is not in memory)
   Time internal_date = 0;
 
   std::uint32_t uidvalidity = 0;

@@ -19,15 +19,16 @@
 namespace porcupine {
 
 // ---- membership --------------------------------------------------------
-struct Probe { Epoch epoch; };
-struct ProbeAck { Epoch epoch; };
-struct NewGroup { Epoch epoch; };
+struct Probe { Epoch epoch; bool operator==(const Probe&) const = default; };
+struct ProbeAck { Epoch epoch; bool operator==(const ProbeAck&) const = default; };
+struct NewGroup { Epoch epoch; bool operator==(const NewGroup&) const = default; };
 struct Accept {
   Epoch epoch;
   std::uint32_t weight = 1;
   Epoch map_epoch;  // the epoch of the user map the accepter holds
   UserMap map;
   std::vector<NodeId> known;  // every node the accepter knows of, so none is left out
+  bool operator==(const Accept&) const = default;
 };
 struct Commit {
   Epoch epoch;
@@ -41,6 +42,7 @@ struct UidRange {
   std::uint32_t uidvalidity = 0;
   std::uint32_t min_uid = 0, max_uid = 0;
   std::uint32_t live = 0;  // of them, messages a client sees (body held, not expunged)
+  bool operator==(const UidRange&) const = default;
 };
 // A manager that lost a bucket hands each folder's UID lineage to the new
 // manager, once, in the epoch that moved the bucket.
@@ -49,12 +51,14 @@ struct Handoff {
   std::string folder;
   std::uint32_t uidvalidity = 0;
   std::uint32_t next_uid = 1;
+  bool operator==(const Handoff&) const = default;
 };
 struct ReportEntry {
   std::string user;
   std::string folder;
   std::vector<UidRange> ranges;  // expunged messages included: their UIDs were used
   std::uint32_t count = 0;       // live (not expunged) messages held
+  bool operator==(const ReportEntry&) const = default;
 };
 struct Report {
   Epoch epoch;
@@ -64,54 +68,108 @@ struct Report {
   std::vector<ReportEntry> entries;
   std::vector<Profile> profiles;
   std::vector<Handoff> handoffs;      // for buckets in `complete` this node managed until now
+  bool operator==(const Report&) const = default;
 };
 struct ReportAck {
   Epoch epoch;
   std::vector<Bucket> complete;
   std::vector<std::string> users;
   std::vector<std::uint64_t> generations;  // echoed from the Report, one per user
+  bool operator==(const ReportAck&) const = default;
 };
-struct ReportPoll { Epoch epoch; std::vector<Bucket> buckets; };
+struct ReportPoll {
+  Epoch epoch;
+  std::vector<Bucket> buckets;
+  bool operator==(const ReportPoll&) const = default;
+};
 
 // ---- delivery: manager side ---------------------------------------------
 enum class Status : std::uint8_t { Ok, TryAgain, NoSuchUser, Exists, NotManager, Failed };
 const char* status_name(Status s);
 
-struct AllocRequest { std::uint64_t req = 0; std::string user; std::string folder; };
+struct AllocRequest {
+  std::uint64_t req = 0;
+  std::string user;
+  std::string folder;
+  bool operator==(const AllocRequest&) const = default;
+};
 struct AllocReply {
   std::uint64_t req = 0;
   Status status = Status::Ok;
   std::uint32_t uidvalidity = 0;
   std::uint32_t uid = 0;
   std::vector<NodeId> nodes;  // [0] primary, then replicas
+  bool operator==(const AllocReply&) const = default;
 };
-struct CreateUserRequest { std::uint64_t req = 0; std::string user; std::string password_hash; };
-struct MapRequest { std::uint64_t req = 0; std::string user; std::string folder; };
+struct CreateUserRequest {
+  std::uint64_t req = 0;
+  std::string user;
+  std::string password_hash;
+  bool operator==(const CreateUserRequest&) const = default;
+};
+struct MapRequest {
+  std::uint64_t req = 0;
+  std::string user;
+  std::string folder;
+  bool operator==(const MapRequest&) const = default;
+};
 struct MapReply {
   std::uint64_t req = 0;
   Status status = Status::Ok;
   std::vector<NodeId> nodes;
   std::uint32_t uidvalidity = 0;  // the folder's current lineage (0: none yet)
   std::uint32_t next_uid = 1;
+  bool operator==(const MapReply&) const = default;
 };
 
 // ---- replication ---------------------------------------------------------
 struct StoreRequest { std::uint64_t req = 0; Update update; };
 struct MutateRequest { std::uint64_t req = 0; Update update; };
-struct OpReply { std::uint64_t req = 0; Status status = Status::Ok; };
+struct OpReply {
+  std::uint64_t req = 0;
+  Status status = Status::Ok;
+  bool operator==(const OpReply&) const = default;
+};
 struct Push { Update update; std::vector<NodeId> have; };
-struct PushAck { Version id; };
-struct Retire { Version id; };
+struct PushAck { Version id; bool operator==(const PushAck&) const = default; };
+struct Retire { Version id; bool operator==(const Retire&) const = default; };
 
 // ---- reads ---------------------------------------------------------------
-struct ListRequest { std::uint64_t req = 0; std::string user; std::string folder; };
-struct ListReply { std::uint64_t req = 0; std::vector<MessageRecord> records; };  // bodies stripped
-struct FetchRequest { std::uint64_t req = 0; MsgId id; };
-struct FetchReply { std::uint64_t req = 0; Status status = Status::Ok; std::string body; };
+struct ListRequest {
+  std::uint64_t req = 0;
+  std::string user;
+  std::string folder;
+  bool operator==(const ListRequest&) const = default;
+};
+struct ListReply {
+  std::uint64_t req = 0;
+  std::vector<MessageRecord> records;  // bodies stripped
+  bool operator==(const ListReply&) const = default;
+};
+struct FetchRequest {
+  std::uint64_t req = 0;
+  MsgId id;
+  bool operator==(const FetchRequest&) const = default;
+};
+struct FetchReply {
+  std::uint64_t req = 0;
+  Status status = Status::Ok;
+  std::string body;
+  bool operator==(const FetchReply&) const = default;
+};
 
 // ---- the user database (profiles, at the user's manager) ------------------
-struct ProfileRequest { std::uint64_t req = 0; std::string user; };
-struct ProfileReply { std::uint64_t req = 0; Status status = Status::Ok; Profile profile; };
+struct ProfileRequest {
+  std::uint64_t req = 0;
+  std::string user;
+  bool operator==(const ProfileRequest&) const = default;
+};
+struct ProfileReply {
+  std::uint64_t req = 0;
+  Status status = Status::Ok;
+  Profile profile;
+  bool operator==(const ProfileReply&) const = default;
+};
 struct UserUpdateRequest {
   enum class Op : std::uint8_t { SetPassword, SetQuota, Enable, Disable, Delete };
   std::uint64_t req = 0;
@@ -119,10 +177,19 @@ struct UserUpdateRequest {
   Op op = Op::SetPassword;
   std::string password_hash;     // SetPassword
   std::uint64_t quota_bytes = 0;  // SetQuota
+  bool operator==(const UserUpdateRequest&) const = default;
 };
-struct UserListRequest { std::uint64_t req = 0; };
+struct UserListRequest {
+  std::uint64_t req = 0;
+  bool operator==(const UserListRequest&) const = default;
+};
 // From one manager: the users with a profile in the buckets it manages.
-struct UserListReply { std::uint64_t req = 0; Status status = Status::Ok; std::vector<std::string> users; };
+struct UserListReply {
+  std::uint64_t req = 0;
+  Status status = Status::Ok;
+  std::vector<std::string> users;
+  bool operator==(const UserListReply&) const = default;
+};
 
 using Message = std::variant<Probe, ProbeAck, NewGroup, Accept, Commit, Report, ReportAck,
                              ReportPoll, AllocRequest, AllocReply,

@@ -1,0 +1,92 @@
+// agent.h - porcupine-agent: the cluster core driven by real I/O.
+//
+// One io_context, one thread. The core (Node) decides; this class feeds it
+// time (a 100 ms tick on the wall clock), peer frames (PeerNet) and local
+// requests (LocalServer), and carries out its effects. Group commit: every
+// effect of an event (messages to peers, replies to local clients) is held
+// until the store has flushed that event's writes, so nothing leaves the
+// node before it is durable; one flush covers everything that happened in
+// the same turn of the event loop. A flush that fails stops the agent
+// (exit 75) rather than acknowledge what may not be on disk.
+#pragma once
+
+#include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
+#include <boost/asio.hpp>
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "agent/peer_net.h"
+#include "core/node.h"
+#include "store/redis_store.h"
+
+namespace porcupine::agent {
+
+struct AgentOptions {
+  CoreConfig core;
+  std::string listen;
+  std::map<NodeId, std::string> peers;
+  std::string secret;
+  std::string spool_dir;
+  std::string redis_socket;
+  std::string local_socket;
+  std::string local_socket_group;
+  std::int64_t reconnect_backoff_max_ms = 5000;
+  std::uint64_t message_size_limit = 50u << 20;
+};
+
+class LocalServer;
+
+class Agent : private Env {
+ public:
+  using LogFn = std::function<void(const std::string&)>;
+  Agent(boost::asio::io_context& io, AgentOptions opt, LogFn log);
+  ~Agent() override;
+
+  // Loads the store, starts listening (peers, local socket), joins.
+  // Throws std::runtime_error with an operator-readable reason.
+  void start();
+  void stop();
+
+  // ---- the local API (LocalServer calls these; `done` runs once) ----
+  using Done = std::function<void(const ClientReply&)>;
+  void op(const std::function<void(Node&, Time, std::uint64_t)>& call, Done done);
+  Node& node() { return *node_; }
+  const PeerNet& peers() const { return *net_; }
+  const store::RedisStore& store() const { return *store_; }
+  const AgentOptions& options() const { return opt_; }
+  Time now() const;
+  Time started() const { return started_; }
+  void log(const std::string& line) override { log_(line); }
+
+ private:
+  // Env
+  void send(Envelope e) override;
+  void reply(ClientReply r) override;
+
+  void tick();
+  void on_peer(Envelope e);
+  void commit();  // flush the store, then release held effects
+
+  boost::asio::io_context& io_;
+  AgentOptions opt_;
+  LogFn log_;
+  std::unique_ptr<store::RedisStore> store_;
+  std::unique_ptr<Node> node_;
+  std::unique_ptr<PeerNet> net_;
+  std::unique_ptr<LocalServer> local_;
+  boost::asio::steady_timer ticker_;
+  std::vector<Envelope> held_out_;
+  std::vector<ClientReply> held_replies_;
+  std::vector<Envelope> to_self_;
+  std::map<std::uint64_t, Done> waiting_;
+  std::uint64_t next_req_ = 1;
+  bool commit_posted_ = false;
+  bool stopped_ = false;
+  Time started_ = 0;
+};
+
+}  // namespace porcupine::agent

@@ -1,0 +1,455 @@
+// local_server.cc - see local_server.h.
+#include "agent/local_server.h"
+
+#include <crypt.h>
+#include <grp.h>
+#include <openssl/crypto.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <deque>
+#include <map>
+
+#include "agent.pb.h"
+#include "agent/agent.h"
+#include "core/hash.h"
+
+namespace porcupine::agent {
+
+namespace asio = boost::asio;
+using unix_socket = asio::local::stream_protocol;
+namespace pb = agentpb;
+
+namespace {
+
+pb::Code code_of(Status s) {
+  switch (s) {
+    case Status::Ok: return pb::OK;
+    case Status::TryAgain: return pb::TEMPFAIL;
+    case Status::NotManager: return pb::TEMPFAIL;
+    case Status::NoSuchUser: return pb::NO_SUCH_USER;
+    case Status::Exists: return pb::EXISTS;
+    case Status::Failed: return pb::INTERNAL;
+  }
+  return pb::INTERNAL;
+}
+
+MessageRecord target_of(const pb::MessageRef& r) {
+  MessageRecord t;
+  t.id = MsgId{r.origin(), r.seq()};
+  t.replicas.assign(r.replicas().begin(), r.replicas().end());
+  t.user = canonical_user(r.user());
+  t.folder = r.folder();
+  return t;
+}
+
+void fill_ref(pb::MessageRef* out, const MessageRecord& r) {
+  out->set_origin(r.id.origin);
+  out->set_seq(r.id.seq);
+  for (NodeId n : r.replicas) out->add_replicas(n);
+  out->set_user(r.user);
+  out->set_folder(r.folder);
+}
+
+// Checks a password against a stored hash in one of the schemes Dovecot
+// writes: {SHA512-CRYPT}, {SHA256-CRYPT}, {BLF-CRYPT}, {CRYPT} (crypt(3)
+// formats) or {PLAIN}.
+bool password_matches(const std::string& stored, const std::string& password) {
+  std::string scheme, hash = stored;
+  if (!stored.empty() && stored[0] == '{') {
+    auto close = stored.find('}');
+    if (close == std::string::npos) return false;
+    scheme = stored.substr(1, close - 1);
+    hash = stored.substr(close + 1);
+  }
+  if (scheme == "PLAIN")
+    return hash.size() == password.size() && CRYPTO_memcmp(hash.data(), password.data(), hash.size()) == 0;
+  if (!scheme.empty() && scheme != "CRYPT" && scheme != "SHA512-CRYPT" && scheme != "SHA256-CRYPT" &&
+      scheme != "BLF-CRYPT" && scheme != "MD5-CRYPT")
+    return false;
+  crypt_data data{};
+  const char* out = crypt_r(password.c_str(), hash.c_str(), &data);
+  if (!out || out[0] == '*') return false;
+  std::string got(out);
+  return got.size() == hash.size() && CRYPTO_memcmp(got.data(), hash.data(), got.size()) == 0;
+}
+
+std::string be32(std::uint32_t v) {
+  std::string s(4, '\0');
+  for (int i = 3; i >= 0; --i, v >>= 8) s[static_cast<std::size_t>(i)] = static_cast<char>(v & 0xff);
+  return s;
+}
+
+}  // namespace
+
+class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
+ public:
+  LocalConnection(LocalServer& server, Agent& agent, unix_socket::socket s)
+      : server_(server), agent_(agent), sock_(std::move(s)) {}
+
+  void start() { read_header(); }
+
+  void close(const std::string& why) {
+    if (closed_) return;
+    closed_ = true;
+    if (!why.empty()) agent_.log("local: connection closed: " + why);
+    boost::system::error_code ec;
+    sock_.close(ec);
+    server_.closed(shared_from_this());
+  }
+
+ private:
+  struct Delivery {
+    std::vector<std::string> recipients;
+    std::string folder;
+    std::string body;
+    bool too_large = false;
+  };
+
+  void read_header() {
+    auto self = shared_from_this();
+    asio::async_read(sock_, asio::buffer(hdr_, 4), [this, self](boost::system::error_code ec, std::size_t) {
+      if (closed_) return;
+      if (ec) return close(ec == asio::error::eof ? "" : ec.message());
+      std::uint32_t len = (std::uint32_t(hdr_[0]) << 24) | (std::uint32_t(hdr_[1]) << 16) |
+                          (std::uint32_t(hdr_[2]) << 8) | std::uint32_t(hdr_[3]);
+      if (len > kMaxFrame) return close("frame of " + std::to_string(len) + " bytes exceeds the limit");
+      buf_.resize(len);
+      asio::async_read(sock_, asio::buffer(buf_), [this, self](boost::system::error_code ec2, std::size_t) {
+        if (closed_) return;
+        if (ec2) return close("truncated frame");
+        pb::Request req;
+        if (!req.ParseFromString(buf_)) return close("malformed request");
+        handle(req);
+        if (!closed_) read_header();
+      });
+    });
+  }
+
+  void respond(pb::Response& r) {
+    if (closed_) return;
+    std::string bytes = r.SerializeAsString();
+    out_.push_back(be32(static_cast<std::uint32_t>(bytes.size())) + bytes);
+    if (out_.size() == 1) write_next();
+  }
+
+  void write_next() {
+    auto self = shared_from_this();
+    asio::async_write(sock_, asio::buffer(out_.front()), [this, self](boost::system::error_code ec, std::size_t) {
+      if (closed_) return;
+      if (ec) return close(ec.message());
+      out_.pop_front();
+      if (!out_.empty()) write_next();
+    });
+  }
+
+  void fail(std::uint64_t id, pb::Code code, const std::string& detail) {
+    pb::Response r;
+    r.set_id(id);
+    r.set_code(code);
+    r.set_detail(detail);
+    respond(r);
+  }
+
+  // Runs a core operation; `fill` turns its reply into the Response.
+  void run(std::uint64_t id, const std::function<void(Node&, Time, std::uint64_t)>& call,
+           std::function<void(const ClientReply&, pb::Response&)> fill = nullptr) {
+    auto self = shared_from_this();
+    agent_.op(call, [this, self, id, fill](const ClientReply& c) {
+      pb::Response r;
+      r.set_id(id);
+      r.set_code(code_of(c.status));
+      r.set_detail(c.detail);
+      if (c.status == Status::Ok && fill) fill(c, r);
+      respond(r);
+    });
+  }
+
+  void handle(const pb::Request& q) {
+    const std::uint64_t id = q.id();
+    switch (q.op_case()) {
+      case pb::Request::kUserGet:
+        if (q.user_get().user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
+        return run(id, [u = q.user_get().user()](Node& n, Time t, std::uint64_t r) { n.get_user(t, r, u); },
+                   [](const ClientReply& c, pb::Response& r) {
+                     const Profile& p = *c.profile;
+                     auto* u = r.mutable_user();
+                     u->set_user(p.user);
+                     u->set_password_hash(p.password_hash);
+                     u->set_quota_bytes(p.quota_bytes);
+                     u->set_enabled(p.enabled);
+                     for (NodeId h : p.holders) u->add_holders(h);
+                   });
+      case pb::Request::kUserAuth: {
+        if (q.user_auth().user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
+        auto self = shared_from_this();
+        std::string password = q.user_auth().password();
+        agent_.op([u = q.user_auth().user()](Node& n, Time t, std::uint64_t r) { n.get_user(t, r, u); },
+                  [this, self, id, password](const ClientReply& c) {
+                    pb::Response r;
+                    r.set_id(id);
+                    if (c.status != Status::Ok) {
+                      r.set_code(code_of(c.status));
+                      r.set_detail(c.detail);
+                    } else if (!c.profile->enabled) {
+                      r.set_code(pb::AUTH_FAILED);
+                      r.set_detail("user disabled");
+                    } else if (!password_matches(c.profile->password_hash, password)) {
+                      r.set_code(pb::AUTH_FAILED);
+                      r.set_detail("password mismatch");
+                    } else {
+                      r.set_code(pb::OK);
+                      r.mutable_user()->set_user(c.profile->user);
+                      r.mutable_user()->set_quota_bytes(c.profile->quota_bytes);
+                      r.mutable_user()->set_enabled(true);
+                    }
+                    respond(r);
+                  });
+        return;
+      }
+      case pb::Request::kUserCreate: {
+        const auto& c = q.user_create();
+        if (c.user().empty() || c.user().find('@') == std::string::npos)
+          return fail(id, pb::BAD_REQUEST, "user must be an address (local@domain)");
+        return run(id, [u = c.user(), h = c.password_hash()](Node& n, Time t, std::uint64_t r) {
+          n.create_user(t, r, u, h);
+        });
+      }
+      case pb::Request::kUserChange: {
+        const auto& c = q.user_change();
+        if (c.user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
+        if (!pb::UserChange_Op_IsValid(c.op())) return fail(id, pb::BAD_REQUEST, "unknown change");
+        UserUpdateRequest u;
+        u.user = c.user();
+        u.op = static_cast<UserUpdateRequest::Op>(c.op());
+        u.password_hash = c.password_hash();
+        u.quota_bytes = c.quota_bytes();
+        return run(id, [u](Node& n, Time t, std::uint64_t r) { n.update_user(t, r, u); });
+      }
+      case pb::Request::kUserList:
+        return run(id, [](Node& n, Time t, std::uint64_t r) { n.list_users(t, r); },
+                   [](const ClientReply& c, pb::Response& r) {
+                     for (const auto& u : c.users) r.add_users(u);
+                   });
+      case pb::Request::kDeliverBegin: {
+        const auto& b = q.deliver_begin();
+        if (b.recipients().empty()) return fail(id, pb::BAD_REQUEST, "no recipients");
+        if (deliveries_.count(id)) return fail(id, pb::BAD_REQUEST, "request id already in use");
+        Delivery& d = deliveries_[id];
+        d.recipients.assign(b.recipients().begin(), b.recipients().end());
+        d.folder = b.folder().empty() ? "INBOX" : b.folder();
+        if (b.size_hint() > agent_.options().message_size_limit) d.too_large = true;
+        else d.body.reserve(b.size_hint());
+        return;
+      }
+      case pb::Request::kDeliverChunk: {
+        auto it = deliveries_.find(id);
+        if (it == deliveries_.end()) return fail(id, pb::BAD_REQUEST, "chunk without a DeliverBegin");
+        Delivery& d = it->second;
+        if (!d.too_large) {
+          if (d.body.size() + q.deliver_chunk().data().size() > agent_.options().message_size_limit) {
+            d.too_large = true;
+            std::string().swap(d.body);
+          } else {
+            d.body += q.deliver_chunk().data();
+          }
+        }
+        if (!q.deliver_chunk().last()) return;
+        Delivery whole = std::move(d);
+        deliveries_.erase(it);
+        if (whole.too_large)
+          return fail(id, pb::BAD_REQUEST,
+                      "message larger than message_size_limit (" +
+                          std::to_string(agent_.options().message_size_limit) + " bytes)");
+        auto results = std::make_shared<pb::Response>();
+        results->set_id(id);
+        deliver_next(std::make_shared<Delivery>(std::move(whole)), 0, results);
+        return;
+      }
+      case pb::Request::kFolderList: {
+        const auto& l = q.folder_list();
+        if (l.user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
+        std::string folder = l.folder().empty() ? "INBOX" : l.folder();
+        return run(id, [u = l.user(), folder](Node& n, Time t, std::uint64_t r) { n.list(t, r, u, folder); },
+                   [](const ClientReply& c, pb::Response& r) {
+                     r.set_uidvalidity(c.uidvalidity);
+                     r.set_next_uid(c.uid);
+                     for (const auto& m : c.records) {
+                       auto* info = r.add_messages();
+                       fill_ref(info->mutable_ref(), m);
+                       info->set_uid(m.uid);
+                       info->set_flags(m.flags);
+                       info->set_size(m.size);
+                       info->set_internal_date_ms(m.internal_date);
+                     }
+                   });
+      }
+      case pb::Request::kFetch: {
+        MessageRecord t = target_of(q.fetch().ref());
+        if (t.id.origin == 0) return fail(id, pb::BAD_REQUEST, "message reference is empty");
+        auto self = shared_from_this();
+        agent_.op([t](Node& n, Time now, std::uint64_t r) { n.fetch(now, r, t); },
+                  [this, self, id](const ClientReply& c) {
+                    pb::Response r;
+                    r.set_id(id);
+                    r.set_code(c.status == Status::NoSuchUser ? pb::NOT_FOUND : code_of(c.status));
+                    r.set_detail(c.detail);
+                    if (c.status == Status::Ok) r.set_body(c.body);
+                    respond(r);
+                  });
+        return;
+      }
+      case pb::Request::kSetFlags: {
+        MessageRecord t = target_of(q.set_flags().ref());
+        if (t.id.origin == 0 || t.replicas.empty()) return fail(id, pb::BAD_REQUEST, "message reference is incomplete");
+        return run(id, [t, f = q.set_flags().flags()](Node& n, Time now, std::uint64_t r) { n.set_flags(now, r, t, f); });
+      }
+      case pb::Request::kExpunge: {
+        MessageRecord t = target_of(q.expunge().ref());
+        if (t.id.origin == 0 || t.replicas.empty()) return fail(id, pb::BAD_REQUEST, "message reference is incomplete");
+        return run(id, [t](Node& n, Time now, std::uint64_t r) { n.expunge(now, r, t); });
+      }
+      case pb::Request::kStatus: {
+        pb::Response r;
+        r.set_id(id);
+        r.set_code(pb::OK);
+        fill_status(*r.mutable_status());
+        return respond(r);
+      }
+      case pb::Request::OP_NOT_SET:
+        break;
+    }
+    fail(id, pb::BAD_REQUEST, "unknown or missing operation");
+  }
+
+  void deliver_next(std::shared_ptr<Delivery> d, std::size_t i, std::shared_ptr<pb::Response> out) {
+    if (i == d->recipients.size()) {
+      // The request succeeds only if every recipient did; each has its result.
+      pb::Code worst = pb::OK;
+      for (const auto& rr : out->delivered())
+        if (rr.code() != pb::OK && (worst == pb::OK || rr.code() == pb::TEMPFAIL)) worst = rr.code();
+      out->set_code(worst);
+      respond(*out);
+      return;
+    }
+    auto self = shared_from_this();
+    const std::string rcpt = d->recipients[i];
+    std::string body = (i + 1 == d->recipients.size()) ? std::move(d->body) : d->body;
+    agent_.op([rcpt, folder = d->folder, body = std::move(body)](Node& n, Time t, std::uint64_t r) mutable {
+      n.deliver(t, r, rcpt, folder, std::move(body));
+    },
+              [this, self, d, i, out, rcpt](const ClientReply& c) {
+                auto* rr = out->add_delivered();
+                rr->set_recipient(rcpt);
+                rr->set_code(code_of(c.status));
+                rr->set_detail(c.detail);
+                if (c.status == Status::Ok) {
+                  MessageRecord m;
+                  m.id = c.msg;
+                  m.replicas = c.replicas;
+                  m.user = canonical_user(rcpt);
+                  m.folder = d->folder;
+                  fill_ref(rr->mutable_message()->mutable_ref(), m);
+                  rr->mutable_message()->set_uid(c.uid);
+                  rr->set_uidvalidity(c.uidvalidity);
+                }
+                deliver_next(d, i + 1, out);
+              });
+  }
+
+  void fill_status(pb::Status& s) {
+    Node& n = agent_.node();
+    const Membership& m = n.membership();
+    s.set_node_id(n.id());
+    s.set_epoch(m.epoch().str());
+    s.set_in_group(m.in_group());
+    s.set_buckets(static_cast<std::uint32_t>(m.map().size()));
+    std::map<NodeId, std::uint32_t> per;
+    std::uint32_t not_ready = 0;
+    for (Bucket b = 0; b < m.map().size(); ++b) {
+      ++per[m.map()[b]];
+      if (m.map()[b] == n.id() && !n.bucket_ready(b)) ++not_ready;
+    }
+    s.set_buckets_not_ready(not_ready);
+    const auto& book = agent_.peers().addresses();
+    for (const auto& mw : m.members()) {
+      auto* x = s.add_members();
+      x->set_id(mw.id);
+      x->set_weight(mw.weight);
+      x->set_load(mw.id == n.id() ? n.load() : n.peer_load(mw.id));
+      auto a = book.find(mw.id);
+      x->set_address(mw.id == n.id() ? agent_.options().listen : (a == book.end() ? "" : a->second));
+      x->set_connected(mw.id == n.id() || agent_.peers().connected(mw.id));
+      x->set_buckets(per[mw.id]);
+    }
+    for (NodeId k : m.known())
+      if (!m.is_member(k)) s.add_known(k);
+    s.set_replication_backlog(n.replicator().backlog());
+    s.set_pending_reports(n.pending_reports());
+    s.set_records(n.replicator().records().size());
+    s.set_uptime_ms(static_cast<std::uint64_t>(agent_.now() - agent_.started()));
+    s.set_flushes(agent_.store().stats().flushes);
+    s.set_version(PORCUPINE_VERSION);
+  }
+
+  static constexpr std::uint32_t kMaxFrame = 4u << 20;  // one request; bodies come in chunks
+
+  LocalServer& server_;
+  Agent& agent_;
+  unix_socket::socket sock_;
+  bool closed_ = false;
+  unsigned char hdr_[4] = {};
+  std::string buf_;
+  std::deque<std::string> out_;
+  std::map<std::uint64_t, Delivery> deliveries_;
+};
+
+LocalServer::LocalServer(asio::io_context& io, Agent& agent) : io_(io), agent_(agent), acceptor_(io) {}
+
+LocalServer::~LocalServer() { stop(); }
+
+void LocalServer::start() {
+  const std::string& path = agent_.options().local_socket;
+  ::unlink(path.c_str());
+  boost::system::error_code ec;
+  unix_socket::endpoint ep(path);
+  acceptor_.open(ep.protocol(), ec);
+  if (!ec) acceptor_.bind(ep, ec);
+  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) throw std::runtime_error("cannot listen on local socket " + path + ": " + ec.message());
+  ::chmod(path.c_str(), 0660);
+  const std::string& group = agent_.options().local_socket_group;
+  if (!group.empty()) {
+    if (const struct group* g = ::getgrnam(group.c_str())) {
+      if (::chown(path.c_str(), static_cast<uid_t>(-1), g->gr_gid) != 0)
+        agent_.log("local: cannot give " + path + " to group " + group + "; only root can connect");
+    } else {
+      agent_.log("local: group " + group + " does not exist; only root can connect to " + path);
+    }
+  }
+  accept();
+}
+
+void LocalServer::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  boost::system::error_code ec;
+  acceptor_.close(ec);
+  auto conns = conns_;
+  for (const auto& c : conns) c->close("");
+  ::unlink(agent_.options().local_socket.c_str());
+}
+
+void LocalServer::accept() {
+  acceptor_.async_accept([this](boost::system::error_code ec, unix_socket::socket s) {
+    if (stopped_) return;
+    if (!ec) {
+      auto c = std::make_shared<LocalConnection>(*this, agent_, std::move(s));
+      conns_.insert(c);
+      c->start();
+    }
+    accept();
+  });
+}
+
+}  // namespace porcupine::agent

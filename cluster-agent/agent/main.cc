@@ -1,0 +1,160 @@
+// main.cc - porcupine-agent: the cluster daemon on every node.
+//
+//   porcupine-agent [-c FILE] [-o name=value]... [--foreground]
+//   porcupine-agent --print-defaults | --print-config [-c FILE]
+//
+// Exit status: 0 stopped by SIGTERM/SIGINT; 64 bad usage; 78 bad
+// configuration; 69 a resource it needs (Redis, spool, sockets) is
+// unusable; 75 the store failed while running (nothing unsafe was
+// acknowledged; restart it).
+#include <sys/stat.h>
+#include <syslog.h>
+
+#include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
+#include <boost/asio.hpp>
+#include <boost/program_options.hpp>
+#include <chrono>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "agent/agent.h"
+#include "config/config.h"
+
+namespace po = boost::program_options;
+using namespace porcupine;
+
+namespace {
+
+int facility_of(const std::string& name) {
+  static const std::pair<const char*, int> table[] = {
+      {"mail", LOG_MAIL},     {"daemon", LOG_DAEMON}, {"user", LOG_USER},     {"local0", LOG_LOCAL0},
+      {"local1", LOG_LOCAL1}, {"local2", LOG_LOCAL2}, {"local3", LOG_LOCAL3}, {"local4", LOG_LOCAL4},
+      {"local5", LOG_LOCAL5}, {"local6", LOG_LOCAL6}, {"local7", LOG_LOCAL7}};
+  for (const auto& [n, f] : table)
+    if (name == n) return f;
+  return LOG_MAIL;
+}
+
+std::string stamp() {
+  auto now = std::chrono::system_clock::now();
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count();
+  std::time_t t = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  char out[48];
+  std::snprintf(out, sizeof out, "%s.%03dZ", buf, static_cast<int>(ms % 1000));
+  return out;
+}
+
+// The secret: the file's bytes without a trailing newline; at least 16.
+std::string read_secret(const std::string& path, std::string& why) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    why = "cannot read secret_file " + path + " (create it with: head -c 32 /dev/urandom | base64 > " + path +
+          "; chmod 600 " + path + ")";
+    return {};
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string s = ss.str();
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+  if (s.size() < 16) {
+    why = "secret_file " + path + " holds fewer than 16 bytes";
+    return {};
+  }
+  return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  po::options_description desc("porcupine-agent options");
+  std::string conf = "/etc/porcupine/porcupine.conf";
+  std::vector<std::string> overrides;
+  desc.add_options()("help,h", "this help")("config,c", po::value(&conf), "configuration file")(
+      "override,o", po::value(&overrides)->composing(), "name=value, overriding the file")(
+      "print-defaults", "print every parameter with its default (like postconf -d) and exit")(
+      "print-config", "print every parameter's effective value and exit")(
+      "foreground", "accepted for compatibility: the agent always runs in the foreground (systemd Type=simple)");
+  po::variables_map vm;
+  try {
+    po::store(po::parse_command_line(argc, argv, desc), vm);
+    po::notify(vm);
+  } catch (const std::exception& e) {
+    std::cerr << "porcupine-agent: " << e.what() << "\n" << desc;
+    return 64;
+  }
+  if (vm.count("help")) {
+    std::cout << desc;
+    return 0;
+  }
+  if (vm.count("print-defaults")) {
+    std::cout << config::print_defaults();
+    return 0;
+  }
+  std::vector<config::Error> errors;
+  auto params = config::load_file(conf, errors, overrides);
+  for (const auto& e : errors) std::cerr << "porcupine-agent: " << e.str() << "\n";
+  if (!params) return 78;
+  if (vm.count("print-config")) {
+    std::cout << config::print_effective(*params);
+    return 0;
+  }
+
+  const bool to_syslog = params->log_to == "syslog";
+  if (to_syslog) openlog("porcupine-agent", LOG_PID | LOG_NDELAY, facility_of(params->syslog_facility));
+  auto log = [to_syslog](const std::string& line) {
+    if (to_syslog) syslog(LOG_INFO, "%s", line.c_str());
+    else std::cerr << stamp() << " porcupine-agent: " << line << "\n";
+  };
+
+  std::string why;
+  agent::AgentOptions opt;
+  opt.core = config::to_core(*params);
+  opt.listen = params->listen_address.str();
+  for (const auto& p : params->peers) opt.peers[p.id] = p.address.str();
+  opt.secret = read_secret(params->secret_file, why);
+  if (opt.secret.empty()) {
+    log("fatal: " + why);
+    return 78;
+  }
+  struct stat st {};
+  if (::stat(params->secret_file.c_str(), &st) == 0 && (st.st_mode & 0077))
+    log("warning: secret_file " + params->secret_file + " is readable by group or others; chmod 600 it");
+  opt.spool_dir = params->spool_directory;
+  opt.redis_socket = params->redis_socket;
+  opt.local_socket = params->local_socket;
+  opt.local_socket_group = params->local_socket_group;
+  opt.reconnect_backoff_max_ms = params->reconnect_backoff_max_ms;
+  opt.message_size_limit = params->message_size_limit;
+
+  boost::asio::io_context io;
+  agent::Agent agent(io, opt, log);
+  // Redis may still be starting (a boot, a restart beside it): wait a while.
+  for (int attempt = 0;; ++attempt) {
+    try {
+      agent.start();
+      break;
+    } catch (const std::exception& e) {
+      if (attempt >= 50 || std::string(e.what()).find("edis") == std::string::npos) {
+        log(std::string("fatal: ") + e.what());
+        return 69;
+      }
+      if (attempt == 0) log(std::string("waiting for Redis: ") + e.what());
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+  boost::asio::signal_set signals(io, SIGTERM, SIGINT);
+  signals.async_wait([&](boost::system::error_code ec, int sig) {
+    if (ec) return;
+    log("agent: signal " + std::to_string(sig) + ", stopping");
+    agent.stop();
+    io.stop();
+  });
+  io.run();
+  log("agent: stopped");
+  return 0;
+}

@@ -1,0 +1,396 @@
+// peer_net.cc - see peer_net.h for the protocol and its rules.
+#include "agent/peer_net.h"
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
+#include <deque>
+
+#include "agent.pb.h"
+#include "codec/codec.h"
+
+namespace porcupine::agent {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+constexpr std::size_t kTag = 32;
+constexpr std::size_t kHandshakeMax = 1 << 16;
+
+std::string hmac(const std::string& key, const std::string& data) {
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+       reinterpret_cast<const unsigned char*>(data.data()), data.size(), out, &len);
+  return std::string(reinterpret_cast<char*>(out), len);
+}
+
+std::string be64(std::uint64_t v) {
+  std::string s(8, '\0');
+  for (int i = 7; i >= 0; --i, v >>= 8) s[static_cast<std::size_t>(i)] = static_cast<char>(v & 0xff);
+  return s;
+}
+
+std::string be32(std::uint32_t v) {
+  std::string s(4, '\0');
+  for (int i = 3; i >= 0; --i, v >>= 8) s[static_cast<std::size_t>(i)] = static_cast<char>(v & 0xff);
+  return s;
+}
+
+bool split_address(const std::string& a, std::string& host, std::string& port) {
+  auto colon = a.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == a.size()) return false;
+  host = a.substr(0, colon);
+  port = a.substr(colon + 1);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  return true;
+}
+
+}  // namespace
+
+// One TCP connection, either direction. Lives while its socket does.
+class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
+ public:
+  PeerConnection(PeerNet& net, tcp::socket s, bool initiator, NodeId expect)
+      : net_(net), sock_(std::move(s)), initiator_(initiator), expect_(expect) {
+    nonce_.resize(32);
+    RAND_bytes(reinterpret_cast<unsigned char*>(nonce_.data()), static_cast<int>(nonce_.size()));
+  }
+
+  void start() {
+    boost::system::error_code ec;
+    auto ep = sock_.remote_endpoint(ec);
+    remote_ = ec ? "?" : ep.address().to_string() + ":" + std::to_string(ep.port());
+    agentpb::Hello h;
+    h.set_protocol_version(codec::kProtocolVersion);
+    h.set_node_id(net_.options().self);
+    h.set_listen_address(net_.options().listen);
+    h.set_nonce(nonce_);
+    for (const auto& [id, addr] : net_.addresses()) (*h.mutable_address_book())[id] = addr;
+    write_raw(h.SerializeAsString());
+    read_header();
+  }
+
+  void send_envelope(const Envelope& e) {
+    if (!ready_) return;
+    std::string payload = codec::encode_envelope(e);
+    std::string tag = hmac(session_, std::string(initiator_ ? "I" : "R") + be64(out_seq_++) + payload);
+    write_raw(tag + payload);
+  }
+
+  void close(const std::string& why) {
+    if (closed_) return;
+    closed_ = true;
+    if (!why.empty())
+      net_.log("peer " + (peer_ ? "n" + std::to_string(peer_) : remote_) + ": connection closed: " + why);
+    boost::system::error_code ec;
+    sock_.shutdown(tcp::socket::shutdown_both, ec);
+    sock_.close(ec);
+    net_.on_closed(shared_from_this());
+  }
+
+  NodeId peer() const { return peer_; }
+  NodeId expected() const { return expect_; }
+  bool ready() const { return ready_; }
+  bool initiator() const { return initiator_; }
+
+ private:
+  void write_raw(std::string payload) {
+    if (closed_) return;
+    if (queued_bytes_ + payload.size() > net_.options().max_frame * 2) {
+      close("peer not reading; output queue full");
+      return;
+    }
+    queued_bytes_ += payload.size() + 4;
+    out_.push_back(be32(static_cast<std::uint32_t>(payload.size())) + payload);
+    if (out_.size() == 1) write_next();
+  }
+
+  void write_next() {
+    auto self = shared_from_this();
+    asio::async_write(sock_, asio::buffer(out_.front()), [this, self](boost::system::error_code ec, std::size_t) {
+      if (closed_) return;
+      if (ec) return close(ec.message());
+      queued_bytes_ -= out_.front().size();
+      out_.pop_front();
+      if (!out_.empty()) write_next();
+    });
+  }
+
+  void read_header() {
+    auto self = shared_from_this();
+    asio::async_read(sock_, asio::buffer(hdr_, 4), [this, self](boost::system::error_code ec, std::size_t) {
+      if (closed_) return;
+      if (ec) return close(ec == asio::error::eof ? "peer closed" : ec.message());
+      std::uint32_t len = (std::uint32_t(hdr_[0]) << 24) | (std::uint32_t(hdr_[1]) << 16) |
+                          (std::uint32_t(hdr_[2]) << 8) | std::uint32_t(hdr_[3]);
+      std::size_t limit = stage_ == Stage::Ready ? net_.options().max_frame + kTag : kHandshakeMax;
+      if (len > limit)
+        return close("frame of " + std::to_string(len) + " bytes exceeds the limit of " + std::to_string(limit));
+      buf_.resize(len);
+      read_body();
+    });
+  }
+
+  void read_body() {
+    auto self = shared_from_this();
+    asio::async_read(sock_, asio::buffer(buf_), [this, self](boost::system::error_code ec, std::size_t) {
+      if (closed_) return;
+      if (ec) return close(ec == asio::error::eof ? "truncated frame" : ec.message());
+      if (!handle()) return;
+      read_header();
+    });
+  }
+
+  // False when the connection was closed.
+  bool handle() {
+    switch (stage_) {
+      case Stage::Hello: {
+        agentpb::Hello h;
+        if (!h.ParseFromString(buf_) || h.nonce().size() != 32 || h.node_id() == 0) {
+          close("malformed hello");
+          return false;
+        }
+        if (h.node_id() == net_.options().self) {
+          close("peer claims this node's id " + std::to_string(h.node_id()));
+          return false;
+        }
+        if (h.protocol_version() < 1) {
+          close("unsupported protocol version " + std::to_string(h.protocol_version()));
+          return false;
+        }
+        claimed_ = h.node_id();
+        peer_nonce_ = h.nonce();
+        claimed_address_ = h.listen_address();
+        for (const auto& [id, addr] : h.address_book()) book_.emplace(id, addr);
+        agentpb::Proof p;
+        p.set_tag(hmac(net_.options().secret, std::string(initiator_ ? "I" : "R") + nonce_ + peer_nonce_ +
+                                                   be32(net_.options().self)));
+        write_raw(p.SerializeAsString());
+        stage_ = Stage::Proof;
+        return true;
+      }
+      case Stage::Proof: {
+        agentpb::Proof p;
+        std::string want = hmac(net_.options().secret,
+                                std::string(initiator_ ? "R" : "I") + peer_nonce_ + nonce_ + be32(claimed_));
+        if (!p.ParseFromString(buf_) || p.tag().size() != want.size() ||
+            CRYPTO_memcmp(p.tag().data(), want.data(), want.size()) != 0) {
+          close("authentication failed (wrong cluster secret?) from " + remote_ + " claiming n" +
+                std::to_string(claimed_));
+          return false;
+        }
+        peer_ = claimed_;
+        const std::string& ni = initiator_ ? nonce_ : peer_nonce_;
+        const std::string& nr = initiator_ ? peer_nonce_ : nonce_;
+        session_ = hmac(net_.options().secret, "porcupine-session" + ni + nr);
+        stage_ = Stage::Ready;
+        ready_ = true;
+        if (!claimed_address_.empty()) net_.learn(peer_, claimed_address_);
+        for (const auto& [id, addr] : book_)
+          if (id != net_.options().self) net_.learn(id, addr);
+        net_.on_ready(shared_from_this());
+        return !closed_;
+      }
+      case Stage::Ready: {
+        if (buf_.size() < kTag) {
+          close("frame shorter than its tag");
+          return false;
+        }
+        std::string_view payload(buf_.data() + kTag, buf_.size() - kTag);
+        std::string want = hmac(session_, std::string(initiator_ ? "R" : "I") + be64(in_seq_++) + std::string(payload));
+        if (CRYPTO_memcmp(buf_.data(), want.data(), kTag) != 0) {
+          close("frame with a bad tag");
+          return false;
+        }
+        Envelope e;
+        std::string why;
+        if (!codec::decode_envelope(payload, e, &why)) {
+          close("malformed frame: " + why);
+          return false;
+        }
+        e.from = peer_;  // the authenticated peer, whatever the frame says
+        e.to = net_.options().self;
+        net_.on_frame(peer_, std::move(e));
+        return !closed_;
+      }
+    }
+    return false;
+  }
+
+  enum class Stage { Hello, Proof, Ready };
+  PeerNet& net_;
+  tcp::socket sock_;
+  bool initiator_;
+  NodeId expect_;
+  NodeId claimed_ = kNoNode, peer_ = kNoNode;
+  std::string remote_, claimed_address_;
+  std::map<NodeId, std::string> book_;
+  std::string nonce_, peer_nonce_, session_;
+  Stage stage_ = Stage::Hello;
+  bool ready_ = false, closed_ = false;
+  unsigned char hdr_[4] = {};
+  std::string buf_;
+  std::deque<std::string> out_;
+  std::size_t queued_bytes_ = 0;
+  std::uint64_t in_seq_ = 0, out_seq_ = 0;
+};
+
+PeerNet::PeerNet(asio::io_context& io, Options o, OnEnvelope on_envelope, LogFn log)
+    : io_(io), opt_(std::move(o)), on_envelope_(std::move(on_envelope)), log_(std::move(log)), acceptor_(io) {
+  for (const auto& [id, addr] : opt_.seeds)
+    if (id != opt_.self) book_[id] = addr;
+}
+
+PeerNet::~PeerNet() { stop(); }
+
+void PeerNet::start() {
+  std::string host, port;
+  if (!split_address(opt_.listen, host, port)) throw std::runtime_error("bad listen address '" + opt_.listen + "'");
+  tcp::resolver res(io_);
+  boost::system::error_code ec;
+  auto eps = res.resolve(host, port, ec);
+  if (ec || eps.empty()) throw std::runtime_error("cannot resolve listen address " + opt_.listen + ": " + ec.message());
+  tcp::endpoint ep = *eps.begin();
+  acceptor_.open(ep.protocol(), ec);
+  if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) acceptor_.bind(ep, ec);
+  if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) throw std::runtime_error("cannot listen on " + opt_.listen + ": " + ec.message());
+  accept();
+  for (const auto& [id, addr] : book_) dial(id);
+}
+
+void PeerNet::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  boost::system::error_code ec;
+  acceptor_.close(ec);
+  auto conns = all_;
+  for (const auto& c : conns) c->close("");
+  for (auto& [id, d] : dials_)
+    if (d.timer) d.timer->cancel();
+}
+
+void PeerNet::accept() {
+  acceptor_.async_accept([this](boost::system::error_code ec, tcp::socket s) {
+    if (stopped_) return;
+    if (!ec) {
+      s.set_option(tcp::no_delay(true), ec);
+      auto c = std::make_shared<PeerConnection>(*this, std::move(s), false, kNoNode);
+      all_.insert(c);
+      c->start();
+    }
+    accept();
+  });
+}
+
+void PeerNet::learn(NodeId n, const std::string& address) {
+  if (n == opt_.self || n == kNoNode || address.empty()) return;
+  auto [it, fresh] = book_.try_emplace(n, address);
+  if (!fresh && it->second != address) it->second = address;
+  if (fresh && !ready_.count(n)) dial(n);
+}
+
+bool PeerNet::connected(NodeId n) const {
+  auto it = ready_.find(n);
+  return it != ready_.end() && !it->second.empty();
+}
+
+void PeerNet::send(const Envelope& e) {
+  auto it = ready_.find(e.to);
+  if (it == ready_.end() || it->second.empty()) {
+    ++dropped_;
+    if (!dials_[e.to].in_progress && book_.count(e.to)) schedule_dial(e.to);
+    return;
+  }
+  ++frames_out_;
+  (*it->second.begin())->send_envelope(e);
+}
+
+void PeerNet::dial(NodeId n) {
+  if (stopped_ || connected(n)) return;
+  auto a = book_.find(n);
+  if (a == book_.end()) return;
+  Dial& d = dials_[n];
+  if (d.in_progress) return;
+  std::string host, port;
+  if (!split_address(a->second, host, port)) {
+    log_("peer n" + std::to_string(n) + ": bad address '" + a->second + "'");
+    return;
+  }
+  d.in_progress = true;
+  auto res = std::make_shared<tcp::resolver>(io_);
+  res->async_resolve(host, port, [this, n, res](boost::system::error_code ec, tcp::resolver::results_type eps) {
+    if (stopped_) return;
+    if (ec) {
+      dials_[n].in_progress = false;
+      schedule_dial(n);
+      return;
+    }
+    auto sock = std::make_shared<tcp::socket>(io_);
+    asio::async_connect(*sock, eps, [this, n, sock](boost::system::error_code ec2, const tcp::endpoint&) {
+      if (stopped_) return;
+      dials_[n].in_progress = false;
+      if (ec2) {
+        schedule_dial(n);
+        return;
+      }
+      sock->set_option(tcp::no_delay(true), ec2);
+      auto c = std::make_shared<PeerConnection>(*this, std::move(*sock), true, n);
+      all_.insert(c);
+      c->start();
+    });
+  });
+}
+
+void PeerNet::schedule_dial(NodeId n) {
+  if (stopped_ || connected(n)) return;
+  Dial& d = dials_[n];
+  if (d.in_progress) return;
+  if (!d.timer) d.timer = std::make_unique<asio::steady_timer>(io_);
+  if (d.timer->expiry() > asio::steady_timer::clock_type::now()) return;  // already scheduled
+  d.timer->expires_after(std::chrono::milliseconds(d.backoff_ms));
+  d.backoff_ms = std::min<std::int64_t>(d.backoff_ms * 2, opt_.backoff_max_ms);
+  d.timer->async_wait([this, n](boost::system::error_code ec) {
+    if (!ec) dial(n);
+  });
+}
+
+void PeerNet::on_ready(const std::shared_ptr<PeerConnection>& c) {
+  NodeId n = c->peer();
+  if (c->initiator() && c->expected() != kNoNode && c->expected() != n) {
+    c->close("dialled n" + std::to_string(c->expected()) + " but reached n" + std::to_string(n));
+    return;
+  }
+  bool first = !connected(n);
+  ready_[n].insert(c);
+  dials_[n].backoff_ms = 100;
+  if (first) log_("peer n" + std::to_string(n) + ": connected");
+}
+
+void PeerNet::on_closed(const std::shared_ptr<PeerConnection>& c) {
+  all_.erase(c);
+  NodeId n = c->peer();
+  if (n == kNoNode) n = c->expected();
+  if (auto it = ready_.find(n); it != ready_.end()) {
+    it->second.erase(c);
+    if (it->second.empty()) {
+      ready_.erase(it);
+      if (!stopped_) schedule_dial(n);
+    }
+  } else if (c->initiator() && !stopped_) {
+    schedule_dial(n);
+  }
+}
+
+void PeerNet::on_frame(NodeId, Envelope e) {
+  ++frames_in_;
+  on_envelope_(std::move(e));
+}
+
+}  // namespace porcupine::agent

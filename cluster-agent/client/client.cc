@@ -1,0 +1,158 @@
+// client.cc - see client.h.
+#include "client/client.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+namespace porcupine::client {
+
+namespace {
+std::int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+constexpr std::uint32_t kMaxResponse = 256u << 20;
+}  // namespace
+
+const char* code_name(agentpb::Code c) {
+  const std::string& n = agentpb::Code_Name(c);
+  return n.empty() ? "UNKNOWN" : n.c_str();
+}
+
+Client::Client(std::string socket_path, int timeout_ms) : path_(std::move(socket_path)), timeout_ms_(timeout_ms) {}
+
+Client::~Client() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+bool Client::connect() {
+  if (fd_ >= 0) return true;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path_.size() >= sizeof addr.sun_path) {
+    error_ = "socket path too long: " + path_;
+    return false;
+  }
+  std::memcpy(addr.sun_path, path_.c_str(), path_.size() + 1);
+  fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd_ < 0 || ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    error_ = "cannot connect to the agent at " + path_ + ": " + std::strerror(errno);
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    return false;
+  }
+  return true;
+}
+
+bool Client::send_frame(const std::string& bytes) {
+  std::string frame(4, '\0');
+  std::uint32_t n = static_cast<std::uint32_t>(bytes.size());
+  for (int i = 3; i >= 0; --i, n >>= 8) frame[static_cast<std::size_t>(i)] = static_cast<char>(n & 0xff);
+  frame += bytes;
+  std::size_t off = 0;
+  while (off < frame.size()) {
+    ssize_t w = ::send(fd_, frame.data() + off, frame.size() - off, MSG_NOSIGNAL);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      error_ = std::string("lost the agent: ") + std::strerror(errno);
+      ::close(fd_);
+      fd_ = -1;
+      return false;
+    }
+    off += static_cast<std::size_t>(w);
+  }
+  return true;
+}
+
+bool Client::read_exact(char* p, std::size_t n) {
+  while (n > 0) {
+    std::int64_t left = deadline_ - now_ms();
+    if (left <= 0) {
+      error_ = "the agent did not answer within " + std::to_string(timeout_ms_) + " ms";
+      ::close(fd_);
+      fd_ = -1;
+      return false;
+    }
+    pollfd pfd{fd_, POLLIN, 0};
+    int r = ::poll(&pfd, 1, static_cast<int>(left));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) continue;
+    ssize_t got = ::recv(fd_, p, n, 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) {
+      error_ = "the agent closed the connection";
+      ::close(fd_);
+      fd_ = -1;
+      return false;
+    }
+    p += got;
+    n -= static_cast<std::size_t>(got);
+  }
+  return true;
+}
+
+std::optional<agentpb::Response> Client::wait_response(std::uint64_t id) {
+  for (;;) {
+    unsigned char h[4];
+    if (!read_exact(reinterpret_cast<char*>(h), 4)) return std::nullopt;
+    std::uint32_t len = (std::uint32_t(h[0]) << 24) | (std::uint32_t(h[1]) << 16) | (std::uint32_t(h[2]) << 8) | h[3];
+    if (len > kMaxResponse) {
+      error_ = "response too large";
+      ::close(fd_);
+      fd_ = -1;
+      return std::nullopt;
+    }
+    std::string buf(len, '\0');
+    if (!read_exact(buf.data(), len)) return std::nullopt;
+    agentpb::Response r;
+    if (!r.ParseFromString(buf)) {
+      error_ = "malformed response from the agent";
+      return std::nullopt;
+    }
+    if (r.id() == id) return r;  // a stale answer to an abandoned request is skipped
+  }
+}
+
+std::optional<agentpb::Response> Client::call(agentpb::Request& req) {
+  if (!connect()) return std::nullopt;
+  req.set_id(next_id_++);
+  deadline_ = now_ms() + timeout_ms_;
+  if (!send_frame(req.SerializeAsString())) return std::nullopt;
+  return wait_response(req.id());
+}
+
+std::optional<agentpb::Response> Client::deliver(const std::vector<std::string>& recipients,
+                                                 const std::string& folder, std::istream& body,
+                                                 std::size_t chunk) {
+  if (!connect()) return std::nullopt;
+  std::uint64_t id = next_id_++;
+  deadline_ = now_ms() + timeout_ms_;
+  agentpb::Request begin;
+  begin.set_id(id);
+  for (const auto& r : recipients) begin.mutable_deliver_begin()->add_recipients(r);
+  begin.mutable_deliver_begin()->set_folder(folder);
+  if (!send_frame(begin.SerializeAsString())) return std::nullopt;
+  std::string data(chunk, '\0');
+  for (;;) {
+    body.read(data.data(), static_cast<std::streamsize>(data.size()));
+    std::size_t got = static_cast<std::size_t>(body.gcount());
+    bool last = got < data.size();
+    agentpb::Request c;
+    c.set_id(id);
+    c.mutable_deliver_chunk()->set_data(data.data(), got);
+    c.mutable_deliver_chunk()->set_last(last);
+    if (!send_frame(c.SerializeAsString())) return std::nullopt;
+    if (last) break;
+  }
+  deadline_ = now_ms() + timeout_ms_;
+  return wait_response(id);
+}
+
+}  // namespace porcupine::client

@@ -1,0 +1,50 @@
+// client.h - the C++ client of the agent's local API (agent.proto).
+//
+// Blocking, one connection, one request at a time; every call has a
+// deadline (the timeout given at construction) and reports failure as a
+// false/empty result with a one-line reason, never an exception.
+#pragma once
+
+#include <cstdint>
+#include <istream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "agent.pb.h"
+
+namespace porcupine::client {
+
+class Client {
+ public:
+  explicit Client(std::string socket_path, int timeout_ms = 10000);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  bool connect();
+  // Sends `req` (its id is set here) and waits for its Response.
+  std::optional<agentpb::Response> call(agentpb::Request& req);
+  // Streams the body in chunks of `chunk` bytes.
+  std::optional<agentpb::Response> deliver(const std::vector<std::string>& recipients,
+                                           const std::string& folder, std::istream& body,
+                                           std::size_t chunk = 256 * 1024);
+  const std::string& error() const { return error_; }
+
+ private:
+  bool send_frame(const std::string& bytes);
+  std::optional<agentpb::Response> wait_response(std::uint64_t id);
+  bool read_exact(char* p, std::size_t n);
+
+  std::string path_;
+  int timeout_ms_;
+  int fd_ = -1;
+  std::int64_t deadline_ = 0;
+  std::uint64_t next_id_ = 1;
+  std::string error_;
+};
+
+// "OK", "TEMPFAIL", ... for messages and exit codes.
+const char* code_name(agentpb::Code c);
+
+}  // namespace porcupine::client
