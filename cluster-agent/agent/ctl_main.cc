@@ -113,6 +113,7 @@ json status_json(const pb::Status& s) {
   j["uptime_ms"] = s.uptime_ms();
   j["store_flushes"] = s.flushes();
   j["version"] = s.version();
+  j["map_digest"] = s.map_digest();
   j["members"] = json::array();
   for (const auto& m : s.members())
     j["members"].push_back({{"id", m.id()}, {"weight", m.weight()}, {"load", m.load()}, {"address", m.address()},

@@ -390,6 +390,9 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     s.set_uptime_ms(static_cast<std::uint64_t>(agent_.now() - agent_.started()));
     s.set_flushes(agent_.store().stats().flushes);
     s.set_version(PORCUPINE_VERSION);
+    std::string bytes;
+    for (NodeId owner : m.map()) bytes.append(reinterpret_cast<const char*>(&owner), sizeof owner);
+    s.set_map_digest(std::to_string(user_hash(bytes)));  // XXH64 of the bytes
   }
 
   static constexpr std::uint32_t kMaxFrame = 4u << 20;  // one request; bodies come in chunks

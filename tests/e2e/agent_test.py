@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""End-to-end tests of porcupine-agent: real agents and real redis-servers
+on loopback (127.0.K.i), driven with porcupinectl and raw sockets.
+
+Usage: agent_test.py --build BUILD_DIR [--subnet K] [unittest args]
+Each test starts its own cluster under a fresh directory and stops every
+process it started, by PID. Figures (reconfiguration times) are printed,
+never asserted.
+"""
+import importlib.machinery
+import json
+import os
+import random
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+local = importlib.machinery.SourceFileLoader("porcupine_local", os.path.join(ROOT, "scripts", "porcupine-local")).load_module()
+
+BUILD = os.path.join(ROOT, "build")
+SUBNET = 21
+
+
+def message(n, size=300):
+    body = ("Subject: message %d\r\nMessage-Id: <m%d@test>\r\n\r\n" % (n, n)).encode()
+    filler = (b"line of message %d " % n) * (size // 20 + 1)
+    return body + filler[:size] + b"\r\n"
+
+
+class ClusterCase(unittest.TestCase):
+    nodes = 3
+    replicas = 2
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="porcupine-e2e-")
+        self.cl = local.Cluster(self.dir, BUILD)
+        self.cl.start(self.nodes, self.replicas, 2, SUBNET)
+        self.assertTrue(self.wait_converged(30), "cluster did not form")
+
+    def tearDown(self):
+        self.cl.stop()
+
+    # ---- helpers ---------------------------------------------------------
+    def wait_converged(self, timeout):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.cl.converged():
+                return True
+            time.sleep(0.1)
+        return False
+
+    def ctl(self, i, *args, stdin=None, check=True):
+        import subprocess
+        argv = [self.cl.ctl_bin(), "--socket", os.path.join(self.cl.ndir(i), "agent.sock"), "--timeout", "15000"]
+        r = subprocess.run(argv + list(args), input=stdin, capture_output=True)
+        if check:
+            self.assertEqual(r.returncode, 0, "porcupinectl %s on node %d: %s" % (" ".join(args), i, r.stderr.decode()))
+        return r
+
+    def ctl_json(self, i, *args):
+        return json.loads(self.ctl(i, "--json", *args).stdout)
+
+    def deliver(self, i, rcpt, data):
+        r = self.ctl(i, "--json", "mail", "deliver", rcpt, stdin=data, check=False)
+        if r.returncode != 0:
+            return None
+        return json.loads(r.stdout)[0]
+
+    def add_user(self, i, user, password="pw"):
+        self.ctl(i, "user", "add", user, "--password", password)
+
+    def log_of(self, i):
+        with open(os.path.join(self.cl.ndir(i), "agent.log"), errors="replace") as f:
+            return f.read()
+
+
+class Formation(ClusterCase):
+    nodes = 4
+
+    def test_every_node_shows_the_same_epoch_members_and_map(self):
+        views = [self.ctl_json(i, "status") for i in range(1, self.nodes + 1)]
+        for v in views:
+            self.assertTrue(v["in_group"])
+            self.assertEqual(v["epoch"], views[0]["epoch"])
+            self.assertEqual(v["map_digest"], views[0]["map_digest"])
+            self.assertEqual(sorted(m["id"] for m in v["members"]), list(range(1, self.nodes + 1)))
+            self.assertEqual(sum(m["buckets"] for m in v["members"]), v["buckets"])
+            self.assertTrue(all(m["connected"] for m in v["members"]))
+
+
+class MailAcrossNodes(ClusterCase):
+    def test_deliver_on_one_node_list_and_fetch_on_another(self):
+        self.add_user(1, "ann@example.org")
+        sent = {}
+        for n in range(12):
+            data = message(n, 200 + 97 * n)
+            d = self.deliver(1 + n % 3, "ann@example.org", data)
+            self.assertIsNotNone(d)
+            self.assertEqual(d["code"], "OK")
+            sent[d["uid"]] = data
+        listings = [self.ctl_json(i, "mail", "list", "ann@example.org") for i in (1, 2, 3)]
+        for l in listings:
+            self.assertEqual(l["uidvalidity"], listings[0]["uidvalidity"])
+            self.assertEqual(sorted(m["uid"] for m in l["messages"]), sorted(sent))
+        for m in listings[2]["messages"]:
+            self.assertEqual(m["size"], len(sent[m["uid"]]))
+        for uid, data in sent.items():
+            self.assertEqual(self.ctl(3, "mail", "fetch", "ann@example.org", str(uid)).stdout, data)
+
+    def test_unknown_user_and_bad_password(self):
+        self.add_user(2, "bob@example.org", "right")
+        self.assertEqual(self.ctl(1, "user", "auth", "bob@example.org", "--password", "right").returncode, 0)
+        r = self.ctl(3, "user", "auth", "bob@example.org", "--password", "wrong", check=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"AUTH_FAILED", r.stderr)
+        d = self.deliver(1, "nobody@example.org", message(1))
+        self.assertIsNone(d)
+        r = self.ctl(1, "mail", "deliver", "nobody@example.org", stdin=message(1), check=False)
+        self.assertIn(b"NO_SUCH_USER", r.stdout + r.stderr)
+
+
+class Crash(ClusterCase):
+    def test_kill9_agent_others_reconfigure_mail_stays_readable_and_it_rejoins(self):
+        self.add_user(1, "cat@example.org")
+        sent = {}
+        for n in range(10):
+            d = self.deliver(1 + n % 3, "cat@example.org", message(n))
+            sent[d["uid"]] = message(n)
+        before = self.ctl_json(1, "mail", "list", "cat@example.org")
+        t0 = time.time()
+        self.cl.kill(2, redis=False)
+        self.assertTrue(self.wait_converged(20), "survivors did not reconfigure")
+        print("\nreconfiguration after kill -9 of node 2: %.2f s" % (time.time() - t0), file=sys.stderr)
+        # Every message is readable through the survivors (R=2).
+        for uid, data in sent.items():
+            self.assertEqual(self.ctl(3, "mail", "fetch", "cat@example.org", str(uid)).stdout, data)
+        d = self.deliver(1, "cat@example.org", message(99))
+        self.assertEqual(d["code"], "OK")
+        t0 = time.time()
+        self.cl.restart(2)
+        self.assertTrue(self.wait_converged(30), "node 2 did not rejoin")
+        print("rejoin after restart of node 2: %.2f s" % (time.time() - t0), file=sys.stderr)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            views = [self.ctl_json(i, "status") for i in (1, 2, 3)]
+            if all(v["replication_backlog"] == 0 for v in views):
+                break
+            time.sleep(0.2)
+        self.assertTrue(all(v["replication_backlog"] == 0 for v in views), "replicas did not converge")
+        after = self.ctl_json(2, "mail", "list", "cat@example.org")
+        self.assertEqual(len(after["messages"]), 11)
+        # UIDs never move backwards for a client that saw the old listing
+        # unless UIDVALIDITY changed (a manager crash may change it).
+        if after["uidvalidity"] == before["uidvalidity"]:
+            old = {m["id"]: m["uid"] for m in before["messages"]}
+            for m in after["messages"]:
+                if m["id"] in old:
+                    self.assertEqual(m["uid"], old[m["id"]])
+
+    def test_kill9_agent_and_redis_mid_stream_loses_nothing_acknowledged(self):
+        self.add_user(1, "dan@example.org")
+        acked, failed, stop = {}, [], threading.Event()
+
+        def stream():
+            n = 0
+            while not stop.is_set() and n < 400:
+                data = message(1000 + n, 500)
+                d = self.deliver(2, "dan@example.org", data)
+                if d and d["code"] == "OK":
+                    acked[d["id"]] = data
+                else:
+                    failed.append(data)
+                    time.sleep(0.05)
+                n += 1
+
+        t = threading.Thread(target=stream)
+        t.start()
+        time.sleep(1.5)
+        self.cl.kill(2, redis=True)
+        time.sleep(0.5)
+        self.cl.restart(2)
+        time.sleep(1.0)
+        stop.set()
+        t.join(60)
+        self.assertTrue(self.wait_converged(30))
+        self.assertGreater(len(acked), 5)
+        time.sleep(2)
+        listing = self.ctl_json(3, "mail", "list", "dan@example.org")
+        present = {m["id"]: m for m in listing["messages"]}
+        for mid in acked:
+            self.assertIn(mid, present, "acknowledged message %s lost" % mid)
+        # Nothing half-present: every listed message reads back whole.
+        bodies = set(acked.values()) | set(failed)
+        for m in listing["messages"]:
+            body = self.ctl(1, "mail", "fetch", "dan@example.org", str(m["uid"])).stdout
+            self.assertIn(body, bodies)
+        extra = len(present) - len(acked)
+        print("\nstream: %d acknowledged, %d failed, %d of the failed present in full"
+              % (len(acked), len(failed), extra), file=sys.stderr)
+
+
+class Hostile(ClusterCase):
+    nodes = 2
+
+    def connect(self, i):
+        s = socket.create_connection((self.cl.address(i), local.PORT), timeout=5)
+        s.settimeout(5)
+        return s
+
+    def closed_by_peer(self, s):
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def test_stranger_with_the_wrong_secret_is_refused_and_logged(self):
+        d = os.path.join(self.dir, "n9")
+        os.makedirs(os.path.join(d, "redis"))
+        os.makedirs(os.path.join(d, "spool"))
+        with open(os.path.join(self.dir, "secret-wrong"), "w") as f:
+            f.write("this is not the cluster secret\n")
+        self.cl.state["nodes"].append(9)
+        self.cl.write_config(9, [1, 2, 9])
+        conf = os.path.join(d, "porcupine.conf")
+        with open(conf) as f:
+            text = f.read().replace(os.path.join(self.dir, "secret"), os.path.join(self.dir, "secret-wrong"))
+        with open(conf, "w") as f:
+            f.write(text)
+        self.cl.start_redis(9)
+        self.cl.start_agent(9)
+        time.sleep(4)
+        self.assertIn("authentication failed", self.log_of(1) + self.log_of(2))
+        for i in (1, 2):
+            members = [m["id"] for m in self.ctl_json(i, "status")["members"]]
+            self.assertEqual(sorted(members), [1, 2])
+
+    def test_malformed_truncated_and_huge_frames_close_only_that_connection(self):
+        s = self.connect(1)
+        s.sendall(struct.pack(">I", 16) + b"\xff" * 16)  # not a Hello
+        self.assertTrue(self.closed_by_peer(s))
+        s = self.connect(1)
+        s.sendall(struct.pack(">I", 1 << 30))  # 1 GiB length prefix
+        self.assertTrue(self.closed_by_peer(s))
+        s = self.connect(1)
+        s.sendall(struct.pack(">I", 100) + b"abc")  # truncated, then gone
+        s.close()
+        s = self.connect(2)
+        s.sendall(os.urandom(4096))
+        self.assertTrue(self.closed_by_peer(s))
+        # The local API too.
+        u = socket.socket(socket.AF_UNIX)
+        u.settimeout(5)
+        u.connect(os.path.join(self.cl.ndir(1), "agent.sock"))
+        u.sendall(struct.pack(">I", 8) + b"\x0a\xff\xff\xff\xff\xff\xff\xff")
+        self.assertTrue(self.closed_by_peer(u))
+        time.sleep(0.5)
+        log = self.log_of(1)
+        self.assertIn("malformed hello", log)
+        self.assertIn("exceeds the limit", log)
+        # Both nodes still serve and still see each other.
+        self.add_user(1, "eve@example.org")
+        self.assertEqual(self.deliver(2, "eve@example.org", message(1))["code"], "OK")
+        self.assertTrue(self.cl.converged())
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if "--build" in args:
+        i = args.index("--build")
+        BUILD = os.path.abspath(args[i + 1])
+        del args[i:i + 2]
+    if "--subnet" in args:
+        i = args.index("--subnet")
+        SUBNET = int(args[i + 1])
+        del args[i:i + 2]
+    unittest.main(argv=[sys.argv[0]] + args, verbosity=2)
