@@ -257,6 +257,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         if (!q.deliver_chunk().last()) return;
         Delivery whole = std::move(d);
         deliveries_.erase(it);
+        if (whole.body.empty() && !whole.too_large) return fail(id, pb::BAD_REQUEST, "empty message");
         if (whole.too_large)
           return fail(id, pb::BAD_REQUEST,
                       "message larger than message_size_limit (" +

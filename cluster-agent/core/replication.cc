@@ -53,7 +53,9 @@ void Replicator::apply(Time now, const Update& u) {
   in.replicas = u.replicas;
   switch (u.kind) {
     case Update::Kind::Store:
-      in.has_body = true;
+      // A Store whose body was lost on its way (a log entry whose body file
+      // is gone) must not make this copy claim a body it does not have.
+      in.has_body = !in.body.empty();
       in.uid_version = in.flags_version = u.id;
       break;
     case Update::Kind::Flags: in.flags_version = u.id; break;
