@@ -4,8 +4,9 @@
 #   scripts/test.sh [--sanitize]
 #
 # With --sanitize (or PORCUPINE_CI_SANITIZE=1) it also builds the
-# ASan/UBSan tree and runs unit_tests and sim_tests there (minus the long
-# *Randomized* schedules). The main ctest run always goes last, and the
+# ASan/UBSan tree and runs there every GoogleTest binary (minus the long
+# *Randomized* schedules) and the end-to-end tests that feed agents
+# hostile and ordinary traffic, with sanitized agents. The main ctest run always goes last, and the
 # final line printed is ctest's summary ("N% tests passed, N tests failed
 # out of M"). Exit status: ctest's, or non-zero if the sanitizer pass failed.
 #
@@ -62,6 +63,15 @@ if [[ $sanitize == 1 ]]; then
   else
     run_sanitized unit_tests
     run_sanitized sim_tests '--gtest_filter=-*Randomized*'
+    run_sanitized codec/codec_tests
+    run_sanitized config/config_tests
+    run_sanitized store/store_tests
+    echo "test: sanitizer pass: end-to-end with sanitized agents"
+    if ! ASAN_OPTIONS=detect_leaks=0 timeout "$timeout" python3 tests/e2e/agent_test.py \
+         --build "$asan_dir" --subnet 41 Hostile MailAcrossNodes; then
+      echo "test: sanitizer pass: end-to-end FAILED" >&2
+      sanitizer_failed=1
+    fi
   fi
   if [[ $sanitizer_failed == 1 ]]; then
     echo "test: sanitizer pass FAILED (see above); running the main suite anyway"

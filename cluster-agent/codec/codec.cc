@@ -1,0 +1,658 @@
+// codec.cc - the core's structs to and from porcupine.proto (see codec.h).
+//
+// One to_pb / from_pb pair per type, in the order of the schema; the
+// Message variant maps onto the Envelope's oneof through one table,
+// PORCUPINE_MESSAGES. Encoding cannot fail. Decoding fills a fresh value
+// and hands it over only when all of it is good, checking what the schema
+// cannot: enum values in range, no node id 0 where a node is named, a
+// body present, a protocol version this build speaks. Pure functions; any
+// thread.
+#include "codec/codec.h"
+
+#include <limits>
+#include <set>
+#include <utility>
+#include <variant>
+
+#include "proto/porcupine.pb.h"
+
+namespace porcupine::codec {
+namespace {
+
+namespace gpb = google::protobuf;
+
+// The proto enums carry the core's enumerator values unchanged.
+static_assert(pb::STATUS_OK == int(Status::Ok) && pb::STATUS_TRY_AGAIN == int(Status::TryAgain) &&
+              pb::STATUS_NO_SUCH_USER == int(Status::NoSuchUser) &&
+              pb::STATUS_EXISTS == int(Status::Exists) &&
+              pb::STATUS_NOT_MANAGER == int(Status::NotManager) &&
+              pb::STATUS_FAILED == int(Status::Failed));
+static_assert(pb::UPDATE_KIND_STORE == int(Update::Kind::Store) &&
+              pb::UPDATE_KIND_FLAGS == int(Update::Kind::Flags) &&
+              pb::UPDATE_KIND_EXPUNGE == int(Update::Kind::Expunge) &&
+              pb::UPDATE_KIND_SET_UID == int(Update::Kind::SetUid) &&
+              pb::UPDATE_KIND_PROFILE == int(Update::Kind::Profile));
+static_assert(pb::USER_OP_SET_PASSWORD == int(UserUpdateRequest::Op::SetPassword) &&
+              pb::USER_OP_SET_QUOTA == int(UserUpdateRequest::Op::SetQuota) &&
+              pb::USER_OP_ENABLE == int(UserUpdateRequest::Op::Enable) &&
+              pb::USER_OP_DISABLE == int(UserUpdateRequest::Op::Disable) &&
+              pb::USER_OP_DELETE == int(UserUpdateRequest::Op::Delete));
+
+// Whether message bodies go into the bytes: on the wire yes, at rest no.
+enum class Bodies { Keep, Drop };
+
+// Where a decode failure is reported.
+class Check {
+ public:
+  explicit Check(std::string* error) : error_(error) {}
+  bool fail(std::string why) {
+    if (error_) *error_ = std::move(why);
+    return false;
+  }
+
+ private:
+  std::string* error_;
+};
+
+// ---- repeated fields ------------------------------------------------------
+
+template <class C, class P>
+void put(const C& in, gpb::RepeatedField<P>* out) {
+  out->Add(in.begin(), in.end());
+}
+void put(const std::vector<std::string>& in, gpb::RepeatedPtrField<std::string>* out) {
+  out->Add(in.begin(), in.end());
+}
+template <class T, class P>
+void get(const gpb::RepeatedField<P>& in, std::vector<T>& out) {
+  out.assign(in.begin(), in.end());
+}
+void get(const gpb::RepeatedPtrField<std::string>& in, std::vector<std::string>& out) {
+  out.assign(in.begin(), in.end());
+}
+
+// A list of nodes (a vector or a set): node id 0 names no node.
+template <class C>
+bool get_nodes(const gpb::RepeatedField<std::uint32_t>& in, C& out, const char* field, Check& c) {
+  for (std::uint32_t n : in) {
+    if (n == kNoNode) return c.fail(std::string(field) + ": node id 0");
+    out.insert(out.end(), n);
+  }
+  return true;
+}
+
+template <class E>
+bool get_enum(int v, bool (*valid)(int), E& out, const char* field, Check& c) {
+  if (!valid(v)) return c.fail(std::string(field) + ": unknown value " + std::to_string(v));
+  out = static_cast<E>(v);
+  return true;
+}
+
+// ---- shared values ----------------------------------------------------------
+
+void to_pb(const Stamp& s, pb::Stamp& p) {
+  p.set_time(s.time);
+  p.set_node(s.node);
+}
+bool from_pb(const pb::Stamp& p, Stamp& s, Check&) {
+  s = {p.time(), p.node()};
+  return true;
+}
+
+void to_pb(const MsgId& m, pb::MsgId& p) {
+  p.set_origin(m.origin);
+  p.set_seq(m.seq);
+}
+bool from_pb(const pb::MsgId& p, MsgId& m, Check&) {
+  m = {p.origin(), p.seq()};
+  return true;
+}
+
+void to_pb(const MemberWeight& m, pb::MemberWeight& p) {
+  p.set_id(m.id);
+  p.set_weight(m.weight);
+}
+bool from_pb(const pb::MemberWeight& p, MemberWeight& m, Check& c) {
+  if (p.id() == kNoNode) return c.fail("MemberWeight.id: node id 0");
+  m = {p.id(), p.weight()};
+  return true;
+}
+
+// ---- hard state ---------------------------------------------------------------
+
+void to_pb(const MessageRecord& r, pb::MessageRecord& p, Bodies bodies = Bodies::Keep) {
+  to_pb(r.id, *p.mutable_id());
+  p.set_user(r.user);
+  p.set_folder(r.folder);
+  put(r.replicas, p.mutable_replicas());
+  p.set_has_body(r.has_body);
+  if (bodies == Bodies::Keep) p.set_body(r.body);
+  p.set_internal_date(r.internal_date);
+  p.set_uidvalidity(r.uidvalidity);
+  p.set_uid(r.uid);
+  to_pb(r.uid_version, *p.mutable_uid_version());
+  p.set_flags(r.flags);
+  to_pb(r.flags_version, *p.mutable_flags_version());
+  p.set_expunged(r.expunged);
+  to_pb(r.expunge_version, *p.mutable_expunge_version());
+  p.set_expunged_at(r.expunged_at);
+  p.set_size(r.size);
+}
+bool from_pb(const pb::MessageRecord& p, MessageRecord& r, Check& c) {
+  r.user = p.user();
+  r.folder = p.folder();
+  r.has_body = p.has_body();
+  r.body = p.body();
+  r.internal_date = p.internal_date();
+  r.uidvalidity = p.uidvalidity();
+  r.uid = p.uid();
+  r.flags = p.flags();
+  r.expunged = p.expunged();
+  r.expunged_at = p.expunged_at();
+  r.size = p.size();
+  return from_pb(p.id(), r.id, c) &&
+         get_nodes(p.replicas(), r.replicas, "MessageRecord.replicas", c) &&
+         from_pb(p.uid_version(), r.uid_version, c) &&
+         from_pb(p.flags_version(), r.flags_version, c) &&
+         from_pb(p.expunge_version(), r.expunge_version, c);
+}
+
+void to_pb(const Profile& u, pb::Profile& p) {
+  p.set_user(u.user);
+  to_pb(u.version, *p.mutable_version());
+  p.set_password_hash(u.password_hash);
+  p.set_quota_bytes(u.quota_bytes);
+  p.set_enabled(u.enabled);
+  p.set_deleted(u.deleted);
+  for (const auto& [name, meta] : u.folders) {
+    pb::Folder& f = *p.add_folders();
+    f.set_name(name);
+    f.mutable_meta()->set_uidvalidity(meta.uidvalidity);
+  }
+  put(u.holders, p.mutable_holders());
+}
+bool from_pb(const pb::Profile& p, Profile& u, Check& c) {
+  u.user = p.user();
+  u.password_hash = p.password_hash();
+  u.quota_bytes = p.quota_bytes();
+  u.enabled = p.enabled();
+  u.deleted = p.deleted();
+  for (const pb::Folder& f : p.folders())
+    if (!u.folders.emplace(f.name(), FolderMeta{f.meta().uidvalidity()}).second)
+      return c.fail("Profile.folders: folder named twice");
+  return from_pb(p.version(), u.version, c) &&
+         get_nodes(p.holders(), u.holders, "Profile.holders", c);
+}
+
+void to_pb(const Update& u, pb::Update& p, Bodies bodies = Bodies::Keep) {
+  to_pb(u.id, *p.mutable_id());
+  p.set_kind(pb::UpdateKind(u.kind));
+  p.set_coordinator(u.coordinator);
+  put(u.replicas, p.mutable_replicas());
+  to_pb(u.record, *p.mutable_record(), bodies);
+  to_pb(u.profile, *p.mutable_profile());
+}
+bool from_pb(const pb::Update& p, Update& u, Check& c) {
+  u.coordinator = p.coordinator();  // 0: no coordinator yet
+  return from_pb(p.id(), u.id, c) &&
+         get_enum(p.kind(), pb::UpdateKind_IsValid, u.kind, "Update.kind", c) &&
+         get_nodes(p.replicas(), u.replicas, "Update.replicas", c) &&
+         from_pb(p.record(), u.record, c) && from_pb(p.profile(), u.profile, c);
+}
+
+void to_pb(const LogEntry& e, pb::LogEntry& p, Bodies bodies) {
+  to_pb(e.update, *p.mutable_update(), bodies);
+  put(e.have, p.mutable_have());
+}
+bool from_pb(const pb::LogEntry& p, LogEntry& e, Check& c) {
+  return from_pb(p.update(), e.update, c) && get_nodes(p.have(), e.have, "LogEntry.have", c);
+}
+
+// ---- membership -----------------------------------------------------------------
+
+void to_pb(const Probe& m, pb::Probe& p) { to_pb(m.epoch, *p.mutable_epoch()); }
+bool from_pb(const pb::Probe& p, Probe& m, Check& c) { return from_pb(p.epoch(), m.epoch, c); }
+void to_pb(const ProbeAck& m, pb::ProbeAck& p) { to_pb(m.epoch, *p.mutable_epoch()); }
+bool from_pb(const pb::ProbeAck& p, ProbeAck& m, Check& c) {
+  return from_pb(p.epoch(), m.epoch, c);
+}
+void to_pb(const NewGroup& m, pb::NewGroup& p) { to_pb(m.epoch, *p.mutable_epoch()); }
+bool from_pb(const pb::NewGroup& p, NewGroup& m, Check& c) {
+  return from_pb(p.epoch(), m.epoch, c);
+}
+
+void to_pb(const Accept& m, pb::Accept& p) {
+  to_pb(m.epoch, *p.mutable_epoch());
+  p.set_weight(m.weight);
+  to_pb(m.map_epoch, *p.mutable_map_epoch());
+  put(m.map, p.mutable_map());
+  put(m.known, p.mutable_known());
+}
+bool from_pb(const pb::Accept& p, Accept& m, Check& c) {
+  m.weight = p.weight();
+  get(p.map(), m.map);  // 0 is a bucket without a manager
+  return from_pb(p.epoch(), m.epoch, c) && from_pb(p.map_epoch(), m.map_epoch, c) &&
+         get_nodes(p.known(), m.known, "Accept.known", c);
+}
+
+void to_pb(const Commit& m, pb::Commit& p) {
+  to_pb(m.epoch, *p.mutable_epoch());
+  for (const MemberWeight& w : m.members) to_pb(w, *p.add_members());
+  put(m.map, p.mutable_map());
+}
+bool from_pb(const pb::Commit& p, Commit& m, Check& c) {
+  get(p.map(), m.map);
+  for (const pb::MemberWeight& w : p.members())
+    if (!from_pb(w, m.members.emplace_back(), c)) return false;
+  return from_pb(p.epoch(), m.epoch, c);
+}
+
+// ---- mail map and profile reconstruction ------------------------------------------
+
+void to_pb(const UidRange& r, pb::UidRange& p) {
+  p.set_uidvalidity(r.uidvalidity);
+  p.set_min_uid(r.min_uid);
+  p.set_max_uid(r.max_uid);
+  p.set_live(r.live);
+}
+bool from_pb(const pb::UidRange& p, UidRange& r, Check&) {
+  r = {p.uidvalidity(), p.min_uid(), p.max_uid(), p.live()};
+  return true;
+}
+
+void to_pb(const Handoff& h, pb::Handoff& p) {
+  p.set_user(h.user);
+  p.set_folder(h.folder);
+  p.set_uidvalidity(h.uidvalidity);
+  p.set_next_uid(h.next_uid);
+}
+bool from_pb(const pb::Handoff& p, Handoff& h, Check&) {
+  h = {p.user(), p.folder(), p.uidvalidity(), p.next_uid()};
+  return true;
+}
+
+void to_pb(const ReportEntry& e, pb::ReportEntry& p) {
+  p.set_user(e.user);
+  p.set_folder(e.folder);
+  for (const UidRange& r : e.ranges) to_pb(r, *p.add_ranges());
+  p.set_count(e.count);
+}
+bool from_pb(const pb::ReportEntry& p, ReportEntry& e, Check& c) {
+  e.user = p.user();
+  e.folder = p.folder();
+  e.count = p.count();
+  for (const pb::UidRange& r : p.ranges())
+    if (!from_pb(r, e.ranges.emplace_back(), c)) return false;
+  return true;
+}
+
+void to_pb(const Report& m, pb::Report& p) {
+  to_pb(m.epoch, *p.mutable_epoch());
+  put(m.complete, p.mutable_complete());
+  put(m.users, p.mutable_users());
+  put(m.generations, p.mutable_generations());
+  for (const ReportEntry& e : m.entries) to_pb(e, *p.add_entries());
+  for (const Profile& u : m.profiles) to_pb(u, *p.add_profiles());
+  for (const Handoff& h : m.handoffs) to_pb(h, *p.add_handoffs());
+}
+bool from_pb(const pb::Report& p, Report& m, Check& c) {
+  get(p.complete(), m.complete);
+  get(p.users(), m.users);
+  get(p.generations(), m.generations);
+  for (const pb::ReportEntry& e : p.entries())
+    if (!from_pb(e, m.entries.emplace_back(), c)) return false;
+  for (const pb::Profile& u : p.profiles())
+    if (!from_pb(u, m.profiles.emplace_back(), c)) return false;
+  for (const pb::Handoff& h : p.handoffs())
+    if (!from_pb(h, m.handoffs.emplace_back(), c)) return false;
+  return from_pb(p.epoch(), m.epoch, c);
+}
+
+void to_pb(const ReportAck& m, pb::ReportAck& p) {
+  to_pb(m.epoch, *p.mutable_epoch());
+  put(m.complete, p.mutable_complete());
+  put(m.users, p.mutable_users());
+  put(m.generations, p.mutable_generations());
+}
+bool from_pb(const pb::ReportAck& p, ReportAck& m, Check& c) {
+  get(p.complete(), m.complete);
+  get(p.users(), m.users);
+  get(p.generations(), m.generations);
+  return from_pb(p.epoch(), m.epoch, c);
+}
+
+void to_pb(const ReportPoll& m, pb::ReportPoll& p) {
+  to_pb(m.epoch, *p.mutable_epoch());
+  put(m.buckets, p.mutable_buckets());
+}
+bool from_pb(const pb::ReportPoll& p, ReportPoll& m, Check& c) {
+  get(p.buckets(), m.buckets);
+  return from_pb(p.epoch(), m.epoch, c);
+}
+
+// ---- delivery: manager side -----------------------------------------------------------
+
+void to_pb(const AllocRequest& m, pb::AllocRequest& p) {
+  p.set_req(m.req);
+  p.set_user(m.user);
+  p.set_folder(m.folder);
+}
+bool from_pb(const pb::AllocRequest& p, AllocRequest& m, Check&) {
+  m = {p.req(), p.user(), p.folder()};
+  return true;
+}
+
+void to_pb(const AllocReply& m, pb::AllocReply& p) {
+  p.set_req(m.req);
+  p.set_status(pb::Status(m.status));
+  p.set_uidvalidity(m.uidvalidity);
+  p.set_uid(m.uid);
+  put(m.nodes, p.mutable_nodes());
+}
+bool from_pb(const pb::AllocReply& p, AllocReply& m, Check& c) {
+  m.req = p.req();
+  m.uidvalidity = p.uidvalidity();
+  m.uid = p.uid();
+  return get_enum(p.status(), pb::Status_IsValid, m.status, "AllocReply.status", c) &&
+         get_nodes(p.nodes(), m.nodes, "AllocReply.nodes", c);
+}
+
+void to_pb(const CreateUserRequest& m, pb::CreateUserRequest& p) {
+  p.set_req(m.req);
+  p.set_user(m.user);
+  p.set_password_hash(m.password_hash);
+}
+bool from_pb(const pb::CreateUserRequest& p, CreateUserRequest& m, Check&) {
+  m = {p.req(), p.user(), p.password_hash()};
+  return true;
+}
+
+void to_pb(const MapRequest& m, pb::MapRequest& p) {
+  p.set_req(m.req);
+  p.set_user(m.user);
+  p.set_folder(m.folder);
+}
+bool from_pb(const pb::MapRequest& p, MapRequest& m, Check&) {
+  m = {p.req(), p.user(), p.folder()};
+  return true;
+}
+
+void to_pb(const MapReply& m, pb::MapReply& p) {
+  p.set_req(m.req);
+  p.set_status(pb::Status(m.status));
+  put(m.nodes, p.mutable_nodes());
+  p.set_uidvalidity(m.uidvalidity);
+  p.set_next_uid(m.next_uid);
+}
+bool from_pb(const pb::MapReply& p, MapReply& m, Check& c) {
+  m.req = p.req();
+  m.uidvalidity = p.uidvalidity();
+  m.next_uid = p.next_uid();
+  return get_enum(p.status(), pb::Status_IsValid, m.status, "MapReply.status", c) &&
+         get_nodes(p.nodes(), m.nodes, "MapReply.nodes", c);
+}
+
+// ---- replication --------------------------------------------------------------------------
+
+void to_pb(const StoreRequest& m, pb::StoreRequest& p) {
+  p.set_req(m.req);
+  to_pb(m.update, *p.mutable_update());
+}
+bool from_pb(const pb::StoreRequest& p, StoreRequest& m, Check& c) {
+  m.req = p.req();
+  return from_pb(p.update(), m.update, c);
+}
+
+void to_pb(const MutateRequest& m, pb::MutateRequest& p) {
+  p.set_req(m.req);
+  to_pb(m.update, *p.mutable_update());
+}
+bool from_pb(const pb::MutateRequest& p, MutateRequest& m, Check& c) {
+  m.req = p.req();
+  return from_pb(p.update(), m.update, c);
+}
+
+void to_pb(const OpReply& m, pb::OpReply& p) {
+  p.set_req(m.req);
+  p.set_status(pb::Status(m.status));
+}
+bool from_pb(const pb::OpReply& p, OpReply& m, Check& c) {
+  m.req = p.req();
+  return get_enum(p.status(), pb::Status_IsValid, m.status, "OpReply.status", c);
+}
+
+void to_pb(const Push& m, pb::Push& p) {
+  to_pb(m.update, *p.mutable_update());
+  put(m.have, p.mutable_have());
+}
+bool from_pb(const pb::Push& p, Push& m, Check& c) {
+  return from_pb(p.update(), m.update, c) && get_nodes(p.have(), m.have, "Push.have", c);
+}
+
+void to_pb(const PushAck& m, pb::PushAck& p) { to_pb(m.id, *p.mutable_id()); }
+bool from_pb(const pb::PushAck& p, PushAck& m, Check& c) { return from_pb(p.id(), m.id, c); }
+void to_pb(const Retire& m, pb::Retire& p) { to_pb(m.id, *p.mutable_id()); }
+bool from_pb(const pb::Retire& p, Retire& m, Check& c) { return from_pb(p.id(), m.id, c); }
+
+// ---- reads ----------------------------------------------------------------------------------
+
+void to_pb(const ListRequest& m, pb::ListRequest& p) {
+  p.set_req(m.req);
+  p.set_user(m.user);
+  p.set_folder(m.folder);
+}
+bool from_pb(const pb::ListRequest& p, ListRequest& m, Check&) {
+  m = {p.req(), p.user(), p.folder()};
+  return true;
+}
+
+void to_pb(const ListReply& m, pb::ListReply& p) {
+  p.set_req(m.req);
+  for (const MessageRecord& r : m.records) to_pb(r, *p.add_records());
+}
+bool from_pb(const pb::ListReply& p, ListReply& m, Check& c) {
+  m.req = p.req();
+  for (const pb::MessageRecord& r : p.records())
+    if (!from_pb(r, m.records.emplace_back(), c)) return false;
+  return true;
+}
+
+void to_pb(const FetchRequest& m, pb::FetchRequest& p) {
+  p.set_req(m.req);
+  to_pb(m.id, *p.mutable_id());
+}
+bool from_pb(const pb::FetchRequest& p, FetchRequest& m, Check& c) {
+  m.req = p.req();
+  return from_pb(p.id(), m.id, c);
+}
+
+void to_pb(const FetchReply& m, pb::FetchReply& p) {
+  p.set_req(m.req);
+  p.set_status(pb::Status(m.status));
+  p.set_body(m.body);
+}
+bool from_pb(const pb::FetchReply& p, FetchReply& m, Check& c) {
+  m.req = p.req();
+  m.body = p.body();
+  return get_enum(p.status(), pb::Status_IsValid, m.status, "FetchReply.status", c);
+}
+
+// ---- the user database ---------------------------------------------------------------------
+
+void to_pb(const ProfileRequest& m, pb::ProfileRequest& p) {
+  p.set_req(m.req);
+  p.set_user(m.user);
+}
+bool from_pb(const pb::ProfileRequest& p, ProfileRequest& m, Check&) {
+  m = {p.req(), p.user()};
+  return true;
+}
+
+void to_pb(const ProfileReply& m, pb::ProfileReply& p) {
+  p.set_req(m.req);
+  p.set_status(pb::Status(m.status));
+  to_pb(m.profile, *p.mutable_profile());
+}
+bool from_pb(const pb::ProfileReply& p, ProfileReply& m, Check& c) {
+  m.req = p.req();
+  return get_enum(p.status(), pb::Status_IsValid, m.status, "ProfileReply.status", c) &&
+         from_pb(p.profile(), m.profile, c);
+}
+
+void to_pb(const UserUpdateRequest& m, pb::UserUpdateRequest& p) {
+  p.set_req(m.req);
+  p.set_user(m.user);
+  p.set_op(pb::UserOp(m.op));
+  p.set_password_hash(m.password_hash);
+  p.set_quota_bytes(m.quota_bytes);
+}
+bool from_pb(const pb::UserUpdateRequest& p, UserUpdateRequest& m, Check& c) {
+  m.req = p.req();
+  m.user = p.user();
+  m.password_hash = p.password_hash();
+  m.quota_bytes = p.quota_bytes();
+  return get_enum(p.op(), pb::UserOp_IsValid, m.op, "UserUpdateRequest.op", c);
+}
+
+void to_pb(const UserListRequest& m, pb::UserListRequest& p) { p.set_req(m.req); }
+bool from_pb(const pb::UserListRequest& p, UserListRequest& m, Check&) {
+  m.req = p.req();
+  return true;
+}
+
+void to_pb(const UserListReply& m, pb::UserListReply& p) {
+  p.set_req(m.req);
+  p.set_status(pb::Status(m.status));
+  put(m.users, p.mutable_users());
+}
+bool from_pb(const pb::UserListReply& p, UserListReply& m, Check& c) {
+  m.req = p.req();
+  get(p.users(), m.users);
+  return get_enum(p.status(), pb::Status_IsValid, m.status, "UserListReply.status", c);
+}
+
+// ---- the frame ----------------------------------------------------------------------------
+
+// Each Message alternative and its field in Envelope.body.
+#define PORCUPINE_MESSAGES(X)               \
+  X(Probe, probe)                           \
+  X(ProbeAck, probe_ack)                    \
+  X(NewGroup, new_group)                    \
+  X(Accept, accept)                         \
+  X(Commit, commit)                         \
+  X(Report, report)                         \
+  X(ReportAck, report_ack)                  \
+  X(ReportPoll, report_poll)                \
+  X(AllocRequest, alloc_request)            \
+  X(AllocReply, alloc_reply)                \
+  X(CreateUserRequest, create_user_request) \
+  X(MapRequest, map_request)                \
+  X(MapReply, map_reply)                    \
+  X(StoreRequest, store_request)            \
+  X(MutateRequest, mutate_request)          \
+  X(OpReply, op_reply)                      \
+  X(Push, push)                             \
+  X(PushAck, push_ack)                      \
+  X(Retire, retire)                         \
+  X(ListRequest, list_request)              \
+  X(ListReply, list_reply)                  \
+  X(FetchRequest, fetch_request)            \
+  X(FetchReply, fetch_reply)                \
+  X(ProfileRequest, profile_request)        \
+  X(ProfileReply, profile_reply)            \
+  X(UserUpdateRequest, user_update_request) \
+  X(UserListRequest, user_list_request)     \
+  X(UserListReply, user_list_reply)
+
+#define PORCUPINE_COUNT(T, field) +1
+static_assert(0 PORCUPINE_MESSAGES(PORCUPINE_COUNT) == std::variant_size_v<Message>,
+              "every Message alternative needs a field in Envelope.body");
+#undef PORCUPINE_COUNT
+
+#define PORCUPINE_BODY_OF(T, field) \
+  pb::T& body_of(pb::Envelope& p, const T&) { return *p.mutable_##field(); }
+PORCUPINE_MESSAGES(PORCUPINE_BODY_OF)
+#undef PORCUPINE_BODY_OF
+
+bool from_pb(const pb::Envelope& p, Envelope& e, Check& c) {
+  if (p.protocol_version() == 0) return c.fail("Envelope: no protocol version");
+  if (p.protocol_version() > kProtocolVersion)
+    return c.fail("Envelope: protocol version " + std::to_string(p.protocol_version()) +
+                  " is newer than this build's " + std::to_string(kProtocolVersion));
+  if (p.from() == kNoNode || p.to() == kNoNode) return c.fail("Envelope: node id 0");
+  e.from = p.from();
+  e.to = p.to();
+  e.load = p.load();
+#define PORCUPINE_DECODE(T, field) \
+  if (p.has_##field()) return from_pb(p.field(), e.body.emplace<T>(), c);
+  PORCUPINE_MESSAGES(PORCUPINE_DECODE)
+#undef PORCUPINE_DECODE
+  return c.fail("Envelope: no body (a message kind this build does not know?)");
+}
+
+// Parses `bytes` as P and converts it into a fresh T; `out` is assigned
+// only on success.
+template <class P, class T>
+bool decode(std::string_view bytes, T& out, const char* what, std::string* error) {
+  Check c(error);
+  // Nothing this codec writes is empty: every frame has a body and every
+  // record, profile and log entry has a stamp.
+  if (bytes.empty()) return c.fail(std::string(what) + ": empty");
+  if (bytes.size() > static_cast<std::size_t>(std::numeric_limits<int>::max()))
+    return c.fail(std::string(what) + ": too large");
+  P p;
+  if (!p.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
+    return c.fail(std::string(what) + ": not a valid protobuf message");
+  T value;
+  if (!from_pb(p, value, c)) return false;
+  out = std::move(value);
+  return true;
+}
+
+}  // namespace
+
+std::string encode_envelope(const Envelope& e) {
+  pb::Envelope p;
+  p.set_protocol_version(kProtocolVersion);
+  p.set_from(e.from);
+  p.set_to(e.to);
+  p.set_load(e.load);
+  std::visit([&](const auto& m) { to_pb(m, body_of(p, m)); }, e.body);
+  return p.SerializeAsString();
+}
+
+bool decode_envelope(std::string_view bytes, Envelope& out, std::string* error) {
+  return decode<pb::Envelope>(bytes, out, "Envelope", error);
+}
+
+std::string encode_record(const MessageRecord& r) {
+  pb::MessageRecord p;
+  to_pb(r, p, Bodies::Drop);
+  return p.SerializeAsString();
+}
+
+bool decode_record(std::string_view bytes, MessageRecord& out, std::string* error) {
+  return decode<pb::MessageRecord>(bytes, out, "MessageRecord", error);
+}
+
+std::string encode_profile(const Profile& u) {
+  pb::Profile p;
+  to_pb(u, p);
+  return p.SerializeAsString();
+}
+
+bool decode_profile(std::string_view bytes, Profile& out, std::string* error) {
+  return decode<pb::Profile>(bytes, out, "Profile", error);
+}
+
+std::string encode_log_entry(const LogEntry& e) {
+  pb::LogEntry p;
+  to_pb(e, p, Bodies::Drop);
+  return p.SerializeAsString();
+}
+
+bool decode_log_entry(std::string_view bytes, LogEntry& out, std::string* error) {
+  return decode<pb::LogEntry>(bytes, out, "LogEntry", error);
+}
+
+}  // namespace porcupine::codec

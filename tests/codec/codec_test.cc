@@ -1,0 +1,471 @@
+// codec_test.cc - every message through an Envelope and back, records,
+// profiles and log entries at rest (without bodies), and hostile bytes:
+// garbage, truncation, no body, unknown kinds and out-of-range values.
+#include "codec/codec.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <set>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "proto/porcupine.pb.h"
+
+namespace porcupine::codec {
+namespace {
+
+using namespace std::string_literals;
+
+// ---- equality where the structs have none -----------------------------------
+
+template <class T>
+bool same(const T& a, const T& b) {
+  return a == b;
+}
+bool same(const MemberWeight& a, const MemberWeight& b) {
+  return a.id == b.id && a.weight == b.weight;
+}
+bool same(const Update& a, const Update& b) {
+  return a.id == b.id && a.kind == b.kind && a.coordinator == b.coordinator &&
+         a.replicas == b.replicas && a.record == b.record && a.profile == b.profile;
+}
+bool same(const LogEntry& a, const LogEntry& b) {
+  return same(a.update, b.update) && a.have == b.have;
+}
+bool same(const Commit& a, const Commit& b) {
+  auto eq = [](const MemberWeight& x, const MemberWeight& y) { return same(x, y); };
+  return a.epoch == b.epoch && a.map == b.map &&
+         std::equal(a.members.begin(), a.members.end(), b.members.begin(), b.members.end(), eq);
+}
+bool same(const StoreRequest& a, const StoreRequest& b) {
+  return a.req == b.req && same(a.update, b.update);
+}
+bool same(const MutateRequest& a, const MutateRequest& b) {
+  return a.req == b.req && same(a.update, b.update);
+}
+bool same(const Push& a, const Push& b) { return same(a.update, b.update) && a.have == b.have; }
+bool same(const Message& a, const Message& b) {
+  return a.index() == b.index() && std::visit(
+                                       [&](const auto& x) {
+                                         using T = std::decay_t<decltype(x)>;
+                                         return same(x, std::get<T>(b));
+                                       },
+                                       a);
+}
+
+// ---- values with every field set to something other than its default ----------
+
+// A body with a NUL, CR LF and bytes that are not UTF-8.
+const std::string kBody = "From: alice@example.com\r\nSubject: hi\r\n\r\n\0\xff\xfe body-marker"s;
+const std::string kUser = "\xC3\x89ve\xff@example.com";  // not valid UTF-8: names are octets
+const std::string kFolder = "Archive/2023 &AOk-t\xe9";
+
+MessageRecord full_record(std::uint64_t seq) {
+  MessageRecord r;
+  r.id = {3, seq};
+  r.user = kUser;
+  r.folder = kFolder;
+  r.replicas = {3, 5, 7};
+  r.has_body = true;
+  r.body = kBody;
+  r.size = kBody.size();
+  r.internal_date = 1'700'000'000'123;
+  r.uidvalidity = 42;
+  r.uid = 17;
+  r.uid_version = {1'700'000'000'200, 3};
+  r.flags = kSeen | kFlagged | kDraft;
+  r.flags_version = {1'700'000'000'300, 5};
+  r.expunged = true;
+  r.expunge_version = {1'700'000'000'400, 7};
+  r.expunged_at = 1'700'000'000'500;
+  return r;
+}
+
+Profile full_profile() {
+  Profile p;
+  p.user = kUser;
+  p.version = {1'700'000'001'000, 2};
+  p.password_hash = "{SHA512-CRYPT}$6$salt$hash";
+  p.quota_bytes = std::uint64_t{1} << 40;
+  p.enabled = false;
+  p.deleted = true;
+  p.folders = {{"INBOX", {7}}, {kFolder, {9}}, {"Sent", {4'000'000'000u}}};
+  p.holders = {2, 4, 6};
+  return p;
+}
+
+Update full_update(Update::Kind kind) {
+  Update u;
+  u.id = {1'700'000'002'000, 3};
+  u.kind = kind;
+  u.coordinator = 3;
+  u.replicas = {3, 5};
+  u.record = full_record(11);
+  u.profile = full_profile();
+  return u;
+}
+
+// One of each Message alternative.
+std::vector<Message> every_message() {
+  const Epoch epoch{1'700'000'003'000, 4};
+  return {
+      Probe{epoch},
+      ProbeAck{epoch},
+      NewGroup{epoch},
+      Accept{.epoch = epoch,
+             .weight = 3,
+             .map_epoch = {1'600'000'000'000, 2},
+             .map = {1, 0, 2, 2},
+             .known = {1, 2, 9}},
+      Commit{.epoch = epoch, .members = {{1, 1}, {2, 3}}, .map = {1, 2, 2, 2}},
+      Report{.epoch = epoch,
+             .complete = {0, 5, 1023},
+             .users = {kUser, "bob@example.com"},
+             .generations = {7, std::numeric_limits<std::uint64_t>::max()},
+             .entries = {{kUser, kFolder, {{42, 1, 17, 12}, {43, 1, 3, 0}}, 12}},
+             .profiles = {full_profile()},
+             .handoffs = {{kUser, kFolder, 42, 18}}},
+      ReportAck{.epoch = epoch, .complete = {5}, .users = {kUser}, .generations = {7}},
+      ReportPoll{.epoch = epoch, .buckets = {1, 2, 3}},
+      AllocRequest{101, kUser, kFolder},
+      AllocReply{
+          .req = 102, .status = Status::TryAgain, .uidvalidity = 42, .uid = 17, .nodes = {3, 5}},
+      CreateUserRequest{103, kUser, "{PLAIN}secret"},
+      MapRequest{104, kUser, kFolder},
+      MapReply{.req = 105,
+               .status = Status::NotManager,
+               .nodes = {2},
+               .uidvalidity = 42,
+               .next_uid = 18},
+      StoreRequest{106, full_update(Update::Kind::Store)},
+      MutateRequest{107, full_update(Update::Kind::Flags)},
+      OpReply{108, Status::Failed},
+      Push{full_update(Update::Kind::Store), {3, 5}},
+      PushAck{{1'700'000'004'000, 5}},
+      Retire{{1'700'000'005'000, 6}},
+      ListRequest{109, kUser, kFolder},
+      ListReply{110, {full_record(1), full_record(2)}},
+      FetchRequest{111, {3, 99}},
+      FetchReply{112, Status::Exists, kBody},
+      ProfileRequest{113, kUser},
+      ProfileReply{114, Status::NoSuchUser, full_profile()},
+      UserUpdateRequest{.req = 115,
+                        .user = kUser,
+                        .op = UserUpdateRequest::Op::Delete,
+                        .password_hash = "{PLAIN}new",
+                        .quota_bytes = 5'000'000},
+      UserListRequest{116},
+      UserListReply{117, Status::TryAgain, {kUser, "bob@example.com"}},
+  };
+}
+
+Envelope envelope(Message m) {
+  return Envelope{.from = 3, .to = 5, .load = 12, .body = std::move(m)};
+}
+
+// Decodes and expects a refusal with a reason.
+template <class T>
+void expect_rejected(bool (*decode)(std::string_view, T&, std::string*), std::string_view bytes,
+                     const std::string& what) {
+  T out;
+  std::string error;
+  EXPECT_FALSE(decode(bytes, out, &error)) << what;
+  EXPECT_FALSE(error.empty()) << what;
+  EXPECT_EQ(error.find('\n'), std::string::npos) << what << ": " << error;
+}
+
+std::string frame(const pb::Envelope& p) { return p.SerializeAsString(); }
+
+pb::Envelope frame_header() {
+  pb::Envelope p;
+  p.set_protocol_version(kProtocolVersion);
+  p.set_from(3);
+  p.set_to(5);
+  return p;
+}
+
+// ---- round trips -------------------------------------------------------------
+
+TEST(Codec, EveryMessageKindHasATestValue) {
+  std::set<std::size_t> kinds;
+  for (const Message& m : every_message()) kinds.insert(m.index());
+  EXPECT_EQ(kinds.size(), std::variant_size_v<Message>);
+}
+
+TEST(Codec, EveryMessageRoundTripsThroughAnEnvelope) {
+  for (const Message& m : every_message()) {
+    const Envelope in = envelope(m);
+    Envelope out;
+    std::string error;
+    ASSERT_TRUE(decode_envelope(encode_envelope(in), out, &error))
+        << message_name(m) << ": " << error;
+    EXPECT_EQ(out.from, in.from);
+    EXPECT_EQ(out.to, in.to);
+    EXPECT_EQ(out.load, in.load);
+    EXPECT_TRUE(same(out.body, in.body)) << message_name(m);
+  }
+}
+
+TEST(Codec, DefaultMessagesRoundTripThroughAnEnvelope) {
+  for (const Message& filled : every_message()) {
+    Message m =
+        std::visit([](const auto& x) -> Message { return std::decay_t<decltype(x)>{}; }, filled);
+    Envelope out;
+    std::string error;
+    ASSERT_TRUE(decode_envelope(encode_envelope(envelope(m)), out, &error))
+        << message_name(m) << ": " << error;
+    EXPECT_TRUE(same(out.body, m)) << message_name(m);
+  }
+}
+
+TEST(Codec, EveryStatusKindAndOpSurvivesTheWire) {
+  for (Status s : {Status::Ok, Status::TryAgain, Status::NoSuchUser, Status::Exists,
+                   Status::NotManager, Status::Failed}) {
+    Envelope out;
+    ASSERT_TRUE(decode_envelope(encode_envelope(envelope(OpReply{1, s})), out));
+    EXPECT_EQ(std::get<OpReply>(out.body).status, s) << status_name(s);
+  }
+  for (Update::Kind k : {Update::Kind::Store, Update::Kind::Flags, Update::Kind::Expunge,
+                         Update::Kind::SetUid, Update::Kind::Profile}) {
+    Envelope out;
+    ASSERT_TRUE(decode_envelope(encode_envelope(envelope(Push{full_update(k), {3}})), out));
+    EXPECT_EQ(std::get<Push>(out.body).update.kind, k) << kind_name(k);
+  }
+  using Op = UserUpdateRequest::Op;
+  for (Op op : {Op::SetPassword, Op::SetQuota, Op::Enable, Op::Disable, Op::Delete}) {
+    UserUpdateRequest m;
+    m.op = op;
+    Envelope out;
+    ASSERT_TRUE(decode_envelope(encode_envelope(envelope(m)), out));
+    EXPECT_EQ(std::get<UserUpdateRequest>(out.body).op, op);
+  }
+}
+
+TEST(Codec, StoreUpdatePushedToAReplicaCarriesItsBody) {
+  Update u = full_update(Update::Kind::Store);
+  u.record.body.assign(1 << 20, '\0');
+  for (std::size_t i = 0; i < u.record.body.size(); ++i)
+    u.record.body[i] = static_cast<char>(i * 131);
+  Envelope out;
+  ASSERT_TRUE(decode_envelope(encode_envelope(envelope(Push{u, {3}})), out));
+  EXPECT_EQ(std::get<Push>(out.body).update.record.body, u.record.body);
+}
+
+TEST(Codec, RecordAtRestRoundTripsWithoutItsBody) {
+  const MessageRecord r = full_record(9);
+  const std::string bytes = encode_record(r);
+  EXPECT_EQ(bytes.find("body-marker"), std::string::npos);
+  MessageRecord out;
+  std::string error;
+  ASSERT_TRUE(decode_record(bytes, out, &error)) << error;
+  MessageRecord want = r;
+  want.body.clear();
+  EXPECT_EQ(out, want);
+  EXPECT_TRUE(out.has_body);
+}
+
+TEST(Codec, ProfileAtRestRoundTrips) {
+  const Profile p = full_profile();
+  Profile out;
+  std::string error;
+  ASSERT_TRUE(decode_profile(encode_profile(p), out, &error)) << error;
+  EXPECT_EQ(out, p);
+
+  Profile fresh;  // enabled, no folders
+  fresh.user = "new@example.com";
+  fresh.version = {1, 1};
+  ASSERT_TRUE(decode_profile(encode_profile(fresh), out, &error)) << error;
+  EXPECT_EQ(out, fresh);
+}
+
+TEST(Codec, LogEntryOfAStoreRoundTripsWithoutTheBody) {
+  const LogEntry e{full_update(Update::Kind::Store), {3, 5}};
+  const std::string bytes = encode_log_entry(e);
+  EXPECT_EQ(bytes.find("body-marker"), std::string::npos);
+  LogEntry out;
+  std::string error;
+  ASSERT_TRUE(decode_log_entry(bytes, out, &error)) << error;
+  LogEntry want = e;
+  want.update.record.body.clear();
+  EXPECT_TRUE(same(out, want));
+}
+
+TEST(Codec, LogEntryOfAProfileUpdateRoundTrips) {
+  LogEntry e{full_update(Update::Kind::Profile), {5}};
+  e.update.record = {};
+  e.update.coordinator = kNoNode;  // not yet taken on by a coordinator
+  LogEntry out;
+  ASSERT_TRUE(decode_log_entry(encode_log_entry(e), out));
+  EXPECT_TRUE(same(out, e));
+}
+
+TEST(Codec, UnknownFieldsFromANewerAgentAreSkipped) {
+  // Fields 99 (a varint) and 100 (4 bytes), as a newer agent might add
+  // them: an older agent skips both.
+  const std::string extra = "\x98\x06\x07\xa2\x06\004abcd";
+  const Envelope in = envelope(ReportPoll{{7, 8}, {1, 2}});
+  Envelope out;
+  std::string error;
+  ASSERT_TRUE(decode_envelope(encode_envelope(in) + extra, out, &error)) << error;
+  EXPECT_TRUE(same(out.body, in.body));
+
+  MessageRecord r;
+  ASSERT_TRUE(decode_record(encode_record(full_record(1)) + extra, r, &error)) << error;
+  MessageRecord want = full_record(1);
+  want.body.clear();
+  EXPECT_EQ(r, want);
+}
+
+// ---- hostile bytes -------------------------------------------------------------
+
+TEST(Codec, EmptyBufferIsRejectedEverywhere) {
+  expect_rejected(decode_envelope, "", "envelope");
+  expect_rejected(decode_record, "", "record");
+  expect_rejected(decode_profile, "", "profile");
+  expect_rejected(decode_log_entry, "", "log entry");
+}
+
+TEST(Codec, GarbageBytesAreRejected) {
+  const std::string garbage[] = {
+      std::string("\x00", 1),                          // field number 0
+      "\x07",                                          // wire type 7
+      "\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",  // a varint that never ends
+      "\x0a\005ab",                                    // a length past the end
+      "\x82\x01\xff\xff\xff\xff\x0f",                  // a length of 4 GiB
+  };
+  for (const std::string& g : garbage) {
+    expect_rejected(decode_envelope, g, "envelope");
+    expect_rejected(decode_record, g, "record");
+    expect_rejected(decode_profile, g, "profile");
+    expect_rejected(decode_log_entry, g, "log entry");
+  }
+}
+
+TEST(Codec, RandomBytesNeverCrashAndAlwaysExplainARefusal) {
+  std::mt19937 rng(20240601);
+  std::uniform_int_distribution<int> byte(0, 255), len(1, 64);
+  for (int i = 0; i < 5000; ++i) {
+    std::string b(static_cast<std::size_t>(len(rng)), '\0');
+    for (char& ch : b) ch = static_cast<char>(byte(rng));
+    Envelope e;
+    MessageRecord r;
+    LogEntry l;
+    std::string e_error, r_error, l_error;
+    EXPECT_TRUE(decode_envelope(b, e, &e_error) || !e_error.empty());
+    EXPECT_TRUE(decode_record(b, r, &r_error) || !r_error.empty());
+    EXPECT_TRUE(decode_log_entry(b, l, &l_error) || !l_error.empty());
+  }
+}
+
+TEST(Codec, EveryTruncationOfAValidFrameIsRejected) {
+  const std::string bytes = encode_envelope(envelope(every_message()[5]));  // a Report
+  ASSERT_GT(bytes.size(), 100u);
+  for (std::size_t n = 0; n < bytes.size(); ++n)
+    expect_rejected(decode_envelope, std::string_view(bytes).substr(0, n),
+                    "prefix " + std::to_string(n));
+}
+
+TEST(Codec, MutatedFramesNeverCrash) {
+  const std::string bytes = encode_envelope(envelope(every_message()[5]));
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    for (int x : {0x01, 0x80, 0xff}) {
+      std::string b = bytes;
+      b[i] = static_cast<char>(b[i] ^ x);
+      Envelope e;
+      std::string error;
+      EXPECT_TRUE(decode_envelope(b, e, &error) || !error.empty());
+    }
+  }
+}
+
+TEST(Codec, FrameWithoutABodyIsRejected) {
+  expect_rejected(decode_envelope, frame(frame_header()), "no body");
+}
+
+TEST(Codec, FrameOfAMessageKindThisBuildDoesNotKnowIsRejected) {
+  // Field 99 of Envelope, an empty message: a body kind added later.
+  expect_rejected(decode_envelope, frame(frame_header()) + std::string("\x9a\x06\x00", 3),
+                  "unknown kind");
+}
+
+TEST(Codec, FrameOfANewerOrMissingProtocolVersionIsRejected) {
+  pb::Envelope p = frame_header();
+  p.mutable_probe();
+  p.set_protocol_version(kProtocolVersion + 1);
+  expect_rejected(decode_envelope, frame(p), "newer version");
+  p.set_protocol_version(0);
+  expect_rejected(decode_envelope, frame(p), "no version");
+}
+
+TEST(Codec, NodeIdZeroIsRejectedWhereANodeIsNamed) {
+  pb::Envelope p = frame_header();
+  p.mutable_probe();
+  p.set_from(0);
+  expect_rejected(decode_envelope, frame(p), "from 0");
+
+  p = frame_header();
+  p.mutable_push()->add_have(0);
+  expect_rejected(decode_envelope, frame(p), "Push.have");
+
+  p = frame_header();
+  p.mutable_commit()->add_members()->set_weight(1);
+  expect_rejected(decode_envelope, frame(p), "Commit member 0");
+
+  pb::LogEntry l;
+  l.mutable_update()->mutable_record()->add_replicas(0);
+  expect_rejected(decode_log_entry, l.SerializeAsString(), "record replica 0");
+
+  // A user map may name no manager for a bucket.
+  p = frame_header();
+  p.mutable_accept()->add_map(0);
+  Envelope out;
+  EXPECT_TRUE(decode_envelope(frame(p), out));
+}
+
+TEST(Codec, EnumValuesOutOfRangeAreRejected) {
+  pb::Envelope p = frame_header();
+  p.mutable_op_reply()->set_status(static_cast<pb::Status>(6));
+  expect_rejected(decode_envelope, frame(p), "status 6");
+
+  p = frame_header();
+  p.mutable_mutate_request()->mutable_update()->set_kind(static_cast<pb::UpdateKind>(-1));
+  expect_rejected(decode_envelope, frame(p), "kind -1");
+
+  p = frame_header();
+  p.mutable_user_update_request()->set_op(static_cast<pb::UserOp>(100));
+  expect_rejected(decode_envelope, frame(p), "op 100");
+}
+
+TEST(Codec, ProfileNamingAFolderTwiceIsRejected) {
+  pb::Profile p;
+  p.add_folders()->set_name("INBOX");
+  p.add_folders()->set_name("INBOX");
+  expect_rejected(decode_profile, p.SerializeAsString(), "folder twice");
+}
+
+TEST(Codec, FailedDecodeLeavesTheOutputUntouched) {
+  Envelope e = envelope(Probe{{5, 5}});
+  EXPECT_FALSE(decode_envelope(frame(frame_header()), e));
+  EXPECT_EQ(e.from, 3u);
+  EXPECT_TRUE(same(e.body, Message{Probe{{5, 5}}}));
+
+  MessageRecord r = full_record(4);
+  pb::MessageRecord bad;
+  bad.set_uid(1);
+  bad.add_replicas(0);
+  EXPECT_FALSE(decode_record(bad.SerializeAsString(), r));
+  EXPECT_EQ(r, full_record(4));
+}
+
+TEST(Codec, DecodeWorksWithoutAnErrorString) {
+  Envelope e;
+  EXPECT_FALSE(decode_envelope("\x07", e));
+}
+
+}  // namespace
+}  // namespace porcupine::codec
