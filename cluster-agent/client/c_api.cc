@@ -1,0 +1,243 @@
+// c_api.cc - porcupine_client.h implemented over client::Client. Every
+// entry point catches everything: no exception crosses the C ABI.
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <streambuf>
+#include <string>
+
+#include "client/client.h"
+#include "client/porcupine_client.h"
+
+namespace pb = porcupine::agentpb;
+
+struct porcupine_client {
+  porcupine::client::Client client;
+  std::string error;
+  porcupine_client(const char* path, int timeout) : client(path, timeout) {}
+};
+
+namespace {
+
+int fail(porcupine_client* c, int code, const std::string& why) {
+  c->error = why;
+  return code;
+}
+
+// Runs a request; on success leaves the response in `out`.
+int call(porcupine_client* c, pb::Request& req, pb::Response& out) {
+  auto r = c->client.call(req);
+  if (!r) return fail(c, PORCUPINE_UNREACHABLE, c->client.error());
+  out = std::move(*r);
+  if (out.code() != pb::OK)
+    return fail(c, static_cast<int>(out.code()),
+                std::string(porcupine::client::code_name(out.code())) + (out.detail().empty() ? "" : ": " + out.detail()));
+  c->error.clear();
+  return PORCUPINE_OK;
+}
+
+void to_ref(const pb::MessageRef& in, porcupine_msgref& out) {
+  out.origin = in.origin();
+  out.seq = in.seq();
+  out.nreplicas = 0;
+  for (auto r : in.replicas())
+    if (out.nreplicas < PORCUPINE_MAX_REPLICAS) out.replicas[out.nreplicas++] = r;
+}
+
+void from_ref(const porcupine_msgref& in, const char* user, const char* folder, pb::MessageRef* out) {
+  out->set_origin(in.origin);
+  out->set_seq(in.seq);
+  for (uint32_t i = 0; i < in.nreplicas && i < PORCUPINE_MAX_REPLICAS; ++i) out->add_replicas(in.replicas[i]);
+  out->set_user(user ? user : "");
+  out->set_folder(folder && *folder ? folder : "INBOX");
+}
+
+// A std::streambuf over the caller's read function.
+class ReadBuf : public std::streambuf {
+ public:
+  ReadBuf(porcupine_read_fn fn, void* ctx) : fn_(fn), ctx_(ctx) {}
+  bool failed() const { return failed_; }
+
+ protected:
+  int_type underflow() override {
+    if (gptr() < egptr()) return traits_type::to_int_type(*gptr());
+    ssize_t n = fn_(ctx_, buf_, sizeof buf_);
+    if (n < 0) failed_ = true;
+    if (n <= 0) return traits_type::eof();
+    setg(buf_, buf_, buf_ + n);
+    return traits_type::to_int_type(*gptr());
+  }
+
+ private:
+  porcupine_read_fn fn_;
+  void* ctx_;
+  char buf_[64 * 1024];
+  bool failed_ = false;
+};
+
+template <class F>
+int guarded(porcupine_client* c, F&& f) {
+  if (!c) return PORCUPINE_BAD_REQUEST;
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    return fail(c, PORCUPINE_INTERNAL, "out of memory");
+  } catch (const std::exception& e) {
+    return fail(c, PORCUPINE_INTERNAL, e.what());
+  } catch (...) {
+    return fail(c, PORCUPINE_INTERNAL, "unexpected error");
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+porcupine_client* porcupine_open(const char* socket_path, int timeout_ms) {
+  try {
+    return new porcupine_client(socket_path ? socket_path : "/run/porcupine/agent.sock",
+                                timeout_ms > 0 ? timeout_ms : 10000);
+  } catch (...) {
+    return nullptr;
+  }
+}
+
+void porcupine_close(porcupine_client* c) { delete c; }
+
+const char* porcupine_error(const porcupine_client* c) { return c ? c->error.c_str() : "no client"; }
+
+int porcupine_user_lookup(porcupine_client* c, const char* user, porcupine_user* out) {
+  return guarded(c, [&]() -> int {
+    if (!user || !out) return fail(c, PORCUPINE_BAD_REQUEST, "user and out are required");
+    pb::Request req;
+    req.mutable_user_get()->set_user(user);
+    pb::Response r;
+    int code = call(c, req, r);
+    if (code != PORCUPINE_OK) return code;
+    std::memset(out, 0, sizeof *out);
+    std::strncpy(out->user, r.user().user().c_str(), sizeof out->user - 1);
+    out->quota_bytes = r.user().quota_bytes();
+    out->enabled = r.user().enabled() ? 1 : 0;
+    return PORCUPINE_OK;
+  });
+}
+
+int porcupine_user_auth(porcupine_client* c, const char* user, const char* password) {
+  return guarded(c, [&]() -> int {
+    if (!user || !password) return fail(c, PORCUPINE_BAD_REQUEST, "user and password are required");
+    pb::Request req;
+    req.mutable_user_auth()->set_user(user);
+    req.mutable_user_auth()->set_password(password);
+    pb::Response r;
+    return call(c, req, r);
+  });
+}
+
+int porcupine_deliver(porcupine_client* c, const char* user, const char* folder, porcupine_read_fn read,
+                      void* context, porcupine_delivered* out) {
+  return guarded(c, [&]() -> int {
+    if (!user || !read) return fail(c, PORCUPINE_BAD_REQUEST, "user and read are required");
+    ReadBuf buf(read, context);
+    std::istream in(&buf);
+    auto r = c->client.deliver({user}, folder && *folder ? folder : "INBOX", in);
+    if (buf.failed()) return fail(c, PORCUPINE_BAD_REQUEST, "reading the message failed");
+    if (!r) return fail(c, PORCUPINE_UNREACHABLE, c->client.error());
+    if (r->delivered_size() != 1)
+      return fail(c, r->code() == pb::OK ? PORCUPINE_INTERNAL : static_cast<int>(r->code()), r->detail());
+    const auto& d = r->delivered(0);
+    if (d.code() != pb::OK)
+      return fail(c, static_cast<int>(d.code()), std::string(porcupine::client::code_name(d.code())) + ": " + d.detail());
+    if (out) {
+      to_ref(d.message().ref(), out->ref);
+      out->uid = d.message().uid();
+      out->uidvalidity = d.uidvalidity();
+    }
+    c->error.clear();
+    return PORCUPINE_OK;
+  });
+}
+
+int porcupine_folder_list(porcupine_client* c, const char* user, const char* folder, porcupine_folder* out) {
+  return guarded(c, [&]() -> int {
+    if (!user || !out) return fail(c, PORCUPINE_BAD_REQUEST, "user and out are required");
+    std::memset(out, 0, sizeof *out);
+    pb::Request req;
+    req.mutable_folder_list()->set_user(user);
+    req.mutable_folder_list()->set_folder(folder && *folder ? folder : "INBOX");
+    pb::Response r;
+    int code = call(c, req, r);
+    if (code != PORCUPINE_OK) return code;
+    out->uidvalidity = r.uidvalidity();
+    out->next_uid = r.next_uid();
+    out->count = static_cast<size_t>(r.messages_size());
+    if (out->count > 0) {
+      out->messages = static_cast<porcupine_message*>(std::calloc(out->count, sizeof(porcupine_message)));
+      if (!out->messages) {
+        out->count = 0;
+        return fail(c, PORCUPINE_INTERNAL, "out of memory");
+      }
+    }
+    for (size_t i = 0; i < out->count; ++i) {
+      const auto& m = r.messages(static_cast<int>(i));
+      to_ref(m.ref(), out->messages[i].ref);
+      out->messages[i].uid = m.uid();
+      out->messages[i].flags = m.flags();
+      out->messages[i].size = m.size();
+      out->messages[i].internal_date_ms = m.internal_date_ms();
+    }
+    return PORCUPINE_OK;
+  });
+}
+
+void porcupine_folder_free(porcupine_folder* f) {
+  if (!f) return;
+  std::free(f->messages);
+  f->messages = nullptr;
+  f->count = 0;
+}
+
+int porcupine_fetch(porcupine_client* c, const char* user, const char* folder, const porcupine_msgref* ref,
+                    char** body, size_t* len) {
+  return guarded(c, [&]() -> int {
+    if (!ref || !body || !len) return fail(c, PORCUPINE_BAD_REQUEST, "ref, body and len are required");
+    *body = nullptr;
+    *len = 0;
+    pb::Request req;
+    from_ref(*ref, user, folder, req.mutable_fetch()->mutable_ref());
+    pb::Response r;
+    int code = call(c, req, r);
+    if (code != PORCUPINE_OK) return code;
+    *body = static_cast<char*>(std::malloc(r.body().size() + 1));
+    if (!*body) return fail(c, PORCUPINE_INTERNAL, "out of memory");
+    std::memcpy(*body, r.body().data(), r.body().size());
+    (*body)[r.body().size()] = '\0';
+    *len = r.body().size();
+    return PORCUPINE_OK;
+  });
+}
+
+void porcupine_body_free(char* body) { std::free(body); }
+
+int porcupine_set_flags(porcupine_client* c, const char* user, const char* folder, const porcupine_msgref* ref,
+                        uint32_t flags) {
+  return guarded(c, [&]() -> int {
+    if (!ref || !user) return fail(c, PORCUPINE_BAD_REQUEST, "user and ref are required");
+    pb::Request req;
+    from_ref(*ref, user, folder, req.mutable_set_flags()->mutable_ref());
+    req.mutable_set_flags()->set_flags(flags);
+    pb::Response r;
+    return call(c, req, r);
+  });
+}
+
+int porcupine_expunge(porcupine_client* c, const char* user, const char* folder, const porcupine_msgref* ref) {
+  return guarded(c, [&]() -> int {
+    if (!ref || !user) return fail(c, PORCUPINE_BAD_REQUEST, "user and ref are required");
+    pb::Request req;
+    from_ref(*ref, user, folder, req.mutable_expunge()->mutable_ref());
+    pb::Response r;
+    return call(c, req, r);
+  });
+}
+
+}  // extern "C"

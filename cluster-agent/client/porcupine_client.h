@@ -1,0 +1,104 @@
+/* porcupine_client.h - the C ABI of the client of porcupine-agent's local
+ * API, for C callers (the Dovecot plugin, the milter).
+ *
+ * Every call is blocking with the deadline given to porcupine_open, and
+ * returns a porcupine_code; on anything but PORCUPINE_OK,
+ * porcupine_error() says why in one line. No C++ exception crosses this
+ * interface. A client is one connection: use it from one thread at a time.
+ * Memory handed out (bodies, folder listings) is freed with the matching
+ * porcupine_*_free function. */
+#ifndef PORCUPINE_CLIENT_H
+#define PORCUPINE_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum porcupine_code {
+  PORCUPINE_OK = 0,
+  PORCUPINE_TEMPFAIL = 1,      /* the cluster could not answer in time: a 4xx */
+  PORCUPINE_NO_SUCH_USER = 2,
+  PORCUPINE_EXISTS = 3,
+  PORCUPINE_BAD_REQUEST = 4,
+  PORCUPINE_OVER_QUOTA = 5,
+  PORCUPINE_AUTH_FAILED = 6,
+  PORCUPINE_NOT_FOUND = 7,     /* the message was expunged */
+  PORCUPINE_INTERNAL = 8,
+  PORCUPINE_UNREACHABLE = 100  /* no agent on the socket, or it did not answer */
+};
+
+#define PORCUPINE_MAX_REPLICAS 8
+
+typedef struct porcupine_client porcupine_client;
+
+struct porcupine_user {
+  char user[256];
+  uint64_t quota_bytes;
+  int enabled;
+};
+
+/* Names one message: what a listing returns and fetch/flags/expunge take. */
+struct porcupine_msgref {
+  uint32_t origin;
+  uint64_t seq;
+  uint32_t nreplicas;
+  uint32_t replicas[PORCUPINE_MAX_REPLICAS];
+};
+
+struct porcupine_message {
+  struct porcupine_msgref ref;
+  uint32_t uid;
+  uint32_t flags; /* bit 0 \Seen, 1 \Answered, 2 \Flagged, 3 \Deleted, 4 \Draft */
+  uint64_t size;
+  int64_t internal_date_ms;
+};
+
+struct porcupine_folder {
+  uint32_t uidvalidity;
+  uint32_t next_uid;
+  size_t count;
+  struct porcupine_message* messages; /* sorted by UID */
+};
+
+struct porcupine_delivered {
+  struct porcupine_msgref ref;
+  uint32_t uid;
+  uint32_t uidvalidity;
+};
+
+/* Reads up to len bytes of the message into buf; returns the count, 0 at
+ * the end, or -1 on an error (the delivery is then abandoned). */
+typedef ssize_t (*porcupine_read_fn)(void* context, char* buf, size_t len);
+
+porcupine_client* porcupine_open(const char* socket_path, int timeout_ms);
+void porcupine_close(porcupine_client* c);
+const char* porcupine_error(const porcupine_client* c);
+
+int porcupine_user_lookup(porcupine_client* c, const char* user, struct porcupine_user* out);
+int porcupine_user_auth(porcupine_client* c, const char* user, const char* password);
+
+int porcupine_deliver(porcupine_client* c, const char* user, const char* folder,
+                      porcupine_read_fn read, void* context, struct porcupine_delivered* out);
+
+int porcupine_folder_list(porcupine_client* c, const char* user, const char* folder,
+                          struct porcupine_folder* out);
+void porcupine_folder_free(struct porcupine_folder* f);
+
+int porcupine_fetch(porcupine_client* c, const char* user, const char* folder,
+                    const struct porcupine_msgref* ref, char** body, size_t* len);
+void porcupine_body_free(char* body);
+
+int porcupine_set_flags(porcupine_client* c, const char* user, const char* folder,
+                        const struct porcupine_msgref* ref, uint32_t flags);
+int porcupine_expunge(porcupine_client* c, const char* user, const char* folder,
+                      const struct porcupine_msgref* ref);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PORCUPINE_CLIENT_H */

@@ -1,0 +1,90 @@
+// c_api_test.cc - the C ABI of the client against a real one-node cluster
+// (porcupine-local: a real agent and redis-server on 127.0.26.1).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "client/porcupine_client.h"
+
+extern "C" int c_deliver(porcupine_client* c, const char* user, const char* message, uint32_t* uid);
+
+namespace {
+
+class CApi : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/porcupine-capi-XXXXXX";
+    dir_ = mkdtemp(tmpl);
+    local_ = std::string("python3 ") + PORCUPINE_SOURCE_DIR + "/scripts/porcupine-local --dir " + dir_ +
+             " --build " + PORCUPINE_BUILD_DIR + " ";
+    ASSERT_EQ(std::system((local_ + "start 1 --replicas 1 --subnet 26").c_str()), 0);
+    ASSERT_EQ(std::system((local_ + "wait-converged --timeout 30").c_str()), 0);
+    ASSERT_EQ(std::system((local_ + "ctl 1 user add ann@example.org --password s3cret >/dev/null").c_str()), 0);
+    client_ = porcupine_open((dir_ + "/n1/agent.sock").c_str(), 10000);
+    ASSERT_NE(client_, nullptr);
+  }
+  void TearDown() override {
+    porcupine_close(client_);
+    std::system((local_ + "stop").c_str());
+  }
+  std::string dir_, local_;
+  porcupine_client* client_ = nullptr;
+};
+
+TEST_F(CApi, DeliverListFetchFlagExpungeAndAuthenticate) {
+  uint32_t uid = 0;
+  const char* msg = "Subject: from C\r\n\r\nhello\r\n";
+  ASSERT_EQ(c_deliver(client_, "ann@example.org", msg, &uid), PORCUPINE_OK) << porcupine_error(client_);
+  EXPECT_EQ(uid, 1u);
+
+  porcupine_folder f;
+  ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "INBOX", &f), PORCUPINE_OK);
+  ASSERT_EQ(f.count, 1u);
+  EXPECT_NE(f.uidvalidity, 0u);
+  EXPECT_EQ(f.next_uid, 2u);
+  EXPECT_EQ(f.messages[0].uid, 1u);
+  EXPECT_EQ(f.messages[0].size, std::strlen(msg));
+
+  char* body = nullptr;
+  size_t len = 0;
+  ASSERT_EQ(porcupine_fetch(client_, "ann@example.org", "INBOX", &f.messages[0].ref, &body, &len), PORCUPINE_OK);
+  EXPECT_EQ(std::string(body, len), msg);
+  porcupine_body_free(body);
+
+  ASSERT_EQ(porcupine_set_flags(client_, "ann@example.org", "INBOX", &f.messages[0].ref, 1 | 4), PORCUPINE_OK);
+  porcupine_folder g;
+  ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "INBOX", &g), PORCUPINE_OK);
+  ASSERT_EQ(g.count, 1u);
+  EXPECT_EQ(g.messages[0].flags, 5u);
+  ASSERT_EQ(porcupine_expunge(client_, "ann@example.org", "INBOX", &g.messages[0].ref), PORCUPINE_OK);
+  porcupine_folder_free(&g);
+  ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "INBOX", &g), PORCUPINE_OK);
+  EXPECT_EQ(g.count, 0u);
+  EXPECT_EQ(porcupine_fetch(client_, "ann@example.org", "INBOX", &f.messages[0].ref, &body, &len),
+            PORCUPINE_NOT_FOUND);
+  porcupine_folder_free(&f);
+  porcupine_folder_free(&g);
+
+  EXPECT_EQ(porcupine_user_auth(client_, "ann@example.org", "s3cret"), PORCUPINE_OK);
+  EXPECT_EQ(porcupine_user_auth(client_, "ann@example.org", "nope"), PORCUPINE_AUTH_FAILED);
+  EXPECT_NE(std::string(porcupine_error(client_)).find("AUTH_FAILED"), std::string::npos);
+  porcupine_user u;
+  EXPECT_EQ(porcupine_user_lookup(client_, "Ann@Example.ORG", &u), PORCUPINE_OK);
+  EXPECT_STREQ(u.user, "ann@example.org");
+  EXPECT_EQ(porcupine_user_lookup(client_, "nobody@example.org", &u), PORCUPINE_NO_SUCH_USER);
+  EXPECT_EQ(c_deliver(client_, "nobody@example.org", msg, &uid), PORCUPINE_NO_SUCH_USER);
+}
+
+TEST_F(CApi, NoAgentIsUnreachableNotACrash) {
+  porcupine_client* c = porcupine_open((dir_ + "/no-such.sock").c_str(), 500);
+  porcupine_user u;
+  EXPECT_EQ(porcupine_user_lookup(c, "ann@example.org", &u), PORCUPINE_UNREACHABLE);
+  EXPECT_NE(std::string(porcupine_error(c)).find("cannot connect"), std::string::npos);
+  EXPECT_EQ(porcupine_user_lookup(c, nullptr, &u), PORCUPINE_BAD_REQUEST);
+  porcupine_close(c);
+}
+
+}  // namespace
