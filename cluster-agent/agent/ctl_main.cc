@@ -10,6 +10,9 @@
 //     mail deliver ADDR... [--folder F] < message
 //     mail list ADDR [--folder F] | mail fetch ADDR UID [--folder F]
 //     mail flags ADDR UID FLAG,... [--folder F] | mail expunge ADDR UID [--folder F]
+//     mail move ADDR UID TO [--folder F]
+//     folder list ADDR | folder create ADDR NAME | folder delete ADDR NAME
+//     folder rename ADDR FROM TO
 //
 // Exit status: 0 done; 1 refused (no such user, exists, wrong password,
 // bad request); 2 bad usage; 3 the cluster could not answer in time (try
@@ -165,7 +168,7 @@ int main(int argc, char** argv) {
     return kUsage;
   }
   auto usage = [&]() {
-    std::cerr << "usage: porcupinectl [options] status|nodes|buckets|user ...|mail ...\n" << opts;
+    std::cerr << "usage: porcupinectl [options] status|nodes|buckets|user ...|folder ...|mail ...\n" << opts;
     return kUsage;
   };
   if (vm.count("help") || args.empty()) return vm.count("help") ? (std::cout << opts, 0) : usage();
@@ -291,6 +294,39 @@ int main(int argc, char** argv) {
     return usage();
   }
 
+  if (cmd == "folder") {
+    if (!need(3)) return usage();
+    const std::string sub = args[1], who = args[2];
+    pb::Request r;
+    if (sub == "list") {
+      r.mutable_folders()->set_user(who);
+      auto resp = ctl.call(r, status);
+      if (!resp) return status;
+      std::vector<std::string> names(resp->folders().begin(), resp->folders().end());
+      if (ctl.as_json) std::cout << json(names).dump(2) << "\n";
+      else for (const auto& n : names) std::cout << n << "\n";
+      return 0;
+    }
+    if (!need(4)) return usage();
+    if (sub == "create") {
+      r.mutable_folder_create()->set_user(who);
+      r.mutable_folder_create()->set_folder(args[3]);
+    } else if (sub == "delete") {
+      r.mutable_folder_delete()->set_user(who);
+      r.mutable_folder_delete()->set_folder(args[3]);
+    } else if (sub == "rename") {
+      if (!need(5)) return usage();
+      r.mutable_folder_rename()->set_user(who);
+      r.mutable_folder_rename()->set_from(args[3]);
+      r.mutable_folder_rename()->set_to(args[4]);
+    } else {
+      return usage();
+    }
+    if (!ctl.call(r, status)) return status;
+    if (!ctl.as_json) std::cout << "folder " << sub << ": done\n";
+    return 0;
+  }
+
   if (cmd == "mail") {
     if (!need(3)) return usage();
     const std::string sub = args[1];
@@ -365,6 +401,10 @@ int main(int argc, char** argv) {
       r.mutable_set_flags()->set_flags(f);
     } else if (sub == "expunge") {
       *r.mutable_expunge()->mutable_ref() = msg->ref();
+    } else if (sub == "move") {
+      if (!need(5)) return usage();
+      *r.mutable_move()->mutable_ref() = msg->ref();
+      r.mutable_move()->set_to_folder(args[4]);
     } else {
       return usage();
     }

@@ -29,7 +29,8 @@ pb::Code code_of(Status s) {
     case Status::NotManager: return pb::TEMPFAIL;
     case Status::NoSuchUser: return pb::NO_SUCH_USER;
     case Status::Exists: return pb::EXISTS;
-    case Status::Failed: return pb::INTERNAL;
+    case Status::Failed: return pb::BAD_REQUEST;
+    case Status::NotFound: return pb::NOT_FOUND;
   }
   return pb::INTERNAL;
 }
@@ -317,10 +318,96 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         fill_status(*r.mutable_status());
         return respond(r);
       }
+      case pb::Request::kMove: {
+        MessageRecord t = target_of(q.move().ref());
+        if (t.id.origin == 0 || t.replicas.empty() || q.move().to_folder().empty())
+          return fail(id, pb::BAD_REQUEST, "message reference or destination missing");
+        return run(id, [t, to = q.move().to_folder()](Node& n, Time now, std::uint64_t r) { n.move(now, r, t, to); });
+      }
+      case pb::Request::kFolders:
+        if (q.folders().user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
+        return run(id, [u = q.folders().user()](Node& n, Time t, std::uint64_t r) { n.get_user(t, r, u); },
+                   [](const ClientReply& c, pb::Response& r) {
+                     r.add_folders("INBOX");
+                     for (const auto& [name, meta] : c.profile->folders)
+                       if (!meta.deleted && name != "INBOX") r.add_folders(name);
+                   });
+      case pb::Request::kFolderCreate:
+        if (q.folder_create().user().empty() || q.folder_create().folder().empty())
+          return fail(id, pb::BAD_REQUEST, "user and folder are required");
+        return run(id, folder_op(q.folder_create().user(), q.folder_create().folder(), true));
+      case pb::Request::kFolderDelete: {
+        const auto& d = q.folder_delete();
+        if (d.user().empty() || d.folder().empty() || d.folder() == "INBOX")
+          return fail(id, pb::BAD_REQUEST, "user and a folder other than INBOX are required");
+        // Its messages first, then the folder.
+        return for_each_message(id, d.user(), d.folder(),
+                                [](Node& n, Time t, std::uint64_t r, const MessageRecord& m) { n.expunge(t, r, m); },
+                                folder_op(d.user(), d.folder(), false));
+      }
+      case pb::Request::kFolderRename: {
+        const auto& rn = q.folder_rename();
+        if (rn.user().empty() || rn.from().empty() || rn.to().empty() || rn.to() == "INBOX")
+          return fail(id, pb::BAD_REQUEST, "user, from and a destination other than INBOX are required");
+        auto self = shared_from_this();
+        std::string user = rn.user(), from = rn.from(), to = rn.to();
+        agent_.op(folder_op(user, to, true), [this, self, id, user, from, to](const ClientReply& c) {
+          if (c.status != Status::Ok) return fail(id, code_of(c.status), c.detail);
+          for_each_message(
+              id, user, from,
+              [to](Node& n, Time t, std::uint64_t r, const MessageRecord& m) { n.move(t, r, m, to); },
+              from == "INBOX" ? Step() : folder_op(user, from, false));
+        });
+        return;
+      }
       case pb::Request::OP_NOT_SET:
         break;
     }
     fail(id, pb::BAD_REQUEST, "unknown or missing operation");
+  }
+
+  using Step = std::function<void(Node&, Time, std::uint64_t)>;
+  using PerMessage = std::function<void(Node&, Time, std::uint64_t, const MessageRecord&)>;
+
+  static Step folder_op(const std::string& user, const std::string& folder, bool create) {
+    UserUpdateRequest u;
+    u.user = user;
+    u.folder = folder;
+    u.op = create ? UserUpdateRequest::Op::CreateFolder : UserUpdateRequest::Op::DeleteFolder;
+    return [u](Node& n, Time t, std::uint64_t r) { n.update_user(t, r, u); };
+  }
+
+  // Lists the folder, runs `each` on every message in turn, then `last`
+  // (if any); answers with the first failure or OK.
+  void for_each_message(std::uint64_t id, const std::string& user, const std::string& folder, PerMessage each,
+                        Step last) {
+    auto self = shared_from_this();
+    agent_.op([user, folder](Node& n, Time t, std::uint64_t r) { n.list(t, r, user, folder); },
+              [this, self, id, each, last](const ClientReply& c) {
+                if (c.status != Status::Ok) return fail(id, code_of(c.status), c.detail);
+                auto msgs = std::make_shared<std::vector<MessageRecord>>(c.records);
+                step_messages(id, msgs, 0, each, last);
+              });
+  }
+
+  void step_messages(std::uint64_t id, std::shared_ptr<std::vector<MessageRecord>> msgs, std::size_t i,
+                     PerMessage each, Step last) {
+    auto self = shared_from_this();
+    if (i == msgs->size()) {
+      if (!last) {
+        pb::Response r;
+        r.set_id(id);
+        r.set_code(pb::OK);
+        return respond(r);
+      }
+      return run(id, last);
+    }
+    MessageRecord m = (*msgs)[i];
+    agent_.op([each, m](Node& n, Time t, std::uint64_t r) { each(n, t, r, m); },
+              [this, self, id, msgs, i, each, last](const ClientReply& c) {
+                if (c.status != Status::Ok) return fail(id, code_of(c.status), c.detail);
+                step_messages(id, msgs, i + 1, each, last);
+              });
   }
 
   void deliver_next(std::shared_ptr<Delivery> d, std::size_t i, std::shared_ptr<pb::Response> out) {

@@ -26,17 +26,21 @@ static_assert(pb::STATUS_OK == int(Status::Ok) && pb::STATUS_TRY_AGAIN == int(St
               pb::STATUS_NO_SUCH_USER == int(Status::NoSuchUser) &&
               pb::STATUS_EXISTS == int(Status::Exists) &&
               pb::STATUS_NOT_MANAGER == int(Status::NotManager) &&
-              pb::STATUS_FAILED == int(Status::Failed));
+              pb::STATUS_FAILED == int(Status::Failed) &&
+              pb::STATUS_NOT_FOUND == int(Status::NotFound));
 static_assert(pb::UPDATE_KIND_STORE == int(Update::Kind::Store) &&
               pb::UPDATE_KIND_FLAGS == int(Update::Kind::Flags) &&
               pb::UPDATE_KIND_EXPUNGE == int(Update::Kind::Expunge) &&
               pb::UPDATE_KIND_SET_UID == int(Update::Kind::SetUid) &&
-              pb::UPDATE_KIND_PROFILE == int(Update::Kind::Profile));
+              pb::UPDATE_KIND_PROFILE == int(Update::Kind::Profile) &&
+              pb::UPDATE_KIND_MOVE == int(Update::Kind::Move));
 static_assert(pb::USER_OP_SET_PASSWORD == int(UserUpdateRequest::Op::SetPassword) &&
               pb::USER_OP_SET_QUOTA == int(UserUpdateRequest::Op::SetQuota) &&
               pb::USER_OP_ENABLE == int(UserUpdateRequest::Op::Enable) &&
               pb::USER_OP_DISABLE == int(UserUpdateRequest::Op::Disable) &&
-              pb::USER_OP_DELETE == int(UserUpdateRequest::Op::Delete));
+              pb::USER_OP_DELETE == int(UserUpdateRequest::Op::Delete) &&
+              pb::USER_OP_CREATE_FOLDER == int(UserUpdateRequest::Op::CreateFolder) &&
+              pb::USER_OP_DELETE_FOLDER == int(UserUpdateRequest::Op::DeleteFolder));
 
 // Whether message bodies go into the bytes: on the wire yes, at rest no.
 enum class Bodies { Keep, Drop };
@@ -137,6 +141,7 @@ void to_pb(const MessageRecord& r, pb::MessageRecord& p, Bodies bodies = Bodies:
   to_pb(r.expunge_version, *p.mutable_expunge_version());
   p.set_expunged_at(r.expunged_at);
   p.set_size(r.size);
+  to_pb(r.folder_version, *p.mutable_folder_version());
 }
 bool from_pb(const pb::MessageRecord& p, MessageRecord& r, Check& c) {
   r.user = p.user();
@@ -154,7 +159,8 @@ bool from_pb(const pb::MessageRecord& p, MessageRecord& r, Check& c) {
          get_nodes(p.replicas(), r.replicas, "MessageRecord.replicas", c) &&
          from_pb(p.uid_version(), r.uid_version, c) &&
          from_pb(p.flags_version(), r.flags_version, c) &&
-         from_pb(p.expunge_version(), r.expunge_version, c);
+         from_pb(p.expunge_version(), r.expunge_version, c) &&
+         from_pb(p.folder_version(), r.folder_version, c);
 }
 
 void to_pb(const Profile& u, pb::Profile& p) {
@@ -168,6 +174,8 @@ void to_pb(const Profile& u, pb::Profile& p) {
     pb::Folder& f = *p.add_folders();
     f.set_name(name);
     f.mutable_meta()->set_uidvalidity(meta.uidvalidity);
+    to_pb(meta.version, *f.mutable_meta()->mutable_version());
+    f.mutable_meta()->set_deleted(meta.deleted);
   }
   put(u.holders, p.mutable_holders());
 }
@@ -177,9 +185,13 @@ bool from_pb(const pb::Profile& p, Profile& u, Check& c) {
   u.quota_bytes = p.quota_bytes();
   u.enabled = p.enabled();
   u.deleted = p.deleted();
-  for (const pb::Folder& f : p.folders())
-    if (!u.folders.emplace(f.name(), FolderMeta{f.meta().uidvalidity()}).second)
-      return c.fail("Profile.folders: folder named twice");
+  for (const pb::Folder& f : p.folders()) {
+    FolderMeta meta;
+    meta.uidvalidity = f.meta().uidvalidity();
+    meta.deleted = f.meta().deleted();
+    if (!from_pb(f.meta().version(), meta.version, c)) return false;
+    if (!u.folders.emplace(f.name(), meta).second) return c.fail("Profile.folders: folder named twice");
+  }
   return from_pb(p.version(), u.version, c) &&
          get_nodes(p.holders(), u.holders, "Profile.holders", c);
 }
@@ -505,12 +517,14 @@ void to_pb(const UserUpdateRequest& m, pb::UserUpdateRequest& p) {
   p.set_op(pb::UserOp(m.op));
   p.set_password_hash(m.password_hash);
   p.set_quota_bytes(m.quota_bytes);
+  p.set_folder(m.folder);
 }
 bool from_pb(const pb::UserUpdateRequest& p, UserUpdateRequest& m, Check& c) {
   m.req = p.req();
   m.user = p.user();
   m.password_hash = p.password_hash();
   m.quota_bytes = p.quota_bytes();
+  m.folder = p.folder();
   return get_enum(p.op(), pb::UserOp_IsValid, m.op, "UserUpdateRequest.op", c);
 }
 

@@ -93,6 +93,19 @@ void Node::set_flags(Time now, std::uint64_t req, const MessageRecord& target, s
   fe_tick(now);
 }
 
+void Node::move(Time now, std::uint64_t req, const MessageRecord& target, const std::string& to_folder) {
+  std::uint64_t id = new_req();
+  Pending& p = pending_[id];
+  p.kind = Pending::Kind::Mutate;
+  p.client_req = req;
+  p.deadline = now + cfg_.request_timeout;
+  p.update = mutation(Update::Kind::Move, target);
+  p.update.id = next_version(now);
+  p.update.record.folder = to_folder;
+  p.retry_at = now;
+  fe_tick(now);
+}
+
 void Node::expunge(Time now, std::uint64_t req, const MessageRecord& target) {
   std::uint64_t id = new_req();
   Pending& p = pending_[id];

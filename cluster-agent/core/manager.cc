@@ -100,9 +100,10 @@ void Node::mgr_on_change(Time now, const Membership::Change& ch) {
 
 void Node::absorb_entry(const std::string& user, MgrFolder& f, const ReportEntry& e) {
   for (const auto& r : e.ranges) {
-    if (r.max_uid == 0) continue;
-    auto [it, fresh] = f.seen.try_emplace(r.uidvalidity, r.max_uid);
-    if (!fresh) it->second = std::max(it->second, r.max_uid);
+    if (r.max_uid != 0) {
+      auto [it, fresh] = f.seen.try_emplace(r.uidvalidity, r.max_uid);
+      if (!fresh) it->second = std::max(it->second, r.max_uid);
+    }
     if (r.live == 0) continue;
     f.seen_live.insert(r.uidvalidity);
     if (f.uidvalidity != 0 && r.uidvalidity != f.uidvalidity && !f.renumber_due) {
@@ -174,7 +175,7 @@ void Node::decide_lineages(Time now, Bucket b) {
   if (m == managed_.end()) return;
   for (auto& [name, u] : m->second)
     for (auto& [fname, f] : u.folders)
-      if (f.uidvalidity == 0 && (!f.handed.empty() || !f.seen.empty()))
+      if (f.uidvalidity == 0 && (!f.handed.empty() || !f.seen.empty() || !f.seen_live.empty()))
         settle_lineage(now, name, fname, f);
 }
 
@@ -219,7 +220,8 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
       if (e.count > 0) f.nodes.insert(from);
       absorb_entry(user, f, e);
       // A folder first heard of after the bucket became ready.
-      if (f.uidvalidity == 0 && !f.seen.empty() && bucket_ready(b)) settle_lineage(now, user, e.folder, f);
+      if (f.uidvalidity == 0 && (!f.seen.empty() || !f.seen_live.empty()) && bucket_ready(b))
+        settle_lineage(now, user, e.folder, f);
     }
     ack.users.push_back(user);
     ack.generations.push_back(i < r.generations.size() ? r.generations[i] : 0);
@@ -381,7 +383,7 @@ void Node::on_renumber_done(Time now, Pending& p) {
   // their old order.
   std::vector<const MessageRecord*> todo;
   for (const auto& [id, r] : p.gathered)
-    if (r.uid != 0 && r.has_body && !r.expunged && r.uidvalidity != f.uidvalidity) todo.push_back(&r);
+    if (r.has_body && !r.expunged && r.uidvalidity != f.uidvalidity) todo.push_back(&r);
   std::sort(todo.begin(), todo.end(), [](const MessageRecord* x, const MessageRecord* y) {
     return std::tie(x->uidvalidity, x->uid, x->id) < std::tie(y->uidvalidity, y->uid, y->id);
   });

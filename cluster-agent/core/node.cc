@@ -143,6 +143,7 @@ const char* status_name(Status s) {
     case Status::Exists: return "exists";
     case Status::NotManager: return "not-manager";
     case Status::Failed: return "failed";
+    case Status::NotFound: return "not-found";
   }
   return "?";
 }

@@ -44,6 +44,9 @@ class Node {
   // `target` needs id, user, folder and replicas (as a list or deliver gave them).
   void set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags);
   void expunge(Time now, std::uint64_t req, const MessageRecord& target);
+  // Into another folder of the same user; it gets a new UID there shortly
+  // (the destination's manager renumbers it) and shows in lists after.
+  void move(Time now, std::uint64_t req, const MessageRecord& target, const std::string& to_folder);
   void list(Time now, std::uint64_t req, const std::string& user, const std::string& folder);
   // `target` needs id and replicas; tries this node first, then each replica.
   void fetch(Time now, std::uint64_t req, const MessageRecord& target);

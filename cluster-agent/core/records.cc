@@ -18,6 +18,11 @@ bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now) {
     cur.internal_date = in.internal_date;
     changed = true;
   }
+  if (newer(in.folder_version, cur.folder_version)) {
+    cur.folder = in.folder;
+    cur.folder_version = in.folder_version;
+    changed = true;
+  }
   if (newer(in.uid_version, cur.uid_version)) {
     cur.uid = in.uid;
     cur.uidvalidity = in.uidvalidity;
@@ -61,7 +66,12 @@ bool merge_profile(Profile& cur, const Profile& in) {
   if (cur.user.empty()) cur.user = in.user;
   for (const auto& [name, meta] : in.folders) {
     FolderMeta& m = cur.folders[name];
-    FolderMeta merged{std::max(m.uidvalidity, meta.uidvalidity)};
+    FolderMeta merged = m;
+    merged.uidvalidity = std::max(m.uidvalidity, meta.uidvalidity);
+    if (newer(meta.version, m.version)) {
+      merged.version = meta.version;
+      merged.deleted = meta.deleted;
+    }
     if (!(merged == m)) {
       m = merged;
       changed = true;
@@ -77,6 +87,7 @@ const char* kind_name(Update::Kind k) {
     case Update::Kind::Expunge: return "expunge";
     case Update::Kind::SetUid: return "setuid";
     case Update::Kind::Profile: return "profile";
+    case Update::Kind::Move: return "move";
   }
   return "?";
 }

@@ -24,6 +24,7 @@ struct MessageRecord {
   MsgId id;
   std::string user;    // canonical address
   std::string folder;  // e.g. "INBOX"
+  Version folder_version;  // a Move's version; the newest Move names the folder
   std::vector<NodeId> replicas;  // every node that should hold this record
   bool has_body = false;
   std::string body;
@@ -49,9 +50,12 @@ struct MessageRecord {
 // anything changed.
 bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now);
 
-// A folder the user has, kept in the profile. Merged by max.
+// A folder the user has, kept in the profile: created or deleted by the
+// newest version (a deleted folder stays as a tombstone).
 struct FolderMeta {
-  std::uint32_t uidvalidity = 0;  // highest UIDVALIDITY the folder has had
+  std::uint32_t uidvalidity = 0;  // highest UIDVALIDITY the folder has had (max-merged)
+  Version version;
+  bool deleted = false;
   bool operator==(const FolderMeta&) const = default;
 };
 
@@ -75,12 +79,13 @@ bool merge_profile(Profile& cur, const Profile& in);
 // One replicated update. Its id (a Version, unique cluster-wide) is also
 // the version it writes.
 struct Update {
-  enum class Kind : std::uint8_t { Store, Flags, Expunge, SetUid, Profile };
+  enum class Kind : std::uint8_t { Store, Flags, Expunge, SetUid, Profile, Move };
   Version id;
   Kind kind = Kind::Store;
   NodeId coordinator = kNoNode;
   std::vector<NodeId> replicas;
   MessageRecord record;  // Store: the whole record; others: id/user/folder + changed field
+                         // (Move: folder is the destination)
   Profile profile;       // Profile
 };
 

@@ -59,6 +59,12 @@ void Replicator::apply(Time now, const Update& u) {
       in.uid_version = in.flags_version = u.id;
       break;
     case Update::Kind::Flags: in.flags_version = u.id; break;
+    case Update::Kind::Move:
+      // Into another folder, without a UID: the destination's manager
+      // gives it one (it renumbers every message outside its lineage).
+      in.folder_version = in.uid_version = u.id;
+      in.uid = in.uidvalidity = 0;
+      break;
     case Update::Kind::Expunge:
       in.expunged = true;
       in.expunge_version = u.id;
@@ -81,7 +87,8 @@ void Replicator::apply(Time now, const Update& u) {
   if (changed || fresh) disk_.put_record(it->second);
   std::string().swap(it->second.body);  // stored: bodies stay out of memory
   bool is_live = it->second.has_body && !it->second.expunged;
-  if ((fresh || was_live != is_live || u.kind == Update::Kind::SetUid) && on_user_changed)
+  bool renamed = u.kind == Update::Kind::SetUid || u.kind == Update::Kind::Move;
+  if ((fresh || was_live != is_live || renamed) && on_user_changed)
     on_user_changed(in.user);
 }
 

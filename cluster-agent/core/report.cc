@@ -44,7 +44,7 @@ ReportEntry Node::summarize(const std::string& user, const std::string& folder) 
     const MessageRecord& r = repl_.records().at(id);
     if (r.folder != folder) continue;
     if (r.has_body && !r.expunged) ++e.count;
-    if (r.uid == 0) continue;
+    if (r.uid == 0 && !(r.has_body && !r.expunged)) continue;  // a moved-in message still needs a UID
     auto [it, fresh] = ranges.try_emplace(r.uidvalidity, UidRange{r.uidvalidity, r.uid, r.uid, 0});
     if (!fresh) {
       it->second.min_uid = std::min(it->second.min_uid, r.uid);

@@ -93,6 +93,11 @@ bool Node::fe_user_reply(NodeId from, const Message& m) {
       env_.reply(std::move(out));
     } else if (o->status == Status::NoSuchUser) {
       fe_fail(o->req, Status::NoSuchUser, "no such user");
+    } else if (o->status == Status::Exists || o->status == Status::NotFound || o->status == Status::Failed) {
+      fe_fail(o->req, o->status,
+              o->status == Status::Exists ? "folder exists"
+              : o->status == Status::NotFound ? "no such folder"
+                                              : "that folder cannot be created or deleted");
     } else {
       p->retry_at = now_ + 200;
     }
@@ -138,9 +143,27 @@ void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
       case UserUpdateRequest::Op::Enable: p.enabled = true; break;
       case UserUpdateRequest::Op::Disable: p.enabled = false; break;
       case UserUpdateRequest::Op::Delete: p.deleted = true; break;
+      case UserUpdateRequest::Op::CreateFolder:
+      case UserUpdateRequest::Op::DeleteFolder: {
+        bool create = r.op == UserUpdateRequest::Op::CreateFolder;
+        auto f = p.folders.find(r.folder);
+        bool exists = r.folder == "INBOX" || (f != p.folders.end() && !f->second.deleted);
+        if (r.folder.empty() || (!create && r.folder == "INBOX")) {
+          rep.status = Status::Failed;
+        } else if (create == exists) {
+          rep.status = create ? Status::Exists : Status::NotFound;
+        } else {
+          FolderMeta& m = p.folders[r.folder];
+          m.version = next_version(now);
+          m.deleted = !create;
+        }
+        break;
+      }
     }
-    p.version = next_version(now);
-    write_profile(now, *u);
+    if (rep.status == Status::Ok) {
+      p.version = next_version(now);
+      write_profile(now, *u);
+    }
   }
   send(from, rep);
 }

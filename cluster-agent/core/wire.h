@@ -84,7 +84,7 @@ struct ReportPoll {
 };
 
 // ---- delivery: manager side ---------------------------------------------
-enum class Status : std::uint8_t { Ok, TryAgain, NoSuchUser, Exists, NotManager, Failed };
+enum class Status : std::uint8_t { Ok, TryAgain, NoSuchUser, Exists, NotManager, Failed, NotFound };
 const char* status_name(Status s);
 
 struct AllocRequest {
@@ -171,12 +171,13 @@ struct ProfileReply {
   bool operator==(const ProfileReply&) const = default;
 };
 struct UserUpdateRequest {
-  enum class Op : std::uint8_t { SetPassword, SetQuota, Enable, Disable, Delete };
+  enum class Op : std::uint8_t { SetPassword, SetQuota, Enable, Disable, Delete, CreateFolder, DeleteFolder };
   std::uint64_t req = 0;
   std::string user;
   Op op = Op::SetPassword;
   std::string password_hash;     // SetPassword
   std::uint64_t quota_bytes = 0;  // SetQuota
+  std::string folder;             // CreateFolder, DeleteFolder
   bool operator==(const UserUpdateRequest&) const = default;
 };
 struct UserListRequest {

@@ -120,7 +120,7 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
     auto f = u ? u->folders.find(key.second) : decltype(u->folders.end()){};
     std::uint32_t lineage = u && f != u->folders.end() ? f->second.uidvalidity : 0;
     for (const auto& [id, r] : recs) {
-      if (r.uid == 0 || r.expunged || !r.has_body) continue;  // no client sees it
+      if (r.expunged || !r.has_body) continue;  // no client sees it
       if (r.uidvalidity != lineage)
         fail("(e) " + key.first + "/" + key.second + " message " + id.str() + " has UIDVALIDITY " +
              std::to_string(r.uidvalidity) + ", the folder " + std::to_string(lineage));
@@ -280,9 +280,16 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
       std::size_t i = static_cast<std::size_t>(pick(0, static_cast<int>(w.delivered.size()) - 1));
       out[c.expunge(via, w.delivered[i].target)] = {Outstanding::Expunge, i, t};
       ++w.expunge_ops;
-    } else {
+    } else if (chance(0.5)) {
       out[c.list(via, user_name(pick(0, users - 1)), folders[pick(0, 1)])] = {Outstanding::List, 0, t};
       ++w.lists;
+    } else {
+      std::size_t i = static_cast<std::size_t>(pick(0, static_cast<int>(w.delivered.size()) - 1));
+      const MessageRecord& t0 = w.delivered[i].target;
+      std::string to = t0.folder == folders[0] ? folders[1] : folders[0];
+      out[c.call(via, [&](Node& node, Time now, std::uint64_t req) { node.move(now, req, t0, to); })] =
+          {Outstanding::Flags, i, t};
+      ++w.moves;
     }
   }
 
@@ -304,7 +311,7 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
   s << "seed " << seed << ": " << n << " nodes" << (joiner ? " +1 joined" : "") << ", " << crashes
     << " crashes, " << partitions << " partitions, " << destroyed << " destroyed; "
     << w.delivered.size() << "/" << w.attempted << " deliveries acknowledged, " << w.tempfailed
-    << " tempfailed, " << w.flag_ops << " flag ops, " << w.expunge_ops << " expunges, "
+    << " tempfailed, " << w.flag_ops << " flag ops, " << w.expunge_ops << " expunges, " << w.moves << " moves, "
     << c.messages_sent() << " messages; " << (res.ok ? "ok" : "FAILED");
   res.summary = s.str();
   if (opt.trace) res.trace = c.trace();

@@ -38,7 +38,7 @@ struct Acked {
 
 struct WorkloadLog {
   std::vector<Acked> delivered;
-  std::uint64_t attempted = 0, tempfailed = 0, flag_ops = 0, expunge_ops = 0, lists = 0;
+  std::uint64_t attempted = 0, tempfailed = 0, flag_ops = 0, expunge_ops = 0, lists = 0, moves = 0;
 };
 
 struct ScheduleResult {

@@ -74,6 +74,7 @@ MessageRecord full_record(std::uint64_t seq) {
   r.has_body = true;
   r.body = kBody;
   r.size = kBody.size();
+  r.folder_version = {1'700'000'000'700, 3};
   r.internal_date = 1'700'000'000'123;
   r.uidvalidity = 42;
   r.uid = 17;
@@ -94,7 +95,9 @@ Profile full_profile() {
   p.quota_bytes = std::uint64_t{1} << 40;
   p.enabled = false;
   p.deleted = true;
-  p.folders = {{"INBOX", {7}}, {kFolder, {9}}, {"Sent", {4'000'000'000u}}};
+  p.folders = {{"INBOX", {7, {1'700'000'001'100, 2}, false}},
+               {kFolder, {9, {1'700'000'001'200, 3}, true}},
+               {"Sent", {4'000'000'000u, {1'700'000'001'300, 4}, false}}};
   p.holders = {2, 4, 6};
   return p;
 }
@@ -156,9 +159,10 @@ std::vector<Message> every_message() {
       ProfileReply{114, Status::NoSuchUser, full_profile()},
       UserUpdateRequest{.req = 115,
                         .user = kUser,
-                        .op = UserUpdateRequest::Op::Delete,
+                        .op = UserUpdateRequest::Op::DeleteFolder,
                         .password_hash = "{PLAIN}new",
-                        .quota_bytes = 5'000'000},
+                        .quota_bytes = 5'000'000,
+                        .folder = kFolder},
       UserListRequest{116},
       UserListReply{117, Status::TryAgain, {kUser, "bob@example.com"}},
   };
@@ -429,8 +433,8 @@ TEST(Codec, NodeIdZeroIsRejectedWhereANodeIsNamed) {
 
 TEST(Codec, EnumValuesOutOfRangeAreRejected) {
   pb::Envelope p = frame_header();
-  p.mutable_op_reply()->set_status(static_cast<pb::Status>(6));
-  expect_rejected(decode_envelope, frame(p), "status 6");
+  p.mutable_op_reply()->set_status(static_cast<pb::Status>(7));
+  expect_rejected(decode_envelope, frame(p), "status 7");
 
   p = frame_header();
   p.mutable_mutate_request()->mutable_update()->set_kind(static_cast<pb::UpdateKind>(-1));

@@ -113,6 +113,38 @@ class MailAcrossNodes(ClusterCase):
         for uid, data in sent.items():
             self.assertEqual(self.ctl(3, "mail", "fetch", "ann@example.org", str(uid)).stdout, data)
 
+    def test_folders_create_move_rename_delete_seen_from_every_node(self):
+        self.add_user(1, "fay@example.org")
+        self.ctl(1, "folder", "create", "fay@example.org", "Projects")
+        r = self.ctl(2, "folder", "create", "fay@example.org", "Projects", check=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn(b"EXISTS", r.stderr)
+        for n in range(4):
+            self.assertEqual(self.deliver(1 + n % 3, "fay@example.org", message(n))["code"], "OK")
+        self.ctl(2, "mail", "move", "fay@example.org", "2", "Projects")
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            moved = self.ctl_json(3, "mail", "list", "fay@example.org", "--folder", "Projects")
+            if len(moved["messages"]) == 1:
+                break
+            time.sleep(0.2)
+        self.assertEqual(len(moved["messages"]), 1, "the moved message did not get a UID in Projects")
+        self.assertEqual(self.ctl(1, "mail", "fetch", "fay@example.org", str(moved["messages"][0]["uid"]),
+                                  "--folder", "Projects").stdout, message(1))
+        self.assertEqual(len(self.ctl_json(1, "mail", "list", "fay@example.org")["messages"]), 3)
+        self.ctl(3, "folder", "rename", "fay@example.org", "Projects", "Archive")
+        self.assertEqual(self.ctl_json(1, "folder", "list", "fay@example.org"), ["INBOX", "Archive"])
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if len(self.ctl_json(2, "mail", "list", "fay@example.org", "--folder", "Archive")["messages"]) == 1:
+                break
+            time.sleep(0.2)
+        self.assertEqual(len(self.ctl_json(2, "mail", "list", "fay@example.org", "--folder", "Archive")["messages"]), 1)
+        self.ctl(1, "folder", "delete", "fay@example.org", "Archive")
+        self.assertEqual(self.ctl_json(3, "folder", "list", "fay@example.org"), ["INBOX"])
+        r = self.ctl(1, "folder", "delete", "fay@example.org", "INBOX", check=False)
+        self.assertEqual(r.returncode, 1)
+
     def test_unknown_user_and_bad_password(self):
         self.add_user(2, "bob@example.org", "right")
         self.assertEqual(self.ctl(1, "user", "auth", "bob@example.org", "--password", "right").returncode, 0)

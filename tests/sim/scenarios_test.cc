@@ -353,3 +353,27 @@ TEST(Users, ChangesSurviveAManagerCrashAndDeletedUsersStayDeleted) {
   EXPECT_EQ(get(mgr, "cat@example.org")->status, Status::NoSuchUser);  // the tombstone won
   h.expect_invariants();
 }
+
+TEST(Uids, AMovedMessageGetsAUidInItsNewFolderAndLeavesTheOld) {
+  Harness h(4);
+  const std::string u = "joe@example.org";
+  h.user(u);
+  std::vector<const ClientReply*> d;
+  for (int i = 0; i < 3; ++i) d.push_back(h.deliver(1 + i, u));
+  ASSERT_EQ(h.deliver(1, u, "Archive")->status, Status::Ok);  // Archive has a lineage already
+  MessageRecord t = Harness::target(*d[1], u);
+  const ClientReply* m = h.c.wait(h.c.call(2, [&](Node& n, Time now, std::uint64_t req) { n.move(now, req, t, "Archive"); }));
+  ASSERT_EQ(m->status, Status::Ok);
+  h.c.run_for(5000);
+  const ClientReply* inbox = h.c.wait(h.c.list(3, u, "INBOX"));
+  const ClientReply* archive = h.c.wait(h.c.list(4, u, "Archive"));
+  ASSERT_EQ(inbox->status, Status::Ok);
+  ASSERT_EQ(archive->status, Status::Ok);
+  ASSERT_EQ(inbox->records.size(), 2u);
+  ASSERT_EQ(archive->records.size(), 2u);
+  EXPECT_EQ(archive->records[1].id, d[1]->msg);           // after the message already there
+  EXPECT_EQ(archive->records[1].uid, 2u);
+  EXPECT_EQ(archive->records[1].uidvalidity, archive->uidvalidity);
+  EXPECT_EQ(archive->uid, 3u);                              // next UID
+  h.expect_invariants();
+}
