@@ -12,6 +12,7 @@
 
 #include "agent.pb.h"
 #include "agent/agent.h"
+#include "client/frame.h"
 #include "core/hash.h"
 
 namespace porcupine::agent {
@@ -75,12 +76,6 @@ bool password_matches(const std::string& stored, const std::string& password) {
   return got.size() == hash.size() && CRYPTO_memcmp(got.data(), hash.data(), got.size()) == 0;
 }
 
-std::string be32(std::uint32_t v) {
-  std::string s(4, '\0');
-  for (int i = 3; i >= 0; --i, v >>= 8) s[static_cast<std::size_t>(i)] = static_cast<char>(v & 0xff);
-  return s;
-}
-
 }  // namespace
 
 class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
@@ -112,8 +107,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     asio::async_read(sock_, asio::buffer(hdr_, 4), [this, self](boost::system::error_code ec, std::size_t) {
       if (closed_) return;
       if (ec) return close(ec == asio::error::eof ? "" : ec.message());
-      std::uint32_t len = (std::uint32_t(hdr_[0]) << 24) | (std::uint32_t(hdr_[1]) << 16) |
-                          (std::uint32_t(hdr_[2]) << 8) | std::uint32_t(hdr_[3]);
+      std::uint32_t len = frame::length(hdr_);
       if (len > kMaxFrame) return close("frame of " + std::to_string(len) + " bytes exceeds the limit");
       buf_.resize(len);
       asio::async_read(sock_, asio::buffer(buf_), [this, self](boost::system::error_code ec2, std::size_t) {
@@ -130,7 +124,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
   void respond(pb::Response& r) {
     if (closed_) return;
     std::string bytes = r.SerializeAsString();
-    out_.push_back(be32(static_cast<std::uint32_t>(bytes.size())) + bytes);
+    out_.push_back(frame::wrap(bytes));
     if (out_.size() == 1) write_next();
   }
 

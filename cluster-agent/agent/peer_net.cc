@@ -9,6 +9,7 @@
 #include <deque>
 
 #include "agent.pb.h"
+#include "client/frame.h"
 #include "codec/codec.h"
 
 namespace porcupine::agent {
@@ -35,11 +36,7 @@ std::string be64(std::uint64_t v) {
   return s;
 }
 
-std::string be32(std::uint32_t v) {
-  std::string s(4, '\0');
-  for (int i = 3; i >= 0; --i, v >>= 8) s[static_cast<std::size_t>(i)] = static_cast<char>(v & 0xff);
-  return s;
-}
+using frame::be32;
 
 bool split_address(const std::string& a, std::string& host, std::string& port) {
   auto colon = a.rfind(':');
@@ -106,7 +103,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
       return;
     }
     queued_bytes_ += payload.size() + 4;
-    out_.push_back(be32(static_cast<std::uint32_t>(payload.size())) + payload);
+    out_.push_back(frame::wrap(payload));
     if (out_.size() == 1) write_next();
   }
 
@@ -126,8 +123,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
     asio::async_read(sock_, asio::buffer(hdr_, 4), [this, self](boost::system::error_code ec, std::size_t) {
       if (closed_) return;
       if (ec) return close(ec == asio::error::eof ? "peer closed" : ec.message());
-      std::uint32_t len = (std::uint32_t(hdr_[0]) << 24) | (std::uint32_t(hdr_[1]) << 16) |
-                          (std::uint32_t(hdr_[2]) << 8) | std::uint32_t(hdr_[3]);
+      std::uint32_t len = frame::length(hdr_);
       std::size_t limit = stage_ == Stage::Ready ? net_.options().max_frame + kTag : kHandshakeMax;
       if (len > limit)
         return close("frame of " + std::to_string(len) + " bytes exceeds the limit of " + std::to_string(limit));

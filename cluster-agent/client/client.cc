@@ -1,6 +1,8 @@
 // client.cc - see client.h.
 #include "client/client.h"
 
+#include "client/frame.h"
+
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -52,13 +54,10 @@ bool Client::connect() {
 }
 
 bool Client::send_frame(const std::string& bytes) {
-  std::string frame(4, '\0');
-  std::uint32_t n = static_cast<std::uint32_t>(bytes.size());
-  for (int i = 3; i >= 0; --i, n >>= 8) frame[static_cast<std::size_t>(i)] = static_cast<char>(n & 0xff);
-  frame += bytes;
+  std::string f = frame::wrap(bytes);
   std::size_t off = 0;
-  while (off < frame.size()) {
-    ssize_t w = ::send(fd_, frame.data() + off, frame.size() - off, MSG_NOSIGNAL);
+  while (off < f.size()) {
+    ssize_t w = ::send(fd_, f.data() + off, f.size() - off, MSG_NOSIGNAL);
     if (w < 0 && errno == EINTR) continue;
     if (w <= 0) {
       error_ = std::string("lost the agent: ") + std::strerror(errno);
@@ -102,7 +101,7 @@ std::optional<agentpb::Response> Client::wait_response(std::uint64_t id) {
   for (;;) {
     unsigned char h[4];
     if (!read_exact(reinterpret_cast<char*>(h), 4)) return std::nullopt;
-    std::uint32_t len = (std::uint32_t(h[0]) << 24) | (std::uint32_t(h[1]) << 16) | (std::uint32_t(h[2]) << 8) | h[3];
+    std::uint32_t len = frame::length(h);
     if (len > kMaxResponse) {
       error_ = "response too large";
       ::close(fd_);

@@ -6,6 +6,7 @@
 // Env::reply. Requests to peers are resent until answered or until the
 // deadline: each is idempotent (same update id, or a fresh harmless UID).
 #include <algorithm>
+#include <functional>
 
 #include "hash.h"
 #include "node.h"
@@ -68,54 +69,34 @@ void Node::list(Time now, std::uint64_t req, const std::string& user, const std:
   fe_tick(now);
 }
 
-namespace {
-Update mutation(Update::Kind kind, const MessageRecord& target) {
-  Update u;
-  u.kind = kind;
-  u.replicas = target.replicas;
-  u.record.id = target.id;
-  u.record.user = target.user;
-  u.record.folder = target.folder;
-  return u;
-}
-}  // namespace
-
-void Node::set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags) {
+void Node::mutate(Time now, std::uint64_t req, Update::Kind kind, const MessageRecord& target,
+                  const std::function<void(MessageRecord&)>& fill) {
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
   p.kind = Pending::Kind::Mutate;
   p.client_req = req;
   p.deadline = now + cfg_.request_timeout;
-  p.update = mutation(Update::Kind::Flags, target);
+  p.update.kind = kind;
+  p.update.replicas = target.replicas;
+  p.update.record.id = target.id;
+  p.update.record.user = target.user;
+  p.update.record.folder = target.folder;
   p.update.id = next_version(now);
-  p.update.record.flags = flags;
+  if (fill) fill(p.update.record);
   p.retry_at = now;
   fe_tick(now);
+}
+
+void Node::set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags) {
+  mutate(now, req, Update::Kind::Flags, target, [flags](MessageRecord& r) { r.flags = flags; });
 }
 
 void Node::move(Time now, std::uint64_t req, const MessageRecord& target, const std::string& to_folder) {
-  std::uint64_t id = new_req();
-  Pending& p = pending_[id];
-  p.kind = Pending::Kind::Mutate;
-  p.client_req = req;
-  p.deadline = now + cfg_.request_timeout;
-  p.update = mutation(Update::Kind::Move, target);
-  p.update.id = next_version(now);
-  p.update.record.folder = to_folder;
-  p.retry_at = now;
-  fe_tick(now);
+  mutate(now, req, Update::Kind::Move, target, [&to_folder](MessageRecord& r) { r.folder = to_folder; });
 }
 
 void Node::expunge(Time now, std::uint64_t req, const MessageRecord& target) {
-  std::uint64_t id = new_req();
-  Pending& p = pending_[id];
-  p.kind = Pending::Kind::Mutate;
-  p.client_req = req;
-  p.deadline = now + cfg_.request_timeout;
-  p.update = mutation(Update::Kind::Expunge, target);
-  p.update.id = next_version(now);
-  p.retry_at = now;
-  fe_tick(now);
+  mutate(now, req, Update::Kind::Expunge, target, nullptr);
 }
 
 void Node::fe_tick(Time now) {

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -150,6 +151,8 @@ class Node {
   void serve_store(Time now, NodeId from, const StoreRequest& s);
   void serve_mutate(Time now, NodeId from, const MutateRequest& m);
   void serve_fetch(NodeId from, const FetchRequest& f);
+  void mutate(Time now, std::uint64_t req, Update::Kind kind, const MessageRecord& target,
+              const std::function<void(MessageRecord&)>& fill);
   bool fe_fetch_next(Pending& p, std::uint64_t id);
 
   // users.cc
