@@ -7,7 +7,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <deque>
+#include <set>
 #include <map>
 
 #include "agent.pb.h"
@@ -123,6 +125,12 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
 
   void respond(pb::Response& r) {
     if (closed_) return;
+    // A request answered at its deadline gets no second answer.
+    if (expired_.count(r.id())) return;
+    if (auto t = deadlines_.find(r.id()); t != deadlines_.end()) {
+      t->second->cancel();
+      deadlines_.erase(t);
+    }
     std::string bytes = r.SerializeAsString();
     out_.push_back(frame::wrap(bytes));
     if (out_.size() == 1) write_next();
@@ -160,8 +168,26 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     });
   }
 
+  // A request with timeout_ms is answered TEMPFAIL when that passes first
+  // (the operation itself still ends within request_timeout_ms).
+  void arm_deadline(std::uint64_t id, std::uint32_t ms) {
+    if (ms == 0 || deadlines_.count(id)) return;
+    auto t = std::make_unique<asio::steady_timer>(sock_.get_executor());
+    t->expires_after(std::chrono::milliseconds(ms));
+    auto self = shared_from_this();
+    t->async_wait([this, self, id](boost::system::error_code ec) {
+      if (ec || closed_) return;
+      deadlines_.erase(id);
+      deliveries_.erase(id);
+      fail(id, pb::TEMPFAIL, "deadline of the request passed");
+      expired_.insert(id);
+    });
+    deadlines_[id] = std::move(t);
+  }
+
   void handle(const pb::Request& q) {
     const std::uint64_t id = q.id();
+    if (q.op_case() != pb::Request::kDeliverChunk) arm_deadline(id, q.timeout_ms());
     switch (q.op_case()) {
       case pb::Request::kUserGet:
         if (q.user_get().user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
@@ -239,6 +265,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
       }
       case pb::Request::kDeliverChunk: {
         auto it = deliveries_.find(id);
+        if (it == deliveries_.end() && expired_.count(id)) return;  // already answered: deadline
         if (it == deliveries_.end()) return fail(id, pb::BAD_REQUEST, "chunk without a DeliverBegin");
         Delivery& d = it->second;
         if (!d.too_large) {
@@ -487,6 +514,8 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
   std::string buf_;
   std::deque<std::string> out_;
   std::map<std::uint64_t, Delivery> deliveries_;
+  std::map<std::uint64_t, std::unique_ptr<asio::steady_timer>> deadlines_;
+  std::set<std::uint64_t> expired_;
 };
 
 LocalServer::LocalServer(asio::io_context& io, Agent& agent) : io_(io), agent_(agent), acceptor_(io) {}

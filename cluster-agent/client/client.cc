@@ -122,6 +122,9 @@ std::optional<agentpb::Response> Client::wait_response(std::uint64_t id) {
 std::optional<agentpb::Response> Client::call(agentpb::Request& req) {
   if (!connect()) return std::nullopt;
   req.set_id(next_id_++);
+  // The agent answers TEMPFAIL a little before this client would give up,
+  // so the connection stays in step and usable.
+  if (req.timeout_ms() == 0) req.set_timeout_ms(static_cast<std::uint32_t>(timeout_ms_) * 9 / 10);
   deadline_ = now_ms() + timeout_ms_;
   if (!send_frame(req.SerializeAsString())) return std::nullopt;
   return wait_response(req.id());
@@ -135,6 +138,7 @@ std::optional<agentpb::Response> Client::deliver(const std::vector<std::string>&
   deadline_ = now_ms() + timeout_ms_;
   agentpb::Request begin;
   begin.set_id(id);
+  begin.set_timeout_ms(static_cast<std::uint32_t>(timeout_ms_) * 9 / 10);
   for (const auto& r : recipients) begin.mutable_deliver_begin()->add_recipients(r);
   begin.mutable_deliver_begin()->set_folder(folder);
   if (!send_frame(begin.SerializeAsString())) return std::nullopt;

@@ -11,6 +11,7 @@ import importlib.machinery
 import json
 import os
 import random
+import signal
 import socket
 import struct
 import sys
@@ -55,9 +56,9 @@ class ClusterCase(unittest.TestCase):
             time.sleep(0.1)
         return False
 
-    def ctl(self, i, *args, stdin=None, check=True):
+    def ctl(self, i, *args, stdin=None, check=True, timeout_ms=15000):
         import subprocess
-        argv = [self.cl.ctl_bin(), "--socket", os.path.join(self.cl.ndir(i), "agent.sock"), "--timeout", "15000"]
+        argv = [self.cl.ctl_bin(), "--socket", os.path.join(self.cl.ndir(i), "agent.sock"), "--timeout", str(timeout_ms)]
         r = subprocess.run(argv + list(args), input=stdin, capture_output=True)
         if check:
             self.assertEqual(r.returncode, 0, "porcupinectl %s on node %d: %s" % (" ".join(args), i, r.stderr.decode()))
@@ -277,6 +278,24 @@ class Hostile(ClusterCase):
             members = [m["id"] for m in self.ctl_json(i, "status")["members"]]
             self.assertEqual(sorted(members), [1, 2])
 
+    def test_a_request_with_a_deadline_gets_tempfail_when_the_cluster_is_slow(self):
+        users = ["u%d@example.org" % n for n in range(8)]
+        for u in users:
+            self.add_user(1, u)
+        pid = self.cl.pid(2, "agent")
+        os.kill(pid, signal.SIGSTOP)  # frozen, not yet suspected: its users' requests hang
+        try:
+            results = [self.ctl(1, "user", "show", u, check=False, timeout_ms=800) for u in users]
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        late = [r for r in results if r.returncode == 3]
+        self.assertTrue(late, "no user managed by the frozen node among %s" % users)
+        for r in late:
+            self.assertIn(b"deadline of the request passed", r.stderr)
+        self.assertTrue(any(r.returncode == 0 for r in results))  # node 1's own users answer
+        self.assertTrue(self.wait_converged(20))
+        self.assertEqual(self.ctl(1, "user", "show", users[0]).returncode, 0)
+
     def test_malformed_truncated_and_huge_frames_close_only_that_connection(self):
         s = self.connect(1)
         s.sendall(struct.pack(">I", 16) + b"\xff" * 16)  # not a Hello
@@ -284,9 +303,8 @@ class Hostile(ClusterCase):
         s = self.connect(1)
         s.sendall(struct.pack(">I", 1 << 30))  # 1 GiB length prefix
         self.assertTrue(self.closed_by_peer(s))
-        s = self.connect(1)
-        s.sendall(struct.pack(">I", 100) + b"abc")  # truncated, then gone
-        s.close()
+        with self.connect(1) as s:
+            s.sendall(struct.pack(">I", 100) + b"abc")  # truncated, then gone
         s = self.connect(2)
         s.sendall(os.urandom(4096))
         self.assertTrue(self.closed_by_peer(s))
