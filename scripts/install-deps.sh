@@ -6,7 +6,9 @@
 # apt-get's own output goes to a log file under /tmp; this script prints one
 # line per phase, and the tail of the log if a phase fails.
 #
-# Postfix and Dovecot are deliberately not installed yet.
+# Dovecot is installed for the porcupine plugin and its end-to-end test;
+# the system-wide dovecot service is stopped and disabled right after, so it
+# does not hold ports 143/110 on 0.0.0.0 (each test runs its own instances).
 set -euo pipefail
 
 # Build and test.
@@ -23,6 +25,10 @@ PACKAGES+=(
   libprotobuf-dev protobuf-compiler
   libssl-dev
   libmilter-dev nlohmann-json3-dev libcrypt-dev
+)
+# The Dovecot plugin (dovecot-plugin/) and its end-to-end test.
+PACKAGES+=(
+  dovecot-dev dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
 )
 
 say() { echo "install-deps: $*"; }
@@ -56,5 +62,14 @@ say "installing ${#PACKAGES[@]} packages"
 run "apt-get install" apt-get install -y --no-install-recommends \
   -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
   "${PACKAGES[@]}"
+
+# Installing dovecot-core starts the system-wide service when an init
+# system runs; the tests start their own instances on 127.0.K.i.
+say "stopping the system-wide dovecot service"
+if [[ -d /run/systemd/system ]]; then
+  systemctl disable --now dovecot.socket dovecot.service >>"$LOG" 2>&1 || true
+fi
+service dovecot stop >>"$LOG" 2>&1 || true
+update-rc.d dovecot disable >>"$LOG" 2>&1 || true
 
 say "ok"

@@ -1,0 +1,993 @@
+/* porcupine-plugin.c - the Dovecot mail plugin `porcupine`: Dovecot's own
+ * storage (sdbox, mdbox or maildir) becomes a cache of the cluster, which
+ * is the authority for which messages exist, their UIDs, UIDVALIDITY and
+ * flags.
+ *
+ * What it does, through the local porcupine-agent (porcupine_client.h):
+ *   - saves (LMTP delivery, IMAP APPEND, COPY/MOVE into a folder) go to the
+ *     cluster only; a cluster failure fails the save with a temporary
+ *     error (LMTP answers 4xx). The local cache gets the message at the
+ *     next sync, with the cluster's UID.
+ *   - every mailbox sync first lists the folder in the cluster and makes
+ *     the local cache match it: UIDVALIDITY, missing messages (fetched and
+ *     saved with the cluster's UID and flags), flags, expunges. It keeps
+ *     the listing (UID -> message reference) for the two below.
+ *   - flag changes and expunges made by IMAP/POP3 clients are pushed to
+ *     the cluster first, then applied locally.
+ *   - folder create/delete/rename go to the cluster first; at login the
+ *     local folders are made to follow the cluster's list.
+ *
+ * It runs in Dovecot's single-threaded mail processes (lmtp, imap, pop3,
+ * doveadm). One agent connection per operation (a unix socket connect).
+ *
+ * Settings (plugin { }):
+ *   porcupine_socket      the agent's local socket; the plugin is inactive
+ *                         for users without it
+ *   porcupine_timeout_ms  deadline of each call to the agent (10000)
+ */
+#include "lib.h"
+#include "array.h"
+#include "buffer.h"
+#include "istream.h"
+#include "seq-range-array.h"
+#include "module-context.h"
+#include "mail-user.h"
+#include "mail-storage-private.h"
+#include "mail-storage-hooks.h"
+#include "mail-copy.h"
+#include "mail-index.h"
+#include "index-storage.h"
+
+#include "mail-namespace.h"
+#include "mailbox-list-iter.h"
+
+#include "porcupine_client.h"
+#include "folders.h"
+
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#define PCP_USER(obj) MODULE_CONTEXT(obj, pcp_user_module)
+#define PCP_BOX(obj) MODULE_CONTEXT(obj, pcp_storage_module)
+#define PCP_MAIL(obj) MODULE_CONTEXT(obj, pcp_mail_module)
+
+#define PCP_DEFAULT_TIMEOUT_MS 10000
+
+struct pcp_user {
+	union mail_user_module_context module_ctx;
+	const char *socket_path;
+	int timeout_ms;
+	/* TRUE while folders are created or deleted to follow the cluster:
+	   those changes stay local. */
+	bool local_only;
+};
+
+struct pcp_save_context;
+
+struct pcp_mailbox {
+	union mailbox_module_context module_ctx;
+	/* TRUE while the plugin itself changes the local cache: saves,
+	   flag changes and expunges then stay local. */
+	bool in_sync;
+	/* The cluster's last listing of the folder, sorted by UID. */
+	struct porcupine_message *refs;
+	size_t nrefs;
+	/* Save contexts the plugin allocated (saves going to the cluster). */
+	ARRAY(struct pcp_save_context *) saves;
+};
+
+struct pcp_save_context {
+	struct mail_save_context ctx;
+	struct mailbox *box;
+	struct istream *input;
+	buffer_t *body;
+	ARRAY_TYPE(seq_range) uids;
+	uint32_t uid_validity;
+	bool failed;
+};
+
+const char *porcupine_plugin_version = DOVECOT_ABI_VERSION;
+void porcupine_plugin_init(struct module *module);
+void porcupine_plugin_deinit(void);
+
+static MODULE_CONTEXT_DEFINE_INIT(pcp_user_module, &mail_user_module_register);
+static MODULE_CONTEXT_DEFINE_INIT(pcp_storage_module, &mail_storage_module_register);
+static MODULE_CONTEXT_DEFINE_INIT(pcp_mail_module, &mail_module_register);
+
+/* ---- flags and references ------------------------------------------- */
+
+/* The cluster's flag bits: 0 \Seen, 1 \Answered, 2 \Flagged, 3 \Deleted,
+   4 \Draft. */
+static enum mail_flags pcp_flags_from_cluster(uint32_t f)
+{
+	enum mail_flags m = 0;
+
+	if ((f & 1) != 0) m |= MAIL_SEEN;
+	if ((f & 2) != 0) m |= MAIL_ANSWERED;
+	if ((f & 4) != 0) m |= MAIL_FLAGGED;
+	if ((f & 8) != 0) m |= MAIL_DELETED;
+	if ((f & 16) != 0) m |= MAIL_DRAFT;
+	return m;
+}
+
+static uint32_t pcp_flags_to_cluster(enum mail_flags m)
+{
+	uint32_t f = 0;
+
+	if ((m & MAIL_SEEN) != 0) f |= 1;
+	if ((m & MAIL_ANSWERED) != 0) f |= 2;
+	if ((m & MAIL_FLAGGED) != 0) f |= 4;
+	if ((m & MAIL_DELETED) != 0) f |= 8;
+	if ((m & MAIL_DRAFT) != 0) f |= 16;
+	return f;
+}
+
+static porcupine_client *pcp_connect(struct mail_user *user)
+{
+	struct pcp_user *puser = PCP_USER(user);
+
+	return porcupine_open(puser->socket_path, puser->timeout_ms);
+}
+
+static void pcp_set_refs(struct pcp_mailbox *pbox,
+			 const struct porcupine_folder *folder)
+{
+	i_free(pbox->refs);
+	pbox->nrefs = folder->count;
+	if (folder->count == 0)
+		return;
+	pbox->refs = i_new(struct porcupine_message, folder->count);
+	memcpy(pbox->refs, folder->messages,
+	       sizeof(*folder->messages) * folder->count);
+}
+
+static const struct porcupine_message *
+pcp_find_ref(const struct pcp_mailbox *pbox, uint32_t uid)
+{
+	size_t lo = 0, hi = pbox->nrefs;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (pbox->refs[mid].uid == uid)
+			return &pbox->refs[mid];
+		if (pbox->refs[mid].uid < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+/* The reference of a local message; lists the folder again when the last
+   listing does not have it (no sync happened yet in this process). */
+static const struct porcupine_message *
+pcp_lookup_ref(struct mailbox *box, porcupine_client *c, uint32_t uid)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+	const struct porcupine_message *m = pcp_find_ref(pbox, uid);
+	struct porcupine_folder folder;
+
+	if (m != NULL)
+		return m;
+	if (porcupine_folder_list(c, box->storage->user->username, box->vname,
+				  &folder) != PORCUPINE_OK)
+		return NULL;
+	pcp_set_refs(pbox, &folder);
+	porcupine_folder_free(&folder);
+	return pcp_find_ref(pbox, uid);
+}
+
+/* ---- sync: the cluster's listing onto the local cache ------------------ */
+
+static int pcp_commit(struct mailbox_transaction_context **t)
+{
+	struct mailbox *box = (*t)->box;
+
+	if (mailbox_transaction_commit(t) < 0) {
+		e_error(box->event, "porcupine: committing the local cache failed: %s",
+			mailbox_get_last_internal_error(box, NULL));
+		return -1;
+	}
+	return 0;
+}
+
+/* The cluster's UIDVALIDITY differs from the local one: expunge every
+   local message and take the cluster's. */
+static int pcp_reset(struct mailbox *box, const struct mail_index_header *hdr,
+		     uint32_t uid_validity)
+{
+	struct mailbox_transaction_context *t;
+	struct mailbox_update update;
+	struct mail *mail;
+	struct mail_index_view *view;
+	uint32_t seq;
+
+	if (hdr->messages_count > 0) {
+		e_warning(box->event, "porcupine: UIDVALIDITY %u -> %u: "
+			  "emptying the local cache of %s",
+			  hdr->uid_validity, uid_validity, box->vname);
+		view = mail_index_view_open(box->index);
+		t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
+					      __func__);
+		mail = mail_alloc(t, 0, NULL);
+		for (seq = 1; seq <= hdr->messages_count; seq++) {
+			const struct mail_index_record *rec =
+				mail_index_lookup(view, seq);
+			if (mail_set_uid(mail, rec->uid))
+				mail_expunge(mail);
+		}
+		mail_free(&mail);
+		mail_index_view_close(&view);
+		if (pcp_commit(&t) < 0)
+			return -1;
+	}
+	i_zero(&update);
+	update.uid_validity = uid_validity;
+	if (mailbox_update(box, &update) < 0) {
+		e_error(box->event, "porcupine: setting UIDVALIDITY %u on %s failed: %s",
+			uid_validity, box->vname,
+			mailbox_get_last_internal_error(box, NULL));
+		return -1;
+	}
+	return 0;
+}
+
+/* Fetches one message from the cluster and saves it in the local cache
+   with the cluster's UID, flags and internal date. */
+static int pcp_fetch_and_save(struct mailbox_transaction_context *t,
+			      porcupine_client *c,
+			      const struct porcupine_message *m)
+{
+	struct mailbox *box = t->box;
+	struct mail_save_context *save;
+	struct istream *input;
+	char *body;
+	size_t len;
+	int code, ret;
+
+	code = porcupine_fetch(c, box->storage->user->username, box->vname,
+			       &m->ref, &body, &len);
+	if (code == PORCUPINE_NOT_FOUND)
+		return 0; /* expunged since the listing */
+	if (code != PORCUPINE_OK) {
+		e_warning(box->event, "porcupine: fetching UID %u of %s failed: %s",
+			  m->uid, box->vname, porcupine_error(c));
+		return -1;
+	}
+	save = mailbox_save_alloc(t);
+	mailbox_save_set_uid(save, m->uid);
+	mailbox_save_set_flags(save, pcp_flags_from_cluster(m->flags), NULL);
+	mailbox_save_set_received_date(save, (time_t)(m->internal_date_ms / 1000), 0);
+	input = i_stream_create_from_data(body, len);
+	if (mailbox_save_begin(&save, input) < 0) {
+		ret = -1;
+	} else {
+		do {
+			if (mailbox_save_continue(save) < 0)
+				break;
+		} while (i_stream_read(input) > 0);
+		ret = mailbox_save_finish(&save);
+	}
+	i_stream_unref(&input);
+	porcupine_body_free(body);
+	if (ret < 0) {
+		e_error(box->event, "porcupine: saving UID %u of %s locally failed: %s",
+			m->uid, box->vname, mailbox_get_last_internal_error(box, NULL));
+	}
+	return ret;
+}
+
+static int pcp_apply(struct mailbox *box, porcupine_client *c,
+		     const struct porcupine_folder *folder)
+{
+	struct mailbox_transaction_context *t;
+	struct mail_index_view *view;
+	const struct mail_index_header *hdr;
+	struct mail *mail;
+	ARRAY(const struct porcupine_message *) missing;
+	const struct porcupine_message *const *mp;
+	uint32_t seq, count, next_uid;
+	size_t ci = 0;
+	int ret = 0;
+
+	(void)mail_index_refresh(box->index);
+	view = mail_index_view_open(box->index);
+	hdr = mail_index_get_header(view);
+	if (hdr->uid_validity != folder->uidvalidity) {
+		struct mail_index_header copy = *hdr;
+		mail_index_view_close(&view);
+		if (pcp_reset(box, &copy, folder->uidvalidity) < 0)
+			return -1;
+		(void)mail_index_refresh(box->index);
+		view = mail_index_view_open(box->index);
+		hdr = mail_index_get_header(view);
+	}
+	count = hdr->messages_count;
+	next_uid = hdr->next_uid;
+
+	t_array_init(&missing, 16);
+	t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
+				      __func__);
+	mail = mail_alloc(t, MAIL_FETCH_FLAGS, NULL);
+	for (seq = 1; seq <= count; seq++) {
+		const struct mail_index_record *rec = mail_index_lookup(view, seq);
+		uint32_t uid = rec->uid;
+
+		for (; ci < folder->count && folder->messages[ci].uid < uid; ci++) {
+			const struct porcupine_message *m = &folder->messages[ci];
+			array_push_back(&missing, &m);
+		}
+		if (!mail_set_uid(mail, uid))
+			continue; /* expunged meanwhile by another process */
+		if (ci < folder->count && folder->messages[ci].uid == uid) {
+			enum mail_flags want = pcp_flags_from_cluster(folder->messages[ci].flags);
+			enum mail_flags have = mail_get_flags(mail) & MAIL_FLAGS_NONRECENT;
+			if (want != have)
+				mail_update_flags(mail, MODIFY_REPLACE, want);
+			ci++;
+		} else {
+			mail_expunge(mail);
+		}
+	}
+	for (; ci < folder->count; ci++) {
+		const struct porcupine_message *m = &folder->messages[ci];
+		array_push_back(&missing, &m);
+	}
+	mail_free(&mail);
+	mail_index_view_close(&view);
+
+	array_foreach(&missing, mp) {
+		if ((*mp)->uid < next_uid) {
+			/* The local index already used this UID: it cannot
+			   take the message without renumbering it. */
+			e_warning(box->event, "porcupine: UID %u of %s is below the "
+				  "local next UID %u; not cached", (*mp)->uid,
+				  box->vname, next_uid);
+			continue;
+		}
+		if (pcp_fetch_and_save(t, c, *mp) < 0) {
+			ret = -1;
+			break;
+		}
+	}
+	if (ret < 0) {
+		mailbox_transaction_rollback(&t);
+		return -1;
+	}
+	return pcp_commit(&t);
+}
+
+/* Serialises the syncs of one mailbox between the processes of this node
+   (flock on a file beside the index), so two of them never both save the
+   same cluster message. Returns the locked fd, or -1 (then sync unlocked). */
+static int pcp_lock(struct mailbox *box)
+{
+	const char *dir, *path;
+	int fd;
+
+	if (mailbox_get_path_to(box, MAILBOX_LIST_PATH_TYPE_INDEX, &dir) <= 0)
+		return -1;
+	path = t_strconcat(dir, "/dovecot-porcupine.lock", NULL);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd == -1) {
+		e_warning(box->event, "porcupine: open(%s) failed: %m", path);
+		return -1;
+	}
+	if (flock(fd, LOCK_EX) < 0) {
+		e_warning(box->event, "porcupine: flock(%s) failed: %m", path);
+		i_close_fd(&fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Makes the local cache of `box` match the cluster. On failure the local
+   cache is served as it is. */
+static int pcp_sync_from_cluster(struct mailbox *box)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+	struct mail_user *user = box->storage->user;
+	struct porcupine_folder folder;
+	porcupine_client *c;
+	int code, ret;
+
+	c = pcp_connect(user);
+	if (c == NULL)
+		return -1;
+	code = porcupine_folder_list(c, user->username, box->vname, &folder);
+	if (code != PORCUPINE_OK) {
+		e_warning(box->event, "porcupine: listing %s failed (serving the "
+			  "local cache): %s", box->vname, porcupine_error(c));
+		porcupine_close(c);
+		return -1;
+	}
+	pbox->in_sync = TRUE;
+	T_BEGIN {
+		int lock_fd = pcp_lock(box);
+		ret = pcp_apply(box, c, &folder);
+		if (lock_fd != -1)
+			i_close_fd(&lock_fd);
+	} T_END;
+	pbox->in_sync = FALSE;
+	pcp_set_refs(pbox, &folder);
+	porcupine_folder_free(&folder);
+	porcupine_close(c);
+	return ret;
+}
+
+static struct mailbox_sync_context *
+pcp_sync_init(struct mailbox *box, enum mailbox_sync_flags flags)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+
+	if (!pbox->in_sync)
+		(void)pcp_sync_from_cluster(box);
+	return pbox->module_ctx.super.sync_init(box, flags);
+}
+
+/* ---- saves: into the cluster ------------------------------------------ */
+
+static bool pcp_is_ours(struct pcp_mailbox *pbox, struct mail_save_context *ctx)
+{
+	struct pcp_save_context *const *sp;
+
+	array_foreach(&pbox->saves, sp) {
+		if (&(*sp)->ctx == ctx)
+			return TRUE;
+	}
+	return FALSE;
+}
+
+static void pcp_save_release(struct pcp_save_context *ctx)
+{
+	i_stream_unref(&ctx->input);
+	if (ctx->body != NULL)
+		buffer_free(&ctx->body);
+}
+
+static void pcp_save_destroy(struct pcp_save_context *ctx)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(ctx->box);
+	struct pcp_save_context *const *sp;
+	unsigned int i = 0;
+
+	array_foreach(&pbox->saves, sp) {
+		if (*sp == ctx) {
+			array_delete(&pbox->saves, i, 1);
+			break;
+		}
+		i++;
+	}
+	pcp_save_release(ctx);
+	array_free(&ctx->uids);
+	i_free(ctx);
+}
+
+static struct mail_save_context *
+pcp_save_alloc(struct mailbox_transaction_context *t)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(t->box);
+	struct pcp_save_context *ctx;
+
+	if (pbox->in_sync)
+		return pbox->module_ctx.super.save_alloc(t);
+	if (t->save_ctx == NULL) {
+		ctx = i_new(struct pcp_save_context, 1);
+		ctx->ctx.transaction = t;
+		ctx->box = t->box;
+		i_array_init(&ctx->uids, 4);
+		array_push_back(&pbox->saves, &ctx);
+		t->save_ctx = &ctx->ctx;
+	}
+	return t->save_ctx;
+}
+
+static int pcp_save_begin(struct mail_save_context *_ctx, struct istream *input)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(_ctx->transaction->box);
+	struct pcp_save_context *ctx = (struct pcp_save_context *)_ctx;
+
+	if (!pcp_is_ours(pbox, _ctx))
+		return pbox->module_ctx.super.save_begin(_ctx, input);
+	pcp_save_release(ctx);
+	ctx->failed = FALSE;
+	ctx->input = input;
+	i_stream_ref(input);
+	ctx->body = buffer_create_dynamic(default_pool, 8192);
+	return 0;
+}
+
+static int pcp_save_continue(struct mail_save_context *_ctx)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(_ctx->transaction->box);
+	struct pcp_save_context *ctx = (struct pcp_save_context *)_ctx;
+	const unsigned char *data;
+	size_t size;
+	int ret;
+
+	if (!pcp_is_ours(pbox, _ctx))
+		return pbox->module_ctx.super.save_continue(_ctx);
+	if (ctx->failed)
+		return -1;
+	while ((ret = i_stream_read_more(ctx->input, &data, &size)) > 0) {
+		buffer_append(ctx->body, data, size);
+		i_stream_skip(ctx->input, size);
+	}
+	if (ret == -1 && ctx->input->stream_errno != 0) {
+		mail_storage_set_critical(_ctx->transaction->box->storage,
+			"porcupine: read(%s) failed: %s",
+			i_stream_get_name(ctx->input),
+			i_stream_get_error(ctx->input));
+		ctx->failed = TRUE;
+		return -1;
+	}
+	return 0;
+}
+
+struct pcp_reader {
+	const unsigned char *data;
+	size_t size, pos;
+};
+
+static ssize_t pcp_read(void *context, char *buf, size_t len)
+{
+	struct pcp_reader *r = context;
+	size_t n = I_MIN(len, r->size - r->pos);
+
+	memcpy(buf, r->data + r->pos, n);
+	r->pos += n;
+	return (ssize_t)n;
+}
+
+/* Delivers the saved message into the cluster's folder. */
+static int pcp_deliver(struct pcp_save_context *ctx)
+{
+	struct mailbox *box = ctx->box;
+	struct mail_user *user = box->storage->user;
+	struct pcp_reader r = { ctx->body->data, ctx->body->used, 0 };
+	struct porcupine_delivered out;
+	enum mail_flags flags = ctx->ctx.data.flags & MAIL_FLAGS_NONRECENT;
+	porcupine_client *c;
+	int code;
+
+	c = pcp_connect(user);
+	code = c == NULL ? PORCUPINE_UNREACHABLE :
+		porcupine_deliver(c, user->username, box->vname, pcp_read, &r, &out);
+	if (code != PORCUPINE_OK) {
+		enum mail_error error = MAIL_ERROR_TEMP;
+		if (code == PORCUPINE_NO_SUCH_USER || code == PORCUPINE_BAD_REQUEST)
+			error = MAIL_ERROR_PARAMS;
+		else if (code == PORCUPINE_OVER_QUOTA)
+			error = MAIL_ERROR_NOQUOTA;
+		e_error(box->event, "porcupine: delivery into %s failed: %s",
+			box->vname, c == NULL ? "no client" : porcupine_error(c));
+		mail_storage_set_error(box->storage, error, error == MAIL_ERROR_TEMP ?
+			"Cluster temporarily unavailable, try again later" :
+			"Cluster refused the message");
+		if (c != NULL)
+			porcupine_close(c);
+		return -1;
+	}
+	seq_range_array_add(&ctx->uids, out.uid);
+	ctx->uid_validity = out.uidvalidity;
+	if (flags != 0 &&
+	    porcupine_set_flags(c, user->username, box->vname, &out.ref,
+				pcp_flags_to_cluster(flags)) != PORCUPINE_OK) {
+		e_warning(box->event, "porcupine: flags of new UID %u in %s: %s",
+			  out.uid, box->vname, porcupine_error(c));
+	}
+	porcupine_close(c);
+	return 0;
+}
+
+static int pcp_save_finish(struct mail_save_context *_ctx)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(_ctx->transaction->box);
+	struct pcp_save_context *ctx = (struct pcp_save_context *)_ctx;
+	int ret = -1;
+
+	if (!pcp_is_ours(pbox, _ctx))
+		return pbox->module_ctx.super.save_finish(_ctx);
+	if (!ctx->failed && pcp_save_continue(_ctx) == 0)
+		ret = pcp_deliver(ctx);
+	pcp_save_release(ctx);
+	index_save_context_free(_ctx);
+	return ret;
+}
+
+static void pcp_save_cancel(struct mail_save_context *_ctx)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(_ctx->transaction->box);
+	struct pcp_save_context *ctx = (struct pcp_save_context *)_ctx;
+
+	if (!pcp_is_ours(pbox, _ctx)) {
+		pbox->module_ctx.super.save_cancel(_ctx);
+		return;
+	}
+	ctx->failed = TRUE;
+	pcp_save_release(ctx);
+	index_save_context_free(_ctx);
+}
+
+static int pcp_copy(struct mail_save_context *ctx, struct mail *mail)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(ctx->transaction->box);
+
+	if (!pcp_is_ours(pbox, ctx))
+		return pbox->module_ctx.super.copy(ctx, mail);
+	/* Through the save path: the copy is a new message in the cluster. */
+	return mail_storage_copy(ctx, mail);
+}
+
+static int pcp_transaction_save_commit_pre(struct mail_save_context *_ctx)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(_ctx->transaction->box);
+	struct pcp_save_context *ctx = (struct pcp_save_context *)_ctx;
+	struct mail_transaction_commit_changes *changes;
+
+	if (!pcp_is_ours(pbox, _ctx))
+		return pbox->module_ctx.super.transaction_save_commit_pre(_ctx);
+	changes = _ctx->transaction->changes;
+	if (changes != NULL && array_count(&ctx->uids) > 0) {
+		changes->uid_validity = ctx->uid_validity;
+		seq_range_array_merge(&changes->saved_uids, &ctx->uids);
+	}
+	return 0;
+}
+
+static void
+pcp_transaction_save_commit_post(struct mail_save_context *_ctx,
+				 struct mail_index_transaction_commit_result *result)
+{
+	struct pcp_save_context *ctx = (struct pcp_save_context *)_ctx;
+	struct mailbox *box = _ctx->transaction->box;
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+
+	if (!pcp_is_ours(pbox, _ctx)) {
+		pbox->module_ctx.super.transaction_save_commit_post(_ctx, result);
+		return;
+	}
+	pcp_save_destroy(ctx);
+}
+
+static void pcp_transaction_save_rollback(struct mail_save_context *_ctx)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(_ctx->transaction->box);
+
+	if (!pcp_is_ours(pbox, _ctx)) {
+		pbox->module_ctx.super.transaction_save_rollback(_ctx);
+		return;
+	}
+	pcp_save_destroy((struct pcp_save_context *)_ctx);
+}
+
+/* ---- flags and expunges: to the cluster first --------------------------- */
+
+static void pcp_mail_update_flags(struct mail *_mail, enum modify_type modify_type,
+				  enum mail_flags flags)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	union mail_module_context *pmail = PCP_MAIL(mail);
+	struct mailbox *box = _mail->box;
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+
+	if (!pbox->in_sync) {
+		enum mail_flags old = mail_get_flags(_mail) & MAIL_FLAGS_NONRECENT;
+		enum mail_flags new_flags = old;
+		const struct porcupine_message *m;
+		porcupine_client *c;
+		int code = PORCUPINE_UNREACHABLE;
+
+		switch (modify_type) {
+		case MODIFY_ADD: new_flags |= flags; break;
+		case MODIFY_REMOVE: new_flags &= ~flags; break;
+		case MODIFY_REPLACE: new_flags = flags; break;
+		}
+		new_flags &= MAIL_FLAGS_NONRECENT;
+		if (pcp_flags_to_cluster(new_flags) != pcp_flags_to_cluster(old)) {
+			c = pcp_connect(box->storage->user);
+			if (c != NULL) {
+				m = pcp_lookup_ref(box, c, _mail->uid);
+				code = m == NULL ? PORCUPINE_NOT_FOUND :
+					porcupine_set_flags(c, box->storage->user->username,
+							    box->vname, &m->ref,
+							    pcp_flags_to_cluster(new_flags));
+				if (code != PORCUPINE_OK)
+					e_warning(box->event, "porcupine: flags of UID %u "
+						  "in %s not changed: %s", _mail->uid,
+						  box->vname, m == NULL ?
+						  "not in the cluster" : porcupine_error(c));
+				porcupine_close(c);
+			}
+			if (code != PORCUPINE_OK)
+				return; /* the cluster decides; keep the cache as it is */
+		}
+	}
+	pmail->super.update_flags(_mail, modify_type, flags);
+}
+
+static void pcp_mail_expunge(struct mail *_mail)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	union mail_module_context *pmail = PCP_MAIL(mail);
+	struct mailbox *box = _mail->box;
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+
+	if (!pbox->in_sync) {
+		const struct porcupine_message *m;
+		porcupine_client *c = pcp_connect(box->storage->user);
+		int code = PORCUPINE_UNREACHABLE;
+
+		if (c != NULL) {
+			m = pcp_lookup_ref(box, c, _mail->uid);
+			code = m == NULL ? PORCUPINE_NOT_FOUND :
+				porcupine_expunge(c, box->storage->user->username,
+						  box->vname, &m->ref);
+			if (code != PORCUPINE_OK && code != PORCUPINE_NOT_FOUND)
+				e_warning(box->event, "porcupine: expunge of UID %u in "
+					  "%s failed: %s", _mail->uid, box->vname,
+					  porcupine_error(c));
+			porcupine_close(c);
+		}
+		/* NOT_FOUND: the cluster has already expunged it. */
+		if (code != PORCUPINE_OK && code != PORCUPINE_NOT_FOUND)
+			return;
+	}
+	pmail->super.expunge(_mail);
+}
+
+/* ---- folders: to the cluster first; at login, from the cluster ---------- */
+
+static int pcp_folder_result(struct mailbox *box, int code, const char *what,
+			     const char *err)
+{
+	enum mail_error error = MAIL_ERROR_TEMP;
+
+	if (code == PORCUPINE_OK)
+		return 0;
+	e_error(box->event, "porcupine: %s %s in the cluster failed: %s",
+		what, box->vname, err);
+	if (code == PORCUPINE_EXISTS)
+		error = MAIL_ERROR_EXISTS;
+	else if (code == PORCUPINE_NOT_FOUND)
+		error = MAIL_ERROR_NOTFOUND;
+	else if (code == PORCUPINE_BAD_REQUEST)
+		error = MAIL_ERROR_PARAMS;
+	mail_storage_set_error(box->storage, error, error == MAIL_ERROR_TEMP ?
+		"Cluster temporarily unavailable, try again later" :
+		"Cluster refused the folder operation");
+	return -1;
+}
+
+static int pcp_create_box(struct mailbox *box, const struct mailbox_update *update,
+			  bool directory)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+	struct pcp_user *puser = PCP_USER(box->storage->user);
+
+	if (!directory && !puser->local_only && !box->inbox_user) {
+		char err[256] = "";
+		int code = pcp_folder_op(puser->socket_path, puser->timeout_ms,
+					 PCP_FOLDER_CREATE, box->storage->user->username,
+					 box->vname, NULL, err, sizeof(err));
+		/* EXISTS: the cluster has it, this node not yet. */
+		if (code != PORCUPINE_EXISTS &&
+		    pcp_folder_result(box, code, "creating", err) < 0)
+			return -1;
+	}
+	return pbox->module_ctx.super.create_box(box, update, directory);
+}
+
+static int pcp_delete_box(struct mailbox *box)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+	struct pcp_user *puser = PCP_USER(box->storage->user);
+
+	if (!puser->local_only && !box->inbox_user) {
+		char err[256] = "";
+		int code = pcp_folder_op(puser->socket_path, puser->timeout_ms,
+					 PCP_FOLDER_DELETE, box->storage->user->username,
+					 box->vname, NULL, err, sizeof(err));
+		if (code != PORCUPINE_NOT_FOUND &&
+		    pcp_folder_result(box, code, "deleting", err) < 0)
+			return -1;
+	}
+	return pbox->module_ctx.super.delete_box(box);
+}
+
+static int pcp_rename_box(struct mailbox *src, struct mailbox *dest)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(src);
+	struct pcp_user *puser = PCP_USER(src->storage->user);
+
+	if (!puser->local_only) {
+		char err[256] = "";
+		int code = pcp_folder_op(puser->socket_path, puser->timeout_ms,
+					 PCP_FOLDER_RENAME, src->storage->user->username,
+					 src->vname, dest->vname, err, sizeof(err));
+		if (pcp_folder_result(src, code, "renaming", err) < 0)
+			return -1;
+	}
+	return pbox->module_ctx.super.rename_box(src, dest);
+}
+
+/* At login: creates locally the cluster's folders this node lacks and
+   deletes local folders the cluster no longer has. Failures are logged
+   and the local list is served. */
+static void pcp_namespaces_created(struct mail_namespace *namespaces)
+{
+	struct mail_namespace *ns;
+	struct mail_user *user;
+	struct pcp_user *puser;
+	struct mailbox_list_iterate_context *iter;
+	const struct mailbox_info *info;
+	ARRAY_TYPE(const_string) stale;
+	const char *const *namep;
+	char **names = NULL, err[256] = "";
+	size_t count = 0, i;
+	int code;
+
+	/* The INBOX namespace; a user without one (LMTP's raw mail user)
+	   has no folders. mail_namespace_find_inbox() asserts there is one. */
+	for (ns = namespaces; ns != NULL; ns = ns->next) {
+		if ((ns->flags & NAMESPACE_FLAG_INBOX_USER) != 0)
+			break;
+	}
+	if (ns == NULL)
+		return;
+	user = ns->user;
+	puser = PCP_USER(user);
+	if (puser == NULL)
+		return;
+	code = pcp_folders_get(puser->socket_path, puser->timeout_ms,
+			       user->username, &names, &count, err, sizeof(err));
+	if (code != PORCUPINE_OK) {
+		e_warning(user->event, "porcupine: listing the folders failed "
+			  "(serving the local list): %s", err);
+		return;
+	}
+	puser->local_only = TRUE;
+	T_BEGIN {
+		for (i = 0; i < count; i++) {
+			struct mailbox *box;
+			enum mailbox_existence existence;
+
+			if (strcmp(names[i], "INBOX") == 0)
+				continue;
+			box = mailbox_alloc(ns->list, names[i], 0);
+			if (mailbox_exists(box, FALSE, &existence) == 0 &&
+			    existence == MAILBOX_EXISTENCE_NONE &&
+			    mailbox_create(box, NULL, FALSE) < 0) {
+				e_warning(user->event, "porcupine: creating %s locally failed: %s",
+					  names[i], mailbox_get_last_internal_error(box, NULL));
+			}
+			mailbox_free(&box);
+		}
+		t_array_init(&stale, 8);
+		iter = mailbox_list_iter_init(ns->list, "*", MAILBOX_LIST_ITER_NO_AUTO_BOXES |
+					      MAILBOX_LIST_ITER_RETURN_NO_FLAGS);
+		while ((info = mailbox_list_iter_next(iter)) != NULL) {
+			bool known = strcmp(info->vname, "INBOX") == 0;
+			if ((info->flags & (MAILBOX_NOSELECT | MAILBOX_NONEXISTENT)) != 0)
+				continue;
+			for (i = 0; i < count && !known; i++)
+				known = strcmp(names[i], info->vname) == 0;
+			if (!known) {
+				const char *name = t_strdup(info->vname);
+				array_push_back(&stale, &name);
+			}
+		}
+		(void)mailbox_list_iter_deinit(&iter);
+		array_foreach(&stale, namep) {
+			struct mailbox *box = mailbox_alloc(ns->list, *namep, 0);
+			if (mailbox_delete(box) < 0) {
+				e_warning(user->event, "porcupine: deleting %s locally failed: %s",
+					  *namep, mailbox_get_last_internal_error(box, NULL));
+			}
+			mailbox_free(&box);
+		}
+	} T_END;
+	puser->local_only = FALSE;
+	pcp_folders_free(names, count);
+}
+
+/* ---- hooks ---------------------------------------------------------------- */
+
+static void pcp_mail_user_created(struct mail_user *user)
+{
+	const char *path = mail_user_plugin_getenv(user, "porcupine_socket");
+	const char *timeout = mail_user_plugin_getenv(user, "porcupine_timeout_ms");
+	struct pcp_user *puser;
+
+	if (path == NULL || *path == '\0')
+		return;
+	puser = p_new(user->pool, struct pcp_user, 1);
+	puser->module_ctx.super = *user->vlast;
+	puser->socket_path = p_strdup(user->pool, path);
+	puser->timeout_ms = timeout != NULL && atoi(timeout) > 0 ?
+		atoi(timeout) : PCP_DEFAULT_TIMEOUT_MS;
+	MODULE_CONTEXT_SET(user, pcp_user_module, puser);
+}
+
+static void pcp_mailbox_free(struct mailbox *box)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+
+	pbox->module_ctx.super.free(box);
+	i_free(pbox->refs);
+	array_free(&pbox->saves);
+}
+
+/* Only the local storages the plugin knows how to use as a cache. */
+static bool pcp_storage_supported(const struct mail_storage *storage)
+{
+	return strcmp(storage->name, "sdbox") == 0 ||
+		strcmp(storage->name, "mdbox") == 0 ||
+		strcmp(storage->name, "maildir") == 0;
+}
+
+static void pcp_mailbox_allocated(struct mailbox *box)
+{
+	struct mailbox_vfuncs *v = box->vlast;
+	struct pcp_mailbox *pbox;
+
+	if (PCP_USER(box->storage->user) == NULL ||
+	    !pcp_storage_supported(box->storage))
+		return;
+	pbox = p_new(box->pool, struct pcp_mailbox, 1);
+	pbox->module_ctx.super = *v;
+	box->vlast = &pbox->module_ctx.super;
+	i_array_init(&pbox->saves, 4);
+
+	v->free = pcp_mailbox_free;
+	v->create_box = pcp_create_box;
+	v->delete_box = pcp_delete_box;
+	v->rename_box = pcp_rename_box;
+	v->sync_init = pcp_sync_init;
+	v->save_alloc = pcp_save_alloc;
+	v->save_begin = pcp_save_begin;
+	v->save_continue = pcp_save_continue;
+	v->save_finish = pcp_save_finish;
+	v->save_cancel = pcp_save_cancel;
+	v->copy = pcp_copy;
+	v->transaction_save_commit_pre = pcp_transaction_save_commit_pre;
+	v->transaction_save_commit_post = pcp_transaction_save_commit_post;
+	v->transaction_save_rollback = pcp_transaction_save_rollback;
+	MODULE_CONTEXT_SET(box, pcp_storage_module, pbox);
+}
+
+static void pcp_mail_allocated(struct mail *_mail)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct mail_vfuncs *v = mail->vlast;
+	union mail_module_context *pmail;
+
+	if (PCP_BOX(_mail->box) == NULL)
+		return;
+	pmail = p_new(mail->pool, union mail_module_context, 1);
+	pmail->super = *v;
+	mail->vlast = &pmail->super;
+	v->update_flags = pcp_mail_update_flags;
+	v->expunge = pcp_mail_expunge;
+	MODULE_CONTEXT_SET_SELF(mail, pcp_mail_module, pmail);
+}
+
+static struct mail_storage_hooks pcp_hooks = {
+	.mail_user_created = pcp_mail_user_created,
+	.mail_namespaces_created = pcp_namespaces_created,
+	.mailbox_allocated = pcp_mailbox_allocated,
+	.mail_allocated = pcp_mail_allocated,
+};
+
+void porcupine_plugin_init(struct module *module)
+{
+	mail_storage_hooks_add(module, &pcp_hooks);
+}
+
+void porcupine_plugin_deinit(void)
+{
+	mail_storage_hooks_remove(&pcp_hooks);
+}
