@@ -30,7 +30,7 @@ local = importlib.machinery.SourceFileLoader("porcupine_local", os.path.join(ROO
 
 BUILD = os.path.join(ROOT, "build")
 SUBNET = 61
-IMAP_PORT, POP3_PORT, LMTP_PORT = 10143, 10110, 10024
+IMAP_PORT, POP3_PORT, LMTP_PORT = local.IMAP_PORT, local.POP3_PORT, local.LMTP_PORT
 USER, PASSWORD = "alice@example.com", "secret"
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 
@@ -51,60 +51,6 @@ def message(n, size=300):
     return head + filler[:size] + b"\r\n"
 
 
-DOVECOT_CONF = """# node {i}: written by tests/e2e/dovecot_test.py
-instance_name = porcupine-test-{subnet}-{i}
-base_dir = {d}/run
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-info_log_path = {d}/dovecot.log
-listen = {addr}
-protocols = imap pop3 lmtp
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-auth_verbose = yes
-first_valid_uid = 1
-mail_location = sdbox:{d}/mail/%u
-mail_plugin_dir = {plugins}
-mail_plugins = $mail_plugins porcupine
-lmtp_rcpt_check_quota = no
-passdb {{
-  driver = checkpassword
-  args = {checkpassword} --socket={sock}
-}}
-userdb {{
-  driver = static
-  args = uid=65534 gid=65534 home={d}/home/%u allow_all_users=yes
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = {imap}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service pop3-login {{
-  inet_listener pop3 {{
-    port = {pop3}
-  }}
-  inet_listener pop3s {{
-    port = 0
-  }}
-}}
-service lmtp {{
-  inet_listener lmtp {{
-    address = {addr}
-    port = {lmtp}
-  }}
-}}
-plugin {{
-  porcupine_socket = {sock}
-  porcupine_timeout_ms = 5000
-}}
-"""
-
-
 @unittest.skipUnless(os.path.exists(DOVECOT), "dovecot is not installed")
 class DovecotCase(unittest.TestCase):
     nodes = 3
@@ -116,26 +62,15 @@ class DovecotCase(unittest.TestCase):
         self.dir = tempfile.mkdtemp(prefix="pcpdv-")
         os.chmod(self.dir, 0o755)
         self.cl = local.Cluster(os.path.join(self.dir, "c"), BUILD)
-        self.dovecots = {}
         self.addCleanup(self.stop_all)
         try:
-            self.cl.start(self.nodes, self.replicas, 2, SUBNET)
+            self.cl.start(self.nodes, self.replicas, 2, SUBNET, services=["dovecot"])
         except SystemExit:
             self.fail("the cluster did not start (see %s)" % self.cl.base)
         self.assertTrue(self.wait_for(self.cl.converged, 30), "cluster did not form")
-        for i in range(1, self.nodes + 1):
-            # The mail processes run as nobody and Dovecot's auth as
-            # dovecot: they reach the agent's socket (a test-only mode).
-            os.chmod(self.cl.ndir(i), 0o755)
-            os.chmod(os.path.join(self.cl.ndir(i), "agent.sock"), 0o666)
-        os.chmod(self.cl.base, 0o755)
         self.ctl(1, "user", "add", USER, "--password", PASSWORD)
-        for i in range(1, self.nodes + 1):
-            self.start_dovecot(i)
 
     def stop_all(self):
-        for i in list(self.dovecots):
-            self.stop_dovecot(i)
         self.cl.stop()
         crashes = [line for i in range(1, self.nodes + 1) for line in self.dovecot_log(i, whole=True).splitlines()
                    if " Panic: " in line or " Fatal: " in line]
@@ -149,7 +84,7 @@ class DovecotCase(unittest.TestCase):
         return "127.0.%d.%d" % (SUBNET, i)
 
     def ddir(self, i):
-        return os.path.join(self.dir, "d%d" % i)
+        return self.cl.dovecot_dir(i)
 
     def wait_for(self, cond, timeout):
         deadline = time.time() + timeout
@@ -164,64 +99,6 @@ class DovecotCase(unittest.TestCase):
         r = subprocess.run(argv + list(args), capture_output=True, text=True)
         self.assertEqual(r.returncode, 0, "porcupinectl %s: %s" % (" ".join(args), r.stderr))
         return r.stdout
-
-    def start_dovecot(self, i):
-        d = self.ddir(i)
-        for sub in ("run", "state", "mail", "home"):
-            os.makedirs(os.path.join(d, sub), exist_ok=True)
-        os.chmod(d, 0o755)
-        for sub in ("mail", "home"):
-            os.chmod(os.path.join(d, sub), 0o777)
-        conf = os.path.join(d, "dovecot.conf")
-        with open(conf, "w") as f:
-            f.write(DOVECOT_CONF.format(
-                i=i, subnet=SUBNET, d=d, addr=self.addr(i), plugins=plugin_dir(),
-                checkpassword=os.path.join(plugin_dir(), "porcupine-checkpassword"),
-                sock=os.path.join(self.cl.ndir(i), "agent.sock"),
-                imap=IMAP_PORT, pop3=POP3_PORT, lmtp=LMTP_PORT))
-        # dovecot daemonizes; its output goes to a file (a pipe would stay
-        # open in the daemon).
-        with open(os.path.join(d, "dovecot.out"), "w") as out:
-            rc = subprocess.call([DOVECOT, "-c", conf], stdout=out, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, timeout=30)
-        with open(os.path.join(d, "dovecot.out")) as f:
-            self.assertEqual(rc, 0, "dovecot on node %d: %s%s" % (i, f.read(), self.dovecot_log(i)))
-        pidfile = os.path.join(d, "run", "master.pid")
-
-        def read_pid():  # the file may exist before its PID is written
-            try:
-                with open(pidfile) as f:
-                    self.dovecots[i] = int(f.read().strip())
-                return True
-            except (OSError, ValueError):
-                return False
-        self.assertTrue(self.wait_for(read_pid, 10), "no PID in %s" % pidfile)
-        self.assertTrue(self.wait_for(lambda: self.listening(i), 10), "dovecot %d does not listen" % i)
-
-    def listening(self, i):
-        import socket
-        try:
-            with socket.create_connection((self.addr(i), IMAP_PORT), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    def stop_dovecot(self, i):
-        pid = self.dovecots.pop(i, None)
-        if pid is None:
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except OSError:
-            return
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                os.kill(pid, 0)
-            except OSError:
-                return
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
 
     def dovecot_log(self, i, whole=False):
         try:
