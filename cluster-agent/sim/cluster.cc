@@ -15,6 +15,7 @@ class Cluster::NodeEnv final : public Env {
   void send(Envelope e) override { c_.transmit(std::move(e)); }
   void reply(ClientReply r) override {
     std::uint64_t req = r.req;
+    if (c_.on_reply) c_.on_reply(r);
     c_.replies_[req] = {std::move(r), c_.now_};
   }
   void log(const std::string& line) override { c_.record(id_, line); }
@@ -115,10 +116,11 @@ bool Cluster::connected(NodeId a, NodeId b) const {
 
 void Cluster::transmit(Envelope e) {
   ++sent_;
+  if (on_send) on_send(e);
   std::uniform_real_distribution<double> coin(0.0, 1.0);
   std::uniform_int_distribution<Time> lat(net_.latency_min, net_.latency_max);
   if (e.from == e.to) {  // loopback: never lost, next in line
-    schedule(now_, [this, e] {
+    schedule(on_arrival ? on_arrival(e, now_) : now_, [this, e] {
       auto it = nodes_.find(e.to);
       if (it != nodes_.end() && it->second->node) it->second->node->receive(now_, e);
     });
@@ -128,12 +130,13 @@ void Cluster::transmit(Envelope e) {
   int copies = coin(rng_) < net_.duplicate ? 2 : 1;
   for (int i = 0; i < copies; ++i) {
     Time at = now_ + lat(rng_);
-    schedule(at, [this, e, at] {
+    Time handled = on_arrival ? on_arrival(e, at) : at;
+    schedule(handled, [this, e, handled] {
       // A partition that starts while a message is in flight drops it too.
       if (!connected(e.from, e.to)) return;
       auto it = nodes_.find(e.to);
       if (it == nodes_.end() || !it->second->node) return;
-      it->second->node->receive(at, e);
+      it->second->node->receive(handled, e);
     });
   }
 }

@@ -44,6 +44,13 @@ class Cluster {
   void heal();
   NetworkFaults& network() { return net_; }
 
+  // ---- hooks for a cost model layered on the simulator (sim/cost.h) ----
+  // Unset, the simulator behaves exactly as without them (same RNG draws).
+  std::function<void(Envelope&)> on_send;                       // may adjust e.load
+  std::function<Time(const Envelope&, Time arrival)> on_arrival;  // when the node handles it (>= arrival)
+  std::function<void(const ClientReply&)> on_reply;              // every client reply, as it happens
+  void at(Time t, std::function<void()> fn) { schedule(t, std::move(fn)); }  // run fn at time t
+
   // ---- time ----
   Time now() const { return now_; }
   void run_for(Time dt) { run_until(now_ + dt); }
