@@ -272,14 +272,17 @@ int main(int argc, char** argv) {
     }
     if (sub == "show") {
       r.mutable_user_get()->set_user(who);
+      r.mutable_user_get()->set_with_usage(true);
       auto resp = ctl.call(r, status);
       if (!resp) return status;
       const auto& u = resp->user();
       json holders = json::array();
       for (auto h : u.holders()) holders.push_back(h);
-      json j = {{"user", u.user()}, {"quota_bytes", u.quota_bytes()}, {"enabled", u.enabled()}, {"profile_replicas", holders}};
+      json j = {{"user", u.user()}, {"quota_bytes", u.quota_bytes()}, {"used_bytes", u.used_bytes()},
+                {"enabled", u.enabled()}, {"profile_replicas", holders}};
       if (ctl.as_json) std::cout << j.dump(2) << "\n";
-      else std::cout << u.user() << ": " << (u.enabled() ? "enabled" : "disabled") << ", quota "
+      else std::cout << u.user() << ": " << (u.enabled() ? "enabled" : "disabled") << ", "
+                     << u.used_bytes() << " bytes used, quota "
                      << (u.quota_bytes() ? std::to_string(u.quota_bytes()) + " bytes" : "none")
                      << ", profile on nodes " << holders.dump() << "\n";
       return 0;

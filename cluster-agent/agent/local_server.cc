@@ -34,6 +34,7 @@ pb::Code code_of(Status s) {
     case Status::Exists: return pb::EXISTS;
     case Status::Failed: return pb::BAD_REQUEST;
     case Status::NotFound: return pb::NOT_FOUND;
+    case Status::OverQuota: return pb::OVER_QUOTA;
   }
   return pb::INTERNAL;
 }
@@ -189,18 +190,32 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     const std::uint64_t id = q.id();
     if (q.op_case() != pb::Request::kDeliverChunk) arm_deadline(id, q.timeout_ms());
     switch (q.op_case()) {
-      case pb::Request::kUserGet:
+      case pb::Request::kUserGet: {
         if (q.user_get().user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
-        return run(id, [u = q.user_get().user()](Node& n, Time t, std::uint64_t r) { n.get_user(t, r, u); },
-                   [](const ClientReply& c, pb::Response& r) {
-                     const Profile& p = *c.profile;
-                     auto* u = r.mutable_user();
-                     u->set_user(p.user);
-                     u->set_password_hash(p.password_hash);
-                     u->set_quota_bytes(p.quota_bytes);
-                     u->set_enabled(p.enabled);
-                     for (NodeId h : p.holders) u->add_holders(h);
-                   });
+        auto self = shared_from_this();
+        agent_.op([u = q.user_get().user()](Node& n, Time t, std::uint64_t r) { n.get_user(t, r, u); },
+                  [this, self, id, with_usage = q.user_get().with_usage()](const ClientReply& c) {
+                    if (c.status != Status::Ok) return fail(id, code_of(c.status), c.detail);
+                    const Profile& p = *c.profile;
+                    auto out = std::make_shared<pb::Response>();
+                    out->set_id(id);
+                    auto* u = out->mutable_user();
+                    u->set_user(p.user);
+                    u->set_password_hash(p.password_hash);
+                    u->set_quota_bytes(p.quota_bytes);
+                    u->set_enabled(p.enabled);
+                    for (NodeId h : p.holders) u->add_holders(h);
+                    if (p.quota_bytes == 0 && !with_usage) return respond(*out);
+                    agent_.op([name = p.user](Node& n, Time t, std::uint64_t r) { n.user_usage(t, r, name); },
+                              [this, self, id, out](const ClientReply& usage) {
+                                if (usage.status != Status::Ok) return fail(id, code_of(usage.status), usage.detail);
+                                out->mutable_user()->set_used_bytes(usage.used_bytes.value_or(0));
+                                out->mutable_user()->set_has_usage(true);
+                                respond(*out);
+                              });
+                  });
+        return;
+      }
       case pb::Request::kUserAuth: {
         if (q.user_auth().user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
         auto self = shared_from_this();

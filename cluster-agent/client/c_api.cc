@@ -117,6 +117,7 @@ int porcupine_user_lookup(porcupine_client* c, const char* user, porcupine_user*
     std::memset(out, 0, sizeof *out);
     std::strncpy(out->user, r.user().user().c_str(), sizeof out->user - 1);
     out->quota_bytes = r.user().quota_bytes();
+    out->used_bytes = r.user().used_bytes();
     out->enabled = r.user().enabled() ? 1 : 0;
     return PORCUPINE_OK;
   });
@@ -235,6 +236,85 @@ int porcupine_expunge(porcupine_client* c, const char* user, const char* folder,
     if (!ref || !user) return fail(c, PORCUPINE_BAD_REQUEST, "user and ref are required");
     pb::Request req;
     from_ref(*ref, user, folder, req.mutable_expunge()->mutable_ref());
+    pb::Response r;
+    return call(c, req, r);
+  });
+}
+
+int porcupine_move(porcupine_client* c, const char* user, const char* folder, const porcupine_msgref* ref,
+                   const char* to_folder) {
+  return guarded(c, [&]() -> int {
+    if (!ref || !user || !to_folder || !*to_folder)
+      return fail(c, PORCUPINE_BAD_REQUEST, "user, ref and to_folder are required");
+    pb::Request req;
+    from_ref(*ref, user, folder, req.mutable_move()->mutable_ref());
+    req.mutable_move()->set_to_folder(to_folder);
+    pb::Response r;
+    return call(c, req, r);
+  });
+}
+
+int porcupine_folders_get(porcupine_client* c, const char* user, char*** names_r, size_t* count_r) {
+  return guarded(c, [&]() -> int {
+    if (!user || !names_r || !count_r) return fail(c, PORCUPINE_BAD_REQUEST, "user, names_r and count_r are required");
+    *names_r = nullptr;
+    *count_r = 0;
+    pb::Request req;
+    req.mutable_folders()->set_user(user);
+    pb::Response r;
+    int code = call(c, req, r);
+    if (code != PORCUPINE_OK) return code;
+    size_t n = static_cast<size_t>(r.folders_size());
+    char** names = static_cast<char**>(std::calloc(n + 1, sizeof(char*)));
+    if (!names) return fail(c, PORCUPINE_INTERNAL, "out of memory");
+    for (size_t i = 0; i < n; ++i) {
+      names[i] = strdup(r.folders(static_cast<int>(i)).c_str());
+      if (!names[i]) {
+        porcupine_folders_free(names, i);
+        return fail(c, PORCUPINE_INTERNAL, "out of memory");
+      }
+    }
+    *names_r = names;
+    *count_r = n;
+    return PORCUPINE_OK;
+  });
+}
+
+void porcupine_folders_free(char** names, size_t count) {
+  if (!names) return;
+  for (size_t i = 0; i < count; ++i) std::free(names[i]);
+  std::free(names);
+}
+
+int porcupine_folder_create(porcupine_client* c, const char* user, const char* folder) {
+  return guarded(c, [&]() -> int {
+    if (!user || !folder) return fail(c, PORCUPINE_BAD_REQUEST, "user and folder are required");
+    pb::Request req;
+    req.mutable_folder_create()->set_user(user);
+    req.mutable_folder_create()->set_folder(folder);
+    pb::Response r;
+    return call(c, req, r);
+  });
+}
+
+int porcupine_folder_delete(porcupine_client* c, const char* user, const char* folder) {
+  return guarded(c, [&]() -> int {
+    if (!user || !folder) return fail(c, PORCUPINE_BAD_REQUEST, "user and folder are required");
+    pb::Request req;
+    req.mutable_folder_delete()->set_user(user);
+    req.mutable_folder_delete()->set_folder(folder);
+    pb::Response r;
+    return call(c, req, r);
+  });
+}
+
+int porcupine_folder_rename(porcupine_client* c, const char* user, const char* from, const char* to) {
+  return guarded(c, [&]() -> int {
+    if (!user || !from || !to) return fail(c, PORCUPINE_BAD_REQUEST, "user, from and to are required");
+    pb::Request req;
+    req.mutable_folder_rename()->set_user(user);
+    req.mutable_folder_rename()->set_from(from);
+    req.mutable_folder_rename()->set_to(to);
     pb::Response r;
     return call(c, req, r);
   });

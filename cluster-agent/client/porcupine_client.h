@@ -37,7 +37,8 @@ typedef struct porcupine_client porcupine_client;
 
 struct porcupine_user {
   char user[256];
-  uint64_t quota_bytes;
+  uint64_t quota_bytes; /* 0: no quota */
+  uint64_t used_bytes;  /* bytes of live mail; gathered only when quota_bytes > 0 */
   int enabled;
 };
 
@@ -96,6 +97,23 @@ int porcupine_set_flags(porcupine_client* c, const char* user, const char* folde
                         const struct porcupine_msgref* ref, uint32_t flags);
 int porcupine_expunge(porcupine_client* c, const char* user, const char* folder,
                       const struct porcupine_msgref* ref);
+
+/* Into `to_folder` of the same user, in the cluster: the body stays where
+ * it is; the message gets a UID in `to_folder` within a moment. */
+int porcupine_move(porcupine_client* c, const char* user, const char* folder,
+                   const struct porcupine_msgref* ref, const char* to_folder);
+
+/* The user's folders: INBOX first, then by name. Free with
+ * porcupine_folders_free. */
+int porcupine_folders_get(porcupine_client* c, const char* user, char*** names_r, size_t* count_r);
+void porcupine_folders_free(char** names, size_t count);
+/* PORCUPINE_EXISTS: it is there already. */
+int porcupine_folder_create(porcupine_client* c, const char* user, const char* folder);
+/* Expunges the folder's messages, then removes it (not INBOX). */
+int porcupine_folder_delete(porcupine_client* c, const char* user, const char* folder);
+/* Moves every message of `from` into `to` and removes `from` (INBOX
+ * stays, emptied). */
+int porcupine_folder_rename(porcupine_client* c, const char* user, const char* from, const char* to);
 
 #ifdef __cplusplus
 }

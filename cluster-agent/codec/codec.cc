@@ -360,11 +360,13 @@ void to_pb(const AllocReply& m, pb::AllocReply& p) {
   p.set_uidvalidity(m.uidvalidity);
   p.set_uid(m.uid);
   put(m.nodes, p.mutable_nodes());
+  p.set_quota_bytes(m.quota_bytes);
 }
 bool from_pb(const pb::AllocReply& p, AllocReply& m, Check& c) {
   m.req = p.req();
   m.uidvalidity = p.uidvalidity();
   m.uid = p.uid();
+  m.quota_bytes = p.quota_bytes();
   return get_enum(p.status(), pb::Status_IsValid, m.status, "AllocReply.status", c) &&
          get_nodes(p.nodes(), m.nodes, "AllocReply.nodes", c);
 }
@@ -545,6 +547,24 @@ bool from_pb(const pb::UserListReply& p, UserListReply& m, Check& c) {
   return get_enum(p.status(), pb::Status_IsValid, m.status, "UserListReply.status", c);
 }
 
+void to_pb(const UsageRequest& m, pb::UsageRequest& p) {
+  p.set_req(m.req);
+  p.set_user(m.user);
+}
+bool from_pb(const pb::UsageRequest& p, UsageRequest& m, Check&) {
+  m = {p.req(), p.user()};
+  return true;
+}
+
+void to_pb(const UsageReply& m, pb::UsageReply& p) {
+  p.set_req(m.req);
+  p.set_bytes(m.bytes);
+}
+bool from_pb(const pb::UsageReply& p, UsageReply& m, Check&) {
+  m = {p.req(), p.bytes()};
+  return true;
+}
+
 // ---- the frame ----------------------------------------------------------------------------
 
 // Each Message alternative and its field in Envelope.body.
@@ -576,7 +596,9 @@ bool from_pb(const pb::UserListReply& p, UserListReply& m, Check& c) {
   X(ProfileReply, profile_reply)            \
   X(UserUpdateRequest, user_update_request) \
   X(UserListRequest, user_list_request)     \
-  X(UserListReply, user_list_reply)
+  X(UserListReply, user_list_reply)         \
+  X(UsageRequest, usage_request)            \
+  X(UsageReply, usage_reply)
 
 #define PORCUPINE_COUNT(T, field) +1
 static_assert(0 PORCUPINE_MESSAGES(PORCUPINE_COUNT) == std::variant_size_v<Message>,

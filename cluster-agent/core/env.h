@@ -26,6 +26,7 @@ struct ClientReply {
   std::string body;                    // fetch
   std::optional<Profile> profile;      // get_user
   std::vector<std::string> users;      // list_users, sorted
+  std::optional<std::uint64_t> used_bytes;  // user_usage
 };
 
 class Env {

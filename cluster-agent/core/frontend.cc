@@ -154,6 +154,11 @@ void Node::fe_tick(Time now) {
       case Pending::Kind::UserList:
         for (NodeId n : p.awaiting) send(n, UserListRequest{id});
         break;
+      case Pending::Kind::Usage:
+      case Pending::Kind::Quota:
+        p.retry_at = now + cfg_.push_retry;
+        for (NodeId n : p.awaiting) send(n, UsageRequest{id, p.user});
+        break;
     }
   }
   for (std::uint64_t id : expired) {
@@ -240,6 +245,7 @@ void Node::serve_fetch(NodeId from, const FetchRequest& f) {
 
 void Node::fe_reply(NodeId from, const Message& m) {
   if (fe_user_reply(from, m)) return;
+  if (const auto* u = std::get_if<UsageReply>(&m)) return fe_usage_reply(from, *u);
   if (const auto* f = std::get_if<FetchReply>(&m)) {
     auto it = pending_.find(f->req);
     Pending* p = it == pending_.end() ? nullptr : &it->second;
@@ -269,24 +275,14 @@ void Node::fe_reply(NodeId from, const Message& m) {
       p->retry_at = now_ + kRetry;
       return;
     }
-    Update u;
-    u.id = next_version(now_);
-    u.kind = Update::Kind::Store;
-    u.replicas = a->nodes;
-    u.record.id = MsgId{cfg_.self, next_seq_++};
-    persist_counters();
-    u.record.user = p->user;
-    u.record.folder = p->folder;
-    u.record.size = p->body.size();
-    u.record.body = std::move(p->body);
-    u.record.internal_date = now_;
-    u.record.uidvalidity = a->uidvalidity;
-    u.record.uid = a->uid;
-    p->kind = Pending::Kind::Store;
-    p->update = std::move(u);
-    p->peer = a->nodes.front();
-    p->retry_at = now_ + cfg_.push_retry;
-    send(p->peer, StoreRequest{a->req, p->update});
+    if (a->quota_bytes > 0) {  // count the user's mail first
+      p->kind = Pending::Kind::Quota;
+      p->alloc = *a;
+      p->quota_bytes = a->quota_bytes;
+      fe_usage_gather(now_, a->req);
+      return;
+    }
+    fe_store(a->req, *a);
   } else if (const auto* o = std::get_if<OpReply>(&m)) {
     Pending* p = find(o->req);
     if (!p || (p->kind != Pending::Kind::Store && p->kind != Pending::Kind::Mutate &&
@@ -331,6 +327,80 @@ void Node::fe_reply(NodeId from, const Message& m) {
     }
     if (p->awaiting.empty()) fe_finish_list(l->req);
   }
+}
+
+void Node::fe_store(std::uint64_t id, const AllocReply& a) {
+  Pending& p = pending_.at(id);
+  Update u;
+  u.id = next_version(now_);
+  u.kind = Update::Kind::Store;
+  u.replicas = a.nodes;
+  u.record.id = MsgId{cfg_.self, next_seq_++};
+  persist_counters();
+  u.record.user = p.user;
+  u.record.folder = p.folder;
+  u.record.size = p.body.size();
+  u.record.body = std::move(p.body);
+  u.record.internal_date = now_;
+  u.record.uidvalidity = a.uidvalidity;
+  u.record.uid = a.uid;
+  p.kind = Pending::Kind::Store;
+  p.update = std::move(u);
+  p.peer = a.nodes.front();
+  p.retry_at = now_ + cfg_.push_retry;
+  send(p.peer, StoreRequest{id, p.update});
+}
+
+void Node::user_usage(Time now, std::uint64_t req, const std::string& user) {
+  std::uint64_t id = fe_start(now, Pending::Kind::Usage, req, user);
+  fe_usage_gather(now, id);
+}
+
+void Node::fe_usage_gather(Time now, std::uint64_t id) {
+  Pending& p = pending_.at(id);
+  p.awaiting.clear();
+  p.used_bytes = 0;
+  for (const auto& m : membership_.members())
+    if (live(m.id)) p.awaiting.insert(m.id);
+  if (p.awaiting.empty()) {
+    fe_fail(id, Status::TryAgain, "not in a group yet");
+    return;
+  }
+  p.retry_at = now + cfg_.push_retry;
+  for (NodeId n : p.awaiting) send(n, UsageRequest{id, p.user});
+}
+
+void Node::fe_usage_reply(NodeId from, const UsageReply& u) {
+  auto it = pending_.find(u.req);
+  if (it == pending_.end()) return;
+  Pending& p = it->second;
+  if ((p.kind != Pending::Kind::Usage && p.kind != Pending::Kind::Quota) || !p.awaiting.erase(from)) return;
+  p.used_bytes += u.bytes;
+  if (!p.awaiting.empty()) return;
+  if (p.kind == Pending::Kind::Quota) {
+    if (p.used_bytes + p.body.size() > p.quota_bytes)
+      return fe_fail(u.req, Status::OverQuota,
+                     "mailbox over quota (" + std::to_string(p.used_bytes) + " of " +
+                         std::to_string(p.quota_bytes) + " bytes used)");
+    AllocReply a = p.alloc;
+    return fe_store(u.req, a);
+  }
+  ClientReply r;
+  r.req = p.client_req;
+  r.used_bytes = p.used_bytes;
+  pending_.erase(it);
+  env_.reply(std::move(r));
+}
+
+void Node::serve_usage(NodeId from, const UsageRequest& r) {
+  UsageReply rep{r.req, 0};
+  for (const MsgId& id : repl_.user_records(r.user)) {
+    const MessageRecord& m = repl_.records().at(id);
+    if (!m.has_body || m.expunged) continue;
+    auto first = std::find_if(m.replicas.begin(), m.replicas.end(), [this](NodeId n) { return live(n); });
+    if (first != m.replicas.end() && *first == cfg_.self) rep.bytes += m.size;
+  }
+  send(from, rep);
 }
 
 void Node::serve_list(NodeId from, const ListRequest& l) {

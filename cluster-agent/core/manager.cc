@@ -299,6 +299,7 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
         rep.uid = take_uid(now, a.user, a.folder, f);
         rep.uidvalidity = f.uidvalidity;
         rep.nodes = pl.nodes;
+        rep.quota_bytes = it->second.profile->quota_bytes;
         f.nodes.insert(pl.nodes.begin(), pl.nodes.end());
       }
     }

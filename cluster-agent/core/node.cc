@@ -128,6 +128,8 @@ void Node::receive(Time now, const Envelope& e) {
           mgr_user_update(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, UserListRequest>) {
           mgr_user_list(e.from, msg);
+        } else if constexpr (std::is_same_v<T, UsageRequest>) {
+          serve_usage(e.from, msg);
         } else {
           fe_reply(e.from, m);  // the replies
         }
@@ -144,6 +146,7 @@ const char* status_name(Status s) {
     case Status::NotManager: return "not-manager";
     case Status::Failed: return "failed";
     case Status::NotFound: return "not-found";
+    case Status::OverQuota: return "over-quota";
   }
   return "?";
 }
@@ -155,7 +158,7 @@ const char* message_name(const Message& m) {
       "CreateUserRequest", "MapRequest", "MapReply", "StoreRequest", "MutateRequest",
       "OpReply",    "Push",      "PushAck",      "Retire",        "ListRequest", "ListReply",
       "FetchRequest", "FetchReply", "ProfileRequest", "ProfileReply", "UserUpdateRequest",
-      "UserListRequest", "UserListReply"};
+      "UserListRequest", "UserListReply", "UsageRequest", "UsageReply"};
   static_assert(sizeof(names) / sizeof(names[0]) == std::variant_size_v<Message>);
   return names[m.index()];
 }

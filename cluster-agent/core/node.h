@@ -55,6 +55,9 @@ class Node {
   void get_user(Time now, std::uint64_t req, const std::string& user);
   void update_user(Time now, std::uint64_t req, const UserUpdateRequest& change);
   void list_users(Time now, std::uint64_t req);
+  // The bytes of the user's live mail, summed over every live node (the
+  // quota's measure; a reply's used_bytes).
+  void user_usage(Time now, std::uint64_t req, const std::string& user);
 
   // ---- observation (status, tests, the simulator's checker) ----
   struct MgrFolder {
@@ -89,7 +92,9 @@ class Node {
  private:
   // front-end work in flight (frontend.cc), and manager renumberings
   struct Pending {
-    enum class Kind { CreateUser, Alloc, Store, Mutate, Map, List, Renumber, Fetch, Profile, UserUpdate, UserList } kind;
+    enum class Kind {
+      CreateUser, Alloc, Quota, Store, Mutate, Map, List, Renumber, Fetch, Profile, UserUpdate, UserList, Usage
+    } kind;
     std::uint64_t client_req = 0;  // the local client's id (0 for internal work)
     Time deadline = 0;
     Time retry_at = 0;
@@ -103,6 +108,9 @@ class Node {
     std::vector<NodeId> candidates;               // Fetch: holders still to try
     UserUpdateRequest change;                     // UserUpdate
     std::set<std::string> users;                  // UserList: gathered
+    std::uint64_t used_bytes = 0;                 // Usage, Quota: summed so far
+    std::uint64_t quota_bytes = 0;                // Quota: the user's quota
+    AllocReply alloc;                             // Quota: the allocation to store with
   };
 
   // frontend.cc
@@ -160,6 +168,10 @@ class Node {
   void mgr_profile(NodeId from, const ProfileRequest& r);
   void mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r);
   void mgr_user_list(NodeId from, const UserListRequest& r);
+  void serve_usage(NodeId from, const UsageRequest& r);
+  void fe_usage_gather(Time now, std::uint64_t id);
+  void fe_store(std::uint64_t id, const AllocReply& a);
+  void fe_usage_reply(NodeId from, const UsageReply& u);
   bool fe_user_reply(NodeId from, const Message& m);
 
   CoreConfig cfg_;

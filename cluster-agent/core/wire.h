@@ -84,7 +84,7 @@ struct ReportPoll {
 };
 
 // ---- delivery: manager side ---------------------------------------------
-enum class Status : std::uint8_t { Ok, TryAgain, NoSuchUser, Exists, NotManager, Failed, NotFound };
+enum class Status : std::uint8_t { Ok, TryAgain, NoSuchUser, Exists, NotManager, Failed, NotFound, OverQuota };
 const char* status_name(Status s);
 
 struct AllocRequest {
@@ -99,6 +99,7 @@ struct AllocReply {
   std::uint32_t uidvalidity = 0;
   std::uint32_t uid = 0;
   std::vector<NodeId> nodes;  // [0] primary, then replicas
+  std::uint64_t quota_bytes = 0;  // the user's quota (0: none), checked by the front end
   bool operator==(const AllocReply&) const = default;
 };
 struct CreateUserRequest {
@@ -192,12 +193,27 @@ struct UserListReply {
   bool operator==(const UserListReply&) const = default;
 };
 
+// Quota: the bytes of the user's live messages this node counts, i.e. those
+// for which it is the first live replica in its view (so that, with one
+// view, every message is counted once).
+struct UsageRequest {
+  std::uint64_t req = 0;
+  std::string user;
+  bool operator==(const UsageRequest&) const = default;
+};
+struct UsageReply {
+  std::uint64_t req = 0;
+  std::uint64_t bytes = 0;
+  bool operator==(const UsageReply&) const = default;
+};
+
 using Message = std::variant<Probe, ProbeAck, NewGroup, Accept, Commit, Report, ReportAck,
                              ReportPoll, AllocRequest, AllocReply,
                              CreateUserRequest, MapRequest, MapReply, StoreRequest, MutateRequest,
                              OpReply, Push, PushAck, Retire, ListRequest, ListReply,
                              FetchRequest, FetchReply, ProfileRequest, ProfileReply,
-                             UserUpdateRequest, UserListRequest, UserListReply>;
+                             UserUpdateRequest, UserListRequest, UserListReply,
+                             UsageRequest, UsageReply>;
 
 const char* message_name(const Message& m);
 

@@ -137,7 +137,8 @@ std::vector<Message> every_message() {
       ReportPoll{.epoch = epoch, .buckets = {1, 2, 3}},
       AllocRequest{101, kUser, kFolder},
       AllocReply{
-          .req = 102, .status = Status::TryAgain, .uidvalidity = 42, .uid = 17, .nodes = {3, 5}},
+          .req = 102, .status = Status::TryAgain, .uidvalidity = 42, .uid = 17, .nodes = {3, 5},
+          .quota_bytes = 4096},
       CreateUserRequest{103, kUser, "{PLAIN}secret"},
       MapRequest{104, kUser, kFolder},
       MapReply{.req = 105,
@@ -165,6 +166,8 @@ std::vector<Message> every_message() {
                         .folder = kFolder},
       UserListRequest{116},
       UserListReply{117, Status::TryAgain, {kUser, "bob@example.com"}},
+      UsageRequest{118, kUser},
+      UsageReply{119, 123456789},
   };
 }
 
@@ -433,8 +436,8 @@ TEST(Codec, NodeIdZeroIsRejectedWhereANodeIsNamed) {
 
 TEST(Codec, EnumValuesOutOfRangeAreRejected) {
   pb::Envelope p = frame_header();
-  p.mutable_op_reply()->set_status(static_cast<pb::Status>(7));
-  expect_rejected(decode_envelope, frame(p), "status 7");
+  p.mutable_op_reply()->set_status(static_cast<pb::Status>(8));
+  expect_rejected(decode_envelope, frame(p), "status 8");
 
   p = frame_header();
   p.mutable_mutate_request()->mutable_update()->set_kind(static_cast<pb::UpdateKind>(-1));

@@ -157,6 +157,23 @@ class MailAcrossNodes(ClusterCase):
         r = self.ctl(1, "mail", "deliver", "nobody@example.org", stdin=message(1), check=False)
         self.assertIn(b"NO_SUCH_USER", r.stdout + r.stderr)
 
+    def test_quota_counts_mail_on_every_node_and_refuses_delivery_over_it(self):
+        user = "quinn@example.org"
+        self.add_user(1, user)
+        data = message(1, size=1000)
+        for i in (1, 2, 3):
+            self.assertIsNotNone(self.deliver(i, user, data))
+        shown = self.ctl_json(2, "user", "show", user)
+        self.assertEqual(shown["used_bytes"], 3 * len(data))
+        self.ctl(3, "user", "quota", user, str(4 * len(data)))
+        self.assertEqual(self.ctl_json(1, "user", "show", user)["quota_bytes"], 4 * len(data))
+        self.assertIsNotNone(self.deliver(2, user, data))  # exactly at the quota
+        r = self.ctl(1, "mail", "deliver", user, stdin=data, check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(b"OVER_QUOTA", r.stdout + r.stderr)
+        self.assertEqual(self.ctl_json(3, "user", "show", user)["used_bytes"], 4 * len(data))
+        self.assertEqual(len(self.ctl_json(3, "mail", "list", user)["messages"]), 4)
+
 
 class Crash(ClusterCase):
     def test_kill9_agent_others_reconfigure_mail_stays_readable_and_it_rejoins(self):

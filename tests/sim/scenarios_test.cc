@@ -377,3 +377,48 @@ TEST(Uids, AMovedMessageGetsAUidInItsNewFolderAndLeavesTheOld) {
   EXPECT_EQ(archive->uid, 3u);                              // next UID
   h.expect_invariants();
 }
+
+TEST(Users, QuotaCountsEveryNodesMailOnceRefusesOverQuotaAndFreesOnExpunge) {
+  Harness h(4);
+  const std::string u = "quinn@example.org";
+  h.user(u);
+  const std::size_t size = std::string("Subject: t\r\n\r\nx\r\n").size();
+  auto usage = [&](NodeId via) {
+    const ClientReply* r = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.user_usage(now, req, u); }));
+    EXPECT_EQ(r->status, Status::Ok);
+    return r->used_bytes.value_or(~0ull);
+  };
+  std::vector<const ClientReply*> sent;
+  for (NodeId via = 1; via <= 4; ++via) {
+    sent.push_back(h.deliver(via, u));
+    ASSERT_EQ(sent.back()->status, Status::Ok);
+  }
+  h.c.run_for(2000);
+  for (NodeId via = 1; via <= 4; ++via) EXPECT_EQ(usage(via), 4 * size);  // R=2, each counted once
+  UserUpdateRequest q;
+  q.user = u;
+  q.op = UserUpdateRequest::Op::SetQuota;
+  q.quota_bytes = 5 * size;
+  ASSERT_EQ(h.c.wait(h.c.call(2, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, q); }))->status,
+            Status::Ok);
+  ASSERT_EQ(h.deliver(3, u)->status, Status::Ok);  // the fifth fits exactly
+  h.c.run_for(2000);
+  const ClientReply* over = h.deliver(1, u);
+  ASSERT_EQ(over->status, Status::OverQuota);
+  EXPECT_NE(over->detail.find("over quota"), std::string::npos);
+  // A crashed replica: its messages are counted by the other one.
+  h.c.crash(sent[0]->replicas[0]);
+  ASSERT_TRUE(h.settle());
+  NodeId via = sent[0]->replicas[0] == 1 ? 2 : 1;
+  EXPECT_EQ(usage(via), 5 * size);
+  h.c.restart(sent[0]->replicas[0]);
+  ASSERT_TRUE(h.settle());
+  const ClientReply* x = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) {
+    n.expunge(now, req, Harness::target(*sent[1], u));
+  }));
+  ASSERT_EQ(x->status, Status::Ok);
+  h.c.run_for(2000);
+  EXPECT_EQ(usage(via), 4 * size);
+  EXPECT_EQ(h.deliver(via, u)->status, Status::Ok);  // room again
+  h.expect_invariants();
+}
