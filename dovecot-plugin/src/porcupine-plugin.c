@@ -14,16 +14,25 @@
  *     the listing (UID -> message reference) for the two below.
  *   - flag changes and expunges made by IMAP/POP3 clients are pushed to
  *     the cluster first, then applied locally.
- *   - folder create/delete/rename go to the cluster first; at login the
- *     local folders are made to follow the cluster's list.
+ *   - IMAP MOVE within the user is the cluster's Move (the body stays
+ *     where it is); COPY is a new message in the cluster.
+ *   - folder create/delete/rename go to the cluster first; at login and
+ *     at LIST the local folders are made to follow the cluster's list.
+ *   - while a client IDLEs, the selected folder's listing is polled and a
+ *     change (new mail, flags, expunges made on any node) wakes IDLE up.
+ *   - STATUS of a mailbox that is not open syncs it from the cluster
+ *     first, instead of answering from the mailbox list index.
  *
  * It runs in Dovecot's single-threaded mail processes (lmtp, imap, pop3,
- * doveadm). One agent connection per operation (a unix socket connect).
+ * doveadm). One agent connection per mail user, opened at its first use;
+ * the client reconnects by itself after an error.
  *
  * Settings (plugin { }):
- *   porcupine_socket      the agent's local socket; the plugin is inactive
- *                         for users without it
- *   porcupine_timeout_ms  deadline of each call to the agent (10000)
+ *   porcupine_socket        the agent's local socket; the plugin is
+ *                           inactive for users without it
+ *   porcupine_timeout_ms    deadline of each call to the agent (10000)
+ *   porcupine_idle_poll_ms  how often IDLE asks the cluster for changes
+ *                           of the selected folder (2000)
  */
 #include "lib.h"
 #include "array.h"
@@ -41,8 +50,11 @@
 #include "mail-namespace.h"
 #include "mailbox-list-iter.h"
 
+#include "ioloop.h"
+#include "time-util.h"
+#include "mailbox-list-private.h"
+
 #include "porcupine_client.h"
-#include "folders.h"
 
 #include <fcntl.h>
 #include <stdlib.h>
@@ -53,13 +65,22 @@
 #define PCP_USER(obj) MODULE_CONTEXT(obj, pcp_user_module)
 #define PCP_BOX(obj) MODULE_CONTEXT(obj, pcp_storage_module)
 #define PCP_MAIL(obj) MODULE_CONTEXT(obj, pcp_mail_module)
+#define PCP_LIST(obj) MODULE_CONTEXT(obj, pcp_list_module)
 
 #define PCP_DEFAULT_TIMEOUT_MS 10000
+#define PCP_DEFAULT_IDLE_POLL_MS 2000
+/* LIST follows the cluster's folder list at most this often. */
+#define PCP_FOLLOW_INTERVAL_MS 1000
 
 struct pcp_user {
 	union mail_user_module_context module_ctx;
 	const char *socket_path;
 	int timeout_ms;
+	unsigned int idle_poll_ms;
+	/* The user's connection to the agent; opened at its first use. */
+	porcupine_client *client;
+	/* When the local folder list last followed the cluster's. */
+	struct timeval last_follow;
 	/* TRUE while folders are created or deleted to follow the cluster:
 	   those changes stay local. */
 	bool local_only;
@@ -72,9 +93,17 @@ struct pcp_mailbox {
 	/* TRUE while the plugin itself changes the local cache: saves,
 	   flag changes and expunges then stay local. */
 	bool in_sync;
+	/* TRUE while get_status syncs a mailbox it opened itself. */
+	bool in_status;
 	/* The cluster's last listing of the folder, sorted by UID. */
 	struct porcupine_message *refs;
 	size_t nrefs;
+	uint32_t uidvalidity;
+	/* UIDs this process moved away in the cluster (IMAP MOVE): their
+	   expunge that follows stays local. */
+	ARRAY_TYPE(seq_range) moved;
+	/* Polls the cluster while a client waits for changes (IDLE). */
+	struct timeout *to_poll;
 	/* Save contexts the plugin allocated (saves going to the cluster). */
 	ARRAY(struct pcp_save_context *) saves;
 };
@@ -96,6 +125,9 @@ void porcupine_plugin_deinit(void);
 static MODULE_CONTEXT_DEFINE_INIT(pcp_user_module, &mail_user_module_register);
 static MODULE_CONTEXT_DEFINE_INIT(pcp_storage_module, &mail_storage_module_register);
 static MODULE_CONTEXT_DEFINE_INIT(pcp_mail_module, &mail_module_register);
+static MODULE_CONTEXT_DEFINE_INIT(pcp_list_module, &mailbox_list_module_register);
+
+static void pcp_follow_folders(struct mail_namespace *ns);
 
 /* ---- flags and references ------------------------------------------- */
 
@@ -125,17 +157,22 @@ static uint32_t pcp_flags_to_cluster(enum mail_flags m)
 	return f;
 }
 
+/* The user's agent connection (NULL only when out of memory). Kept for
+   the user's lifetime: the client reconnects by itself after an error. */
 static porcupine_client *pcp_connect(struct mail_user *user)
 {
 	struct pcp_user *puser = PCP_USER(user);
 
-	return porcupine_open(puser->socket_path, puser->timeout_ms);
+	if (puser->client == NULL)
+		puser->client = porcupine_open(puser->socket_path, puser->timeout_ms);
+	return puser->client;
 }
 
 static void pcp_set_refs(struct pcp_mailbox *pbox,
 			 const struct porcupine_folder *folder)
 {
 	i_free(pbox->refs);
+	pbox->uidvalidity = folder->uidvalidity;
 	pbox->nrefs = folder->count;
 	if (folder->count == 0)
 		return;
@@ -349,15 +386,17 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 			continue;
 		}
 		if (pcp_fetch_and_save(t, c, *mp) < 0) {
+			/* No replica answered (or the local save failed):
+			   the messages before it are kept; this one and the
+			   later ones come at a later sync. UIDs are cached in
+			   order, so none is skipped for good. */
 			ret = -1;
 			break;
 		}
 	}
-	if (ret < 0) {
-		mailbox_transaction_rollback(&t);
+	if (pcp_commit(&t) < 0)
 		return -1;
-	}
-	return pcp_commit(&t);
+	return ret;
 }
 
 /* Serialises the syncs of one mailbox between the processes of this node
@@ -401,7 +440,6 @@ static int pcp_sync_from_cluster(struct mailbox *box)
 	if (code != PORCUPINE_OK) {
 		e_warning(box->event, "porcupine: listing %s failed (serving the "
 			  "local cache): %s", box->vname, porcupine_error(c));
-		porcupine_close(c);
 		return -1;
 	}
 	pbox->in_sync = TRUE;
@@ -414,7 +452,6 @@ static int pcp_sync_from_cluster(struct mailbox *box)
 	pbox->in_sync = FALSE;
 	pcp_set_refs(pbox, &folder);
 	porcupine_folder_free(&folder);
-	porcupine_close(c);
 	return ret;
 }
 
@@ -426,6 +463,83 @@ pcp_sync_init(struct mailbox *box, enum mailbox_sync_flags flags)
 	if (!pbox->in_sync)
 		(void)pcp_sync_from_cluster(box);
 	return pbox->module_ctx.super.sync_init(box, flags);
+}
+
+/* IMAP STATUS (and LIST-STATUS) of a mailbox that is not open: Dovecot
+   would answer from the mailbox list index, which knows only what this
+   node has cached. Open it and sync it from the cluster first. Other
+   services (LMTP above all) do not need it and skip the cost. */
+static int pcp_get_status(struct mailbox *box, enum mailbox_status_items items,
+			  struct mailbox_status *status_r)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+	const char *service = box->storage->user->service;
+
+	if (items != 0 && !box->opened && !pbox->in_sync && !pbox->in_status &&
+	    service != NULL && strcmp(service, "imap") == 0) {
+		pbox->in_status = TRUE;
+		if (mailbox_open(box) == 0 &&
+		    mailbox_sync(box, MAILBOX_SYNC_FLAG_FAST) < 0) {
+			e_warning(box->event, "porcupine: syncing %s for STATUS failed: %s",
+				  box->vname, mailbox_get_last_internal_error(box, NULL));
+		}
+		pbox->in_status = FALSE;
+	}
+	return pbox->module_ctx.super.get_status(box, items, status_r);
+}
+
+/* ---- IDLE: changes made on other nodes ------------------------------------ */
+
+/* TRUE if the cluster's listing differs from the one the last sync applied
+   (a message added or expunged, flags changed, a new UIDVALIDITY). */
+static bool pcp_listing_changed(const struct pcp_mailbox *pbox,
+				const struct porcupine_folder *folder)
+{
+	size_t i;
+
+	if (folder->uidvalidity != pbox->uidvalidity || folder->count != pbox->nrefs)
+		return TRUE;
+	for (i = 0; i < folder->count; i++) {
+		if (folder->messages[i].uid != pbox->refs[i].uid ||
+		    folder->messages[i].flags != pbox->refs[i].flags)
+			return TRUE;
+	}
+	return FALSE;
+}
+
+static void pcp_poll(struct mailbox *box)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+	struct mail_user *user = box->storage->user;
+	struct porcupine_folder folder;
+	porcupine_client *c = pcp_connect(user);
+	bool changed;
+
+	if (c == NULL || box->notify_callback == NULL)
+		return;
+	if (porcupine_folder_list(c, user->username, box->vname, &folder) != PORCUPINE_OK) {
+		e_debug(box->event, "porcupine: polling %s failed: %s",
+			box->vname, porcupine_error(c));
+		return;
+	}
+	changed = pcp_listing_changed(pbox, &folder);
+	porcupine_folder_free(&folder);
+	/* The callback syncs the mailbox (pcp_sync_init), which applies the
+	   cluster's listing and remembers it. */
+	if (changed)
+		box->notify_callback(box, box->notify_context);
+}
+
+static void pcp_notify_changes(struct mailbox *box)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+	struct pcp_user *puser = PCP_USER(box->storage->user);
+
+	timeout_remove(&pbox->to_poll);
+	if (box->notify_callback != NULL)
+		pbox->to_poll = timeout_add(puser->idle_poll_ms, pcp_poll, box);
+	/* Changes made by this node's other processes, as before. */
+	pbox->module_ctx.super.notify_changes(box);
 }
 
 /* ---- saves: into the cluster ------------------------------------------ */
@@ -567,8 +681,6 @@ static int pcp_deliver(struct pcp_save_context *ctx)
 		mail_storage_set_error(box->storage, error, error == MAIL_ERROR_TEMP ?
 			"Cluster temporarily unavailable, try again later" :
 			"Cluster refused the message");
-		if (c != NULL)
-			porcupine_close(c);
 		return -1;
 	}
 	seq_range_array_add(&ctx->uids, out.uid);
@@ -579,7 +691,6 @@ static int pcp_deliver(struct pcp_save_context *ctx)
 		e_warning(box->event, "porcupine: flags of new UID %u in %s: %s",
 			  out.uid, box->vname, porcupine_error(c));
 	}
-	porcupine_close(c);
 	return 0;
 }
 
@@ -612,12 +723,56 @@ static void pcp_save_cancel(struct mail_save_context *_ctx)
 	index_save_context_free(_ctx);
 }
 
+/* IMAP MOVE between two folders of the same user: the cluster's Move. The
+   message keeps its body where it is and gets a UID in the destination
+   within a moment (no COPYUID: the UID is not known yet). */
+static int pcp_move(struct mail_save_context *ctx, struct mail *mail)
+{
+	struct mailbox *dest = ctx->transaction->box;
+	struct mailbox *src = mail->box;
+	struct pcp_mailbox *spbox = PCP_BOX(src);
+	struct mail_user *user = dest->storage->user;
+	const struct porcupine_message *m;
+	porcupine_client *c = pcp_connect(user);
+	int code;
+
+	m = c == NULL ? NULL : pcp_lookup_ref(src, c, mail->uid);
+	if (m == NULL) {
+		mail_storage_set_error(dest->storage, c == NULL ? MAIL_ERROR_TEMP :
+				       MAIL_ERROR_EXPUNGED, c == NULL ?
+				       "Cluster temporarily unavailable, try again later" :
+				       "Message was expunged in the cluster");
+		mailbox_save_cancel(&ctx);
+		return -1;
+	}
+	code = porcupine_move(c, user->username, src->vname, &m->ref, dest->vname);
+	if (code != PORCUPINE_OK) {
+		e_error(dest->event, "porcupine: moving UID %u of %s to %s failed: %s",
+			mail->uid, src->vname, dest->vname, porcupine_error(c));
+		mail_storage_set_error(dest->storage, code == PORCUPINE_NOT_FOUND ?
+				       MAIL_ERROR_EXPUNGED : MAIL_ERROR_TEMP,
+				       code == PORCUPINE_NOT_FOUND ?
+				       "Message was expunged in the cluster" :
+				       "Cluster temporarily unavailable, try again later");
+		mailbox_save_cancel(&ctx);
+		return -1;
+	}
+	seq_range_array_add(&spbox->moved, mail->uid);
+	index_save_context_free(ctx);
+	return 0;
+}
+
 static int pcp_copy(struct mail_save_context *ctx, struct mail *mail)
 {
 	struct pcp_mailbox *pbox = PCP_BOX(ctx->transaction->box);
+	struct pcp_mailbox *spbox = PCP_BOX(mail->box);
 
 	if (!pcp_is_ours(pbox, ctx))
 		return pbox->module_ctx.super.copy(ctx, mail);
+	if (ctx->moving && spbox != NULL &&
+	    mail->box->storage->user == ctx->transaction->box->storage->user &&
+	    strcmp(mail->box->vname, ctx->transaction->box->vname) != 0)
+		return pcp_move(ctx, mail);
 	/* Through the save path: the copy is a new message in the cluster. */
 	return mail_storage_copy(ctx, mail);
 }
@@ -700,7 +855,6 @@ static void pcp_mail_update_flags(struct mail *_mail, enum modify_type modify_ty
 						  "in %s not changed: %s", _mail->uid,
 						  box->vname, m == NULL ?
 						  "not in the cluster" : porcupine_error(c));
-				porcupine_close(c);
 			}
 			if (code != PORCUPINE_OK)
 				return; /* the cluster decides; keep the cache as it is */
@@ -716,7 +870,11 @@ static void pcp_mail_expunge(struct mail *_mail)
 	struct mailbox *box = _mail->box;
 	struct pcp_mailbox *pbox = PCP_BOX(box);
 
-	if (!pbox->in_sync) {
+	if (!pbox->in_sync && seq_range_exists(&pbox->moved, _mail->uid)) {
+		/* Moved in the cluster already (IMAP MOVE): only the local
+		   copy goes. */
+		seq_range_array_remove(&pbox->moved, _mail->uid);
+	} else if (!pbox->in_sync) {
 		const struct porcupine_message *m;
 		porcupine_client *c = pcp_connect(box->storage->user);
 		int code = PORCUPINE_UNREACHABLE;
@@ -730,7 +888,6 @@ static void pcp_mail_expunge(struct mail *_mail)
 				e_warning(box->event, "porcupine: expunge of UID %u in "
 					  "%s failed: %s", _mail->uid, box->vname,
 					  porcupine_error(c));
-			porcupine_close(c);
 		}
 		/* NOT_FOUND: the cluster has already expunged it. */
 		if (code != PORCUPINE_OK && code != PORCUPINE_NOT_FOUND)
@@ -741,15 +898,15 @@ static void pcp_mail_expunge(struct mail *_mail)
 
 /* ---- folders: to the cluster first; at login, from the cluster ---------- */
 
-static int pcp_folder_result(struct mailbox *box, int code, const char *what,
-			     const char *err)
+static int pcp_folder_result(struct mailbox *box, porcupine_client *c, int code,
+			     const char *what)
 {
 	enum mail_error error = MAIL_ERROR_TEMP;
 
 	if (code == PORCUPINE_OK)
 		return 0;
 	e_error(box->event, "porcupine: %s %s in the cluster failed: %s",
-		what, box->vname, err);
+		what, box->vname, c == NULL ? "no client" : porcupine_error(c));
 	if (code == PORCUPINE_EXISTS)
 		error = MAIL_ERROR_EXISTS;
 	else if (code == PORCUPINE_NOT_FOUND)
@@ -769,13 +926,13 @@ static int pcp_create_box(struct mailbox *box, const struct mailbox_update *upda
 	struct pcp_user *puser = PCP_USER(box->storage->user);
 
 	if (!directory && !puser->local_only && !box->inbox_user) {
-		char err[256] = "";
-		int code = pcp_folder_op(puser->socket_path, puser->timeout_ms,
-					 PCP_FOLDER_CREATE, box->storage->user->username,
-					 box->vname, NULL, err, sizeof(err));
+		porcupine_client *c = pcp_connect(box->storage->user);
+		int code = c == NULL ? PORCUPINE_UNREACHABLE :
+			porcupine_folder_create(c, box->storage->user->username,
+						box->vname);
 		/* EXISTS: the cluster has it, this node not yet. */
 		if (code != PORCUPINE_EXISTS &&
-		    pcp_folder_result(box, code, "creating", err) < 0)
+		    pcp_folder_result(box, c, code, "creating") < 0)
 			return -1;
 	}
 	return pbox->module_ctx.super.create_box(box, update, directory);
@@ -787,12 +944,12 @@ static int pcp_delete_box(struct mailbox *box)
 	struct pcp_user *puser = PCP_USER(box->storage->user);
 
 	if (!puser->local_only && !box->inbox_user) {
-		char err[256] = "";
-		int code = pcp_folder_op(puser->socket_path, puser->timeout_ms,
-					 PCP_FOLDER_DELETE, box->storage->user->username,
-					 box->vname, NULL, err, sizeof(err));
+		porcupine_client *c = pcp_connect(box->storage->user);
+		int code = c == NULL ? PORCUPINE_UNREACHABLE :
+			porcupine_folder_delete(c, box->storage->user->username,
+						box->vname);
 		if (code != PORCUPINE_NOT_FOUND &&
-		    pcp_folder_result(box, code, "deleting", err) < 0)
+		    pcp_folder_result(box, c, code, "deleting") < 0)
 			return -1;
 	}
 	return pbox->module_ctx.super.delete_box(box);
@@ -804,49 +961,43 @@ static int pcp_rename_box(struct mailbox *src, struct mailbox *dest)
 	struct pcp_user *puser = PCP_USER(src->storage->user);
 
 	if (!puser->local_only) {
-		char err[256] = "";
-		int code = pcp_folder_op(puser->socket_path, puser->timeout_ms,
-					 PCP_FOLDER_RENAME, src->storage->user->username,
-					 src->vname, dest->vname, err, sizeof(err));
-		if (pcp_folder_result(src, code, "renaming", err) < 0)
+		porcupine_client *c = pcp_connect(src->storage->user);
+		int code = c == NULL ? PORCUPINE_UNREACHABLE :
+			porcupine_folder_rename(c, src->storage->user->username,
+						src->vname, dest->vname);
+		if (pcp_folder_result(src, c, code, "renaming") < 0)
 			return -1;
 	}
 	return pbox->module_ctx.super.rename_box(src, dest);
 }
 
-/* At login: creates locally the cluster's folders this node lacks and
-   deletes local folders the cluster no longer has. Failures are logged
-   and the local list is served. */
-static void pcp_namespaces_created(struct mail_namespace *namespaces)
+/* Makes the local folder list follow the cluster's: creates (and
+   subscribes) the cluster's folders this node lacks, deletes (and
+   unsubscribes) local folders the cluster no longer has. Failures are
+   logged and the local list is served. */
+static void pcp_follow_folders(struct mail_namespace *ns)
 {
-	struct mail_namespace *ns;
-	struct mail_user *user;
-	struct pcp_user *puser;
+	struct mail_user *user = ns->user;
+	struct pcp_user *puser = PCP_USER(user);
 	struct mailbox_list_iterate_context *iter;
 	const struct mailbox_info *info;
 	ARRAY_TYPE(const_string) stale;
 	const char *const *namep;
-	char **names = NULL, err[256] = "";
+	porcupine_client *c;
+	char **names = NULL;
 	size_t count = 0, i;
 	int code;
 
-	/* The INBOX namespace; a user without one (LMTP's raw mail user)
-	   has no folders. mail_namespace_find_inbox() asserts there is one. */
-	for (ns = namespaces; ns != NULL; ns = ns->next) {
-		if ((ns->flags & NAMESPACE_FLAG_INBOX_USER) != 0)
-			break;
-	}
-	if (ns == NULL)
+	if (puser == NULL || puser->local_only)
 		return;
-	user = ns->user;
-	puser = PCP_USER(user);
-	if (puser == NULL)
-		return;
-	code = pcp_folders_get(puser->socket_path, puser->timeout_ms,
-			       user->username, &names, &count, err, sizeof(err));
+	puser->last_follow = ioloop_timeval;
+	c = pcp_connect(user);
+	code = c == NULL ? PORCUPINE_UNREACHABLE :
+		porcupine_folders_get(c, user->username, &names, &count);
 	if (code != PORCUPINE_OK) {
 		e_warning(user->event, "porcupine: listing the folders failed "
-			  "(serving the local list): %s", err);
+			  "(serving the local list): %s",
+			  c == NULL ? "no client" : porcupine_error(c));
 		return;
 	}
 	puser->local_only = TRUE;
@@ -859,10 +1010,16 @@ static void pcp_namespaces_created(struct mail_namespace *namespaces)
 				continue;
 			box = mailbox_alloc(ns->list, names[i], 0);
 			if (mailbox_exists(box, FALSE, &existence) == 0 &&
-			    existence == MAILBOX_EXISTENCE_NONE &&
-			    mailbox_create(box, NULL, FALSE) < 0) {
-				e_warning(user->event, "porcupine: creating %s locally failed: %s",
-					  names[i], mailbox_get_last_internal_error(box, NULL));
+			    existence == MAILBOX_EXISTENCE_NONE) {
+				if (mailbox_create(box, NULL, FALSE) < 0) {
+					e_warning(user->event, "porcupine: creating %s "
+						  "locally failed: %s", names[i],
+						  mailbox_get_last_internal_error(box, NULL));
+				} else if (mailbox_set_subscribed(box, TRUE) < 0) {
+					e_warning(user->event, "porcupine: subscribing %s "
+						  "failed: %s", names[i],
+						  mailbox_get_last_internal_error(box, NULL));
+				}
 			}
 			mailbox_free(&box);
 		}
@@ -887,38 +1044,105 @@ static void pcp_namespaces_created(struct mail_namespace *namespaces)
 				e_warning(user->event, "porcupine: deleting %s locally failed: %s",
 					  *namep, mailbox_get_last_internal_error(box, NULL));
 			}
+			(void)mailbox_set_subscribed(box, FALSE);
 			mailbox_free(&box);
 		}
 	} T_END;
 	puser->local_only = FALSE;
-	pcp_folders_free(names, count);
+	porcupine_folders_free(names, count);
+}
+
+/* At login. A user without an INBOX namespace (LMTP's raw mail user) has
+   no folders; mail_namespace_find_inbox() asserts there is one. */
+static void pcp_namespaces_created(struct mail_namespace *namespaces)
+{
+	struct mail_namespace *ns;
+
+	for (ns = namespaces; ns != NULL; ns = ns->next) {
+		if ((ns->flags & NAMESPACE_FLAG_INBOX_USER) != 0)
+			break;
+	}
+	if (ns != NULL && PCP_USER(ns->user) != NULL)
+		pcp_follow_folders(ns);
+}
+
+/* LIST (and any other walk of the folder list) follows the cluster's
+   folder list first, at most once per PCP_FOLLOW_INTERVAL_MS. */
+static struct mailbox_list_iterate_context *
+pcp_list_iter_init(struct mailbox_list *list, const char *const *patterns,
+		   enum mailbox_list_iter_flags flags)
+{
+	union mailbox_list_module_context *plist = PCP_LIST(list);
+	struct mail_namespace *ns = list->ns;
+	struct pcp_user *puser = PCP_USER(ns->user);
+
+	if (puser != NULL && !puser->local_only &&
+	    (ns->flags & NAMESPACE_FLAG_INBOX_USER) != 0 &&
+	    timeval_diff_msecs(&ioloop_timeval, &puser->last_follow) >= PCP_FOLLOW_INTERVAL_MS) {
+		T_BEGIN {
+			pcp_follow_folders(ns);
+		} T_END;
+	}
+	return plist->super.iter_init(list, patterns, flags);
 }
 
 /* ---- hooks ---------------------------------------------------------------- */
 
+static void pcp_user_deinit(struct mail_user *user)
+{
+	struct pcp_user *puser = PCP_USER(user);
+
+	if (puser->client != NULL)
+		porcupine_close(puser->client);
+	puser->client = NULL;
+	puser->module_ctx.super.deinit(user);
+}
+
 static void pcp_mail_user_created(struct mail_user *user)
 {
+	struct mail_user_vfuncs *v = user->vlast;
 	const char *path = mail_user_plugin_getenv(user, "porcupine_socket");
 	const char *timeout = mail_user_plugin_getenv(user, "porcupine_timeout_ms");
+	const char *poll = mail_user_plugin_getenv(user, "porcupine_idle_poll_ms");
 	struct pcp_user *puser;
 
 	if (path == NULL || *path == '\0')
 		return;
 	puser = p_new(user->pool, struct pcp_user, 1);
-	puser->module_ctx.super = *user->vlast;
+	puser->module_ctx.super = *v;
+	user->vlast = &puser->module_ctx.super;
+	v->deinit = pcp_user_deinit;
 	puser->socket_path = p_strdup(user->pool, path);
 	puser->timeout_ms = timeout != NULL && atoi(timeout) > 0 ?
 		atoi(timeout) : PCP_DEFAULT_TIMEOUT_MS;
+	puser->idle_poll_ms = poll != NULL && atoi(poll) > 0 ?
+		(unsigned int)atoi(poll) : PCP_DEFAULT_IDLE_POLL_MS;
 	MODULE_CONTEXT_SET(user, pcp_user_module, puser);
+}
+
+static void pcp_mailbox_list_created(struct mailbox_list *list)
+{
+	struct mailbox_list_vfuncs *v = list->vlast;
+	union mailbox_list_module_context *plist;
+
+	if (PCP_USER(list->ns->user) == NULL)
+		return;
+	plist = p_new(list->pool, union mailbox_list_module_context, 1);
+	plist->super = *v;
+	list->vlast = &plist->super;
+	v->iter_init = pcp_list_iter_init;
+	MODULE_CONTEXT_SET_SELF(list, pcp_list_module, plist);
 }
 
 static void pcp_mailbox_free(struct mailbox *box)
 {
 	struct pcp_mailbox *pbox = PCP_BOX(box);
 
+	timeout_remove(&pbox->to_poll);
 	pbox->module_ctx.super.free(box);
 	i_free(pbox->refs);
 	array_free(&pbox->saves);
+	array_free(&pbox->moved);
 }
 
 /* Only the local storages the plugin knows how to use as a cache. */
@@ -941,11 +1165,14 @@ static void pcp_mailbox_allocated(struct mailbox *box)
 	pbox->module_ctx.super = *v;
 	box->vlast = &pbox->module_ctx.super;
 	i_array_init(&pbox->saves, 4);
+	i_array_init(&pbox->moved, 4);
 
 	v->free = pcp_mailbox_free;
 	v->create_box = pcp_create_box;
 	v->delete_box = pcp_delete_box;
 	v->rename_box = pcp_rename_box;
+	v->get_status = pcp_get_status;
+	v->notify_changes = pcp_notify_changes;
 	v->sync_init = pcp_sync_init;
 	v->save_alloc = pcp_save_alloc;
 	v->save_begin = pcp_save_begin;
@@ -978,6 +1205,7 @@ static void pcp_mail_allocated(struct mail *_mail)
 static struct mail_storage_hooks pcp_hooks = {
 	.mail_user_created = pcp_mail_user_created,
 	.mail_namespaces_created = pcp_namespaces_created,
+	.mailbox_list_created = pcp_mailbox_list_created,
 	.mailbox_allocated = pcp_mailbox_allocated,
 	.mail_allocated = pcp_mail_allocated,
 };
