@@ -30,6 +30,9 @@ PACKAGES+=(
 PACKAGES+=(
   dovecot-dev dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
 )
+# The evaluation (tests/bench/evaluate.py): plots, and CPU time and fsync
+# counts of the measured processes.
+PACKAGES+=(python3-matplotlib linux-perf)
 
 say() { echo "install-deps: $*"; }
 die() { echo "install-deps: error: $*" >&2; exit 1; }

@@ -14,11 +14,6 @@ CostLayer::CostLayer(Cluster& c, CostModel m) : c_(c), m_(m) {
   c_.on_send = [this](Envelope& e) { e.load += q(e.from).disk_queued; };
 }
 
-double CostLayer::speed(NodeId id) const {
-  auto it = speed_.find(id);
-  return it == speed_.end() ? 1.0 : it->second;
-}
-
 CostLayer::Queues& CostLayer::q(NodeId id) {
   Queues& x = queues_[id];
   if (x.cores.empty()) x.cores.assign(static_cast<std::size_t>(std::max(1, m_.cores)), 0.0);
@@ -27,7 +22,7 @@ CostLayer::Queues& CostLayer::q(NodeId id) {
 
 double CostLayer::run_cpu(NodeId id, double arrive, double demand) {
   Queues& x = q(id);
-  demand /= speed(id);
+  if (auto it = speed_.find(id); it != speed_.end()) demand /= it->second.first;
   auto core = std::min_element(x.cores.begin(), x.cores.end());
   double start = std::max(arrive, *core);
   *core = start + demand;
@@ -37,7 +32,7 @@ double CostLayer::run_cpu(NodeId id, double arrive, double demand) {
 
 double CostLayer::run_disk(NodeId id, double arrive, double demand) {
   Queues& x = q(id);
-  demand /= speed(id);
+  if (auto it = speed_.find(id); it != speed_.end()) demand /= it->second.second;
   double start = std::max(arrive, x.disk);
   x.disk = start + demand;
   x.disk_used += demand;

@@ -36,9 +36,8 @@ struct CostModel {
 class CostLayer {
  public:
   CostLayer(Cluster& c, CostModel m);
-  // Speed factor of a node (3 = three times faster); default 1.
-  void set_speed(NodeId id, double speed) { speed_[id] = speed; }
-  double speed(NodeId id) const;
+  // Speed factors of a node's CPU and disk (3 = three times faster); default 1.
+  void set_speed(NodeId id, double cpu, double disk) { speed_[id] = {cpu, disk}; }
   // Runs `fn` at node `via` once the front end has spent `cpu_ms` on it.
   void front_end(NodeId via, double cpu_ms, std::function<void()> fn);
   // Busy time accumulated per node (ms of CPU summed over cores, ms of disk).
@@ -67,7 +66,7 @@ class CostLayer {
   Cluster& c_;
   CostModel m_;
   std::map<NodeId, Queues> queues_;
-  std::map<NodeId, double> speed_;
+  std::map<NodeId, std::pair<double, double>> speed_;  // cpu, disk
 };
 
 }  // namespace porcupine::sim

@@ -1,0 +1,963 @@
+#!/usr/bin/python3
+"""evaluate.py - the whole evaluation in one command: real processes on this
+machine, the failure timeline with real agents, scale-out in the simulator
+with a cost model calibrated from the real runs, and the sizing on paper.
+Writes results/<UTC date-time>/report.md and PNG plots; prints the path.
+
+  tests/bench/evaluate.py [--build DIR] [--out DIR] [--runs N] [--quick]
+
+--quick: seconds, not minutes (the CI suite runs it); it checks that every
+part runs and produces sane figures, never a speed. Subnets: the stock stack
+on 127.0.80.1, the clusters on 127.0.82-84.x, the failure timeline on
+127.0.81.x.
+
+Exit status: 0 when every part ran and produced figures, 1 otherwise.
+"""
+import argparse
+import datetime
+import importlib.machinery
+import json
+import math
+import os
+import platform
+import poplib
+import random
+import re
+import shutil
+import signal
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+local = importlib.machinery.SourceFileLoader("porcupine_local", os.path.join(ROOT, "scripts", "porcupine-local")).load_module()
+
+# The message size table of mail_load.cc (bytes, weight): median 4 KiB,
+# mean about 22.6 KiB, a tail to 1 MiB.
+SIZES = [(1024, 15), (2048, 20), (4096, 25), (8192, 15), (16384, 10), (32768, 7), (65536, 4), (131072, 2.5),
+         (524288, 1), (1048576, 0.5)]
+USERS = ["user%d@example.org" % u for u in range(10)]
+SENDERS, READERS = 4, 4
+
+
+def log(msg):
+    print("[%s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)
+
+
+def median_spread(xs):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None, None, None
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def fmt(xs, digits=1):
+    m, lo, hi = median_spread(xs)
+    if m is None:
+        return "n/a"
+    if len(xs) == 1:
+        return "%.*f" % (digits, m)
+    return "%.*f (%.*f–%.*f)" % (digits, m, digits, lo, digits, hi)
+
+
+def kv(line):
+    return {k: float(v) for k, v in re.findall(r"(\w+)=(-?[\d.]+(?:e[-+]?\d+)?)", line)}
+
+
+# ---------------------------------------------------------------------------
+# Measuring processes: CPU time and fsync calls of a process tree (perf stat
+# follows children forked after it attaches).
+class ProcMeter:
+    def __init__(self, pids, out):
+        self.out = out
+        self.p = None
+        if not shutil.which("perf"):
+            log("perf not found (Debian: linux-perf): no CPU or fsync figures")
+            return
+        self.p = subprocess.Popen(["perf", "stat", "-x,", "-o", out, "-e",
+                                   "task-clock,syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync",
+                                   "-p", ",".join(str(p) for p in pids)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+
+    def stop(self):
+        if self.p is None:
+            return None, None
+        self.p.send_signal(signal.SIGINT)
+        self.p.wait(timeout=30)
+        cpu_ms = fsyncs = 0.0
+        with open(self.out) as f:
+            for line in f:
+                parts = line.strip().split(",")
+                if len(parts) < 3 or not parts[0].replace(".", "").isdigit():
+                    continue
+                if parts[2] == "task-clock":
+                    cpu_ms += float(parts[0])
+                elif "sync" in parts[2]:
+                    fsyncs += float(parts[0])
+        return cpu_ms, fsyncs
+
+
+class DiskMeter:
+    """Busy time (io_ticks, ms) of the block device holding `path`, from
+    /proc/diskstats: the whole device's, other users of the disk included."""
+
+    def __init__(self, path):
+        st = os.stat(path)
+        self.dev = (os.major(st.st_dev), os.minor(st.st_dev))
+        self.start = self.read()
+
+    def read(self):
+        with open("/proc/diskstats") as f:
+            for line in f:
+                x = line.split()
+                if (int(x[0]), int(x[1])) == self.dev:
+                    return int(x[12])
+        return None
+
+    def stop(self):
+        end = self.read()
+        return None if end is None or self.start is None else end - self.start
+
+
+def tree(pid):
+    """pid and every live descendant."""
+    kids = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    kids.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(name))
+            except (OSError, ValueError, IndexError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += kids.get(p, [])
+    return out
+
+
+def pct(xs, p):
+    if not xs:
+        return 0.0
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(p * len(xs)))]
+
+
+# ---------------------------------------------------------------------------
+# (1a) The stock stack: Postfix -> Dovecot LMTP -> Maildir, one node.
+DOVECOT_CONF = """instance_name = porcupine-eval-stock
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+listen = {addr}
+protocols = pop3 lmtp
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+first_valid_uid = 1
+mail_location = maildir:{d}/mail/%d/%n
+passdb {{
+  driver = static
+  args = password=secret
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home={d}/home/%d/%n allow_all_users=yes
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = 0
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = 10110
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = {addr}
+    port = 10024
+  }}
+}}
+"""
+
+
+def postfix_conf(d, addr):
+    main = "\n".join([
+        "compatibility_level = 3.6", "config_directory = %s/etc" % d, "queue_directory = %s/queue" % d,
+        "data_directory = %s/data" % d, "meta_directory = /etc/postfix", "shlib_directory = /usr/lib/postfix",
+        "daemon_directory = /usr/lib/postfix/sbin", "command_directory = /usr/sbin", "mail_owner = postfix",
+        "setgid_group = postdrop", "myhostname = stock.porcupine.test", "mydestination =", "inet_interfaces = all",
+        "inet_protocols = ipv4", "smtp_bind_address = %s" % addr, "lmtp_bind_address = %s" % addr,
+        "syslog_name = postfix-porcupine-eval-stock", "maillog_file = %s/postfix.log" % d,
+        "maillog_file_prefixes = %s" % d, "mynetworks = 127.0.0.0/8",
+        "smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination", "alias_maps =",
+        "alias_database =", "local_recipient_maps =", "biff = no", "message_size_limit = 10240000",
+        "virtual_mailbox_domains = example.org", "virtual_mailbox_maps =",
+        "virtual_transport = lmtp:inet:%s:10024" % addr, ""])
+    master = "\n".join([
+        "%s:10025 inet n - n - - smtpd" % addr, "pickup    unix  n - n 60   1 pickup",
+        "cleanup   unix  n - n -    0 cleanup", "qmgr      unix  n - n 300  1 qmgr",
+        "rewrite   unix  - - n -    - trivial-rewrite", "bounce    unix  - - n -    0 bounce",
+        "defer     unix  - - n -    0 bounce", "trace     unix  - - n -    0 bounce",
+        "verify    unix  - - n -    1 verify", "proxymap  unix  - - n -    - proxymap",
+        "smtp      unix  - - n -    - smtp", "relay     unix  - - n -    - smtp", "showq     unix  n - n -    - showq",
+        "error     unix  - - n -    - error", "retry     unix  - - n -    - error",
+        "discard   unix  - - n -    - discard", "lmtp      unix  - - n -    - lmtp",
+        "anvil     unix  - - n -    1 anvil", "scache    unix  - - n -    1 scache",
+        "postlog   unix-dgram n - n - 1 postlogd", ""])
+    return main, master
+
+
+def listening(addr, port):
+    try:
+        with socket.create_connection((addr, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+class StockStack:
+    ADDR = "127.0.80.1"
+
+    def __init__(self):
+        self.d = tempfile.mkdtemp(prefix="porcupine-eval-stock-")
+        os.chmod(self.d, 0o755)
+        self.pf = os.path.join(self.d, "postfix")
+        self.dv = os.path.join(self.d, "dovecot")
+
+    def start(self):
+        for sub in ("etc", "queue", "data"):
+            os.makedirs(os.path.join(self.pf, sub), exist_ok=True)
+        shutil.chown(os.path.join(self.pf, "data"), user="postfix")
+        for sub in ("run", "state", "mail", "home"):
+            os.makedirs(os.path.join(self.dv, sub), exist_ok=True)
+        os.chmod(self.pf, 0o755)
+        os.chmod(self.dv, 0o755)
+        for sub in ("mail", "home"):
+            os.chmod(os.path.join(self.dv, sub), 0o777)
+        main, master = postfix_conf(self.pf, self.ADDR)
+        with open(os.path.join(self.pf, "etc", "main.cf"), "w") as f:
+            f.write(main)
+        with open(os.path.join(self.pf, "etc", "master.cf"), "w") as f:
+            f.write(master)
+        conf = os.path.join(self.dv, "dovecot.conf")
+        with open(conf, "w") as f:
+            f.write(DOVECOT_CONF.format(d=self.dv, addr=self.ADDR))
+        with open(os.path.join(self.dv, "dovecot.out"), "w") as out:
+            if subprocess.call(["dovecot", "-c", conf], stdout=out, stderr=subprocess.STDOUT, timeout=30) != 0:
+                raise RuntimeError("stock dovecot did not start: see " + self.dv)
+        with open(os.path.join(self.pf, "postfix.out"), "w") as out:
+            if subprocess.call(["postfix", "-c", os.path.join(self.pf, "etc"), "start"], stdout=out,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=60) != 0:
+                raise RuntimeError("stock postfix did not start: see " + self.pf)
+        deadline = time.time() + 15
+        while not (listening(self.ADDR, 10025) and listening(self.ADDR, 10110) and listening(self.ADDR, 10024)):
+            if time.time() > deadline:
+                raise RuntimeError("stock stack does not listen")
+            time.sleep(0.1)
+
+    def pid(self, path):
+        try:
+            with open(path) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def pids(self):
+        out = []
+        for p in (self.pid(os.path.join(self.pf, "queue", "pid", "master.pid")),
+                  self.pid(os.path.join(self.dv, "run", "master.pid"))):
+            if p:
+                out += tree(p)
+        return out
+
+    def stop(self):
+        subprocess.call(["postfix", "-c", os.path.join(self.pf, "etc"), "stop"], stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL, timeout=60)
+        p = self.pid(os.path.join(self.dv, "run", "master.pid"))
+        if p:
+            try:
+                os.kill(p, signal.SIGTERM)
+            except OSError:
+                pass
+            for _ in range(100):
+                if not os.path.exists("/proc/%d" % p):
+                    break
+                time.sleep(0.05)
+        shutil.rmtree(self.d, ignore_errors=True)
+
+    def delivered_files(self):
+        n = 0
+        for root, _dirs, files in os.walk(os.path.join(self.dv, "mail")):
+            if root.endswith("/new") or root.endswith("/cur"):
+                n += len(files)
+        return n
+
+
+def body_of(size, n):
+    head = "From: load@example.net\r\nTo: x@example.org\r\nSubject: load %d\r\n\r\n" % n
+    line = "0123456789abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKLM\r\n"
+    return (head + line * (size // len(line) + 1))[:size]
+
+
+def stock_workload(seconds, seed):
+    """Senders over SMTP, readers over POP3 (RETR + DELE); returns figures."""
+    end = time.time() + seconds
+    t0 = time.time()
+    lock = threading.Lock()
+    st = {"smtp": [], "pop": [], "fail": 0, "bytes": 0}
+    weights = [w for _s, w in SIZES]
+
+    def sender(k):
+        rng = random.Random(seed * 1000 + k)
+        n = 0
+        while time.time() < end:
+            try:
+                with smtplib.SMTP(StockStack.ADDR, 10025, timeout=30) as s:
+                    while time.time() < end and n % 20 != 19:
+                        size = rng.choices([s_ for s_, _w in SIZES], weights)[0]
+                        t = time.time()
+                        s.sendmail("load@example.net", [rng.choice(USERS)], body_of(size, n))
+                        with lock:
+                            st["smtp"].append((time.time() - t) * 1000)
+                            st["bytes"] += size
+                        n += 1
+                    n += 1
+            except (OSError, smtplib.SMTPException):
+                with lock:
+                    st["fail"] += 1
+                time.sleep(0.05)
+
+    def reader(k):
+        rng = random.Random(seed * 2000 + k)
+        while time.time() < end:
+            try:
+                p = poplib.POP3(StockStack.ADDR, 10110, timeout=30)
+                p.user(rng.choice(USERS))
+                p.pass_("secret")
+                count = p.stat()[0]
+                for i in range(1, min(count, 100) + 1):
+                    if time.time() >= end:
+                        break
+                    t = time.time()
+                    p.retr(i)
+                    p.dele(i)
+                    with lock:
+                        st["pop"].append((time.time() - t) * 1000)
+                p.quit()
+                if count == 0:
+                    time.sleep(0.02)
+            except (OSError, poplib.error_proto):
+                with lock:
+                    st["fail"] += 1
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=sender, args=(k,)) for k in range(SENDERS)]
+    threads += [threading.Thread(target=reader, args=(k,)) for k in range(READERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    secs = time.time() - t0
+    return {"accepted": len(st["smtp"]), "reads": len(st["pop"]), "failures": st["fail"], "seconds": secs,
+            "smtp_p50": pct(st["smtp"], 0.5), "smtp_p99": pct(st["smtp"], 0.99),
+            "read_p50": pct(st["pop"], 0.5), "read_p99": pct(st["pop"], 0.99)}
+
+
+def run_stock(seconds, seed):
+    s = StockStack()
+    try:
+        s.start()
+        meter = ProcMeter(s.pids(), os.path.join(s.d, "perf.txt"))
+        disk = DiskMeter(s.d)
+        w = stock_workload(seconds, seed)
+        # Postfix acknowledges a message once it is in its queue; it counts
+        # as delivered once Dovecot has put it in a Maildir (or a reader
+        # has already retrieved and deleted it).
+        in_window = s.delivered_files() + w["reads"]
+        # Let the queue drain (bounded) so CPU and fsyncs cover whole deliveries.
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            q = subprocess.run(["postqueue", "-c", os.path.join(s.pf, "etc"), "-j"], capture_output=True, text=True)
+            if not q.stdout.strip():
+                break
+            time.sleep(0.2)
+        cpu_ms, fsyncs = meter.stop()
+        disk_ms = disk.stop()
+        n = s.delivered_files() + w["reads"]
+        return {"msgs_per_s": in_window / w["seconds"], "accepted_per_s": w["accepted"] / w["seconds"],
+                "reads_per_s": w["reads"] / w["seconds"],
+                "p50": w["smtp_p50"], "p99": w["smtp_p99"], "read_p50": w["read_p50"], "read_p99": w["read_p99"],
+                "cpu_ms_per_msg": cpu_ms / n if n and cpu_ms is not None else None,
+                "fsyncs_per_msg": fsyncs / n if n and fsyncs is not None else None,
+                "disk_ms_per_msg": disk_ms / n if n and disk_ms is not None else None,
+                "failures": w["failures"], "messages": n, "accepted": w["accepted"]}
+    finally:
+        s.stop()
+
+
+# ---------------------------------------------------------------------------
+# (1b, 1c) Clusters of real agents, the workload through the local API.
+def start_cluster(build, nodes, replicas, subnet):
+    d = tempfile.mkdtemp(prefix="porcupine-eval-")
+    cl = local.Cluster(d, build)
+    cl.start(nodes, replicas, 2, subnet)
+    deadline = time.time() + 30
+    while not cl.converged():
+        if time.time() > deadline:
+            cl.stop()
+            raise RuntimeError("cluster of %d did not form" % nodes)
+        time.sleep(0.1)
+    for u in USERS:
+        r = cl.ctl(1, ["user", "add", u, "--password", "secret"], capture=True)
+        if r.returncode != 0:
+            cl.stop()
+            raise RuntimeError("user add: " + r.stderr)
+    return cl, d
+
+
+def mail_load_argv(build, cl, nodes, seconds, seed, per_second=False):
+    argv = [os.path.join(build, "tests", "bench", "mail_load"), "--seconds", str(seconds), "--senders", str(SENDERS),
+            "--readers", str(READERS), "--seed", str(seed)]
+    for i in range(1, nodes + 1):
+        argv += ["--socket", os.path.join(cl.ndir(i), "agent.sock")]
+    for u in USERS:
+        argv += ["--users", u]
+    if per_second:
+        argv.append("--per-second")
+    return argv
+
+
+def run_cluster(build, nodes, replicas, subnet, seconds, seed):
+    cl, d = start_cluster(build, nodes, replicas, subnet)
+    try:
+        pids = []
+        for i in range(1, nodes + 1):
+            pids += [cl.pid(i, "agent"), cl.pid(i, "redis")]
+        meter = ProcMeter([p for p in pids if p], os.path.join(d, "perf.txt"))
+        disk = DiskMeter(d)
+        out = subprocess.run(mail_load_argv(build, cl, nodes, seconds, seed), capture_output=True, text=True,
+                             timeout=seconds + 120)
+        cpu_ms, fsyncs = meter.stop()
+        disk_ms = disk.stop()
+        f = kv(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else {}
+        if out.returncode != 0 or "per_second" not in f:
+            raise RuntimeError("mail_load failed: " + out.stdout[-500:] + out.stderr[-500:])
+        n = f["deliveries"]
+        return {"msgs_per_s": f["per_second"], "reads_per_s": f["reads_per_second"], "p50": f["p50_ms"],
+                "p99": f["p99_ms"], "read_p50": f["read_p50_ms"], "read_p99": f["read_p99_ms"],
+                "cpu_ms_per_msg": cpu_ms / n if cpu_ms is not None else None,
+                "fsyncs_per_msg": fsyncs / n if fsyncs is not None else None, "failures": f["failures"],
+                "disk_ms_per_msg": disk_ms / n if disk_ms is not None else None,
+                "messages": n, "mean_bytes": f["mean_bytes"]}
+    finally:
+        cl.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def fsync_rate(build):
+    d = tempfile.mkdtemp(prefix="porcupine-eval-fsync-")
+    try:
+        out = subprocess.run([os.path.join(build, "tests", "bench", "fsync_rate"), d, "300"], capture_output=True,
+                             text=True, timeout=120)
+        return float(re.findall(r"=(\d+)", out.stdout)[0])
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# (2) The failure timeline with real agents.
+def real_timeline(build, quick, seed, outdir):
+    nodes = 3 if quick else 5
+    total = 10 if quick else 60
+    plan = [(3, "kill", [3]), (6, "restart", [3])] if quick else \
+        [(15, "kill", [5]), (25, "kill", [4]), (40, "restart", [5, 4])]
+    cl, d = start_cluster(build, nodes, 2, 81)
+    changes = []
+    try:
+        load = subprocess.Popen(mail_load_argv(build, cl, nodes, total, seed, per_second=True), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        t0 = time.time()
+        stop = threading.Event()
+
+        def watch():
+            last = None
+            while not stop.is_set():
+                r = cl.ctl(1, ["--json", "--timeout", "1000", "status"], capture=True)
+                if r.returncode == 0:
+                    s = json.loads(r.stdout)
+                    view = (s["epoch"], tuple(sorted(m["id"] for m in s["members"])))
+                    if view != last:
+                        changes.append({"t": time.time() - t0, "epoch": view[0], "members": list(view[1])})
+                        last = view
+                time.sleep(0.2)
+
+        w = threading.Thread(target=watch)
+        w.start()
+        events = []
+        for at, what, victims in plan:
+            time.sleep(max(0, t0 + at - time.time()))
+            for v in victims:
+                if what == "kill":
+                    cl.kill(v, redis=False)
+                else:
+                    cl.restart(v)
+            events.append({"t": time.time() - t0, "what": what, "nodes": victims})
+        out, err = load.communicate(timeout=total + 120)
+        stop.set()
+        w.join()
+    finally:
+        cl.stop()
+        shutil.rmtree(d, ignore_errors=True)
+    series = [(int(kv(l)["t"]), kv(l)["deliveries"]) for l in out.splitlines() if l.startswith("second ")]
+    summary = kv(out.strip().splitlines()[-1]) if out.strip() else {}
+    if not series or summary.get("deliveries", 0) <= 0:
+        raise RuntimeError("timeline load failed: " + err[-500:])
+    # Time to reconfigure: from each event to node 1's first view with the new members.
+    for e in events:
+        want = None
+        for c in changes:
+            if c["t"] >= e["t"] and ((e["what"] == "kill" and not set(e["nodes"]) & set(c["members"])) or
+                                     (e["what"] == "restart" and set(e["nodes"]) <= set(c["members"]))):
+                want = c
+                break
+        e["reconfig_s"] = want["t"] - e["t"] if want else None
+        e["steady_s"] = steady_after(series, e["t"], [x["t"] for x in events if x["t"] > e["t"]] + [total])
+    return {"nodes": nodes, "series": series, "events": events, "changes": changes, "summary": summary,
+            "total": total}
+
+
+def steady_after(series, t, later):
+    """Seconds from t until throughput is back within 10 % of the level it
+    settles at before the next event (median of the second half)."""
+    nxt = min(later)
+    seg = [(s, v) for s, v in series if t <= s < nxt]
+    if len(seg) < 4:
+        return None
+    level = statistics.median([v for _s, v in seg[len(seg) // 2:]])
+    for k, (s, v) in enumerate(seg):
+        if all(abs(v2 - level) <= 0.1 * level + 1 for _s2, v2 in seg[k:k + 2]):
+            return max(0.0, s + 1 - t)
+    return None
+
+
+# ---------------------------------------------------------------------------
+# (3) The simulator.
+def sim(build, args):
+    out = subprocess.run([os.path.join(build, "tests", "bench", "sim_eval")] + [str(a) for a in args],
+                         capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise RuntimeError("sim_eval %s failed: %s" % (" ".join(map(str, args)), out.stderr[-500:]))
+    return out.stdout
+
+
+def cost_spec(c):
+    return ",".join("%s=%g" % (k, v) for k, v in c.items())
+
+
+# ---------------------------------------------------------------------------
+def plots(outdir, R):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    files = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(os.path.join(outdir, name), dpi=110)
+        plt.close(fig)
+        files.append(name)
+
+    # Real processes: throughput and latency per setup.
+    setups = list(R["real"].keys())
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for k, key in enumerate(["msgs_per_s", "p99"]):
+        meds = [median_spread([r[key] for r in R["real"][s]]) for s in setups]
+        ax[k].bar(range(len(setups)), [m[0] for m in meds],
+                  yerr=[[m[0] - m[1] for m in meds], [m[2] - m[0] for m in meds]], capsize=4,
+                  color=["#888"] + ["#3a7"] * (len(setups) - 1))
+        ax[k].set_xticks(range(len(setups)))
+        ax[k].set_xticklabels(setups, rotation=15, fontsize=8)
+    ax[0].set_ylabel("messages delivered per second")
+    ax[0].set_title("Throughput, real processes (median, min–max)")
+    ax[1].set_ylabel("p99 delivery latency (ms)")
+    ax[1].set_title("p99 delivery latency (SMTP for stock, local API for cluster)")
+    save(fig, "real_throughput.png")
+
+    # Real failure timeline.
+    tl = R["timeline"]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.plot([s for s, _v in tl["series"]], [v for _s, v in tl["series"]], "-o", ms=3, label="deliveries per second")
+    for e in tl["events"]:
+        ax.axvline(e["t"], color="red" if e["what"] == "kill" else "green", ls="--",
+                   label="%s node %s" % (e["what"], ",".join(map(str, e["nodes"]))))
+    for c in tl["changes"][1:]:
+        ax.axvline(c["t"], color="gray", ls=":", lw=1)
+    ax.plot([], [], color="gray", ls=":", label="membership change seen by node 1")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("messages delivered per second")
+    ax.set_title("Failure timeline: %d real agents, R=2, kill -9 and restart" % tl["nodes"])
+    ax.legend(fontsize=8, loc="lower left")
+    save(fig, "real_failure_timeline.png")
+
+    # Sim scale-out.
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for r in (1, 2):
+        pts = sorted(R["sim_scale"][r].items())
+        ns = [n for n, _v in pts]
+        meds = [median_spread(v) for _n, v in pts]
+        ax.errorbar(ns, [m[0] for m in meds], yerr=[[m[0] - m[1] for m in meds], [m[2] - m[0] for m in meds]],
+                    marker="o", capsize=3, label="simulated, R=%d" % r)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("nodes")
+    ax.set_ylabel("messages per second")
+    ax.set_title("Scale-out in the simulator (calibrated cost model)")
+    ax.legend()
+    save(fig, "sim_scaleout.png")
+
+    # Sim failure timelines.
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for k, t in sorted(R["sim_timeline"].items()):
+        ax.plot([s for s, _v in t["series"]], [v for _s, v in t["series"]], label="%d of %d crashed" % (k, t["nodes"]))
+    if R["sim_timeline"]:
+        t = next(iter(R["sim_timeline"].values()))
+        ax.axvline(t["crash_at"], color="red", ls="--", label="crash")
+        ax.axvline(t["restart_at"], color="green", ls="--", label="restart")
+    ax.set_xlabel("simulated time (s)")
+    ax.set_ylabel("messages delivered per second")
+    ax.set_title("Simulated failure timeline, R=2")
+    ax.legend(fontsize=8)
+    save(fig, "sim_failure_timeline.png")
+
+    # Heterogeneity.
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    for k, regime in enumerate(R["hetero"]):
+        for pol in ("static", "random", "spread"):
+            pts = sorted(R["hetero"][regime][pol].items())
+            ax[k].plot([p for p, _v in pts], [statistics.median(v) for _p, v in pts], marker="o", label=pol)
+        ax[k].set_xlabel("% of nodes 3x faster")
+        ax[k].set_ylabel("messages per second")
+        ax[k].set_title("Heterogeneity, %d nodes, Zipf users: %s" % (R["hetero_nodes"], regime), fontsize=9)
+        ax[k].legend()
+    save(fig, "sim_heterogeneity.png")
+
+    # Reconfiguration cost.
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    ns = sorted(R["reconfig"])
+    ax[0].plot(ns, [statistics.median([x["crash_ms"] for x in R["reconfig"][n]]) for n in ns], "-o", label="crash")
+    ax[0].plot(ns, [statistics.median([x["rejoin_ms"] for x in R["reconfig"][n]]) for n in ns], "-o", label="rejoin")
+    ax[0].set_xscale("log")
+    ax[0].set_xlabel("nodes")
+    ax[0].set_ylabel("simulated ms to a converged group")
+    ax[0].set_title("Time to reconfigure")
+    ax[0].legend()
+    ax[1].plot(ns, [statistics.median([x["crash_msgs"] for x in R["reconfig"][n]]) for n in ns], "-o",
+               label="crash to converged (all traffic)")
+    ax[1].plot(ns, [statistics.median([x["idle_msgs_same_span"] for x in R["reconfig"][n]]) for n in ns], "--",
+               label="idle traffic over the same span")
+    ax[1].plot(ns, [statistics.median([x["rejoin_msgs"] for x in R["reconfig"][n]]) for n in ns], "-o",
+               label="rejoin (all traffic)")
+    ax[1].set_xscale("log")
+    ax[1].set_yscale("log")
+    ax[1].set_xlabel("nodes")
+    ax[1].set_ylabel("protocol messages")
+    ax[1].set_title("Messages per reconfiguration")
+    ax[1].legend()
+    save(fig, "sim_reconfig_cost.png")
+    return files
+
+
+# ---------------------------------------------------------------------------
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "results"))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    build = os.path.abspath(args.build)
+    quick = args.quick
+    runs = 1 if quick else args.runs
+    stamp = datetime.datetime.utcnow().strftime("%Y-%m-%d-%H%M%S")
+    outdir = os.path.join(os.path.abspath(args.out), stamp + ("-quick" if quick else ""))
+    os.makedirs(outdir, exist_ok=True)
+    t_start = time.time()
+    R = {"real": {}, "sim_scale": {1: {}, 2: {}}, "sim_timeline": {}, "hetero": {}, "reconfig": {}}
+    seconds = 3 if quick else 20
+
+    # (1) real processes.
+    log("raw fsync rate")
+    R["fsync"] = [fsync_rate(build) for _ in range(3)]
+    setups = [("stock Postfix+Dovecot", None), ("1 node, R=1", (1, 1, 82)), ("3 nodes, R=1", (3, 1, 83)),
+              ("3 nodes, R=2", (3, 2, 84))]
+    for name, _c in setups:
+        R["real"][name] = []
+    for run in range(runs):
+        for name, c in setups:
+            log("real: %s, run %d/%d" % (name, run + 1, runs))
+            if c is None:
+                R["real"][name].append(run_stock(seconds, run + 1))
+            else:
+                R["real"][name].append(run_cluster(build, c[0], c[1], c[2], seconds, run + 1))
+    # (2) the failure timeline.
+    log("real failure timeline")
+    R["timeline"] = real_timeline(build, quick, 1, outdir)
+    tls = [R["timeline"]]
+    for run in range(1, 1 if quick else min(runs, 2)):
+        log("real failure timeline, run %d" % (run + 1))
+        tls.append(real_timeline(build, quick, run + 1, outdir))
+    R["timeline_runs"] = [[{"what": e["what"], "nodes": e["nodes"], "reconfig_s": e["reconfig_s"],
+                            "steady_s": e["steady_s"]} for e in t["events"]] for t in tls]
+
+    # (3) calibration of the cost model from (1), then the simulator.
+    stock = R["real"]["stock Postfix+Dovecot"]
+    one = R["real"]["1 node, R=1"]
+    fsync_ms = 1000.0 / statistics.median(R["fsync"])
+    cal = {
+        "fe_deliver_cpu": statistics.median([r["cpu_ms_per_msg"] for r in stock]),
+        "fe_read_cpu": 0.0,
+        "store_cpu": statistics.median([r["cpu_ms_per_msg"] for r in one]),
+        "store_disk": statistics.median([r["disk_ms_per_msg"] for r in one]),
+        "mutate_disk": 0.0, "fetch_disk": 0.0, "msg_cpu": 0.02, "cores": 2, "net_latency": 1,
+    }
+    R["calibration"] = cal
+    R["fsync_ms"] = fsync_ms
+    cs = cost_spec(cal)
+    scale_ns = [1, 2, 4] if quick else [1, 2, 4, 8, 12, 16, 20, 24, 30]
+    sim_runs = 1 if quick else 3
+    ssec, swarm = ("1", "0.5") if quick else ("3", "1")
+    for r in (1, 2):
+        for n in scale_ns:
+            R["sim_scale"][r][n] = []
+            for s in range(sim_runs):
+                log("sim scale: %d nodes R=%d seed %d" % (n, r, s + 1))
+                R["sim_scale"][r][n].append(kv(sim(build, ["scale", "--nodes", n, "--replicas", r, "--seconds", ssec,
+                                                           "--warmup", swarm, "--seed", s + 1, "--cost", cs]))["msgs_per_s"])
+    big = [(20, "1", "0.5")] if quick else [(100, "2", "1"), (1000, "0.5", "0.5")]
+    R["sim_big"] = {}
+    for n, sec, warm in big:
+        log("sim scale: %d nodes R=2 (one run, %s simulated s)" % (n, sec))
+        f = kv(sim(build, ["scale", "--nodes", n, "--replicas", 2, "--seconds", sec, "--warmup", warm,
+                           "--clients-per-node", 4, "--users-per-node", 5, "--cost", cs]))
+        R["sim_big"][n] = dict(f, sim_seconds=float(sec))
+        R["sim_scale"][2].setdefault(n, []).append(f["msgs_per_s"])
+    tl_nodes = 6 if quick else 30
+    crashes = [1] if quick else [1, 3, 6]
+    crash_at, restart_at, tl_secs = (2, 5, 8) if quick else (8, 20, 30)
+    for k in crashes:
+        log("sim timeline: %d of %d crashed" % (k, tl_nodes))
+        out = sim(build, ["timeline", "--nodes", tl_nodes, "--crash", k, "--replicas", 2, "--crash-at", crash_at,
+                          "--restart-at", restart_at, "--seconds", tl_secs, "--cost", cs])
+        series = [(int(kv(l)["t_s"]), kv(l)["msgs"]) for l in out.splitlines() if l.startswith("second ")]
+        ev = [kv(l) for l in out.splitlines() if "what=converged" in l]
+        R["sim_timeline"][k] = {"nodes": tl_nodes, "series": series, "crash_at": crash_at, "restart_at": restart_at,
+                                "reconfig_ms": [e["reconfig_ms"] for e in ev]}
+    R["hetero_nodes"] = tl_nodes
+    regimes = {"calibrated (CPU-bound)": cs,
+               "disk-bound (store_disk x10)": cost_spec(dict(cal, store_disk=cal["store_disk"] * 10))}
+    for regime, spec in regimes.items():
+        R["hetero"][regime] = {}
+        for pol in ("static", "random", "spread"):
+            R["hetero"][regime][pol] = {}
+            for pctf in (0, 3, 7, 10):
+                R["hetero"][regime][pol][pctf] = []
+                for s in range(sim_runs):
+                    R["hetero"][regime][pol][pctf].append(kv(sim(build, [
+                        "hetero", "--nodes", tl_nodes, "--fast-pct", pctf, "--policy", pol, "--seconds", 20 if not quick else 5,
+                        "--warmup", 5 if not quick else 2, "--clients-per-node", 4, "--seed", s + 1,
+                        "--cost", spec]))["msgs_per_s"])
+    rec_ns = [3, 10, 30] if quick else [3, 10, 30, 100, 300, 1000]
+    for n in rec_ns:
+        log("sim reconfiguration cost: %d nodes" % n)
+        R["reconfig"][n] = [kv(sim(build, ["reconfig", "--nodes", n, "--seed", s + 1]))
+                            for s in range(1 if (quick or n >= 300) else sim_runs)]
+
+    # (4) on paper.
+    per_node = statistics.median(R["sim_scale"][2][max(scale_ns)]) / max(scale_ns)
+    R["per_node_r2"] = per_node
+    R["elapsed_s"] = time.time() - t_start
+    R["plots"] = plots(outdir, R)
+    with open(os.path.join(outdir, "results.json"), "w") as f:
+        json.dump(R, f, indent=1, default=str)
+    with open(os.path.join(outdir, "report.md"), "w") as f:
+        f.write(report(R, quick, runs, sim_runs, scale_ns, stamp))
+    # Sanity: every part produced positive figures.
+    bad = [n for n, rs in R["real"].items() if not all(r["msgs_per_s"] > 0 for r in rs)]
+    bad += ["sim %d" % n for n, v in R["sim_scale"][1].items() if not all(x > 0 for x in v)]
+    if bad:
+        print("evaluate: no throughput in: " + ", ".join(bad), file=sys.stderr)
+        return 1
+    print(outdir)
+    return 0
+
+
+def report(R, quick, runs, sim_runs, scale_ns, stamp):
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = re.findall(r"model name\s*:\s*(.*)", f.read())[0]
+    except (OSError, IndexError):
+        pass
+    L = []
+    w = L.append
+    w("# Evaluation report%s" % (" (quick run: figures only show that it runs)" if quick else ""))
+    w("")
+    w("* Date (UTC): %s; total run time %.0f s" % (stamp, R["elapsed_s"]))
+    w("* Machine: %s, %d cores (%s), kernel %s; shared with other work while it ran" % (
+        platform.node(), os.cpu_count(), cpu, platform.release()))
+    w("* Raw disk: %s fsyncs/s (4 KiB create+write+fsync, `fsync_rate`, %d runs)" % (fmt(R["fsync"], 0), len(R["fsync"])))
+    w("* Message sizes: %s (bytes: weight %%); median 4 KiB, mean %.1f KiB" % (
+        ", ".join("%d: %g" % s for s in SIZES), sum(s * w_ for s, w_ in SIZES) / sum(w_ for _s, w_ in SIZES) / 1024))
+    w("* Workload: %d senders and %d readers (retrieve and delete) at once, 10 users, %s s per run; %d runs per setup; "
+      "figures are medians with (min–max) over runs" % (SENDERS, READERS, "3" if quick else "20", runs))
+    w("")
+    w("## 1. Real processes on this machine")
+    w("")
+    w("The stock stack is Postfix → Dovecot LMTP → Maildir, driven over SMTP (senders) and POP3 (readers: RETR + "
+      "DELE). **The clusters are driven through the agents' local API** (`mail_load`: deliver; list, fetch and "
+      "expunge), because `scripts/porcupine-local` does not yet run Postfix per node in a committed state; their "
+      "figures therefore leave out the SMTP and LMTP work the stock figures include. CPU is the processes' "
+      "task-clock (perf stat, following forked children): Postfix and Dovecot for the stock stack, agents and their "
+      "Redis for the clusters; fsyncs count fsync + fdatasync calls of the same processes. All nodes share this "
+      "machine's %d cores, so more nodes here cannot mean more throughput." % os.cpu_count())
+    w("")
+    w("| setup | msgs/s | ratio to stock | reads/s | p50 / p99 delivery ms | p50 / p99 read ms | CPU ms/msg | fsyncs/msg | disk busy ms/msg |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    base_runs = R["real"]["stock Postfix+Dovecot"]
+    base = [r["msgs_per_s"] for r in base_runs]
+    for name, rs in R["real"].items():
+        ratios = [r["msgs_per_s"] / b for r, b in zip(rs, base)]
+        w("| %s | %s | %s | %s | %s / %s | %s / %s | %s | %s | %s |" % (
+            name, fmt([r["msgs_per_s"] for r in rs]), fmt(ratios, 2), fmt([r["reads_per_s"] for r in rs]),
+            fmt([r["p50"] for r in rs]), fmt([r["p99"] for r in rs]), fmt([r["read_p50"] for r in rs]),
+            fmt([r["read_p99"] for r in rs]), fmt([r["cpu_ms_per_msg"] for r in rs], 2),
+            fmt([r["fsyncs_per_msg"] for r in rs], 2), fmt([r.get("disk_ms_per_msg") for r in rs], 2)))
+    w("")
+    w("msgs/s counts messages delivered during the load period: for the stock stack, messages in a Maildir or "
+      "already retrieved by a reader when the load stops (Postfix accepted %s msgs/s into its queue; the rest was "
+      "delivered after); for the clusters, deliveries the agents acknowledged (stored on every replica). Delivery "
+      "latency is SMTP (accepted into Postfix's queue) for the stock stack and the local API's deliver for the "
+      "clusters; read latency is POP3 RETR + DELE (session set-up excluded) and list + fetch + expunge. CPU, fsyncs "
+      "and disk busy time (the device's io_ticks, which includes anything else using the disk) are per delivered "
+      "message, the stock stack's measured until its queue drained. Ratios are per run (run k of a cluster against "
+      "run k of the stock stack, measured minutes apart)." % fmt([r.get("accepted_per_s") for r in base_runs]))
+    w("")
+    w("![throughput](real_throughput.png)")
+    w("")
+    w("## 2. Failure timeline (real agents)")
+    w("")
+    tl = R["timeline"]
+    w("%d agents (each with its Redis) on 127.0.81.x, R=2, the same workload through the local API; node 1 is "
+      "polled (`porcupinectl --json status`) every 0.2 s and each change of its view is marked." % tl["nodes"])
+    w("")
+    w("| event | time to reconfigure (s) | time to steady throughput (s) |")
+    w("|---|---|---|")
+    for k, e in enumerate(tl["events"]):
+        rc = [t[k]["reconfig_s"] for t in R["timeline_runs"]]
+        sd = [t[k]["steady_s"] for t in R["timeline_runs"]]
+        w("| %s node %s at t=%.0f s | %s | %s |" % (e["what"], ",".join(map(str, e["nodes"])), e["t"], fmt(rc, 2),
+                                                   fmt(sd, 0)))
+    w("")
+    w("Runs: %d. Time to reconfigure: from the kill or restart to node 1's first view with the new members. Time to "
+      "steady throughput: from the event to the first second from which two seconds stay within 10 %% of the "
+      "level the throughput settles at before the next event." % len(R["timeline_runs"]))
+    w("")
+    w("![timeline](real_failure_timeline.png)")
+    w("")
+    w("## 3. The simulator with a calibrated cost model")
+    w("")
+    cal = R["calibration"]
+    w("Each simulated node has %d CPU cores and one disk, each a FIFO queue (`cluster-agent/sim/cost.h`); the real "
+      "core runs unchanged on top. Calibration from section 1 (medians):" % cal["cores"])
+    w("")
+    w("* front end, per delivery: %.2f ms CPU = the stock stack's CPU per message (Postfix + LMTP + Maildir + "
+      "POP3 read), the work every node's Postfix and Dovecot do; reads get no separate front-end charge (it is in "
+      "this figure)" % cal["fe_deliver_cpu"])
+    w("* per copy stored: %.2f ms CPU (agent + Redis CPU per message, 1 node R=1, reads included) and %.2f ms disk "
+      "(fsyncs per message at 1 node R=1 × %.2f ms per raw fsync)" % (cal["store_cpu"], cal["store_disk"], R["fsync_ms"]))
+    w("* any other protocol message: %.2f ms CPU; network latency %d ms one way (the simulator's clock has 1 ms "
+      "steps; loopback is faster)" % (cal["msg_cpu"], cal["net_latency"]))
+    w("* workload: closed loop, 8 clients per node, half deliveries and half reads (list, fetch, expunge), users "
+      "uniform; every node also receives SMTP (front ends chosen at random)")
+    w("")
+    w("| nodes | R=1 msgs/s | R=2 msgs/s | R=2 per node |")
+    w("|---|---|---|---|")
+    for n in sorted(set(R["sim_scale"][1]) | set(R["sim_scale"][2])):
+        r1 = R["sim_scale"][1].get(n, [])
+        r2 = R["sim_scale"][2].get(n, [])
+        w("| %d | %s | %s | %s |" % (n, fmt(r1) if r1 else "–", fmt(r2) if r2 else "–",
+                                     fmt([x / n for x in r2]) if r2 else "–"))
+    w("")
+    w("%d seed(s) per point up to %d nodes; the larger clusters ran once (4 clients and 5 users per node) for fewer "
+      "simulated seconds: %s." % (sim_runs, max(scale_ns), "; ".join(
+          "%d nodes: %.1f simulated s in %.0f s of wall time" % (n, f["sim_seconds"], f["wall_s"])
+          for n, f in sorted(R["sim_big"].items()))))
+    w("")
+    w("![scale-out](sim_scaleout.png)")
+    w("")
+    w("### Simulated failures (%d nodes, R=2)" % R["hetero_nodes"])
+    w("")
+    for k, t in sorted(R["sim_timeline"].items()):
+        w("* %d crashed at t=%d s, restarted at t=%d s: reconfigured in %s ms" % (
+            k, t["crash_at"], t["restart_at"], " and ".join("%.0f" % x for x in t["reconfig_ms"]) or "n/a"))
+    w("")
+    w("![sim timeline](sim_failure_timeline.png)")
+    w("")
+    w("### Heterogeneity (placement policies)")
+    w("")
+    w("%d nodes, R=1, users drawn by Zipf(1); 0/3/7/10 %% of nodes with 3× faster disks (as in the paper). The same cost queues "
+      "with no protocol traffic: `static` stores a user's mail on hash(user) mod N, `random` on any node, `spread` "
+      "calls the core's `choose_placement` with each node's queued disk operations as its load. Two regimes: the "
+      "calibrated costs (this machine: CPU-bound, the front end dominates) and the same with 10× the disk time per "
+      "store (the paper's disk-bound regime)." % R["hetero_nodes"])
+    w("")
+    w("| regime | policy | 0 % | 3 % | 7 % | 10 % |")
+    w("|---|---|---|---|---|---|")
+    for regime, pols in R["hetero"].items():
+        for pol, pts in pols.items():
+            w("| %s | %s | %s |" % (regime, pol, " | ".join(fmt(pts[p], 0) for p in (0, 3, 7, 10))))
+    w("")
+    w("![heterogeneity](sim_heterogeneity.png)")
+    w("")
+    w("### Reconfiguration cost versus cluster size (no load)")
+    w("")
+    w("| nodes | form (sim ms) | crash → converged (sim ms) | messages meanwhile | idle messages, same span | rejoin (sim ms) | rejoin messages |")
+    w("|---|---|---|---|---|---|---|")
+    for n in sorted(R["reconfig"]):
+        xs = R["reconfig"][n]
+        w("| %d | %s | %s | %s | %s | %s | %s |" % (n, fmt([x["formed_ms"] for x in xs], 0), fmt([x["crash_ms"] for x in xs], 0),
+                                             fmt([x["crash_msgs"] for x in xs], 0), fmt([x["idle_msgs_same_span"] for x in xs], 0),
+                                             fmt([x["rejoin_ms"] for x in xs], 0), fmt([x["rejoin_msgs"] for x in xs], 0)))
+    w("")
+    w("![reconfiguration](sim_reconfig_cost.png)")
+    w("")
+    w("## 4. On paper: 10⁹ messages a day")
+    w("")
+    need = 1e9 / 86400
+    pn = R["per_node_r2"]
+    w("10⁹ messages/day = %.0f messages/s on average; with a peak of 3× the average, %.0f/s. At the simulated "
+      "%.0f messages/s per node (R=2, %d nodes, this machine's costs) that is %d nodes for the average and %d for "
+      "the peak." % (need, 3 * need, pn, max(scale_ns), math.ceil(need / pn), math.ceil(3 * need / pn)))
+    w("")
+    return "\n".join(L) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
