@@ -137,6 +137,18 @@ constexpr std::array kTable{
     P("cluster_domains", Type::kList, "",
       "Mail domains whose users live in the cluster (read by porcupine-milter).",
       &Params::cluster_domains),
+    P("milter_socket", Type::kPath, "/run/porcupine/milter.sock",
+      "Unix socket on which porcupine-milter serves Postfix's smtpd (smtpd_milters = unix:...).",
+      &Params::milter_socket),
+    P("milter_socket_group", Type::kString, "postfix",
+      "Group given access to milter_socket; empty leaves the socket to the process's own group.",
+      &Params::milter_socket_group),
+    P("milter_timeout_ms", Type::kMillis, "5000", 100, 60 * kSecond,
+      "Deadline of porcupine-milter's question to the agent; past it the recipient gets 451 4.3.0.",
+      &Params::milter_timeout_ms),
+    P("milter_trace_header", Type::kString, "X-Porcupine-Accepted-By",
+      "Name of the header porcupine-milter adds, naming the node that accepted the message.",
+      &Params::milter_trace_header),
 };
 
 // Which alternative of Field each type stores its value in.

@@ -100,6 +100,11 @@ struct Params {
   std::string syslog_facility;  // "mail", "daemon", "local0", ...
   std::vector<std::string> cluster_domains;
 
+  std::string milter_socket;        // porcupine-milter: its socket for smtpd
+  std::string milter_socket_group;  // may connect to milter_socket
+  Time milter_timeout_ms{};         // its deadline for one question to the agent
+  std::string milter_trace_header;  // header naming the accepting node
+
   bool operator==(const Params&) const = default;
 };
 
