@@ -33,6 +33,9 @@ PACKAGES+=(
 # The evaluation (tests/bench/evaluate.py): plots, and CPU time and fsync
 # counts of the measured processes.
 PACKAGES+=(python3-matplotlib linux-perf)
+# Postfix for every node's SMTP (porcupine-milter, scripts/porcupine-local),
+# its end-to-end tests and the benchmark (smtp-source is in postfix).
+PACKAGES+=(postfix)
 
 say() { echo "install-deps: $*"; }
 die() { echo "install-deps: error: $*" >&2; exit 1; }
@@ -58,6 +61,9 @@ run() {
   fi
 }
 
+# Postfix: no system-wide configuration (each node writes its own).
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+
 say "updating package lists (log: $LOG)"
 run "apt-get update" apt-get update
 
@@ -74,5 +80,13 @@ if [[ -d /run/systemd/system ]]; then
 fi
 service dovecot stop >>"$LOG" 2>&1 || true
 update-rc.d dovecot disable >>"$LOG" 2>&1 || true
+
+# Likewise Postfix: nothing system-wide holds port 25.
+say "stopping the system-wide postfix service"
+if [[ -d /run/systemd/system ]]; then
+  systemctl disable --now postfix.service >>"$LOG" 2>&1 || true
+fi
+service postfix stop >>"$LOG" 2>&1 || true
+update-rc.d postfix disable >>"$LOG" 2>&1 || true
 
 say "ok"

@@ -1,0 +1,543 @@
+#!/usr/bin/env python3
+"""End-to-end tests of the whole stack of every node: Postfix (its own
+instance per node, SMTP on 127.0.K.i:10025) with porcupine-milter, Dovecot
+with the porcupine plugin (LMTP, IMAP, POP3), porcupine-agent and its
+redis-server, all real processes started by scripts/porcupine-local.
+
+Usage:
+  smtp_test.py --build BUILD_DIR [--subnet K] [unittest args]
+  smtp_test.py --build BUILD_DIR --subnet K --soak [--messages M]
+               [--sessions S] [--runs R]
+      the no-loss run outside ctest: R runs of M messages over S SMTP
+      sessions spread over the three nodes, one node killed with SIGKILL
+      (every process of it) at a different moment of each run, then
+      restarted; prints per run what was accepted, lost and duplicated.
+      Exit status 1 if any accepted message was lost.
+
+Each test starts its own cluster under a fresh directory and stops every
+process it started, by PID. Skipped when Postfix, Dovecot or the milter is
+not there.
+"""
+import imaplib
+import importlib.machinery
+import json
+import os
+import poplib
+import random
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+local = importlib.machinery.SourceFileLoader("porcupine_local", os.path.join(ROOT, "scripts", "porcupine-local")).load_module()
+
+BUILD = os.path.join(ROOT, "build")
+SUBNET = 70
+DOMAIN = "example.org"
+USERS = {"alice@example.org": "alice-pw", "bob@example.org": "bob-pw", "carol@example.com": "carol-pw"}
+# Headers added on the way in; everything else must arrive byte for byte.
+TRACE = (b"received", b"return-path", b"delivered-to", b"x-original-to", b"x-porcupine-accepted-by")
+
+
+def strip_trace(raw):
+    """The message without the trace headers at its top."""
+    lines = raw.split(b"\r\n")
+    out, skipping, in_header = [], False, True
+    for line in lines:
+        if in_header:
+            if line == b"":
+                in_header = False
+            elif line[:1] in (b" ", b"\t"):
+                if skipping:
+                    continue
+            else:
+                skipping = line.split(b":", 1)[0].strip().lower() in TRACE
+                if skipping:
+                    continue
+        out.append(line)
+    return b"\r\n".join(out)
+
+
+def header(raw, name):
+    for line in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(name.lower() + b":"):
+            return line.split(b":", 1)[1].strip()
+    return None
+
+
+def make_message(to, tag, size=600):
+    head = ("From: Sender <sender@outside.test>\r\nTo: <%s>\r\nSubject: %s\r\n"
+            "Message-Id: <%s@test.porcupine>\r\nDate: Tue, 24 Nov 2026 12:00:00 +0000\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n" % (to, tag, tag)).encode()
+    body = b"".join(b"%s line %04d: the quick brown fox jumps over the lazy dog\r\n" % (tag.encode(), n)
+                    for n in range(size // 60 + 1))
+    # One line that starts with a dot, so SMTP and POP3 dot-stuffing is exercised.
+    return head + body + b".a line with a leading dot\r\n"
+
+
+class Stack:
+    """A porcupine-local cluster with the full stack on every node."""
+
+    def __init__(self, base, nodes, replicas, subnet):
+        self.cl = local.Cluster(base, BUILD)
+        self.nodes, self.subnet = nodes, subnet
+        self.cl.start(nodes, replicas, 2, subnet, services=["dovecot", "milter", "postfix"],
+                      domains=["example.org", "example.com"])
+
+    def addr(self, i):
+        return "127.0.%d.%d" % (self.subnet, i)
+
+    def ctl(self, i, *args, check=True):
+        argv = [self.cl.ctl_bin(), "--socket", os.path.join(self.cl.ndir(i), "agent.sock"), "--timeout", "15000"]
+        r = subprocess.run(argv + list(args), capture_output=True, text=True)
+        if check and r.returncode != 0:
+            raise AssertionError("porcupinectl %s: %s" % (" ".join(args), r.stderr))
+        return r
+
+    def smtp(self, i, timeout=60):
+        return smtplib.SMTP(self.addr(i), local.SMTP_PORT, timeout=timeout, source_address=(self.addr(i), 0))
+
+    def imap(self, i, user):
+        m = imaplib.IMAP4(self.addr(i), local.IMAP_PORT, timeout=60)
+        m.login(user, USERS[user])
+        return m
+
+    def imap_messages(self, i, user):
+        """Every message of user's INBOX read on node i: [raw bytes]."""
+        m = self.imap(i, user)
+        try:
+            typ, _ = m.select("INBOX", readonly=True)
+            assert typ == "OK"
+            typ, data = m.uid("FETCH", "1:*", "(BODY.PEEK[])")
+            assert typ == "OK", data
+            return [d[1] for d in data if isinstance(d, tuple)]
+        finally:
+            m.logout()
+
+    def pop3_messages(self, i, user):
+        p = poplib.POP3(self.addr(i), local.POP3_PORT, timeout=60)
+        try:
+            p.user(user)
+            p.pass_(USERS[user])
+            count, _ = p.stat()
+            return [b"\r\n".join(p.retr(n)[1]) + b"\r\n" for n in range(1, count + 1)]
+        finally:
+            p.quit()
+
+    def queue_empty(self, i):
+        """No message waits in node i's Postfix queue."""
+        q = os.path.join(self.cl.postfix_dir(i), "queue")
+        for sub in ("maildrop", "incoming", "active", "deferred", "hold"):
+            for _, _, files in os.walk(os.path.join(q, sub)):
+                if files:
+                    return False
+        return True
+
+    def postfix_log(self, i):
+        try:
+            with open(self.cl.postfix_log(i), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def milter_log(self, i):
+        try:
+            with open(os.path.join(self.cl.ndir(i), "milter.log"), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self):
+        self.cl.stop()
+
+
+def wait_for(cond, timeout, step=0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return False
+
+
+# ---- The no-loss load, shared by the test and --soak ---------------------------
+
+class Load:
+    """messages over sessions SMTP sessions, session s on node s % N + 1.
+    A message answered 250 is `accepted`; one answered 4xx, or whose
+    session broke before an answer, is tried again (on the next node) until
+    it gets a 250 or a 5xx, or the deadline passes."""
+
+    def __init__(self, stack, messages, sessions, deadline_s=300):
+        self.st, self.messages, self.sessions = stack, messages, sessions
+        self.deadline = time.time() + deadline_s
+        self.lock = threading.Lock()
+        self.accepted = {}     # tag -> user
+        self.retried = set()   # tags that got a 4xx or a broken session first
+        self.unanswered = set()  # tags whose DATA got no answer at least once (may arrive twice)
+        self.rejected = {}     # tag -> 5xx reply (must not happen)
+        self.gave_up = set()
+        self.done = 0
+
+    def run_session(self, s):
+        users = sorted(USERS)
+        mine = [n for n in range(self.messages) if n % self.sessions == s]
+        node = s % self.st.nodes + 1
+        conn = None
+        for n in mine:
+            tag = "load-%05d" % n
+            user = users[n % len(users)]
+            data = make_message(user, tag, 400)
+            tries = 0
+            while True:
+                if time.time() > self.deadline:
+                    with self.lock:
+                        self.gave_up.add(tag)
+                    break
+                in_data = False
+                try:
+                    if conn is None:
+                        conn = self.st.smtp(node, timeout=30)
+                        conn.ehlo()
+                    conn.mail("sender@outside.test")
+                    code, msg = conn.rcpt(user)
+                    if code >= 500:
+                        with self.lock:
+                            self.rejected[tag] = (code, msg)
+                        conn.rset()
+                        break
+                    if code >= 400:
+                        raise smtplib.SMTPResponseException(code, msg)
+                    in_data = True
+                    code, msg = conn.data(data)
+                    if code == 250:
+                        with self.lock:
+                            self.accepted[tag] = user
+                        break
+                    if code >= 500:
+                        with self.lock:
+                            self.rejected[tag] = (code, msg)
+                        break
+                    raise smtplib.SMTPResponseException(code, msg)
+                except smtplib.SMTPResponseException as e:
+                    if e.smtp_code >= 500:
+                        with self.lock:
+                            self.rejected[tag] = (e.smtp_code, e.smtp_error)
+                        break
+                    try:
+                        conn.rset()
+                    except (smtplib.SMTPException, OSError):
+                        conn = self.close(conn)
+                except (smtplib.SMTPException, OSError):
+                    if in_data:
+                        with self.lock:
+                            self.unanswered.add(tag)
+                    conn = self.close(conn)
+                tries += 1
+                with self.lock:
+                    self.retried.add(tag)
+                node = node % self.st.nodes + 1  # try the next node
+                time.sleep(min(0.2 * tries, 2))
+            with self.lock:
+                self.done += 1
+        self.close(conn)
+
+    @staticmethod
+    def close(conn):
+        if conn is not None:
+            try:
+                conn.quit()
+            except (smtplib.SMTPException, OSError):
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+        return None
+
+    def start(self):
+        self.threads = [threading.Thread(target=self.run_session, args=(s,), daemon=True)
+                        for s in range(self.sessions)]
+        for t in self.threads:
+            t.start()
+
+    def join(self):
+        for t in self.threads:
+            t.join(max(1, self.deadline - time.time() + 30))
+        return not any(t.is_alive() for t in self.threads)
+
+
+def census(stack, reader):
+    """tag -> how many copies node `reader` shows over IMAP, for every user."""
+    seen = {}
+    for user in USERS:
+        for raw in stack.imap_messages(reader, user):
+            subject = header(raw, b"Subject")
+            if subject and subject.startswith(b"load-"):
+                tag = subject.decode()
+                seen[tag] = seen.get(tag, 0) + 1
+    return seen
+
+
+def crash_run(stack, messages, sessions, victim, crash_after, down_s, log=print):
+    """One run of the load with node `victim` SIGKILLed (all its processes)
+    once `crash_after` messages are through, restarted down_s later.
+    Returns a summary dict."""
+    load = Load(stack, messages, sessions)
+    load.start()
+    wait_for(lambda: load.done >= crash_after, 120, 0.02)
+    crashed_at = load.done
+    stack.cl.kill(victim, redis=True, everything=True)
+    log("  killed node %d (every process, Redis too) after %d messages" % (victim, crashed_at))
+    time.sleep(down_s)
+    stack.cl.restart(victim)
+    log("  restarted node %d after %.1f s" % (victim, down_s))
+    finished = load.join()
+    # Wait for every queue to drain and the cluster to show every accepted message.
+    reader = victim % stack.nodes + 1
+    seen = {}
+
+    def complete():
+        nonlocal seen
+        if not all(stack.queue_empty(i) for i in range(1, stack.nodes + 1)):
+            return False
+        try:
+            seen = census(stack, reader)
+        except (imaplib.IMAP4.error, OSError, AssertionError):
+            return False
+        return all(seen.get(tag, 0) >= 1 for tag in load.accepted)
+    drained = wait_for(complete, 180, 1.0)
+    if not drained:
+        try:
+            seen = census(stack, reader)
+        except (imaplib.IMAP4.error, OSError, AssertionError):
+            pass
+    lost = sorted(t for t in load.accepted if seen.get(t, 0) == 0)
+    dup = sorted(t for t, c in seen.items() if c > 1)
+    retried_lost = sorted(t for t in load.retried if t not in load.accepted and t not in load.rejected)
+    summary = {
+        "messages": messages, "sessions": sessions, "victim": victim, "crashed_after": crashed_at,
+        "sessions_finished": finished, "accepted_250": len(load.accepted), "retried_after_4xx_or_break":
+        len(load.retried), "retried_then_accepted": len(load.retried & set(load.accepted)),
+        "unanswered_data": len(load.unanswered), "rejected_5xx": len(load.rejected), "gave_up": len(load.gave_up),
+        "queues_drained": drained, "read_on_node": reader, "lost": len(lost), "duplicated": len(dup),
+        "duplicated_among_unanswered": len([t for t in dup if t in load.unanswered]),
+        "lost_tags": lost[:20], "duplicated_tags": dup[:20], "rejected_tags": sorted(load.rejected)[:5],
+        "retried_never_accepted": retried_lost[:20],
+    }
+    return summary
+
+
+# ---- The tests ----------------------------------------------------------------
+
+@unittest.skipUnless(os.path.exists(local.POSTFIX), "postfix is not installed")
+class StackCase(unittest.TestCase):
+    nodes = 3
+    replicas = 2
+
+    def setUp(self):
+        for path, what in ((os.path.join(BUILD, "dovecot-plugin", "lib20_porcupine_plugin.so"), "the Dovecot plugin"),
+                           (os.path.join(BUILD, "milter", "porcupine-milter"), "porcupine-milter")):
+            if not os.path.exists(path):
+                self.skipTest("%s was not built" % what)
+        self.dir = tempfile.mkdtemp(prefix="pcpsm-")
+        os.chmod(self.dir, 0o755)
+        self.st = None
+        self.addCleanup(self.stop_all)
+        try:
+            self.st = Stack(os.path.join(self.dir, "c"), self.nodes, self.replicas, SUBNET)
+        except SystemExit:
+            self.fail("the cluster did not start (see %s)" % self.dir)
+        self.assertTrue(wait_for(self.st.cl.converged, 30), "cluster did not form")
+        for user, pw in USERS.items():
+            self.st.ctl(1, "user", "add", user, "--password", pw)
+
+    def stop_all(self):
+        if self.st:
+            self.st.stop()
+        if not os.environ.get("KEEP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def rcpt(self, i, user):
+        """The reply to RCPT TO (or to MAIL FROM when that already failed)."""
+        with self.st.smtp(i) as s:
+            s.ehlo()
+            code, msg = s.mail("sender@outside.test")
+            if code != 250:
+                return code, msg
+            return s.rcpt(user)
+
+
+class Delivery(StackCase):
+    def test_smtp_on_node1_imap_on_node2_pop3_on_node3_bytes_identical(self):
+        sent = make_message("alice@example.org", "hello-across-nodes", 3000)
+        with self.st.smtp(1) as s:
+            refused = s.sendmail("sender@outside.test", ["alice@example.org"], sent)
+        self.assertEqual(refused, {})
+        self.assertTrue(wait_for(lambda: len(self.st.imap_messages(2, "alice@example.org")) == 1, 60),
+                        "not readable on node 2; node 1's log:\n" + self.st.postfix_log(1)[-3000:])
+        imap_raw = self.st.imap_messages(2, "alice@example.org")[0]
+        pop_msgs = self.st.pop3_messages(3, "alice@example.org")
+        self.assertEqual(len(pop_msgs), 1)
+        self.assertEqual(strip_trace(imap_raw), sent)
+        self.assertEqual(strip_trace(pop_msgs[0]), sent)
+        # One trace header, naming the node that accepted it.
+        heads = imap_raw.split(b"\r\n\r\n", 1)[0].lower()
+        self.assertEqual(heads.count(b"\r\nx-porcupine-accepted-by:") + heads.startswith(b"x-porcupine-accepted-by:"), 1)
+        self.assertTrue(header(imap_raw, b"X-Porcupine-Accepted-By").startswith(b"node 1 "), imap_raw[:400])
+
+    def test_unknown_recipient_550_and_mixed_recipients_only_valid_ones_receive(self):
+        code, msg = self.rcpt(2, "nobody@example.org")
+        self.assertEqual(code, 550, msg)
+        self.assertIn(b"5.1.1", msg)
+        sent = make_message("alice@example.org", "mixed-recipients")
+        with self.st.smtp(1) as s:
+            refused = s.sendmail("sender@outside.test",
+                                 ["alice@example.org", "ghost@example.org", "carol@example.com", "ghost@example.com"],
+                                 sent)
+        self.assertEqual(sorted(refused), ["ghost@example.com", "ghost@example.org"])
+        self.assertTrue(all(c == 550 for c, _ in refused.values()), refused)
+        for user in ("alice@example.org", "carol@example.com"):
+            self.assertTrue(wait_for(lambda: len(self.st.imap_messages(3, user)) == 1, 60), user)
+            self.assertEqual(strip_trace(self.st.imap_messages(3, user)[0]), sent)
+        self.assertEqual(self.st.imap_messages(3, "bob@example.org"), [])
+        # A domain that is not the cluster's is none of the milter's business:
+        # it does not look it up (that would be a 550, as for ghost above).
+        code, msg = self.rcpt(1, "someone@outside.test")
+        self.assertEqual(code, 250, msg)
+        self.assertNotIn("someone@outside.test", self.st.milter_log(1))
+
+    def test_over_quota_recipient_gets_452(self):
+        with self.st.smtp(1) as s:
+            s.sendmail("sender@outside.test", ["bob@example.org"], make_message("bob@example.org", "fill", 2000))
+        self.assertTrue(wait_for(lambda: len(self.st.imap_messages(2, "bob@example.org")) == 1, 60))
+        # Now the mailbox holds more than its new quota.
+        self.st.ctl(1, "user", "quota", "bob@example.org", "1000")
+
+        def refused():
+            code, msg = self.rcpt(2, "bob@example.org")
+            return (code, msg) if code != 250 else None
+        self.assertTrue(wait_for(lambda: refused() is not None, 30), "still 250 over quota")
+        code, msg = refused()
+        self.assertEqual(code, 452, msg)
+        self.assertIn(b"4.2.2", msg)
+        # Others on the same node are not affected.
+        self.assertEqual(self.rcpt(2, "alice@example.org")[0], 250)
+
+
+class Faults(StackCase):
+    def test_agent_down_gives_451_not_250_not_550(self):
+        self.st.cl.kill(2, redis=False)
+        code, msg = self.rcpt(2, "alice@example.org")
+        self.assertEqual(code, 451, msg)
+        self.assertIn(b"4.3.0", msg)
+        self.assertIn("RCPT <alice@example.org>: 451 4.3.0", self.st.milter_log(2))
+        # Unknown users cannot be told apart either: still 451, never 550.
+        code, msg = self.rcpt(2, "nobody@example.org")
+        self.assertEqual(code, 451, msg)
+        # The agent back: the same node accepts again.
+        self.st.cl.restart(2)
+        self.assertTrue(wait_for(self.st.cl.converged, 30))
+        self.assertTrue(wait_for(lambda: self.rcpt(2, "alice@example.org")[0] == 250, 30))
+
+    def test_agent_not_answering_gives_451_after_the_deadline(self):
+        pid = self.st.cl.pid(3, "agent")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.time()
+            code, msg = self.rcpt(3, "bob@example.org")
+            took = time.time() - started
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        self.assertEqual(code, 451, msg)
+        self.assertIn(b"4.3.0", msg)
+        print("451 after %.1f s" % took, file=sys.stderr)
+
+    def test_milter_down_gives_tempfail(self):
+        self.st.cl.kill_milter(1)
+        code, msg = self.rcpt(1, "alice@example.org")
+        self.assertTrue(400 <= code < 500, (code, msg))
+
+
+class NoLoss(StackCase):
+    """A bounded load while one node is killed with SIGKILL and restarted."""
+    messages, sessions = 300, 6
+
+    def check(self, victim, crash_after):
+        summary = crash_run(self.st, self.messages, self.sessions, victim, crash_after, 3.0,
+                            log=lambda m: print(m, file=sys.stderr))
+        print(json.dumps(summary, indent=1), file=sys.stderr)
+        self.assertTrue(summary["sessions_finished"])
+        self.assertEqual(summary["rejected_5xx"], 0, summary)
+        self.assertEqual(summary["gave_up"], 0, summary)
+        self.assertEqual(summary["accepted_250"], self.messages, summary)
+        self.assertEqual(summary["lost"], 0, summary)
+        self.assertTrue(summary["queues_drained"], summary)
+
+    def test_crash_early(self):
+        self.check(2, 40)
+
+    def test_crash_late(self):
+        self.check(3, 200)
+
+
+def soak(messages, sessions, runs):
+    lost = 0
+    moments = [0.1, 0.5, 0.8, 0.3, 0.65]
+    for run in range(runs):
+        base = tempfile.mkdtemp(prefix="pcpsoak-")
+        os.chmod(base, 0o755)
+        st = None
+        try:
+            st = Stack(os.path.join(base, "c"), 3, 2, SUBNET)
+            if not wait_for(st.cl.converged, 30):
+                raise SystemExit("soak: cluster did not form")
+            for user, pw in USERS.items():
+                st.ctl(1, "user", "add", user, "--password", pw)
+            victim = run % 3 + 1
+            after = int(messages * moments[run % len(moments)])
+            print("run %d: %d messages over %d sessions, node %d killed after %d" %
+                  (run + 1, messages, sessions, victim, after), flush=True)
+            started = time.time()
+            s = crash_run(st, messages, sessions, victim, after, 3.0, log=lambda m: print(m, flush=True))
+            s["seconds"] = round(time.time() - started, 1)
+            print(json.dumps(s, indent=1), flush=True)
+            lost += s["lost"]
+        finally:
+            if st:
+                st.stop()
+            shutil.rmtree(base, ignore_errors=True)
+    print("soak: %d runs, %d accepted messages lost" % (runs, lost))
+    return 1 if lost else 0
+
+
+def main():
+    global BUILD, SUBNET
+    argv = [sys.argv[0]]
+    args = iter(sys.argv[1:])
+    soak_args = None
+    for a in args:
+        if a == "--build":
+            BUILD = os.path.abspath(next(args))
+        elif a == "--subnet":
+            SUBNET = int(next(args))
+        elif a == "--soak":
+            soak_args = {"messages": 2000, "sessions": 20, "runs": 3}
+        elif a in ("--messages", "--sessions", "--runs"):
+            soak_args[a[2:]] = int(next(args))
+        else:
+            argv.append(a)
+    if soak_args is not None:
+        sys.exit(soak(**soak_args))
+    unittest.main(argv=argv, verbosity=2)
+
+
+if __name__ == "__main__":
+    main()
