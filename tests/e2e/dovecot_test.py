@@ -170,13 +170,13 @@ class DovecotCase(unittest.TestCase):
 class Dovecot(DovecotCase):
     def test_lmtp_on_three_nodes_then_same_mailbox_everywhere(self):
         sent = []
-        for n in range(6):
+        for n in range(100):
             data = message(n)
             self.lmtp_deliver(1 + n % 3, data)
             sent.append(data)
         states = {i: self.imap_state(i) for i in range(1, self.nodes + 1)}
         uv1, msgs1 = states[1]
-        self.assertEqual(len(msgs1), 6, self.dovecot_log(1))
+        self.assertEqual(len(msgs1), 100, self.dovecot_log(1))
         for i in range(2, self.nodes + 1):
             uv, msgs = states[i]
             self.assertEqual(uv, uv1, "UIDVALIDITY on node %d" % i)
@@ -197,7 +197,7 @@ class Dovecot(DovecotCase):
             self.assertTrue(any(b.endswith(tail) for b in bodies), "a delivered body is missing")
 
         uidls = {i: self.pop3_uidl(i) for i in range(1, self.nodes + 1)}
-        self.assertEqual(len(uidls[1]), 6)
+        self.assertEqual(len(uidls[1]), 100)
         for i in range(2, self.nodes + 1):
             self.assertEqual(uidls[i], uidls[1], "POP3 UIDL on node %d" % i)
 
