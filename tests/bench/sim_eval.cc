@@ -228,7 +228,9 @@ class Driver {
       issue(via, [&] { return c_.list(via, user, "INBOX"); }, [this, k, gen, via, t0](const ClientReply& l) {
         if (l.status != Status::Ok) return finish(k, gen, false, true, t0);
         if (l.records.empty()) return finish(k, gen, true, true, t0);
-        MessageRecord target = l.records.front();
+        // A random message, so concurrent readers of one user rarely race.
+        MessageRecord target =
+            l.records[std::uniform_int_distribution<std::size_t>(0, l.records.size() - 1)(rng_)];
         issue(via, [&] { return c_.call(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, target); }); },
               [this, k, gen, via, t0, target](const ClientReply& f) {
                 if (f.status != Status::Ok) return finish(k, gen, false, true, t0);
