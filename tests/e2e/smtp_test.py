@@ -86,9 +86,12 @@ def make_message(to, tag, size=600):
 class Stack:
     """A porcupine-local cluster with the full stack on every node."""
 
+    live = []  # stopped by the SIGTERM handler (a ctest timeout) too
+
     def __init__(self, base, nodes, replicas, subnet):
         self.cl = local.Cluster(base, BUILD)
         self.nodes, self.subnet = nodes, subnet
+        Stack.live.append(self)
         self.cl.start(nodes, replicas, 2, subnet, services=["dovecot", "milter", "postfix"],
                       domains=["example.org", "example.com"])
 
@@ -157,6 +160,14 @@ class Stack:
 
     def stop(self):
         self.cl.stop()
+        if self in Stack.live:
+            Stack.live.remove(self)
+
+
+def on_sigterm(signum, frame):
+    for st in list(Stack.live):
+        st.stop()
+    os._exit(1)
 
 
 def wait_for(cond, timeout, step=0.2):
@@ -207,11 +218,13 @@ class Load:
                     if conn is None:
                         conn = self.st.smtp(node, timeout=30)
                         conn.ehlo()
-                    conn.mail("sender@outside.test")
+                    code, msg = conn.mail("sender@outside.test")
+                    if code != 250:
+                        raise smtplib.SMTPResponseException(code, b"node %d MAIL: %s" % (node, msg))
                     code, msg = conn.rcpt(user)
                     if code >= 500:
                         with self.lock:
-                            self.rejected[tag] = (code, msg)
+                            self.rejected[tag] = (code, b"node %d RCPT: %s" % (node, msg))
                         conn.rset()
                         break
                     if code >= 400:
@@ -329,7 +342,8 @@ def crash_run(stack, messages, sessions, victim, crash_after, down_s, log=print)
         "unanswered_data": len(load.unanswered), "rejected_5xx": len(load.rejected), "gave_up": len(load.gave_up),
         "queues_drained": drained, "read_on_node": reader, "lost": len(lost), "duplicated": len(dup),
         "duplicated_among_unanswered": len([t for t in dup if t in load.unanswered]),
-        "lost_tags": lost[:20], "duplicated_tags": dup[:20], "rejected_tags": sorted(load.rejected)[:5],
+        "lost_tags": lost[:20], "duplicated_tags": dup[:20], "rejected": ["%s: %d %s" % (t, c, m.decode(errors="replace") if isinstance(m, bytes) else m)
+                     for t, (c, m) in sorted(load.rejected.items())[:5]],
         "retried_never_accepted": retried_lost[:20],
     }
     return summary
@@ -354,6 +368,8 @@ class StackCase(unittest.TestCase):
         try:
             self.st = Stack(os.path.join(self.dir, "c"), self.nodes, self.replicas, SUBNET)
         except SystemExit:
+            for st in list(Stack.live):  # what did start
+                st.stop()
             self.fail("the cluster did not start (see %s)" % self.dir)
         self.assertTrue(wait_for(self.st.cl.converged, 30), "cluster did not form")
         for user, pw in USERS.items():
@@ -534,6 +550,7 @@ def main():
             soak_args[a[2:]] = int(next(args))
         else:
             argv.append(a)
+    signal.signal(signal.SIGTERM, on_sigterm)
     if soak_args is not None:
         sys.exit(soak(**soak_args))
     unittest.main(argv=argv, verbosity=2)
