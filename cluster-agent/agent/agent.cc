@@ -32,6 +32,7 @@ void Agent::start() {
   po.seeds = opt_.peers;
   po.backoff_max_ms = opt_.reconnect_backoff_max_ms;
   po.max_frame = opt_.message_size_limit + (1u << 20);
+  po.staging_dir = store_->incoming_dir();
   net_ = std::make_unique<PeerNet>(io_, po, [this](Envelope e) { on_peer(std::move(e)); },
                                    [this](const std::string& l) { log_(l); });
   net_->start();

@@ -98,11 +98,16 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
   }
 
  private:
+  // A delivery in progress: its body is gathered as the chunks come, in
+  // memory while small, then in a staging file in the spool (never whole
+  // in memory); handed to the core by reference.
   struct Delivery {
     std::vector<std::string> recipients;
     std::string folder;
-    std::string body;
+    std::unique_ptr<store::BodyBuilder> body;
+    Body whole;
     bool too_large = false;
+    std::string disk_error;
   };
 
   void read_header() {
@@ -274,8 +279,8 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         Delivery& d = deliveries_[id];
         d.recipients.assign(b.recipients().begin(), b.recipients().end());
         d.folder = b.folder().empty() ? "INBOX" : b.folder();
+        d.body = std::make_unique<store::BodyBuilder>(agent_.store().incoming_dir());
         if (b.size_hint() > agent_.options().message_size_limit) d.too_large = true;
-        else d.body.reserve(b.size_hint());
         return;
       }
       case pb::Request::kDeliverChunk: {
@@ -283,22 +288,34 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         if (it == deliveries_.end() && expired_.count(id)) return;  // already answered: deadline
         if (it == deliveries_.end()) return fail(id, pb::BAD_REQUEST, "chunk without a DeliverBegin");
         Delivery& d = it->second;
-        if (!d.too_large) {
-          if (d.body.size() + q.deliver_chunk().data().size() > agent_.options().message_size_limit) {
+        if (!d.too_large && d.disk_error.empty()) {
+          if (d.body->size() + q.deliver_chunk().data().size() > agent_.options().message_size_limit) {
             d.too_large = true;
-            std::string().swap(d.body);
-          } else {
-            d.body += q.deliver_chunk().data();
+            d.body.reset();  // its staging file goes
+          } else if (!d.body->append(q.deliver_chunk().data())) {
+            d.disk_error = d.body->error();
+            d.body.reset();
           }
         }
         if (!q.deliver_chunk().last()) return;
         Delivery whole = std::move(d);
         deliveries_.erase(it);
-        if (whole.body.empty() && !whole.too_large) return fail(id, pb::BAD_REQUEST, "empty message");
+        if (!whole.disk_error.empty()) {
+          agent_.log("local: delivery refused: " + whole.disk_error);
+          return fail(id, pb::TEMPFAIL, "the spool cannot take the message now");
+        }
         if (whole.too_large)
           return fail(id, pb::BAD_REQUEST,
                       "message larger than message_size_limit (" +
                           std::to_string(agent_.options().message_size_limit) + " bytes)");
+        if (whole.body->size() == 0) return fail(id, pb::BAD_REQUEST, "empty message");
+        auto body = whole.body->finish();
+        whole.body.reset();
+        if (!body) {
+          agent_.log("local: delivery refused: cannot make the message durable");
+          return fail(id, pb::TEMPFAIL, "the spool cannot take the message now");
+        }
+        whole.whole = std::move(*body);
         auto results = std::make_shared<pb::Response>();
         results->set_id(id);
         deliver_next(std::make_shared<Delivery>(std::move(whole)), 0, results);
@@ -458,7 +475,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     }
     auto self = shared_from_this();
     const std::string rcpt = d->recipients[i];
-    std::string body = (i + 1 == d->recipients.size()) ? std::move(d->body) : d->body;
+    Body body = (i + 1 == d->recipients.size()) ? std::move(d->whole) : d->whole;  // a file is shared
     agent_.op([rcpt, folder = d->folder, body = std::move(body)](Node& n, Time t, std::uint64_t r) mutable {
       n.deliver(t, r, rcpt, folder, std::move(body));
     },

@@ -6,11 +6,18 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <deque>
 
 #include "agent.pb.h"
 #include "client/frame.h"
 #include "codec/codec.h"
+#include "store/spool_file.h"
 
 namespace porcupine::agent {
 
@@ -21,6 +28,17 @@ namespace {
 
 constexpr std::size_t kTag = 32;
 constexpr std::size_t kHandshakeMax = 1 << 16;
+constexpr std::size_t kChunk = 256u << 10;       // a body in transfer, per frame
+constexpr std::size_t kMaxQueuedFiles = 256;     // file bodies waiting to go, per connection
+constexpr std::size_t kMaxArrived = 4;           // transfers done, their frame not yet come
+
+// The updates of a message that may carry a body (the only ones whose
+// bodies travel as transfers).
+template <class E, class F>
+void for_each_update(E& e, F f) {
+  if (auto* s = std::get_if<StoreRequest>(&e.body)) f(s->update);
+  else if (auto* p = std::get_if<Push>(&e.body)) f(p->update);
+}
 
 std::string hmac(const std::string& key, const std::string& data) {
   unsigned char out[EVP_MAX_MD_SIZE];
@@ -72,11 +90,52 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
     read_header();
   }
 
+  // A body in a file goes first, in chunk frames read from the file as the
+  // socket drains (never whole in memory); the frame then names its transfer.
   void send_envelope(const Envelope& e) {
-    if (!ready_) return;
-    std::string payload = codec::encode_envelope(e);
-    std::string tag = hmac(session_, std::string(initiator_ ? "I" : "R") + be64(out_seq_++) + payload);
-    write_raw(tag + payload);
+    if (!ready_ || closed_) return;
+    Envelope copy;
+    const Envelope* out = &e;
+    bool has_file = false;
+    for_each_update(e, [&](const Update& u) { has_file |= u.record.body.where() == Body::Where::File; });
+    if (has_file) {
+      copy = e;
+      bool ok = true;
+      for_each_update(copy, [&](Update& u) {
+        if (!ok || u.record.body.where() != Body::Where::File) return;
+        int fd = ::open(u.record.body.file()->path().c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+          net_.log("peer n" + std::to_string(peer_) + ": cannot read body " + u.record.body.file()->path() +
+                   " to send; frame dropped (resent later)");
+          ok = false;
+          return;
+        }
+        if (files_queued_ >= kMaxQueuedFiles) {
+          ::close(fd);
+          ok = false;
+          return close("peer not reading; too many bodies queued");
+        }
+        std::uint64_t t = ++out_transfer_;
+        Out job;
+        job.file = std::make_shared<FileJob>(fd, t, u.record.body.size());
+        ++files_queued_;
+        queue(std::move(job));
+        u.record.body = Body::in_transfer(t, u.record.body.size());
+      });
+      if (!ok) return;
+      out = &copy;
+    }
+    std::string payload;
+    try {
+      payload = codec::encode_envelope(*out);
+    } catch (const std::exception& ex) {
+      net_.log(std::string("peer: frame not sent: ") + ex.what());
+      return;
+    }
+    Out o;
+    o.payload = std::move(payload);
+    o.tagged = true;
+    queue(std::move(o));
   }
 
   void close(const std::string& why) {
@@ -96,23 +155,70 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   bool initiator() const { return initiator_; }
 
  private:
+  // What waits to be written: a frame (tagged when it goes, so tags follow
+  // the order on the wire), or a body file to send in chunks.
+  struct FileJob {
+    FileJob(int f, std::uint64_t t, std::uint64_t n) : fd(f), transfer(t), left(n) {}
+    ~FileJob() { ::close(fd); }
+    FileJob(const FileJob&) = delete;
+    FileJob& operator=(const FileJob&) = delete;
+    int fd;
+    std::uint64_t transfer;
+    std::uint64_t left;
+  };
+  struct Out {
+    std::string payload;
+    bool tagged = false;
+    std::shared_ptr<FileJob> file;
+  };
+
   void write_raw(std::string payload) {
+    Out o;
+    o.payload = std::move(payload);
+    queue(std::move(o));
+  }
+
+  void queue(Out o) {
     if (closed_) return;
-    if (queued_bytes_ + payload.size() > net_.options().max_frame * 2) {
+    if (queued_bytes_ + o.payload.size() > net_.options().max_frame * 2) {
       close("peer not reading; output queue full");
       return;
     }
-    queued_bytes_ += payload.size() + 4;
-    out_.push_back(frame::wrap(payload));
+    queued_bytes_ += o.payload.size();
+    out_.push_back(std::move(o));
     if (out_.size() == 1) write_next();
   }
 
+  std::string tag_and_wrap(const std::string& payload) {
+    std::string tag = hmac(session_, std::string(initiator_ ? "I" : "R") + be64(out_seq_++) + payload);
+    return frame::wrap(tag + payload);
+  }
+
   void write_next() {
+    Out& front = out_.front();
+    if (front.file) {
+      FileJob& j = *front.file;
+      std::string data(static_cast<std::size_t>(std::min<std::uint64_t>(j.left, kChunk)), '\0');
+      std::size_t got = 0;
+      while (got < data.size()) {
+        ssize_t n = ::read(j.fd, data.data() + got, data.size() - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return close("cannot read a body being sent (" + std::string(n < 0 ? std::strerror(errno) : "short file") + ")");
+        got += static_cast<std::size_t>(n);
+      }
+      j.left -= got;
+      wire_ = tag_and_wrap(codec::encode_body_chunk(codec::BodyChunk{j.transfer, data, {}, j.left == 0}));
+    } else {
+      wire_ = front.tagged ? tag_and_wrap(front.payload) : frame::wrap(front.payload);
+    }
     auto self = shared_from_this();
-    asio::async_write(sock_, asio::buffer(out_.front()), [this, self](boost::system::error_code ec, std::size_t) {
+    asio::async_write(sock_, asio::buffer(wire_), [this, self](boost::system::error_code ec, std::size_t) {
       if (closed_) return;
       if (ec) return close(ec.message());
-      queued_bytes_ -= out_.front().size();
+      Out& done = out_.front();
+      if (done.file && done.file->left > 0) return write_next();  // the next chunk
+      if (done.file) --files_queued_;
+      queued_bytes_ -= done.payload.size();
       out_.pop_front();
       if (!out_.empty()) write_next();
     });
@@ -204,9 +310,27 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
           return false;
         }
         Envelope e;
+        codec::BodyChunk chunk;
+        bool is_chunk = false;
         std::string why;
-        if (!codec::decode_envelope(payload, e, &why)) {
+        if (!codec::decode_frame(payload, e, chunk, is_chunk, &why)) {
           close("malformed frame: " + why);
+          return false;
+        }
+        if (is_chunk) return take_chunk(chunk);
+        bool resolved = true;
+        for_each_update(e, [&](Update& u) {
+          if (u.record.body.where() != Body::Where::Transfer) return;
+          auto it = arrived_.find(u.record.body.transfer());
+          if (it == arrived_.end() || it->second.size() != u.record.body.size()) {
+            resolved = false;
+            return;
+          }
+          u.record.body = std::move(it->second);
+          arrived_.erase(it);
+        });
+        if (!resolved) {
+          close("frame names a body transfer that did not arrive whole");
           return false;
         }
         e.from = peer_;  // the authenticated peer, whatever the frame says
@@ -216,6 +340,42 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
       }
     }
     return false;
+  }
+
+  // A chunk of a body in transfer: into a staging file; the last one makes
+  // it durable and holds it for the frame that names it.
+  bool take_chunk(codec::BodyChunk& c) {
+    auto& in = incoming_[c.transfer];
+    if (!in) {
+      if (incoming_.size() > 1 || arrived_.size() >= kMaxArrived || arrived_.count(c.transfer)) {
+        close("body transfers out of order");
+        return false;
+      }
+      try {
+        in = std::make_unique<store::Staging>(net_.options().staging_dir);
+      } catch (const std::exception& ex) {
+        close(std::string("cannot stage a body: ") + ex.what());
+        return false;
+      }
+    }
+    if (in->size() + c.data_owned.size() > net_.options().max_frame) {
+      close("body transfer over the size limit");
+      return false;
+    }
+    if (!in->append(c.data_owned)) {
+      close("cannot stage a body: " + in->error());
+      return false;
+    }
+    if (!c.last) return true;
+    auto body = in->finish();
+    std::string err = in->error();
+    incoming_.erase(c.transfer);
+    if (!body) {
+      close("cannot stage a body: " + err);
+      return false;
+    }
+    arrived_.emplace(c.transfer, std::move(*body));
+    return true;
   }
 
   enum class Stage { Hello, Proof, Ready };
@@ -231,8 +391,12 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   bool ready_ = false, closed_ = false;
   unsigned char hdr_[4] = {};
   std::string buf_;
-  std::deque<std::string> out_;
-  std::size_t queued_bytes_ = 0;
+  std::deque<Out> out_;
+  std::string wire_;  // the frame being written
+  std::size_t queued_bytes_ = 0, files_queued_ = 0;
+  std::uint64_t out_transfer_ = 0;
+  std::map<std::uint64_t, std::unique_ptr<store::Staging>> incoming_;
+  std::map<std::uint64_t, Body> arrived_;
   std::uint64_t in_seq_ = 0, out_seq_ = 0;
 };
 

@@ -9,6 +9,11 @@
 // or altered. Frames are not encrypted: run the cluster network on a
 // private segment (see docs/agent.md).
 //
+// A large body (a record body the agent holds in a spool file) crosses as
+// BodyChunk frames read from the file as the socket drains, then the
+// frame whose record names that transfer; the receiver writes the chunks
+// to a staging file and hands the core a body in that file.
+//
 // Anything wrong on a connection - a bad proof, a bad tag, a frame that
 // does not parse, a length over the limit, a peer claiming our own id -
 // closes that connection with one log line; nothing else is affected.
@@ -39,7 +44,8 @@ class PeerNet {
     std::string secret;                   // the cluster secret (bytes)
     std::map<NodeId, std::string> seeds;  // id -> host:port
     std::int64_t backoff_max_ms = 5000;
-    std::size_t max_frame = 64u << 20;    // largest frame accepted
+    std::size_t max_frame = 64u << 20;    // largest frame (and body in transfer) accepted
+    std::string staging_dir;              // where bodies in transfer are written (spool/incoming)
   };
   using OnEnvelope = std::function<void(Envelope)>;
   using LogFn = std::function<void(const std::string&)>;

@@ -10,6 +10,7 @@
 #include "codec/codec.h"
 
 #include <limits>
+#include <stdexcept>
 #include <set>
 #include <utility>
 #include <variant>
@@ -130,7 +131,15 @@ void to_pb(const MessageRecord& r, pb::MessageRecord& p, Bodies bodies = Bodies:
   p.set_folder(r.folder);
   put(r.replicas, p.mutable_replicas());
   p.set_has_body(r.has_body);
-  if (bodies == Bodies::Keep) p.set_body(r.body);
+  if (bodies == Bodies::Keep) {
+    switch (r.body.where()) {
+      case Body::Where::Memory: p.set_body(r.body.bytes()); break;
+      case Body::Where::Transfer: p.set_body_transfer(r.body.transfer()); break;
+      case Body::Where::File:
+        // The peer transport turns file bodies into transfers first.
+        throw std::invalid_argument("codec: a file body cannot be encoded inline");
+    }
+  }
   p.set_internal_date(r.internal_date);
   p.set_uidvalidity(r.uidvalidity);
   p.set_uid(r.uid);
@@ -147,7 +156,12 @@ bool from_pb(const pb::MessageRecord& p, MessageRecord& r, Check& c) {
   r.user = p.user();
   r.folder = p.folder();
   r.has_body = p.has_body();
-  r.body = p.body();
+  if (p.body_transfer() != 0) {
+    if (!p.body().empty()) return c.fail("MessageRecord: both a body and a body transfer");
+    r.body = Body::in_transfer(p.body_transfer(), p.size());
+  } else {
+    r.body = p.body();
+  }
   r.internal_date = p.internal_date();
   r.uidvalidity = p.uidvalidity();
   r.uid = p.uid();
@@ -659,6 +673,41 @@ std::string encode_envelope(const Envelope& e) {
 
 bool decode_envelope(std::string_view bytes, Envelope& out, std::string* error) {
   return decode<pb::Envelope>(bytes, out, "Envelope", error);
+}
+
+std::string encode_body_chunk(const BodyChunk& b) {
+  pb::Envelope p;
+  p.set_protocol_version(kProtocolVersion);
+  p.set_from(kNoNode + 1);  // unused: the connection names the peer
+  p.set_to(kNoNode + 1);
+  auto* c = p.mutable_body_chunk();
+  c->set_transfer(b.transfer);
+  c->set_data(std::string(b.data));
+  c->set_last(b.last);
+  return p.SerializeAsString();
+}
+
+bool decode_frame(std::string_view bytes, Envelope& out, BodyChunk& chunk, bool& is_chunk, std::string* error) {
+  Check c(error);
+  if (bytes.empty()) return c.fail("Envelope: empty");
+  if (bytes.size() > static_cast<std::size_t>(std::numeric_limits<int>::max())) return c.fail("Envelope: too large");
+  pb::Envelope p;
+  if (!p.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
+    return c.fail("Envelope: not a valid protobuf message");
+  if (p.has_body_chunk()) {
+    if (p.body_chunk().transfer() == 0) return c.fail("BodyChunk: transfer 0");
+    is_chunk = true;
+    chunk.transfer = p.body_chunk().transfer();
+    chunk.data_owned = std::move(*p.mutable_body_chunk()->mutable_data());
+    chunk.data = {};
+    chunk.last = p.body_chunk().last();
+    return true;
+  }
+  is_chunk = false;
+  Envelope value;
+  if (!from_pb(p, value, c)) return false;
+  out = std::move(value);
+  return true;
 }
 
 std::string encode_record(const MessageRecord& r) {

@@ -23,8 +23,22 @@ namespace porcupine::codec {
 // The wire protocol version this build speaks (carried in every frame).
 constexpr std::uint32_t kProtocolVersion = 1;
 
+// A file body must be turned into a transfer first (the peer transport
+// does): encoding one throws std::invalid_argument.
 std::string encode_envelope(const Envelope& e);
 bool decode_envelope(std::string_view bytes, Envelope& out, std::string* error = nullptr);
+
+// The peer transport's chunk of a body in transfer (porcupine.proto BodyChunk).
+struct BodyChunk {
+  std::uint64_t transfer = 0;
+  std::string_view data;   // encode: the bytes to send
+  std::string data_owned;  // decode: the bytes received
+  bool last = false;
+};
+std::string encode_body_chunk(const BodyChunk& b);
+// A frame off a peer connection: an Envelope, or (is_chunk) a BodyChunk.
+bool decode_frame(std::string_view bytes, Envelope& out, BodyChunk& chunk, bool& is_chunk,
+                  std::string* error = nullptr);
 
 // State at rest. Message bodies are never included: they live in spool
 // files (a record's has_body says whether this node holds one).

@@ -54,7 +54,7 @@ class MemoryStore final : public DurableStore {
   DurableSnapshot load() override { return data_; }
   void put_record(const MessageRecord& r) override {
     MessageRecord& cur = data_.records[r.id];
-    std::string keep = r.has_body && r.body.empty() ? std::move(cur.body) : std::string();
+    Body keep = r.has_body && r.body.empty() ? std::move(cur.body) : Body();
     cur = r;
     if (!keep.empty()) cur.body = std::move(keep);
     ++writes_;
@@ -62,7 +62,7 @@ class MemoryStore final : public DurableStore {
   std::optional<std::string> get_body(const MsgId& id) override {
     auto it = data_.records.find(id);
     if (it == data_.records.end() || !it->second.has_body) return std::nullopt;
-    return it->second.body;
+    return it->second.body.bytes();  // the simulator's bodies are in memory
   }
   void erase_record(const MsgId& id) override { data_.records.erase(id); ++writes_; }
   void put_profile(const Profile& p) override { data_.profiles[p.user] = p; ++writes_; }

@@ -44,7 +44,7 @@ void Node::create_user(Time now, std::uint64_t req, const std::string& user,
 }
 
 void Node::deliver(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
-                   std::string body) {
+                   Body body) {
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
   p.kind = Pending::Kind::Alloc;
@@ -111,7 +111,7 @@ void Node::fe_tick(Time now) {
     NodeId mgr = membership_.in_group() ? membership_.manager_of(bucket(p.user)) : kNoNode;
     switch (p.kind) {
       case Pending::Kind::CreateUser:
-        send(mgr, CreateUserRequest{id, p.user, p.body});
+        send(mgr, CreateUserRequest{id, p.user, p.body.bytes()});
         break;
       case Pending::Kind::Alloc:
         send(mgr, AllocRequest{id, p.user, p.folder});

@@ -41,7 +41,7 @@ class Node {
   void create_user(Time now, std::uint64_t req, const std::string& user,
                    const std::string& password_hash);
   void deliver(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
-               std::string body);
+               Body body);
   // `target` needs id, user, folder and replicas (as a list or deliver gave them).
   void set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags);
   void expunge(Time now, std::uint64_t req, const MessageRecord& target);
@@ -99,7 +99,8 @@ class Node {
     Time deadline = 0;
     Time retry_at = 0;
     NodeId peer = kNoNode;
-    std::string user, folder, body;
+    std::string user, folder;
+    Body body;                                    // Alloc/Quota: the message; CreateUser: the password hash
     std::uint32_t uidvalidity = 0, next_uid = 1;  // List: the folder's lineage
     Update update;
     std::set<NodeId> awaiting;                    // List/Renumber: nodes still to answer

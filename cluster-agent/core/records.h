@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "body.h"
 #include "types.h"
 
 namespace porcupine {
@@ -27,7 +28,7 @@ struct MessageRecord {
   Version folder_version;  // a Move's version; the newest Move names the folder
   std::vector<NodeId> replicas;  // every node that should hold this record
   bool has_body = false;
-  std::string body;
+  Body body;  // memory, a file, or (on the wire) a transfer: body.h
   std::uint64_t size = 0;  // body bytes (kept when the body is not in memory)
   Time internal_date = 0;
 

@@ -16,7 +16,7 @@ Replicator::Replicator(const CoreConfig& cfg, DurableStore& disk, SendFn send, L
 
 void Replicator::load(const DurableSnapshot& snap, Time now) {
   records_ = snap.records;
-  for (auto& [id, r] : records_) std::string().swap(r.body);
+  for (auto& [id, r] : records_) r.body.clear();
   profiles_ = snap.profiles;
   log_ = snap.log;
   by_user_.clear();
@@ -85,7 +85,7 @@ void Replicator::apply(Time now, const Update& u) {
   bool was_live = !fresh && it->second.has_body && !it->second.expunged;
   bool changed = merge_record(it->second, in, now);
   if (changed || fresh) disk_.put_record(it->second);
-  std::string().swap(it->second.body);  // stored: bodies stay out of memory
+  it->second.body.clear();  // stored: bodies stay out of memory
   bool is_live = it->second.has_body && !it->second.expunged;
   bool renamed = u.kind == Update::Kind::SetUid || u.kind == Update::Kind::Move;
   if ((fresh || was_live != is_live || renamed) && on_user_changed)

@@ -195,8 +195,10 @@ RedisStore::RedisStore(Options o, LogFn log)
 
   // The spool first: it is local and its failure is the easier to explain.
   msg_dir_ = opt_.spool_dir + "/msg";
+  incoming_dir_ = opt_.spool_dir + "/incoming";
   std::error_code ec;
   std::filesystem::create_directories(msg_dir_, ec);
+  if (!ec) std::filesystem::create_directories(incoming_dir_, ec);
   if (ec) throw std::runtime_error("store: spool " + opt_.spool_dir + " unusable: " + ec.message());
   std::string probe = msg_dir_ + "/.probe.tmp";
   int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
@@ -393,6 +395,12 @@ DurableSnapshot RedisStore::load() {
     log("store: cannot remove " + path + ": " + errno_text());
     return false;
   };
+  // Staging files of deliveries and transfers cut off by the crash.
+  std::vector<std::pair<std::string, bool>> staged;
+  if (!list_dir(incoming_dir_, staged))
+    throw std::runtime_error("store: cannot read spool " + incoming_dir_ + ": " + errno_text());
+  for (const auto& [name, is_dir] : staged)
+    if (!is_dir && remove_file(incoming_dir_ + "/" + name)) ++temps;
   std::vector<std::pair<std::string, bool>> top;
   if (!list_dir(msg_dir_, top))
     throw std::runtime_error("store: cannot read spool " + msg_dir_ + ": " + errno_text());
@@ -452,8 +460,12 @@ DurableSnapshot RedisStore::load() {
   }
   for (auto& [v, e] : snap.log) {
     if (e.update.kind != Update::Kind::Store) continue;
-    if (auto body = get_body(e.update.record.id)) {
-      e.update.record.body = std::move(*body);
+    if (auto q = q_bodies_.find(e.update.record.id); q != q_bodies_.end()) {
+      e.update.record.body = q->second;  // queued, not yet written
+    } else if (bodies_.count(e.update.record.id)) {
+      // By reference: pushing it streams the file (it stays while the entry does).
+      e.update.record.body = Body::in_file(std::make_shared<SpoolFile>(body_path(e.update.record.id), false),
+                                           e.update.record.size);
     } else {
       log("store: BODY LOST: log entry " + v.str() + " stores " + e.update.record.id.str() + " but " +
           body_path(e.update.record.id) + " is missing");
@@ -481,7 +493,11 @@ void RedisStore::ensure_loaded() {
 
 bool RedisStore::needed(const MsgId& id) const { return held_.count(id) || log_refs_.count(id); }
 
-void RedisStore::queue_body(const MsgId& id, const std::string& body) {
+void RedisStore::queue_body(const MsgId& id, const Body& body) {
+  if (body.where() == Body::Where::Transfer) {  // the transport resolves these; never on disk
+    log("store: body of " + id.str() + " never arrived; not stored");
+    return;
+  }
   q_bodies_[id] = body;
   q_unlinks_.erase(id);
   bodies_.insert(id);
@@ -550,7 +566,7 @@ void RedisStore::put_counters(std::uint64_t next_seq, Time last_version, std::ui
 }
 
 std::optional<std::string> RedisStore::get_body(const MsgId& id) {
-  if (auto it = q_bodies_.find(id); it != q_bodies_.end()) return it->second;
+  if (auto it = q_bodies_.find(id); it != q_bodies_.end()) return read_body(it->second);
   if (q_unlinks_.count(id)) return std::nullopt;
   if (loaded_ && !bodies_.count(id)) return std::nullopt;
   return read_whole(body_path(id));
@@ -626,11 +642,21 @@ bool RedisStore::write_bodies() {
     }
     dirs.insert(dir);
     std::string path = body_path(id);
+    if (body.where() == Body::Where::File) {
+      // Already durable in its staging file: linked into place, no copy.
+      std::string tmp = path + ".tmp";
+      ::unlink(tmp.c_str());
+      if (::link(body.file()->path().c_str(), tmp.c_str()) != 0) return fail("cannot link " + tmp);
+      if (::rename(tmp.c_str(), path.c_str()) != 0) return fail("cannot rename " + tmp);
+      ++stats_.body_files;
+      continue;
+    }
+    if (body.where() != Body::Where::Memory) return fail("body of " + id.str() + " never arrived");
     round.push_back(Open{path + ".tmp", path, -1});
     Open& f = round.back();
     f.fd = ::open(f.tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
     if (f.fd < 0) return fail("cannot create " + f.tmp);
-    if (!write_all(f.fd, body.data(), body.size())) return fail("cannot write " + f.tmp);
+    if (!write_all(f.fd, body.bytes().data(), body.bytes().size())) return fail("cannot write " + f.tmp);
     ::sync_file_range(f.fd, 0, 0, SYNC_FILE_RANGE_WRITE);  // a hint; fdatasync checks
     if (round.size() == kBodiesPerRound && !finish_round()) return false;
   }

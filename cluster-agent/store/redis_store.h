@@ -7,6 +7,8 @@
 //   <prefix>log   hash  "time.node"   -> encode_log_entry
 //   <prefix>ctr   hash  next_seq, last_version, last_lineage (decimal)
 //   <spool>/msg/<origin>/<seq>          one body per file, immutable
+//   <spool>/incoming/                   large bodies while they arrive
+//                                       (spool_file.h); linked into msg/
 //
 // A body file exists while its record has_body or a Store log entry names
 // it (a coordinator that is not a replica keeps the body only for the log).
@@ -37,6 +39,7 @@
 #include <string>
 
 #include "core/durable.h"
+#include "store/spool_file.h"
 
 struct redisContext;
 
@@ -75,6 +78,8 @@ class RedisStore final : public DurableStore {
   // caller must then acknowledge nothing of the batch (the agent exits).
   bool flush();
   bool dirty() const;
+  // Where large bodies are staged as they arrive (spool_file.h).
+  const std::string& incoming_dir() const { return incoming_dir_; }
 
   // flushes that wrote something; Redis data commands sent (MULTI/EXEC
   // not counted); body files written; fsync/fdatasync calls.
@@ -93,7 +98,7 @@ class RedisStore final : public DurableStore {
   void log(const std::string& line) const;
   void ensure_loaded();
   bool needed(const MsgId& id) const;
-  void queue_body(const MsgId& id, const std::string& body);
+  void queue_body(const MsgId& id, const Body& body);
   void drop_body_if_unneeded(const MsgId& id);
   std::string body_path(const MsgId& id) const;
   std::string origin_dir(NodeId origin) const;
@@ -105,7 +110,7 @@ class RedisStore final : public DurableStore {
   Options opt_;
   LogFn log_;
   std::unique_ptr<redisContext, void (*)(redisContext*)> ctx_;
-  std::string msg_dir_;
+  std::string msg_dir_, incoming_dir_;
   std::string k_rec_, k_prof_, k_log_, k_ctr_;
   Stats stats_;
 
@@ -114,7 +119,7 @@ class RedisStore final : public DurableStore {
   std::map<std::string, Profile> q_profiles_;
   std::map<Version, std::optional<LogEntry>> q_log_;  // nullopt: erase
   std::optional<Counters> q_counters_;
-  std::map<MsgId, std::string> q_bodies_;  // body files to write
+  std::map<MsgId, Body> q_bodies_;  // body files to write (or link, from a staging file)
   std::set<MsgId> q_unlinks_;              // body files to remove after EXEC
 
   // Which bodies are needed and present, queue included (built by load()).

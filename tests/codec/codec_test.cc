@@ -255,12 +255,44 @@ TEST(Codec, EveryStatusKindAndOpSurvivesTheWire) {
 
 TEST(Codec, StoreUpdatePushedToAReplicaCarriesItsBody) {
   Update u = full_update(Update::Kind::Store);
-  u.record.body.assign(1 << 20, '\0');
-  for (std::size_t i = 0; i < u.record.body.size(); ++i)
-    u.record.body[i] = static_cast<char>(i * 131);
+  std::string bytes(1 << 20, '\0');
+  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>(i * 131);
+  u.record.body = bytes;
   Envelope out;
   ASSERT_TRUE(decode_envelope(encode_envelope(envelope(Push{u, {3}})), out));
   EXPECT_EQ(std::get<Push>(out.body).update.record.body, u.record.body);
+}
+
+TEST(Codec, ABodyInTransferTravelsAsItsTransferIdAndChunksAsChunks) {
+  Update u = full_update(Update::Kind::Store);
+  u.record.size = 5u << 20;
+  u.record.body = Body::in_transfer(77, u.record.size);
+  Envelope out;
+  BodyChunk chunk;
+  bool is_chunk = true;
+  ASSERT_TRUE(decode_frame(encode_envelope(envelope(StoreRequest{9, u})), out, chunk, is_chunk));
+  EXPECT_FALSE(is_chunk);
+  const Body& b = std::get<StoreRequest>(out.body).update.record.body;
+  EXPECT_EQ(b.where(), Body::Where::Transfer);
+  EXPECT_EQ(b.transfer(), 77u);
+  EXPECT_EQ(b.size(), 5u << 20);
+
+  std::string data = "chunk of a large message";
+  ASSERT_TRUE(decode_frame(encode_body_chunk(BodyChunk{77, data, {}, true}), out, chunk, is_chunk));
+  EXPECT_TRUE(is_chunk);
+  EXPECT_EQ(chunk.transfer, 77u);
+  EXPECT_EQ(chunk.data_owned, data);
+  EXPECT_TRUE(chunk.last);
+  // The core's decoder does not take a chunk for a message.
+  std::string why;
+  EXPECT_FALSE(decode_envelope(encode_body_chunk(BodyChunk{77, data, {}, false}), out, &why));
+  // Transfer 0 and a record naming both a body and a transfer are refused.
+  EXPECT_FALSE(decode_frame(encode_body_chunk(BodyChunk{0, data, {}, false}), out, chunk, is_chunk, &why));
+  pb::Envelope p = frame_header();
+  auto* r = p.mutable_store_request()->mutable_update()->mutable_record();
+  r->set_body("x");
+  r->set_body_transfer(3);
+  expect_rejected(decode_envelope, frame(p), "body and transfer");
 }
 
 TEST(Codec, RecordAtRestRoundTripsWithoutItsBody) {

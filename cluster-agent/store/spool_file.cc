@@ -1,0 +1,120 @@
+// spool_file.cc - see spool_file.h.
+#include "store/spool_file.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+namespace porcupine::store {
+
+namespace {
+std::string errno_text() { return std::strerror(errno); }
+}  // namespace
+
+SpoolFile::~SpoolFile() {
+  if (owned_) ::unlink(path_.c_str());
+}
+
+Staging::Staging(const std::string& incoming_dir) {
+  static std::atomic<std::uint64_t> counter{0};
+  path_ = incoming_dir + "/" + std::to_string(::getpid()) + "." + std::to_string(++counter);
+  fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+  if (fd_ < 0) throw std::runtime_error("cannot create " + path_ + ": " + errno_text());
+}
+
+Staging::~Staging() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(path_.c_str());
+  }
+}
+
+bool Staging::append(std::string_view data) {
+  if (fd_ < 0) return false;
+  while (!data.empty()) {
+    ssize_t n = ::write(fd_, data.data(), data.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      error_ = "cannot write " + path_ + ": " + errno_text();
+      return false;
+    }
+    data.remove_prefix(static_cast<std::size_t>(n));
+    size_ += static_cast<std::uint64_t>(n);
+  }
+  return true;
+}
+
+std::optional<Body> Staging::finish() {
+  if (fd_ < 0) return std::nullopt;
+  int fd = fd_;
+  fd_ = -1;
+  if (::fdatasync(fd) != 0 || ::close(fd) != 0) {
+    error_ = "cannot sync " + path_ + ": " + errno_text();
+    ::unlink(path_.c_str());
+    return std::nullopt;
+  }
+  return Body::in_file(std::make_shared<SpoolFile>(path_, true), size_);
+}
+
+bool BodyBuilder::append(std::string_view data) {
+  if (!file_ && mem_.size() + data.size() <= kInlineBodyMax) {
+    mem_.append(data);
+    return true;
+  }
+  if (!file_) {
+    try {
+      file_ = std::make_unique<Staging>(dir_);
+    } catch (const std::exception& e) {
+      error_ = e.what();
+      return false;
+    }
+    if (!file_->append(mem_)) {
+      error_ = file_->error();
+      return false;
+    }
+    std::string().swap(mem_);
+  }
+  if (!file_->append(data)) {
+    error_ = file_->error();
+    return false;
+  }
+  return true;
+}
+
+std::optional<Body> BodyBuilder::finish() {
+  if (!file_) return Body(std::move(mem_));
+  auto b = file_->finish();
+  if (!b) error_ = file_->error();
+  file_.reset();
+  return b;
+}
+
+std::optional<std::string> read_body(const Body& b) {
+  switch (b.where()) {
+    case Body::Where::Memory: return b.bytes();
+    case Body::Where::Transfer: return std::nullopt;
+    case Body::Where::File: break;
+  }
+  int fd = ::open(b.file()->path().c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return std::nullopt;
+  std::string out;
+  char buf[1 << 16];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      ::close(fd);
+      return std::nullopt;
+    }
+    if (n == 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+}  // namespace porcupine::store

@@ -1,0 +1,83 @@
+// spool_file.h - message bodies as files in the agent's spool.
+//
+// A large body is never held whole in memory: whoever receives it (the
+// local API from Postfix/Dovecot, the peer transport from another agent)
+// writes it chunk by chunk into a staging file under <spool>/incoming with
+// a Staging, which on finish() makes the data durable (fdatasync) and
+// returns a Body naming the file. The store later links that file into
+// msg/<origin>/<seq> (no copy); the staging name is removed when the last
+// Body referring to it goes. The startup scan empties incoming/ (nothing
+// there was ever acknowledged).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "core/body.h"
+
+namespace porcupine::store {
+
+// A body file. An owned file (a staging file) is unlinked when destroyed.
+class SpoolFile final : public BodyFile {
+ public:
+  SpoolFile(std::string path, bool owned) : path_(std::move(path)), owned_(owned) {}
+  ~SpoolFile() override;
+  SpoolFile(const SpoolFile&) = delete;
+  SpoolFile& operator=(const SpoolFile&) = delete;
+  const std::string& path() const override { return path_; }
+
+ private:
+  std::string path_;
+  bool owned_;
+};
+
+// Bodies at or under this size stay in memory; larger ones go to a file.
+constexpr std::size_t kInlineBodyMax = 256u << 10;
+
+class Staging {
+ public:
+  // Creates a fresh file in `incoming_dir`; throws std::runtime_error
+  // (one line) if it cannot.
+  explicit Staging(const std::string& incoming_dir);
+  ~Staging();  // an unfinished file is removed
+  Staging(const Staging&) = delete;
+  Staging& operator=(const Staging&) = delete;
+
+  // False (error() says why) if the disk refused.
+  bool append(std::string_view data);
+  // Durable on return; the Body owns the file.
+  std::optional<Body> finish();
+  std::uint64_t size() const { return size_; }
+  const std::string& error() const { return error_; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+  std::uint64_t size_ = 0;
+  std::string error_;
+};
+
+// Gathers a body of unknown length: in memory up to kInlineBodyMax, then in
+// a staging file.
+class BodyBuilder {
+ public:
+  explicit BodyBuilder(std::string incoming_dir) : dir_(std::move(incoming_dir)) {}
+  bool append(std::string_view data);
+  std::optional<Body> finish();
+  std::uint64_t size() const { return file_ ? file_->size() : mem_.size(); }
+  const std::string& error() const { return error_; }
+
+ private:
+  std::string dir_;
+  std::string mem_;
+  std::unique_ptr<Staging> file_;
+  std::string error_;
+};
+
+// The whole body, read from wherever it is; nothing if a file is unreadable.
+std::optional<std::string> read_body(const Body& b);
+
+}  // namespace porcupine::store
