@@ -85,6 +85,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
     h.set_node_id(net_.options().self);
     h.set_listen_address(net_.options().listen);
     h.set_nonce(nonce_);
+    h.set_body_transfers(true);
     for (const auto& [id, addr] : net_.addresses()) (*h.mutable_address_book())[id] = addr;
     write_raw(h.SerializeAsString());
     read_header();
@@ -103,6 +104,17 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
       bool ok = true;
       for_each_update(copy, [&](Update& u) {
         if (!ok || u.record.body.where() != Body::Where::File) return;
+        if (!peer_transfers_) {  // an older agent: the body inline, read whole
+          auto bytes = store::read_body(u.record.body);
+          if (!bytes) {
+            net_.log("peer n" + std::to_string(peer_) + ": cannot read body " + u.record.body.file()->path() +
+                     " to send; frame dropped (resent later)");
+            ok = false;
+            return;
+          }
+          u.record.body = std::move(*bytes);
+          return;
+        }
         int fd = ::open(u.record.body.file()->path().c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
           net_.log("peer n" + std::to_string(peer_) + ": cannot read body " + u.record.body.file()->path() +
@@ -266,6 +278,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
           return false;
         }
         claimed_ = h.node_id();
+        peer_transfers_ = h.body_transfers();
         peer_nonce_ = h.nonce();
         claimed_address_ = h.listen_address();
         for (const auto& [id, addr] : h.address_book()) book_.emplace(id, addr);
@@ -389,6 +402,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   std::string nonce_, peer_nonce_, session_;
   Stage stage_ = Stage::Hello;
   bool ready_ = false, closed_ = false;
+  bool peer_transfers_ = false;  // the peer takes bodies as BodyChunk transfers
   unsigned char hdr_[4] = {};
   std::string buf_;
   std::deque<Out> out_;
