@@ -136,9 +136,12 @@ class MailAcrossNodes(ClusterCase):
         replicas = listed[0]["replicas"]
         self.assertEqual(len(replicas), 2)
         time.sleep(1)  # the push to the second replica
+        with open("/proc/%d/maps" % self.cl.pid(1, "agent")) as f:
+            sanitized = "libasan" in f.read()  # ASan's quarantine keeps freed chunks: peaks mean nothing there
         for i in (1, 2, 3):
             grew = peak(i) - before[i]
-            self.assertLess(grew, size // 3, "agent %d grew by %d bytes for a %d-byte message" % (i, grew, size))
+            if not sanitized:
+                self.assertLess(grew, size // 3, "agent %d grew by %d bytes for a %d-byte message" % (i, grew, size))
         for i in replicas:
             origin, seq = d["id"].split(":")
             path = os.path.join(self.cl.ndir(i), "spool", "msg", origin, seq)
@@ -372,6 +375,98 @@ class Hostile(ClusterCase):
         self.add_user(1, "eve@example.org")
         self.assertEqual(self.deliver(2, "eve@example.org", message(1))["code"], "OK")
         self.assertTrue(self.cl.converged())
+
+    # ---- an authenticated peer that misbehaves ---------------------------
+    # Protobuf by hand (field numbers of porcupine.proto / agent.proto).
+    @staticmethod
+    def pb_varint(n):
+        out = b""
+        while True:
+            b = n & 0x7F
+            n >>= 7
+            if n:
+                out += bytes([b | 0x80])
+            else:
+                return out + bytes([b])
+
+    def pb_field(self, num, value):
+        if isinstance(value, int):
+            return self.pb_varint(num << 3) + self.pb_varint(value)
+        return self.pb_varint((num << 3) | 2) + self.pb_varint(len(value)) + value
+
+    def read_frame(self, s):
+        def exact(n):
+            buf = b""
+            while len(buf) < n:
+                chunk = s.recv(n - len(buf))
+                if not chunk:
+                    raise ConnectionError("closed")
+                buf += chunk
+            return buf
+        return exact(struct.unpack(">I", exact(4))[0])
+
+    def authenticated_peer(self, i, claim=9):
+        """A connection to node i that passes the handshake with the cluster
+        secret, claiming node id `claim`; returns (socket, send_frame)."""
+        import hashlib
+        import hmac
+        with open(os.path.join(self.cl.base, "secret"), "rb") as f:
+            secret = f.read().rstrip(b"\n")
+        s = self.connect(i)
+        nonce = os.urandom(32)
+        hello = (self.pb_field(1, 1) + self.pb_field(2, claim) + self.pb_field(3, b"127.0.0.1:9") +
+                 self.pb_field(4, nonce) + self.pb_field(6, 1))
+        s.sendall(struct.pack(">I", len(hello)) + hello)
+        theirs = self.read_frame(s)
+        peer_nonce = theirs[theirs.index(b"\x22\x20") + 2:][:32]  # field 4, 32 bytes
+        tag = hmac.new(secret, b"I" + nonce + peer_nonce + struct.pack(">I", claim), hashlib.sha256).digest()
+        proof = self.pb_field(1, tag)
+        s.sendall(struct.pack(">I", len(proof)) + proof)
+        self.read_frame(s)  # their proof
+        session = hmac.new(secret, b"porcupine-session" + nonce + peer_nonce, hashlib.sha256).digest()
+        seq = [0]
+
+        def send_frame(body_field, body):
+            env = self.pb_field(1, 1) + self.pb_field(2, claim) + self.pb_field(3, i) + self.pb_field(body_field, body)
+            t = hmac.new(session, b"I" + struct.pack(">Q", seq[0]) + env, hashlib.sha256).digest()
+            seq[0] += 1
+            s.sendall(struct.pack(">I", len(t) + len(env)) + t + env)
+        return s, send_frame
+
+    def chunk(self, transfer, data, last):
+        return self.pb_field(1, transfer) + self.pb_field(2, data) + (self.pb_field(3, 1) if last else b"")
+
+    def test_body_transfers_that_break_the_rules_close_only_that_connection(self):
+        # A Store whose record names a transfer that never came.
+        s, send = self.authenticated_peer(1)
+        record = self.pb_field(5, 1) + self.pb_field(16, 10) + self.pb_field(30, 5)
+        update = self.pb_field(2, 1) + self.pb_field(5, record)
+        send(23, self.pb_field(1, 7) + self.pb_field(2, update))
+        self.assertTrue(self.closed_by_peer(s))
+        # Two transfers interleaved.
+        s, send = self.authenticated_peer(1)
+        send(60, self.chunk(1, b"x" * 1000, False))
+        send(60, self.chunk(2, b"y" * 1000, False))
+        self.assertTrue(self.closed_by_peer(s))
+        # A transfer past message_size_limit (50 MiB by default).
+        s, send = self.authenticated_peer(2)
+        piece = b"z" * (4 << 20)
+        try:
+            for _ in range(14):
+                send(60, self.chunk(3, piece, False))
+        except OSError:
+            pass  # closed while we were still sending
+        self.assertTrue(self.closed_by_peer(s))
+        time.sleep(0.5)
+        self.assertIn("did not arrive whole", self.log_of(1))
+        self.assertIn("body transfers out of order", self.log_of(1))
+        self.assertIn("body transfer over the size limit", self.log_of(2))
+        for i in (1, 2):  # nothing half-staged is left behind
+            self.assertEqual(os.listdir(os.path.join(self.cl.ndir(i), "spool", "incoming")), [])
+        # The nodes still serve and still see each other.
+        self.add_user(1, "mal@example.org")
+        self.assertEqual(self.deliver(2, "mal@example.org", message(1))["code"], "OK")
+        self.assertTrue(self.wait_converged(20))
 
 
 if __name__ == "__main__":
