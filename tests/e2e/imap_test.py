@@ -102,7 +102,7 @@ def flags_of(m, uid_set="1:*"):
 class ImapSessions(dt.DovecotCase):
     def test_desktop_client_on_two_nodes_ends_with_identical_views(self):
         for n in range(5):
-            self.lmtp_deliver(1 + n % 3, message(n))
+            self.deliver(1 + n % 3, message(n))
         self.assertTrue(self.wait_for(lambda: len(self.cluster_listing(1)["messages"]) == 5, 10))
         self.ctl(1, "folder", "create", USER, "Sent")
         sessions = {i: self.imap(i) for i in (1, 2)}
@@ -138,7 +138,7 @@ class ImapSessions(dt.DovecotCase):
             barrier.wait()
             time.sleep(0.5)  # both are in IDLE
             started = time.time()
-            self.lmtp_deliver(3, message(50))
+            self.deliver(3, message(50))
             barrier.wait()
             print("IDLE woke on both nodes within %.1f s" % (time.time() - started), file=sys.stderr)
         except threading.BrokenBarrierError:
@@ -171,7 +171,7 @@ class ImapSessions(dt.DovecotCase):
 
     def test_idle_sees_flags_and_expunges_made_on_another_node(self):
         for n in range(3):
-            self.lmtp_deliver(1 + n % 3, message(n))
+            self.deliver(1 + n % 3, message(n))
         watcher = self.imap(1)
         self.assertEqual(watcher.select("INBOX")[0], "OK")
         uids = sorted(flags_of(watcher))
@@ -191,7 +191,7 @@ class ImapSessions(dt.DovecotCase):
 
     def test_move_on_node3_keeps_the_message_and_shows_in_the_folder_on_node1(self):
         for n in range(3):
-            self.lmtp_deliver(1 + n % 3, message(n))
+            self.deliver(1 + n % 3, message(n))
         before = {m["uid"]: m for m in self.cluster_listing(1)["messages"]}
         m = self.imap(3)
         self.assertEqual(m.create("Archive")[0], "OK")
@@ -227,8 +227,8 @@ class ImapSessions(dt.DovecotCase):
             m2 = self.imap(2)
             self.assertEqual(m2.create("Projects")[0], "OK")
             m2.logout()
-            self.lmtp_deliver(2, message(1))
-            self.lmtp_deliver(3, message(2))
+            self.deliver(2, message(1))
+            self.deliver(3, message(2))
             typ, data = m.status("INBOX", "(MESSAGES UNSEEN)")
             self.assertEqual(typ, "OK")
             self.assertRegex(data[0], rb"MESSAGES 2 UNSEEN 2")
@@ -246,7 +246,7 @@ class ImapSessions(dt.DovecotCase):
 class ImapFailover(dt.DovecotCase):
     def test_node_killed_messages_readable_elsewhere_and_nodes_agree_after_restart(self):
         for n in range(12):
-            self.lmtp_deliver(1 + n % 3, message(n, 2000))
+            self.deliver(1 + n % 3, message(n, 2000))
         listing = self.cluster_listing(1)
         self.assertEqual(len(listing["messages"]), 12)
         subjects = {b"message %d" % n for n in range(12)}
@@ -277,6 +277,7 @@ class ImapFailover(dt.DovecotCase):
         # today it renumbers when the mailbox's manager comes back.)
         self.cl.restart(3)
         self.assertTrue(self.wait_for(self.cl.converged, 60), "node 3 did not rejoin")
+        self.open_sockets()
         def agree():
             views = [view(i) for i in (1, 2, 3)]
             return all(readable(i) for i in (1, 2, 3)) and views[0] == views[1] == views[2]
