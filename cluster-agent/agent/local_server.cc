@@ -14,6 +14,7 @@
 
 #include "agent.pb.h"
 #include "agent/agent.h"
+#include "agent/read_frame.h"
 #include "client/frame.h"
 #include "core/hash.h"
 
@@ -112,20 +113,13 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
 
   void read_header() {
     auto self = shared_from_this();
-    asio::async_read(sock_, asio::buffer(hdr_, 4), [this, self](boost::system::error_code ec, std::size_t) {
+    async_read_frame(sock_, hdr_, buf_, kMaxFrame, [this, self](const std::string& why) {
       if (closed_) return;
-      if (ec) return close(ec == asio::error::eof ? "" : ec.message());
-      std::uint32_t len = frame::length(hdr_);
-      if (len > kMaxFrame) return close("frame of " + std::to_string(len) + " bytes exceeds the limit");
-      buf_.resize(len);
-      asio::async_read(sock_, asio::buffer(buf_), [this, self](boost::system::error_code ec2, std::size_t) {
-        if (closed_) return;
-        if (ec2) return close("truncated frame");
-        pb::Request req;
-        if (!req.ParseFromString(buf_)) return close("malformed request");
-        handle(req);
-        if (!closed_) read_header();
-      });
+      if (!why.empty()) return close(why == "closed" ? "" : why);  // a client hanging up is no news
+      pb::Request req;
+      if (!req.ParseFromString(buf_)) return close("malformed request");
+      handle(req);
+      if (!closed_) read_header();
     });
   }
 

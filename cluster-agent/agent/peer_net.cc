@@ -15,6 +15,7 @@
 #include <deque>
 
 #include "agent.pb.h"
+#include "agent/read_frame.h"
 #include "client/frame.h"
 #include "codec/codec.h"
 #include "store/spool_file.h"
@@ -238,25 +239,11 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
 
   void read_header() {
     auto self = shared_from_this();
-    asio::async_read(sock_, asio::buffer(hdr_, 4), [this, self](boost::system::error_code ec, std::size_t) {
+    std::size_t limit = stage_ == Stage::Ready ? net_.options().max_frame + kTag : kHandshakeMax;
+    async_read_frame(sock_, hdr_, buf_, limit, [this, self](const std::string& why) {
       if (closed_) return;
-      if (ec) return close(ec == asio::error::eof ? "peer closed" : ec.message());
-      std::uint32_t len = frame::length(hdr_);
-      std::size_t limit = stage_ == Stage::Ready ? net_.options().max_frame + kTag : kHandshakeMax;
-      if (len > limit)
-        return close("frame of " + std::to_string(len) + " bytes exceeds the limit of " + std::to_string(limit));
-      buf_.resize(len);
-      read_body();
-    });
-  }
-
-  void read_body() {
-    auto self = shared_from_this();
-    asio::async_read(sock_, asio::buffer(buf_), [this, self](boost::system::error_code ec, std::size_t) {
-      if (closed_) return;
-      if (ec) return close(ec == asio::error::eof ? "truncated frame" : ec.message());
-      if (!handle()) return;
-      read_header();
+      if (!why.empty()) return close(why == "closed" ? "peer closed" : why);
+      if (handle()) read_header();
     });
   }
 
