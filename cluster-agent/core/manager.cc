@@ -411,6 +411,8 @@ void Node::on_renumber_done(Time now, Pending& p) {
     f.renumber_due = true;
     renumbers_due_.insert({p.user, p.folder});
   }
+  // Every holder answered: no live message is left in another lineage.
+  if (!incomplete) std::erase_if(f.seen_live, [&f](std::uint32_t v) { return v != f.uidvalidity; });
 }
 
 }  // namespace porcupine
