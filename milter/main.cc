@@ -187,7 +187,13 @@ sfsistat on_envrcpt(SMFICTX* ctx, char** argv) {
     else
       logf(LOG_INFO, "client %s: RCPT %s: %s %s %s", client, argv[0], reply.rcode.c_str(), reply.xcode.c_str(),
            reply.text.c_str());
-    std::string text = reply.text + " (" + r.address + ")";
+    // The address is echoed for clients that send several recipients;
+    // only plain printable characters of it (no '%', which libmilter's
+    // reply text treats specially).
+    std::string shown;
+    for (unsigned char c : r.address)
+      if (c > ' ' && c < 0x7f && c != '%') shown += static_cast<char>(c);
+    std::string text = reply.text + " (" + shown + ")";
     smfi_setreply(ctx, reply.rcode.data(), reply.xcode.data(), text.data());
     return reply.action == Action::kReject ? SMFIS_REJECT : SMFIS_TEMPFAIL;
   });
