@@ -36,6 +36,9 @@ PACKAGES+=(python3-matplotlib linux-perf)
 # Postfix for every node's SMTP (porcupine-milter, scripts/porcupine-local),
 # its end-to-end tests and the benchmark (smtp-source is in postfix).
 PACKAGES+=(postfix)
+# Debian packages (scripts/build-debs.sh) and their test: dpkg-deb,
+# dpkg-shlibdeps, and a lint of the maintainer scripts.
+PACKAGES+=(dpkg-dev shellcheck)
 
 say() { echo "install-deps: $*"; }
 die() { echo "install-deps: error: $*" >&2; exit 1; }

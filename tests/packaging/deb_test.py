@@ -1,0 +1,499 @@
+#!/usr/bin/env python3
+"""The Debian packages (packaging/README.md), built from a build tree by
+scripts/build-debs.sh into a temporary directory and inspected there.
+
+Usage: deb_test.py --build BUILD_DIR [unittest args]
+
+Nothing is installed on this machine and no service is touched: the
+packages are read with dpkg-deb, unpacked with `dpkg-deb -x` into a
+temporary root, and their maintainer scripts are run against a temporary
+root (DPKG_ROOT) with adduser, systemctl, deb-systemd-helper and friends
+replaced by stubs that only record their arguments.
+"""
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+BUILD = os.path.join(ROOT, "build")
+
+AGENT, MILTER, DOVECOT = "porcupine-agent", "porcupine-milter", "dovecot-porcupine"
+
+# path in the package -> mode it must have (every entry is root:root).
+EXPECTED_FILES = {
+    AGENT: {
+        "./usr/sbin/porcupine-agent": 0o755,
+        "./usr/bin/porcupinectl": 0o755,
+        "./usr/bin/porcupine-config-doc": 0o755,
+        "./etc/porcupine/porcupine.conf": 0o644,
+        "./lib/systemd/system/porcupine-agent.service": 0o644,
+        "./lib/systemd/system/porcupine-redis.service": 0o644,
+        "./usr/lib/tmpfiles.d/porcupine.conf": 0o644,
+        "./usr/share/porcupine-agent/porcupine.conf": 0o644,
+        "./usr/share/doc/porcupine-agent/configuration.md": 0o644,
+        "./usr/share/doc/porcupine-agent/agent.md": 0o644,
+    },
+    MILTER: {
+        "./usr/sbin/porcupine-milter": 0o755,
+        "./lib/systemd/system/porcupine-milter.service": 0o644,
+        "./usr/share/porcupine-milter/main.cf.porcupine": 0o644,
+        "./usr/share/doc/porcupine-milter/README.md": 0o644,
+    },
+    DOVECOT: {
+        "./usr/lib/dovecot/modules/lib20_porcupine_plugin.so": 0o644,
+        "./usr/lib/porcupine/porcupine-checkpassword": 0o755,
+        "./usr/share/dovecot-porcupine/90-porcupine.conf": 0o644,
+        "./usr/share/doc/dovecot-porcupine/README.md": 0o644,
+    },
+}
+SCRIPTS = {AGENT: ["postinst", "prerm", "postrm"], MILTER: ["postinst", "prerm", "postrm"],
+           DOVECOT: ["postinst", "postrm"]}
+UNITS = {AGENT: ["porcupine-agent.service", "porcupine-redis.service"], MILTER: ["porcupine-milter.service"]}
+
+# Stand-ins for the commands maintainer scripts run. Each records its
+# arguments in $STUB_LOG. getent and adduser share a user table, so a user
+# added once is found the next time.
+STUBS = {
+    "adduser": r'''echo "adduser $*" >> "$STUB_LOG"
+last=""; for a in "$@"; do last=$a; done
+case " $* " in *" --system "*) echo "$last" >> "$STUB_USERS" ;; esac
+''',
+    "getent": r'''case $1 in
+passwd) grep -qx "$2" "$STUB_USERS" ;;
+group) [ "$2" = mail ] || grep -qx "$2" "$STUB_USERS" ;;
+*) exit 2 ;;
+esac
+''',
+    "chown": 'echo "chown $*" >> "$STUB_LOG"\n',
+    # install -o/-g need the users to exist: record them, drop them.
+    "install": r'''echo "install $*" >> "$STUB_LOG"
+args=""
+while [ $# -gt 0 ]; do
+  case $1 in -o|-g) shift 2 ;; *) args="$args $1"; shift ;; esac
+done
+exec /usr/bin/install $args
+''',
+    "deb-systemd-helper": 'echo "deb-systemd-helper $*" >> "$STUB_LOG"\n'
+                          '[ "$1" = --quiet ] && [ "$2" = was-enabled ] && exit 1\nexit 0\n',
+    "deb-systemd-invoke": 'echo "deb-systemd-invoke $*" >> "$STUB_LOG"\n',
+    "systemctl": 'echo "systemctl $*" >> "$STUB_LOG"\n',
+    "systemd-tmpfiles": 'echo "systemd-tmpfiles $*" >> "$STUB_LOG"\n',
+}
+
+
+def read(path, mode="r"):
+    with open(path, mode) as f:
+        return f.read()
+
+
+def run(*cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
+
+
+def control_fields(text):
+    fields, key = {}, None
+    for line in text.splitlines():
+        m = re.match(r"^ ([A-Za-z-]+): ?(.*)$", line)
+        if m:
+            key = m.group(1)
+            fields[key] = m.group(2)
+        elif key and line.startswith("  "):
+            fields[key] += "\n" + line.strip()
+    return fields
+
+
+def depends(fields):
+    return [d.strip() for d in fields.get("Depends", "").split(",") if d.strip()]
+
+
+def setUpModule():
+    """Builds the packages once, into a temporary directory, and reads them."""
+    P = Packages
+    P.tmp = tempfile.mkdtemp(prefix="porcupine-deb-test-")
+    out = os.path.join(P.tmp, "dist")
+    subprocess.run(["bash", os.path.join(ROOT, "scripts", "build-debs.sh"), "--no-build",
+                    "--build-dir", BUILD, "--out", out], check=True)
+    P.arch = run("dpkg", "--print-architecture").strip()
+    for name in (AGENT, MILTER, DOVECOT):
+        found = [f for f in os.listdir(out) if f.startswith(name + "_") and f.endswith("_%s.deb" % P.arch)]
+        assert len(found) == 1, "%s: %s in %s" % (name, found, os.listdir(out))
+        deb = P.debs[name] = os.path.join(out, found[0])
+        P.fields[name] = control_fields(run("dpkg-deb", "--info", deb))
+        P.contents[name] = {}
+        for line in run("dpkg-deb", "--contents", deb).splitlines():
+            # -rwxr-xr-x root/root 12345 2026-11-24 23:00 ./usr/sbin/x
+            parts = line.split(None, 5)
+            path = parts[5].split(" -> ")[0]
+            P.contents[name][path.rstrip("/") if path != "./" else path] = (parts[0], parts[1])
+        P.roots[name] = os.path.join(P.tmp, "root-" + name)
+        run("dpkg-deb", "-x", deb, P.roots[name])
+        P.controls[name] = os.path.join(P.tmp, "control-" + name)
+        run("dpkg-deb", "-e", deb, P.controls[name])
+
+
+def tearDownModule():
+    if Packages.tmp is None:
+        return
+    if os.environ.get("KEEP") == "1":
+        print("kept", Packages.tmp)
+    else:
+        shutil.rmtree(Packages.tmp, ignore_errors=True)
+
+
+class Packages(unittest.TestCase):
+    """What the three packages hold (filled by setUpModule)."""
+    tmp = arch = None
+    debs, fields, contents, roots, controls = {}, {}, {}, {}, {}
+
+    # ---- names, versions, files -------------------------------------------
+    def test_ThreePackages_SameVersion_ThisArchitecture(self):
+        versions = {self.fields[n]["Version"] for n in self.fields}
+        self.assertEqual(len(versions), 1, versions)
+        self.assertRegex(versions.pop(), r"^\d+\.\d+\.\d+-\d+$")
+        for name, f in self.fields.items():
+            self.assertEqual(f["Package"], name)
+            self.assertEqual(f["Architecture"], self.arch)
+            self.assertEqual(f["Section"], "mail")
+
+    def test_Contents_ExpectedFilesWithModes_OwnedByRoot(self):
+        for name, expected in EXPECTED_FILES.items():
+            contents = self.contents[name]
+            for path, mode in expected.items():
+                self.assertIn(path, contents, "%s lacks %s" % (name, path))
+                perms, owner = contents[path]
+                self.assertEqual(perms[0], "-", "%s %s is not a plain file" % (name, path))
+                self.assertEqual(stat.S_IMODE(os.stat(os.path.join(self.roots[name], path)).st_mode), mode,
+                                 "%s %s mode" % (name, path))
+            for path, (perms, owner) in contents.items():
+                self.assertEqual(owner, "root/root", "%s %s" % (name, path))
+                self.assertFalse(path.startswith("./usr/local"), "%s %s" % (name, path))
+                self.assertNotIn("/run/", path + "/", "%s ships %s (made at run time)" % (name, path))
+        # Files no package may ship: generated at install, or data.
+        every = set().union(*self.contents.values())
+        for path in ("./etc/porcupine/secret", "./var/lib/porcupine"):
+            self.assertNotIn(path, every)
+        # No file is in two packages.
+        for a in self.contents:
+            for b in self.contents:
+                if a < b:
+                    files = {p for p, (perms, _) in self.contents[a].items() if perms[0] != "d"}
+                    other = {p for p, (perms, _) in self.contents[b].items() if perms[0] != "d"}
+                    self.assertEqual(files & other, set(), (a, b))
+
+    def test_Conffiles_OnlyPorcupineConf(self):
+        with open(os.path.join(self.controls[AGENT], "conffiles")) as f:
+            self.assertEqual(f.read().split(), ["/etc/porcupine/porcupine.conf"])
+        for name in (MILTER, DOVECOT):
+            self.assertFalse(os.path.exists(os.path.join(self.controls[name], "conffiles")), name)
+        # The shipped configuration is the example in packaging/etc.
+        with open(os.path.join(ROOT, "packaging", "etc", "porcupine.conf")) as a, \
+             open(os.path.join(self.roots[AGENT], "etc", "porcupine", "porcupine.conf")) as b:
+            self.assertEqual(a.read(), b.read())
+
+    # ---- dependencies -----------------------------------------------------
+    def needed_packages(self, name):
+        """Debian packages holding the shared libraries the package's ELF
+        files need, found here with readelf and dpkg -S (independently of
+        dpkg-shlibdeps)."""
+        owners = set()
+        for path in EXPECTED_FILES[name]:
+            full = os.path.join(self.roots[name], path)
+            with open(full, "rb") as f:
+                if f.read(4) != b"\x7fELF":
+                    continue
+            for lib in re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", run("readelf", "-d", full)):
+                ldconfig = run("ldconfig", "-p")
+                m = re.search(r"^\s*%s \([^)]*x86-64[^)]*\) => (\S+)" % re.escape(lib), ldconfig, re.M)
+                if not m:
+                    m = re.search(r"^\s*%s \(.*\) => (\S+)" % re.escape(lib), ldconfig, re.M)
+                self.assertIsNotNone(m, "%s: %s needs %s, not found on this machine" % (name, path, lib))
+                real = os.path.realpath(m.group(1))
+                pkg = None
+                for candidate in (m.group(1), real, real.replace("/usr/lib/", "/lib/", 1),
+                                  m.group(1).replace("/lib/", "/usr/lib/", 1)):
+                    r = subprocess.run(["dpkg", "-S", candidate], capture_output=True, text=True)
+                    if r.returncode == 0:
+                        pkg = r.stdout.split(":")[0]
+                        break
+                self.assertIsNotNone(pkg, "%s: no package owns %s" % (name, real))
+                owners.add(pkg)
+        return owners
+
+    def test_Depends_EveryNeededLibraryAndTheStack(self):
+        version = self.fields[AGENT]["Version"]
+        for name in (AGENT, MILTER, DOVECOT):
+            deps = depends(self.fields[name])
+            dep_names = {re.split(r"[ (]", d)[0] for d in deps}
+            for pkg in self.needed_packages(name):
+                self.assertIn(pkg, dep_names, "%s: Depends %s lacks %s" % (name, deps, pkg))
+        agent = depends(self.fields[AGENT])
+        for prefix in ("redis-server", "adduser", "libhiredis", "libprotobuf", "libboost-program-options",
+                       "libssl"):
+            self.assertTrue(any(d.startswith(prefix) for d in agent), "%s not in %s" % (prefix, agent))
+        milter = depends(self.fields[MILTER])
+        self.assertIn("porcupine-agent (= %s)" % version, milter)
+        self.assertIn("postfix", milter)
+        self.assertTrue(any(d.startswith("libmilter") for d in milter), milter)
+        dovecot = depends(self.fields[DOVECOT])
+        for d in ("dovecot-core (>= 1:2.3)", "dovecot-core (<< 1:2.4)", "porcupine-agent (= %s)" % version):
+            self.assertIn(d, dovecot)
+        # The plugin loads only into the Dovecot ABI it was built for.
+        abi = re.search(r'#define DOVECOT_ABI_VERSION "([0-9.]+)\.ABIv(\d+)\(', read("/usr/include/dovecot/config.h"))
+        self.assertIn("dovecot-abi-%s.abiv%s" % abi.groups(), [d.lower() for d in dovecot])
+
+    def test_Depends_SatisfiedBesideThisMachinesPostfixAndDovecot(self):
+        """Each dependency names a package at a version this machine has
+        installed, or the package of this set (dpkg --compare-versions)."""
+        ours = {n: self.fields[n]["Version"] for n in self.fields}
+        for name in (AGENT, MILTER, DOVECOT):
+            for dep in depends(self.fields[name]):
+                alternatives = [a.strip() for a in dep.split("|")]
+                ok = False
+                for alt in alternatives:
+                    m = re.match(r"^([a-z0-9.+-]+)(?::any)?(?: \((<<|<=|=|>=|>>) ([^)]+)\))?$", alt)
+                    self.assertIsNotNone(m, "%s: odd dependency %r" % (name, alt))
+                    pkg, op, want = m.groups()
+                    if pkg in ours:
+                        have = [ours[pkg]]
+                    else:
+                        r = subprocess.run(["dpkg-query", "-W", "-f", "${Version}\t${Status}\t${Provides}\n", pkg],
+                                           capture_output=True, text=True)
+                        have = [l.split("\t")[0] for l in r.stdout.splitlines() if "install ok installed" in l]
+                        if not have:
+                            # A virtual package (dovecot-abi-*), provided by an installed one.
+                            r = subprocess.run(["dpkg-query", "-W", "-f", "${Status}\t${Provides}\n"],
+                                               capture_output=True, text=True)
+                            if any("install ok installed" in l and re.search(r"(^|[\t, ])%s($|[ ,])" % re.escape(pkg),
+                                                                           l.split("\t")[1])
+                                   for l in r.stdout.splitlines()):
+                                have = ["provided"] if not op else []
+                    for v in have:
+                        if not op or subprocess.run(["dpkg", "--compare-versions", v,
+                                                     {"<<": "lt", "<=": "le", "=": "eq", ">=": "ge", ">>": "gt"}[op],
+                                                     want]).returncode == 0:
+                            ok = True
+                self.assertTrue(ok, "%s: %r is not satisfied on this machine" % (name, dep))
+
+    # ---- what is inside ---------------------------------------------------
+    def test_Programs_RunFromTheUnpackedTree(self):
+        agent_root = self.roots[AGENT]
+        out = run(os.path.join(agent_root, "usr/sbin/porcupine-agent"), "--print-defaults")
+        self.assertRegex(out, r"(?m)^local_socket = /run/porcupine/agent.sock$")
+        out = run(os.path.join(agent_root, "usr/bin/porcupine-config-doc"))
+        self.assertIn("| `local_socket_group` |", out)
+        # The shipped porcupine.conf is valid for the agent and the milter.
+        conf = os.path.join(agent_root, "etc/porcupine/porcupine.conf")
+        out = run(os.path.join(agent_root, "usr/sbin/porcupine-agent"), "--print-config", "-c", conf)
+        self.assertRegex(out, r"(?m)^spool_directory = /var/lib/porcupine/spool$")
+        r = subprocess.run([os.path.join(agent_root, "usr/bin/porcupinectl"), "--socket",
+                            os.path.join(self.tmp, "no-agent.sock"), "status"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 4, r.stderr)  # the agent is unreachable
+        for name in (AGENT, MILTER, DOVECOT):
+            for path in EXPECTED_FILES[name]:
+                full = os.path.join(self.roots[name], path)
+                with open(full, "rb") as f:
+                    if f.read(4) != b"\x7fELF":
+                        continue
+                dyn = run("readelf", "-d", full)
+                self.assertNotRegex(dyn, r"R(UN)?PATH", "%s keeps a build RPATH" % path)
+                self.assertNotIn(".debug_info", run("readelf", "-S", "-W", full), "%s is not stripped" % path)
+                self.assertNotIn("not found", run("ldd", full), path)
+
+    def test_DovecotPlugin_ExportsThisDovecotsAbiVersion(self):
+        so = os.path.join(self.roots[DOVECOT], "usr/lib/dovecot/modules/lib20_porcupine_plugin.so")
+        symbols = run("nm", "-D", "--defined-only", so).split()
+        for sym in ("porcupine_plugin_init", "porcupine_plugin_deinit", "porcupine_plugin_version"):
+            self.assertIn(sym, symbols)
+        abi = re.search(r'#define DOVECOT_ABI_VERSION "([^"]+)"', read("/usr/include/dovecot/config.h")).group(1)
+        self.assertIn(abi.encode(), read(so, "rb"))
+        conf = read(os.path.join(self.roots[DOVECOT], "usr/share/dovecot-porcupine/90-porcupine.conf"))
+        self.assertIn("args = /usr/lib/porcupine/porcupine-checkpassword", conf)
+        # Not enabled: nothing under /etc/dovecot.
+        self.assertFalse(any(p.startswith("./etc/") for p in self.contents[DOVECOT]), self.contents[DOVECOT].keys())
+
+    def test_SystemdUnits_Verify(self):
+        """systemd-analyze verify of every unit, with ExecStart pointing at
+        the unpacked programs (the host does not have them installed); any
+        diagnostic fails."""
+        units = os.path.join(self.tmp, "units")
+        os.makedirs(units, exist_ok=True)
+        for name, names in UNITS.items():
+            for unit in names:
+                text = read(os.path.join(self.roots[name], "lib/systemd/system", unit))
+                if unit != "porcupine-redis.service":
+                    self.assertIn(" -c /etc/porcupine/porcupine.conf", text)
+                text = text.replace("/usr/sbin/", os.path.join(self.roots[name], "usr/sbin") + "/")
+                with open(os.path.join(units, unit), "w") as f:
+                    f.write(text)
+        r = subprocess.run(["systemd-analyze", "verify", "--man=no"] +
+                           sorted(os.path.join(units, u) for u in os.listdir(units)),
+                           capture_output=True, text=True)
+        self.assertEqual((r.returncode, r.stdout + r.stderr), (0, ""))
+        tmpfiles = read(os.path.join(self.roots[AGENT], "usr/lib/tmpfiles.d/porcupine.conf"))
+        self.assertRegex(tmpfiles, r"(?m)^d /run/porcupine 0755 porcupine porcupine -$")
+
+    # ---- maintainer scripts -----------------------------------------------
+    def test_MaintainerScripts_ShellSyntaxShellcheckAndModes(self):
+        shellcheck = shutil.which("shellcheck")
+        for name, scripts in SCRIPTS.items():
+            present = sorted(f for f in os.listdir(self.controls[name]) if f in ("preinst", "postinst", "prerm", "postrm"))
+            self.assertEqual(present, sorted(scripts), name)
+            for script in scripts:
+                path = os.path.join(self.controls[name], script)
+                self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o755, path)
+                self.assertTrue(read(path).startswith("#!/bin/sh\n"), path)
+                subprocess.run(["sh", "-n", path], check=True)
+                if shellcheck:
+                    r = subprocess.run([shellcheck, "-s", "sh", path], capture_output=True, text=True)
+                    self.assertEqual(r.returncode, 0, r.stdout)
+        if not shellcheck:
+            print("shellcheck not installed: maintainer scripts checked with sh -n only", file=sys.stderr)
+
+
+class MaintainerScripts(unittest.TestCase):
+    """The maintainer scripts run against a temporary root (DPKG_ROOT),
+    with every command that would change the system stubbed; the package
+    files are laid out there first, as dpkg would."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="porcupine-deb-scripts-")
+        self.root = os.path.join(self.tmp, "root")
+        os.makedirs(os.path.join(self.root, "run/systemd/system"))  # "systemd is running"
+        for name in (AGENT, MILTER, DOVECOT):
+            run("cp", "-a", Packages.roots[name] + "/.", self.root)
+        stubs = os.path.join(self.tmp, "stubs")
+        os.makedirs(stubs)
+        for cmd, body in STUBS.items():
+            with open(os.path.join(stubs, cmd), "w") as f:
+                f.write("#!/bin/sh\n" + body)
+            os.chmod(os.path.join(stubs, cmd), 0o755)
+        # postrm calls deb-systemd-helper only where it is installed.
+        os.makedirs(os.path.join(self.root, "usr/bin"), exist_ok=True)
+        shutil.copy(os.path.join(stubs, "deb-systemd-helper"), os.path.join(self.root, "usr/bin"))
+        self.log = os.path.join(self.tmp, "log")
+        self.users = os.path.join(self.tmp, "users")
+        with open(self.users, "w") as f:
+            f.write("dovecot\npostfix\n")  # from dovecot-core and postfix
+        self.env = dict(os.environ, DPKG_ROOT=self.root, STUB_LOG=self.log, STUB_USERS=self.users,
+                        PATH=stubs + ":" + os.environ["PATH"])
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def script(self, name, script, *args):
+        open(self.log, "w").close()
+        r = subprocess.run(["sh", "-e", os.path.join(Packages.controls[name], script)] + list(args),
+                           env=self.env, capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, "%s %s %s: %s" % (name, script, args, r.stderr))
+        return r.stdout, read(self.log).splitlines()
+
+    def path(self, p):
+        return os.path.join(self.root, p.lstrip("/"))
+
+    def test_Agent_FirstInstall_UserDirsSecretNothingStarted(self):
+        out, log = self.script(AGENT, "postinst", "configure")
+        self.assertTrue(any(l.startswith("adduser --system --group") and l.endswith(" porcupine") for l in log), log)
+        secret = self.path("/etc/porcupine/secret")
+        self.assertEqual(stat.S_IMODE(os.stat(secret).st_mode), 0o600)
+        self.assertGreaterEqual(len(read(secret).strip()), 32)
+        self.assertIn("chown porcupine:porcupine %s.dpkg-new" % secret, log)
+        for d, mode in (("/var/lib/porcupine", 0o755), ("/var/lib/porcupine/spool", 0o750),
+                        ("/var/lib/porcupine/redis", 0o750)):
+            self.assertEqual(stat.S_IMODE(os.stat(self.path(d)).st_mode), mode, d)
+        self.assertIn("deb-systemd-helper update-state porcupine-agent.service", log)
+        self.assertFalse([l for l in log if l.startswith("deb-systemd-invoke")], log)  # nothing started
+        self.assertFalse([l for l in log if " enable " in l], log)
+        self.assertIn("systemctl enable --now porcupine-agent", out)
+        self.assertIn("new cluster secret", out)
+
+    def test_Agent_Upgrade_KeepsSecretAndData_RestartsARunningAgent(self):
+        self.script(AGENT, "postinst", "configure")
+        secret = self.path("/etc/porcupine/secret")
+        before = read(secret)
+        with open(self.path("/var/lib/porcupine/spool/kept"), "w") as f:
+            f.write("a message body")
+        out, log = self.script(AGENT, "postinst", "configure", "0.1.0-1")
+        self.assertEqual(read(secret), before)
+        self.assertTrue(os.path.exists(self.path("/var/lib/porcupine/spool/kept")))
+        self.assertIn("deb-systemd-invoke try-restart porcupine-agent.service", log)
+        self.assertFalse([l for l in log if l.startswith("adduser --system")], log)  # the user exists
+        self.assertNotIn("new cluster secret", out)
+        # An upgrade's prerm stops nothing.
+        _, log = self.script(AGENT, "prerm", "upgrade", "0.1.0-2")
+        self.assertEqual(log, [])
+
+    def test_Agent_RemoveStopsUnitsKeepsData_PurgeRemovesData(self):
+        self.script(AGENT, "postinst", "configure")
+        _, log = self.script(AGENT, "prerm", "remove")
+        self.assertIn("deb-systemd-invoke stop porcupine-agent.service porcupine-redis.service", log)
+        _, log = self.script(AGENT, "postrm", "remove")
+        self.assertIn("deb-systemd-helper mask porcupine-agent.service", log)
+        for p in ("/etc/porcupine/secret", "/var/lib/porcupine/spool", "/var/lib/porcupine/redis"):
+            self.assertTrue(os.path.exists(self.path(p)), p)
+        # dpkg removes the conffile before postrm purge.
+        os.remove(self.path("/etc/porcupine/porcupine.conf"))
+        _, log = self.script(AGENT, "postrm", "purge")
+        self.assertIn("deb-systemd-helper purge porcupine-redis.service", log)
+        for p in ("/etc/porcupine/secret", "/var/lib/porcupine", "/etc/porcupine"):
+            self.assertFalse(os.path.exists(self.path(p)), p)
+
+    def test_Agent_SecretFileFromTheConfiguration(self):
+        conf = self.path("/etc/porcupine/porcupine.conf")
+        with open(conf, "a") as f:
+            f.write("secret_file = /etc/porcupine/cluster.key\n")
+        self.script(AGENT, "postinst", "configure")
+        self.assertEqual(stat.S_IMODE(os.stat(self.path("/etc/porcupine/cluster.key")).st_mode), 0o600)
+        self.assertFalse(os.path.exists(self.path("/etc/porcupine/secret")))
+
+    def test_Milter_FirstInstallPrintsMainCfLines_RemoveStops(self):
+        self.script(AGENT, "postinst", "configure")
+        out, log = self.script(MILTER, "postinst", "configure")
+        self.assertIn("    smtpd_milters = unix:/run/porcupine/milter.sock", out)
+        self.assertIn("    milter_default_action = tempfail", out)
+        self.assertFalse([l for l in log if "postconf" in l or l.startswith("deb-systemd-invoke")], log)
+        self.assertIn("deb-systemd-helper update-state porcupine-milter.service", log)
+        _, log = self.script(MILTER, "postinst", "configure", "0.1.0-1")
+        self.assertIn("deb-systemd-invoke try-restart porcupine-milter.service", log)
+        _, log = self.script(MILTER, "prerm", "remove")
+        self.assertIn("deb-systemd-invoke stop porcupine-milter.service", log)
+
+    def test_Dovecot_VmailUserCacheDirSocketGroup_PurgeRemovesCache(self):
+        self.script(AGENT, "postinst", "configure")
+        out, log = self.script(DOVECOT, "postinst", "configure")
+        self.assertTrue(any(l.startswith("adduser --system") and l.endswith(" vmail") for l in log), log)
+        self.assertIn("adduser --quiet dovecot mail", log)
+        self.assertIn("adduser --quiet vmail mail", log)
+        cache = self.path("/var/lib/porcupine/dovecot")
+        self.assertEqual(stat.S_IMODE(os.stat(cache).st_mode), 0o750)
+        self.assertIn("cp /usr/share/dovecot-porcupine/90-porcupine.conf /etc/dovecot/conf.d/", out)
+        self.assertFalse(os.path.exists(self.path("/etc/dovecot")))
+        # local_socket_group changed by the operator: that group is joined.
+        with open(self.users, "a") as f:
+            f.write("mailcluster\n")
+        with open(self.path("/etc/porcupine/porcupine.conf"), "a") as f:
+            f.write("local_socket_group = mailcluster\n")
+        _, log = self.script(DOVECOT, "postinst", "configure", "0.1.0-1")
+        self.assertIn("adduser --quiet dovecot mailcluster", log)
+        self.assertNotIn("adduser --quiet dovecot mail", log)
+        with open(os.path.join(cache, "cached"), "w") as f:
+            f.write("x")
+        self.script(DOVECOT, "postrm", "remove")
+        self.assertTrue(os.path.exists(os.path.join(cache, "cached")))
+        self.script(DOVECOT, "postrm", "purge")
+        self.assertFalse(os.path.exists(cache))
+        self.assertTrue(os.path.exists(self.path("/var/lib/porcupine/spool")))  # the agent's data stays
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if "--build" in args:
+        i = args.index("--build")
+        BUILD = os.path.abspath(args[i + 1])
+        del args[i:i + 2]
+    unittest.main(argv=[sys.argv[0]] + args, verbosity=2)
