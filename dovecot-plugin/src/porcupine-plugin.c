@@ -1053,11 +1053,16 @@ static void pcp_follow_folders(struct mail_namespace *ns)
 }
 
 /* At login. A user without an INBOX namespace (LMTP's raw mail user) has
-   no folders; mail_namespace_find_inbox() asserts there is one. */
+   no folders; mail_namespace_find_inbox() asserts there is one. LMTP does
+   not follow: a delivery names its folder and the cluster knows it, and a
+   cluster that does not answer costs the delivery one deadline, not two. */
 static void pcp_namespaces_created(struct mail_namespace *namespaces)
 {
 	struct mail_namespace *ns;
 
+	if (namespaces != NULL && namespaces->user->service != NULL &&
+	    strcmp(namespaces->user->service, "lmtp") == 0)
+		return;
 	for (ns = namespaces; ns != NULL; ns = ns->next) {
 		if ((ns->flags & NAMESPACE_FLAG_INBOX_USER) != 0)
 			break;
@@ -1166,6 +1171,10 @@ static void pcp_mailbox_allocated(struct mailbox *box)
 	box->vlast = &pbox->module_ctx.super;
 	i_array_init(&pbox->saves, 4);
 	i_array_init(&pbox->moved, 4);
+	/* The cluster keeps the five system flags only: no keyword may be
+	   created (PERMANENTFLAGS has no \*, STORE and APPEND of a keyword
+	   are refused) rather than one that would live on this node only. */
+	box->disallow_new_keywords = TRUE;
 
 	v->free = pcp_mailbox_free;
 	v->create_box = pcp_create_box;

@@ -391,6 +391,24 @@ class ImapBadInput(dt.DovecotCase):
         finally:
             m.logout()
 
+    def test_keywords_are_refused_not_kept_on_one_node(self):
+        self.deliver(1, message(1))
+        m = self.imap(1)
+        try:
+            self.assertEqual(m.select("INBOX")[0], "OK")
+            permanent = m.response("PERMANENTFLAGS")[1][0]
+            self.assertIn(b"\\Seen", permanent)
+            self.assertNotIn(b"\\*", permanent)
+            typ, data = m.store("1", "+FLAGS", "($Label1)")
+            self.assertEqual(typ, "NO", data)
+            typ, data = m.append("INBOX", "(\\Seen Junk)", None, message(2))
+            self.assertEqual(typ, "NO", data)
+            self.assertEqual(m.store("1", "+FLAGS", "(\\Flagged)")[0], "OK")
+        finally:
+            m.logout()
+        listing = self.cluster_listing(2)["messages"]
+        self.assertEqual([x["flags"] for x in listing], [4])  # \Flagged, one message
+
     def test_append_cut_off_half_way_leaves_nothing(self):
         s = socket.create_connection((self.addr(1), dt.IMAP_PORT), timeout=30)
         f = s.makefile("rb")
