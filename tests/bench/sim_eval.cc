@@ -8,6 +8,7 @@
 //                     [--seconds S] [common]
 //   sim_eval reconfig --nodes N [common]
 //   sim_eval hetero   --nodes N --fast-pct P --policy static|random|spread [--seconds S] [common]
+//                     [--users zipf|uniform]
 //                     (P % of the nodes have 3x faster disks, as in the paper)
 //
 // common: --seed S, --clients-per-node C, --read-fraction F, --users-per-node U,
@@ -58,6 +59,7 @@ struct Options {
   int users_per_node = 20;
   double fast_pct = 0;
   std::string policy = "spread";
+  bool zipf = true;  // hetero: users drawn by Zipf(1), else uniformly
   CostModel cost;
 };
 
@@ -394,7 +396,7 @@ int hetero(const Options& o) {
   for (int i = 1; i <= fast; ++i) cost.set_speed(static_cast<NodeId>(i), 1.0, 3.0);
   std::mt19937_64 rng(o.seed);
   int users = std::max(10, o.users_per_node * o.nodes);
-  UserPick pick(users, true);
+  UserPick pick(users, o.zipf);
   std::vector<std::vector<NodeId>> mail_map(static_cast<std::size_t>(users));
   std::uint64_t delivered = 0;
   std::vector<double> lat;
@@ -442,7 +444,7 @@ int hetero(const Options& o) {
   c.run_until(end + 10'000);
   double secs = static_cast<double>(end - measure_from) / 1000.0;
   std::cout << "hetero nodes=" << o.nodes << " fast_pct=" << o.fast_pct << " fast_nodes=" << fast
-            << " policy=" << o.policy << " msgs_per_s=" << static_cast<double>(delivered) / secs
+            << " policy=" << o.policy << " users=" << (o.zipf ? "zipf" : "uniform") << " msgs_per_s=" << static_cast<double>(delivered) / secs
             << " p50_ms=" << percentile(lat, 0.5) << " p99_ms=" << percentile(lat, 0.99)
             << " wall_s=" << wall_since(w0) << "\n";
   return delivered > 0 ? 0 : 1;
@@ -477,6 +479,7 @@ int main(int argc, char** argv) {
       else if (a == "--users-per-node") o.users_per_node = std::stoi(v);
       else if (a == "--fast-pct") o.fast_pct = std::stod(v);
       else if (a == "--policy") o.policy = v;
+      else if (a == "--users") o.zipf = v != "uniform";
       else if (a == "--cost") set_cost(o.cost, v);
       else throw std::invalid_argument("unknown option " + a);
     }
