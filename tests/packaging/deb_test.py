@@ -406,6 +406,9 @@ class MaintainerScripts(unittest.TestCase):
         for d, mode in (("/var/lib/porcupine", 0o755), ("/var/lib/porcupine/spool", 0o750),
                         ("/var/lib/porcupine/redis", 0o750)):
             self.assertEqual(stat.S_IMODE(os.stat(self.path(d)).st_mode), mode, d)
+        # spool and redis are porcupine's; /var/lib/porcupine stays root's.
+        owned = [l.split()[-1] for l in log if l.startswith("install -d -o porcupine -g porcupine")]
+        self.assertEqual(owned, [self.path("/var/lib/porcupine/spool"), self.path("/var/lib/porcupine/redis")])
         self.assertIn("deb-systemd-helper update-state porcupine-agent.service", log)
         self.assertFalse([l for l in log if l.startswith("deb-systemd-invoke")], log)  # nothing started
         self.assertFalse([l for l in log if " enable " in l], log)
@@ -488,6 +491,92 @@ class MaintainerScripts(unittest.TestCase):
         self.script(DOVECOT, "postrm", "purge")
         self.assertFalse(os.path.exists(cache))
         self.assertTrue(os.path.exists(self.path("/var/lib/porcupine/spool")))  # the agent's data stays
+
+
+class DpkgRoot(unittest.TestCase):
+    """dpkg itself installs, reinstalls (dpkg's upgrade path: prerm upgrade,
+    postinst configure OLD-VERSION), removes and purges the packages in a
+    temporary root (`dpkg --root`, maintainer scripts run with DPKG_ROOT
+    and the stubs first in PATH). Dependencies are not installed there
+    (--force-depends), so the agent goes first, as apt would order it."""
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="porcupine-deb-dpkg-")
+        self.root = os.path.join(self.tmp, "root")
+        for d in ("var/lib/dpkg/updates", "var/lib/dpkg/info", "run/systemd/system", "usr/bin"):
+            os.makedirs(os.path.join(self.root, d))
+        open(os.path.join(self.root, "var/lib/dpkg/status"), "w").close()
+        stubs = os.path.join(self.tmp, "stubs")
+        os.makedirs(stubs)
+        for cmd, body in STUBS.items():
+            with open(os.path.join(stubs, cmd), "w") as f:
+                f.write("#!/bin/sh\n" + body)
+            os.chmod(os.path.join(stubs, cmd), 0o755)
+        shutil.copy(os.path.join(stubs, "deb-systemd-helper"), os.path.join(self.root, "usr/bin"))
+        self.log = os.path.join(self.tmp, "log")
+        self.users = os.path.join(self.tmp, "users")
+        with open(self.users, "w") as f:
+            f.write("dovecot\npostfix\n")
+        self.env = dict(os.environ, STUB_LOG=self.log, STUB_USERS=self.users,
+                        PATH=stubs + ":" + os.environ["PATH"])
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def dpkg(self, *args):
+        open(self.log, "w").close()
+        r = subprocess.run(["dpkg", "--root=" + self.root, "--force-script-chrootless", "--force-depends",
+                            "--force-not-root", "--force-confold", "--log=" + os.path.join(self.tmp, "dpkg.log")]
+                           + list(args), env=self.env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        self.assertEqual(r.returncode, 0, "dpkg %s: %s%s" % (args, r.stdout, r.stderr))
+        return r.stdout, read(self.log).splitlines()
+
+    def path(self, p):
+        return os.path.join(self.root, p.lstrip("/"))
+
+    def test_InstallReinstallRemovePurge_ConfigAndDataKeptUntilPurge(self):
+        debs = Packages.debs
+        self.dpkg("-i", debs[AGENT])
+        self.dpkg("-i", debs[MILTER], debs[DOVECOT])
+        status = run("dpkg-query", "--admindir=" + self.path("/var/lib/dpkg"), "-W",
+                     "-f", "${Package} ${Status}\n")
+        for name in (AGENT, MILTER, DOVECOT):
+            self.assertIn("%s install ok installed" % name, status)
+        for p in ("/usr/sbin/porcupine-agent", "/usr/lib/dovecot/modules/lib20_porcupine_plugin.so",
+                  "/etc/porcupine/secret", "/var/lib/porcupine/spool", "/var/lib/porcupine/dovecot"):
+            self.assertTrue(os.path.exists(self.path(p)), p)
+        self.assertEqual(stat.S_IMODE(os.stat(self.path("/etc/porcupine/secret")).st_mode), 0o600)
+
+        # The operator's configuration and data, then the same packages again.
+        conf = self.path("/etc/porcupine/porcupine.conf")
+        with open(conf, "a") as f:
+            f.write("node_id = 7\n")
+        secret = read(self.path("/etc/porcupine/secret"))
+        with open(self.path("/var/lib/porcupine/spool/body"), "w") as f:
+            f.write("a message")
+        _, log = self.dpkg("-i", debs[AGENT], debs[MILTER], debs[DOVECOT])
+        self.assertTrue(read(conf).endswith("node_id = 7\n"))
+        self.assertEqual(read(self.path("/etc/porcupine/secret")), secret)
+        self.assertTrue(os.path.exists(self.path("/var/lib/porcupine/spool/body")))
+        self.assertIn("deb-systemd-invoke try-restart porcupine-agent.service", log)
+        self.assertIn("deb-systemd-invoke try-restart porcupine-milter.service", log)
+        self.assertFalse([l for l in log if " stop " in l], log)
+
+        # Removal: units stopped, configuration and data kept.
+        _, log = self.dpkg("-r", MILTER, DOVECOT, AGENT)
+        self.assertIn("deb-systemd-invoke stop porcupine-milter.service", log)
+        self.assertIn("deb-systemd-invoke stop porcupine-agent.service porcupine-redis.service", log)
+        self.assertFalse(os.path.exists(self.path("/usr/sbin/porcupine-agent")))
+        self.assertTrue(read(conf).endswith("node_id = 7\n"))
+        for p in ("/etc/porcupine/secret", "/var/lib/porcupine/spool/body", "/var/lib/porcupine/dovecot"):
+            self.assertTrue(os.path.exists(self.path(p)), p)
+
+        # Purge: all of it gone.
+        self.dpkg("-P", MILTER, DOVECOT, AGENT)
+        for p in ("/etc/porcupine", "/var/lib/porcupine"):
+            self.assertFalse(os.path.exists(self.path(p)), p)
+        self.assertNotIn("porcupine", run("dpkg-query", "--admindir=" + self.path("/var/lib/dpkg"), "-W",
+                                          "-f", "${Package} ${Status}\n"))
 
 
 if __name__ == "__main__":
