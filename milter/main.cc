@@ -26,9 +26,10 @@
 //   log_to, syslog_facility.
 //
 // DIAGNOSTICS
-//   Configuration errors: one line each on stderr, exit status 1. At run
-//   time every 451 is logged with the agent's reason; rejections with 550
-//   and 452 are logged at info level.
+//   Configuration errors: one line each on stderr, exit status 78
+//   (EX_CONFIG; 64 for a bad command line). A socket that cannot be set up,
+//   or libmilter failing: exit status 1. At run time every 451 is logged
+//   with the agent's reason; rejections with 550 and 452 at info level.
 #include <grp.h>
 #include <libmilter/mfapi.h>
 #include <sys/stat.h>
@@ -230,6 +231,9 @@ sfsistat on_close(SMFICTX* ctx) {
   return SMFIS_CONTINUE;
 }
 
+constexpr int kExitUsage = 64;   // EX_USAGE
+constexpr int kExitConfig = 78;  // EX_CONFIG: not worth restarting until fixed
+
 bool valid_header_name(const std::string& n) {
   if (n.empty() || n.size() > 76) return false;
   for (unsigned char c : n)
@@ -239,7 +243,7 @@ bool valid_header_name(const std::string& n) {
 
 int usage() {
   std::fprintf(stderr, "usage: porcupine-milter [-c porcupine.conf] [-o name=value]...\n");
-  return 2;
+  return kExitUsage;
 }
 
 }  // namespace
@@ -260,11 +264,11 @@ int main(int argc, char** argv) {
   std::vector<porcupine::config::Error> errors;
   auto params = porcupine::config::load_file(conf, errors, overrides);
   for (const auto& e : errors) std::fprintf(stderr, "porcupine-milter: %s\n", e.str().c_str());
-  if (!params) return 1;
+  if (!params) return kExitConfig;
   if (!valid_header_name(params->milter_trace_header)) {
     std::fprintf(stderr, "porcupine-milter: error: milter_trace_header %s is not a header name\n",
                  params->milter_trace_header.c_str());
-    return 1;
+    return kExitConfig;
   }
   if (params->cluster_domains.empty())
     std::fprintf(stderr, "porcupine-milter: warning: cluster_domains is empty: every recipient passes through\n");
