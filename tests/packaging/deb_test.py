@@ -186,6 +186,19 @@ class Packages(unittest.TestCase):
                     other = {p for p, (perms, _) in self.contents[b].items() if perms[0] != "d"}
                     self.assertEqual(files & other, set(), (a, b))
 
+    def test_CmakeInstall_LaysOutThePackagesTree(self):
+        """`cmake --install BUILD --prefix /usr` installs exactly the files
+        of the three packages (the same install() rules)."""
+        dest = os.path.join(self.tmp, "cmake-install")
+        subprocess.run(["cmake", "--install", BUILD, "--prefix", "/usr"], env=dict(os.environ, DESTDIR=dest),
+                       check=True, capture_output=True)
+        installed = set()
+        for top, dirs, files in os.walk(dest):
+            for f in files:
+                installed.add("./" + os.path.relpath(os.path.join(top, f), dest))
+        packaged = {p for c in self.contents.values() for p, (perms, _) in c.items() if perms[0] != "d"}
+        self.assertEqual(installed, packaged)
+
     def test_Conffiles_OnlyPorcupineConf(self):
         with open(os.path.join(self.controls[AGENT], "conffiles")) as f:
             self.assertEqual(f.read().split(), ["/etc/porcupine/porcupine.conf"])
