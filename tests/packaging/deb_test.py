@@ -212,30 +212,33 @@ class Packages(unittest.TestCase):
     # ---- dependencies -----------------------------------------------------
     def needed_packages(self, name):
         """Debian packages holding the shared libraries the package's ELF
-        files need, found here with readelf and dpkg -S (independently of
-        dpkg-shlibdeps)."""
-        owners = set()
+        files need, found here with readelf, ldconfig and dpkg -S
+        (independently of dpkg-shlibdeps)."""
+        ldconfig = run("ldconfig", "-p")
+        paths = {}
         for path in EXPECTED_FILES[name]:
             full = os.path.join(self.roots[name], path)
-            with open(full, "rb") as f:
-                if f.read(4) != b"\x7fELF":
-                    continue
+            if read(full, "rb")[:4] != b"\x7fELF":
+                continue
             for lib in re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", run("readelf", "-d", full)):
-                ldconfig = run("ldconfig", "-p")
-                m = re.search(r"^\s*%s \([^)]*x86-64[^)]*\) => (\S+)" % re.escape(lib), ldconfig, re.M)
-                if not m:
-                    m = re.search(r"^\s*%s \(.*\) => (\S+)" % re.escape(lib), ldconfig, re.M)
+                m = re.search(r"^\s*%s \([^)]*x86-64[^)]*\) => (\S+)" % re.escape(lib), ldconfig, re.M) or \
+                    re.search(r"^\s*%s \(.*\) => (\S+)" % re.escape(lib), ldconfig, re.M)
                 self.assertIsNotNone(m, "%s: %s needs %s, not found on this machine" % (name, path, lib))
-                real = os.path.realpath(m.group(1))
-                pkg = None
-                for candidate in (m.group(1), real, real.replace("/usr/lib/", "/lib/", 1),
-                                  m.group(1).replace("/lib/", "/usr/lib/", 1)):
-                    r = subprocess.run(["dpkg", "-S", candidate], capture_output=True, text=True)
-                    if r.returncode == 0:
-                        pkg = r.stdout.split(":")[0]
-                        break
-                self.assertIsNotNone(pkg, "%s: no package owns %s" % (name, real))
-                owners.add(pkg)
+                found = m.group(1)
+                real = os.path.realpath(found)
+                # dpkg knows a file by the path its package ships (/lib or /usr/lib).
+                paths[lib] = {found, real, real.replace("/usr/lib/", "/lib/", 1), found.replace("/lib/", "/usr/lib/", 1)}
+        every = sorted(set().union(*paths.values())) if paths else []
+        r = subprocess.run(["dpkg", "-S"] + every, capture_output=True, text=True)
+        owner_of = {}
+        for line in r.stdout.splitlines():
+            pkg, _, file = line.partition(": ")
+            owner_of[file.strip()] = pkg.split(":")[0]
+        owners = set()
+        for lib, candidates in paths.items():
+            pkgs = {owner_of[c] for c in candidates if c in owner_of}
+            self.assertEqual(len(pkgs), 1, "%s: owner of %s (%s): %s" % (name, lib, candidates, pkgs))
+            owners |= pkgs
         return owners
 
     def test_Depends_EveryNeededLibraryAndTheStack(self):
@@ -264,28 +267,22 @@ class Packages(unittest.TestCase):
         """Each dependency names a package at a version this machine has
         installed, or the package of this set (dpkg --compare-versions)."""
         ours = {n: self.fields[n]["Version"] for n in self.fields}
+        installed, provided = {}, set()
+        for line in run("dpkg-query", "-W", "-f", "${Package}\t${Version}\t${Status}\t${Provides}\n").splitlines():
+            pkg, version, status, provides = line.split("\t")
+            if status.endswith("install ok installed"):
+                installed.setdefault(pkg, []).append(version)
+                provided |= {re.split(r"[ (]", p.strip())[0] for p in provides.split(",") if p.strip()}
         for name in (AGENT, MILTER, DOVECOT):
             for dep in depends(self.fields[name]):
-                alternatives = [a.strip() for a in dep.split("|")]
                 ok = False
-                for alt in alternatives:
+                for alt in (a.strip() for a in dep.split("|")):
                     m = re.match(r"^([a-z0-9.+-]+)(?::any)?(?: \((<<|<=|=|>=|>>) ([^)]+)\))?$", alt)
                     self.assertIsNotNone(m, "%s: odd dependency %r" % (name, alt))
                     pkg, op, want = m.groups()
-                    if pkg in ours:
-                        have = [ours[pkg]]
-                    else:
-                        r = subprocess.run(["dpkg-query", "-W", "-f", "${Version}\t${Status}\t${Provides}\n", pkg],
-                                           capture_output=True, text=True)
-                        have = [l.split("\t")[0] for l in r.stdout.splitlines() if "install ok installed" in l]
-                        if not have:
-                            # A virtual package (dovecot-abi-*), provided by an installed one.
-                            r = subprocess.run(["dpkg-query", "-W", "-f", "${Status}\t${Provides}\n"],
-                                               capture_output=True, text=True)
-                            if any("install ok installed" in l and re.search(r"(^|[\t, ])%s($|[ ,])" % re.escape(pkg),
-                                                                           l.split("\t")[1])
-                                   for l in r.stdout.splitlines()):
-                                have = ["provided"] if not op else []
+                    have = [ours[pkg]] if pkg in ours else installed.get(pkg, [])
+                    if not have and not op and pkg in provided:
+                        ok = True  # a virtual package (dovecot-abi-*) an installed one provides
                     for v in have:
                         if not op or subprocess.run(["dpkg", "--compare-versions", v,
                                                      {"<<": "lt", "<=": "le", "=": "eq", ">=": "ge", ">>": "gt"}[op],
