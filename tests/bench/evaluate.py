@@ -324,8 +324,10 @@ def body_of(size, n):
     return (head + line * (size // len(line) + 1))[:size]
 
 
-def stock_workload(seconds, seed):
-    """Senders over SMTP, readers over POP3 (RETR + DELE); returns figures."""
+def stock_workload(seconds, seed, addrs=None):
+    """Senders over SMTP, readers over POP3 (RETR + DELE), thread k on
+    addrs[k % len(addrs)] (default: the stock stack); returns figures."""
+    addrs = addrs or [StockStack.ADDR]
     end = time.time() + seconds
     t0 = time.time()
     lock = threading.Lock()
@@ -337,7 +339,7 @@ def stock_workload(seconds, seed):
         n = 0
         while time.time() < end:
             try:
-                with smtplib.SMTP(StockStack.ADDR, 10025, timeout=30) as s:
+                with smtplib.SMTP(addrs[k % len(addrs)], 10025, timeout=30) as s:
                     while time.time() < end and n % 20 != 19:
                         size = rng.choices([s_ for s_, _w in SIZES], weights)[0]
                         t = time.time()
@@ -356,7 +358,7 @@ def stock_workload(seconds, seed):
         rng = random.Random(seed * 2000 + k)
         while time.time() < end:
             try:
-                p = poplib.POP3(StockStack.ADDR, 10110, timeout=30)
+                p = poplib.POP3(addrs[(k + SENDERS) % len(addrs)], 10110, timeout=30)
                 p.user(rng.choice(USERS))
                 p.pass_("secret")
                 count = p.stat()[0]
@@ -424,10 +426,13 @@ def run_stock(seconds, seed):
 
 # ---------------------------------------------------------------------------
 # (1b, 1c) Clusters of real agents, the workload through the local API.
-def start_cluster(build, nodes, replicas, subnet):
+def start_cluster(build, nodes, replicas, subnet, services=()):
     d = tempfile.mkdtemp(prefix="porcupine-eval-")
     cl = local.Cluster(d, build)
-    cl.start(nodes, replicas, 2, subnet)
+    if services:
+        cl.start(nodes, replicas, 2, subnet, services=services)
+    else:
+        cl.start(nodes, replicas, 2, subnet)
     deadline = time.time() + 30
     while not cl.converged():
         if time.time() > deadline:
@@ -476,6 +481,58 @@ def run_cluster(build, nodes, replicas, subnet, seconds, seed):
                 "fsyncs_per_msg": fsyncs / n if fsyncs is not None else None, "failures": f["failures"],
                 "disk_ms_per_msg": disk_ms / n if disk_ms is not None else None,
                 "messages": n, "mean_bytes": f["mean_bytes"]}
+    finally:
+        cl.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+FULL_STACK = ("dovecot", "milter", "postfix")
+
+
+def run_cluster_smtp(build, nodes, replicas, subnet, seconds, seed):
+    """Every node the full stack (scripts/porcupine-local --with
+    dovecot,milter,postfix), driven like the stock stack: SMTP to each node's
+    Postfix, POP3 to each node's Dovecot."""
+    cl, d = start_cluster(build, nodes, replicas, subnet, FULL_STACK)
+    try:
+        pids = []
+        for i in range(1, nodes + 1):
+            for what in ("agent", "redis", "milter", "postfix", "dovecot"):
+                p = cl.pid(i, what)
+                if p:
+                    pids += tree(p)
+        meter = ProcMeter(pids, os.path.join(d, "perf.txt"))
+        disk = DiskMeter(d)
+
+        def sent():
+            n = 0
+            for i in range(1, nodes + 1):
+                try:
+                    with open(cl.postfix_log(i)) as f:
+                        n += sum(1 for line in f if " status=sent " in line)
+                except OSError:
+                    pass
+            return n
+
+        w = stock_workload(seconds, seed, [cl.address(i) for i in range(1, nodes + 1)])
+        in_window = sent()
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if not any(subprocess.run(["postqueue", "-c", os.path.join(cl.postfix_dir(i), "etc"), "-j"],
+                                      capture_output=True, text=True).stdout.strip() for i in range(1, nodes + 1)):
+                break
+            time.sleep(0.2)
+        busy = time.time() - w["t0"]
+        cpu_ms, fsyncs = meter.stop()
+        disk_ms = disk.stop()
+        n = sent()
+        return {"msgs_per_s": n / busy, "in_window_per_s": in_window / w["seconds"],
+                "accepted_per_s": w["accepted"] / w["seconds"], "reads_per_s": w["reads"] / w["seconds"],
+                "p50": w["smtp_p50"], "p99": w["smtp_p99"], "read_p50": w["read_p50"], "read_p99": w["read_p99"],
+                "cpu_ms_per_msg": cpu_ms / n if n and cpu_ms is not None else None,
+                "fsyncs_per_msg": fsyncs / n if n and fsyncs is not None else None,
+                "disk_ms_per_msg": disk_ms / n if n and disk_ms is not None else None,
+                "failures": w["failures"], "messages": n, "accepted": w["accepted"]}
     finally:
         cl.stop()
         shutil.rmtree(d, ignore_errors=True)
@@ -598,18 +655,21 @@ def plots(outdir, R):
 
     # Real processes: throughput and latency per setup.
     setups = list(R["real"].keys())
-    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    fig, ax = plt.subplots(1, 2, figsize=(14, 4.8))
     for k, key in enumerate(["msgs_per_s", "p99"]):
         meds = [median_spread([r[key] for r in R["real"][s]]) for s in setups]
         ax[k].bar(range(len(setups)), [m[0] for m in meds],
                   yerr=[[m[0] - m[1] for m in meds], [m[2] - m[0] for m in meds]], capsize=4,
-                  color=["#888"] + ["#3a7"] * (len(setups) - 1))
+                  color=["#888" if s.startswith("stock") else "#37a" if s.startswith("full") else "#3a7"
+                         for s in setups])
         ax[k].set_xticks(range(len(setups)))
-        ax[k].set_xticklabels(setups, rotation=15, fontsize=8)
+        ax[k].set_xticklabels([s.replace("full stack, ", "full stack,\n") + ("" if s.startswith(("stock", "full"))
+                                                                               else "\n(local API)") for s in setups],
+                              rotation=20, fontsize=7)
     ax[0].set_ylabel("messages delivered per second")
     ax[0].set_title("Throughput, real processes (median, min–max)")
     ax[1].set_ylabel("p99 delivery latency (ms)")
-    ax[1].set_title("p99 delivery latency (SMTP for stock, local API for cluster)")
+    ax[1].set_title("p99 delivery latency (SMTP, or the local API's deliver)")
     save(fig, "real_throughput.png")
 
     # Real failure timeline.
@@ -706,11 +766,15 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--report-only", metavar="RESULTS_DIR",
                     help="redraw the plots and rewrite report.md from RESULTS_DIR/results.json")
+    ap.add_argument("--redo-real", metavar="RESULTS_DIR",
+                    help="measure section 1 (real processes) again into RESULTS_DIR, then rewrite its report")
     ap.add_argument("--redo-hetero", metavar="RESULTS_DIR",
                     help="run the heterogeneity part again with RESULTS_DIR's calibration, then rewrite its report")
     args = ap.parse_args()
     if args.report_only:
         return report_only(args.report_only)
+    if args.redo_real:
+        return redo_real(os.path.abspath(args.build), args.redo_real, args.runs)
     if args.redo_hetero:
         return redo_hetero(os.path.abspath(args.build), args.redo_hetero)
     build = os.path.abspath(args.build)
@@ -724,19 +788,7 @@ def main():
     seconds = 3 if quick else 20
 
     # (1) real processes.
-    log("raw fsync rate")
-    R["fsync"] = [fsync_rate(build) for _ in range(3)]
-    setups = [("stock Postfix+Dovecot", None), ("1 node, R=1", (1, 1, 82)), ("3 nodes, R=1", (3, 1, 83)),
-              ("3 nodes, R=2", (3, 2, 84))]
-    for name, _c in setups:
-        R["real"][name] = []
-    for run in range(runs):
-        for name, c in setups:
-            log("real: %s, run %d/%d" % (name, run + 1, runs))
-            if c is None:
-                R["real"][name].append(run_stock(seconds, run + 1))
-            else:
-                R["real"][name].append(run_cluster(build, c[0], c[1], c[2], seconds, run + 1))
+    run_real(build, R, runs, seconds)
     # (2) the failure timeline.
     log("real failure timeline")
     R["timeline"] = real_timeline(build, quick, 1, outdir)
@@ -818,6 +870,42 @@ def main():
     return 0
 
 
+REAL_SETUPS = [("stock Postfix+Dovecot", None, None), ("1 node, R=1", (1, 1, 82), "api"),
+               ("3 nodes, R=1", (3, 1, 83), "api"), ("3 nodes, R=2", (3, 2, 84), "api"),
+               ("full stack, 1 node, R=1", (1, 1, 85), "smtp"), ("full stack, 3 nodes, R=1", (3, 1, 86), "smtp"),
+               ("full stack, 3 nodes, R=2", (3, 2, 87), "smtp")]
+
+
+def run_real(build, R, runs, seconds):
+    log("raw fsync rate")
+    R["fsync"] = [fsync_rate(build) for _ in range(3)]
+    R["real"] = {name: [] for name, _c, _how in REAL_SETUPS}
+    for run in range(runs):
+        for name, c, how in REAL_SETUPS:
+            log("real: %s, run %d/%d" % (name, run + 1, runs))
+            if how is None:
+                R["real"][name].append(run_stock(seconds, run + 1))
+            elif how == "api":
+                R["real"][name].append(run_cluster(build, c[0], c[1], c[2], seconds, run + 1))
+            else:
+                R["real"][name].append(run_cluster_smtp(build, c[0], c[1], c[2], seconds, run + 1))
+
+
+def redo_real(build, d, runs):
+    with open(os.path.join(d, "results.json")) as f:
+        R = int_keys(json.load(f))
+    quick = os.path.basename(os.path.normpath(d)).endswith("-quick")
+    t0 = time.time()
+    run_real(build, R, 1 if quick else runs, 3 if quick else 20)
+    R.setdefault("notes", []).append(
+        "Section 1 was measured again at %s UTC (%.0f s) with `--redo-real`; the simulator's calibration (section 3) "
+        "is still the one taken from the first run's section 1." % (
+            datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), time.time() - t0))
+    with open(os.path.join(d, "results.json"), "w") as f:
+        json.dump(R, f, indent=1, default=str)
+    return report_only(d)
+
+
 def run_hetero(build, R, quick, sim_runs):
     """Placement policies against heterogeneous disks, in three regimes."""
     cal = R["calibration"]
@@ -871,7 +959,7 @@ def report_only(d):
     scale_ns = sorted(n for n, v in R["sim_scale"][1].items())
     sim_runs = len(R["sim_scale"][1][scale_ns[0]])
     with open(os.path.join(d, "report.md"), "w") as f:
-        f.write(report(R, quick, runs, sim_runs, scale_ns, name.replace("-quick", "")))
+        f.write(report(R, quick, runs, sim_runs, scale_ns, name.replace("-quick", "").replace("-redo", "")))
     print(d)
     return 0
 
@@ -893,18 +981,22 @@ def report(R, quick, runs, sim_runs, scale_ns, stamp):
     w("* Raw disk: %s fsyncs/s (4 KiB create+write+fsync, `fsync_rate`, %d runs)" % (fmt(R["fsync"], 0), len(R["fsync"])))
     w("* Message sizes: %s (bytes: weight %%); median 4 KiB, mean %.1f KiB" % (
         ", ".join("%d: %g" % s for s in SIZES), sum(s * w_ for s, w_ in SIZES) / sum(w_ for _s, w_ in SIZES) / 1024))
+    for note in R.get("notes", []):
+        w("* Note: " + note)
     w("* Workload: %d senders and %d readers (retrieve and delete) at once, 10 users, %s s per run; %d runs per setup; "
       "figures are medians with (min–max) over runs" % (SENDERS, READERS, "3" if quick else "20", runs))
     w("")
     w("## 1. Real processes on this machine")
     w("")
     w("The stock stack is Postfix → Dovecot LMTP → Maildir, driven over SMTP (senders) and POP3 (readers: RETR + "
-      "DELE). **The clusters are driven through the agents' local API** (`mail_load`: deliver; list, fetch and "
-      "expunge), because `scripts/porcupine-local` does not yet run Postfix per node in a committed state; their "
-      "figures therefore leave out the SMTP and LMTP work the stock figures include. CPU is the processes' "
-      "task-clock (perf stat, following forked children): Postfix and Dovecot for the stock stack, agents and their "
-      "Redis for the clusters; fsyncs count fsync + fdatasync calls of the same processes. All nodes share this "
-      "machine's %d cores, so more nodes here cannot mean more throughput." % os.cpu_count())
+      "DELE). The `full stack` clusters run on every node what `scripts/porcupine-local --with "
+      "dovecot,milter,postfix` starts (Postfix with porcupine-milter, Dovecot with the porcupine plugin, the agent "
+      "and its Redis) and are driven exactly like the stock stack, over SMTP and POP3, each client thread on one "
+      "node. The other clusters (agents and Redis only) are driven through the agents' local API (`mail_load`: "
+      "deliver; list, fetch and expunge), so their figures leave out the SMTP and LMTP work. CPU is the "
+      "processes' task-clock (perf stat, following forked children) of every process of the setup; fsyncs count "
+      "fsync + fdatasync calls of the same processes. All nodes share this machine's %d cores, so more nodes here "
+      "cannot mean more throughput." % os.cpu_count())
     w("")
     w("| setup | msgs/s | ratio to stock | reads/s | p50 / p99 delivery ms | p50 / p99 read ms | CPU ms/msg | fsyncs/msg | disk busy ms/msg |")
     w("|---|---|---|---|---|---|---|---|---|")
@@ -920,10 +1012,12 @@ def report(R, quick, runs, sim_runs, scale_ns, stamp):
     w("")
     w("msgs/s: for the stock stack, messages delivered into a Maildir from the start of the load until Postfix's "
       "queue was empty, divided by that time (Postfix accepted %s msgs/s into its queue while the load ran, faster "
-      "than it could deliver; %s msgs/s reached a Maildir within the load period itself); for the clusters, "
-      "deliveries the agents acknowledged (stored on every replica) during the load period. Delivery "
-      "latency is SMTP (accepted into Postfix's queue) for the stock stack and the local API's deliver for the "
-      "clusters; read latency is POP3 RETR + DELE (session set-up excluded) and list + fetch + expunge. CPU, fsyncs "
+      "than it could deliver; %s msgs/s reached a Maildir within the load period itself); for the full-stack "
+      "clusters the same with Postfix's `status=sent` deliveries to the node's Dovecot (which stores into the "
+      "cluster before it answers); for the local-API clusters, deliveries the agents acknowledged (stored on every "
+      "replica) during the load period. Delivery "
+      "latency is SMTP (accepted into Postfix's queue) for the stock stack and the full stack, the local API's "
+      "deliver for the others; read latency is POP3 RETR + DELE (session set-up excluded) and list + fetch + expunge. CPU, fsyncs "
       "and disk busy time (the device's io_ticks, which includes anything else using the disk) are per delivered "
       "message, the stock stack's measured until its queue drained. Ratios are per run (run k of a cluster against "
       "run k of the stock stack, measured minutes apart)." % (fmt([r.get("accepted_per_s") for r in base_runs]),
