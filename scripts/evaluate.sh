@@ -24,7 +24,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 cmake -S "$ROOT" -B "$BUILD" >/dev/null
-nice cmake --build "$BUILD" -j2 --target porcupine-agent porcupinectl mail_load sim_eval fsync_rate >/dev/null
+nice cmake --build "$BUILD" -j2 --target porcupine-agent porcupinectl porcupine-milter \
+  porcupine-checkpassword porcupine_dovecot_plugin mail_load sim_eval fsync_rate >/dev/null
 OUT="$(/usr/bin/python3 "$ROOT/tests/bench/evaluate.py" --build "$BUILD" --out "$ROOT/results" "${ARGS[@]}" | tail -1)"
 echo "report: $OUT/report.md"
 if [[ $PUBLISH == 1 ]]; then
