@@ -136,14 +136,14 @@ class Stack:
         finally:
             p.quit()
 
-    def queue_empty(self, i):
-        """No message waits in node i's Postfix queue."""
+    def queued(self, i):
+        """How many messages wait in node i's Postfix queue."""
         q = os.path.join(self.cl.postfix_dir(i), "queue")
-        for sub in ("maildrop", "incoming", "active", "deferred", "hold"):
-            for _, _, files in os.walk(os.path.join(q, sub)):
-                if files:
-                    return False
-        return True
+        return sum(len(files) for sub in ("maildrop", "incoming", "active", "deferred", "hold")
+                   for _, _, files in os.walk(os.path.join(q, sub)))
+
+    def queue_empty(self, i):
+        return self.queued(i) == 0
 
     def postfix_log(self, i):
         try:
@@ -347,6 +347,7 @@ def crash_run(stack, messages, sessions, victim, crash_after, down_s, log=print)
         len(load.retried), "retried_then_accepted": len(load.retried & set(load.accepted)),
         "unanswered_data": len(load.unanswered), "rejected_5xx": len(load.rejected), "gave_up": len(load.gave_up),
         "queues_drained": all(stack.queue_empty(i) for i in range(1, stack.nodes + 1)), "complete": drained,
+        "still_queued": {i: stack.queued(i) for i in range(1, stack.nodes + 1) if stack.queued(i)},
         "read_on_node": reader, "read_errors": len(read_errors), "last_read_error": read_errors[-1:],
         "lost": None if lost is None else len(lost), "duplicated": len(dup),
         "duplicated_among_unanswered": len([t for t in dup if t in load.unanswered]),
