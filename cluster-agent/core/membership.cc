@@ -49,6 +49,7 @@ void Membership::coordinate(Time now, const char* why) {
   log_(std::string("membership: coordinating epoch ") + r.epoch.str() + " (" + why + ")");
   for (NodeId n : known_) send_(n, NewGroup{r.epoch});
   r.invited = known_;
+  r.invited_at = now;
   Accept self;
   self.epoch = r.epoch;
   self.weight = cfg_.weight;
@@ -133,6 +134,15 @@ void Membership::install(Time now, const Commit& c) {
 
 void Membership::tick(Time now) {
   if (coord_ && now >= coord_->deadline) finish_round(now);
+  // Invitations are resent while the round is open: a NewGroup can be lost,
+  // or (a restarting node) sent before the connections to its peers are
+  // up; without this a recovered node forms a group of one, manages every
+  // bucket for a moment and starts new UID lineages.
+  if (coord_ && now - coord_->invited_at >= kReinvite) {
+    coord_->invited_at = now;
+    for (NodeId n : coord_->invited)
+      if (!coord_->accepted.count(n)) send_(n, NewGroup{coord_->epoch});
+  }
 
   // Promised a coordinator that never committed: it probably died.
   if (!coord_ && promised_ > epoch_ && now - promised_at_ > cfg_.commit_timeout)

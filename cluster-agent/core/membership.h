@@ -58,12 +58,14 @@ class Membership {
   void learn(NodeId n);
 
  private:
+  static constexpr Time kReinvite = 100;  // ms between NewGroup resends of an open round
   struct Round {
     Epoch epoch;
     Time deadline = 0;
     std::map<NodeId, Accept> accepted;
     std::set<NodeId> invited;
     bool extended = false;
+    Time invited_at = 0;  // last (re)sending of NewGroup to those yet to accept
   };
 
   void coordinate(Time now, const char* why);
