@@ -9,7 +9,7 @@
 //     user list | user show ADDR | user auth ADDR --password P
 //     mail deliver ADDR... [--folder F] < message
 //     mail list ADDR [--folder F] | mail fetch ADDR UID [--folder F]
-//     mail flags ADDR UID FLAG,... [--folder F] | mail expunge ADDR UID [--folder F]
+//     mail flags ADDR UID FLAG-OR-KEYWORD,... [--folder F] | mail expunge ADDR UID [--folder F]
 //     mail move ADDR UID TO [--folder F]
 //     folder list ADDR | folder create ADDR NAME | folder delete ADDR NAME
 //     folder rename ADDR FROM TO
@@ -87,18 +87,22 @@ std::string flags_text(std::uint32_t f) {
   return s;
 }
 
-bool parse_flags(const std::string& text, std::uint32_t& out) {
+// "seen,flagged,$Label1": system flags by name (with or without the
+// backslash); any other word is an IMAP keyword, kept as written.
+bool parse_flags(const std::string& text, std::uint32_t& out, std::vector<std::string>& keywords) {
   static const std::map<std::string, std::uint32_t> names = {
       {"seen", 1}, {"answered", 2}, {"flagged", 4}, {"deleted", 8}, {"draft", 16}, {"none", 0}};
   out = 0;
   std::stringstream ss(text);
   std::string w;
   while (std::getline(ss, w, ',')) {
-    for (auto& ch : w) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    if (!w.empty() && w[0] == '\\') w.erase(0, 1);
-    auto it = names.find(w);
-    if (it == names.end()) return false;
-    out |= it->second;
+    std::string lower = w;
+    for (auto& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (!lower.empty() && lower[0] == '\\') lower.erase(0, 1);
+    auto it = names.find(lower);
+    if (it != names.end()) out |= it->second;
+    else if (!w.empty() && w[0] != '\\') keywords.push_back(w);
+    else return false;
   }
   return true;
 }
@@ -132,6 +136,7 @@ json message_json(const pb::MessageInfo& m) {
   return {{"uid", m.uid()},
           {"id", std::to_string(m.ref().origin()) + ":" + std::to_string(m.ref().seq())},
           {"flags", m.flags()},
+          {"keywords", std::vector<std::string>(m.keywords().begin(), m.keywords().end())},
           {"size", m.size()},
           {"internal_date_ms", m.internal_date_ms()},
           {"replicas", replicas}};
@@ -396,12 +401,14 @@ int main(int argc, char** argv) {
     if (sub == "flags") {
       if (!need(5)) return usage();
       std::uint32_t f = 0;
-      if (!parse_flags(args[4], f)) {
-        std::cerr << "porcupinectl: flags are seen,answered,flagged,deleted,draft or none\n";
+      std::vector<std::string> kws;
+      if (!parse_flags(args[4], f, kws)) {
+        std::cerr << "porcupinectl: flags are seen,answered,flagged,deleted,draft, none, or keywords\n";
         return kUsage;
       }
       *r.mutable_set_flags()->mutable_ref() = msg->ref();
       r.mutable_set_flags()->set_flags(f);
+      for (const auto& k : kws) r.mutable_set_flags()->add_keywords(k);
     } else if (sub == "expunge") {
       *r.mutable_expunge()->mutable_ref() = msg->ref();
     } else if (sub == "move") {

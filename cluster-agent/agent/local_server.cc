@@ -57,6 +57,22 @@ void fill_ref(pb::MessageRef* out, const MessageRecord& r) {
   out->set_folder(r.folder);
 }
 
+// An IMAP keyword (RFC 3501 flag-keyword: an atom, no backslash; at most
+// 128 bytes here), at most kMaxKeywords per message.
+constexpr std::size_t kMaxKeywords = 64;
+bool valid_keyword(const std::string& k) {
+  if (k.empty() || k.size() > 128) return false;
+  for (unsigned char c : k)
+    if (c <= 0x20 || c >= 0x7f || std::string_view("(){%*\"\\]").find(static_cast<char>(c)) != std::string_view::npos)
+      return false;
+  return true;
+}
+std::string printable(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s.substr(0, 64)) out += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
+  return out;
+}
+
 // Checks a password against a stored hash in one of the schemes Dovecot
 // writes: {SHA512-CRYPT}, {SHA256-CRYPT}, {BLF-CRYPT}, {CRYPT} (crypt(3)
 // formats) or {PLAIN}.
@@ -328,6 +344,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
                        fill_ref(info->mutable_ref(), m);
                        info->set_uid(m.uid);
                        info->set_flags(m.flags);
+                       for (const auto& k : m.keywords) info->add_keywords(k);
                        info->set_size(m.size);
                        info->set_internal_date_ms(m.internal_date);
                      }
@@ -351,7 +368,13 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
       case pb::Request::kSetFlags: {
         MessageRecord t = target_of(q.set_flags().ref());
         if (t.id.origin == 0 || t.replicas.empty()) return fail(id, pb::BAD_REQUEST, "message reference is incomplete");
-        return run(id, [t, f = q.set_flags().flags()](Node& n, Time now, std::uint64_t r) { n.set_flags(now, r, t, f); });
+        std::vector<std::string> kws(q.set_flags().keywords().begin(), q.set_flags().keywords().end());
+        if (kws.size() > kMaxKeywords) return fail(id, pb::BAD_REQUEST, "more than 64 keywords");
+        for (const auto& k : kws)
+          if (!valid_keyword(k)) return fail(id, pb::BAD_REQUEST, "not an IMAP keyword: " + printable(k));
+        return run(id, [t, f = q.set_flags().flags(), kws](Node& n, Time now, std::uint64_t r) {
+          n.set_flags(now, r, t, f, kws);
+        });
       }
       case pb::Request::kExpunge: {
         MessageRecord t = target_of(q.expunge().ref());

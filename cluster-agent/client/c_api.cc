@@ -185,6 +185,22 @@ int porcupine_folder_list(porcupine_client* c, const char* user, const char* fol
       out->messages[i].flags = m.flags();
       out->messages[i].size = m.size();
       out->messages[i].internal_date_ms = m.internal_date_ms();
+      if (m.keywords_size() > 0) {
+        auto n = static_cast<size_t>(m.keywords_size());
+        out->messages[i].keywords = static_cast<char**>(std::calloc(n, sizeof(char*)));
+        if (!out->messages[i].keywords) {
+          porcupine_folder_free(out);
+          return fail(c, PORCUPINE_INTERNAL, "out of memory");
+        }
+        out->messages[i].nkeywords = n;
+        for (size_t k = 0; k < n; ++k) {
+          out->messages[i].keywords[k] = strdup(m.keywords(static_cast<int>(k)).c_str());
+          if (!out->messages[i].keywords[k]) {
+            porcupine_folder_free(out);
+            return fail(c, PORCUPINE_INTERNAL, "out of memory");
+          }
+        }
+      }
     }
     return PORCUPINE_OK;
   });
@@ -192,6 +208,10 @@ int porcupine_folder_list(porcupine_client* c, const char* user, const char* fol
 
 void porcupine_folder_free(porcupine_folder* f) {
   if (!f) return;
+  for (size_t i = 0; f->messages && i < f->count; ++i) {
+    for (size_t k = 0; k < f->messages[i].nkeywords; ++k) std::free(f->messages[i].keywords[k]);
+    std::free(f->messages[i].keywords);
+  }
   std::free(f->messages);
   f->messages = nullptr;
   f->count = 0;
@@ -221,11 +241,22 @@ void porcupine_body_free(char* body) { std::free(body); }
 
 int porcupine_set_flags(porcupine_client* c, const char* user, const char* folder, const porcupine_msgref* ref,
                         uint32_t flags) {
+  return porcupine_set_flags_keywords(c, user, folder, ref, flags, nullptr, 0);
+}
+
+int porcupine_set_flags_keywords(porcupine_client* c, const char* user, const char* folder,
+                                 const porcupine_msgref* ref, uint32_t flags, const char* const* keywords,
+                                 size_t nkeywords) {
   return guarded(c, [&]() -> int {
     if (!ref || !user) return fail(c, PORCUPINE_BAD_REQUEST, "user and ref are required");
+    if (nkeywords > 0 && !keywords) return fail(c, PORCUPINE_BAD_REQUEST, "keywords is null");
     pb::Request req;
     from_ref(*ref, user, folder, req.mutable_set_flags()->mutable_ref());
     req.mutable_set_flags()->set_flags(flags);
+    for (size_t k = 0; k < nkeywords; ++k) {
+      if (!keywords[k]) return fail(c, PORCUPINE_BAD_REQUEST, "a keyword is null");
+      req.mutable_set_flags()->add_keywords(keywords[k]);
+    }
     pb::Response r;
     return call(c, req, r);
   });

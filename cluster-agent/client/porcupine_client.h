@@ -56,6 +56,8 @@ struct porcupine_message {
   uint32_t flags; /* bit 0 \Seen, 1 \Answered, 2 \Flagged, 3 \Deleted, 4 \Draft */
   uint64_t size;
   int64_t internal_date_ms;
+  size_t nkeywords;
+  char** keywords; /* IMAP keywords, sorted; freed by porcupine_folder_free */
 };
 
 struct porcupine_folder {
@@ -93,8 +95,15 @@ int porcupine_fetch(porcupine_client* c, const char* user, const char* folder,
                     const struct porcupine_msgref* ref, char** body, size_t* len);
 void porcupine_body_free(char* body);
 
+/* Sets the message's whole flag state: the system flags and (the _keywords
+ * form) its IMAP keywords; porcupine_set_flags leaves it with none. Last
+ * writer wins for the state as a whole. PORCUPINE_BAD_REQUEST for more
+ * than 64 keywords or one that is not an IMAP atom. */
 int porcupine_set_flags(porcupine_client* c, const char* user, const char* folder,
                         const struct porcupine_msgref* ref, uint32_t flags);
+int porcupine_set_flags_keywords(porcupine_client* c, const char* user, const char* folder,
+                                 const struct porcupine_msgref* ref, uint32_t flags,
+                                 const char* const* keywords, size_t nkeywords);
 int porcupine_expunge(porcupine_client* c, const char* user, const char* folder,
                       const struct porcupine_msgref* ref);
 

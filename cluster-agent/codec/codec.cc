@@ -145,6 +145,7 @@ void to_pb(const MessageRecord& r, pb::MessageRecord& p, Bodies bodies = Bodies:
   p.set_uid(r.uid);
   to_pb(r.uid_version, *p.mutable_uid_version());
   p.set_flags(r.flags);
+  put(r.keywords, p.mutable_keywords());
   to_pb(r.flags_version, *p.mutable_flags_version());
   p.set_expunged(r.expunged);
   to_pb(r.expunge_version, *p.mutable_expunge_version());
@@ -166,6 +167,7 @@ bool from_pb(const pb::MessageRecord& p, MessageRecord& r, Check& c) {
   r.uidvalidity = p.uidvalidity();
   r.uid = p.uid();
   r.flags = p.flags();
+  get(p.keywords(), r.keywords);
   r.expunged = p.expunged();
   r.expunged_at = p.expunged_at();
   r.size = p.size();

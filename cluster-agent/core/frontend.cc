@@ -87,8 +87,14 @@ void Node::mutate(Time now, std::uint64_t req, Update::Kind kind, const MessageR
   fe_tick(now);
 }
 
-void Node::set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags) {
-  mutate(now, req, Update::Kind::Flags, target, [flags](MessageRecord& r) { r.flags = flags; });
+void Node::set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags,
+                     std::vector<std::string> keywords) {
+  std::sort(keywords.begin(), keywords.end());
+  keywords.erase(std::unique(keywords.begin(), keywords.end()), keywords.end());
+  mutate(now, req, Update::Kind::Flags, target, [flags, &keywords](MessageRecord& r) {
+    r.flags = flags;
+    r.keywords = keywords;
+  });
 }
 
 void Node::move(Time now, std::uint64_t req, const MessageRecord& target, const std::string& to_folder) {

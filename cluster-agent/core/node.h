@@ -43,7 +43,9 @@ class Node {
   void deliver(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
                Body body);
   // `target` needs id, user, folder and replicas (as a list or deliver gave them).
-  void set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags);
+  // The message's whole flag state: system flags and keywords (last writer wins).
+  void set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags,
+                 std::vector<std::string> keywords = {});
   void expunge(Time now, std::uint64_t req, const MessageRecord& target);
   // Into another folder of the same user; it gets a new UID there shortly
   // (the destination's manager renumbers it) and shows in lists after.

@@ -31,6 +31,7 @@ bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now) {
   }
   if (newer(in.flags_version, cur.flags_version)) {
     cur.flags = in.flags;
+    cur.keywords = in.keywords;
     cur.flags_version = in.flags_version;
     changed = true;
   }

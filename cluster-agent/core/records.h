@@ -37,6 +37,7 @@ struct MessageRecord {
   Version uid_version;
 
   std::uint32_t flags = 0;
+  std::vector<std::string> keywords;  // IMAP keywords, sorted; one attribute with flags
   Version flags_version;
 
   bool expunged = false;

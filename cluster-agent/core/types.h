@@ -49,7 +49,7 @@ struct MsgId {
   std::string str() const { return std::to_string(origin) + ":" + std::to_string(seq); }
 };
 
-// IMAP system flags as a bit set; keywords are out of the core's scope
+// IMAP system flags as a bit set (keywords: MessageRecord::keywords)
 // for now (the agent stores them beside the flags).
 enum Flag : std::uint32_t {
   kSeen = 1u << 0,

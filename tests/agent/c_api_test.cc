@@ -59,6 +59,26 @@ TEST_F(CApi, DeliverListFetchFlagExpungeAndAuthenticate) {
   ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "INBOX", &g), PORCUPINE_OK);
   ASSERT_EQ(g.count, 1u);
   EXPECT_EQ(g.messages[0].flags, 5u);
+  EXPECT_EQ(g.messages[0].nkeywords, 0u);
+  porcupine_folder_free(&g);
+  // Keywords travel with the flags, sorted, duplicates gone; bad ones refused.
+  const char* kws[] = {"NonJunk", "$Label1", "NonJunk"};
+  ASSERT_EQ(porcupine_set_flags_keywords(client_, "ann@example.org", "INBOX", &f.messages[0].ref, 1, kws, 3),
+            PORCUPINE_OK)
+      << porcupine_error(client_);
+  ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "INBOX", &g), PORCUPINE_OK);
+  ASSERT_EQ(g.count, 1u);
+  EXPECT_EQ(g.messages[0].flags, 1u);
+  ASSERT_EQ(g.messages[0].nkeywords, 2u);
+  EXPECT_STREQ(g.messages[0].keywords[0], "$Label1");
+  EXPECT_STREQ(g.messages[0].keywords[1], "NonJunk");
+  porcupine_folder_free(&g);
+  const char* bad[] = {"two words"};
+  EXPECT_EQ(porcupine_set_flags_keywords(client_, "ann@example.org", "INBOX", &f.messages[0].ref, 1, bad, 1),
+            PORCUPINE_BAD_REQUEST);
+  EXPECT_NE(std::string(porcupine_error(client_)).find("not an IMAP keyword"), std::string::npos);
+  ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "INBOX", &g), PORCUPINE_OK);
+  EXPECT_EQ(g.messages[0].nkeywords, 2u);  // the refused change changed nothing
   ASSERT_EQ(porcupine_expunge(client_, "ann@example.org", "INBOX", &g.messages[0].ref), PORCUPINE_OK);
   porcupine_folder_free(&g);
   ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "INBOX", &g), PORCUPINE_OK);

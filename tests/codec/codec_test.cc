@@ -80,6 +80,7 @@ MessageRecord full_record(std::uint64_t seq) {
   r.uid = 17;
   r.uid_version = {1'700'000'000'200, 3};
   r.flags = kSeen | kFlagged | kDraft;
+  r.keywords = {"$Forwarded", "$Label1", "NonJunk"};
   r.flags_version = {1'700'000'000'300, 5};
   r.expunged = true;
   r.expunge_version = {1'700'000'000'400, 7};

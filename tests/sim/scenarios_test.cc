@@ -422,3 +422,38 @@ TEST(Users, QuotaCountsEveryNodesMailOnceRefusesOverQuotaAndFreesOnExpunge) {
   EXPECT_EQ(h.deliver(via, u)->status, Status::Ok);  // room again
   h.expect_invariants();
 }
+
+TEST(Flags, KeywordsTravelWithTheFlagsAndTheLastWholeStateWins) {
+  Harness h(3);
+  const std::string u = "kim@example.org";
+  h.user(u);
+  const ClientReply* d = h.deliver(1, u);
+  ASSERT_EQ(d->status, Status::Ok);
+  MessageRecord t = Harness::target(*d, u);
+  auto set = [&](NodeId via, std::uint32_t flags, std::vector<std::string> kws) {
+    return h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.set_flags(now, req, t, flags, kws); }));
+  };
+  auto listed = [&](NodeId via) {
+    const ClientReply* l = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.list(now, req, u, "INBOX"); }));
+    EXPECT_EQ(l->status, Status::Ok);
+    EXPECT_EQ(l->records.size(), 1u);
+    return l->records.empty() ? MessageRecord{} : l->records[0];
+  };
+  ASSERT_EQ(set(2, kSeen, {"NonJunk", "$Label1", "NonJunk"})->status, Status::Ok);
+  h.c.run_for(2000);
+  for (NodeId via = 1; via <= 3; ++via) {
+    MessageRecord r = listed(via);
+    EXPECT_EQ(r.flags, kSeen);
+    EXPECT_EQ(r.keywords, (std::vector<std::string>{"$Label1", "NonJunk"}));  // sorted, once each
+  }
+  // A later change of the flags alone (no keywords) is the new whole state.
+  ASSERT_EQ(set(3, kSeen | kFlagged, {"$Label1"})->status, Status::Ok);
+  ASSERT_EQ(set(1, kSeen, {})->status, Status::Ok);
+  h.c.run_for(2000);
+  for (NodeId via = 1; via <= 3; ++via) {
+    MessageRecord r = listed(via);
+    EXPECT_EQ(r.flags, kSeen);
+    EXPECT_TRUE(r.keywords.empty());
+  }
+  h.expect_invariants();
+}
