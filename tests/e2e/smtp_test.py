@@ -172,10 +172,15 @@ def on_sigterm(signum, frame):
 
 
 def wait_for(cond, timeout, step=0.2):
+    """Until cond() is true; an IMAP/POP3/SMTP error on the way (a
+    mailbox being rebuilt, a node restarting) counts as not yet."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if cond():
-            return True
+        try:
+            if cond():
+                return True
+        except (imaplib.IMAP4.error, poplib.error_proto, smtplib.SMTPException, OSError):
+            pass
         time.sleep(step)
     return False
 
