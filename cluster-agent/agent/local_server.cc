@@ -148,8 +148,10 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
       deadlines_.erase(t);
     }
     std::string bytes = r.SerializeAsString();
-    out_.push_back(frame::wrap(bytes));
-    if (out_.size() == 1) write_next();
+    bool idle = out_.empty();
+    out_.push_back(frame::be32(static_cast<std::uint32_t>(bytes.size())));  // no copy of a large payload
+    out_.push_back(std::move(bytes));
+    if (idle) write_next();
   }
 
   void write_next() {
@@ -360,7 +362,16 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
                     r.set_id(id);
                     r.set_code(c.status == Status::NoSuchUser ? pb::NOT_FOUND : code_of(c.status));
                     r.set_detail(c.detail);
-                    if (c.status == Status::Ok) r.set_body(c.body);
+                    if (c.status == Status::Ok) {
+                      // A large body is read from its file straight into the reply.
+                      auto bytes = store::read_body(c.body);
+                      if (!bytes) {
+                        r.set_code(pb::TEMPFAIL);
+                        r.set_detail("the message's file could not be read; try again");
+                      } else {
+                        *r.mutable_body() = std::move(*bytes);
+                      }
+                    }
                     respond(r);
                   });
         return;

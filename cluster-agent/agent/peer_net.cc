@@ -36,9 +36,10 @@ constexpr std::size_t kMaxArrived = 4;           // transfers done, their frame 
 // The updates of a message that may carry a body (the only ones whose
 // bodies travel as transfers).
 template <class E, class F>
-void for_each_update(E& e, F f) {
-  if (auto* s = std::get_if<StoreRequest>(&e.body)) f(s->update);
-  else if (auto* p = std::get_if<Push>(&e.body)) f(p->update);
+void for_each_body(E& e, F f) {
+  if (auto* s = std::get_if<StoreRequest>(&e.body)) f(s->update.record.body);
+  else if (auto* p = std::get_if<Push>(&e.body)) f(p->update.record.body);
+  else if (auto* r = std::get_if<FetchReply>(&e.body)) f(r->body);
 }
 
 std::string hmac(const std::string& key, const std::string& data) {
@@ -99,26 +100,26 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
     Envelope copy;
     const Envelope* out = &e;
     bool has_file = false;
-    for_each_update(e, [&](const Update& u) { has_file |= u.record.body.where() == Body::Where::File; });
+    for_each_body(e, [&](const Body& b) { has_file |= b.where() == Body::Where::File; });
     if (has_file) {
       copy = e;
       bool ok = true;
-      for_each_update(copy, [&](Update& u) {
-        if (!ok || u.record.body.where() != Body::Where::File) return;
+      for_each_body(copy, [&](Body& body) {
+        if (!ok || body.where() != Body::Where::File) return;
         if (!peer_transfers_) {  // an older agent: the body inline, read whole
-          auto bytes = store::read_body(u.record.body);
+          auto bytes = store::read_body(body);
           if (!bytes) {
-            net_.log("peer n" + std::to_string(peer_) + ": cannot read body " + u.record.body.file()->path() +
+            net_.log("peer n" + std::to_string(peer_) + ": cannot read body " + body.file()->path() +
                      " to send; frame dropped (resent later)");
             ok = false;
             return;
           }
-          u.record.body = std::move(*bytes);
+          body = std::move(*bytes);
           return;
         }
-        int fd = ::open(u.record.body.file()->path().c_str(), O_RDONLY | O_CLOEXEC);
+        int fd = ::open(body.file()->path().c_str(), O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
-          net_.log("peer n" + std::to_string(peer_) + ": cannot read body " + u.record.body.file()->path() +
+          net_.log("peer n" + std::to_string(peer_) + ": cannot read body " + body.file()->path() +
                    " to send; frame dropped (resent later)");
           ok = false;
           return;
@@ -130,10 +131,10 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
         }
         std::uint64_t t = ++out_transfer_;
         Out job;
-        job.file = std::make_shared<FileJob>(fd, t, u.record.body.size());
+        job.file = std::make_shared<FileJob>(fd, t, body.size());
         ++files_queued_;
         queue(std::move(job));
-        u.record.body = Body::in_transfer(t, u.record.body.size());
+        body = Body::in_transfer(t, body.size());
       });
       if (!ok) return;
       out = &copy;
@@ -319,14 +320,14 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
         }
         if (is_chunk) return take_chunk(chunk);
         bool resolved = true;
-        for_each_update(e, [&](Update& u) {
-          if (u.record.body.where() != Body::Where::Transfer) return;
-          auto it = arrived_.find(u.record.body.transfer());
-          if (it == arrived_.end() || it->second.size() != u.record.body.size()) {
+        for_each_body(e, [&](Body& body) {
+          if (body.where() != Body::Where::Transfer) return;
+          auto it = arrived_.find(body.transfer());
+          if (it == arrived_.end() || it->second.size() != body.size()) {
             resolved = false;
             return;
           }
-          u.record.body = std::move(it->second);
+          body = std::move(it->second);
           arrived_.erase(it);
         });
         if (!resolved) {

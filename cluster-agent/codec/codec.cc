@@ -499,11 +499,23 @@ bool from_pb(const pb::FetchRequest& p, FetchRequest& m, Check& c) {
 void to_pb(const FetchReply& m, pb::FetchReply& p) {
   p.set_req(m.req);
   p.set_status(pb::Status(m.status));
-  p.set_body(m.body);
+  switch (m.body.where()) {
+    case Body::Where::Memory: p.set_body(m.body.bytes()); break;
+    case Body::Where::Transfer:
+      p.set_body_transfer(m.body.transfer());
+      p.set_body_size(m.body.size());
+      break;
+    case Body::Where::File: throw std::invalid_argument("codec: a file body cannot be encoded inline");
+  }
 }
 bool from_pb(const pb::FetchReply& p, FetchReply& m, Check& c) {
   m.req = p.req();
-  m.body = p.body();
+  if (p.body_transfer() != 0) {
+    if (!p.body().empty()) return c.fail("FetchReply: both a body and a body transfer");
+    m.body = Body::in_transfer(p.body_transfer(), p.body_size());
+  } else {
+    m.body = p.body();
+  }
   return get_enum(p.status(), pb::Status_IsValid, m.status, "FetchReply.status", c);
 }
 

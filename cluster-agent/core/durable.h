@@ -38,6 +38,12 @@ class DurableStore {
   virtual void put_record(const MessageRecord& r) = 0;
   // The stored body of a record, or nothing if this node holds none.
   virtual std::optional<std::string> get_body(const MsgId& id) = 0;
+  // The same, by reference where the store can (a file it keeps): what a
+  // read hands on without holding it in memory.
+  virtual std::optional<Body> body_ref(const MsgId& id) {
+    if (auto b = get_body(id)) return Body(std::move(*b));
+    return std::nullopt;
+  }
   virtual void erase_record(const MsgId& id) = 0;
   virtual void put_profile(const Profile& p) = 0;
   virtual void put_log(const LogEntry& e) = 0;

@@ -23,7 +23,7 @@ struct ClientReply {
   std::uint32_t uid = 0;           // deliver; list: the next UID
   std::vector<NodeId> replicas;    // deliver: where it is stored
   std::vector<MessageRecord> records;  // list: merged view, bodies stripped
-  std::string body;                    // fetch
+  Body body;                           // fetch (a large one: in its spool file)
   std::optional<Profile> profile;      // get_user
   std::vector<std::string> users;      // list_users, sorted
   std::optional<std::uint64_t> used_bytes;  // user_usage

@@ -242,8 +242,8 @@ void Node::serve_fetch(NodeId from, const FetchRequest& f) {
   FetchReply rep;
   rep.req = f.req;
   auto r = repl_.records().find(f.id);
-  std::optional<std::string> body;
-  if (r != repl_.records().end() && r->second.has_body && !r->second.expunged) body = disk_.get_body(f.id);
+  std::optional<Body> body;
+  if (r != repl_.records().end() && r->second.has_body && !r->second.expunged) body = disk_.body_ref(f.id);
   if (body) rep.body = std::move(*body);
   else rep.status = (r != repl_.records().end() && r->second.expunged) ? Status::NoSuchUser : Status::Failed;
   send(from, std::move(rep));

@@ -155,7 +155,7 @@ struct FetchRequest {
 struct FetchReply {
   std::uint64_t req = 0;
   Status status = Status::Ok;
-  std::string body;
+  Body body;  // a large one by reference to its spool file (streamed by the transport)
   bool operator==(const FetchReply&) const = default;
 };
 

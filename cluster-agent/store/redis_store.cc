@@ -572,6 +572,21 @@ std::optional<std::string> RedisStore::get_body(const MsgId& id) {
   return read_whole(body_path(id));
 }
 
+std::optional<Body> RedisStore::body_ref(const MsgId& id) {
+  if (auto it = q_bodies_.find(id); it != q_bodies_.end()) return it->second;
+  if (q_unlinks_.count(id)) return std::nullopt;
+  if (loaded_ && !bodies_.count(id)) return std::nullopt;
+  std::string path = body_path(id);
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return std::nullopt;
+  auto size = static_cast<std::uint64_t>(st.st_size);
+  if (size <= kInlineBodyMax) {
+    if (auto b = get_body(id)) return Body(std::move(*b));
+    return std::nullopt;
+  }
+  return Body::in_file(std::make_shared<SpoolFile>(path, false), size);
+}
+
 bool RedisStore::dirty() const {
   return !q_records_.empty() || !q_profiles_.empty() || !q_log_.empty() || q_counters_ ||
          !q_bodies_.empty() || !q_unlinks_.empty();

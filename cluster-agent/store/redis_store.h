@@ -68,6 +68,7 @@ class RedisStore final : public DurableStore {
   DurableSnapshot load() override;
   void put_record(const MessageRecord& r) override;
   std::optional<std::string> get_body(const MsgId& id) override;
+  std::optional<Body> body_ref(const MsgId& id) override;
   void erase_record(const MsgId& id) override;
   void put_profile(const Profile& p) override;
   void put_log(const LogEntry& e) override;
