@@ -1,7 +1,7 @@
 /* porcupine-plugin.c - the Dovecot mail plugin `porcupine`: Dovecot's own
  * storage (sdbox, mdbox or maildir) becomes a cache of the cluster, which
  * is the authority for which messages exist, their UIDs, UIDVALIDITY and
- * flags.
+ * flags (system flags and IMAP keywords).
  *
  * What it does, through the local porcupine-agent (porcupine_client.h):
  *   - saves (LMTP delivery, IMAP APPEND, COPY/MOVE into a folder) go to the
@@ -10,10 +10,13 @@
  *     next sync, with the cluster's UID.
  *   - every mailbox sync first lists the folder in the cluster and makes
  *     the local cache match it: UIDVALIDITY, missing messages (fetched and
- *     saved with the cluster's UID and flags), flags, expunges. It keeps
+ *     saved with the cluster's UID and flags), flags and keywords,
+ *     expunges. It keeps
  *     the listing (UID -> message reference) for the two below.
- *   - flag changes and expunges made by IMAP/POP3 clients are pushed to
- *     the cluster first, then applied locally.
+ *   - flag and keyword changes and expunges made by IMAP/POP3 clients are
+ *     pushed to the cluster first (a flag change as the message's whole
+ *     state: flags and keywords), then applied locally; a change the
+ *     cluster refuses fails the transaction (IMAP NO).
  *   - IMAP MOVE within the user is the cluster's Move (the body stays
  *     where it is); COPY is a new message in the cluster.
  *   - folder create/delete/rename go to the cluster first; at login and
@@ -65,6 +68,10 @@
 #define PCP_USER(obj) MODULE_CONTEXT(obj, pcp_user_module)
 #define PCP_BOX(obj) MODULE_CONTEXT(obj, pcp_storage_module)
 #define PCP_MAIL(obj) MODULE_CONTEXT(obj, pcp_mail_module)
+
+/* The cluster keeps at most this many keywords per message
+   (porcupine_client.h: more is PORCUPINE_BAD_REQUEST). */
+#define PCP_MAX_KEYWORDS 64
 #define PCP_LIST(obj) MODULE_CONTEXT(obj, pcp_list_module)
 
 #define PCP_DEFAULT_TIMEOUT_MS 10000
@@ -95,10 +102,16 @@ struct pcp_mailbox {
 	bool in_sync;
 	/* TRUE while get_status syncs a mailbox it opened itself. */
 	bool in_status;
-	/* The cluster's last listing of the folder, sorted by UID. */
+	/* The cluster's last listing of the folder (owned), sorted by UID;
+	   refs and nrefs point into it. */
+	struct porcupine_folder listing;
 	struct porcupine_message *refs;
 	size_t nrefs;
 	uint32_t uidvalidity;
+	/* A transaction with a flag or keyword change the cluster refused:
+	   its commit fails with this porcupine_code (IMAP STORE answers NO). */
+	struct mailbox_transaction_context *failed_t;
+	int failed_code;
 	/* UIDs this process moved away in the cluster (IMAP MOVE): their
 	   expunge that follows stays local. */
 	ARRAY_TYPE(seq_range) moved;
@@ -106,6 +119,15 @@ struct pcp_mailbox {
 	struct timeout *to_poll;
 	/* Save contexts the plugin allocated (saves going to the cluster). */
 	ARRAY(struct pcp_save_context *) saves;
+};
+
+/* Per mail: the last flag change pushed to the cluster, so a refused
+   keyword change in the same STORE (flags go first, then keywords) can
+   put the flags back. */
+struct pcp_mail {
+	union mail_module_context module_ctx;
+	uint32_t flags_pushed_uid;
+	enum mail_flags flags_before;
 };
 
 struct pcp_save_context {
@@ -157,6 +179,63 @@ static uint32_t pcp_flags_to_cluster(enum mail_flags m)
 	return f;
 }
 
+/* The names of `kw` (indexes into its mail index's keyword list), added
+   to `names`. */
+static void pcp_keyword_names(const struct mail_keywords *kw,
+			      ARRAY_TYPE(const_string) *names)
+{
+	const ARRAY_TYPE(keywords) *all;
+	unsigned int i;
+
+	if (kw == NULL)
+		return;
+	all = mail_index_get_keywords(kw->index);
+	for (i = 0; i < kw->count; i++) {
+		const char *name = *array_idx(all, kw->idx[i]);
+		array_push_back(names, &name);
+	}
+}
+
+static bool pcp_keyword_in(const char *name, const char *const *list, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		if (strcasecmp(name, list[i]) == 0)
+			return TRUE;
+	}
+	return FALSE;
+}
+
+/* TRUE if both lists hold the same keywords (IMAP keywords compare
+   without case, as Dovecot's index does; neither list repeats one). */
+static bool pcp_keywords_equal(const char *const *a, size_t na,
+			       const char *const *b, size_t nb)
+{
+	size_t i;
+
+	if (na != nb)
+		return FALSE;
+	for (i = 0; i < na; i++) {
+		if (!pcp_keyword_in(a[i], b, nb))
+			return FALSE;
+	}
+	return TRUE;
+}
+
+/* The cluster's keywords of `m` as keywords of `box` (created in its
+   index if new; one Dovecot does not accept is left out, logged). */
+static struct mail_keywords *
+pcp_cluster_keywords(struct mailbox *box, const struct porcupine_message *m)
+{
+	const char **names = t_new(const char *, m->nkeywords + 1);
+	size_t i;
+
+	for (i = 0; i < m->nkeywords; i++)
+		names[i] = m->keywords[i];
+	return mailbox_keywords_create_valid(box, names);
+}
+
 /* The user's agent connection (NULL only when out of memory). Kept for
    the user's lifetime: the client reconnects by itself after an error. */
 static porcupine_client *pcp_connect(struct mail_user *user)
@@ -168,17 +247,17 @@ static porcupine_client *pcp_connect(struct mail_user *user)
 	return puser->client;
 }
 
+/* Keeps `folder` as the last listing: takes what it owns (keywords
+   included) and leaves it empty. */
 static void pcp_set_refs(struct pcp_mailbox *pbox,
-			 const struct porcupine_folder *folder)
+			 struct porcupine_folder *folder)
 {
-	i_free(pbox->refs);
-	pbox->uidvalidity = folder->uidvalidity;
-	pbox->nrefs = folder->count;
-	if (folder->count == 0)
-		return;
-	pbox->refs = i_new(struct porcupine_message, folder->count);
-	memcpy(pbox->refs, folder->messages,
-	       sizeof(*folder->messages) * folder->count);
+	porcupine_folder_free(&pbox->listing);
+	pbox->listing = *folder;
+	i_zero(folder);
+	pbox->uidvalidity = pbox->listing.uidvalidity;
+	pbox->refs = pbox->listing.messages;
+	pbox->nrefs = pbox->listing.count;
 }
 
 static const struct porcupine_message *
@@ -213,7 +292,6 @@ pcp_lookup_ref(struct mailbox *box, porcupine_client *c, uint32_t uid)
 				  &folder) != PORCUPINE_OK)
 		return NULL;
 	pcp_set_refs(pbox, &folder);
-	porcupine_folder_free(&folder);
 	return pcp_find_ref(pbox, uid);
 }
 
@@ -296,7 +374,13 @@ static int pcp_fetch_and_save(struct mailbox_transaction_context *t,
 	}
 	save = mailbox_save_alloc(t);
 	mailbox_save_set_uid(save, m->uid);
-	mailbox_save_set_flags(save, pcp_flags_from_cluster(m->flags), NULL);
+	if (m->nkeywords > 0) {
+		struct mail_keywords *kw = pcp_cluster_keywords(box, m);
+		mailbox_save_set_flags(save, pcp_flags_from_cluster(m->flags), kw);
+		mailbox_keywords_unref(&kw);
+	} else {
+		mailbox_save_set_flags(save, pcp_flags_from_cluster(m->flags), NULL);
+	}
 	mailbox_save_set_received_date(save, (time_t)(m->internal_date_ms / 1000), 0);
 	input = i_stream_create_from_data(body, len);
 	if (mailbox_save_begin(&save, input) < 0) {
@@ -315,6 +399,20 @@ static int pcp_fetch_and_save(struct mailbox_transaction_context *t,
 			m->uid, box->vname, mailbox_get_last_internal_error(box, NULL));
 	}
 	return ret;
+}
+
+/* Makes the local keywords of `mail` the cluster's (`m`). */
+static void pcp_sync_keywords(struct mail *mail, const struct porcupine_message *m)
+{
+	const char *const *have = mail_get_keywords(mail);
+	struct mail_keywords *kw;
+
+	if (pcp_keywords_equal(have, str_array_length(have),
+			       (const char *const *)m->keywords, m->nkeywords))
+		return;
+	kw = pcp_cluster_keywords(mail->box, m);
+	mail_update_keywords(mail, MODIFY_REPLACE, kw);
+	mailbox_keywords_unref(&kw);
 }
 
 static int pcp_apply(struct mailbox *box, porcupine_client *c,
@@ -364,6 +462,7 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 			enum mail_flags have = mail_get_flags(mail) & MAIL_FLAGS_NONRECENT;
 			if (want != have)
 				mail_update_flags(mail, MODIFY_REPLACE, want);
+			pcp_sync_keywords(mail, &folder->messages[ci]);
 			ci++;
 		} else {
 			mail_expunge(mail);
@@ -451,7 +550,6 @@ static int pcp_sync_from_cluster(struct mailbox *box)
 	} T_END;
 	pbox->in_sync = FALSE;
 	pcp_set_refs(pbox, &folder);
-	porcupine_folder_free(&folder);
 	return ret;
 }
 
@@ -491,7 +589,8 @@ static int pcp_get_status(struct mailbox *box, enum mailbox_status_items items,
 /* ---- IDLE: changes made on other nodes ------------------------------------ */
 
 /* TRUE if the cluster's listing differs from the one the last sync applied
-   (a message added or expunged, flags changed, a new UIDVALIDITY). */
+   (a message added or expunged, flags or keywords changed, a new
+   UIDVALIDITY). */
 static bool pcp_listing_changed(const struct pcp_mailbox *pbox,
 				const struct porcupine_folder *folder)
 {
@@ -500,9 +599,17 @@ static bool pcp_listing_changed(const struct pcp_mailbox *pbox,
 	if (folder->uidvalidity != pbox->uidvalidity || folder->count != pbox->nrefs)
 		return TRUE;
 	for (i = 0; i < folder->count; i++) {
-		if (folder->messages[i].uid != pbox->refs[i].uid ||
-		    folder->messages[i].flags != pbox->refs[i].flags)
+		const struct porcupine_message *a = &folder->messages[i];
+		const struct porcupine_message *b = &pbox->refs[i];
+		size_t k;
+
+		if (a->uid != b->uid || a->flags != b->flags ||
+		    a->nkeywords != b->nkeywords)
 			return TRUE;
+		for (k = 0; k < a->nkeywords; k++) {
+			if (strcmp(a->keywords[k], b->keywords[k]) != 0)
+				return TRUE;
+		}
 	}
 	return FALSE;
 }
@@ -664,9 +771,21 @@ static int pcp_deliver(struct pcp_save_context *ctx)
 	struct pcp_reader r = { ctx->body->data, ctx->body->used, 0 };
 	struct porcupine_delivered out;
 	enum mail_flags flags = ctx->ctx.data.flags & MAIL_FLAGS_NONRECENT;
+	ARRAY_TYPE(const_string) keywords;
+	const char *const *names;
+	unsigned int nnames;
 	porcupine_client *c;
 	int code;
 
+	t_array_init(&keywords, 8);
+	pcp_keyword_names(ctx->ctx.data.keywords, &keywords);
+	names = array_get(&keywords, &nnames);
+	if (nnames > PCP_MAX_KEYWORDS) {
+		/* The cluster would take the message but not its state. */
+		mail_storage_set_error(box->storage, MAIL_ERROR_PARAMS,
+				       "Too many keywords (at most 64 per message)");
+		return -1;
+	}
 	c = pcp_connect(user);
 	code = c == NULL ? PORCUPINE_UNREACHABLE :
 		porcupine_deliver(c, user->username, box->vname, pcp_read, &r, &out);
@@ -685,11 +804,12 @@ static int pcp_deliver(struct pcp_save_context *ctx)
 	}
 	seq_range_array_add(&ctx->uids, out.uid);
 	ctx->uid_validity = out.uidvalidity;
-	if (flags != 0 &&
-	    porcupine_set_flags(c, user->username, box->vname, &out.ref,
-				pcp_flags_to_cluster(flags)) != PORCUPINE_OK) {
-		e_warning(box->event, "porcupine: flags of new UID %u in %s: %s",
-			  out.uid, box->vname, porcupine_error(c));
+	if ((flags != 0 || nnames > 0) &&
+	    porcupine_set_flags_keywords(c, user->username, box->vname, &out.ref,
+					 pcp_flags_to_cluster(flags),
+					 names, nnames) != PORCUPINE_OK) {
+		e_warning(box->event, "porcupine: flags and keywords of new UID %u "
+			  "in %s: %s", out.uid, box->vname, porcupine_error(c));
 	}
 	return 0;
 }
@@ -821,20 +941,51 @@ static void pcp_transaction_save_rollback(struct mail_save_context *_ctx)
 
 /* ---- flags and expunges: to the cluster first --------------------------- */
 
+/* Sets the message's whole state (system flags and keywords) in the
+   cluster. A refusal (PORCUPINE_BAD_REQUEST: too many keywords) makes the
+   commit of the mail's transaction fail (IMAP NO); other failures leave
+   the change undone, logged, as the cluster decides. */
+static int pcp_push_state(struct mail *_mail, enum mail_flags flags,
+			  const char *const *keywords, size_t nkeywords)
+{
+	struct mailbox *box = _mail->box;
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+	const struct porcupine_message *m = NULL;
+	porcupine_client *c = pcp_connect(box->storage->user);
+	int code = PORCUPINE_UNREACHABLE;
+
+	if (c != NULL) {
+		m = pcp_lookup_ref(box, c, _mail->uid);
+		code = m == NULL ? PORCUPINE_NOT_FOUND :
+			porcupine_set_flags_keywords(c, box->storage->user->username,
+						     box->vname, &m->ref,
+						     pcp_flags_to_cluster(flags),
+						     keywords, nkeywords);
+	}
+	if (code == PORCUPINE_OK)
+		return 0;
+	e_warning(box->event, "porcupine: flags and keywords of UID %u in %s "
+		  "not changed: %s", _mail->uid, box->vname, c == NULL ?
+		  "no client" : m == NULL ? "not in the cluster" :
+		  porcupine_error(c));
+	if (code == PORCUPINE_BAD_REQUEST) {
+		pbox->failed_t = _mail->transaction;
+		pbox->failed_code = code;
+	}
+	return -1;
+}
+
 static void pcp_mail_update_flags(struct mail *_mail, enum modify_type modify_type,
 				  enum mail_flags flags)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
-	union mail_module_context *pmail = PCP_MAIL(mail);
+	struct pcp_mail *pmail = PCP_MAIL(mail);
 	struct mailbox *box = _mail->box;
 	struct pcp_mailbox *pbox = PCP_BOX(box);
 
 	if (!pbox->in_sync) {
 		enum mail_flags old = mail_get_flags(_mail) & MAIL_FLAGS_NONRECENT;
 		enum mail_flags new_flags = old;
-		const struct porcupine_message *m;
-		porcupine_client *c;
-		int code = PORCUPINE_UNREACHABLE;
 
 		switch (modify_type) {
 		case MODIFY_ADD: new_flags |= flags; break;
@@ -843,30 +994,138 @@ static void pcp_mail_update_flags(struct mail *_mail, enum modify_type modify_ty
 		}
 		new_flags &= MAIL_FLAGS_NONRECENT;
 		if (pcp_flags_to_cluster(new_flags) != pcp_flags_to_cluster(old)) {
-			c = pcp_connect(box->storage->user);
-			if (c != NULL) {
-				m = pcp_lookup_ref(box, c, _mail->uid);
-				code = m == NULL ? PORCUPINE_NOT_FOUND :
-					porcupine_set_flags(c, box->storage->user->username,
-							    box->vname, &m->ref,
-							    pcp_flags_to_cluster(new_flags));
-				if (code != PORCUPINE_OK)
-					e_warning(box->event, "porcupine: flags of UID %u "
-						  "in %s not changed: %s", _mail->uid,
-						  box->vname, m == NULL ?
-						  "not in the cluster" : porcupine_error(c));
-			}
-			if (code != PORCUPINE_OK)
+			/* The cluster takes the whole state: the keywords the
+			   message has go along unchanged. */
+			const char *const *keywords = mail_get_keywords(_mail);
+
+			if (pcp_push_state(_mail, new_flags, keywords,
+					   str_array_length(keywords)) < 0)
 				return; /* the cluster decides; keep the cache as it is */
+			pmail->flags_pushed_uid = _mail->uid;
+			pmail->flags_before = old;
 		}
 	}
-	pmail->super.update_flags(_mail, modify_type, flags);
+	pmail->module_ctx.super.update_flags(_mail, modify_type, flags);
+}
+
+/* The keywords `modify_type` with `change` makes of `have`, into `want`. */
+static void pcp_keywords_modify(const char *const *have, size_t nhave,
+				enum modify_type modify_type,
+				const ARRAY_TYPE(const_string) *change,
+				ARRAY_TYPE(const_string) *want)
+{
+	const char *const *name;
+	size_t i;
+
+	switch (modify_type) {
+	case MODIFY_REPLACE:
+		array_append_array(want, change);
+		break;
+	case MODIFY_ADD:
+		for (i = 0; i < nhave; i++)
+			array_push_back(want, &have[i]);
+		array_foreach(change, name) {
+			if (!pcp_keyword_in(*name, have, nhave))
+				array_push_back(want, name);
+		}
+		break;
+	case MODIFY_REMOVE:
+		for (i = 0; i < nhave; i++) {
+			unsigned int n;
+			const char *const *c = array_get(change, &n);
+			if (!pcp_keyword_in(have[i], c, n))
+				array_push_back(want, &have[i]);
+		}
+		break;
+	}
+}
+
+/* Pushes the state the keyword change makes; FALSE if the cluster did not
+   take it. A flag change this STORE pushed just before is put back then,
+   so nothing of a refused STORE stays. */
+static bool pcp_push_keywords(struct mail *_mail, struct pcp_mail *pmail,
+			      enum modify_type modify_type,
+			      struct mail_keywords *keywords)
+{
+	const char *const *have = mail_get_keywords(_mail);
+	size_t nhave = str_array_length(have);
+	enum mail_flags flags = mail_get_flags(_mail) & MAIL_FLAGS_NONRECENT;
+	ARRAY_TYPE(const_string) change, want;
+	const char *const *wanted;
+	unsigned int nwant;
+	bool flags_pushed = pmail->flags_pushed_uid == _mail->uid;
+
+	pmail->flags_pushed_uid = 0;
+	t_array_init(&change, 8);
+	pcp_keyword_names(keywords, &change);
+	t_array_init(&want, nhave + array_count(&change) + 1);
+	pcp_keywords_modify(have, nhave, modify_type, &change, &want);
+	wanted = array_get(&want, &nwant);
+	if (pcp_keywords_equal(have, nhave, wanted, nwant))
+		return TRUE;
+	if (pcp_push_state(_mail, flags, wanted, nwant) == 0)
+		return TRUE;
+	if (flags_pushed) {
+		if (pcp_push_state(_mail, pmail->flags_before, have, nhave) == 0) {
+			pmail->module_ctx.super.update_flags(_mail, MODIFY_REPLACE,
+							     pmail->flags_before);
+		} else {
+			e_error(_mail->box->event, "porcupine: UID %u in %s keeps "
+				"the flags of a STORE whose keywords were refused",
+				_mail->uid, _mail->box->vname);
+		}
+	}
+	return FALSE;
+}
+
+static void pcp_mail_update_keywords(struct mail *_mail, enum modify_type modify_type,
+				     struct mail_keywords *keywords)
+{
+	struct mail_private *mail = (struct mail_private *)_mail;
+	struct pcp_mail *pmail = PCP_MAIL(mail);
+	struct pcp_mailbox *pbox = PCP_BOX(_mail->box);
+	bool pushed = TRUE;
+
+	if (!pbox->in_sync) T_BEGIN {
+		pushed = pcp_push_keywords(_mail, pmail, modify_type, keywords);
+	} T_END;
+	if (pushed)
+		pmail->module_ctx.super.update_keywords(_mail, modify_type, keywords);
+}
+
+/* A transaction with a change the cluster refused: what the cluster took
+   is committed locally as well, and the commit fails (IMAP NO). */
+static int pcp_transaction_commit(struct mailbox_transaction_context *t,
+				  struct mail_transaction_commit_changes *changes_r)
+{
+	struct mailbox *box = t->box;
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+	bool failed = pbox->failed_t == t;
+	int ret;
+
+	if (failed)
+		pbox->failed_t = NULL;
+	ret = pbox->module_ctx.super.transaction_commit(t, changes_r);
+	if (!failed || ret < 0)
+		return ret;
+	mail_storage_set_error(box->storage, MAIL_ERROR_PARAMS,
+		"Cluster refused the flags or keywords (at most 64 keywords per message)");
+	return -1;
+}
+
+static void pcp_transaction_rollback(struct mailbox_transaction_context *t)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(t->box);
+
+	if (pbox->failed_t == t)
+		pbox->failed_t = NULL;
+	pbox->module_ctx.super.transaction_rollback(t);
 }
 
 static void pcp_mail_expunge(struct mail *_mail)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
-	union mail_module_context *pmail = PCP_MAIL(mail);
+	struct pcp_mail *pmail = PCP_MAIL(mail);
 	struct mailbox *box = _mail->box;
 	struct pcp_mailbox *pbox = PCP_BOX(box);
 
@@ -893,7 +1152,7 @@ static void pcp_mail_expunge(struct mail *_mail)
 		if (code != PORCUPINE_OK && code != PORCUPINE_NOT_FOUND)
 			return;
 	}
-	pmail->super.expunge(_mail);
+	pmail->module_ctx.super.expunge(_mail);
 }
 
 /* ---- folders: to the cluster first; at login, from the cluster ---------- */
@@ -1145,7 +1404,7 @@ static void pcp_mailbox_free(struct mailbox *box)
 
 	timeout_remove(&pbox->to_poll);
 	pbox->module_ctx.super.free(box);
-	i_free(pbox->refs);
+	porcupine_folder_free(&pbox->listing);
 	array_free(&pbox->saves);
 	array_free(&pbox->moved);
 }
@@ -1171,10 +1430,6 @@ static void pcp_mailbox_allocated(struct mailbox *box)
 	box->vlast = &pbox->module_ctx.super;
 	i_array_init(&pbox->saves, 4);
 	i_array_init(&pbox->moved, 4);
-	/* The cluster keeps the five system flags only: no keyword may be
-	   created (PERMANENTFLAGS has no \*, STORE and APPEND of a keyword
-	   are refused) rather than one that would live on this node only. */
-	box->disallow_new_keywords = TRUE;
 
 	v->free = pcp_mailbox_free;
 	v->create_box = pcp_create_box;
@@ -1192,6 +1447,8 @@ static void pcp_mailbox_allocated(struct mailbox *box)
 	v->transaction_save_commit_pre = pcp_transaction_save_commit_pre;
 	v->transaction_save_commit_post = pcp_transaction_save_commit_post;
 	v->transaction_save_rollback = pcp_transaction_save_rollback;
+	v->transaction_commit = pcp_transaction_commit;
+	v->transaction_rollback = pcp_transaction_rollback;
 	MODULE_CONTEXT_SET(box, pcp_storage_module, pbox);
 }
 
@@ -1199,16 +1456,17 @@ static void pcp_mail_allocated(struct mail *_mail)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
 	struct mail_vfuncs *v = mail->vlast;
-	union mail_module_context *pmail;
+	struct pcp_mail *pmail;
 
 	if (PCP_BOX(_mail->box) == NULL)
 		return;
-	pmail = p_new(mail->pool, union mail_module_context, 1);
-	pmail->super = *v;
-	mail->vlast = &pmail->super;
+	pmail = p_new(mail->pool, struct pcp_mail, 1);
+	pmail->module_ctx.super = *v;
+	mail->vlast = &pmail->module_ctx.super;
 	v->update_flags = pcp_mail_update_flags;
+	v->update_keywords = pcp_mail_update_keywords;
 	v->expunge = pcp_mail_expunge;
-	MODULE_CONTEXT_SET_SELF(mail, pcp_mail_module, pmail);
+	MODULE_CONTEXT_SET(mail, pcp_mail_module, pmail);
 }
 
 static struct mail_storage_hooks pcp_hooks = {

@@ -5,12 +5,14 @@ spoken to with Python's imaplib, poplib and smtplib (LMTP) on 127.0.K.i.
 
 Classes (each gets its own subnet from CMake):
   ImapSessions  a desktop client's session on two nodes at once, IDLE
-                woken by changes made on other nodes, MOVE, STATUS and LIST
-                following the cluster within one session
+                woken by changes made on other nodes, keywords set on one
+                node seen on the others, MOVE, STATUS and LIST following
+                the cluster within one session
   ImapFailover  a node killed (R=2): every message readable through the
                 others; its restart changes no UID
   ImapBadInput  wrong password, unknown user, odd folder names, a 50 MB
-                message, a message over the limit, an APPEND cut off
+                message, a message over the limit, an APPEND cut off, a
+                STORE and an APPEND over the cluster's 64 keywords
 
 Usage: imap_test.py --build BUILD_DIR [--subnet K] [unittest args]
 The cluster helpers are dovecot_test.py's (DovecotCase).
@@ -181,6 +183,9 @@ class ImapSessions(dt.DovecotCase):
         self.assertEqual(other.uid("STORE", str(uids[1]), "+FLAGS", "(\\Flagged)")[0], "OK")
         line = idle_until(watcher, rb"^\* 2 FETCH .*\\Flagged", 15)
         self.assertIsNotNone(line, "IDLE did not see the flag\n%s" % self.dovecot_log(1))
+        self.assertEqual(other.uid("STORE", str(uids[2]), "+FLAGS", "($Label2)")[0], "OK")
+        line = idle_until(watcher, rb"^\* 3 FETCH .*\$Label2", 15)
+        self.assertIsNotNone(line, "IDLE did not see the keyword\n%s" % self.dovecot_log(1))
         self.assertEqual(other.uid("STORE", str(uids[0]), "+FLAGS", "(\\Deleted)")[0], "OK")
         self.assertEqual(other.expunge()[0], "OK")
         line = idle_until(watcher, rb"^\* 1 EXPUNGE", 15)
@@ -188,6 +193,53 @@ class ImapSessions(dt.DovecotCase):
         self.assertEqual(sorted(flags_of(watcher)), uids[1:])
         other.logout()
         watcher.logout()
+
+    def test_keywords_stored_on_node2_seen_on_nodes_1_and_3_and_in_the_cluster(self):
+        self.deliver(1, message(1))
+        m2 = self.imap(2)
+        try:
+            self.assertEqual(m2.select("INBOX")[0], "OK")
+            permanent = m2.response("PERMANENTFLAGS")[1][0]
+            self.assertIn(b"\\*", permanent)
+            uid = sorted(flags_of(m2))[0]
+
+            def everywhere(want):
+                """Nodes 1 and 3 (FETCH FLAGS) and the cluster's listing
+                all show `want` (a set of IMAP flags) for the message."""
+                def agree():
+                    listing = self.cluster_listing(1)["messages"][0]
+                    cluster = set(listing["keywords"]) | {f for bit, f in ((1, "\\Seen"), (4, "\\Flagged"))
+                                                          if listing["flags"] & bit}
+                    return cluster == want and all(self.imap_state(i)[1][uid][0] == want for i in (1, 3))
+                return self.wait_for(agree, 10)
+
+            typ, data = m2.uid("STORE", str(uid), "+FLAGS", "($Label1 Junk)")
+            self.assertEqual(typ, "OK", data)
+            self.assertTrue(everywhere({"$Label1", "Junk"}), (self.cluster_listing(1), self.imap_state(1)))
+            self.assertEqual(m2.uid("STORE", str(uid), "-FLAGS", "(Junk)")[0], "OK")
+            self.assertTrue(everywhere({"$Label1"}), (self.cluster_listing(1), self.imap_state(3)))
+            # A flags-only change sends the keywords along (the cluster
+            # takes the whole state).
+            self.assertEqual(m2.uid("STORE", str(uid), "+FLAGS", "(\\Flagged)")[0], "OK")
+            self.assertTrue(everywhere({"$Label1", "\\Flagged"}), self.cluster_listing(1))
+            self.assertEqual(flags_of(m2)[uid], {"$Label1", "\\Flagged"})
+            # POP3 marks the message \Seen at QUIT: the keywords stay.
+            p = poplib.POP3(self.addr(3), dt.POP3_PORT, timeout=30)
+            p.user(USER)
+            p.pass_(PASSWORD)
+            p.retr(1)
+            p.quit()
+            self.assertTrue(everywhere({"$Label1", "\\Flagged", "\\Seen"}), self.cluster_listing(1))
+            # APPEND with a keyword: in the cluster and on another node.
+            typ, data = m2.append("INBOX", "(\\Seen $Work)", None, message(2))
+            self.assertEqual(typ, "OK", data)
+            appended = int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1))
+            self.assertTrue(self.wait_for(lambda: [(x["flags"], x["keywords"]) for x in self.cluster_listing(3)["messages"]
+                                                   if x["uid"] == appended] == [(1, ["$Work"])], 10),
+                            self.cluster_listing(3))
+            self.assertEqual(self.imap_state(1)[1][appended][0], {"\\Seen", "$Work"})
+        finally:
+            m2.logout()
 
     def test_move_on_node3_keeps_the_message_and_shows_in_the_folder_on_node1(self):
         for n in range(3):
@@ -394,23 +446,27 @@ class ImapBadInput(dt.DovecotCase):
         finally:
             m.logout()
 
-    def test_keywords_are_refused_not_kept_on_one_node(self):
+    def test_too_many_keywords_get_no_and_change_nothing(self):
+        # The cluster keeps at most 64 keywords per message: a STORE that
+        # would make 65 is refused whole (its \Flagged too), an APPEND
+        # with 65 stores nothing.
         self.deliver(1, message(1))
+        many = "(\\Flagged %s)" % " ".join("k%d" % n for n in range(65))
         m = self.imap(1)
         try:
             self.assertEqual(m.select("INBOX")[0], "OK")
-            permanent = m.response("PERMANENTFLAGS")[1][0]
-            self.assertIn(b"\\Seen", permanent)
-            self.assertNotIn(b"\\*", permanent)
-            typ, data = m.store("1", "+FLAGS", "($Label1)")
+            self.assertEqual(m.store("1", "+FLAGS", "(k0 k1)")[0], "OK")
+            typ, data = m.store("1", "+FLAGS", many)
             self.assertEqual(typ, "NO", data)
-            typ, data = m.append("INBOX", "(\\Seen Junk)", None, message(2))
+            typ, data = m.append("INBOX", many, None, message(2))
             self.assertEqual(typ, "NO", data)
-            self.assertEqual(m.store("1", "+FLAGS", "(\\Flagged)")[0], "OK")
+            self.assertEqual(m.noop()[0], "OK")
+            self.assertEqual(list(flags_of(m).values()), [{"k0", "k1"}])
         finally:
             m.logout()
         listing = self.cluster_listing(2)["messages"]
-        self.assertEqual([x["flags"] for x in listing], [4])  # \Flagged, one message
+        self.assertEqual([(x["flags"], x["keywords"]) for x in listing], [(0, ["k0", "k1"])])
+        self.assertEqual([x[0] for x in self.imap_state(3)[1].values()], [{"k0", "k1"}])
 
     def test_append_cut_off_half_way_leaves_nothing(self):
         s = socket.create_connection((self.addr(1), dt.IMAP_PORT), timeout=30)
