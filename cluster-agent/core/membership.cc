@@ -86,6 +86,22 @@ void Membership::finish_round(Time now) {
       return;
     }
   }
+  // A node heard from lately that has not accepted yet is slow (a loaded
+  // machine), not gone: wait another window for it, a few times. Without
+  // this, rounds under load commit with the coordinator alone, over and
+  // over, each node in a group of its own.
+  if (promised_ == coord_->epoch && coord_->waits < kMaxWaits) {
+    bool slow = false;
+    for (NodeId n : coord_->invited) {
+      auto h = last_heard_.find(n);
+      slow |= !coord_->accepted.count(n) && h != last_heard_.end() && now - h->second < cfg_.probe_timeout;
+    }
+    if (slow) {
+      ++coord_->waits;
+      coord_->deadline = now + cfg_.accept_window;
+      return;
+    }
+  }
   Round r = std::move(*coord_);
   coord_.reset();
   last_round_end_ = now;
@@ -168,6 +184,7 @@ void Membership::tick(Time now) {
 }
 
 void Membership::on_message(Time now, NodeId from, const Message& m) {
+  if (from != cfg_.self) last_heard_[from] = now;  // any word from a node says it is alive
   if (const auto* p = std::get_if<Probe>(&m)) {
     learn(from);
     send_(from, ProbeAck{epoch_});

@@ -59,12 +59,14 @@ class Membership {
 
  private:
   static constexpr Time kReinvite = 100;  // ms between NewGroup resends of an open round
+  static constexpr int kMaxWaits = 3;     // extra accept windows for slow but live nodes
   struct Round {
     Epoch epoch;
     Time deadline = 0;
     std::map<NodeId, Accept> accepted;
     std::set<NodeId> invited;
     bool extended = false;
+    int waits = 0;        // windows added for live nodes that have not answered yet
     Time invited_at = 0;  // last (re)sending of NewGroup to those yet to accept
   };
 

@@ -457,3 +457,21 @@ TEST(Flags, KeywordsTravelWithTheFlagsAndTheLastWholeStateWins) {
   }
   h.expect_invariants();
 }
+
+TEST(Membership, ASlowNetworkStillFormsOneGroupNotAGroupPerNode) {
+  // Every message takes 400-900 ms one way, so an Accept comes back after
+  // the 500 ms accept window: the coordinator must wait for nodes it hears
+  // from rather than commit alone (which, on a loaded machine, had each
+  // node in a group of its own, round after round).
+  Cluster c(11, CoreConfig{});
+  c.network().latency_min = 400;
+  c.network().latency_max = 900;
+  std::vector<NodeId> seeds{1, 2, 3};
+  for (NodeId i : seeds) c.add_node(i, seeds);
+  ASSERT_TRUE(c.run_until_pred([&] { return c.converged(); }, 60'000));
+  for (NodeId i : seeds) EXPECT_EQ(c.node(i)->membership().members().size(), 3u);
+  // A crash is still noticed and the rest still agree.
+  c.crash(3);
+  ASSERT_TRUE(c.run_until_pred([&] { return c.converged(); }, 60'000));
+  EXPECT_EQ(c.node(1)->membership().members().size(), 2u);
+}
