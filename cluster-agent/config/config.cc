@@ -63,7 +63,7 @@ constexpr std::array kTable{
     P("secret_file", Type::kPath, "/etc/porcupine/secret",
       "File holding the secret shared by all agents, which authenticates them to each other.",
       &Params::secret_file),
-    P("spool_directory", Type::kPath, "/var/spool/porcupine",
+    P("spool_directory", Type::kPath, "/var/lib/porcupine/spool",
       "Directory of the message bodies stored on this node.", &Params::spool_directory),
     P("redis_socket", Type::kPath, "/run/porcupine/redis.sock",
       "Unix socket of the node-local Redis that holds the agent's metadata.",

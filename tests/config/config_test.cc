@@ -57,7 +57,7 @@ TEST(Config, OnlyNodeIdGivesEveryDefault) {
   EXPECT_EQ(params->listen_address, (Address{"127.0.0.1", 7400}));
   EXPECT_TRUE(params->peers.empty());
   EXPECT_EQ(params->secret_file, "/etc/porcupine/secret");
-  EXPECT_EQ(params->spool_directory, "/var/spool/porcupine");
+  EXPECT_EQ(params->spool_directory, "/var/lib/porcupine/spool");
   EXPECT_EQ(params->redis_socket, "/run/porcupine/redis.sock");
   EXPECT_EQ(params->local_socket, "/run/porcupine/agent.sock");
   EXPECT_EQ(params->local_socket_group, "mail");
