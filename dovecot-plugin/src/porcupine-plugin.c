@@ -108,10 +108,9 @@ struct pcp_mailbox {
 	struct porcupine_message *refs;
 	size_t nrefs;
 	uint32_t uidvalidity;
-	/* A transaction with a flag or keyword change the cluster refused:
-	   its commit fails with this porcupine_code (IMAP STORE answers NO). */
+	/* A transaction with a flag or keyword change the cluster refused
+	   (BAD_REQUEST): its commit fails (IMAP STORE answers NO). */
 	struct mailbox_transaction_context *failed_t;
-	int failed_code;
 	/* UIDs this process moved away in the cluster (IMAP MOVE): their
 	   expunge that follows stays local. */
 	ARRAY_TYPE(seq_range) moved;
@@ -224,7 +223,8 @@ static bool pcp_keywords_equal(const char *const *a, size_t na,
 }
 
 /* The cluster's keywords of `m` as keywords of `box` (created in its
-   index if new; one Dovecot does not accept is left out, logged). */
+   index if new; one Dovecot does not accept, e.g. longer than
+   mail_max_keyword_length, is left out). */
 static struct mail_keywords *
 pcp_cluster_keywords(struct mailbox *box, const struct porcupine_message *m)
 {
@@ -968,10 +968,8 @@ static int pcp_push_state(struct mail *_mail, enum mail_flags flags,
 		  "not changed: %s", _mail->uid, box->vname, c == NULL ?
 		  "no client" : m == NULL ? "not in the cluster" :
 		  porcupine_error(c));
-	if (code == PORCUPINE_BAD_REQUEST) {
+	if (code == PORCUPINE_BAD_REQUEST)
 		pbox->failed_t = _mail->transaction;
-		pbox->failed_code = code;
-	}
 	return -1;
 }
 
