@@ -112,27 +112,6 @@ bool fsync_dir(const std::string& dir) {
 }
 
 // Whole file, or nothing if it does not exist or cannot be read.
-std::optional<std::string> read_whole(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return std::nullopt;
-  std::string out;
-  struct stat st {};
-  if (::fstat(fd, &st) == 0 && st.st_size > 0) out.reserve(static_cast<std::size_t>(st.st_size));
-  char buf[65536];
-  for (;;) {
-    ssize_t r = ::read(fd, buf, sizeof buf);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      ::close(fd);
-      return std::nullopt;
-    }
-    if (r == 0) break;
-    out.append(buf, static_cast<std::size_t>(r));
-  }
-  ::close(fd);
-  return out;
-}
-
 // Names of the entries of a directory (not "." and ".."), and whether each
 // is a directory.
 bool list_dir(const std::string& dir, std::vector<std::pair<std::string, bool>>& out) {
@@ -569,7 +548,7 @@ std::optional<std::string> RedisStore::get_body(const MsgId& id) {
   if (auto it = q_bodies_.find(id); it != q_bodies_.end()) return read_body(it->second);
   if (q_unlinks_.count(id)) return std::nullopt;
   if (loaded_ && !bodies_.count(id)) return std::nullopt;
-  return read_whole(body_path(id));
+  return read_file(body_path(id));
 }
 
 std::optional<Body> RedisStore::body_ref(const MsgId& id) {

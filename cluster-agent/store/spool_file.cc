@@ -2,6 +2,7 @@
 #include "store/spool_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -93,15 +94,12 @@ std::optional<Body> BodyBuilder::finish() {
   return b;
 }
 
-std::optional<std::string> read_body(const Body& b) {
-  switch (b.where()) {
-    case Body::Where::Memory: return b.bytes();
-    case Body::Where::Transfer: return std::nullopt;
-    case Body::Where::File: break;
-  }
-  int fd = ::open(b.file()->path().c_str(), O_RDONLY | O_CLOEXEC);
+std::optional<std::string> read_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return std::nullopt;
   std::string out;
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && st.st_size > 0) out.reserve(static_cast<std::size_t>(st.st_size));
   char buf[1 << 16];
   for (;;) {
     ssize_t n = ::read(fd, buf, sizeof buf);
@@ -115,6 +113,15 @@ std::optional<std::string> read_body(const Body& b) {
   }
   ::close(fd);
   return out;
+}
+
+std::optional<std::string> read_body(const Body& b) {
+  switch (b.where()) {
+    case Body::Where::Memory: return b.bytes();
+    case Body::Where::Transfer: return std::nullopt;
+    case Body::Where::File: return read_file(b.file()->path());
+  }
+  return std::nullopt;
 }
 
 }  // namespace porcupine::store

@@ -77,6 +77,8 @@ class BodyBuilder {
   std::string error_;
 };
 
+// A whole file; nothing if it cannot be read.
+std::optional<std::string> read_file(const std::string& path);
 // The whole body, read from wherever it is; nothing if a file is unreadable.
 std::optional<std::string> read_body(const Body& b);
 
