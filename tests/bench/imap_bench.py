@@ -134,10 +134,17 @@ class Stock:
         with open(os.path.join(d, "dovecot.out"), "w") as out:
             rc = subprocess.call([DOVECOT, "-c", conf], stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, timeout=30)
-        if rc != 0 or not wait_listening(self.addr, (local.IMAP_PORT, local.POP3_PORT, local.LMTP_PORT)):
+        # The PID first (the file can exist before its PID is written), so
+        # stop() can end the master whatever happens next.
+        deadline = time.time() + 10
+        while rc == 0 and self.pid is None and time.time() < deadline:
+            try:
+                with open(os.path.join(d, "run", "master.pid")) as f:
+                    self.pid = int(f.read().strip())
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        if rc != 0 or not self.pid or not wait_listening(self.addr, (local.IMAP_PORT, local.POP3_PORT, local.LMTP_PORT)):
             raise RuntimeError("the stock Dovecot did not start (see %s)" % d)
-        with open(os.path.join(d, "run", "master.pid")) as f:
-            self.pid = int(f.read().strip())
 
     def stop(self):
         if not self.pid:
