@@ -284,12 +284,12 @@ int main(int argc, char** argv) {
       json holders = json::array();
       for (auto h : u.holders()) holders.push_back(h);
       json j = {{"user", u.user()}, {"quota_bytes", u.quota_bytes()}, {"used_bytes", u.used_bytes()},
-                {"enabled", u.enabled()}, {"profile_replicas", holders}};
+                {"enabled", u.enabled()}, {"profile_replicas", holders}, {"manager", u.manager()}};
       if (ctl.as_json) std::cout << j.dump(2) << "\n";
       else std::cout << u.user() << ": " << (u.enabled() ? "enabled" : "disabled") << ", "
                      << u.used_bytes() << " bytes used, quota "
                      << (u.quota_bytes() ? std::to_string(u.quota_bytes()) + " bytes" : "none")
-                     << ", profile on nodes " << holders.dump() << "\n";
+                     << ", profile on nodes " << holders.dump() << ", managed by node " << u.manager() << "\n";
       return 0;
     }
     if (sub == "auth") {

@@ -222,6 +222,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
                     u->set_quota_bytes(p.quota_bytes);
                     u->set_enabled(p.enabled);
                     for (NodeId h : p.holders) u->add_holders(h);
+                    u->set_manager(c.manager);
                     if (p.quota_bytes == 0 && !with_usage) return respond(*out);
                     agent_.op([name = p.user](Node& n, Time t, std::uint64_t r) { n.user_usage(t, r, name); },
                               [this, self, id, out](const ClientReply& usage) {
@@ -341,6 +342,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
                    [](const ClientReply& c, pb::Response& r) {
                      r.set_uidvalidity(c.uidvalidity);
                      r.set_next_uid(c.uid);
+                     for (NodeId n : c.reachable) r.add_reachable_nodes(n);
                      for (const auto& m : c.records) {
                        auto* info = r.add_messages();
                        fill_ref(info->mutable_ref(), m);

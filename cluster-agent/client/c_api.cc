@@ -1,5 +1,6 @@
 // c_api.cc - porcupine_client.h implemented over client::Client. Every
 // entry point catches everything: no exception crosses the C ABI.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -170,6 +171,13 @@ int porcupine_folder_list(porcupine_client* c, const char* user, const char* fol
     if (code != PORCUPINE_OK) return code;
     out->uidvalidity = r.uidvalidity();
     out->next_uid = r.next_uid();
+    if (r.reachable_nodes_size() > 0) {
+      out->reachable = static_cast<uint32_t*>(std::calloc(static_cast<size_t>(r.reachable_nodes_size()), sizeof(uint32_t)));
+      if (!out->reachable) return fail(c, PORCUPINE_INTERNAL, "out of memory");
+      out->nreachable = static_cast<size_t>(r.reachable_nodes_size());
+      std::copy(r.reachable_nodes().begin(), r.reachable_nodes().end(), out->reachable);
+      std::sort(out->reachable, out->reachable + out->nreachable);
+    }
     out->count = static_cast<size_t>(r.messages_size());
     if (out->count > 0) {
       out->messages = static_cast<porcupine_message*>(std::calloc(out->count, sizeof(porcupine_message)));
@@ -206,8 +214,16 @@ int porcupine_folder_list(porcupine_client* c, const char* user, const char* fol
   });
 }
 
+int porcupine_folder_covers(const porcupine_folder* f, const porcupine_msgref* ref) {
+  if (!f || !ref || !f->reachable) return 0;
+  for (uint32_t i = 0; i < ref->nreplicas && i < PORCUPINE_MAX_REPLICAS; ++i)
+    if (std::binary_search(f->reachable, f->reachable + f->nreachable, ref->replicas[i])) return 1;
+  return 0;
+}
+
 void porcupine_folder_free(porcupine_folder* f) {
   if (!f) return;
+  std::free(f->reachable);
   for (size_t i = 0; f->messages && i < f->count; ++i) {
     for (size_t k = 0; k < f->messages[i].nkeywords; ++k) std::free(f->messages[i].keywords[k]);
     std::free(f->messages[i].keywords);
@@ -215,6 +231,8 @@ void porcupine_folder_free(porcupine_folder* f) {
   std::free(f->messages);
   f->messages = nullptr;
   f->count = 0;
+  f->reachable = nullptr;
+  f->nreachable = 0;
 }
 
 int porcupine_fetch(porcupine_client* c, const char* user, const char* folder, const porcupine_msgref* ref,

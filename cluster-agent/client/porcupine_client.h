@@ -65,7 +65,16 @@ struct porcupine_folder {
   uint32_t next_uid;
   size_t count;
   struct porcupine_message* messages; /* sorted by UID */
+  /* The live nodes whose messages the listing includes, sorted. A message
+   * missing from `messages` none of whose replicas is here is out of reach
+   * (its nodes are down or did not answer), not necessarily gone. */
+  size_t nreachable;
+  uint32_t* reachable;
 };
+
+/* 1 if the listing covers a node holding `ref` (so a message missing from
+ * it is gone from the folder), 0 if every replica is out of reach. */
+int porcupine_folder_covers(const struct porcupine_folder* f, const struct porcupine_msgref* ref);
 
 struct porcupine_delivered {
   struct porcupine_msgref ref;

@@ -23,8 +23,14 @@ struct ClientReply {
   std::uint32_t uid = 0;           // deliver; list: the next UID
   std::vector<NodeId> replicas;    // deliver: where it is stored
   std::vector<MessageRecord> records;  // list: merged view, bodies stripped
+  // list: the live members whose records the view includes (those that
+  // answered, and those with nothing of the user's to say). A message
+  // absent from `records` none of whose replicas is here may just be out
+  // of reach, not gone.
+  std::vector<NodeId> reachable;
   Body body;                           // fetch (a large one: in its spool file)
   std::optional<Profile> profile;      // get_user
+  NodeId manager = kNoNode;            // get_user: the node that answered as the user's manager
   std::vector<std::string> users;      // list_users, sorted
   std::optional<std::uint64_t> used_bytes;  // user_usage
 };

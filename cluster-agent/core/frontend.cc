@@ -210,6 +210,11 @@ void Node::fe_finish_list(std::uint64_t id) {
   std::sort(r.records.begin(), r.records.end(),
             [](const MessageRecord& a, const MessageRecord& b) { return a.uid < b.uid; });
   if (!p.awaiting.empty()) r.detail = "some fragments unreachable";
+  std::set<NodeId> reachable{cfg_.self};
+  for (const auto& m : membership_.members())
+    if (live(m.id)) reachable.insert(m.id);
+  for (NodeId n : p.awaiting) reachable.erase(n);
+  r.reachable.assign(reachable.begin(), reachable.end());
   env_.reply(std::move(r));
 }
 

@@ -280,10 +280,7 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
     auto& users = managed_[b];
     auto it = users.find(a.user);
     if (it == users.end() || !it->second.profile || it->second.profile->deleted) {
-      // Mail without a profile means the profile's holders are down.
-      rep.status = (it != users.end() && !it->second.profile && !it->second.folders.empty())
-                       ? Status::TryAgain
-                       : Status::NoSuchUser;
+      rep.status = missing_user_status(it == users.end() ? nullptr : &it->second);
     } else {
       MgrFolder& f = it->second.folders[a.folder];
       PlacementInput in;
@@ -345,7 +342,7 @@ void Node::mgr_map(NodeId from, const MapRequest& m) {
   } else if (!bucket_ready(b)) {
     rep.status = Status::TryAgain;
   } else if (const MgrUser* u = managed_user(m.user); !u || !u->profile || u->profile->deleted) {
-    rep.status = (u && !u->profile && !u->folders.empty()) ? Status::TryAgain : Status::NoSuchUser;
+    rep.status = missing_user_status(u);
   } else if (auto f = u->folders.find(m.folder);
              f != u->folders.end() && (f->second.renumber_due || f->second.renumber_running)) {
     rep.status = Status::TryAgain;  // a list now would miss messages being renumbered

@@ -88,6 +88,8 @@ class Node {
     return it == loads_.end() ? 0 : it->second;
   }
   const MgrUser* managed_user(const std::string& user) const;
+  // The answer for a user this manager has no live profile of.
+  Status missing_user_status(const MgrUser* u) const;
   bool bucket_ready(Bucket b) const;
   std::size_t pending_reports() const { return report_buckets_.size() + dirty_users_.size(); }
 

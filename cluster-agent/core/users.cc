@@ -59,6 +59,7 @@ bool Node::fe_user_reply(NodeId from, const Message& m) {
       ClientReply out;
       out.req = p->client_req;
       out.profile = r->profile;
+      out.manager = from;
       pending_.erase(r->req);
       env_.reply(std::move(out));
     } else if (r->status == Status::NoSuchUser) {
@@ -106,6 +107,19 @@ bool Node::fe_user_reply(NodeId from, const Message& m) {
   return false;
 }
 
+// A deleted profile is a known answer. No profile at all is one only while
+// every node this one knows of is in the group: mail without a profile, or
+// a known node that is down, means the profile's holders may be out of
+// reach, and "no such user" would make an SMTP server bounce (5xx) mail
+// for a real user. So the answer is to try again.
+Status Node::missing_user_status(const MgrUser* u) const {
+  if (u && u->profile) return Status::NoSuchUser;  // deleted
+  if (u && !u->folders.empty()) return Status::TryAgain;
+  for (NodeId n : membership_.known())
+    if (!live(n)) return Status::TryAgain;
+  return Status::NoSuchUser;
+}
+
 void Node::mgr_profile(NodeId from, const ProfileRequest& r) {
   ProfileReply rep;
   rep.req = r.req;
@@ -115,8 +129,7 @@ void Node::mgr_profile(NodeId from, const ProfileRequest& r) {
   } else if (!bucket_ready(b)) {
     rep.status = Status::TryAgain;
   } else if (const MgrUser* u = managed_user(r.user); !u || !u->profile || u->profile->deleted) {
-    // Mail without a profile means the profile's holders are down.
-    rep.status = (u && !u->profile && !u->folders.empty()) ? Status::TryAgain : Status::NoSuchUser;
+    rep.status = missing_user_status(u);
   } else {
     rep.profile = *u->profile;
   }
@@ -134,7 +147,7 @@ void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
   } else if (!bucket_ready(b)) {
     rep.status = Status::TryAgain;
   } else if (!u || !u->profile || u->profile->deleted) {
-    rep.status = (u && !u->profile && !u->folders.empty()) ? Status::TryAgain : Status::NoSuchUser;
+    rep.status = missing_user_status(u);
   } else {
     Profile& p = *u->profile;
     switch (r.op) {

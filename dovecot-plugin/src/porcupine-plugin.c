@@ -11,7 +11,9 @@
  *   - every mailbox sync first lists the folder in the cluster and makes
  *     the local cache match it: UIDVALIDITY, missing messages (fetched and
  *     saved with the cluster's UID and flags), flags and keywords,
- *     expunges. It keeps
+ *     expunges (not of messages whose every holder is out of reach: those
+ *     stay, served from the cache, and changes to them fail for now;
+ *     each cached message's replica set is in the index). It keeps
  *     the listing (UID -> message reference) for the two below.
  *   - flag and keyword changes and expunges made by IMAP/POP3 clients are
  *     pushed to the cluster first (a flag change as the message's whole
@@ -108,9 +110,20 @@ struct pcp_mailbox {
 	struct porcupine_message *refs;
 	size_t nrefs;
 	uint32_t uidvalidity;
-	/* A transaction with a flag or keyword change the cluster refused
-	   (BAD_REQUEST): its commit fails (IMAP STORE answers NO). */
+	/* A transaction with a flag, keyword or expunge change the cluster
+	   refused (BAD_REQUEST) or could not make (the message's nodes are
+	   out of reach): its commit fails with this error (IMAP NO). */
 	struct mailbox_transaction_context *failed_t;
+	enum mail_error failed_error;
+	const char *failed_reason;
+	/* UIDs of local messages the last listing did not have because every
+	   node holding them is out of reach (down, or silent): kept and
+	   served from the cache; changes to them fail for now. */
+	ARRAY_TYPE(seq_range) out_of_reach;
+	/* The index extension with each cached message's cluster reference
+	   (struct pcp_ext_rec). */
+	uint32_t ext_id;
+	bool ext_registered;
 	/* UIDs this process moved away in the cluster (IMAP MOVE): their
 	   expunge that follows stays local. */
 	ARRAY_TYPE(seq_range) moved;
@@ -119,6 +132,20 @@ struct pcp_mailbox {
 	/* Save contexts the plugin allocated (saves going to the cluster). */
 	ARRAY(struct pcp_save_context *) saves;
 };
+
+/* Per message in the local index (extension "porcupine"): where the
+   cluster keeps it. With it a sync tells a message that is gone from one
+   whose nodes are only out of reach, also in a process that has not seen
+   the message listed. */
+struct pcp_ext_rec {
+	uint64_t seq;
+	uint32_t origin;
+	uint32_t nreplicas;
+	uint32_t replicas[PORCUPINE_MAX_REPLICAS];
+};
+
+#define PCP_UNAVAILABLE_REASON \
+	"Message is on cluster nodes that cannot be reached now; try again later"
 
 /* Per mail: the last flag change pushed to the cluster, so a refused
    keyword change in the same STORE (flags go first, then keywords) can
@@ -277,22 +304,118 @@ pcp_find_ref(const struct pcp_mailbox *pbox, uint32_t uid)
 	return NULL;
 }
 
-/* The reference of a local message; lists the folder again when the last
-   listing does not have it (no sync happened yet in this process). */
-static const struct porcupine_message *
-pcp_lookup_ref(struct mailbox *box, porcupine_client *c, uint32_t uid)
+/* The index extension holding each cached message's cluster reference;
+   registered at the mailbox's first use of it (the index is open then). */
+static uint32_t pcp_ext_id(struct mailbox *box)
 {
 	struct pcp_mailbox *pbox = PCP_BOX(box);
-	const struct porcupine_message *m = pcp_find_ref(pbox, uid);
-	struct porcupine_folder folder;
 
-	if (m != NULL)
-		return m;
-	if (porcupine_folder_list(c, box->storage->user->username, box->vname,
-				  &folder) != PORCUPINE_OK)
-		return NULL;
+	if (!pbox->ext_registered) {
+		pbox->ext_id = mail_index_ext_register(box->index, "porcupine", 0,
+						       sizeof(struct pcp_ext_rec),
+						       sizeof(uint64_t));
+		pbox->ext_registered = TRUE;
+	}
+	return pbox->ext_id;
+}
+
+static void pcp_ext_from_ref(struct pcp_ext_rec *rec, const struct porcupine_msgref *ref)
+{
+	i_zero(rec);
+	rec->seq = ref->seq;
+	rec->origin = ref->origin;
+	rec->nreplicas = I_MIN(ref->nreplicas, PORCUPINE_MAX_REPLICAS);
+	memcpy(rec->replicas, ref->replicas, rec->nreplicas * sizeof(rec->replicas[0]));
+}
+
+/* Records where the cluster keeps the message at `seq` (of the
+   transaction's view, or one it appended). */
+static void pcp_stamp(struct mailbox_transaction_context *t, uint32_t seq,
+		      const struct porcupine_msgref *ref, bool appended)
+{
+	uint32_t ext_id = pcp_ext_id(t->box);
+	struct pcp_ext_rec rec;
+	const void *data = NULL;
+	bool expunged;
+
+	pcp_ext_from_ref(&rec, ref);
+	if (!appended)
+		mail_index_lookup_ext(t->view, seq, ext_id, &data, &expunged);
+	if (data != NULL && memcmp(data, &rec, sizeof(rec)) == 0)
+		return;
+	mail_index_update_ext(t->itrans, seq, ext_id, &rec, NULL);
+}
+
+/* TRUE if the local message at `seq` of `view` may still exist in the
+   cluster although `folder` does not list it: no node holding it (by its
+   stamp) is among those the listing covers. An agent that does not say
+   which nodes a listing covers (nreachable 0) makes every absent message
+   gone, as an unstamped message is. */
+static bool pcp_out_of_reach(struct mailbox *box, struct mail_index_view *view,
+			     uint32_t seq, const struct porcupine_folder *folder)
+{
+	const struct pcp_ext_rec *rec;
+	struct porcupine_msgref ref;
+	const void *data = NULL;
+	bool expunged;
+
+	if (folder->nreachable == 0)
+		return FALSE;
+	mail_index_lookup_ext(view, seq, pcp_ext_id(box), &data, &expunged);
+	if (data == NULL)
+		return FALSE;
+	rec = data;
+	if (rec->origin == 0 || rec->nreplicas == 0)
+		return FALSE;
+	i_zero(&ref);
+	ref.origin = rec->origin;
+	ref.seq = rec->seq;
+	ref.nreplicas = I_MIN(rec->nreplicas, PORCUPINE_MAX_REPLICAS);
+	memcpy(ref.replicas, rec->replicas, ref.nreplicas * sizeof(ref.replicas[0]));
+	return porcupine_folder_covers(folder, &ref) == 0;
+}
+
+/* The cluster reference of a local message, listing the folder again when
+   the last listing does not have it (no sync yet in this process).
+   PORCUPINE_OK with *m_r set; PORCUPINE_NOT_FOUND: gone from the folder in
+   the cluster; PORCUPINE_TEMPFAIL: its nodes are out of reach; or the
+   listing's failure. */
+static int pcp_lookup_ref(struct mail *mail, porcupine_client *c,
+			  const struct porcupine_message **m_r)
+{
+	struct mailbox *box = mail->box;
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+	struct porcupine_folder folder;
+	int code;
+
+	*m_r = pcp_find_ref(pbox, mail->uid);
+	if (*m_r != NULL)
+		return PORCUPINE_OK;
+	if (seq_range_exists(&pbox->out_of_reach, mail->uid))
+		return PORCUPINE_TEMPFAIL;
+	code = porcupine_folder_list(c, box->storage->user->username, box->vname,
+				     &folder);
+	if (code != PORCUPINE_OK)
+		return code;
 	pcp_set_refs(pbox, &folder);
-	return pcp_find_ref(pbox, uid);
+	*m_r = pcp_find_ref(pbox, mail->uid);
+	if (*m_r != NULL)
+		return PORCUPINE_OK;
+	return pcp_out_of_reach(box, mail->transaction->view, mail->seq,
+				&pbox->listing) ? PORCUPINE_TEMPFAIL : PORCUPINE_NOT_FOUND;
+}
+
+/* Makes the commit of `t` fail with `error` (IMAP NO): a change the
+   cluster refused or could not make. What the cluster took is committed
+   locally all the same. */
+static void pcp_fail_transaction(struct mailbox_transaction_context *t,
+				 enum mail_error error, const char *reason)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(t->box);
+
+	pbox->failed_t = t;
+	pbox->failed_error = error;
+	pbox->failed_reason = reason;
 }
 
 /* ---- sync: the cluster's listing onto the local cache ------------------ */
@@ -386,6 +509,7 @@ static int pcp_fetch_and_save(struct mailbox_transaction_context *t,
 	if (mailbox_save_begin(&save, input) < 0) {
 		ret = -1;
 	} else {
+		pcp_stamp(t, mailbox_save_get_dest_mail(save)->seq, &m->ref, TRUE);
 		do {
 			if (mailbox_save_continue(save) < 0)
 				break;
@@ -425,9 +549,11 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 	ARRAY(const struct porcupine_message *) missing;
 	const struct porcupine_message *const *mp;
 	uint32_t seq, count, next_uid;
+	struct pcp_mailbox *pbox = PCP_BOX(box);
 	size_t ci = 0;
 	int ret = 0;
 
+	array_clear(&pbox->out_of_reach);
 	(void)mail_index_refresh(box->index);
 	view = mail_index_view_open(box->index);
 	hdr = mail_index_get_header(view);
@@ -463,7 +589,12 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 			if (want != have)
 				mail_update_flags(mail, MODIFY_REPLACE, want);
 			pcp_sync_keywords(mail, &folder->messages[ci]);
+			pcp_stamp(t, mail->seq, &folder->messages[ci].ref, FALSE);
 			ci++;
+		} else if (pcp_out_of_reach(box, t->view, mail->seq, folder)) {
+			/* Its nodes are down or silent: not gone. Served from
+			   the cache until they answer again. */
+			seq_range_array_add(&pbox->out_of_reach, uid);
 		} else {
 			mail_expunge(mail);
 		}
@@ -474,6 +605,11 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 	}
 	mail_free(&mail);
 	mail_index_view_close(&view);
+	if (array_count(&pbox->out_of_reach) > 0) {
+		e_warning(box->event, "porcupine: %u messages of %s are on nodes "
+			  "out of reach; serving them from the cache",
+			  seq_range_count(&pbox->out_of_reach), box->vname);
+	}
 
 	array_foreach(&missing, mp) {
 		if ((*mp)->uid < next_uid) {
@@ -852,28 +988,26 @@ static int pcp_move(struct mail_save_context *ctx, struct mail *mail)
 	struct mailbox *src = mail->box;
 	struct pcp_mailbox *spbox = PCP_BOX(src);
 	struct mail_user *user = dest->storage->user;
-	const struct porcupine_message *m;
+	const struct porcupine_message *m = NULL;
 	porcupine_client *c = pcp_connect(user);
 	int code;
 
-	m = c == NULL ? NULL : pcp_lookup_ref(src, c, mail->uid);
-	if (m == NULL) {
-		mail_storage_set_error(dest->storage, c == NULL ? MAIL_ERROR_TEMP :
-				       MAIL_ERROR_EXPUNGED, c == NULL ?
-				       "Cluster temporarily unavailable, try again later" :
-				       "Message was expunged in the cluster");
-		mailbox_save_cancel(&ctx);
-		return -1;
-	}
-	code = porcupine_move(c, user->username, src->vname, &m->ref, dest->vname);
+	code = c == NULL ? PORCUPINE_UNREACHABLE : pcp_lookup_ref(mail, c, &m);
+	if (code == PORCUPINE_OK)
+		code = porcupine_move(c, user->username, src->vname, &m->ref, dest->vname);
 	if (code != PORCUPINE_OK) {
 		e_error(dest->event, "porcupine: moving UID %u of %s to %s failed: %s",
-			mail->uid, src->vname, dest->vname, porcupine_error(c));
-		mail_storage_set_error(dest->storage, code == PORCUPINE_NOT_FOUND ?
-				       MAIL_ERROR_EXPUNGED : MAIL_ERROR_TEMP,
-				       code == PORCUPINE_NOT_FOUND ?
-				       "Message was expunged in the cluster" :
-				       "Cluster temporarily unavailable, try again later");
+			mail->uid, src->vname, dest->vname, c == NULL ? "no client" :
+			m == NULL && code == PORCUPINE_TEMPFAIL ? "its nodes are out of reach" :
+			porcupine_error(c));
+		if (code == PORCUPINE_NOT_FOUND) {
+			mail_storage_set_error(dest->storage, MAIL_ERROR_EXPUNGED,
+					       "Message was expunged in the cluster");
+		} else {
+			mail_storage_set_error(dest->storage, MAIL_ERROR_UNAVAILABLE,
+					       m == NULL ? PCP_UNAVAILABLE_REASON :
+					       "Cluster temporarily unavailable, try again later");
+		}
 		mailbox_save_cancel(&ctx);
 		return -1;
 	}
@@ -942,34 +1076,41 @@ static void pcp_transaction_save_rollback(struct mail_save_context *_ctx)
 /* ---- flags and expunges: to the cluster first --------------------------- */
 
 /* Sets the message's whole state (system flags and keywords) in the
-   cluster. A refusal (PORCUPINE_BAD_REQUEST: too many keywords) makes the
-   commit of the mail's transaction fail (IMAP NO); other failures leave
-   the change undone, logged, as the cluster decides. */
+   cluster. A refusal (PORCUPINE_BAD_REQUEST: too many keywords) or a
+   cluster that cannot make the change (the message's nodes out of reach,
+   no answer) makes the commit of the mail's transaction fail (IMAP NO);
+   a message gone from the cluster is left to the next sync. */
 static int pcp_push_state(struct mail *_mail, enum mail_flags flags,
 			  const char *const *keywords, size_t nkeywords)
 {
 	struct mailbox *box = _mail->box;
-	struct pcp_mailbox *pbox = PCP_BOX(box);
 	const struct porcupine_message *m = NULL;
 	porcupine_client *c = pcp_connect(box->storage->user);
 	int code = PORCUPINE_UNREACHABLE;
 
 	if (c != NULL) {
-		m = pcp_lookup_ref(box, c, _mail->uid);
-		code = m == NULL ? PORCUPINE_NOT_FOUND :
-			porcupine_set_flags_keywords(c, box->storage->user->username,
-						     box->vname, &m->ref,
-						     pcp_flags_to_cluster(flags),
-						     keywords, nkeywords);
+		code = pcp_lookup_ref(_mail, c, &m);
+		if (code == PORCUPINE_OK)
+			code = porcupine_set_flags_keywords(c, box->storage->user->username,
+							    box->vname, &m->ref,
+							    pcp_flags_to_cluster(flags),
+							    keywords, nkeywords);
 	}
 	if (code == PORCUPINE_OK)
 		return 0;
 	e_warning(box->event, "porcupine: flags and keywords of UID %u in %s "
 		  "not changed: %s", _mail->uid, box->vname, c == NULL ?
-		  "no client" : m == NULL ? "not in the cluster" :
+		  "no client" : code == PORCUPINE_NOT_FOUND ? "not in the cluster" :
+		  m == NULL && code == PORCUPINE_TEMPFAIL ? "its nodes are out of reach" :
 		  porcupine_error(c));
-	if (code == PORCUPINE_BAD_REQUEST)
-		pbox->failed_t = _mail->transaction;
+	if (code == PORCUPINE_BAD_REQUEST) {
+		pcp_fail_transaction(_mail->transaction, MAIL_ERROR_PARAMS,
+			"Cluster refused the flags or keywords (at most 64 keywords per message)");
+	} else if (code != PORCUPINE_NOT_FOUND) {
+		pcp_fail_transaction(_mail->transaction, MAIL_ERROR_UNAVAILABLE,
+				     m == NULL ? PCP_UNAVAILABLE_REASON :
+				     "Cluster temporarily unavailable, try again later");
+	}
 	return -1;
 }
 
@@ -1106,8 +1247,7 @@ static int pcp_transaction_commit(struct mailbox_transaction_context *t,
 	ret = pbox->module_ctx.super.transaction_commit(t, changes_r);
 	if (!failed || ret < 0)
 		return ret;
-	mail_storage_set_error(box->storage, MAIL_ERROR_PARAMS,
-		"Cluster refused the flags or keywords (at most 64 keywords per message)");
+	mail_storage_set_error(box->storage, pbox->failed_error, pbox->failed_reason);
 	return -1;
 }
 
@@ -1132,23 +1272,30 @@ static void pcp_mail_expunge(struct mail *_mail)
 		   copy goes. */
 		seq_range_array_remove(&pbox->moved, _mail->uid);
 	} else if (!pbox->in_sync) {
-		const struct porcupine_message *m;
+		const struct porcupine_message *m = NULL;
 		porcupine_client *c = pcp_connect(box->storage->user);
 		int code = PORCUPINE_UNREACHABLE;
 
 		if (c != NULL) {
-			m = pcp_lookup_ref(box, c, _mail->uid);
-			code = m == NULL ? PORCUPINE_NOT_FOUND :
-				porcupine_expunge(c, box->storage->user->username,
-						  box->vname, &m->ref);
-			if (code != PORCUPINE_OK && code != PORCUPINE_NOT_FOUND)
-				e_warning(box->event, "porcupine: expunge of UID %u in "
-					  "%s failed: %s", _mail->uid, box->vname,
-					  porcupine_error(c));
+			code = pcp_lookup_ref(_mail, c, &m);
+			if (code == PORCUPINE_OK)
+				code = porcupine_expunge(c, box->storage->user->username,
+							 box->vname, &m->ref);
 		}
-		/* NOT_FOUND: the cluster has already expunged it. */
-		if (code != PORCUPINE_OK && code != PORCUPINE_NOT_FOUND)
+		/* NOT_FOUND: the cluster has already expunged it. Otherwise
+		   the message stays, here and in the cluster, and the
+		   transaction fails (EXPUNGE answers NO; POP3 keeps it). */
+		if (code != PORCUPINE_OK && code != PORCUPINE_NOT_FOUND) {
+			e_warning(box->event, "porcupine: expunge of UID %u in "
+				  "%s failed: %s", _mail->uid, box->vname,
+				  c == NULL ? "no client" :
+				  m == NULL && code == PORCUPINE_TEMPFAIL ?
+				  "its nodes are out of reach" : porcupine_error(c));
+			pcp_fail_transaction(_mail->transaction, MAIL_ERROR_UNAVAILABLE,
+					     m == NULL ? PCP_UNAVAILABLE_REASON :
+					     "Cluster temporarily unavailable, try again later");
 			return;
+		}
 	}
 	pmail->module_ctx.super.expunge(_mail);
 }
@@ -1405,6 +1552,7 @@ static void pcp_mailbox_free(struct mailbox *box)
 	porcupine_folder_free(&pbox->listing);
 	array_free(&pbox->saves);
 	array_free(&pbox->moved);
+	array_free(&pbox->out_of_reach);
 }
 
 /* Only the local storages the plugin knows how to use as a cache. */
@@ -1428,6 +1576,7 @@ static void pcp_mailbox_allocated(struct mailbox *box)
 	box->vlast = &pbox->module_ctx.super;
 	i_array_init(&pbox->saves, 4);
 	i_array_init(&pbox->moved, 4);
+	i_array_init(&pbox->out_of_reach, 4);
 
 	v->free = pcp_mailbox_free;
 	v->create_box = pcp_create_box;

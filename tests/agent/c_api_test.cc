@@ -47,6 +47,14 @@ TEST_F(CApi, DeliverListFetchFlagExpungeAndAuthenticate) {
   EXPECT_EQ(f.next_uid, 2u);
   EXPECT_EQ(f.messages[0].uid, 1u);
   EXPECT_EQ(f.messages[0].size, std::strlen(msg));
+  // The listing covers the one node, which holds the message; a message
+  // held only by a node it does not cover is out of reach, not gone.
+  ASSERT_EQ(f.nreachable, 1u);
+  EXPECT_EQ(porcupine_folder_covers(&f, &f.messages[0].ref), 1);
+  porcupine_msgref elsewhere = f.messages[0].ref;
+  elsewhere.nreplicas = 1;
+  elsewhere.replicas[0] = f.reachable[0] + 1;
+  EXPECT_EQ(porcupine_folder_covers(&f, &elsewhere), 0);
 
   char* body = nullptr;
   size_t len = 0;

@@ -55,6 +55,8 @@ def message(n, size=300):
 class DovecotCase(unittest.TestCase):
     nodes = 3
     replicas = 2
+    spread = 2
+    user = USER  # the user the helpers below speak for
 
     def setUp(self):
         if not os.path.exists(os.path.join(plugin_dir(), "lib20_porcupine_plugin.so")):
@@ -64,12 +66,12 @@ class DovecotCase(unittest.TestCase):
         self.cl = local.Cluster(os.path.join(self.dir, "c"), BUILD)
         self.addCleanup(self.stop_all)
         try:
-            self.cl.start(self.nodes, self.replicas, 2, SUBNET, services=["dovecot"])
+            self.cl.start(self.nodes, self.replicas, self.spread, SUBNET, services=["dovecot"])
         except SystemExit:
             self.fail("the cluster did not start (see %s)" % self.cl.base)
         self.assertTrue(self.wait_for(self.cl.converged, 30), "cluster did not form")
         self.open_sockets()
-        self.ctl(1, "user", "add", USER, "--password", PASSWORD)
+        self.ctl(1, "user", "add", self.user, "--password", PASSWORD)
 
     def stop_all(self):
         self.cl.stop()
@@ -131,11 +133,11 @@ class DovecotCase(unittest.TestCase):
 
     def lmtp_deliver(self, i, data):
         with smtplib.LMTP(self.addr(i), LMTP_PORT, timeout=30, source_address=(self.addr(i), 0)) as s:
-            s.sendmail("sender@example.org", [USER], data)
+            s.sendmail("sender@example.org", [self.user], data)
 
     def cluster_listing(self, i):
         import json
-        return json.loads(self.ctl(i, "--json", "mail", "list", USER))
+        return json.loads(self.ctl(i, "--json", "mail", "list", self.user))
 
     def assert_lmtp_4xx(self, i, data):
         with self.assertRaises((smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused)) as cm:
@@ -147,7 +149,7 @@ class DovecotCase(unittest.TestCase):
 
     def imap(self, i):
         m = imaplib.IMAP4(self.addr(i), IMAP_PORT, timeout=30)
-        m.login(USER, PASSWORD)
+        m.login(self.user, PASSWORD)
         return m
 
     def imap_state(self, i):
@@ -182,7 +184,7 @@ class DovecotCase(unittest.TestCase):
     def pop3_uidl(self, i):
         p = poplib.POP3(self.addr(i), POP3_PORT, timeout=30)
         try:
-            p.user(USER)
+            p.user(self.user)
             p.pass_(PASSWORD)
             return [line.split()[1] for line in p.uidl()[1]]
         finally:

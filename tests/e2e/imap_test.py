@@ -10,6 +10,10 @@ Classes (each gets its own subnet from CMake):
                 the cluster within one session
   ImapFailover  a node killed (R=2): every message readable through the
                 others; its restart changes no UID
+  ImapOutOfReach  every node holding some messages down (R=2): the node
+                that cached them keeps listing and serving them, changes
+                to them get NO [UNAVAILABLE], new mail and changes to it
+                work; nothing is renumbered when the nodes return
   ImapBadInput  wrong password, unknown user, odd folder names, a 50 MB
                 message, a message over the limit, an APPEND cut off, a
                 STORE and an APPEND over the cluster's 64 keywords
@@ -345,6 +349,107 @@ class ImapFailover(dt.DovecotCase):
         after_restart = view(others[0])
         self.assertEqual(after_restart, after_kill)  # same UIDVALIDITY, same UID for every message
         self.assertEqual(self.pop3_uidl(3), self.pop3_uidl(1))
+
+
+class ImapOutOfReach(dt.DovecotCase):
+    def setUp(self):
+        super().setUp()
+        # A user whose manager holds none of its mail: when the other two
+        # die, that node still manages the user (it keeps the profile it
+        # learned, and the UIDVALIDITY: a manager's death starts a new one,
+        # by design), while every copy of the mail is out of reach. The
+        # first message decides where the user's mail goes (spread 2).
+        # Placement takes the least loaded nodes, ties broken per user; a
+        # pause lets every node's load (backlog of the last delivery) reach
+        # the others before the next user's first message.
+        for k in range(40):
+            self.user = "oor%d@example.com" % k
+            self.ctl(1, "user", "add", self.user, "--password", PASSWORD)
+            time.sleep(1.2)
+            self.deliver(1, message(0, 1500))
+            replicas = self.cluster_listing(1)["messages"][0]["replicas"]
+            if self.user_info(1)["manager"] not in replicas:
+                return
+        self.fail("no user among 40 is managed away from its mail")
+
+    def user_info(self, i):
+        import json
+        return json.loads(self.ctl(i, "--json", "user", "show", self.user))
+
+    def test_messages_whose_nodes_are_all_down_stay_listed_and_changes_to_them_fail_for_now(self):
+        keeper = self.user_info(1)["manager"]
+        others = [i for i in (1, 2, 3) if i != keeper]
+        for n in range(1, 6):
+            self.deliver(1 + n % 3, message(n, 1500))
+        listing = self.cluster_listing(keeper)
+        self.assertEqual(len(listing["messages"]), 6)
+        self.assertTrue(all(keeper not in m["replicas"] for m in listing["messages"]), listing)
+
+        # The keeper's Dovecot caches every message; a client stays logged
+        # in there; then every node holding a copy dies.
+        before = self.imap_state(keeper)
+        self.assertEqual(len(before[1]), 6, self.dovecot_log(keeper))
+        session = self.imap(keeper)
+        self.addCleanup(lambda: session.shutdown())
+        self.assertEqual(session.select("INBOX")[0], "OK")
+        for i in others:
+            self.cl.kill(i, redis=True, everything=True)
+        self.assertTrue(self.wait_for(self.cl.converged, 60), "node %d alone did not form a group" % keeper)
+        # New mail still comes in (stored on the keeper alone).
+        self.deliver(keeper, message(6, 1500), timeout=60)
+        listing = self.cluster_listing(keeper)
+        self.assertEqual(len(listing["messages"]), 1, listing)
+        new_uid = listing["messages"][0]["uid"]
+        self.assertEqual(listing["uidvalidity"], before[0])
+
+        # A new session and the open one: the 6 are still listed, with the
+        # same UIDs and bytes (served from the cache), and the new one.
+        uv, now = self.imap_state(keeper)
+        self.assertEqual(uv, before[0])
+        self.assertEqual(sorted(now), sorted(list(before[1]) + [new_uid]), self.dovecot_log(keeper))
+        for uid, (_, body) in before[1].items():
+            self.assertEqual(now[uid][1], body)
+        self.assertEqual(session.noop()[0], "OK")
+        typ, data = session.uid("FETCH", "1:*", "(UID RFC822.SIZE)")
+        self.assertEqual(typ, "OK")
+        self.assertEqual(len([d for d in data if d]), 7, data)
+        self.assertIn("out of reach", self.dovecot_log(keeper))
+        # Changes: a temporary NO for the unreachable ones only.
+        gone_uid = min(before[1])
+        typ, data = session.uid("STORE", str(gone_uid), "+FLAGS", "(\\Flagged)")
+        self.assertEqual(typ, "NO", data)
+        self.assertIn(b"UNAVAILABLE", data[0])
+        typ, data = session.uid("STORE", str(new_uid), "+FLAGS", "(\\Flagged)")
+        self.assertEqual(typ, "OK", data)
+        typ, data = session.uid("STORE", str(gone_uid), "+FLAGS", "(\\Deleted)")
+        self.assertEqual(typ, "NO", data)
+        typ, data = session.expunge()
+        self.assertEqual(typ, "OK", data)
+        self.assertEqual(session.noop()[0], "OK")
+        flags = {m["uid"]: m["flags"] for m in self.cluster_listing(keeper)["messages"]}
+        self.assertEqual(flags[new_uid] & 4, 4)  # \Flagged reached the cluster
+        # POP3 on the keeper: every message, out of reach or not.
+        self.assertEqual(len(self.pop3_uidl(keeper)), 7)
+
+        # The two come back: every node shows the same 7 messages under the
+        # same UIDs and UIDVALIDITY; nothing was renumbered or lost.
+        for i in others:
+            self.cl.restart(i)
+        self.assertTrue(self.wait_for(self.cl.converged, 60), "nodes did not rejoin")
+        self.open_sockets()
+
+        def agree():
+            views = [self.imap_state(i) for i in (1, 2, 3)]
+            return views[0] == views[1] == views[2] and len(views[0][1]) == 7
+        self.assertTrue(self.wait_for(agree, 60), [self.imap_state(i) for i in (1, 2, 3)])
+        uv, after = self.imap_state(keeper)
+        self.assertEqual(uv, before[0])
+        self.assertEqual({u: b for u, (_, b) in after.items() if u != new_uid},
+                         {u: b for u, (_, b) in before[1].items()})
+        # The refused change stayed refused, the accepted one stayed.
+        self.assertIn("\\Flagged", after[new_uid][0])
+        self.assertNotIn("\\Flagged", after[gone_uid][0])
+        self.assertNotIn("\\Deleted", after[gone_uid][0])
 
 
 DOVEADM = dt.shutil.which("doveadm") or "/usr/bin/doveadm"

@@ -472,10 +472,19 @@ class Faults(StackCase):
         # Unknown users cannot be told apart either: still 451, never 550.
         code, msg = self.rcpt(2, "nobody@example.org")
         self.assertEqual(code, 451, msg)
-        # The agent back: the same node accepts again.
+        # Nor on a node whose agent is up, while node 2 is out of the group:
+        # the profile of an unknown recipient might be there (451); known
+        # users are accepted.
+        self.assertTrue(wait_for(self.st.cl.converged, 30))
+        self.assertEqual(self.rcpt(1, "alice@example.org")[0], 250)
+        code, msg = self.rcpt(1, "nobody@example.org")
+        self.assertEqual(code, 451, msg)
+        # The agent back: the same node accepts again, and an unknown
+        # recipient is a 550 again.
         self.st.cl.restart(2)
         self.assertTrue(wait_for(self.st.cl.converged, 30))
         self.assertTrue(wait_for(lambda: self.rcpt(2, "alice@example.org")[0] == 250, 30))
+        self.assertTrue(wait_for(lambda: self.rcpt(1, "nobody@example.org")[0] == 550, 30))
 
     def test_agent_not_answering_gives_451_after_the_deadline(self):
         pid = self.st.cl.pid(3, "agent")

@@ -3,6 +3,7 @@
 // scenario names and then every invariant of docs/protocols.md.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 
 #include "core/hash.h"
@@ -317,6 +318,112 @@ TEST(Reads, FetchComesFromAReplicaWhenTheFirstHolderIsDown) {
   h.expect_invariants();
 }
 
+// A listing names the nodes it covers, so a reader can tell a message that
+// is gone (expunged: a node holding it answered without it) from one that
+// is only out of reach (every node holding it is down or silent).
+TEST(Reads, AListingNamesTheNodesItCoversSoAbsentIsNotTakenForExpunged) {
+  Harness h(5);
+  const std::string u = "kit@example.org";
+  h.user(u);
+  std::vector<NodeId> profile_holders;
+  for (NodeId n = 1; n <= 5; ++n)
+    if (h.c.node(n)->replicator().profiles().count(canonical_user(u))) profile_holders.push_back(n);
+  ASSERT_EQ(profile_holders.size(), 2u);
+  // A message stored while one profile holder is down, so it is not on
+  // both: the user stays known while the message's holders are down.
+  h.c.crash(profile_holders[0]);
+  ASSERT_TRUE(h.settle());
+  const ClientReply* kept = h.deliver(profile_holders[1], u);
+  ASSERT_EQ(kept->status, Status::Ok);
+  h.c.restart(profile_holders[0]);
+  ASSERT_TRUE(h.settle());
+  const std::vector<NodeId> holders = kept->replicas;
+  const ClientReply* gone = h.deliver(1, u);
+  ASSERT_EQ(gone->status, Status::Ok);
+  MessageRecord gone_target = Harness::target(*gone, u);
+  NodeId via = 1;
+  while (via == holders[0] || via == holders[1]) ++via;
+  auto list = [&] { return h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.list(now, req, u, "INBOX"); })); };
+  auto covers = [](const ClientReply& l, NodeId n) {
+    return std::find(l.reachable.begin(), l.reachable.end(), n) != l.reachable.end();
+  };
+  auto lists = [](const ClientReply& l, MsgId id) {
+    return std::any_of(l.records.begin(), l.records.end(), [&](const MessageRecord& r) { return r.id == id; });
+  };
+
+  const ClientReply* l = list();
+  ASSERT_EQ(l->status, Status::Ok);
+  EXPECT_EQ(l->reachable, (std::vector<NodeId>{1, 2, 3, 4, 5}));
+  EXPECT_TRUE(lists(*l, kept->msg));
+  EXPECT_TRUE(lists(*l, gone->msg));
+
+  // Expunged while its holders are up: absent, and the listing covers a holder.
+  ASSERT_EQ(h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.expunge(now, req, gone_target); }))->status,
+            Status::Ok);
+  h.c.run_for(2'000);
+  l = list();
+  EXPECT_FALSE(lists(*l, gone->msg));
+  EXPECT_TRUE(covers(*l, gone->replicas[0]) || covers(*l, gone->replicas[1]));
+
+  // One holder silent before the group notices: it did not answer, so the
+  // listing does not claim to cover it.
+  h.c.crash(holders[0]);
+  l = list();
+  ASSERT_EQ(l->status, Status::Ok);
+  EXPECT_FALSE(covers(*l, holders[0]));
+  EXPECT_TRUE(covers(*l, via));
+  ASSERT_TRUE(h.settle());
+
+  // Both holders down: the message is absent and no holder is covered.
+  h.c.crash(holders[1]);
+  ASSERT_TRUE(h.settle());
+  l = list();
+  ASSERT_EQ(l->status, Status::Ok);
+  EXPECT_FALSE(lists(*l, kept->msg));
+  EXPECT_FALSE(covers(*l, holders[0]));
+  EXPECT_FALSE(covers(*l, holders[1]));
+  EXPECT_TRUE(covers(*l, via));
+
+  h.c.restart(holders[0]);
+  h.c.restart(holders[1]);
+  ASSERT_TRUE(h.settle());
+  l = list();
+  EXPECT_TRUE(lists(*l, kept->msg));
+  EXPECT_EQ(l->reachable, (std::vector<NodeId>{1, 2, 3, 4, 5}));
+  h.expect_invariants();
+}
+
+// A user whose profile's holders are all down is not "no such user" (an
+// SMTP server would bounce mail for a real user with a 5xx); a user no node
+// knows while every node is up is.
+TEST(Users, AUserWhoseProfileIsOutOfReachIsTryAgainNotNoSuchUser) {
+  Harness h(4);
+  const std::string u = "lou@example.org";
+  h.user(u);
+  std::vector<NodeId> profile_holders;
+  for (NodeId n = 1; n <= 4; ++n)
+    if (h.c.node(n)->replicator().profiles().count(canonical_user(u))) profile_holders.push_back(n);
+  ASSERT_EQ(profile_holders.size(), 2u);
+  NodeId via = 1;
+  while (via == profile_holders[0] || via == profile_holders[1]) ++via;
+  auto lookup = [&](const std::string& who) {
+    return h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.get_user(now, req, who); }))->status;
+  };
+  EXPECT_EQ(lookup(u), Status::Ok);
+  EXPECT_EQ(lookup("nobody@example.org"), Status::NoSuchUser);
+  h.c.crash(profile_holders[0]);
+  h.c.crash(profile_holders[1]);
+  ASSERT_TRUE(h.settle());
+  EXPECT_EQ(lookup(u), Status::TryAgain);
+  EXPECT_EQ(lookup("nobody@example.org"), Status::TryAgain);  // it may be the same case
+  h.c.restart(profile_holders[0]);
+  h.c.restart(profile_holders[1]);
+  ASSERT_TRUE(h.settle());
+  EXPECT_EQ(lookup(u), Status::Ok);
+  EXPECT_EQ(lookup("nobody@example.org"), Status::NoSuchUser);
+  h.expect_invariants();
+}
+
 TEST(Users, ChangesSurviveAManagerCrashAndDeletedUsersStayDeleted) {
   Harness h(4);
   for (const char* u : {"ann@example.org", "bob@example.org", "cat@example.org"}) h.user(u);
@@ -344,7 +451,8 @@ TEST(Users, ChangesSurviveAManagerCrashAndDeletedUsersStayDeleted) {
   ASSERT_TRUE(r->profile);
   EXPECT_EQ(r->profile->password_hash, "{SHA512-CRYPT}x");
   EXPECT_EQ(get(via, "cat@example.org")->status, Status::NoSuchUser);
-  EXPECT_EQ(get(via, "nobody@example.org")->status, Status::NoSuchUser);
+  // Unknown while a node is down: its profile might be there.
+  EXPECT_EQ(get(via, "nobody@example.org")->status, Status::TryAgain);
   h.c.restart(mgr);
   ASSERT_TRUE(h.settle());
   const ClientReply* l = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.list_users(now, req); }));
