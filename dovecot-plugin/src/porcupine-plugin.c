@@ -13,7 +13,9 @@
  *     saved with the cluster's UID and flags), flags and keywords,
  *     expunges (not of messages whose every holder is out of reach: those
  *     stay, served from the cache, and changes to them fail for now;
- *     each cached message's replica set is in the index). It keeps
+ *     each cached message's replica set is in the index); a message no
+ *     holder gives is cached as a placeholder whose content is fetched
+ *     at each read (a temporary error for it alone meanwhile). It keeps
  *     the listing (UID -> message reference) for the two below.
  *   - flag and keyword changes and expunges made by IMAP/POP3 clients are
  *     pushed to the cluster first (a flag change as the message's whole
@@ -51,6 +53,7 @@
 #include "mail-copy.h"
 #include "mail-index.h"
 #include "index-storage.h"
+#include "index-mail.h"
 
 #include "mail-namespace.h"
 #include "mailbox-list-iter.h"
@@ -139,10 +142,19 @@ struct pcp_mailbox {
    the message listed. */
 struct pcp_ext_rec {
 	uint64_t seq;
+	int64_t internal_date_ms;
 	uint32_t origin;
 	uint32_t nreplicas;
+	uint32_t pflags; /* PCP_EXT_* */
+	uint32_t unused;
 	uint32_t replicas[PORCUPINE_MAX_REPLICAS];
 };
+
+/* The message is in the local index only: its body could not be fetched
+   when it was cached (no holder answered). Its content is fetched from the
+   cluster each time Dovecot needs it; while that fails, reading it is a
+   temporary error for that message alone. */
+#define PCP_EXT_PLACEHOLDER 0x1
 
 #define PCP_UNAVAILABLE_REASON \
 	"Message is on cluster nodes that cannot be reached now; try again later"
@@ -328,22 +340,44 @@ static void pcp_ext_from_ref(struct pcp_ext_rec *rec, const struct porcupine_msg
 	memcpy(rec->replicas, ref->replicas, rec->nreplicas * sizeof(rec->replicas[0]));
 }
 
-/* Records where the cluster keeps the message at `seq` (of the
-   transaction's view, or one it appended). */
+/* Records where the cluster keeps message `m`, cached at `seq` (of the
+   transaction's view, or one it appended); `pflags` for a new record, an
+   existing one keeps its own. */
 static void pcp_stamp(struct mailbox_transaction_context *t, uint32_t seq,
-		      const struct porcupine_msgref *ref, bool appended)
+		      const struct porcupine_message *m, bool appended,
+		      uint32_t pflags)
 {
 	uint32_t ext_id = pcp_ext_id(t->box);
 	struct pcp_ext_rec rec;
 	const void *data = NULL;
 	bool expunged;
 
-	pcp_ext_from_ref(&rec, ref);
+	pcp_ext_from_ref(&rec, &m->ref);
+	rec.internal_date_ms = m->internal_date_ms;
+	rec.pflags = pflags;
 	if (!appended)
 		mail_index_lookup_ext(t->view, seq, ext_id, &data, &expunged);
-	if (data != NULL && memcmp(data, &rec, sizeof(rec)) == 0)
-		return;
+	if (data != NULL) {
+		rec.pflags = ((const struct pcp_ext_rec *)data)->pflags;
+		if (memcmp(data, &rec, sizeof(rec)) == 0)
+			return;
+	}
 	mail_index_update_ext(t->itrans, seq, ext_id, &rec, NULL);
+}
+
+/* The stamp of `mail` if it is a placeholder (PCP_EXT_PLACEHOLDER). */
+static const struct pcp_ext_rec *pcp_placeholder(struct mail *mail)
+{
+	const struct pcp_ext_rec *rec;
+	const void *data = NULL;
+	bool expunged;
+
+	if (PCP_BOX(mail->box) == NULL || mail->seq == 0 || mail->saving)
+		return NULL;
+	mail_index_lookup_ext(mail->transaction->view, mail->seq,
+			      pcp_ext_id(mail->box), &data, &expunged);
+	rec = data;
+	return rec != NULL && (rec->pflags & PCP_EXT_PLACEHOLDER) != 0 ? rec : NULL;
 }
 
 /* TRUE if the local message at `seq` of `view` may still exist in the
@@ -474,7 +508,8 @@ static int pcp_reset(struct mailbox *box, const struct mail_index_header *hdr,
 }
 
 /* Fetches one message from the cluster and saves it in the local cache
-   with the cluster's UID, flags and internal date. */
+   with the cluster's UID, flags and internal date. 0: saved (or expunged
+   meanwhile); -1: no holder gave the body; -2: the local save failed. */
 static int pcp_fetch_and_save(struct mailbox_transaction_context *t,
 			      porcupine_client *c,
 			      const struct porcupine_message *m)
@@ -509,7 +544,7 @@ static int pcp_fetch_and_save(struct mailbox_transaction_context *t,
 	if (mailbox_save_begin(&save, input) < 0) {
 		ret = -1;
 	} else {
-		pcp_stamp(t, mailbox_save_get_dest_mail(save)->seq, &m->ref, TRUE);
+		pcp_stamp(t, mailbox_save_get_dest_mail(save)->seq, m, TRUE, 0);
 		do {
 			if (mailbox_save_continue(save) < 0)
 				break;
@@ -521,7 +556,48 @@ static int pcp_fetch_and_save(struct mailbox_transaction_context *t,
 	if (ret < 0) {
 		e_error(box->event, "porcupine: saving UID %u of %s locally failed: %s",
 			m->uid, box->vname, mailbox_get_last_internal_error(box, NULL));
+		return -2;
 	}
+	return 0;
+}
+
+/* Caches message `m` without its body (no holder gave it): an index record
+   with the cluster's UID, flags and keywords, stamped as a placeholder.
+   Committed on its own, after what `*t` saved before it. */
+static int pcp_save_placeholder(struct mailbox_transaction_context **t,
+				const struct porcupine_message *m)
+{
+	struct mailbox *box = (*t)->box;
+	struct mailbox_transaction_context *pt;
+	uint32_t seq;
+
+	int ret = 0;
+
+	if (pcp_commit(t) < 0) {
+		*t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
+					       __func__);
+		return -1;
+	}
+	pt = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
+				       __func__);
+	mail_index_append(pt->itrans, m->uid, &seq);
+	mail_index_update_flags(pt->itrans, seq, MODIFY_REPLACE,
+				pcp_flags_from_cluster(m->flags));
+	if (m->nkeywords > 0) {
+		struct mail_keywords *kw = pcp_cluster_keywords(box, m);
+		mail_index_update_keywords(pt->itrans, seq, MODIFY_REPLACE, kw);
+		mailbox_keywords_unref(&kw);
+	}
+	pcp_stamp(pt, seq, m, TRUE, PCP_EXT_PLACEHOLDER);
+	if (pcp_commit(&pt) < 0) {
+		ret = -1;
+	} else {
+		e_warning(box->event, "porcupine: UID %u of %s cached without its "
+			  "body (no holder answered); reading it fails until one does",
+			  m->uid, box->vname);
+	}
+	*t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
+				       __func__);
 	return ret;
 }
 
@@ -589,7 +665,7 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 			if (want != have)
 				mail_update_flags(mail, MODIFY_REPLACE, want);
 			pcp_sync_keywords(mail, &folder->messages[ci]);
-			pcp_stamp(t, mail->seq, &folder->messages[ci].ref, FALSE);
+			pcp_stamp(t, mail->seq, &folder->messages[ci], FALSE, 0);
 			ci++;
 		} else if (pcp_out_of_reach(box, t->view, mail->seq, folder)) {
 			/* Its nodes are down or silent: not gone. Served from
@@ -620,11 +696,17 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 				  box->vname, next_uid);
 			continue;
 		}
-		if (pcp_fetch_and_save(t, c, *mp) < 0) {
-			/* No replica answered (or the local save failed):
-			   the messages before it are kept; this one and the
-			   later ones come at a later sync. UIDs are cached in
-			   order, so none is skipped for good. */
+		int saved = pcp_fetch_and_save(t, c, *mp);
+		if (saved == -1) {
+			/* No holder gave the body: a placeholder keeps the
+			   message's place (UIDs are cached in order), the
+			   later ones are cached too. */
+			saved = pcp_save_placeholder(&t, *mp) < 0 ? -2 : 0;
+		}
+		if (saved < 0) {
+			/* The local save failed: the messages before it are
+			   kept; this one and the later ones come at a later
+			   sync. */
 			ret = -1;
 			break;
 		}
@@ -1599,6 +1681,141 @@ static void pcp_mailbox_allocated(struct mailbox *box)
 	MODULE_CONTEXT_SET(box, pcp_storage_module, pbox);
 }
 
+/* ---- placeholders: content from the cluster at each read ------------------ */
+
+/* The body of a placeholder, fetched now; a temporary error (for this
+   message only: IMAP FETCH goes on with the others) while no holder gives
+   it. */
+static int pcp_placeholder_stream(struct mail *_mail, const struct pcp_ext_rec *rec,
+				  struct message_size *hdr_size,
+				  struct message_size *body_size,
+				  struct istream **stream_r)
+{
+	struct index_mail *imail = (struct index_mail *)_mail;
+	struct mailbox *box = _mail->box;
+
+	if (_mail->lookup_abort != MAIL_LOOKUP_ABORT_NEVER) {
+		mail_set_aborted(_mail);
+		return -1;
+	}
+	_mail->mail_stream_accessed = TRUE;
+	if (imail->data.stream == NULL) {
+		porcupine_client *c = pcp_connect(box->storage->user);
+		struct porcupine_msgref ref;
+		char *body = NULL;
+		size_t len = 0;
+		int code = PORCUPINE_UNREACHABLE;
+
+		i_zero(&ref);
+		ref.origin = rec->origin;
+		ref.seq = rec->seq;
+		ref.nreplicas = I_MIN(rec->nreplicas, PORCUPINE_MAX_REPLICAS);
+		memcpy(ref.replicas, rec->replicas, ref.nreplicas * sizeof(ref.replicas[0]));
+		if (c != NULL)
+			code = porcupine_fetch(c, box->storage->user->username,
+					       box->vname, &ref, &body, &len);
+		if (code == PORCUPINE_NOT_FOUND) {
+			mail_set_expunged(_mail);
+			return -1;
+		}
+		if (code != PORCUPINE_OK) {
+			e_warning(box->event, "porcupine: UID %u of %s: no holder "
+				  "gave its body: %s", _mail->uid, box->vname,
+				  c == NULL ? "no client" : porcupine_error(c));
+			mail_storage_set_error(box->storage, MAIL_ERROR_UNAVAILABLE,
+					       PCP_UNAVAILABLE_REASON);
+			return -1;
+		}
+		imail->data.stream = i_stream_create_copy_from_data(body, len);
+		porcupine_body_free(body);
+	}
+	return index_mail_init_stream(imail, hdr_size, body_size, stream_r);
+}
+
+static int pcp_mail_get_stream(struct mail *_mail, bool get_body,
+			       struct message_size *hdr_size,
+			       struct message_size *body_size,
+			       struct istream **stream_r)
+{
+	struct pcp_mail *pmail = PCP_MAIL((struct mail_private *)_mail);
+	const struct pcp_ext_rec *rec = pcp_placeholder(_mail);
+
+	if (rec == NULL)
+		return pmail->module_ctx.super.get_stream(_mail, get_body, hdr_size,
+							  body_size, stream_r);
+	return pcp_placeholder_stream(_mail, rec, hdr_size, body_size, stream_r);
+}
+
+/* Sizes of a placeholder: from Dovecot's cache, or its content. */
+static int pcp_mail_get_physical_size(struct mail *_mail, uoff_t *size_r)
+{
+	struct pcp_mail *pmail = PCP_MAIL((struct mail_private *)_mail);
+
+	if (pcp_placeholder(_mail) == NULL)
+		return pmail->module_ctx.super.get_physical_size(_mail, size_r);
+	return index_mail_get_physical_size(_mail, size_r);
+}
+
+static int pcp_mail_get_virtual_size(struct mail *_mail, uoff_t *size_r)
+{
+	struct pcp_mail *pmail = PCP_MAIL((struct mail_private *)_mail);
+
+	if (pcp_placeholder(_mail) == NULL)
+		return pmail->module_ctx.super.get_virtual_size(_mail, size_r);
+	return index_mail_get_virtual_size(_mail, size_r);
+}
+
+/* The internal date of a placeholder: the cluster's, from its stamp. */
+static int pcp_mail_get_received_date(struct mail *_mail, time_t *date_r)
+{
+	struct pcp_mail *pmail = PCP_MAIL((struct mail_private *)_mail);
+	const struct pcp_ext_rec *rec = pcp_placeholder(_mail);
+
+	if (rec == NULL)
+		return pmail->module_ctx.super.get_received_date(_mail, date_r);
+	*date_r = (time_t)(rec->internal_date_ms / 1000);
+	return 0;
+}
+
+static int pcp_mail_get_save_date(struct mail *_mail, time_t *date_r)
+{
+	struct pcp_mail *pmail = PCP_MAIL((struct mail_private *)_mail);
+	const struct pcp_ext_rec *rec = pcp_placeholder(_mail);
+
+	if (rec == NULL)
+		return pmail->module_ctx.super.get_save_date(_mail, date_r);
+	*date_r = (time_t)(rec->internal_date_ms / 1000);
+	return 1;
+}
+
+/* What the local storage would read from its own file, for a placeholder
+   (which has none); the rest Dovecot derives from the content. */
+static int pcp_mail_get_special(struct mail *_mail, enum mail_fetch_field field,
+				const char **value_r)
+{
+	struct pcp_mail *pmail = PCP_MAIL((struct mail_private *)_mail);
+	const struct pcp_ext_rec *rec = pcp_placeholder(_mail);
+
+	if (rec == NULL)
+		return pmail->module_ctx.super.get_special(_mail, field, value_r);
+	switch (field) {
+	case MAIL_FETCH_GUID:
+		*value_r = p_strdup_printf(((struct mail_private *)_mail)->data_pool, "porcupine-%u-%llu",
+					   rec->origin, (unsigned long long)rec->seq);
+		return 0;
+	case MAIL_FETCH_REFCOUNT:
+		*value_r = "1";
+		return 0;
+	case MAIL_FETCH_UIDL_BACKEND:
+	case MAIL_FETCH_POP3_ORDER:
+	case MAIL_FETCH_STORAGE_ID:
+		*value_r = "";
+		return 0;
+	default:
+		return index_mail_get_special(_mail, field, value_r);
+	}
+}
+
 static void pcp_mail_allocated(struct mail *_mail)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
@@ -1613,6 +1830,12 @@ static void pcp_mail_allocated(struct mail *_mail)
 	v->update_flags = pcp_mail_update_flags;
 	v->update_keywords = pcp_mail_update_keywords;
 	v->expunge = pcp_mail_expunge;
+	v->get_stream = pcp_mail_get_stream;
+	v->get_physical_size = pcp_mail_get_physical_size;
+	v->get_virtual_size = pcp_mail_get_virtual_size;
+	v->get_received_date = pcp_mail_get_received_date;
+	v->get_save_date = pcp_mail_get_save_date;
+	v->get_special = pcp_mail_get_special;
 	MODULE_CONTEXT_SET(mail, pcp_mail_module, pmail);
 }
 

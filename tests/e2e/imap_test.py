@@ -452,6 +452,75 @@ class ImapOutOfReach(dt.DovecotCase):
         self.assertNotIn("\\Deleted", after[gone_uid][0])
 
 
+    def test_a_message_no_holder_gives_is_listed_and_only_its_fetch_fails(self):
+        # Five messages; the bodies of one are made unreadable on both of its
+        # holders (its files moved away: the cluster lists it, no node can
+        # give it). Node 3's Dovecot has cached nothing yet (LMTP went to
+        # node 1).
+        for n in range(1, 5):
+            self.deliver(1, message(n, 1500))
+        listing = self.cluster_listing(1)["messages"]
+        self.assertEqual(len(listing), 5)
+        target = listing[2]
+        origin, seq = target["id"].split(":")
+        moved = []
+        for h in target["replicas"]:
+            path = os.path.join(self.cl.ndir(h), "spool", "msg", origin, seq)
+            self.assertTrue(os.path.exists(path), path)
+            os.rename(path, path + ".away")
+            moved.append(path)
+
+        def put_back():
+            for path in moved:
+                if os.path.exists(path + ".away"):
+                    os.rename(path + ".away", path)
+        self.addCleanup(put_back)
+
+        m = self.imap(3)
+        self.addCleanup(lambda: m.shutdown())
+        typ, data = m.select("INBOX")
+        self.assertEqual(typ, "OK")
+        self.assertEqual(int(data[0]), 5, self.dovecot_log(3))
+        typ, data = m.uid("FETCH", "1:*", "(UID FLAGS)")
+        self.assertEqual(typ, "OK")
+        self.assertEqual(sorted(int(re.search(rb"UID (\d+)", d).group(1)) for d in data),
+                         sorted(x["uid"] for x in listing))
+        # Its body: a temporary NO for that message; the others come, and the
+        # session stays up.
+        # (Dovecot answers a failed FETCH with NO [SERVERBUG] and the
+        # storage's reason, and disconnects a client that repeats a FETCH
+        # of the same failing message in one session, against retry loops.)
+        typ, data = m.uid("FETCH", "1:*", "(BODY.PEEK[])")
+        self.assertEqual(typ, "NO", data)
+        self.assertIn(b"cannot be reached now; try again later", data[0])
+        fetched = m.untagged_responses.pop("FETCH", [])  # imaplib keeps them aside on NO
+        got = {int(re.search(rb"UID (\d+)", d[0]).group(1)) for d in fetched if isinstance(d, tuple)}
+        self.assertEqual(got, {x["uid"] for x in listing} - {target["uid"]})
+        self.assertEqual(m.noop()[0], "OK")
+        other = self.imap(3)
+        self.assertEqual(other.select("INBOX", readonly=True)[0], "OK")
+        typ, data = other.uid("FETCH", str(target["uid"]), "(RFC822.SIZE)")
+        self.assertEqual(typ, "NO", data)
+        self.assertEqual(other.noop()[0], "OK")
+        other.logout()
+        # Its flags are the cluster's to change as ever.
+        typ, data = m.uid("STORE", str(target["uid"]), "+FLAGS", "(\\Flagged)")
+        self.assertEqual(typ, "OK", data)
+        self.assertIn("cached without its body", self.dovecot_log(3))
+
+        # A holder gives it again: the same session reads it, byte for byte
+        # what node 1 serves under that UID.
+        put_back()
+        typ, data = m.uid("FETCH", str(target["uid"]), "(BODY.PEEK[])")
+        self.assertEqual(typ, "OK", data)
+        body = [d[1] for d in data if isinstance(d, tuple)][0]
+        uv, on1 = self.imap_state(1)
+        self.assertEqual(body, on1[target["uid"]][1])
+        self.assertIn("\\Flagged", on1[target["uid"]][0])
+        self.assertEqual(self.imap_state(3), (uv, on1))
+        self.assertEqual(self.pop3_uidl(3), self.pop3_uidl(1))
+
+
 DOVEADM = dt.shutil.which("doveadm") or "/usr/bin/doveadm"
 # The big message of ImapBadInput: 50 MB (PCP_BIG_BYTES to change it).
 BIG_BYTES = int(os.environ.get("PCP_BIG_BYTES", 50 * 1000 * 1000))
