@@ -6,6 +6,7 @@
 #include <new>
 #include <streambuf>
 #include <string>
+#include <vector>
 
 #include "client/client.h"
 #include "client/porcupine_client.h"
@@ -277,6 +278,42 @@ int porcupine_set_flags_keywords(porcupine_client* c, const char* user, const ch
     }
     pb::Response r;
     return call(c, req, r);
+  });
+}
+
+int porcupine_set_flags_many(porcupine_client* c, const char* user, const char* folder,
+                             porcupine_flag_change* changes, size_t n) {
+  return guarded(c, [&]() -> int {
+    if (!user || (n > 0 && !changes)) return fail(c, PORCUPINE_BAD_REQUEST, "user and changes are required");
+    std::vector<pb::Request> reqs(n);
+    for (size_t i = 0; i < n; ++i) {
+      const porcupine_flag_change& ch = changes[i];
+      if (ch.nkeywords > 0 && !ch.keywords) return fail(c, PORCUPINE_BAD_REQUEST, "keywords is null");
+      auto* sf = reqs[i].mutable_set_flags();
+      from_ref(ch.ref, user, folder, sf->mutable_ref());
+      sf->set_flags(ch.flags);
+      for (size_t k = 0; k < ch.nkeywords; ++k) {
+        if (!ch.keywords[k]) return fail(c, PORCUPINE_BAD_REQUEST, "a keyword is null");
+        sf->add_keywords(ch.keywords[k]);
+      }
+    }
+    auto answers = c->client.call_many(reqs);
+    int code = PORCUPINE_OK;
+    std::string first_error;
+    for (size_t i = 0; i < n; ++i) {
+      if (!answers[i]) {
+        changes[i].result = PORCUPINE_UNREACHABLE;
+        code = PORCUPINE_UNREACHABLE;
+        continue;
+      }
+      changes[i].result = static_cast<int>(answers[i]->code());
+      if (answers[i]->code() != pb::OK && first_error.empty())
+        first_error = std::string(porcupine::client::code_name(answers[i]->code())) +
+                      (answers[i]->detail().empty() ? "" : ": " + answers[i]->detail());
+    }
+    if (code != PORCUPINE_OK) return fail(c, code, c->client.error());
+    c->error = first_error;
+    return PORCUPINE_OK;
   });
 }
 

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <map>
 
 namespace porcupine::client {
 
@@ -97,26 +98,60 @@ bool Client::read_exact(char* p, std::size_t n) {
   return true;
 }
 
+std::optional<agentpb::Response> Client::read_response() {
+  unsigned char h[4];
+  if (!read_exact(reinterpret_cast<char*>(h), 4)) return std::nullopt;
+  std::uint32_t len = frame::length(h);
+  if (len > kMaxResponse) {
+    error_ = "response too large";
+    ::close(fd_);
+    fd_ = -1;
+    return std::nullopt;
+  }
+  std::string buf(len, '\0');
+  if (!read_exact(buf.data(), len)) return std::nullopt;
+  agentpb::Response r;
+  if (!r.ParseFromString(buf)) {
+    error_ = "malformed response from the agent";
+    ::close(fd_);
+    fd_ = -1;
+    return std::nullopt;
+  }
+  return r;
+}
+
 std::optional<agentpb::Response> Client::wait_response(std::uint64_t id) {
   for (;;) {
-    unsigned char h[4];
-    if (!read_exact(reinterpret_cast<char*>(h), 4)) return std::nullopt;
-    std::uint32_t len = frame::length(h);
-    if (len > kMaxResponse) {
-      error_ = "response too large";
-      ::close(fd_);
-      fd_ = -1;
-      return std::nullopt;
-    }
-    std::string buf(len, '\0');
-    if (!read_exact(buf.data(), len)) return std::nullopt;
-    agentpb::Response r;
-    if (!r.ParseFromString(buf)) {
-      error_ = "malformed response from the agent";
-      return std::nullopt;
-    }
-    if (r.id() == id) return r;  // a stale answer to an abandoned request is skipped
+    auto r = read_response();
+    if (!r || r->id() == id) return r;  // a stale answer to an abandoned request is skipped
   }
+}
+
+std::vector<std::optional<agentpb::Response>> Client::call_many(std::vector<agentpb::Request>& reqs,
+                                                                std::size_t window) {
+  std::vector<std::optional<agentpb::Response>> out(reqs.size());
+  if (reqs.empty() || !connect()) return out;
+  if (window == 0) window = 1;
+  std::map<std::uint64_t, std::size_t> outstanding;  // request id -> index
+  deadline_ = now_ms() + timeout_ms_;
+  std::size_t next = 0, answered = 0;
+  while (answered < reqs.size()) {
+    while (next < reqs.size() && outstanding.size() < window) {
+      agentpb::Request& q = reqs[next];
+      q.set_id(next_id_++);
+      if (q.timeout_ms() == 0) q.set_timeout_ms(static_cast<std::uint32_t>(timeout_ms_) * 9 / 10);
+      if (!send_frame(q.SerializeAsString())) return out;
+      outstanding[q.id()] = next++;
+    }
+    auto r = read_response();
+    if (!r) return out;  // the rest stay unanswered
+    auto it = outstanding.find(r->id());
+    if (it == outstanding.end()) continue;  // a stale answer to an abandoned request
+    out[it->second] = std::move(*r);
+    outstanding.erase(it);
+    ++answered;
+  }
+  return out;
 }
 
 std::optional<agentpb::Response> Client::call(agentpb::Request& req) {

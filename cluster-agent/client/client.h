@@ -25,6 +25,12 @@ class Client {
   bool connect();
   // Sends `req` (its id is set here) and waits for its Response.
   std::optional<agentpb::Response> call(agentpb::Request& req);
+  // Sends every request (ids set here), at most `window` unanswered at a
+  // time, and collects the answers, which the agent gives in any order;
+  // one deadline for the whole batch. An entry stays empty when the
+  // connection failed or the deadline passed before its answer (error()).
+  std::vector<std::optional<agentpb::Response>> call_many(std::vector<agentpb::Request>& reqs,
+                                                          std::size_t window = 64);
   // Streams the body in chunks of `chunk` bytes.
   std::optional<agentpb::Response> deliver(const std::vector<std::string>& recipients,
                                            const std::string& folder, std::istream& body,
@@ -33,6 +39,7 @@ class Client {
 
  private:
   bool send_frame(const std::string& bytes);
+  std::optional<agentpb::Response> read_response();
   std::optional<agentpb::Response> wait_response(std::uint64_t id);
   bool read_exact(char* p, std::size_t n);
 

@@ -113,6 +113,23 @@ int porcupine_set_flags(porcupine_client* c, const char* user, const char* folde
 int porcupine_set_flags_keywords(porcupine_client* c, const char* user, const char* folder,
                                  const struct porcupine_msgref* ref, uint32_t flags,
                                  const char* const* keywords, size_t nkeywords);
+/* One message's whole new flag state, for porcupine_set_flags_many. */
+struct porcupine_flag_change {
+  struct porcupine_msgref ref;
+  uint32_t flags;
+  const char* const* keywords;
+  size_t nkeywords;
+  int result; /* out: this change's porcupine_code */
+};
+
+/* Sets the flag state of many messages of one folder at once: the requests
+ * are pipelined, so the batch costs about one round trip. Returns
+ * PORCUPINE_OK when every change got an answer (each in its `result`),
+ * otherwise the failure that stopped the batch; changes it left without
+ * an answer have that code as their result. */
+int porcupine_set_flags_many(porcupine_client* c, const char* user, const char* folder,
+                             struct porcupine_flag_change* changes, size_t n);
+
 int porcupine_expunge(porcupine_client* c, const char* user, const char* folder,
                       const struct porcupine_msgref* ref);
 

@@ -17,10 +17,11 @@
  *     holder gives is cached as a placeholder whose content is fetched
  *     at each read (a temporary error for it alone meanwhile). It keeps
  *     the listing (UID -> message reference) for the two below.
- *   - flag and keyword changes and expunges made by IMAP/POP3 clients are
- *     pushed to the cluster first (a flag change as the message's whole
- *     state: flags and keywords), then applied locally; a change the
- *     cluster refuses fails the transaction (IMAP NO).
+ *   - flag and keyword changes made by IMAP/POP3 clients go to the cluster
+ *     when their transaction commits, as each message's whole resulting
+ *     state (flags and keywords), all in one pipelined batch; a change the
+ *     cluster does not take is put back locally and fails the commit
+ *     (IMAP NO). Expunges go to the cluster first, then locally.
  *   - IMAP MOVE within the user is the cluster's Move (the body stays
  *     where it is); COPY is a new message in the cluster.
  *   - folder create/delete/rename go to the cluster first; at login and
@@ -134,6 +135,8 @@ struct pcp_mailbox {
 	struct timeout *to_poll;
 	/* Save contexts the plugin allocated (saves going to the cluster). */
 	ARRAY(struct pcp_save_context *) saves;
+	/* The flag changes of open transactions (struct pcp_change_set). */
+	ARRAY(struct pcp_change_set) change_sets;
 };
 
 /* Per message in the local index (extension "porcupine"): where the
@@ -159,13 +162,8 @@ struct pcp_ext_rec {
 #define PCP_UNAVAILABLE_REASON \
 	"Message is on cluster nodes that cannot be reached now; try again later"
 
-/* Per mail: the last flag change pushed to the cluster, so a refused
-   keyword change in the same STORE (flags go first, then keywords) can
-   put the flags back. */
 struct pcp_mail {
 	union mail_module_context module_ctx;
-	uint32_t flags_pushed_uid;
-	enum mail_flags flags_before;
 };
 
 struct pcp_save_context {
@@ -1157,43 +1155,82 @@ static void pcp_transaction_save_rollback(struct mail_save_context *_ctx)
 
 /* ---- flags and expunges: to the cluster first --------------------------- */
 
-/* Sets the message's whole state (system flags and keywords) in the
-   cluster. A refusal (PORCUPINE_BAD_REQUEST: too many keywords) or a
-   cluster that cannot make the change (the message's nodes out of reach,
-   no answer) makes the commit of the mail's transaction fail (IMAP NO);
-   a message gone from the cluster is left to the next sync. */
-static int pcp_push_state(struct mail *_mail, enum mail_flags flags,
-			  const char *const *keywords, size_t nkeywords)
-{
-	struct mailbox *box = _mail->box;
-	const struct porcupine_message *m = NULL;
-	porcupine_client *c = pcp_connect(box->storage->user);
-	int code = PORCUPINE_UNREACHABLE;
+/* A message whose flag state a transaction changes: the state it had and
+   the state the transaction makes (system flags and keywords, NULL-
+   terminated arrays in the change set's pool). */
+struct pcp_change {
+	uint32_t uid;
+	enum mail_flags old_flags, new_flags;
+	const char *const *old_keywords;
+	const char *const *new_keywords;
+};
 
-	if (c != NULL) {
-		code = pcp_lookup_ref(_mail, c, &m);
-		if (code == PORCUPINE_OK)
-			code = porcupine_set_flags_keywords(c, box->storage->user->username,
-							    box->vname, &m->ref,
-							    pcp_flags_to_cluster(flags),
-							    keywords, nkeywords);
+/* The flag changes of one transaction, sent to the cluster in one
+   pipelined batch when it commits: one whole-state write per message,
+   whatever mix of flag and keyword updates made it. */
+struct pcp_change_set {
+	struct mailbox_transaction_context *t;
+	pool_t pool;
+	ARRAY(struct pcp_change) changes;
+};
+
+static struct pcp_change_set *
+pcp_change_set(struct pcp_mailbox *pbox, struct mailbox_transaction_context *t,
+	       bool create)
+{
+	struct pcp_change_set *set;
+
+	array_foreach_modifiable(&pbox->change_sets, set) {
+		if (set->t == t)
+			return set;
 	}
-	if (code == PORCUPINE_OK)
-		return 0;
-	e_warning(box->event, "porcupine: flags and keywords of UID %u in %s "
-		  "not changed: %s", _mail->uid, box->vname, c == NULL ?
-		  "no client" : code == PORCUPINE_NOT_FOUND ? "not in the cluster" :
-		  m == NULL && code == PORCUPINE_TEMPFAIL ? "its nodes are out of reach" :
-		  porcupine_error(c));
-	if (code == PORCUPINE_BAD_REQUEST) {
-		pcp_fail_transaction(_mail->transaction, MAIL_ERROR_PARAMS,
-			"Cluster refused the flags or keywords (at most 64 keywords per message)");
-	} else if (code != PORCUPINE_NOT_FOUND) {
-		pcp_fail_transaction(_mail->transaction, MAIL_ERROR_UNAVAILABLE,
-				     m == NULL ? PCP_UNAVAILABLE_REASON :
-				     "Cluster temporarily unavailable, try again later");
+	if (!create)
+		return NULL;
+	set = array_append_space(&pbox->change_sets);
+	set->t = t;
+	set->pool = pool_alloconly_create("porcupine flag changes", 1024);
+	p_array_init(&set->changes, set->pool, 16);
+	return set;
+}
+
+static void pcp_change_set_free(struct pcp_mailbox *pbox,
+				struct mailbox_transaction_context *t)
+{
+	struct pcp_change_set *set;
+	unsigned int i;
+
+	array_foreach_modifiable(&pbox->change_sets, set) {
+		if (set->t == t) {
+			i = array_foreach_idx(&pbox->change_sets, set);
+			pool_unref(&set->pool);
+			array_delete(&pbox->change_sets, i, 1);
+			return;
+		}
 	}
-	return -1;
+}
+
+/* The change of `mail` in its transaction, made on its first update. */
+static struct pcp_change *pcp_change_of(struct mail *mail)
+{
+	struct pcp_change_set *set =
+		pcp_change_set(PCP_BOX(mail->box), mail->transaction, TRUE);
+	struct pcp_change *ch;
+	unsigned int count;
+
+	ch = array_get_modifiable(&set->changes, &count);
+	/* Dovecot walks messages in UID order: the last one first. */
+	if (count > 0 && ch[count - 1].uid == mail->uid)
+		return &ch[count - 1];
+	array_foreach_modifiable(&set->changes, ch) {
+		if (ch->uid == mail->uid)
+			return ch;
+	}
+	ch = array_append_space(&set->changes);
+	ch->uid = mail->uid;
+	ch->old_flags = ch->new_flags = mail_get_flags(mail) & MAIL_FLAGS_NONRECENT;
+	ch->old_keywords = ch->new_keywords =
+		(const char *const *)p_strarray_dup(set->pool, mail_get_keywords(mail));
+	return ch;
 }
 
 static void pcp_mail_update_flags(struct mail *_mail, enum modify_type modify_type,
@@ -1201,30 +1238,17 @@ static void pcp_mail_update_flags(struct mail *_mail, enum modify_type modify_ty
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
 	struct pcp_mail *pmail = PCP_MAIL(mail);
-	struct mailbox *box = _mail->box;
-	struct pcp_mailbox *pbox = PCP_BOX(box);
+	struct pcp_mailbox *pbox = PCP_BOX(_mail->box);
 
 	if (!pbox->in_sync) {
-		enum mail_flags old = mail_get_flags(_mail) & MAIL_FLAGS_NONRECENT;
-		enum mail_flags new_flags = old;
+		struct pcp_change *ch = pcp_change_of(_mail);
 
 		switch (modify_type) {
-		case MODIFY_ADD: new_flags |= flags; break;
-		case MODIFY_REMOVE: new_flags &= ~flags; break;
-		case MODIFY_REPLACE: new_flags = flags; break;
+		case MODIFY_ADD: ch->new_flags |= flags; break;
+		case MODIFY_REMOVE: ch->new_flags &= ~flags; break;
+		case MODIFY_REPLACE: ch->new_flags = flags; break;
 		}
-		new_flags &= MAIL_FLAGS_NONRECENT;
-		if (pcp_flags_to_cluster(new_flags) != pcp_flags_to_cluster(old)) {
-			/* The cluster takes the whole state: the keywords the
-			   message has go along unchanged. */
-			const char *const *keywords = mail_get_keywords(_mail);
-
-			if (pcp_push_state(_mail, new_flags, keywords,
-					   str_array_length(keywords)) < 0)
-				return; /* the cluster decides; keep the cache as it is */
-			pmail->flags_pushed_uid = _mail->uid;
-			pmail->flags_before = old;
-		}
+		ch->new_flags &= MAIL_FLAGS_NONRECENT;
 	}
 	pmail->module_ctx.super.update_flags(_mail, modify_type, flags);
 }
@@ -1261,69 +1285,144 @@ static void pcp_keywords_modify(const char *const *have, size_t nhave,
 	}
 }
 
-/* Pushes the state the keyword change makes; FALSE if the cluster did not
-   take it. A flag change this STORE pushed just before is put back then,
-   so nothing of a refused STORE stays. */
-static bool pcp_push_keywords(struct mail *_mail, struct pcp_mail *pmail,
-			      enum modify_type modify_type,
-			      struct mail_keywords *keywords)
-{
-	const char *const *have = mail_get_keywords(_mail);
-	size_t nhave = str_array_length(have);
-	enum mail_flags flags = mail_get_flags(_mail) & MAIL_FLAGS_NONRECENT;
-	ARRAY_TYPE(const_string) change, want;
-	const char *const *wanted;
-	unsigned int nwant;
-	bool flags_pushed = pmail->flags_pushed_uid == _mail->uid;
-
-	pmail->flags_pushed_uid = 0;
-	t_array_init(&change, 8);
-	pcp_keyword_names(keywords, &change);
-	t_array_init(&want, nhave + array_count(&change) + 1);
-	pcp_keywords_modify(have, nhave, modify_type, &change, &want);
-	wanted = array_get(&want, &nwant);
-	if (pcp_keywords_equal(have, nhave, wanted, nwant))
-		return TRUE;
-	if (pcp_push_state(_mail, flags, wanted, nwant) == 0)
-		return TRUE;
-	if (flags_pushed) {
-		if (pcp_push_state(_mail, pmail->flags_before, have, nhave) == 0) {
-			pmail->module_ctx.super.update_flags(_mail, MODIFY_REPLACE,
-							     pmail->flags_before);
-		} else {
-			e_error(_mail->box->event, "porcupine: UID %u in %s keeps "
-				"the flags of a STORE whose keywords were refused",
-				_mail->uid, _mail->box->vname);
-		}
-	}
-	return FALSE;
-}
-
 static void pcp_mail_update_keywords(struct mail *_mail, enum modify_type modify_type,
 				     struct mail_keywords *keywords)
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
 	struct pcp_mail *pmail = PCP_MAIL(mail);
 	struct pcp_mailbox *pbox = PCP_BOX(_mail->box);
-	bool pushed = TRUE;
 
 	if (!pbox->in_sync) T_BEGIN {
-		pushed = pcp_push_keywords(_mail, pmail, modify_type, keywords);
+		struct pcp_change_set *set;
+		struct pcp_change *ch = pcp_change_of(_mail);
+		ARRAY_TYPE(const_string) change, want;
+		size_t nhave = str_array_length(ch->new_keywords);
+
+		set = pcp_change_set(pbox, _mail->transaction, FALSE);
+		t_array_init(&change, 8);
+		pcp_keyword_names(keywords, &change);
+		t_array_init(&want, nhave + array_count(&change) + 1);
+		pcp_keywords_modify(ch->new_keywords, nhave, modify_type, &change, &want);
+		array_append_zero(&want);
+		ch->new_keywords = (const char *const *)
+			p_strarray_dup(set->pool, array_front(&want));
 	} T_END;
-	if (pushed)
-		pmail->module_ctx.super.update_keywords(_mail, modify_type, keywords);
+	pmail->module_ctx.super.update_keywords(_mail, modify_type, keywords);
 }
 
-/* A transaction with a change the cluster refused: what the cluster took
-   is committed locally as well, and the commit fails (IMAP NO). */
+/* Puts the local state of `mail` back as it was before the transaction
+   (the cluster did not take the change). */
+static void pcp_change_revert(struct mail *mail, const struct pcp_change *ch)
+{
+	struct pcp_mail *pmail = PCP_MAIL((struct mail_private *)mail);
+	struct mail_keywords *kw;
+
+	pmail->module_ctx.super.update_flags(mail, MODIFY_REPLACE, ch->old_flags);
+	kw = mailbox_keywords_create_valid(mail->box, ch->old_keywords);
+	pmail->module_ctx.super.update_keywords(mail, MODIFY_REPLACE, kw);
+	mailbox_keywords_unref(&kw);
+}
+
+/* Sends the flag changes of `t` to the cluster in one batch. A change the
+   cluster did not take is put back locally before the commit, and the
+   commit fails: BAD_REQUEST (more than 64 keywords) as a parameter error,
+   a message out of reach or a cluster that cannot answer as a temporary
+   one. A message gone from the cluster is left to the next sync. */
+static void pcp_flush_changes(struct mailbox_transaction_context *t)
+{
+	struct mailbox *box = t->box;
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+	struct pcp_change_set *set = pcp_change_set(pbox, t, FALSE);
+	ARRAY(struct porcupine_flag_change) batch;
+	ARRAY(const struct pcp_change *) sent;
+	const struct pcp_change *ch;
+	struct porcupine_flag_change *fc;
+	porcupine_client *c;
+	struct mail *mail;
+	int refused = PORCUPINE_OK;
+	unsigned int i, n;
+
+	if (set == NULL)
+		return;
+	c = pcp_connect(box->storage->user);
+	t_array_init(&batch, array_count(&set->changes));
+	t_array_init(&sent, array_count(&set->changes));
+	mail = mail_alloc(t, 0, NULL);
+	array_foreach(&set->changes, ch) {
+		const struct porcupine_message *m = NULL;
+		int code;
+
+		if (ch->new_flags == ch->old_flags &&
+		    pcp_keywords_equal(ch->old_keywords, str_array_length(ch->old_keywords),
+				       ch->new_keywords, str_array_length(ch->new_keywords)))
+			continue;
+		if (!mail_set_uid(mail, ch->uid))
+			continue;
+		code = c == NULL ? PORCUPINE_UNREACHABLE : pcp_lookup_ref(mail, c, &m);
+		if (code != PORCUPINE_OK) {
+			e_warning(box->event, "porcupine: flags and keywords of UID %u in %s "
+				  "not changed: %s", ch->uid, box->vname,
+				  c == NULL ? "no client" : code == PORCUPINE_NOT_FOUND ?
+				  "not in the cluster" : code == PORCUPINE_TEMPFAIL && m == NULL ?
+				  "its nodes are out of reach" : porcupine_error(c));
+			if (code != PORCUPINE_NOT_FOUND) {
+				pcp_change_revert(mail, ch);
+				refused = code;
+			}
+			continue;
+		}
+		fc = array_append_space(&batch);
+		fc->ref = m->ref;
+		fc->flags = pcp_flags_to_cluster(ch->new_flags);
+		fc->keywords = ch->new_keywords;
+		fc->nkeywords = str_array_length(ch->new_keywords);
+		array_push_back(&sent, &ch);
+	}
+	fc = array_get_modifiable(&batch, &n);
+	if (n > 0) {
+		(void)porcupine_set_flags_many(c, box->storage->user->username,
+					       box->vname, fc, n);
+		for (i = 0; i < n; i++) {
+			ch = array_idx_elem(&sent, i);
+			if (fc[i].result == PORCUPINE_OK ||
+			    fc[i].result == PORCUPINE_NOT_FOUND)
+				continue;
+			e_warning(box->event, "porcupine: flags and keywords of UID %u in %s "
+				  "not changed: code %d (%s)", ch->uid, box->vname,
+				  fc[i].result, porcupine_error(c));
+			if (mail_set_uid(mail, ch->uid))
+				pcp_change_revert(mail, ch);
+			if (refused != PORCUPINE_BAD_REQUEST)
+				refused = fc[i].result;
+		}
+	}
+	mail_free(&mail);
+	if (refused == PORCUPINE_BAD_REQUEST) {
+		pcp_fail_transaction(t, MAIL_ERROR_PARAMS,
+			"Cluster refused the flags or keywords (at most 64 keywords per message)");
+	} else if (refused != PORCUPINE_OK) {
+		pcp_fail_transaction(t, MAIL_ERROR_UNAVAILABLE, refused == PORCUPINE_TEMPFAIL ?
+				     PCP_UNAVAILABLE_REASON :
+				     "Cluster temporarily unavailable, try again later");
+	}
+}
+
+/* A transaction's flag changes go to the cluster first; one the cluster
+   did not take is put back, what it took is committed locally, and then
+   the commit fails (IMAP NO). */
 static int pcp_transaction_commit(struct mailbox_transaction_context *t,
 				  struct mail_transaction_commit_changes *changes_r)
 {
 	struct mailbox *box = t->box;
 	struct pcp_mailbox *pbox = PCP_BOX(box);
-	bool failed = pbox->failed_t == t;
+	bool failed;
 	int ret;
 
+	T_BEGIN {
+		pcp_flush_changes(t);
+	} T_END;
+	pcp_change_set_free(pbox, t);
+	failed = pbox->failed_t == t;
 	if (failed)
 		pbox->failed_t = NULL;
 	ret = pbox->module_ctx.super.transaction_commit(t, changes_r);
@@ -1337,6 +1436,7 @@ static void pcp_transaction_rollback(struct mailbox_transaction_context *t)
 {
 	struct pcp_mailbox *pbox = PCP_BOX(t->box);
 
+	pcp_change_set_free(pbox, t);
 	if (pbox->failed_t == t)
 		pbox->failed_t = NULL;
 	pbox->module_ctx.super.transaction_rollback(t);
@@ -1635,6 +1735,7 @@ static void pcp_mailbox_free(struct mailbox *box)
 	array_free(&pbox->saves);
 	array_free(&pbox->moved);
 	array_free(&pbox->out_of_reach);
+	array_free(&pbox->change_sets);
 }
 
 /* Only the local storages the plugin knows how to use as a cache. */
@@ -1659,6 +1760,7 @@ static void pcp_mailbox_allocated(struct mailbox *box)
 	i_array_init(&pbox->saves, 4);
 	i_array_init(&pbox->moved, 4);
 	i_array_init(&pbox->out_of_reach, 4);
+	i_array_init(&pbox->change_sets, 2);
 
 	v->free = pcp_mailbox_free;
 	v->create_box = pcp_create_box;

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "client/porcupine_client.h"
 
@@ -104,6 +105,50 @@ TEST_F(CApi, DeliverListFetchFlagExpungeAndAuthenticate) {
   EXPECT_STREQ(u.user, "ann@example.org");
   EXPECT_EQ(porcupine_user_lookup(client_, "nobody@example.org", &u), PORCUPINE_NO_SUCH_USER);
   EXPECT_EQ(c_deliver(client_, "nobody@example.org", msg, &uid), PORCUPINE_NO_SUCH_USER);
+}
+
+// Many flag states in one pipelined batch: each change gets its own
+// answer, a bad one is refused alone, and the rest are applied.
+TEST_F(CApi, SetFlagsManyAnswersEachChange) {
+  const char* msg = "Subject: batch\r\n\r\nhello\r\n";
+  const size_t n = 100;  // more than the client's window of 64
+  uint32_t uid = 0;
+  for (size_t i = 0; i < n; ++i)
+    ASSERT_EQ(c_deliver(client_, "ann@example.org", msg, &uid), PORCUPINE_OK) << porcupine_error(client_);
+  porcupine_folder f;
+  ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "INBOX", &f), PORCUPINE_OK);
+  ASSERT_EQ(f.count, n);
+  std::vector<porcupine_flag_change> changes(n);
+  const char* kws[] = {"$Label2"};
+  const char* bad[] = {"two words"};
+  for (size_t i = 0; i < n; ++i) {
+    changes[i].ref = f.messages[i].ref;
+    changes[i].flags = static_cast<uint32_t>(i % 2 ? 1 : 4);
+    changes[i].keywords = i == 7 ? bad : kws;
+    changes[i].nkeywords = 1;
+    changes[i].result = -1;
+  }
+  ASSERT_EQ(porcupine_set_flags_many(client_, "ann@example.org", "INBOX", changes.data(), n), PORCUPINE_OK)
+      << porcupine_error(client_);
+  for (size_t i = 0; i < n; ++i)
+    EXPECT_EQ(changes[i].result, i == 7 ? PORCUPINE_BAD_REQUEST : PORCUPINE_OK) << i;
+  EXPECT_NE(std::string(porcupine_error(client_)).find("BAD_REQUEST"), std::string::npos);
+  porcupine_folder g;
+  ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "INBOX", &g), PORCUPINE_OK);
+  ASSERT_EQ(g.count, n);
+  for (size_t i = 0; i < n; ++i) {
+    if (i == 7) {
+      EXPECT_EQ(g.messages[i].flags, 0u);
+      EXPECT_EQ(g.messages[i].nkeywords, 0u);
+      continue;
+    }
+    EXPECT_EQ(g.messages[i].flags, i % 2 ? 1u : 4u) << i;
+    ASSERT_EQ(g.messages[i].nkeywords, 1u) << i;
+    EXPECT_STREQ(g.messages[i].keywords[0], "$Label2");
+  }
+  porcupine_folder_free(&f);
+  porcupine_folder_free(&g);
+  EXPECT_EQ(porcupine_set_flags_many(client_, "ann@example.org", "INBOX", nullptr, 0), PORCUPINE_OK);
 }
 
 TEST_F(CApi, NoAgentIsUnreachableNotACrash) {
