@@ -6,6 +6,7 @@
 // Env::reply. Requests to peers are resent until answered or until the
 // deadline: each is idempotent (same update id, or a fresh harmless UID).
 #include <algorithm>
+#include <cctype>
 #include <functional>
 
 #include "hash.h"
@@ -89,8 +90,17 @@ void Node::mutate(Time now, std::uint64_t req, Update::Kind kind, const MessageR
 
 void Node::set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags,
                      std::vector<std::string> keywords) {
-  std::sort(keywords.begin(), keywords.end());
-  keywords.erase(std::unique(keywords.begin(), keywords.end()), keywords.end());
+  // IMAP keywords are case-insensitive (RFC 3501): one of each, spelled
+  // as its first occurrence, in case-insensitive order.
+  auto lower = [](std::string s) {
+    for (char& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return s;
+  };
+  std::stable_sort(keywords.begin(), keywords.end(),
+                   [&](const std::string& a, const std::string& b) { return lower(a) < lower(b); });
+  keywords.erase(std::unique(keywords.begin(), keywords.end(),
+                             [&](const std::string& a, const std::string& b) { return lower(a) == lower(b); }),
+                 keywords.end());
   mutate(now, req, Update::Kind::Flags, target, [flags, &keywords](MessageRecord& r) {
     r.flags = flags;
     r.keywords = keywords;

@@ -547,12 +547,14 @@ TEST(Flags, KeywordsTravelWithTheFlagsAndTheLastWholeStateWins) {
     EXPECT_EQ(l->records.size(), 1u);
     return l->records.empty() ? MessageRecord{} : l->records[0];
   };
-  ASSERT_EQ(set(2, kSeen, {"NonJunk", "$Label1", "NonJunk"})->status, Status::Ok);
+  ASSERT_EQ(set(2, kSeen, {"NonJunk", "$Label1", "nonjunk", "NonJunk"})->status, Status::Ok);
   h.c.run_for(2000);
   for (NodeId via = 1; via <= 3; ++via) {
     MessageRecord r = listed(via);
     EXPECT_EQ(r.flags, kSeen);
-    EXPECT_EQ(r.keywords, (std::vector<std::string>{"$Label1", "NonJunk"}));  // sorted, once each
+    // Sorted, once each, without regard to case (IMAP keywords are
+    // case-insensitive), spelled as first given.
+    EXPECT_EQ(r.keywords, (std::vector<std::string>{"$Label1", "NonJunk"}));
   }
   // A later change of the flags alone (no keywords) is the new whole state.
   ASSERT_EQ(set(3, kSeen | kFlagged, {"$Label1"})->status, Status::Ok);
