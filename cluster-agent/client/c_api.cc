@@ -256,6 +256,45 @@ int porcupine_fetch(porcupine_client* c, const char* user, const char* folder, c
   });
 }
 
+int porcupine_fetch_many(porcupine_client* c, const char* user, const char* folder, porcupine_fetched* items,
+                         size_t n) {
+  return guarded(c, [&]() -> int {
+    if (n > 0 && !items) return fail(c, PORCUPINE_BAD_REQUEST, "items are required");
+    std::vector<pb::Request> reqs(n);
+    for (size_t i = 0; i < n; ++i) {
+      items[i].body = nullptr;
+      items[i].len = 0;
+      items[i].result = PORCUPINE_UNREACHABLE;
+      from_ref(items[i].ref, user, folder, reqs[i].mutable_fetch()->mutable_ref());
+    }
+    auto answers = c->client.call_many(reqs, 8);
+    int code = PORCUPINE_OK;
+    for (size_t i = 0; i < n; ++i) {
+      if (!answers[i]) {
+        code = PORCUPINE_UNREACHABLE;
+        continue;
+      }
+      items[i].result = static_cast<int>(answers[i]->code());
+      if (answers[i]->code() != pb::OK) {
+        c->error = std::string(porcupine::client::code_name(answers[i]->code())) +
+                   (answers[i]->detail().empty() ? "" : ": " + answers[i]->detail());
+        continue;
+      }
+      const std::string& b = answers[i]->body();
+      items[i].body = static_cast<char*>(std::malloc(b.size() + 1));
+      if (!items[i].body) {
+        items[i].result = PORCUPINE_INTERNAL;
+        continue;
+      }
+      std::memcpy(items[i].body, b.data(), b.size());
+      items[i].body[b.size()] = '\0';
+      items[i].len = b.size();
+    }
+    if (code != PORCUPINE_OK) return fail(c, code, c->client.error());
+    return PORCUPINE_OK;
+  });
+}
+
 void porcupine_body_free(char* body) { std::free(body); }
 
 int porcupine_set_flags(porcupine_client* c, const char* user, const char* folder, const porcupine_msgref* ref,

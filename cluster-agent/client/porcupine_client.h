@@ -104,6 +104,22 @@ int porcupine_fetch(porcupine_client* c, const char* user, const char* folder,
                     const struct porcupine_msgref* ref, char** body, size_t* len);
 void porcupine_body_free(char* body);
 
+/* One message of a porcupine_fetch_many batch. */
+struct porcupine_fetched {
+  struct porcupine_msgref ref; /* in */
+  char* body;                  /* out, on PORCUPINE_OK: free with porcupine_body_free */
+  size_t len;
+  int result;                  /* out: this fetch's porcupine_code */
+};
+
+/* Fetches many messages of one folder at once (pipelined; one deadline for
+ * the batch, so keep batches to what can come within it). Returns
+ * PORCUPINE_OK when every fetch got an answer (each in its `result`),
+ * otherwise the failure that stopped the batch; fetches it left without an
+ * answer have that code as their result. */
+int porcupine_fetch_many(porcupine_client* c, const char* user, const char* folder,
+                         struct porcupine_fetched* items, size_t n);
+
 /* Sets the message's whole flag state: the system flags and (the _keywords
  * form) its IMAP keywords; porcupine_set_flags leaves it with none. Last
  * writer wins for the state as a whole. PORCUPINE_BAD_REQUEST for more

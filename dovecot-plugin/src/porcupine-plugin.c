@@ -81,6 +81,10 @@
 #define PCP_LIST(obj) MODULE_CONTEXT(obj, pcp_list_module)
 
 #define PCP_DEFAULT_TIMEOUT_MS 10000
+/* A sync fetches the bodies it lacks this many at a time (pipelined), and
+   about this many bytes: a batch must come within one call's deadline. */
+#define PCP_FETCH_BATCH 16
+#define PCP_FETCH_BATCH_BYTES (8 * 1024 * 1024)
 #define PCP_DEFAULT_IDLE_POLL_MS 2000
 /* LIST follows the cluster's folder list at most this often. */
 #define PCP_FOLLOW_INTERVAL_MS 1000
@@ -505,29 +509,17 @@ static int pcp_reset(struct mailbox *box, const struct mail_index_header *hdr,
 	return 0;
 }
 
-/* Fetches one message from the cluster and saves it in the local cache
-   with the cluster's UID, flags and internal date. 0: saved (or expunged
-   meanwhile); -1: no holder gave the body; -2: the local save failed. */
-static int pcp_fetch_and_save(struct mailbox_transaction_context *t,
-			      porcupine_client *c,
-			      const struct porcupine_message *m)
+/* Saves message `m`, whose body is `body`, in the local cache with the
+   cluster's UID, flags and internal date. -1 if the local save failed. */
+static int pcp_save_body(struct mailbox_transaction_context *t,
+			 const struct porcupine_message *m,
+			 const char *body, size_t len)
 {
 	struct mailbox *box = t->box;
 	struct mail_save_context *save;
 	struct istream *input;
-	char *body;
-	size_t len;
-	int code, ret;
+	int ret;
 
-	code = porcupine_fetch(c, box->storage->user->username, box->vname,
-			       &m->ref, &body, &len);
-	if (code == PORCUPINE_NOT_FOUND)
-		return 0; /* expunged since the listing */
-	if (code != PORCUPINE_OK) {
-		e_warning(box->event, "porcupine: fetching UID %u of %s failed: %s",
-			  m->uid, box->vname, porcupine_error(c));
-		return -1;
-	}
 	save = mailbox_save_alloc(t);
 	mailbox_save_set_uid(save, m->uid);
 	if (m->nkeywords > 0) {
@@ -550,11 +542,10 @@ static int pcp_fetch_and_save(struct mailbox_transaction_context *t,
 		ret = mailbox_save_finish(&save);
 	}
 	i_stream_unref(&input);
-	porcupine_body_free(body);
 	if (ret < 0) {
 		e_error(box->event, "porcupine: saving UID %u of %s locally failed: %s",
 			m->uid, box->vname, mailbox_get_last_internal_error(box, NULL));
-		return -2;
+		return -1;
 	}
 	return 0;
 }
@@ -620,8 +611,9 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 	struct mail_index_view *view;
 	const struct mail_index_header *hdr;
 	struct mail *mail;
-	ARRAY(const struct porcupine_message *) missing;
+	ARRAY(const struct porcupine_message *) missing, todo;
 	const struct porcupine_message *const *mp;
+	unsigned int i, ntodo;
 	uint32_t seq, count, next_uid;
 	struct pcp_mailbox *pbox = PCP_BOX(box);
 	size_t ci = 0;
@@ -685,6 +677,10 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 			  seq_range_count(&pbox->out_of_reach), box->vname);
 	}
 
+	/* The missing messages in UID order, fetched a batch at a time
+	   (pipelined), each batch at most PCP_FETCH_BATCH messages and about
+	   PCP_FETCH_BATCH_BYTES. */
+	t_array_init(&todo, array_count(&missing));
 	array_foreach(&missing, mp) {
 		if ((*mp)->uid < next_uid) {
 			/* The local index already used this UID: it cannot
@@ -694,20 +690,49 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 				  box->vname, next_uid);
 			continue;
 		}
-		int saved = pcp_fetch_and_save(t, c, *mp);
-		if (saved == -1) {
-			/* No holder gave the body: a placeholder keeps the
-			   message's place (UIDs are cached in order), the
-			   later ones are cached too. */
-			saved = pcp_save_placeholder(&t, *mp) < 0 ? -2 : 0;
+		array_push_back(&todo, mp);
+	}
+	mp = array_get(&todo, &ntodo);
+	for (i = 0; i < ntodo && ret == 0; ) {
+		struct porcupine_fetched items[PCP_FETCH_BATCH];
+		uint64_t bytes = 0;
+		unsigned int n = 0, k;
+
+		while (i + n < ntodo && n < PCP_FETCH_BATCH &&
+		       (n == 0 || bytes + mp[i + n]->size <= PCP_FETCH_BATCH_BYTES)) {
+			bytes += mp[i + n]->size;
+			i_zero(&items[n]);
+			items[n].ref = mp[i + n]->ref;
+			n++;
 		}
-		if (saved < 0) {
-			/* The local save failed: the messages before it are
-			   kept; this one and the later ones come at a later
-			   sync. */
-			ret = -1;
-			break;
+		(void)porcupine_fetch_many(c, box->storage->user->username,
+					   box->vname, items, n);
+		for (k = 0; k < n; k++) {
+			const struct porcupine_message *m = mp[i + k];
+			int saved = 0;
+
+			if (ret != 0) {
+				/* an earlier local save failed: later syncs */
+			} else if (items[k].result == PORCUPINE_OK) {
+				saved = pcp_save_body(t, m, items[k].body, items[k].len);
+			} else if (items[k].result != PORCUPINE_NOT_FOUND) {
+				/* No holder gave the body: a placeholder keeps
+				   the message's place (UIDs are cached in
+				   order), the later ones are cached too. */
+				e_warning(box->event, "porcupine: fetching UID %u of %s "
+					  "failed: code %d (%s)", m->uid, box->vname,
+					  items[k].result, porcupine_error(c));
+				saved = pcp_save_placeholder(&t, m);
+			} /* NOT_FOUND: expunged since the listing */
+			if (saved < 0) {
+				/* The local save failed: the messages before it
+				   are kept; this one and the later ones come at
+				   a later sync. */
+				ret = -1;
+			}
+			porcupine_body_free(items[k].body);
 		}
+		i += n;
 	}
 	if (pcp_commit(&t) < 0)
 		return -1;
