@@ -107,9 +107,9 @@ TEST_F(CApi, DeliverListFetchFlagExpungeAndAuthenticate) {
   EXPECT_EQ(c_deliver(client_, "nobody@example.org", msg, &uid), PORCUPINE_NO_SUCH_USER);
 }
 
-// Many flag states in one pipelined batch: each change gets its own
-// answer, a bad one is refused alone, and the rest are applied.
-TEST_F(CApi, SetFlagsManyAnswersEachChange) {
+// Many fetches and many flag states, each in one pipelined batch: each
+// gets its own answer, a bad one fails alone, the rest are done.
+TEST_F(CApi, FetchManyAndSetFlagsManyAnswerEachItem) {
   const char* msg = "Subject: batch\r\n\r\nhello\r\n";
   const size_t n = 100;  // more than the client's window of 64
   uint32_t uid = 0;
@@ -118,6 +118,23 @@ TEST_F(CApi, SetFlagsManyAnswersEachChange) {
   porcupine_folder f;
   ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "INBOX", &f), PORCUPINE_OK);
   ASSERT_EQ(f.count, n);
+  // Every body in one pipelined batch; a reference no live node holds
+  // fails alone.
+  std::vector<porcupine_fetched> items(n + 1);
+  for (size_t i = 0; i < n; ++i) items[i].ref = f.messages[i].ref;
+  items[n].ref = f.messages[0].ref;
+  items[n].ref.replicas[0] = 200;
+  items[n].ref.nreplicas = 1;
+  ASSERT_EQ(porcupine_fetch_many(client_, "ann@example.org", "INBOX", items.data(), n + 1), PORCUPINE_OK)
+      << porcupine_error(client_);
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_EQ(items[i].result, PORCUPINE_OK) << i;
+    EXPECT_EQ(std::string(items[i].body, items[i].len), msg);
+    porcupine_body_free(items[i].body);
+  }
+  EXPECT_EQ(items[n].result, PORCUPINE_TEMPFAIL);
+  EXPECT_EQ(items[n].body, nullptr);
+
   std::vector<porcupine_flag_change> changes(n);
   const char* kws[] = {"$Label2"};
   const char* bad[] = {"two words"};
