@@ -1892,27 +1892,32 @@ static int pcp_mail_get_virtual_size(struct mail *_mail, uoff_t *size_r)
 	return index_mail_get_virtual_size(_mail, size_r);
 }
 
-/* The internal date of a placeholder: the cluster's, from its stamp. */
+/* The internal date of a placeholder (the cluster's, from its stamp) into
+   *date_r; FALSE for any other message. */
+static bool pcp_placeholder_date(struct mail *mail, time_t *date_r)
+{
+	const struct pcp_ext_rec *rec = pcp_placeholder(mail);
+
+	if (rec == NULL)
+		return FALSE;
+	*date_r = (time_t)(rec->internal_date_ms / 1000);
+	return TRUE;
+}
+
 static int pcp_mail_get_received_date(struct mail *_mail, time_t *date_r)
 {
 	struct pcp_mail *pmail = PCP_MAIL((struct mail_private *)_mail);
-	const struct pcp_ext_rec *rec = pcp_placeholder(_mail);
 
-	if (rec == NULL)
-		return pmail->module_ctx.super.get_received_date(_mail, date_r);
-	*date_r = (time_t)(rec->internal_date_ms / 1000);
-	return 0;
+	return pcp_placeholder_date(_mail, date_r) ? 0 :
+		pmail->module_ctx.super.get_received_date(_mail, date_r);
 }
 
 static int pcp_mail_get_save_date(struct mail *_mail, time_t *date_r)
 {
 	struct pcp_mail *pmail = PCP_MAIL((struct mail_private *)_mail);
-	const struct pcp_ext_rec *rec = pcp_placeholder(_mail);
 
-	if (rec == NULL)
-		return pmail->module_ctx.super.get_save_date(_mail, date_r);
-	*date_r = (time_t)(rec->internal_date_ms / 1000);
-	return 1;
+	return pcp_placeholder_date(_mail, date_r) ? 1 :
+		pmail->module_ctx.super.get_save_date(_mail, date_r);
 }
 
 /* What the local storage would read from its own file, for a placeholder

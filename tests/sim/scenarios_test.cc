@@ -18,7 +18,8 @@ namespace {
 struct Harness {
   Cluster c;
   WorkloadLog log;
-  explicit Harness(int nodes, std::uint64_t seed = 7, CoreConfig cfg = {}) : c(seed, cfg) {
+  int size;
+  explicit Harness(int nodes, std::uint64_t seed = 7, CoreConfig cfg = {}) : c(seed, cfg), size(nodes) {
     std::vector<NodeId> seeds;
     for (int i = 1; i <= nodes; ++i) seeds.push_back(static_cast<NodeId>(i));
     for (NodeId i : seeds) c.add_node(i, seeds);
@@ -55,6 +56,13 @@ struct Harness {
     for (const auto& b : bad) ADD_FAILURE() << b;
   }
   Epoch epoch(NodeId n) { return c.node(n)->membership().epoch(); }
+  // The nodes holding a copy of the user's profile.
+  std::vector<NodeId> profile_holders(const std::string& u) {
+    std::vector<NodeId> out;
+    for (NodeId n = 1; n <= static_cast<NodeId>(size); ++n)
+      if (c.node(n)->replicator().profiles().count(canonical_user(u))) out.push_back(n);
+    return out;
+  }
   // The target a client would address flag changes and expunges to.
   static MessageRecord target(const ClientReply& r, const std::string& u) {
     MessageRecord t;
@@ -325,9 +333,7 @@ TEST(Reads, AListingNamesTheNodesItCoversSoAbsentIsNotTakenForExpunged) {
   Harness h(5);
   const std::string u = "kit@example.org";
   h.user(u);
-  std::vector<NodeId> profile_holders;
-  for (NodeId n = 1; n <= 5; ++n)
-    if (h.c.node(n)->replicator().profiles().count(canonical_user(u))) profile_holders.push_back(n);
+  const std::vector<NodeId> profile_holders = h.profile_holders(u);
   ASSERT_EQ(profile_holders.size(), 2u);
   // A message stored while one profile holder is down, so it is not on
   // both: the user stays known while the message's holders are down.
@@ -400,9 +406,7 @@ TEST(Users, AUserWhoseProfileIsOutOfReachIsTryAgainNotNoSuchUser) {
   Harness h(4);
   const std::string u = "lou@example.org";
   h.user(u);
-  std::vector<NodeId> profile_holders;
-  for (NodeId n = 1; n <= 4; ++n)
-    if (h.c.node(n)->replicator().profiles().count(canonical_user(u))) profile_holders.push_back(n);
+  const std::vector<NodeId> profile_holders = h.profile_holders(u);
   ASSERT_EQ(profile_holders.size(), 2u);
   NodeId via = 1;
   while (via == profile_holders[0] || via == profile_holders[1]) ++via;
