@@ -338,10 +338,14 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         const auto& l = q.folder_list();
         if (l.user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
         std::string folder = l.folder().empty() ? "INBOX" : l.folder();
-        return run(id, [u = l.user(), folder](Node& n, Time t, std::uint64_t r) { n.list(t, r, u, folder); },
+        return run(id,
+                   [u = l.user(), folder, digest_only = l.digest_only()](Node& n, Time t, std::uint64_t r) {
+                     n.list(t, r, u, folder, digest_only);
+                   },
                    [](const ClientReply& c, pb::Response& r) {
                      r.set_uidvalidity(c.uidvalidity);
                      r.set_next_uid(c.uid);
+                     r.set_folder_digest(c.folder_digest);
                      for (NodeId n : c.reachable) r.add_reachable_nodes(n);
                      for (const auto& m : c.records) {
                        auto* info = r.add_messages();

@@ -172,6 +172,7 @@ int porcupine_folder_list(porcupine_client* c, const char* user, const char* fol
     if (code != PORCUPINE_OK) return code;
     out->uidvalidity = r.uidvalidity();
     out->next_uid = r.next_uid();
+    out->digest = r.folder_digest();
     if (r.reachable_nodes_size() > 0) {
       out->reachable = static_cast<uint32_t*>(std::calloc(static_cast<size_t>(r.reachable_nodes_size()), sizeof(uint32_t)));
       if (!out->reachable) return fail(c, PORCUPINE_INTERNAL, "out of memory");
@@ -211,6 +212,21 @@ int porcupine_folder_list(porcupine_client* c, const char* user, const char* fol
         }
       }
     }
+    return PORCUPINE_OK;
+  });
+}
+
+int porcupine_folder_digest(porcupine_client* c, const char* user, const char* folder, uint64_t* digest) {
+  return guarded(c, [&]() -> int {
+    if (!user || !digest) return fail(c, PORCUPINE_BAD_REQUEST, "user and digest are required");
+    pb::Request req;
+    req.mutable_folder_list()->set_user(user);
+    req.mutable_folder_list()->set_folder(folder && *folder ? folder : "INBOX");
+    req.mutable_folder_list()->set_digest_only(true);
+    pb::Response r;
+    int code = call(c, req, r);
+    if (code != PORCUPINE_OK) return code;
+    *digest = r.folder_digest();
     return PORCUPINE_OK;
   });
 }

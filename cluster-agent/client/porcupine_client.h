@@ -70,6 +70,8 @@ struct porcupine_folder {
    * (its nodes are down or did not answer), not necessarily gone. */
   size_t nreachable;
   uint32_t* reachable;
+  /* A digest of everything the listing shows: equal digests, no change. */
+  uint64_t digest;
 };
 
 /* 1 if the listing covers a node holding `ref` (so a message missing from
@@ -99,6 +101,10 @@ int porcupine_deliver(porcupine_client* c, const char* user, const char* folder,
 int porcupine_folder_list(porcupine_client* c, const char* user, const char* folder,
                           struct porcupine_folder* out);
 void porcupine_folder_free(struct porcupine_folder* f);
+
+/* Only the digest porcupine_folder_list would give (porcupine_folder.digest),
+ * without the messages: a cheap "has anything changed?". */
+int porcupine_folder_digest(porcupine_client* c, const char* user, const char* folder, uint64_t* digest);
 
 int porcupine_fetch(porcupine_client* c, const char* user, const char* folder,
                     const struct porcupine_msgref* ref, char** body, size_t* len);

@@ -470,18 +470,23 @@ void to_pb(const ListRequest& m, pb::ListRequest& p) {
   p.set_req(m.req);
   p.set_user(m.user);
   p.set_folder(m.folder);
+  p.set_digest_only(m.digest_only);
 }
 bool from_pb(const pb::ListRequest& p, ListRequest& m, Check&) {
-  m = {p.req(), p.user(), p.folder()};
+  m = {p.req(), p.user(), p.folder(), p.digest_only()};
   return true;
 }
 
 void to_pb(const ListReply& m, pb::ListReply& p) {
   p.set_req(m.req);
   for (const MessageRecord& r : m.records) to_pb(r, *p.add_records());
+  p.set_has_digest(m.has_digest);
+  p.set_digest(m.digest);
 }
 bool from_pb(const pb::ListReply& p, ListReply& m, Check& c) {
   m.req = p.req();
+  m.has_digest = p.has_digest();
+  m.digest = p.digest();
   for (const pb::MessageRecord& r : p.records())
     if (!from_pb(r, m.records.emplace_back(), c)) return false;
   return true;

@@ -28,6 +28,10 @@ struct ClientReply {
   // absent from `records` none of whose replicas is here may just be out
   // of reach, not gone.
   std::vector<NodeId> reachable;
+  // list: a digest of everything the listing shows (and of which nodes
+  // answered): equal digests, nothing changed. With digest_only, the
+  // records are not sent.
+  std::uint64_t folder_digest = 0;
   Body body;                           // fetch (a large one: in its spool file)
   std::optional<Profile> profile;      // get_user
   NodeId manager = kNoNode;            // get_user: the node that answered as the user's manager

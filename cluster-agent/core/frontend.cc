@@ -9,6 +9,8 @@
 #include <cctype>
 #include <functional>
 
+#include <xxhash.h>
+
 #include "hash.h"
 #include "node.h"
 
@@ -58,10 +60,12 @@ void Node::deliver(Time now, std::uint64_t req, const std::string& user, const s
   fe_tick(now);
 }
 
-void Node::list(Time now, std::uint64_t req, const std::string& user, const std::string& folder) {
+void Node::list(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
+                bool digest_only) {
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
   p.kind = Pending::Kind::Map;
+  p.digest_only = digest_only;
   p.client_req = req;
   p.deadline = now + cfg_.request_timeout;
   p.user = canonical_user(user);
@@ -153,7 +157,7 @@ void Node::fe_tick(Time now) {
       }
       case Pending::Kind::List:
       case Pending::Kind::Renumber:
-        for (NodeId n : p.awaiting) send(n, ListRequest{id, p.user, p.folder});
+        for (NodeId n : p.awaiting) send(n, ListRequest{id, p.user, p.folder, p.digest_only});
         break;
       case Pending::Kind::Fetch:
         // The holder did not answer in time: the next one.
@@ -197,7 +201,7 @@ void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& node
     return;
   }
   p.retry_at = now + cfg_.push_retry;
-  for (NodeId n : p.awaiting) send(n, ListRequest{id, p.user, p.folder});
+  for (NodeId n : p.awaiting) send(n, ListRequest{id, p.user, p.folder, p.digest_only});
 }
 
 void Node::fe_finish_list(std::uint64_t id) {
@@ -220,6 +224,14 @@ void Node::fe_finish_list(std::uint64_t id) {
   std::sort(r.records.begin(), r.records.end(),
             [](const MessageRecord& a, const MessageRecord& b) { return a.uid < b.uid; });
   if (!p.awaiting.empty()) r.detail = "some fragments unreachable";
+  std::string d;
+  for (const auto& [n, digest] : p.digests) {
+    d.append(reinterpret_cast<const char*>(&n), sizeof n);
+    d.append(reinterpret_cast<const char*>(&digest), sizeof digest);
+  }
+  d.append(reinterpret_cast<const char*>(&p.uidvalidity), sizeof p.uidvalidity);
+  r.folder_digest = XXH64(d.data(), d.size(), 0);
+  if (p.digest_only) r.records.clear();
   std::set<NodeId> reachable{cfg_.self};
   for (const auto& m : membership_.members())
     if (live(m.id)) reachable.insert(m.id);
@@ -342,10 +354,17 @@ void Node::fe_reply(NodeId from, const Message& m) {
     if (!p || (p->kind != Pending::Kind::List && p->kind != Pending::Kind::Renumber)) return;
     if (!p->awaiting.erase(from)) return;
     p->answered.insert(from);
-    for (const auto& rec : l->records) {
-      auto [it, fresh] = p->gathered.try_emplace(rec.id, rec);
-      if (!fresh) merge_record(it->second, rec, now_);
+    std::uint64_t digest = l->digest;
+    if (!l->has_digest) {  // records (a full listing, or an older node)
+      digest = 0;
+      for (const auto& rec : l->records) digest += record_digest(rec);
     }
+    p->digests[from] = digest;
+    if (!p->digest_only)
+      for (const auto& rec : l->records) {
+        auto [it, fresh] = p->gathered.try_emplace(rec.id, rec);
+        if (!fresh) merge_record(it->second, rec, now_);
+      }
     if (p->awaiting.empty()) fe_finish_list(l->req);
   }
 }
@@ -427,9 +446,14 @@ void Node::serve_usage(NodeId from, const UsageRequest& r) {
 void Node::serve_list(NodeId from, const ListRequest& l) {
   ListReply rep;
   rep.req = l.req;
+  rep.has_digest = l.digest_only;
   for (const MsgId& id : repl_.user_records(l.user)) {
     const MessageRecord& r = repl_.records().at(id);
     if (r.folder != l.folder) continue;
+    if (l.digest_only) {
+      rep.digest += record_digest(r);
+      continue;
+    }
     MessageRecord copy = r;
     copy.body.clear();  // has_body stays: the list says the body is here
     rep.records.push_back(std::move(copy));

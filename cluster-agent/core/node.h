@@ -50,7 +50,11 @@ class Node {
   // Into another folder of the same user; it gets a new UID there shortly
   // (the destination's manager renumbers it) and shows in lists after.
   void move(Time now, std::uint64_t req, const MessageRecord& target, const std::string& to_folder);
-  void list(Time now, std::uint64_t req, const std::string& user, const std::string& folder);
+  // The folder's messages, gathered from every node of its mail map; with
+  // digest_only, only a digest of them (ClientReply::folder_digest), which
+  // changes whenever what a listing would show changes.
+  void list(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
+            bool digest_only = false);
   // `target` needs id and replicas; tries this node first, then each replica.
   void fetch(Time now, std::uint64_t req, const MessageRecord& target);
   // The user database (users.cc), answered by each user's manager.
@@ -110,6 +114,8 @@ class Node {
     std::set<NodeId> awaiting;                    // List/Renumber: nodes still to answer
     std::set<NodeId> answered;                    // List/Renumber: nodes that answered
     std::map<MsgId, MessageRecord> gathered;      // List/Renumber: merged records
+    bool digest_only = false;                     // List: the digest alone
+    std::map<NodeId, std::uint64_t> digests;      // List: each answering node's folder digest
     std::vector<NodeId> candidates;               // Fetch: holders still to try
     UserUpdateRequest change;                     // UserUpdate
     std::set<std::string> users;                  // UserList: gathered

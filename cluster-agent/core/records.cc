@@ -1,9 +1,32 @@
 // records.cc - merge rules of the replicated hard state (see records.h).
 #include "records.h"
 
+#include <xxhash.h>
+
 #include <algorithm>
 
 namespace porcupine {
+
+std::uint64_t record_digest(const MessageRecord& r) {
+  std::string b;
+  auto put = [&b](std::uint64_t v) {
+    for (int i = 0; i < 8; ++i) b.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  };
+  auto put_str = [&](const std::string& s) {
+    put(s.size());
+    b += s;
+  };
+  put(r.id.origin);
+  put(r.id.seq);
+  put_str(r.folder);
+  put(r.uidvalidity);
+  put(r.uid);
+  put(r.flags);
+  put(r.keywords.size());
+  for (const auto& k : r.keywords) put_str(k);
+  put((r.expunged ? 1u : 0u) | (r.has_body ? 2u : 0u));
+  return XXH64(b.data(), b.size(), 0);
+}
 
 bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now) {
   bool changed = false;

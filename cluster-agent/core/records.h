@@ -52,6 +52,12 @@ struct MessageRecord {
 // anything changed.
 bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now);
 
+// A 64-bit digest of what a reader of a folder listing sees of a record
+// (id, folder, UIDVALIDITY, UID, flags, keywords, expunged, body held):
+// XXH64 of a fixed encoding, the same on every node. A node's digest of a
+// folder is the sum of its records' digests (any order).
+std::uint64_t record_digest(const MessageRecord& r);
+
 // A folder the user has, kept in the profile: created or deleted by the
 // newest version (a deleted folder stays as a tombstone).
 struct FolderMeta {

@@ -140,11 +140,14 @@ struct ListRequest {
   std::uint64_t req = 0;
   std::string user;
   std::string folder;
+  bool digest_only = false;  // answer the digest, not the records
   bool operator==(const ListRequest&) const = default;
 };
 struct ListReply {
   std::uint64_t req = 0;
-  std::vector<MessageRecord> records;  // bodies stripped
+  std::vector<MessageRecord> records;  // bodies stripped; none when digest_only
+  bool has_digest = false;             // digest_only answered (older nodes send records)
+  std::uint64_t digest = 0;            // sum of record_digest over the folder's records here
   bool operator==(const ListReply&) const = default;
 };
 struct FetchRequest {

@@ -118,6 +118,9 @@ struct pcp_mailbox {
 	struct porcupine_message *refs;
 	size_t nrefs;
 	uint32_t uidvalidity;
+	/* The digest of the last listing a sync applied in full (0: none):
+	   IDLE's poll compares the cluster's digest with it. */
+	uint64_t synced_digest;
 	/* A transaction with a flag, keyword or expunge change the cluster
 	   refused (BAD_REQUEST) or could not make (the message's nodes are
 	   out of reach): its commit fails with this error (IMAP NO). */
@@ -790,6 +793,7 @@ static int pcp_sync_from_cluster(struct mailbox *box)
 			i_close_fd(&lock_fd);
 	} T_END;
 	pbox->in_sync = FALSE;
+	pbox->synced_digest = ret == 0 ? folder.digest : 0;
 	pcp_set_refs(pbox, &folder);
 	return ret;
 }
@@ -829,52 +833,25 @@ static int pcp_get_status(struct mailbox *box, enum mailbox_status_items items,
 
 /* ---- IDLE: changes made on other nodes ------------------------------------ */
 
-/* TRUE if the cluster's listing differs from the one the last sync applied
-   (a message added or expunged, flags or keywords changed, a new
-   UIDVALIDITY). */
-static bool pcp_listing_changed(const struct pcp_mailbox *pbox,
-				const struct porcupine_folder *folder)
-{
-	size_t i;
-
-	if (folder->uidvalidity != pbox->uidvalidity || folder->count != pbox->nrefs)
-		return TRUE;
-	for (i = 0; i < folder->count; i++) {
-		const struct porcupine_message *a = &folder->messages[i];
-		const struct porcupine_message *b = &pbox->refs[i];
-		size_t k;
-
-		if (a->uid != b->uid || a->flags != b->flags ||
-		    a->nkeywords != b->nkeywords)
-			return TRUE;
-		for (k = 0; k < a->nkeywords; k++) {
-			if (strcmp(a->keywords[k], b->keywords[k]) != 0)
-				return TRUE;
-		}
-	}
-	return FALSE;
-}
-
 static void pcp_poll(struct mailbox *box)
 {
 	struct pcp_mailbox *pbox = PCP_BOX(box);
 	struct mail_user *user = box->storage->user;
-	struct porcupine_folder folder;
 	porcupine_client *c = pcp_connect(user);
-	bool changed;
+	uint64_t digest;
 
 	if (c == NULL || box->notify_callback == NULL)
 		return;
-	if (porcupine_folder_list(c, user->username, box->vname, &folder) != PORCUPINE_OK) {
+	/* Only the digest of the folder: the nodes answer a number, not
+	   their records. */
+	if (porcupine_folder_digest(c, user->username, box->vname, &digest) != PORCUPINE_OK) {
 		e_debug(box->event, "porcupine: polling %s failed: %s",
 			box->vname, porcupine_error(c));
 		return;
 	}
-	changed = pcp_listing_changed(pbox, &folder);
-	porcupine_folder_free(&folder);
 	/* The callback syncs the mailbox (pcp_sync_init), which applies the
-	   cluster's listing and remembers it. */
-	if (changed)
+	   cluster's listing and remembers its digest. */
+	if (digest != pbox->synced_digest)
 		box->notify_callback(box, box->notify_context);
 }
 

@@ -399,6 +399,55 @@ TEST(Reads, AListingNamesTheNodesItCoversSoAbsentIsNotTakenForExpunged) {
   h.expect_invariants();
 }
 
+// IDLE asks only for a digest of a folder: it equals the full listing's,
+// stays put while nothing changes and moves with every change a listing
+// would show (new mail, flags, keywords, an expunge), whoever asks.
+TEST(Reads, AFolderDigestMovesWithWhatAListingShowsAndOnlyThen) {
+  Harness h(3);
+  const std::string u = "max@example.org";
+  h.user(u);
+  const ClientReply* d = h.deliver(1, u);
+  ASSERT_EQ(d->status, Status::Ok);
+  MessageRecord t = Harness::target(*d, u);
+  auto digest = [&](NodeId via, bool only) {
+    const ClientReply* l =
+        h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.list(now, req, u, "INBOX", only); }));
+    EXPECT_EQ(l->status, Status::Ok);
+    if (only) {
+      EXPECT_TRUE(l->records.empty());
+    }
+    return l->folder_digest;
+  };
+  std::uint64_t d0 = digest(2, true);
+  EXPECT_NE(d0, 0u);
+  EXPECT_EQ(digest(2, false), d0);
+  EXPECT_EQ(digest(3, true), d0);
+  h.c.run_for(3000);
+  EXPECT_EQ(digest(1, true), d0);  // nothing changed
+  auto changed = [&](std::uint64_t before) {
+    h.c.run_for(2000);
+    std::uint64_t now = digest(2, true);
+    EXPECT_EQ(digest(3, false), now);
+    EXPECT_NE(now, before);
+    return now;
+  };
+  ASSERT_EQ(h.deliver(2, u)->status, Status::Ok);
+  std::uint64_t d1 = changed(d0);
+  ASSERT_EQ(h.c.wait(h.c.call(3, [&](Node& n, Time now, std::uint64_t req) { n.set_flags(now, req, t, kSeen, {}); }))
+                ->status,
+            Status::Ok);
+  std::uint64_t d2 = changed(d1);
+  ASSERT_EQ(h.c.wait(h.c.call(3, [&](Node& n, Time now, std::uint64_t req) {
+                 n.set_flags(now, req, t, kSeen, {"$Label1"});
+               }))->status,
+            Status::Ok);
+  std::uint64_t d3 = changed(d2);
+  ASSERT_EQ(h.c.wait(h.c.call(1, [&](Node& n, Time now, std::uint64_t req) { n.expunge(now, req, t); }))->status,
+            Status::Ok);
+  changed(d3);
+  h.expect_invariants();
+}
+
 // A user whose profile's holders are all down is not "no such user" (an
 // SMTP server would bounce mail for a real user with a 5xx); a user no node
 // knows while every node is up is.
