@@ -63,7 +63,16 @@ TEST_F(CApi, DeliverListFetchFlagExpungeAndAuthenticate) {
   EXPECT_EQ(std::string(body, len), msg);
   porcupine_body_free(body);
 
+  // The digest alone is the listing's, until something changes.
+  uint64_t digest = 0;
+  ASSERT_EQ(porcupine_folder_digest(client_, "ann@example.org", "INBOX", &digest), PORCUPINE_OK);
+  EXPECT_EQ(digest, f.digest);
+  EXPECT_NE(digest, 0u);
+
   ASSERT_EQ(porcupine_set_flags(client_, "ann@example.org", "INBOX", &f.messages[0].ref, 1 | 4), PORCUPINE_OK);
+  uint64_t after = 0;
+  ASSERT_EQ(porcupine_folder_digest(client_, "ann@example.org", "INBOX", &after), PORCUPINE_OK);
+  EXPECT_NE(after, digest);
   porcupine_folder g;
   ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "INBOX", &g), PORCUPINE_OK);
   ASSERT_EQ(g.count, 1u);
