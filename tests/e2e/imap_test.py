@@ -519,6 +519,14 @@ class ImapOutOfReach(dt.DovecotCase):
         self.assertIn("\\Flagged", on1[target["uid"]][0])
         self.assertEqual(self.imap_state(3), (uv, on1))
         self.assertEqual(self.pop3_uidl(3), self.pop3_uidl(1))
+        # Expunged like any other message, here and in the cluster, without
+        # a complaint from the local storage (it never had a file).
+        typ, data = m.uid("STORE", str(target["uid"]), "+FLAGS", "(\\Deleted)")
+        self.assertEqual(typ, "OK", data)
+        self.assertEqual(m.expunge()[0], "OK")
+        self.assertNotIn(target["uid"], [x["uid"] for x in self.cluster_listing(1)["messages"]])
+        self.assertNotIn(target["uid"], self.imap_state(3)[1])
+        self.assertNotRegex(self.dovecot_log(3, whole=True), r"imap\(.*(Error|Panic)")
 
 
 DOVEADM = dt.shutil.which("doveadm") or "/usr/bin/doveadm"
