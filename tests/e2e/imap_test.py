@@ -322,11 +322,14 @@ class ImapFailover(dt.DovecotCase):
             return len(bodies) == 12 and got == subjects
         # The node that manages the mailbox (the low byte of a UIDVALIDITY
         # names the node that started it) dies: the hardest case. The others
-        # have cached nothing yet and read every message from the cluster,
-        # those whose first copy was on it from their replicas; its
-        # successor numbers the folder afresh under a new UIDVALIDITY.
+        # read every message from the cluster, those whose first copy was on
+        # it from their replicas; its successor numbers the folder afresh
+        # under a new UIDVALIDITY.
         victim = listing["uidvalidity"] & 0xFF
         others = [i for i in (1, 2, 3) if i != victim]
+        # One of the others has cached every message (its cache is emptied
+        # and refilled under the new UIDVALIDITY), the other nothing.
+        self.assertTrue(readable(others[0]), self.dovecot_log(others[0]))
         self.cl.kill(victim, redis=True, everything=True)
         for i in others:
             self.assertTrue(self.wait_for(lambda: readable(i), 60),
