@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "core/hash.h"
 #include "sim/cluster.h"
@@ -279,6 +280,80 @@ TEST(Uids, HandoffOnJoinKeepsUidValidityAndContinuesUids) {
   }
   EXPECT_GT(moved, 0);  // the join moved some of these users to node 5
   h.expect_invariants();
+}
+
+// What the Dovecot plugin's cache relies on, through the hardest sequence
+// for lineages: the mailbox's manager dies and returns, then both other
+// nodes die and return, with deliveries between. Within one UIDVALIDITY a
+// listing never shows a UID for two messages, never moves a shown message
+// to another UID, and never leaves out a message that a node it covers
+// holds (a cache would take that for an expunge).
+TEST(Uids, ListingsOfOneUidvalidityNeverReuseMoveOrHideAMessage) {
+  int listings = 0;
+  for (std::uint64_t seed = 1; seed <= 20; ++seed) {
+    Harness h(3, seed);
+    const std::string u = "ned@example.org";
+    h.user(u);
+    std::map<std::uint32_t, std::map<std::uint32_t, MsgId>> by_uid;  // uidvalidity -> uid -> message
+    std::map<std::uint32_t, std::map<MsgId, std::uint32_t>> by_msg;
+    auto check = [&](NodeId via, const char* when) {
+      const ClientReply* l = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.list(now, req, u, "INBOX"); }));
+      if (!l || l->status != Status::Ok) return;  // TryAgain while a lineage settles
+      ++listings;
+      auto& uids = by_uid[l->uidvalidity];
+      auto& msgs = by_msg[l->uidvalidity];
+      std::set<MsgId> shown;
+      for (const auto& r : l->records) {
+        shown.insert(r.id);
+        auto [it, fresh] = uids.try_emplace(r.uid, r.id);
+        EXPECT_TRUE(fresh || it->second == r.id) << "seed " << seed << ", " << when << ": UID " << r.uid << " reused";
+        auto [jt, first] = msgs.try_emplace(r.id, r.uid);
+        EXPECT_TRUE(first || jt->second == r.uid) << "seed " << seed << ", " << when << ": a message moved UID";
+      }
+      for (const auto& [id, uid] : msgs) {
+        if (shown.count(id)) continue;
+        for (NodeId n : l->reachable) {
+          const Node* node = h.c.node(n);
+          if (!node) continue;
+          auto r = node->replicator().records().find(id);
+          EXPECT_FALSE(r != node->replicator().records().end() && !r->second.expunged && r->second.folder == "INBOX")
+              << "seed " << seed << ", " << when << ": UID " << uid << " left out while node " << n << " holds it";
+        }
+      }
+    };
+    for (int i = 0; i < 4; ++i) h.deliver(static_cast<NodeId>(1 + i % 3), u);
+    const NodeId mgr = h.c.node(1)->membership().manager_of(bucket_of(u, 1024));
+    std::vector<NodeId> others;
+    for (NodeId n = 1; n <= 3; ++n)
+      if (n != mgr) others.push_back(n);
+    h.c.crash(mgr);
+    ASSERT_TRUE(h.settle());
+    for (int i = 0; i < 4; ++i) {
+      h.deliver(others[i % 2], u);
+      check(others[0], "manager down");
+    }
+    h.c.restart(mgr);
+    for (int i = 0; i < 20; ++i) {
+      h.c.run_for(300);
+      check(mgr, "manager back");
+      check(others[1], "manager back");
+    }
+    h.c.crash(others[0]);
+    h.c.crash(others[1]);
+    for (int i = 0; i < 20; ++i) {
+      h.c.run_for(300);
+      check(mgr, "others down");
+    }
+    h.deliver(mgr, u);
+    h.c.restart(others[0]);
+    h.c.restart(others[1]);
+    for (int i = 0; i < 30; ++i) {
+      h.c.run_for(300);
+      for (NodeId v = 1; v <= 3; ++v) check(v, "all back");
+    }
+    h.expect_invariants();
+  }
+  EXPECT_GT(listings, 1000);  // the checks above ran on real answers
 }
 
 TEST(Uids, UidsStayUniqueWhenBothSidesOfAPartitionDeliver) {
