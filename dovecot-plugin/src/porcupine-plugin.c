@@ -336,6 +336,15 @@ static uint32_t pcp_ext_id(struct mailbox *box)
 	return pbox->ext_id;
 }
 
+static void pcp_ref_from_ext(struct porcupine_msgref *ref, const struct pcp_ext_rec *rec)
+{
+	i_zero(ref);
+	ref->origin = rec->origin;
+	ref->seq = rec->seq;
+	ref->nreplicas = I_MIN(rec->nreplicas, PORCUPINE_MAX_REPLICAS);
+	memcpy(ref->replicas, rec->replicas, ref->nreplicas * sizeof(ref->replicas[0]));
+}
+
 static void pcp_ext_from_ref(struct pcp_ext_rec *rec, const struct porcupine_msgref *ref)
 {
 	i_zero(rec);
@@ -406,11 +415,7 @@ static bool pcp_out_of_reach(struct mailbox *box, struct mail_index_view *view,
 	rec = data;
 	if (rec->origin == 0 || rec->nreplicas == 0)
 		return FALSE;
-	i_zero(&ref);
-	ref.origin = rec->origin;
-	ref.seq = rec->seq;
-	ref.nreplicas = I_MIN(rec->nreplicas, PORCUPINE_MAX_REPLICAS);
-	memcpy(ref.replicas, rec->replicas, ref.nreplicas * sizeof(ref.replicas[0]));
+	pcp_ref_from_ext(&ref, rec);
 	return porcupine_folder_covers(folder, &ref) == 0;
 }
 
@@ -1810,11 +1815,7 @@ static int pcp_placeholder_stream(struct mail *_mail, const struct pcp_ext_rec *
 		size_t len = 0;
 		int code = PORCUPINE_UNREACHABLE;
 
-		i_zero(&ref);
-		ref.origin = rec->origin;
-		ref.seq = rec->seq;
-		ref.nreplicas = I_MIN(rec->nreplicas, PORCUPINE_MAX_REPLICAS);
-		memcpy(ref.replicas, rec->replicas, ref.nreplicas * sizeof(ref.replicas[0]));
+		pcp_ref_from_ext(&ref, rec);
 		if (c != NULL)
 			code = porcupine_fetch(c, box->storage->user->username,
 					       box->vname, &ref, &body, &len);

@@ -57,6 +57,14 @@ struct Harness {
     for (const auto& b : bad) ADD_FAILURE() << b;
   }
   Epoch epoch(NodeId n) { return c.node(n)->membership().epoch(); }
+  // A client operation through node `via`, waited for.
+  template <typename F>
+  const ClientReply* run(NodeId via, F op) {
+    return c.wait(c.call(via, op));
+  }
+  const ClientReply* list(NodeId via, const std::string& u, bool digest_only = false) {
+    return run(via, [&](Node& n, Time now, std::uint64_t req) { n.list(now, req, u, "INBOX", digest_only); });
+  }
   // The nodes holding a copy of the user's profile.
   std::vector<NodeId> profile_holders(const std::string& u) {
     std::vector<NodeId> out;
@@ -297,7 +305,7 @@ TEST(Uids, ListingsOfOneUidvalidityNeverReuseMoveOrHideAMessage) {
     std::map<std::uint32_t, std::map<std::uint32_t, MsgId>> by_uid;  // uidvalidity -> uid -> message
     std::map<std::uint32_t, std::map<MsgId, std::uint32_t>> by_msg;
     auto check = [&](NodeId via, const char* when) {
-      const ClientReply* l = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.list(now, req, u, "INBOX"); }));
+      const ClientReply* l = h.list(via, u);
       if (!l || l->status != Status::Ok) return;  // TryAgain while a lineage settles
       ++listings;
       auto& uids = by_uid[l->uidvalidity];
@@ -383,17 +391,17 @@ TEST(Reads, FetchComesFromAReplicaWhenTheFirstHolderIsDown) {
   MessageRecord t = Harness::target(*d, u);
   NodeId via = 1;
   while (via == d->replicas[0] || via == d->replicas[1]) ++via;  // a node holding nothing
-  const ClientReply* f = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, t); }));
+  const ClientReply* f = h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, t); });
   ASSERT_EQ(f->status, Status::Ok);
   EXPECT_EQ(f->body, "Subject: t\r\n\r\nx\r\n");
   h.c.crash(d->replicas[0]);
   ASSERT_TRUE(h.settle());
-  f = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, t); }));
+  f = h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, t); });
   ASSERT_EQ(f->status, Status::Ok);
   EXPECT_EQ(f->body, "Subject: t\r\n\r\nx\r\n");
   h.c.crash(d->replicas[1]);
   ASSERT_TRUE(h.settle());
-  f = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, t); }));
+  f = h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, t); });
   EXPECT_EQ(f->status, Status::TryAgain);  // both copies down: a temporary error
   h.c.restart(d->replicas[0]);
   h.c.restart(d->replicas[1]);
@@ -424,7 +432,7 @@ TEST(Reads, AListingNamesTheNodesItCoversSoAbsentIsNotTakenForExpunged) {
   MessageRecord gone_target = Harness::target(*gone, u);
   NodeId via = 1;
   while (via == holders[0] || via == holders[1]) ++via;
-  auto list = [&] { return h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.list(now, req, u, "INBOX"); })); };
+  auto list = [&] { return h.list(via, u); };
   auto covers = [](const ClientReply& l, NodeId n) {
     return std::find(l.reachable.begin(), l.reachable.end(), n) != l.reachable.end();
   };
@@ -439,7 +447,7 @@ TEST(Reads, AListingNamesTheNodesItCoversSoAbsentIsNotTakenForExpunged) {
   EXPECT_TRUE(lists(*l, gone->msg));
 
   // Expunged while its holders are up: absent, and the listing covers a holder.
-  ASSERT_EQ(h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.expunge(now, req, gone_target); }))->status,
+  ASSERT_EQ(h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.expunge(now, req, gone_target); })->status,
             Status::Ok);
   h.c.run_for(2'000);
   l = list();
@@ -485,8 +493,7 @@ TEST(Reads, AFolderDigestMovesWithWhatAListingShowsAndOnlyThen) {
   ASSERT_EQ(d->status, Status::Ok);
   MessageRecord t = Harness::target(*d, u);
   auto digest = [&](NodeId via, bool only) {
-    const ClientReply* l =
-        h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.list(now, req, u, "INBOX", only); }));
+    const ClientReply* l = h.list(via, u, only);
     EXPECT_EQ(l->status, Status::Ok);
     if (only) {
       EXPECT_TRUE(l->records.empty());
@@ -508,16 +515,16 @@ TEST(Reads, AFolderDigestMovesWithWhatAListingShowsAndOnlyThen) {
   };
   ASSERT_EQ(h.deliver(2, u)->status, Status::Ok);
   std::uint64_t d1 = changed(d0);
-  ASSERT_EQ(h.c.wait(h.c.call(3, [&](Node& n, Time now, std::uint64_t req) { n.set_flags(now, req, t, kSeen, {}); }))
+  ASSERT_EQ(h.run(3, [&](Node& n, Time now, std::uint64_t req) { n.set_flags(now, req, t, kSeen, {}); })
                 ->status,
             Status::Ok);
   std::uint64_t d2 = changed(d1);
-  ASSERT_EQ(h.c.wait(h.c.call(3, [&](Node& n, Time now, std::uint64_t req) {
+  ASSERT_EQ(h.run(3, [&](Node& n, Time now, std::uint64_t req) {
                  n.set_flags(now, req, t, kSeen, {"$Label1"});
-               }))->status,
+               })->status,
             Status::Ok);
   std::uint64_t d3 = changed(d2);
-  ASSERT_EQ(h.c.wait(h.c.call(1, [&](Node& n, Time now, std::uint64_t req) { n.expunge(now, req, t); }))->status,
+  ASSERT_EQ(h.run(1, [&](Node& n, Time now, std::uint64_t req) { n.expunge(now, req, t); })->status,
             Status::Ok);
   changed(d3);
   h.expect_invariants();
@@ -535,7 +542,7 @@ TEST(Users, AUserWhoseProfileIsOutOfReachIsTryAgainNotNoSuchUser) {
   NodeId via = 1;
   while (via == profile_holders[0] || via == profile_holders[1]) ++via;
   auto lookup = [&](const std::string& who) {
-    return h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.get_user(now, req, who); }))->status;
+    return h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.get_user(now, req, who); })->status;
   };
   EXPECT_EQ(lookup(u), Status::Ok);
   EXPECT_EQ(lookup("nobody@example.org"), Status::NoSuchUser);
@@ -556,10 +563,10 @@ TEST(Users, ChangesSurviveAManagerCrashAndDeletedUsersStayDeleted) {
   Harness h(4);
   for (const char* u : {"ann@example.org", "bob@example.org", "cat@example.org"}) h.user(u);
   auto get = [&](NodeId via, const std::string& u) {
-    return h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.get_user(now, req, u); }));
+    return h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.get_user(now, req, u); });
   };
   auto change = [&](NodeId via, UserUpdateRequest c) {
-    return h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, c); }));
+    return h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, c); });
   };
   UserUpdateRequest pw;
   pw.user = "Bob@Example.org";
@@ -583,7 +590,7 @@ TEST(Users, ChangesSurviveAManagerCrashAndDeletedUsersStayDeleted) {
   EXPECT_EQ(get(via, "nobody@example.org")->status, Status::TryAgain);
   h.c.restart(mgr);
   ASSERT_TRUE(h.settle());
-  const ClientReply* l = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.list_users(now, req); }));
+  const ClientReply* l = h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.list_users(now, req); });
   ASSERT_EQ(l->status, Status::Ok);
   EXPECT_EQ(l->users, (std::vector<std::string>{"ann@example.org", "bob@example.org"}));
   EXPECT_EQ(get(mgr, "cat@example.org")->status, Status::NoSuchUser);  // the tombstone won
@@ -598,7 +605,7 @@ TEST(Uids, AMovedMessageGetsAUidInItsNewFolderAndLeavesTheOld) {
   for (int i = 0; i < 3; ++i) d.push_back(h.deliver(1 + i, u));
   ASSERT_EQ(h.deliver(1, u, "Archive")->status, Status::Ok);  // Archive has a lineage already
   MessageRecord t = Harness::target(*d[1], u);
-  const ClientReply* m = h.c.wait(h.c.call(2, [&](Node& n, Time now, std::uint64_t req) { n.move(now, req, t, "Archive"); }));
+  const ClientReply* m = h.run(2, [&](Node& n, Time now, std::uint64_t req) { n.move(now, req, t, "Archive"); });
   ASSERT_EQ(m->status, Status::Ok);
   h.c.run_for(5000);
   const ClientReply* inbox = h.c.wait(h.c.list(3, u, "INBOX"));
@@ -620,7 +627,7 @@ TEST(Users, QuotaCountsEveryNodesMailOnceRefusesOverQuotaAndFreesOnExpunge) {
   h.user(u);
   const std::size_t size = std::string("Subject: t\r\n\r\nx\r\n").size();
   auto usage = [&](NodeId via) {
-    const ClientReply* r = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.user_usage(now, req, u); }));
+    const ClientReply* r = h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.user_usage(now, req, u); });
     EXPECT_EQ(r->status, Status::Ok);
     return r->used_bytes.value_or(~0ull);
   };
@@ -635,7 +642,7 @@ TEST(Users, QuotaCountsEveryNodesMailOnceRefusesOverQuotaAndFreesOnExpunge) {
   q.user = u;
   q.op = UserUpdateRequest::Op::SetQuota;
   q.quota_bytes = 5 * size;
-  ASSERT_EQ(h.c.wait(h.c.call(2, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, q); }))->status,
+  ASSERT_EQ(h.run(2, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, q); })->status,
             Status::Ok);
   ASSERT_EQ(h.deliver(3, u)->status, Status::Ok);  // the fifth fits exactly
   h.c.run_for(2000);
@@ -649,9 +656,9 @@ TEST(Users, QuotaCountsEveryNodesMailOnceRefusesOverQuotaAndFreesOnExpunge) {
   EXPECT_EQ(usage(via), 5 * size);
   h.c.restart(sent[0]->replicas[0]);
   ASSERT_TRUE(h.settle());
-  const ClientReply* x = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) {
+  const ClientReply* x = h.run(via, [&](Node& n, Time now, std::uint64_t req) {
     n.expunge(now, req, Harness::target(*sent[1], u));
-  }));
+  });
   ASSERT_EQ(x->status, Status::Ok);
   h.c.run_for(2000);
   EXPECT_EQ(usage(via), 4 * size);
@@ -667,10 +674,10 @@ TEST(Flags, KeywordsTravelWithTheFlagsAndTheLastWholeStateWins) {
   ASSERT_EQ(d->status, Status::Ok);
   MessageRecord t = Harness::target(*d, u);
   auto set = [&](NodeId via, std::uint32_t flags, std::vector<std::string> kws) {
-    return h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.set_flags(now, req, t, flags, kws); }));
+    return h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.set_flags(now, req, t, flags, kws); });
   };
   auto listed = [&](NodeId via) {
-    const ClientReply* l = h.c.wait(h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.list(now, req, u, "INBOX"); }));
+    const ClientReply* l = h.list(via, u);
     EXPECT_EQ(l->status, Status::Ok);
     EXPECT_EQ(l->records.size(), 1u);
     return l->records.empty() ? MessageRecord{} : l->records[0];
