@@ -160,9 +160,17 @@ void Node::fe_tick(Time now) {
         for (NodeId n : p.awaiting) send(n, ListRequest{id, p.user, p.folder, p.digest_only});
         break;
       case Pending::Kind::Fetch:
-        // The holder did not answer in time: the next one.
-        p.candidates.push_back(p.peer);
-        if (!fe_fetch_next(p, id)) p.deadline = now;  // fails on the next tick
+        // The holders asked have not answered yet: ask the next one too.
+        // A large body may still be on its way from them, and their answer
+        // is still taken; none is asked twice (each ask sends the whole
+        // body again). With none left to ask, wait for the deadline,
+        // unless every holder asked has left the group.
+        for (auto a = p.awaiting.begin(); a != p.awaiting.end();)
+          a = live(*a) ? std::next(a) : p.awaiting.erase(a);
+        if (!fe_fetch_next(p, id)) {
+          if (p.awaiting.empty()) p.deadline = now;  // fails on the next tick
+          else p.retry_at = p.deadline;
+        }
         break;
       case Pending::Kind::Profile:
         send(mgr, ProfileRequest{id, p.user});
@@ -260,6 +268,7 @@ bool Node::fe_fetch_next(Pending& p, std::uint64_t id) {
   if (p.candidates.empty()) return false;
   p.peer = p.candidates.front();
   p.candidates.erase(p.candidates.begin());
+  p.awaiting.insert(p.peer);
   p.retry_at = now_ + cfg_.push_retry;
   send(p.peer, FetchRequest{id, p.update.record.id});
   return true;
@@ -282,7 +291,7 @@ void Node::fe_reply(NodeId from, const Message& m) {
   if (const auto* f = std::get_if<FetchReply>(&m)) {
     auto it = pending_.find(f->req);
     Pending* p = it == pending_.end() ? nullptr : &it->second;
-    if (!p || p->kind != Pending::Kind::Fetch || from != p->peer) return;
+    if (!p || p->kind != Pending::Kind::Fetch || !p->awaiting.count(from)) return;
     if (f->status == Status::Ok) {
       ClientReply r;
       r.req = p->client_req;
@@ -291,8 +300,11 @@ void Node::fe_reply(NodeId from, const Message& m) {
       env_.reply(std::move(r));
     } else if (f->status == Status::NoSuchUser) {
       fe_fail(f->req, Status::NoSuchUser, "message expunged");
-    } else if (!fe_fetch_next(*p, f->req)) {
-      fe_fail(f->req, Status::TryAgain, "no live replica holds the message");
+    } else {
+      // This holder cannot give it: the next one, or wait for those asked.
+      p->awaiting.erase(from);
+      if (!fe_fetch_next(*p, f->req) && p->awaiting.empty())
+        fe_fail(f->req, Status::TryAgain, "no live replica holds the message");
     }
     return;
   }

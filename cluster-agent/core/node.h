@@ -111,7 +111,7 @@ class Node {
     Body body;                                    // Alloc/Quota: the message; CreateUser: the password hash
     std::uint32_t uidvalidity = 0, next_uid = 1;  // List: the folder's lineage
     Update update;
-    std::set<NodeId> awaiting;                    // List/Renumber: nodes still to answer
+    std::set<NodeId> awaiting;                    // List/Renumber: nodes still to answer; Fetch: holders asked
     std::set<NodeId> answered;                    // List/Renumber: nodes that answered
     std::map<MsgId, MessageRecord> gathered;      // List/Renumber: merged records
     bool digest_only = false;                     // List: the digest alone

@@ -409,6 +409,38 @@ TEST(Reads, FetchComesFromAReplicaWhenTheFirstHolderIsDown) {
   h.expect_invariants();
 }
 
+// A large body takes longer to arrive than the retry interval: the fetch
+// asks the next holder as well but still takes the first holder's answer,
+// and asks no holder twice (each ask is a whole body sent again).
+TEST(Reads, ABodySlowerThanTheRetryIntervalIsStillTakenAndNoHolderIsAskedTwice) {
+  Harness h(4);
+  const std::string u = "ivy@example.org";
+  h.user(u);
+  const ClientReply* d = h.deliver(1, u);
+  ASSERT_EQ(d->status, Status::Ok);
+  ASSERT_EQ(d->replicas.size(), 2u);
+  MessageRecord t = Harness::target(*d, u);
+  NodeId via = 1;
+  while (via == d->replicas[0] || via == d->replicas[1]) ++via;  // a node holding nothing
+  const Time slow = CoreConfig{}.push_retry * 3 / 2;
+  ASSERT_LT(slow * 2, CoreConfig{}.request_timeout);
+  std::map<NodeId, int> asked;
+  h.c.on_send = [&](Envelope& e) {
+    if (std::holds_alternative<FetchRequest>(e.body) && e.from == via) ++asked[e.to];
+  };
+  h.c.on_arrival = [&](const Envelope& e, Time arrival) {
+    return std::holds_alternative<FetchReply>(e.body) ? arrival + slow : arrival;
+  };
+  const ClientReply* f = h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, t); });
+  ASSERT_EQ(f->status, Status::Ok) << f->detail;
+  EXPECT_EQ(f->body, "Subject: t\r\n\r\nx\r\n");
+  EXPECT_EQ(asked.size(), 2u);
+  for (const auto& [n, times] : asked) EXPECT_EQ(times, 1) << "holder n" << n << " asked " << times << " times";
+  h.c.on_send = nullptr;
+  h.c.on_arrival = nullptr;
+  h.expect_invariants();
+}
+
 // A listing names the nodes it covers, so a reader can tell a message that
 // is gone (expunged: a node holding it answered without it) from one that
 // is only out of reach (every node holding it is down or silent).
