@@ -120,6 +120,11 @@ constexpr std::array kTable{
     P("request_timeout_ms", Type::kMillis, "5000", 100, 600 * kSecond,
       "Deadline of one client operation (a delivery, a fetch, a flag change).",
       &Params::request_timeout_ms),
+    P("body_transfer_rate_kib", Type::kCount, "8192", 64, 1 << 22,
+      "Rate (KiB/s) a message body is assumed to cross to a peer and reach its disk at: "
+      "a delivery's deadline, and the wait before an update carrying a body is sent again, "
+      "grow by the body's size at this rate.",
+      &Params::body_transfer_rate_kib),
     P("reconnect_backoff_max_ms", Type::kMillis, "30000", 100, 600 * kSecond,
       "Longest wait between two attempts to connect to a peer.",
       &Params::reconnect_backoff_max_ms),
@@ -903,6 +908,7 @@ CoreConfig to_core(const Params& p) {
   c.takeover_delay = p.takeover_delay_ms;
   c.death_ttl = p.death_certificate_ttl * kSecond;
   c.request_timeout = p.request_timeout_ms;
+  c.transfer_rate = std::uint64_t{p.body_transfer_rate_kib} << 10;
   return c;
 }
 

@@ -92,6 +92,7 @@ struct Params {
   Time push_retry_ms{};
   Time takeover_delay_ms{};
   Time request_timeout_ms{};
+  std::uint32_t body_transfer_rate_kib{};
   Time reconnect_backoff_max_ms{};
   std::uint32_t message_size_limit{};  // bytes
   std::int64_t death_certificate_ttl{};  // seconds

@@ -33,6 +33,16 @@ struct CoreConfig {
   Time takeover_delay = 3000;      // non-coordinator replica starts pushing too
   Time death_ttl = 24LL * 3600 * 1000;  // keep death certificates this long
   Time request_timeout = 5000;     // deadline of a client operation
+  // Bytes/s a body is assumed to cross to a peer and reach its disk at. An
+  // update carrying a body is resent, and a delivery's deadline falls,
+  // later by its size at this rate: a large body still on its way is not
+  // sent again behind itself.
+  std::uint64_t transfer_rate = 8u << 20;
 };
+
+// How long a body of `bytes` is given to arrive, at the configured rate.
+inline Time transfer_time(const CoreConfig& c, std::uint64_t bytes) {
+  return c.transfer_rate == 0 ? 0 : static_cast<Time>(bytes * 1000 / c.transfer_rate);
+}
 
 }  // namespace porcupine

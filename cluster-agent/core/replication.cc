@@ -134,7 +134,7 @@ void Replicator::coordinate(Time now, Update u) {
   }
   disk_.put_log(e);
   push_missing(e, nullptr);
-  next_push_[id] = now + cfg_.push_retry;
+  next_push_[id] = now + cfg_.push_retry + transfer_time(cfg_, e.update.record.body.size());
   logged_at_[id] = now;
   log_[id] = std::move(e);
 }
@@ -151,7 +151,7 @@ void Replicator::on_push(Time now, NodeId from, const Push& p) {
     e.have.insert(from);
     if (!is_complete(e)) {
       disk_.put_log(e);
-      next_push_[id] = now + cfg_.takeover_delay;
+      next_push_[id] = now + cfg_.takeover_delay + transfer_time(cfg_, e.update.record.body.size());
       logged_at_[id] = now;
       log_[id] = std::move(e);
     }
@@ -193,7 +193,7 @@ void Replicator::tick(Time now, const LiveFn& live) {
     bool mine = e.update.coordinator == cfg_.self;
     bool takeover = !live(e.update.coordinator) || now - logged_at_[id] >= cfg_.takeover_delay;
     if (mine || takeover) push_missing(e, &live);
-    next = now + cfg_.push_retry;
+    next = now + cfg_.push_retry + transfer_time(cfg_, e.update.record.body.size());
   }
 
   // Death certificates are kept death_ttl, then the record goes for good.

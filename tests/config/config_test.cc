@@ -73,7 +73,7 @@ TEST(Config, DefaultsOfCoreTunablesEqualCoreConfig) {
   // Fails to compile when CoreConfig gains or loses a field: map it in to_core
   // (and give it a parameter), then update this count.
   [[maybe_unused]] const auto& [f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17,
-                                f18] = want;
+                                f18, f19] = want;
   EXPECT_EQ(core.self, 1u);
   EXPECT_TRUE(core.seeds.empty());
   EXPECT_EQ(core.weight, want.weight);
@@ -92,6 +92,7 @@ TEST(Config, DefaultsOfCoreTunablesEqualCoreConfig) {
   EXPECT_EQ(core.takeover_delay, want.takeover_delay);
   EXPECT_EQ(core.death_ttl, want.death_ttl);
   EXPECT_EQ(core.request_timeout, want.request_timeout);
+  EXPECT_EQ(core.transfer_rate, want.transfer_rate);
 }
 
 TEST(Config, CommentsBlankLinesAndCrLfAreIgnored) {

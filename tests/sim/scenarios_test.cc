@@ -223,6 +223,48 @@ TEST(Replication, DeathCertificateKeptUntilTtlThenDropped) {
   }
 }
 
+// A large body takes longer to cross than the retry interval: neither the
+// front end's store nor the coordinator's push is sent again behind it
+// (each resend is the whole body once more), and the delivery succeeds.
+TEST(Replication, ALargeBodyIsNotResentWhileItIsStillOnItsWay) {
+  Harness h(4);
+  const std::string u = "gil@example.org";
+  h.user(u);
+  const CoreConfig cfg;
+  const std::string big(static_cast<std::size_t>(cfg.transfer_rate), 'x');  // one second's worth
+  const Time slow = cfg.push_retry * 3 / 2;  // past the plain retry interval, within the body's
+  ASSERT_LT(slow, cfg.push_retry + transfer_time(cfg, big.size()));
+  auto carries_big = [&](const Envelope& e) {
+    if (const auto* s = std::get_if<StoreRequest>(&e.body)) return s->update.record.body.size() == big.size();
+    if (const auto* p = std::get_if<Push>(&e.body)) return p->update.record.body.size() == big.size();
+    return false;
+  };
+  std::map<std::pair<int, NodeId>, int> sent;  // (0 store | 1 push, to) -> times
+  h.c.on_send = [&](Envelope& e) {
+    if (carries_big(e)) ++sent[{std::holds_alternative<Push>(e.body) ? 1 : 0, e.to}];
+  };
+  h.c.on_arrival = [&](const Envelope& e, Time arrival) { return carries_big(e) ? arrival + slow : arrival; };
+  const ClientReply* r = h.c.wait(h.c.deliver(2, u, "INBOX", big));
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, Status::Ok) << r->detail;
+  h.c.run_for(5000);
+  ASSERT_EQ(r->replicas.size(), 2u);
+  int stores = 0, pushes = 0;
+  for (const auto& [key, times] : sent) {
+    EXPECT_EQ(times, 1) << (key.first ? "push" : "store") << " to n" << key.second << " sent " << times << " times";
+    (key.first ? pushes : stores) += times;
+  }
+  EXPECT_EQ(stores, 1);
+  EXPECT_EQ(pushes, 1);
+  for (NodeId n : r->replicas) {
+    const MessageRecord& rec = h.c.node(n)->replicator().records().at(r->msg);
+    EXPECT_TRUE(rec.has_body);
+    EXPECT_EQ(rec.size, big.size());
+  }
+  h.c.on_send = nullptr;
+  h.c.on_arrival = nullptr;
+}
+
 TEST(Uids, ManagerCrashStartsANewLineageAndRenumbersInOrder) {
   Harness h(4);
   const std::string u = "fay@example.org";
