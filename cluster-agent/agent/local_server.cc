@@ -123,6 +123,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     std::string folder;
     std::unique_ptr<store::BodyBuilder> body;
     Body whole;
+    std::uint32_t timeout_ms = 0;  // the request's, from DeliverBegin
     bool too_large = false;
     std::string disk_error;
   };
@@ -292,6 +293,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         Delivery& d = deliveries_[id];
         d.recipients.assign(b.recipients().begin(), b.recipients().end());
         d.folder = b.folder().empty() ? "INBOX" : b.folder();
+        d.timeout_ms = q.timeout_ms();
         d.body = std::make_unique<store::BodyBuilder>(agent_.store().incoming_dir());
         if (b.size_hint() > agent_.options().message_size_limit) d.too_large = true;
         return;
@@ -329,6 +331,16 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
           return fail(id, pb::TEMPFAIL, "the spool cannot take the message now");
         }
         whole.whole = std::move(*body);
+        // The deadline starts again now the message is whole, longer by the
+        // time its body takes to cross twice per recipient (the client's
+        // wait grows the same way), so a large message on a slow node is
+        // not a temporary failure retried for ever.
+        if (whole.timeout_ms > 0) {
+          deadlines_.erase(id);
+          const Time crossing = transfer_time(agent_.options().core, whole.whole.size());
+          arm_deadline(id, static_cast<std::uint32_t>(
+                               whole.timeout_ms + 2 * crossing * static_cast<Time>(whole.recipients.size())));
+        }
         auto results = std::make_shared<pb::Response>();
         results->set_id(id);
         deliver_next(std::make_shared<Delivery>(std::move(whole)), 0, results);

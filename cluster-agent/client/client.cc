@@ -178,9 +178,11 @@ std::optional<agentpb::Response> Client::deliver(const std::vector<std::string>&
   begin.mutable_deliver_begin()->set_folder(folder);
   if (!send_frame(begin.SerializeAsString())) return std::nullopt;
   std::string data(chunk, '\0');
+  std::uint64_t sent = 0;
   for (;;) {
     body.read(data.data(), static_cast<std::streamsize>(data.size()));
     std::size_t got = static_cast<std::size_t>(body.gcount());
+    sent += got;
     bool last = got < data.size();
     agentpb::Request c;
     c.set_id(id);
@@ -189,7 +191,12 @@ std::optional<agentpb::Response> Client::deliver(const std::vector<std::string>&
     if (!send_frame(c.SerializeAsString())) return std::nullopt;
     if (last) break;
   }
-  deadline_ = now_ms() + timeout_ms_;
+  // The agent's deadline starts again once the message is whole, longer by
+  // twice the body's crossing per recipient at its default
+  // body_transfer_rate_kib (8 MiB/s); this wait is longer by as much.
+  constexpr std::uint64_t kBodyRate = 8u << 20;
+  deadline_ = now_ms() + timeout_ms_ +
+              static_cast<std::int64_t>(2 * recipients.size() * (sent * 1000 / kBodyRate));
   return wait_response(id);
 }
 
