@@ -65,6 +65,16 @@ struct Harness {
   const ClientReply* list(NodeId via, const std::string& u, bool digest_only = false) {
     return run(via, [&](Node& n, Time now, std::uint64_t req) { n.list(now, req, u, "INBOX", digest_only); });
   }
+  // A read of one message through node `via`, waited for.
+  const ClientReply* fetch(NodeId via, const MessageRecord& t) {
+    return run(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, t); });
+  }
+  // A node holding no copy of a delivered message.
+  static NodeId non_holder(const ClientReply& d) {
+    NodeId via = 1;
+    while (std::find(d.replicas.begin(), d.replicas.end(), via) != d.replicas.end()) ++via;
+    return via;
+  }
   // The nodes holding a copy of the user's profile.
   std::vector<NodeId> profile_holders(const std::string& u) {
     std::vector<NodeId> out;
@@ -431,19 +441,18 @@ TEST(Reads, FetchComesFromAReplicaWhenTheFirstHolderIsDown) {
   ASSERT_EQ(d->status, Status::Ok);
   ASSERT_EQ(d->replicas.size(), 2u);
   MessageRecord t = Harness::target(*d, u);
-  NodeId via = 1;
-  while (via == d->replicas[0] || via == d->replicas[1]) ++via;  // a node holding nothing
-  const ClientReply* f = h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, t); });
+  const NodeId via = Harness::non_holder(*d);
+  const ClientReply* f = h.fetch(via, t);
   ASSERT_EQ(f->status, Status::Ok);
   EXPECT_EQ(f->body, "Subject: t\r\n\r\nx\r\n");
   h.c.crash(d->replicas[0]);
   ASSERT_TRUE(h.settle());
-  f = h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, t); });
+  f = h.fetch(via, t);
   ASSERT_EQ(f->status, Status::Ok);
   EXPECT_EQ(f->body, "Subject: t\r\n\r\nx\r\n");
   h.c.crash(d->replicas[1]);
   ASSERT_TRUE(h.settle());
-  f = h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, t); });
+  f = h.fetch(via, t);
   EXPECT_EQ(f->status, Status::TryAgain);  // both copies down: a temporary error
   h.c.restart(d->replicas[0]);
   h.c.restart(d->replicas[1]);
@@ -462,8 +471,7 @@ TEST(Reads, ABodySlowerThanTheRetryIntervalIsStillTakenAndNoHolderIsAskedTwice) 
   ASSERT_EQ(d->status, Status::Ok);
   ASSERT_EQ(d->replicas.size(), 2u);
   MessageRecord t = Harness::target(*d, u);
-  NodeId via = 1;
-  while (via == d->replicas[0] || via == d->replicas[1]) ++via;  // a node holding nothing
+  const NodeId via = Harness::non_holder(*d);
   const Time slow = CoreConfig{}.push_retry * 3 / 2;
   ASSERT_LT(slow * 2, CoreConfig{}.request_timeout);
   std::map<NodeId, int> asked;
@@ -473,7 +481,7 @@ TEST(Reads, ABodySlowerThanTheRetryIntervalIsStillTakenAndNoHolderIsAskedTwice) 
   h.c.on_arrival = [&](const Envelope& e, Time arrival) {
     return std::holds_alternative<FetchReply>(e.body) ? arrival + slow : arrival;
   };
-  const ClientReply* f = h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, t); });
+  const ClientReply* f = h.fetch(via, t);
   ASSERT_EQ(f->status, Status::Ok) << f->detail;
   EXPECT_EQ(f->body, "Subject: t\r\n\r\nx\r\n");
   EXPECT_EQ(asked.size(), 2u);
