@@ -331,15 +331,14 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
           return fail(id, pb::TEMPFAIL, "the spool cannot take the message now");
         }
         whole.whole = std::move(*body);
-        // The deadline starts again now the message is whole, longer by the
-        // time its body takes to cross twice per recipient (the client's
-        // wait grows the same way), so a large message on a slow node is
+        // The deadline starts again now the message is whole, longer by its
+        // store_crossing per recipient, so a large message on a slow node is
         // not a temporary failure retried for ever.
         if (whole.timeout_ms > 0) {
           deadlines_.erase(id);
-          const Time crossing = transfer_time(agent_.options().core, whole.whole.size());
-          arm_deadline(id, static_cast<std::uint32_t>(
-                               whole.timeout_ms + 2 * crossing * static_cast<Time>(whole.recipients.size())));
+          const Time crossing = store_crossing(agent_.options().core, whole.whole.size());
+          arm_deadline(id, static_cast<std::uint32_t>(whole.timeout_ms +
+                                                      crossing * static_cast<Time>(whole.recipients.size())));
         }
         auto results = std::make_shared<pb::Response>();
         results->set_id(id);

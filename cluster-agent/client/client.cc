@@ -2,6 +2,7 @@
 #include "client/client.h"
 
 #include "client/frame.h"
+#include "core/config.h"
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -192,11 +193,10 @@ std::optional<agentpb::Response> Client::deliver(const std::vector<std::string>&
     if (last) break;
   }
   // The agent's deadline starts again once the message is whole, longer by
-  // twice the body's crossing per recipient at its default
-  // body_transfer_rate_kib (8 MiB/s); this wait is longer by as much.
-  constexpr std::uint64_t kBodyRate = 8u << 20;
+  // its store_crossing per recipient at the agent's rate; this wait is
+  // longer by as much at the default rate.
   deadline_ = now_ms() + timeout_ms_ +
-              static_cast<std::int64_t>(2 * recipients.size() * (sent * 1000 / kBodyRate));
+              store_crossing(CoreConfig{}, sent) * static_cast<std::int64_t>(recipients.size());
   return wait_response(id);
 }
 

@@ -45,4 +45,11 @@ inline Time transfer_time(const CoreConfig& c, std::uint64_t bytes) {
   return c.transfer_rate == 0 ? 0 : static_cast<Time>(bytes * 1000 / c.transfer_rate);
 }
 
+// What a store of a body of `bytes` waits for beyond its fixed deadline or
+// retry interval, per recipient: the body crosses twice before the answer
+// (to the first replica, and from it to the others). The agent's deadline
+// for a delivery and the client library's wait (at the default rate) both
+// grow by this.
+inline Time store_crossing(const CoreConfig& c, std::uint64_t bytes) { return 2 * transfer_time(c, bytes); }
+
 }  // namespace porcupine

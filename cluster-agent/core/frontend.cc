@@ -140,7 +140,7 @@ void Node::fe_tick(Time now) {
         send(mgr, MapRequest{id, p.user, p.folder});
         break;
       case Pending::Kind::Store:
-        p.retry_at = now + cfg_.push_retry + 2 * transfer_time(cfg_, p.update.record.body.size());
+        p.retry_at = now + cfg_.push_retry + store_crossing(cfg_, p.update.record.body.size());
         send(p.peer, StoreRequest{id, p.update});
         break;
       case Pending::Kind::Mutate: {
@@ -399,9 +399,7 @@ void Node::fe_store(std::uint64_t id, const AllocReply& a) {
   p.kind = Pending::Kind::Store;
   p.update = std::move(u);
   p.peer = a.nodes.front();
-  // The answer comes after the body crossed twice: to the first replica,
-  // and from it to the others.
-  const Time transfer = 2 * transfer_time(cfg_, p.update.record.body.size());
+  const Time transfer = store_crossing(cfg_, p.update.record.body.size());
   p.deadline += transfer;
   p.retry_at = now_ + cfg_.push_retry + transfer;
   send(p.peer, StoreRequest{id, p.update});

@@ -69,11 +69,21 @@ struct Harness {
   const ClientReply* fetch(NodeId via, const MessageRecord& t) {
     return run(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, t); });
   }
-  // A node holding no copy of a delivered message.
-  static NodeId non_holder(const ClientReply& d) {
+  // A node holding no copy of a message.
+  static NodeId non_holder(const MessageRecord& t) {
     NodeId via = 1;
-    while (std::find(d.replicas.begin(), d.replicas.end(), via) != d.replicas.end()) ++via;
+    while (std::find(t.replicas.begin(), t.replicas.end(), via) != t.replicas.end()) ++via;
     return via;
+  }
+  // Creates user `u` and delivers one message to it through node 1: `t`
+  // addresses it (call in ASSERT_NO_FATAL_FAILURE).
+  void first_message(const std::string& u, MessageRecord& t) {
+    user(u);
+    const ClientReply* d = deliver(1, u);
+    ASSERT_TRUE(d);
+    ASSERT_EQ(d->status, Status::Ok);
+    ASSERT_EQ(d->replicas.size(), std::min<std::size_t>(CoreConfig{}.replicas, static_cast<std::size_t>(size)));
+    t = target(*d, u);
   }
   // The nodes holding a copy of the user's profile.
   std::vector<NodeId> profile_holders(const std::string& u) {
@@ -436,26 +446,23 @@ TEST(Uids, UidsStayUniqueWhenBothSidesOfAPartitionDeliver) {
 TEST(Reads, FetchComesFromAReplicaWhenTheFirstHolderIsDown) {
   Harness h(4);
   const std::string u = "ivy@example.org";
-  h.user(u);
-  const ClientReply* d = h.deliver(1, u);
-  ASSERT_EQ(d->status, Status::Ok);
-  ASSERT_EQ(d->replicas.size(), 2u);
-  MessageRecord t = Harness::target(*d, u);
-  const NodeId via = Harness::non_holder(*d);
+  MessageRecord t;
+  ASSERT_NO_FATAL_FAILURE(h.first_message(u, t));
+  const NodeId via = Harness::non_holder(t);
   const ClientReply* f = h.fetch(via, t);
   ASSERT_EQ(f->status, Status::Ok);
   EXPECT_EQ(f->body, "Subject: t\r\n\r\nx\r\n");
-  h.c.crash(d->replicas[0]);
+  h.c.crash(t.replicas[0]);
   ASSERT_TRUE(h.settle());
   f = h.fetch(via, t);
   ASSERT_EQ(f->status, Status::Ok);
   EXPECT_EQ(f->body, "Subject: t\r\n\r\nx\r\n");
-  h.c.crash(d->replicas[1]);
+  h.c.crash(t.replicas[1]);
   ASSERT_TRUE(h.settle());
   f = h.fetch(via, t);
   EXPECT_EQ(f->status, Status::TryAgain);  // both copies down: a temporary error
-  h.c.restart(d->replicas[0]);
-  h.c.restart(d->replicas[1]);
+  h.c.restart(t.replicas[0]);
+  h.c.restart(t.replicas[1]);
   ASSERT_TRUE(h.settle());
   h.expect_invariants();
 }
@@ -466,12 +473,9 @@ TEST(Reads, FetchComesFromAReplicaWhenTheFirstHolderIsDown) {
 TEST(Reads, ABodySlowerThanTheRetryIntervalIsStillTakenAndNoHolderIsAskedTwice) {
   Harness h(4);
   const std::string u = "ivy@example.org";
-  h.user(u);
-  const ClientReply* d = h.deliver(1, u);
-  ASSERT_EQ(d->status, Status::Ok);
-  ASSERT_EQ(d->replicas.size(), 2u);
-  MessageRecord t = Harness::target(*d, u);
-  const NodeId via = Harness::non_holder(*d);
+  MessageRecord t;
+  ASSERT_NO_FATAL_FAILURE(h.first_message(u, t));
+  const NodeId via = Harness::non_holder(t);
   const Time slow = CoreConfig{}.push_retry * 3 / 2;
   ASSERT_LT(slow * 2, CoreConfig{}.request_timeout);
   std::map<NodeId, int> asked;
@@ -570,10 +574,8 @@ TEST(Reads, AListingNamesTheNodesItCoversSoAbsentIsNotTakenForExpunged) {
 TEST(Reads, AFolderDigestMovesWithWhatAListingShowsAndOnlyThen) {
   Harness h(3);
   const std::string u = "max@example.org";
-  h.user(u);
-  const ClientReply* d = h.deliver(1, u);
-  ASSERT_EQ(d->status, Status::Ok);
-  MessageRecord t = Harness::target(*d, u);
+  MessageRecord t;
+  ASSERT_NO_FATAL_FAILURE(h.first_message(u, t));
   auto digest = [&](NodeId via, bool only) {
     const ClientReply* l = h.list(via, u, only);
     EXPECT_EQ(l->status, Status::Ok);
@@ -751,10 +753,8 @@ TEST(Users, QuotaCountsEveryNodesMailOnceRefusesOverQuotaAndFreesOnExpunge) {
 TEST(Flags, KeywordsTravelWithTheFlagsAndTheLastWholeStateWins) {
   Harness h(3);
   const std::string u = "kim@example.org";
-  h.user(u);
-  const ClientReply* d = h.deliver(1, u);
-  ASSERT_EQ(d->status, Status::Ok);
-  MessageRecord t = Harness::target(*d, u);
+  MessageRecord t;
+  ASSERT_NO_FATAL_FAILURE(h.first_message(u, t));
   auto set = [&](NodeId via, std::uint32_t flags, std::vector<std::string> kws) {
     return h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.set_flags(now, req, t, flags, kws); });
   };
