@@ -11,6 +11,7 @@
 #include <deque>
 #include <set>
 #include <map>
+#include <optional>
 
 #include "agent.pb.h"
 #include "agent/agent.h"
@@ -72,6 +73,14 @@ std::string printable(const std::string& s) {
   for (unsigned char c : s.substr(0, 64)) out += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
   return out;
 }
+// What is wrong with a request's keywords, if anything.
+std::optional<std::string> keyword_problem(const std::vector<std::string>& kws) {
+  if (kws.size() > kMaxKeywords) return "more than 64 keywords";
+  for (const auto& k : kws)
+    if (!valid_keyword(k)) return "not an IMAP keyword: " + printable(k);
+  return std::nullopt;
+}
+constexpr std::uint32_t kAllFlags = kSeen | kAnswered | kFlagged | kDeleted | kDraft;
 
 // Checks a password against a stored hash in one of the schemes Dovecot
 // writes: {SHA512-CRYPT}, {SHA256-CRYPT}, {BLF-CRYPT}, {CRYPT} (crypt(3)
@@ -124,6 +133,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     std::unique_ptr<store::BodyBuilder> body;
     Body whole;
     std::uint32_t timeout_ms = 0;  // the request's, from DeliverBegin
+    DeliverOptions options;        // date and flags, from DeliverBegin
     bool too_large = false;
     std::string disk_error;
   };
@@ -294,6 +304,17 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         d.recipients.assign(b.recipients().begin(), b.recipients().end());
         d.folder = b.folder().empty() ? "INBOX" : b.folder();
         d.timeout_ms = q.timeout_ms();
+        d.options.internal_date = b.internal_date_ms();
+        d.options.flags = b.flags() & kAllFlags;
+        d.options.keywords.assign(b.keywords().begin(), b.keywords().end());
+        if (d.options.internal_date < 0) {
+          deliveries_.erase(id);
+          return fail(id, pb::BAD_REQUEST, "internal date before 1970");
+        }
+        if (auto bad = keyword_problem(d.options.keywords)) {
+          deliveries_.erase(id);
+          return fail(id, pb::BAD_REQUEST, *bad);
+        }
         d.body = std::make_unique<store::BodyBuilder>(agent_.store().incoming_dir());
         if (b.size_hint() > agent_.options().message_size_limit) d.too_large = true;
         return;
@@ -397,12 +418,21 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         MessageRecord t = target_of(q.set_flags().ref());
         if (t.id.origin == 0 || t.replicas.empty()) return fail(id, pb::BAD_REQUEST, "message reference is incomplete");
         std::vector<std::string> kws(q.set_flags().keywords().begin(), q.set_flags().keywords().end());
-        if (kws.size() > kMaxKeywords) return fail(id, pb::BAD_REQUEST, "more than 64 keywords");
-        for (const auto& k : kws)
-          if (!valid_keyword(k)) return fail(id, pb::BAD_REQUEST, "not an IMAP keyword: " + printable(k));
+        if (auto bad = keyword_problem(kws)) return fail(id, pb::BAD_REQUEST, *bad);
         return run(id, [t, f = q.set_flags().flags(), kws](Node& n, Time now, std::uint64_t r) {
           n.set_flags(now, r, t, f, kws);
         });
+      }
+      case pb::Request::kChangeFlags: {
+        const auto& cf = q.change_flags();
+        MessageRecord t = target_of(cf.ref());
+        if (t.id.origin == 0 || t.replicas.empty()) return fail(id, pb::BAD_REQUEST, "message reference is incomplete");
+        std::vector<std::string> add(cf.add_keywords().begin(), cf.add_keywords().end());
+        std::vector<std::string> remove(cf.remove_keywords().begin(), cf.remove_keywords().end());
+        if (auto bad = keyword_problem(add)) return fail(id, pb::BAD_REQUEST, *bad);
+        if (auto bad = keyword_problem(remove)) return fail(id, pb::BAD_REQUEST, *bad);
+        return run(id, [t, a = cf.add_flags() & kAllFlags, rm = cf.remove_flags() & kAllFlags, add, remove](
+                           Node& n, Time now, std::uint64_t r) { n.change_flags(now, r, t, a, rm, add, remove); });
       }
       case pb::Request::kExpunge: {
         MessageRecord t = target_of(q.expunge().ref());
@@ -420,7 +450,11 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         MessageRecord t = target_of(q.move().ref());
         if (t.id.origin == 0 || t.replicas.empty() || q.move().to_folder().empty())
           return fail(id, pb::BAD_REQUEST, "message reference or destination missing");
-        return run(id, [t, to = q.move().to_folder()](Node& n, Time now, std::uint64_t r) { n.move(now, r, t, to); });
+        return run(id, [t, to = q.move().to_folder()](Node& n, Time now, std::uint64_t r) { n.move(now, r, t, to); },
+                   [](const ClientReply& c, pb::Response& r) {
+                     r.set_uidvalidity(c.uidvalidity);
+                     r.set_next_uid(c.uid);  // the message's UID in the destination
+                   });
       }
       case pb::Request::kFolders:
         if (q.folders().user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
@@ -521,8 +555,9 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     auto self = shared_from_this();
     const std::string rcpt = d->recipients[i];
     Body body = (i + 1 == d->recipients.size()) ? std::move(d->whole) : d->whole;  // a file is shared
-    agent_.op([rcpt, folder = d->folder, body = std::move(body)](Node& n, Time t, std::uint64_t r) mutable {
-      n.deliver(t, r, rcpt, folder, std::move(body));
+    agent_.op([rcpt, folder = d->folder, opts = d->options, body = std::move(body)](Node& n, Time t,
+                                                                                   std::uint64_t r) mutable {
+      n.deliver(t, r, rcpt, folder, std::move(body), opts);
     },
               [this, self, d, i, out, rcpt](const ClientReply& c) {
                 auto* rr = out->add_delivered();

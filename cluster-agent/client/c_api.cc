@@ -91,6 +91,29 @@ int guarded(porcupine_client* c, F&& f) {
   }
 }
 
+// Sends a batch of requests (pipelined) and hands each its answer's code;
+// OK when every request got an answer (c->error names the first refusal).
+template <class SetResult>
+int call_batch(porcupine_client* c, std::vector<pb::Request>& reqs, SetResult set_result) {
+  auto answers = c->client.call_many(reqs);
+  int code = PORCUPINE_OK;
+  std::string first_error;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    if (!answers[i]) {
+      set_result(i, PORCUPINE_UNREACHABLE);
+      code = PORCUPINE_UNREACHABLE;
+      continue;
+    }
+    set_result(i, static_cast<int>(answers[i]->code()));
+    if (answers[i]->code() != pb::OK && first_error.empty())
+      first_error = std::string(porcupine::client::code_name(answers[i]->code())) +
+                    (answers[i]->detail().empty() ? "" : ": " + answers[i]->detail());
+  }
+  if (code != PORCUPINE_OK) return fail(c, code, c->client.error());
+  c->error = first_error;
+  return PORCUPINE_OK;
+}
+
 }  // namespace
 
 extern "C" {
@@ -138,11 +161,27 @@ int porcupine_user_auth(porcupine_client* c, const char* user, const char* passw
 
 int porcupine_deliver(porcupine_client* c, const char* user, const char* folder, porcupine_read_fn read,
                       void* context, porcupine_delivered* out) {
+  return porcupine_deliver_with(c, user, folder, nullptr, read, context, out);
+}
+
+int porcupine_deliver_with(porcupine_client* c, const char* user, const char* folder,
+                           const porcupine_deliver_options* options, porcupine_read_fn read, void* context,
+                           porcupine_delivered* out) {
   return guarded(c, [&]() -> int {
     if (!user || !read) return fail(c, PORCUPINE_BAD_REQUEST, "user and read are required");
+    pb::DeliverBegin begin;
+    if (options) {
+      if (options->nkeywords > 0 && !options->keywords) return fail(c, PORCUPINE_BAD_REQUEST, "keywords is null");
+      begin.set_internal_date_ms(options->internal_date_ms);
+      begin.set_flags(options->flags);
+      for (size_t k = 0; k < options->nkeywords; ++k) {
+        if (!options->keywords[k]) return fail(c, PORCUPINE_BAD_REQUEST, "a keyword is null");
+        begin.add_keywords(options->keywords[k]);
+      }
+    }
     ReadBuf buf(read, context);
     std::istream in(&buf);
-    auto r = c->client.deliver({user}, folder && *folder ? folder : "INBOX", in);
+    auto r = c->client.deliver({user}, folder && *folder ? folder : "INBOX", in, 256 * 1024, begin);
     if (buf.failed()) return fail(c, PORCUPINE_BAD_REQUEST, "reading the message failed");
     if (!r) return fail(c, PORCUPINE_UNREACHABLE, c->client.error());
     if (r->delivered_size() != 1)
@@ -352,23 +391,33 @@ int porcupine_set_flags_many(porcupine_client* c, const char* user, const char* 
         sf->add_keywords(ch.keywords[k]);
       }
     }
-    auto answers = c->client.call_many(reqs);
-    int code = PORCUPINE_OK;
-    std::string first_error;
+    return call_batch(c, reqs, [changes](size_t i, int result) { changes[i].result = result; });
+  });
+}
+
+int porcupine_change_flags_many(porcupine_client* c, const char* user, const char* folder,
+                                porcupine_flag_delta* deltas, size_t n) {
+  return guarded(c, [&]() -> int {
+    if (!user || (n > 0 && !deltas)) return fail(c, PORCUPINE_BAD_REQUEST, "user and deltas are required");
+    std::vector<pb::Request> reqs(n);
     for (size_t i = 0; i < n; ++i) {
-      if (!answers[i]) {
-        changes[i].result = PORCUPINE_UNREACHABLE;
-        code = PORCUPINE_UNREACHABLE;
-        continue;
+      const porcupine_flag_delta& d = deltas[i];
+      if ((d.nadd_keywords > 0 && !d.add_keywords) || (d.nremove_keywords > 0 && !d.remove_keywords))
+        return fail(c, PORCUPINE_BAD_REQUEST, "keywords is null");
+      auto* cf = reqs[i].mutable_change_flags();
+      from_ref(d.ref, user, folder, cf->mutable_ref());
+      cf->set_add_flags(d.add_flags);
+      cf->set_remove_flags(d.remove_flags);
+      for (size_t k = 0; k < d.nadd_keywords; ++k) {
+        if (!d.add_keywords[k]) return fail(c, PORCUPINE_BAD_REQUEST, "a keyword is null");
+        cf->add_add_keywords(d.add_keywords[k]);
       }
-      changes[i].result = static_cast<int>(answers[i]->code());
-      if (answers[i]->code() != pb::OK && first_error.empty())
-        first_error = std::string(porcupine::client::code_name(answers[i]->code())) +
-                      (answers[i]->detail().empty() ? "" : ": " + answers[i]->detail());
+      for (size_t k = 0; k < d.nremove_keywords; ++k) {
+        if (!d.remove_keywords[k]) return fail(c, PORCUPINE_BAD_REQUEST, "a keyword is null");
+        cf->add_remove_keywords(d.remove_keywords[k]);
+      }
     }
-    if (code != PORCUPINE_OK) return fail(c, code, c->client.error());
-    c->error = first_error;
-    return PORCUPINE_OK;
+    return call_batch(c, reqs, [deltas](size_t i, int result) { deltas[i].result = result; });
   });
 }
 
@@ -384,6 +433,11 @@ int porcupine_expunge(porcupine_client* c, const char* user, const char* folder,
 
 int porcupine_move(porcupine_client* c, const char* user, const char* folder, const porcupine_msgref* ref,
                    const char* to_folder) {
+  return porcupine_move_uid(c, user, folder, ref, to_folder, nullptr);
+}
+
+int porcupine_move_uid(porcupine_client* c, const char* user, const char* folder, const porcupine_msgref* ref,
+                       const char* to_folder, porcupine_delivered* out) {
   return guarded(c, [&]() -> int {
     if (!ref || !user || !to_folder || !*to_folder)
       return fail(c, PORCUPINE_BAD_REQUEST, "user, ref and to_folder are required");
@@ -391,7 +445,13 @@ int porcupine_move(porcupine_client* c, const char* user, const char* folder, co
     from_ref(*ref, user, folder, req.mutable_move()->mutable_ref());
     req.mutable_move()->set_to_folder(to_folder);
     pb::Response r;
-    return call(c, req, r);
+    int code = call(c, req, r);
+    if (code == PORCUPINE_OK && out) {
+      out->ref = *ref;
+      out->uid = r.next_uid();
+      out->uidvalidity = r.uidvalidity();
+    }
+    return code;
   });
 }
 

@@ -168,13 +168,15 @@ std::optional<agentpb::Response> Client::call(agentpb::Request& req) {
 
 std::optional<agentpb::Response> Client::deliver(const std::vector<std::string>& recipients,
                                                  const std::string& folder, std::istream& body,
-                                                 std::size_t chunk) {
+                                                 std::size_t chunk, const agentpb::DeliverBegin& options) {
   if (!connect()) return std::nullopt;
   std::uint64_t id = next_id_++;
   deadline_ = now_ms() + timeout_ms_;
   agentpb::Request begin;
   begin.set_id(id);
   begin.set_timeout_ms(static_cast<std::uint32_t>(timeout_ms_) * 9 / 10);
+  *begin.mutable_deliver_begin() = options;
+  begin.mutable_deliver_begin()->clear_recipients();
   for (const auto& r : recipients) begin.mutable_deliver_begin()->add_recipients(r);
   begin.mutable_deliver_begin()->set_folder(folder);
   if (!send_frame(begin.SerializeAsString())) return std::nullopt;

@@ -31,10 +31,13 @@ class Client {
   // connection failed or the deadline passed before its answer (error()).
   std::vector<std::optional<agentpb::Response>> call_many(std::vector<agentpb::Request>& reqs,
                                                           std::size_t window = 64);
-  // Streams the body in chunks of `chunk` bytes.
+  // Streams the body in chunks of `chunk` bytes. `begin` may carry the
+  // message's internal date, flags and keywords (its recipients and folder
+  // are set here).
   std::optional<agentpb::Response> deliver(const std::vector<std::string>& recipients,
                                            const std::string& folder, std::istream& body,
-                                           std::size_t chunk = 256 * 1024);
+                                           std::size_t chunk = 256 * 1024,
+                                           const agentpb::DeliverBegin& begin = {});
   const std::string& error() const { return error_; }
 
  private:

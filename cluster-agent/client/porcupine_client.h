@@ -98,6 +98,21 @@ int porcupine_user_auth(porcupine_client* c, const char* user, const char* passw
 int porcupine_deliver(porcupine_client* c, const char* user, const char* folder,
                       porcupine_read_fn read, void* context, struct porcupine_delivered* out);
 
+/* What a delivery may carry besides its body (IMAP APPEND's, or COPY's
+ * source's): internal_date_ms 0 is the time of delivery. */
+struct porcupine_deliver_options {
+  int64_t internal_date_ms;
+  uint32_t flags;
+  const char* const* keywords;
+  size_t nkeywords;
+};
+/* porcupine_deliver with options (NULL: none). PORCUPINE_BAD_REQUEST for
+ * more than 64 keywords, one that is not an IMAP atom, or a date before
+ * 1970; nothing is delivered then. */
+int porcupine_deliver_with(porcupine_client* c, const char* user, const char* folder,
+                           const struct porcupine_deliver_options* options, porcupine_read_fn read,
+                           void* context, struct porcupine_delivered* out);
+
 int porcupine_folder_list(porcupine_client* c, const char* user, const char* folder,
                           struct porcupine_folder* out);
 void porcupine_folder_free(struct porcupine_folder* f);
@@ -152,13 +167,39 @@ struct porcupine_flag_change {
 int porcupine_set_flags_many(porcupine_client* c, const char* user, const char* folder,
                              struct porcupine_flag_change* changes, size_t n);
 
+/* One message's flag change for porcupine_change_flags_many: the flags and
+ * keywords to set and to clear; every other flag stays as it is in the
+ * cluster (set wins over clear for one flag in one change). */
+struct porcupine_flag_delta {
+  struct porcupine_msgref ref;
+  uint32_t add_flags;
+  uint32_t remove_flags;
+  const char* const* add_keywords;
+  size_t nadd_keywords;
+  const char* const* remove_keywords;
+  size_t nremove_keywords;
+  int result; /* out: this change's porcupine_code */
+};
+
+/* Changes some flags of many messages of one folder at once (pipelined, as
+ * porcupine_set_flags_many). Changes of different flags by different
+ * sessions, on any nodes, all survive; for one flag the last writer wins.
+ * Returns as porcupine_set_flags_many. */
+int porcupine_change_flags_many(porcupine_client* c, const char* user, const char* folder,
+                                struct porcupine_flag_delta* deltas, size_t n);
+
 int porcupine_expunge(porcupine_client* c, const char* user, const char* folder,
                       const struct porcupine_msgref* ref);
 
 /* Into `to_folder` of the same user, in the cluster: the body stays where
- * it is; the message gets a UID in `to_folder` within a moment. */
+ * it is; the message gets a UID in `to_folder` first, which `out` (if not
+ * NULL) receives with that folder's UIDVALIDITY and the message's
+ * reference; it is in `to_folder`'s listings once this returns OK. */
 int porcupine_move(porcupine_client* c, const char* user, const char* folder,
                    const struct porcupine_msgref* ref, const char* to_folder);
+int porcupine_move_uid(porcupine_client* c, const char* user, const char* folder,
+                       const struct porcupine_msgref* ref, const char* to_folder,
+                       struct porcupine_delivered* out);
 
 /* The user's folders: INBOX first, then by name. Free with
  * porcupine_folders_free. */

@@ -147,6 +147,12 @@ void to_pb(const MessageRecord& r, pb::MessageRecord& p, Bodies bodies = Bodies:
   p.set_flags(r.flags);
   put(r.keywords, p.mutable_keywords());
   to_pb(r.flags_version, *p.mutable_flags_version());
+  for (const auto& m : r.flag_marks) {
+    pb::FlagMark& f = *p.add_flag_marks();
+    f.set_name(m.name);
+    f.set_set(m.set);
+    to_pb(m.version, *f.mutable_version());
+  }
   p.set_expunged(r.expunged);
   to_pb(r.expunge_version, *p.mutable_expunge_version());
   p.set_expunged_at(r.expunged_at);
@@ -171,6 +177,15 @@ bool from_pb(const pb::MessageRecord& p, MessageRecord& r, Check& c) {
   r.expunged = p.expunged();
   r.expunged_at = p.expunged_at();
   r.size = p.size();
+  r.flag_marks.clear();
+  for (const auto& f : p.flag_marks()) {
+    FlagMark m;
+    m.name = f.name();
+    m.set = f.set();
+    if (m.name.empty()) return c.fail("MessageRecord.flag_marks: a flag without a name");
+    if (!from_pb(f.version(), m.version, c)) return false;
+    r.flag_marks.push_back(std::move(m));
+  }
   return from_pb(p.id(), r.id, c) &&
          get_nodes(p.replicas(), r.replicas, "MessageRecord.replicas", c) &&
          from_pb(p.uid_version(), r.uid_version, c) &&
@@ -293,9 +308,11 @@ void to_pb(const Handoff& h, pb::Handoff& p) {
   p.set_folder(h.folder);
   p.set_uidvalidity(h.uidvalidity);
   p.set_next_uid(h.next_uid);
+  put(h.inflight, p.mutable_inflight());
 }
 bool from_pb(const pb::Handoff& p, Handoff& h, Check&) {
-  h = {p.user(), p.folder(), p.uidvalidity(), p.next_uid()};
+  h = {p.user(), p.folder(), p.uidvalidity(), p.next_uid(), {}};
+  get(p.inflight(), h.inflight);
   return true;
 }
 
@@ -364,9 +381,22 @@ void to_pb(const AllocRequest& m, pb::AllocRequest& p) {
   p.set_req(m.req);
   p.set_user(m.user);
   p.set_folder(m.folder);
+  p.set_size(m.size);
+  put(m.move_nodes, p.mutable_move_nodes());
 }
-bool from_pb(const pb::AllocRequest& p, AllocRequest& m, Check&) {
-  m = {p.req(), p.user(), p.folder()};
+bool from_pb(const pb::AllocRequest& p, AllocRequest& m, Check& c) {
+  m = {p.req(), p.user(), p.folder(), p.size(), {}};
+  return get_nodes(p.move_nodes(), m.move_nodes, "AllocRequest.move_nodes", c);
+}
+
+void to_pb(const AllocDone& m, pb::AllocDone& p) {
+  p.set_user(m.user);
+  p.set_folder(m.folder);
+  p.set_uidvalidity(m.uidvalidity);
+  p.set_uid(m.uid);
+}
+bool from_pb(const pb::AllocDone& p, AllocDone& m, Check&) {
+  m = {p.user(), p.folder(), p.uidvalidity(), p.uid()};
   return true;
 }
 
@@ -413,11 +443,13 @@ void to_pb(const MapReply& m, pb::MapReply& p) {
   put(m.nodes, p.mutable_nodes());
   p.set_uidvalidity(m.uidvalidity);
   p.set_next_uid(m.next_uid);
+  p.set_visible_below(m.visible_below);
 }
 bool from_pb(const pb::MapReply& p, MapReply& m, Check& c) {
   m.req = p.req();
   m.uidvalidity = p.uidvalidity();
   m.next_uid = p.next_uid();
+  m.visible_below = p.visible_below();
   return get_enum(p.status(), pb::Status_IsValid, m.status, "MapReply.status", c) &&
          get_nodes(p.nodes(), m.nodes, "MapReply.nodes", c);
 }
@@ -631,7 +663,8 @@ bool from_pb(const pb::UsageReply& p, UsageReply& m, Check&) {
   X(UserListRequest, user_list_request)     \
   X(UserListReply, user_list_reply)         \
   X(UsageRequest, usage_request)            \
-  X(UsageReply, usage_reply)
+  X(UsageReply, usage_reply)                \
+  X(AllocDone, alloc_done)
 
 #define PORCUPINE_COUNT(T, field) +1
 static_assert(0 PORCUPINE_MESSAGES(PORCUPINE_COUNT) == std::variant_size_v<Message>,

@@ -18,7 +18,22 @@ namespace porcupine {
 
 namespace {
 constexpr Time kRetry = 200;
+
+// IMAP keywords are case-insensitive (RFC 3501): one of each, spelled as
+// its first occurrence, in case-insensitive order.
+std::vector<std::string> normal_keywords(std::vector<std::string> keywords) {
+  auto lower = [](std::string s) {
+    for (char& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    return s;
+  };
+  std::stable_sort(keywords.begin(), keywords.end(),
+                   [&](const std::string& a, const std::string& b) { return lower(a) < lower(b); });
+  keywords.erase(std::unique(keywords.begin(), keywords.end(),
+                             [&](const std::string& a, const std::string& b) { return lower(a) == lower(b); }),
+                 keywords.end());
+  return keywords;
 }
+}  // namespace
 
 void Node::fe_fail(std::uint64_t id, Status s, const std::string& why) {
   auto it = pending_.find(id);
@@ -47,7 +62,7 @@ void Node::create_user(Time now, std::uint64_t req, const std::string& user,
 }
 
 void Node::deliver(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
-                   Body body) {
+                   Body body, DeliverOptions opts) {
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
   p.kind = Pending::Kind::Alloc;
@@ -56,6 +71,8 @@ void Node::deliver(Time now, std::uint64_t req, const std::string& user, const s
   p.user = canonical_user(user);
   p.folder = folder;
   p.body = std::move(body);
+  p.deliver = std::move(opts);
+  p.deliver.keywords = normal_keywords(std::move(p.deliver.keywords));
   p.retry_at = now;
   fe_tick(now);
 }
@@ -94,25 +111,38 @@ void Node::mutate(Time now, std::uint64_t req, Update::Kind kind, const MessageR
 
 void Node::set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags,
                      std::vector<std::string> keywords) {
-  // IMAP keywords are case-insensitive (RFC 3501): one of each, spelled
-  // as its first occurrence, in case-insensitive order.
-  auto lower = [](std::string s) {
-    for (char& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    return s;
-  };
-  std::stable_sort(keywords.begin(), keywords.end(),
-                   [&](const std::string& a, const std::string& b) { return lower(a) < lower(b); });
-  keywords.erase(std::unique(keywords.begin(), keywords.end(),
-                             [&](const std::string& a, const std::string& b) { return lower(a) == lower(b); }),
-                 keywords.end());
+  keywords = normal_keywords(std::move(keywords));
   mutate(now, req, Update::Kind::Flags, target, [flags, &keywords](MessageRecord& r) {
     r.flags = flags;
     r.keywords = keywords;
   });
 }
 
+void Node::change_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t add_flags,
+                        std::uint32_t remove_flags, const std::vector<std::string>& add_keywords,
+                        const std::vector<std::string>& remove_keywords) {
+  mutate(now, req, Update::Kind::Flags, target, [&](MessageRecord& r) {
+    // The versions are the update's own, set where it is applied.
+    r.flag_marks = flag_marks(Version{}, add_flags, remove_flags, add_keywords, remove_keywords);
+  });
+}
+
 void Node::move(Time now, std::uint64_t req, const MessageRecord& target, const std::string& to_folder) {
-  mutate(now, req, Update::Kind::Move, target, [&to_folder](MessageRecord& r) { r.folder = to_folder; });
+  // First a UID in the destination, then the Move that carries it.
+  std::uint64_t id = new_req();
+  Pending& p = pending_[id];
+  p.kind = Pending::Kind::MoveAlloc;
+  p.client_req = req;
+  p.deadline = now + cfg_.request_timeout;
+  p.user = canonical_user(target.user);
+  p.folder = to_folder;
+  p.update.kind = Update::Kind::Move;
+  p.update.replicas = target.replicas;
+  p.update.record.id = target.id;
+  p.update.record.user = target.user;
+  p.update.record.folder = to_folder;
+  p.retry_at = now;
+  fe_tick(now);
 }
 
 void Node::expunge(Time now, std::uint64_t req, const MessageRecord& target) {
@@ -134,7 +164,10 @@ void Node::fe_tick(Time now) {
         send(mgr, CreateUserRequest{id, p.user, p.body.bytes()});
         break;
       case Pending::Kind::Alloc:
-        send(mgr, AllocRequest{id, p.user, p.folder});
+        send(mgr, AllocRequest{id, p.user, p.folder, p.body.size(), {}});
+        break;
+      case Pending::Kind::MoveAlloc:
+        send(mgr, AllocRequest{id, p.user, p.folder, 0, p.update.replicas});
         break;
       case Pending::Kind::Map:
         send(mgr, MapRequest{id, p.user, p.folder});
@@ -227,8 +260,12 @@ void Node::fe_finish_list(std::uint64_t id) {
   r.uid = p.next_uid;
   // A message still carrying an older lineage's UID is being renumbered:
   // it shows once it has its UID in the current one.
+  // One whose UID is at or above the first still in flight waits for it,
+  // so UIDs become visible in order.
   for (auto& [mid, rec] : p.gathered)
-    if (rec.has_body && !rec.expunged && rec.uidvalidity == p.uidvalidity) r.records.push_back(rec);
+    if (rec.has_body && !rec.expunged && rec.uidvalidity == p.uidvalidity &&
+        (p.visible_below == 0 || rec.uid < p.visible_below))
+      r.records.push_back(rec);
   std::sort(r.records.begin(), r.records.end(),
             [](const MessageRecord& a, const MessageRecord& b) { return a.uid < b.uid; });
   if (!p.awaiting.empty()) r.detail = "some fragments unreachable";
@@ -238,6 +275,7 @@ void Node::fe_finish_list(std::uint64_t id) {
     d.append(reinterpret_cast<const char*>(&digest), sizeof digest);
   }
   d.append(reinterpret_cast<const char*>(&p.uidvalidity), sizeof p.uidvalidity);
+  d.append(reinterpret_cast<const char*>(&p.visible_below), sizeof p.visible_below);
   r.folder_digest = XXH64(d.data(), d.size(), 0);
   if (p.digest_only) r.records.clear();
   std::set<NodeId> reachable{cfg_.self};
@@ -314,6 +352,21 @@ void Node::fe_reply(NodeId from, const Message& m) {
   };
   if (const auto* a = std::get_if<AllocReply>(&m)) {
     Pending* p = find(a->req);
+    if (p && p->kind == Pending::Kind::MoveAlloc) {
+      if (a->status == Status::NoSuchUser) return fe_fail(a->req, Status::NoSuchUser, "no such user");
+      if (a->status != Status::Ok) {
+        p->retry_at = now_ + kRetry;
+        return;
+      }
+      // The Move, with its UID, to a live replica (like any mutation).
+      p->kind = Pending::Kind::Mutate;
+      p->update.id = next_version(now_);
+      p->update.record.uidvalidity = a->uidvalidity;
+      p->update.record.uid = a->uid;
+      p->retry_at = now_;
+      fe_tick(now_);
+      return;
+    }
     if (!p || p->kind != Pending::Kind::Alloc) return;
     if (a->status == Status::NoSuchUser) return fe_fail(a->req, Status::NoSuchUser, "no such user");
     if (a->status != Status::Ok) {
@@ -336,11 +389,19 @@ void Node::fe_reply(NodeId from, const Message& m) {
     if (o->status == Status::Ok) {
       ClientReply r;
       r.req = p->client_req;
-      if (p->kind == Pending::Kind::Store) {
+      const bool placed = p->kind == Pending::Kind::Store ||
+                          (p->kind == Pending::Kind::Mutate && p->update.kind == Update::Kind::Move &&
+                           p->update.record.uid != 0);
+      if (placed) {
         r.msg = p->update.record.id;
         r.uidvalidity = p->update.record.uidvalidity;
         r.uid = p->update.record.uid;
         r.replicas = p->update.replicas;
+        // Its UID is used: listings may show what comes after it.
+        NodeId mgr = membership_.in_group() ? membership_.manager_of(bucket(p->update.record.user)) : kNoNode;
+        if (mgr != kNoNode)
+          send(mgr, AllocDone{canonical_user(p->update.record.user), p->update.record.folder,
+                              r.uidvalidity, r.uid});
       }
       pending_.erase(o->req);
       env_.reply(std::move(r));
@@ -360,6 +421,7 @@ void Node::fe_reply(NodeId from, const Message& m) {
     p->kind = Pending::Kind::List;
     p->uidvalidity = mr->uidvalidity;
     p->next_uid = mr->next_uid;
+    p->visible_below = mr->visible_below;
     fe_gather(now_, mr->req, mr->nodes);
   } else if (const auto* l = std::get_if<ListReply>(&m)) {
     Pending* p = find(l->req);
@@ -393,7 +455,9 @@ void Node::fe_store(std::uint64_t id, const AllocReply& a) {
   u.record.folder = p.folder;
   u.record.size = p.body.size();
   u.record.body = std::move(p.body);
-  u.record.internal_date = now_;
+  u.record.internal_date = p.deliver.internal_date != 0 ? p.deliver.internal_date : now_;
+  u.record.flags = p.deliver.flags;
+  u.record.keywords = p.deliver.keywords;
   u.record.uidvalidity = a.uidvalidity;
   u.record.uid = a.uid;
   p.kind = Pending::Kind::Store;

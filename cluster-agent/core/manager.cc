@@ -35,6 +35,12 @@ bool Node::bucket_ready(Bucket b) const {
   return membership_.in_group() && membership_.manager_of(b) == cfg_.self && !awaiting_.count(b);
 }
 
+std::uint32_t Node::MgrFolder::visible_below(Time now) const {
+  for (const auto& [uid, until] : inflight)
+    if (until > now) return uid;
+  return next_uid;
+}
+
 std::vector<NodeLoad> Node::live_loads() const {
   std::vector<NodeLoad> out;
   for (const auto& m : membership_.members()) {
@@ -61,8 +67,12 @@ void Node::mgr_on_change(Time now, const Membership::Change& ch) {
         if (auto m = managed_.find(b); m != managed_.end())
           for (const auto& [name, u] : m->second)
             for (const auto& [fname, f] : u.folders)
-              if (f.uidvalidity != 0)
-                handoffs_[b].push_back(Handoff{name, fname, f.uidvalidity, f.next_uid});
+              if (f.uidvalidity != 0) {
+                Handoff h{name, fname, f.uidvalidity, f.next_uid, {}};
+                for (const auto& [uid, until] : f.inflight)
+                  if (until > now) h.inflight.push_back(uid);
+                handoffs_[b].push_back(std::move(h));
+              }
       expected_.erase(b);
       managed_.erase(b);
       awaiting_.erase(b);
@@ -156,6 +166,7 @@ bool Node::settle_lineage(Time now, const std::string& user, const std::string& 
   } else {
     f.uidvalidity = new_lineage(now, f);
     f.next_uid = top + 1;
+    f.inflight.clear();
     if (top != 0)
       env_.log("manager: " + user + "/" + folder + " taken over without a handoff: UIDVALIDITY " +
                std::to_string(f.uidvalidity) + ", renumbering");
@@ -198,6 +209,10 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
     if (f.uidvalidity != 0) continue;
     auto& next = f.handed[h.uidvalidity];
     next = std::max(next, h.next_uid);
+    // The old manager's allocations still on their way keep later UIDs
+    // out of listings here too, for as long as a store may take.
+    for (std::uint32_t uid : h.inflight)
+      f.inflight[uid] = std::max(f.inflight[uid], now + cfg_.request_timeout + cfg_.push_retry);
   }
   for (std::size_t i = 0; i < r.users.size(); ++i) {
     const std::string& user = r.users[i];
@@ -245,6 +260,13 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
 }
 
 void Node::mgr_tick(Time now) {
+  if (now - last_inflight_prune_ >= 1000) {
+    last_inflight_prune_ = now;
+    for (auto& [b, users] : managed_)
+      for (auto& [name, u] : users)
+        for (auto& [fname, f] : u.folders)
+          std::erase_if(f.inflight, [now](const auto& e) { return e.second <= now; });
+  }
   for (auto it = renumbers_due_.begin(); it != renumbers_due_.end();) {
     Bucket b = bucket(it->first);
     if (membership_.manager_of(b) != cfg_.self) {
@@ -281,6 +303,14 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
     auto it = users.find(a.user);
     if (it == users.end() || !it->second.profile || it->second.profile->deleted) {
       rep.status = missing_user_status(it == users.end() ? nullptr : &it->second);
+    } else if (!a.move_nodes.empty()) {
+      // A Move's UID in the destination: the message stays on its nodes.
+      MgrFolder& f = it->second.folders[a.folder];
+      rep.uid = take_uid(now, a.user, a.folder, f);
+      rep.uidvalidity = f.uidvalidity;
+      rep.nodes = a.move_nodes;
+      f.nodes.insert(a.move_nodes.begin(), a.move_nodes.end());
+      f.inflight[rep.uid] = now + cfg_.request_timeout + cfg_.push_retry;
     } else {
       MgrFolder& f = it->second.folders[a.folder];
       PlacementInput in;
@@ -298,10 +328,23 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
         rep.nodes = pl.nodes;
         rep.quota_bytes = it->second.profile->quota_bytes;
         f.nodes.insert(pl.nodes.begin(), pl.nodes.end());
+        // Until the front end's deadline for this store (and the quota
+        // count before it) has passed, at the latest.
+        f.inflight[rep.uid] = now + cfg_.request_timeout + store_crossing(cfg_, a.size) + cfg_.push_retry;
       }
     }
   }
   send(from, std::move(rep));
+}
+
+void Node::mgr_alloc_done(const AllocDone& d) {
+  auto b = managed_.find(bucket(d.user));
+  if (b == managed_.end()) return;
+  auto u = b->second.find(d.user);
+  if (u == b->second.end()) return;
+  auto f = u->second.folders.find(d.folder);
+  if (f == u->second.folders.end() || f->second.uidvalidity != d.uidvalidity) return;
+  f->second.inflight.erase(d.uid);
 }
 
 void Node::mgr_create_user(Time now, NodeId from, const CreateUserRequest& c) {
@@ -350,6 +393,7 @@ void Node::mgr_map(NodeId from, const MapRequest& m) {
     rep.nodes.assign(f->second.nodes.begin(), f->second.nodes.end());
     rep.uidvalidity = f->second.uidvalidity;
     rep.next_uid = f->second.next_uid;
+    rep.visible_below = f->second.visible_below(now_);
   }
   send(from, std::move(rep));
 }

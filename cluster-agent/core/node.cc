@@ -104,6 +104,8 @@ void Node::receive(Time now, const Envelope& e) {
           rep_poll(msg);
         } else if constexpr (std::is_same_v<T, AllocRequest>) {
           mgr_alloc(now_, e.from, msg);
+        } else if constexpr (std::is_same_v<T, AllocDone>) {
+          mgr_alloc_done(msg);
         } else if constexpr (std::is_same_v<T, CreateUserRequest>) {
           mgr_create_user(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, MapRequest>) {
@@ -158,7 +160,7 @@ const char* message_name(const Message& m) {
       "CreateUserRequest", "MapRequest", "MapReply", "StoreRequest", "MutateRequest",
       "OpReply",    "Push",      "PushAck",      "Retire",        "ListRequest", "ListReply",
       "FetchRequest", "FetchReply", "ProfileRequest", "ProfileReply", "UserUpdateRequest",
-      "UserListRequest", "UserListReply", "UsageRequest", "UsageReply"};
+      "UserListRequest", "UserListReply", "UsageRequest", "UsageReply", "AllocDone"};
   static_assert(sizeof(names) / sizeof(names[0]) == std::variant_size_v<Message>);
   return names[m.index()];
 }

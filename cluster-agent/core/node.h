@@ -29,6 +29,14 @@
 
 namespace porcupine {
 
+// What a delivery may carry besides the body: IMAP APPEND's INTERNALDATE
+// and flags, and COPY's source's (0: the time of delivery; none).
+struct DeliverOptions {
+  Time internal_date = 0;
+  std::uint32_t flags = 0;
+  std::vector<std::string> keywords;
+};
+
 class Node {
  public:
   Node(CoreConfig cfg, Env& env, DurableStore& disk);
@@ -41,14 +49,21 @@ class Node {
   void create_user(Time now, std::uint64_t req, const std::string& user,
                    const std::string& password_hash);
   void deliver(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
-               Body body);
+               Body body, DeliverOptions opts = {});
   // `target` needs id, user, folder and replicas (as a list or deliver gave them).
   // The message's whole flag state: system flags and keywords (last writer wins).
   void set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags,
                  std::vector<std::string> keywords = {});
+  // Sets and clears some flags and keywords, leaving the others as they
+  // are: changes of different flags by different writers all survive; for
+  // one flag the last writer wins.
+  void change_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t add_flags,
+                    std::uint32_t remove_flags, const std::vector<std::string>& add_keywords = {},
+                    const std::vector<std::string>& remove_keywords = {});
   void expunge(Time now, std::uint64_t req, const MessageRecord& target);
-  // Into another folder of the same user; it gets a new UID there shortly
-  // (the destination's manager renumbers it) and shows in lists after.
+  // Into another folder of the same user, under a UID the destination's
+  // manager gives it first (the reply's uid and uidvalidity): it shows in
+  // that folder's listings once the reply is given.
   void move(Time now, std::uint64_t req, const MessageRecord& target, const std::string& to_folder);
   // The folder's messages, gathered from every node of its mail map; with
   // digest_only, only a digest of them (ClientReply::folder_digest), which
@@ -77,6 +92,11 @@ class Node {
     std::set<std::uint32_t> seen_live;              // lineages reported with live messages
     bool renumber_due = false;     // messages of other lineages await new UIDs
     bool renumber_running = false;
+    // UIDs handed out (current lineage) whose store or move may still be
+    // on its way, each until it is done or its deadline passes: listings
+    // show nothing from the lowest of them on.
+    std::map<std::uint32_t, Time> inflight;
+    std::uint32_t visible_below(Time now) const;
   };
   struct MgrUser {
     std::optional<Profile> profile;
@@ -101,7 +121,8 @@ class Node {
   // front-end work in flight (frontend.cc), and manager renumberings
   struct Pending {
     enum class Kind {
-      CreateUser, Alloc, Quota, Store, Mutate, Map, List, Renumber, Fetch, Profile, UserUpdate, UserList, Usage
+      CreateUser, Alloc, Quota, Store, Mutate, Map, List, Renumber, Fetch, Profile, UserUpdate, UserList, Usage,
+      MoveAlloc
     } kind;
     std::uint64_t client_req = 0;  // the local client's id (0 for internal work)
     Time deadline = 0;
@@ -110,6 +131,7 @@ class Node {
     std::string user, folder;
     Body body;                                    // Alloc/Quota: the message; CreateUser: the password hash
     std::uint32_t uidvalidity = 0, next_uid = 1;  // List: the folder's lineage
+    std::uint32_t visible_below = 0;              // List: show only UIDs below (0: all)
     Update update;
     std::set<NodeId> awaiting;                    // List/Renumber: nodes still to answer; Fetch: holders asked
     std::set<NodeId> answered;                    // List/Renumber: nodes that answered
@@ -122,6 +144,7 @@ class Node {
     std::uint64_t used_bytes = 0;                 // Usage, Quota: summed so far
     std::uint64_t quota_bytes = 0;                // Quota: the user's quota
     AllocReply alloc;                             // Quota: the allocation to store with
+    DeliverOptions deliver;                       // Alloc/Quota: date and flags to store with
   };
 
   // frontend.cc
@@ -138,6 +161,7 @@ class Node {
   void mgr_on_change(Time now, const Membership::Change& ch);
   void mgr_report(Time now, NodeId from, const Report& r);
   void mgr_alloc(Time now, NodeId from, const AllocRequest& a);
+  void mgr_alloc_done(const AllocDone& d);
   void mgr_create_user(Time now, NodeId from, const CreateUserRequest& c);
   void mgr_map(NodeId from, const MapRequest& m);
   void mgr_tick(Time now);
@@ -207,6 +231,7 @@ class Node {
   // new managers; valid only in the epoch that moved them.
   std::map<Bucket, std::vector<Handoff>> handoffs_;
   Time awaiting_since_ = 0;
+  Time last_inflight_prune_ = 0;
   Time last_poll_ = 0;
 
   // reporter role (soft state)

@@ -4,8 +4,114 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cctype>
+#include <map>
 
 namespace porcupine {
+
+const char* const kFlagNames[5] = {"\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft"};
+
+namespace {
+
+std::string lower(std::string s) {
+  for (char& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return s;
+}
+
+int system_flag(const std::string& lowered) {
+  for (int i = 0; i < 5; ++i)
+    if (lowered == lower(kFlagNames[i])) return i;
+  return -1;
+}
+
+// A flag's value as a record has it, and the version of that value.
+struct FlagValue {
+  std::string name;
+  bool set = false;
+  Version version;
+};
+using FlagState = std::map<std::string, FlagValue>;  // by lower-cased name
+
+// Every flag the record names: set ones at the base version, then marks.
+// A flag it does not name is clear at its base version.
+FlagState flag_state(const MessageRecord& r) {
+  FlagState out;
+  for (int i = 0; i < 5; ++i)
+    if (r.flags & (1u << i)) out[lower(kFlagNames[i])] = {kFlagNames[i], true, r.flags_version};
+  for (const auto& k : r.keywords) out[lower(k)] = {k, true, r.flags_version};
+  for (const auto& m : r.flag_marks) out[lower(m.name)] = {m.name, m.set, m.version};
+  return out;
+}
+
+// Writes `state` back into `r` over the base version `base`.
+void set_flag_state(MessageRecord& r, const FlagState& state, Version base) {
+  r.flags = 0;
+  r.keywords.clear();
+  r.flag_marks.clear();
+  r.flags_version = base;
+  for (const auto& [key, v] : state) {
+    if (v.set) {
+      int bit = system_flag(key);
+      if (bit >= 0) r.flags |= 1u << bit;
+      else r.keywords.push_back(v.name);
+    }
+    if (v.version > base) r.flag_marks.push_back({v.name, v.set, v.version});
+  }
+}
+
+// Per flag, the newer value wins; the base is the newer base.
+bool merge_flags(MessageRecord& cur, const MessageRecord& in) {
+  if (in.flags_version <= cur.flags_version && in.flag_marks.empty()) return false;
+  FlagState a = flag_state(cur), b = flag_state(in);
+  const Version base = std::max(cur.flags_version, in.flags_version);
+  FlagState out;
+  auto pick = [&](const std::string& key) {
+    auto x = a.find(key), y = b.find(key);
+    FlagValue va = x != a.end() ? x->second : FlagValue{y->second.name, false, cur.flags_version};
+    FlagValue vb = y != b.end() ? y->second : FlagValue{x->second.name, false, in.flags_version};
+    const FlagValue& w = vb.version > va.version ? vb : va;
+    if (w.set || w.version > base) out[key] = w;
+  };
+  for (const auto& [key, v] : a) pick(key);
+  for (const auto& [key, v] : b)
+    if (!a.count(key)) pick(key);
+  MessageRecord next = cur;
+  set_flag_state(next, out, base);
+  if (next.flags == cur.flags && next.keywords == cur.keywords && next.flag_marks == cur.flag_marks &&
+      next.flags_version == cur.flags_version)
+    return false;
+  cur.flags = next.flags;
+  cur.keywords = std::move(next.keywords);
+  cur.flag_marks = std::move(next.flag_marks);
+  cur.flags_version = next.flags_version;
+  return true;
+}
+
+}  // namespace
+
+void mark_flags(MessageRecord& r, Version v, std::uint32_t add_flags, std::uint32_t remove_flags,
+                const std::vector<std::string>& add_keywords,
+                const std::vector<std::string>& remove_keywords) {
+  MessageRecord d;
+  d.flag_marks = flag_marks(v, add_flags, remove_flags, add_keywords, remove_keywords);
+  merge_flags(r, d);
+}
+
+std::vector<FlagMark> flag_marks(Version v, std::uint32_t add_flags, std::uint32_t remove_flags,
+                                 const std::vector<std::string>& add_keywords,
+                                 const std::vector<std::string>& remove_keywords) {
+  FlagState s;
+  for (int i = 0; i < 5; ++i) {
+    if (remove_flags & (1u << i)) s[lower(kFlagNames[i])] = {kFlagNames[i], false, v};
+    if (add_flags & (1u << i)) s[lower(kFlagNames[i])] = {kFlagNames[i], true, v};
+  }
+  for (const auto& k : remove_keywords) s[lower(k)] = {k, false, v};
+  for (const auto& k : add_keywords) s[lower(k)] = {k, true, v};
+  std::vector<FlagMark> out;
+  for (const auto& [key, f] : s)
+    if (system_flag(key) >= 0 || !key.empty()) out.push_back({f.name, f.set, f.version});
+  return out;
+}
 
 std::uint64_t record_digest(const MessageRecord& r) {
   std::string b;
@@ -52,12 +158,7 @@ bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now) {
     cur.uid_version = in.uid_version;
     changed = true;
   }
-  if (newer(in.flags_version, cur.flags_version)) {
-    cur.flags = in.flags;
-    cur.keywords = in.keywords;
-    cur.flags_version = in.flags_version;
-    changed = true;
-  }
+  if (merge_flags(cur, in)) changed = true;
   if (in.expunged) {
     if (!cur.expunged) {
       // The body goes at once; the record stays as a death certificate so

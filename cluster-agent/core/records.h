@@ -17,10 +17,21 @@
 
 namespace porcupine {
 
+// One change to one flag of a message, newer than the record's flag base
+// (`MessageRecord::flags_version`): a system flag by its IMAP name
+// ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft") or an IMAP
+// keyword, set or cleared, at `version`.
+struct FlagMark {
+  std::string name;
+  bool set = false;
+  Version version;
+  bool operator==(const FlagMark&) const = default;
+};
+
 // One message as one replica holds it. The body is immutable; flags, the
 // UID stamp and the expunge mark are mutable, each with its own version
-// (last writer wins per attribute). An expunged record without a body is
-// a death certificate.
+// (last writer wins per attribute; for flags, per flag). An expunged record
+// without a body is a death certificate.
 struct MessageRecord {
   MsgId id;
   std::string user;    // canonical address
@@ -36,9 +47,16 @@ struct MessageRecord {
   std::uint32_t uid = 0;
   Version uid_version;
 
+  // The flag state a reader sees: system flags and IMAP keywords (sorted
+  // without regard to case). Each flag is its own last-writer-wins value:
+  // a flag named in `flag_marks` has that mark's value and version; any
+  // other flag has its value here at `flags_version` (the base: the store,
+  // or the last whole-state write). A change of some flags (a STORE +FLAGS)
+  // adds marks, so changes of different flags by different writers merge.
   std::uint32_t flags = 0;
-  std::vector<std::string> keywords;  // IMAP keywords, sorted; one attribute with flags
+  std::vector<std::string> keywords;
   Version flags_version;
+  std::vector<FlagMark> flag_marks;  // sorted by lower-cased name, versions > flags_version
 
   bool expunged = false;
   Version expunge_version;
@@ -46,6 +64,22 @@ struct MessageRecord {
 
   bool operator==(const MessageRecord&) const = default;
 };
+
+// The IMAP names of the system flags, bit i of `flags` for name i.
+extern const char* const kFlagNames[5];
+
+// Sets or clears flags of `r` as one change at `v`: `add_flags` /
+// `remove_flags` system flag bits, and keywords (compared without regard to
+// case). The result is what merging a Flags update with those marks gives.
+void mark_flags(MessageRecord& r, Version v, std::uint32_t add_flags, std::uint32_t remove_flags,
+                const std::vector<std::string>& add_keywords,
+                const std::vector<std::string>& remove_keywords);
+
+// The marks of one such change (what a Flags update carries), at `v`.
+// Adding wins over removing the same flag in one change.
+std::vector<FlagMark> flag_marks(Version v, std::uint32_t add_flags, std::uint32_t remove_flags,
+                                 const std::vector<std::string>& add_keywords,
+                                 const std::vector<std::string>& remove_keywords);
 
 // Merge `in` into `cur`, attribute by attribute (Thomas write rule).
 // Expunge is sticky: once expunged, always expunged. Returns true if

@@ -58,12 +58,18 @@ void Replicator::apply(Time now, const Update& u) {
       in.has_body = !in.body.empty();
       in.uid_version = in.flags_version = u.id;
       break;
-    case Update::Kind::Flags: in.flags_version = u.id; break;
+    case Update::Kind::Flags:
+      // A whole flag state (no marks) or a change of some flags (marks).
+      if (in.flag_marks.empty()) in.flags_version = u.id;
+      else
+        for (auto& m : in.flag_marks) m.version = u.id;
+      break;
     case Update::Kind::Move:
-      // Into another folder, without a UID: the destination's manager
-      // gives it one (it renumbers every message outside its lineage).
+      // Into another folder with the UID its manager gave it there (none
+      // from an older front end: the destination's manager renumbers every
+      // message outside its lineage).
       in.folder_version = in.uid_version = u.id;
-      in.uid = in.uidvalidity = 0;
+      if (in.uid == 0) in.uidvalidity = 0;
       break;
     case Update::Kind::Expunge:
       in.expunged = true;

@@ -51,6 +51,7 @@ struct Handoff {
   std::string folder;
   std::uint32_t uidvalidity = 0;
   std::uint32_t next_uid = 1;
+  std::vector<std::uint32_t> inflight;  // UIDs handed out whose messages may not be stored yet
   bool operator==(const Handoff&) const = default;
 };
 struct ReportEntry {
@@ -91,7 +92,18 @@ struct AllocRequest {
   std::uint64_t req = 0;
   std::string user;
   std::string folder;
+  std::uint64_t size = 0;              // the body's bytes (how long its store may take)
+  std::vector<NodeId> move_nodes;      // a Move's UID: the message's replicas, no placement
   bool operator==(const AllocRequest&) const = default;
+};
+// The front end is done with an allocated UID (its store or move is
+// acknowledged): messages above it may show in listings.
+struct AllocDone {
+  std::string user;
+  std::string folder;
+  std::uint32_t uidvalidity = 0;
+  std::uint32_t uid = 0;
+  bool operator==(const AllocDone&) const = default;
 };
 struct AllocReply {
   std::uint64_t req = 0;
@@ -120,6 +132,10 @@ struct MapReply {
   std::vector<NodeId> nodes;
   std::uint32_t uidvalidity = 0;  // the folder's current lineage (0: none yet)
   std::uint32_t next_uid = 1;
+  // Listings show only UIDs below this: the lowest UID handed out whose
+  // message may still be on its way (next_uid when none; 0: no limit), so
+  // no reader sees UID n+1 before n is stored or known to be abandoned.
+  std::uint32_t visible_below = 0;
   bool operator==(const MapReply&) const = default;
 };
 
@@ -216,7 +232,7 @@ using Message = std::variant<Probe, ProbeAck, NewGroup, Accept, Commit, Report, 
                              OpReply, Push, PushAck, Retire, ListRequest, ListReply,
                              FetchRequest, FetchReply, ProfileRequest, ProfileReply,
                              UserUpdateRequest, UserListRequest, UserListReply,
-                             UsageRequest, UsageReply>;
+                             UsageRequest, UsageReply, AllocDone>;
 
 const char* message_name(const Message& m);
 

@@ -187,3 +187,84 @@ TEST_F(CApi, NoAgentIsUnreachableNotACrash) {
 }
 
 }  // namespace
+
+namespace {
+struct Source {
+  const char* data;
+  size_t left;
+};
+ssize_t read_source(void* context, char* buf, size_t len) {
+  auto* s = static_cast<Source*>(context);
+  size_t n = len < s->left ? len : s->left;
+  std::memcpy(buf, s->data, n);
+  s->data += n;
+  s->left -= n;
+  return static_cast<ssize_t>(n);
+}
+}  // namespace
+
+// An APPEND's date and flags travel with the delivery; flag changes carry
+// only what they change, so two of them on different flags both stay; a
+// move answers the message's UID in its new folder.
+TEST_F(CApi, DeliverWithDateAndFlagsChangeSomeFlagsAndMoveWithItsNewUid) {
+  const char* msg = "Subject: appended\r\n\r\nold mail\r\n";
+  const char* kws[] = {"Work", "$Label2"};
+  porcupine_deliver_options o{1'500'000'000'000, 1 /* \Seen */, kws, 2};
+  Source src{msg, std::strlen(msg)};
+  porcupine_delivered d{};
+  ASSERT_EQ(porcupine_deliver_with(client_, "ann@example.org", "INBOX", &o, read_source, &src, &d), PORCUPINE_OK)
+      << porcupine_error(client_);
+  porcupine_folder f;
+  ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "INBOX", &f), PORCUPINE_OK);
+  ASSERT_EQ(f.count, 1u);
+  EXPECT_EQ(f.messages[0].internal_date_ms, 1'500'000'000'000);
+  EXPECT_EQ(f.messages[0].flags, 1u);
+  ASSERT_EQ(f.messages[0].nkeywords, 2u);
+  EXPECT_STREQ(f.messages[0].keywords[0], "$Label2");
+  EXPECT_STREQ(f.messages[0].keywords[1], "Work");
+
+  // One change adds \Answered, another (later, from a stale view) clears
+  // \Seen and the keyword Work: both stay.
+  const char* work[] = {"Work"};
+  porcupine_flag_delta a{f.messages[0].ref, 2 /* \Answered */, 0, nullptr, 0, nullptr, 0, -1};
+  porcupine_flag_delta b{f.messages[0].ref, 0, 1 /* \Seen */, nullptr, 0, work, 1, -1};
+  ASSERT_EQ(porcupine_change_flags_many(client_, "ann@example.org", "INBOX", &a, 1), PORCUPINE_OK);
+  ASSERT_EQ(porcupine_change_flags_many(client_, "ann@example.org", "INBOX", &b, 1), PORCUPINE_OK);
+  EXPECT_EQ(a.result, PORCUPINE_OK);
+  EXPECT_EQ(b.result, PORCUPINE_OK);
+  porcupine_folder g;
+  ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "INBOX", &g), PORCUPINE_OK);
+  ASSERT_EQ(g.count, 1u);
+  EXPECT_EQ(g.messages[0].flags, 2u);
+  ASSERT_EQ(g.messages[0].nkeywords, 1u);
+  EXPECT_STREQ(g.messages[0].keywords[0], "$Label2");
+  porcupine_folder_free(&g);
+  const char* bad[] = {"two words"};
+  porcupine_flag_delta x{f.messages[0].ref, 0, 0, bad, 1, nullptr, 0, -1};
+  EXPECT_EQ(porcupine_change_flags_many(client_, "ann@example.org", "INBOX", &x, 1), PORCUPINE_OK);
+  EXPECT_EQ(x.result, PORCUPINE_BAD_REQUEST);
+
+  // A bad date or keyword refuses the delivery before anything is stored.
+  porcupine_deliver_options neg{-5, 0, nullptr, 0};
+  Source src2{msg, std::strlen(msg)};
+  EXPECT_EQ(porcupine_deliver_with(client_, "ann@example.org", "INBOX", &neg, read_source, &src2, nullptr),
+            PORCUPINE_BAD_REQUEST);
+
+  ASSERT_EQ(porcupine_folder_create(client_, "ann@example.org", "Archive"), PORCUPINE_OK);
+  porcupine_delivered moved{};
+  ASSERT_EQ(porcupine_move_uid(client_, "ann@example.org", "INBOX", &f.messages[0].ref, "Archive", &moved),
+            PORCUPINE_OK)
+      << porcupine_error(client_);
+  EXPECT_EQ(moved.uid, 1u);
+  porcupine_folder h;
+  ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "Archive", &h), PORCUPINE_OK);
+  ASSERT_EQ(h.count, 1u);  // there at once
+  EXPECT_EQ(h.uidvalidity, moved.uidvalidity);
+  EXPECT_EQ(h.messages[0].uid, moved.uid);
+  EXPECT_EQ(h.messages[0].internal_date_ms, 1'500'000'000'000);  // the move keeps the date
+  porcupine_folder_free(&h);
+  porcupine_folder_free(&f);
+  ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "INBOX", &f), PORCUPINE_OK);
+  EXPECT_EQ(f.count, 0u);
+  porcupine_folder_free(&f);
+}

@@ -82,6 +82,7 @@ MessageRecord full_record(std::uint64_t seq) {
   r.flags = kSeen | kFlagged | kDraft;
   r.keywords = {"$Forwarded", "$Label1", "NonJunk"};
   r.flags_version = {1'700'000'000'300, 5};
+  r.flag_marks = {{"\\Answered", true, {1'700'000'000'310, 2}}, {"$Label1", false, {1'700'000'000'320, 4}}};
   r.expunged = true;
   r.expunge_version = {1'700'000'000'400, 7};
   r.expunged_at = 1'700'000'000'500;
@@ -133,10 +134,12 @@ std::vector<Message> every_message() {
              .generations = {7, std::numeric_limits<std::uint64_t>::max()},
              .entries = {{kUser, kFolder, {{42, 1, 17, 12}, {43, 1, 3, 0}}, 12}},
              .profiles = {full_profile()},
-             .handoffs = {{kUser, kFolder, 42, 18}}},
+             .handoffs = {{kUser, kFolder, 42, 18, {16, 17}}}},
       ReportAck{.epoch = epoch, .complete = {5}, .users = {kUser}, .generations = {7}},
       ReportPoll{.epoch = epoch, .buckets = {1, 2, 3}},
-      AllocRequest{101, kUser, kFolder},
+      AllocRequest{101, kUser, kFolder, 4096, {}},
+      AllocRequest{101, kUser, kFolder, 0, {2, 3}},
+      AllocDone{kUser, kFolder, 42, 17},
       AllocReply{
           .req = 102, .status = Status::TryAgain, .uidvalidity = 42, .uid = 17, .nodes = {3, 5},
           .quota_bytes = 4096},
@@ -146,7 +149,8 @@ std::vector<Message> every_message() {
                .status = Status::NotManager,
                .nodes = {2},
                .uidvalidity = 42,
-               .next_uid = 18},
+               .next_uid = 18,
+               .visible_below = 16},
       StoreRequest{106, full_update(Update::Kind::Store)},
       MutateRequest{107, full_update(Update::Kind::Flags)},
       OpReply{108, Status::Failed},

@@ -802,3 +802,166 @@ TEST(Membership, ASlowNetworkStillFormsOneGroupNotAGroupPerNode) {
   ASSERT_TRUE(c.run_until_pred([&] { return c.converged(); }, 60'000));
   EXPECT_EQ(c.node(1)->membership().members().size(), 2u);
 }
+
+// A STORE sends what it changes: two writers changing different flags of
+// one message, on different nodes at the same moment, both keep their
+// change; for one flag the later writer wins.
+TEST(Flags, ChangesOfDifferentFlagsByTwoWritersBothSurvive) {
+  Harness h(3);
+  const std::string u = "flo@example.org";
+  MessageRecord t;
+  ASSERT_NO_FATAL_FAILURE(h.first_message(u, t));
+  ASSERT_EQ(h.c.wait(h.c.set_flags(1, t, kSeen))->status, Status::Ok);
+  h.c.run_for(1000);
+  // Issued together through three nodes: nobody sees the others' change.
+  auto change = [&](NodeId via, std::uint32_t add, std::uint32_t remove, std::vector<std::string> add_kw) {
+    return h.c.call(via, [=](Node& n, Time now, std::uint64_t req) {
+      n.change_flags(now, req, t, add, remove, add_kw, {});
+    });
+  };
+  std::uint64_t a = change(1, kAnswered, 0, {});
+  std::uint64_t b = change(2, 0, kSeen, {});
+  std::uint64_t k = change(3, 0, 0, {"$Label1"});
+  ASSERT_EQ(h.c.wait(a)->status, Status::Ok);
+  ASSERT_EQ(h.c.wait(b)->status, Status::Ok);
+  ASSERT_EQ(h.c.wait(k)->status, Status::Ok);
+  h.c.run_for(2000);
+  for (NodeId via = 1; via <= 3; ++via) {
+    const ClientReply* l = h.list(via, u);
+    ASSERT_EQ(l->status, Status::Ok);
+    ASSERT_EQ(l->records.size(), 1u);
+    EXPECT_EQ(l->records[0].flags, kAnswered) << "via n" << via;  // \Answered added, \Seen removed
+    EXPECT_EQ(l->records[0].keywords, std::vector<std::string>{"$Label1"}) << "via n" << via;
+  }
+  // The same flag from two writers: the later one wins, the other flags stay.
+  ASSERT_EQ(h.c.wait(change(1, kFlagged, 0, {}))->status, Status::Ok);
+  h.c.run_for(50);
+  ASSERT_EQ(h.c.wait(change(2, 0, kFlagged, {"$label1"}))->status, Status::Ok);
+  h.c.run_for(2000);
+  const ClientReply* l = h.list(3, u);
+  ASSERT_EQ(l->records.size(), 1u);
+  EXPECT_EQ(l->records[0].flags, kAnswered);
+  EXPECT_EQ(l->records[0].keywords, std::vector<std::string>{"$label1"});  // one keyword, as last set
+  // A whole-state write after them still replaces everything.
+  ASSERT_EQ(h.c.wait(h.c.set_flags(2, t, kDraft))->status, Status::Ok);
+  h.c.run_for(2000);
+  l = h.list(1, u);
+  EXPECT_EQ(l->records[0].flags, kDraft);
+  EXPECT_TRUE(l->records[0].keywords.empty());
+  h.expect_invariants();
+}
+
+// A delivery keeps the INTERNALDATE and flags it is given (IMAP APPEND,
+// and COPY's source's); without one it is the time of delivery.
+TEST(Delivery, AnAppendKeepsItsInternalDateAndFlags) {
+  Harness h(3);
+  const std::string u = "ada@example.org";
+  h.user(u);
+  DeliverOptions o;
+  o.internal_date = 1'500'000'000'000;
+  o.flags = kSeen | kFlagged;
+  o.keywords = {"Work", "$Label2", "work"};
+  const ClientReply* d = h.run(2, [&](Node& n, Time now, std::uint64_t req) {
+    n.deliver(now, req, u, "INBOX", std::string("Subject: old\r\n\r\nx\r\n"), o);
+  });
+  ASSERT_EQ(d->status, Status::Ok);
+  ASSERT_EQ(h.deliver(3, u)->status, Status::Ok);
+  const ClientReply* l = h.list(1, u);
+  ASSERT_EQ(l->records.size(), 2u);
+  EXPECT_EQ(l->records[0].internal_date, 1'500'000'000'000);
+  EXPECT_EQ(l->records[0].flags, kSeen | kFlagged);
+  EXPECT_EQ(l->records[0].keywords, (std::vector<std::string>{"$Label2", "Work"}));
+  EXPECT_GT(l->records[1].internal_date, 0);
+  EXPECT_LE(l->records[1].internal_date, h.c.now());
+  h.expect_invariants();
+}
+
+// A Move answers the UID its message has in the destination, and the
+// message is there, under that UID, as soon as the answer is given.
+TEST(Uids, AMoveAnswersItsNewUidAndTheMessageIsThereAtOnce) {
+  Harness h(4);
+  const std::string u = "mo@example.org";
+  h.user(u);
+  std::vector<const ClientReply*> d;
+  for (int i = 0; i < 3; ++i) d.push_back(h.deliver(1 + i, u));
+  const ClientReply* first = h.deliver(4, u, "Archive");
+  ASSERT_EQ(first->status, Status::Ok);
+  MessageRecord t = Harness::target(*d[1], u);
+  const ClientReply* m = h.run(2, [&](Node& n, Time now, std::uint64_t req) { n.move(now, req, t, "Archive"); });
+  ASSERT_EQ(m->status, Status::Ok);
+  EXPECT_EQ(m->msg, d[1]->msg);
+  EXPECT_EQ(m->uidvalidity, first->uidvalidity);
+  EXPECT_EQ(m->uid, first->uid + 1);
+  const ClientReply* archive = h.c.wait(h.c.list(3, u, "Archive"));  // no waiting first
+  ASSERT_EQ(archive->status, Status::Ok);
+  ASSERT_EQ(archive->records.size(), 2u);
+  EXPECT_EQ(archive->records[1].id, d[1]->msg);
+  EXPECT_EQ(archive->records[1].uid, m->uid);
+  h.c.run_for(5000);
+  const ClientReply* inbox = h.list(4, u);
+  ASSERT_EQ(inbox->records.size(), 2u);
+  for (const auto& r : inbox->records) EXPECT_NE(r.id, d[1]->msg);
+  archive = h.c.wait(h.c.list(1, u, "Archive"));
+  ASSERT_EQ(archive->records.size(), 2u);
+  EXPECT_EQ(archive->records[1].uid, m->uid);  // kept: no renumbering after
+  h.expect_invariants();
+}
+
+// UIDs become visible in order: while the store of UID n is still on its
+// way, a listing does not show UID n+1 whose store finished first (a cache
+// that took n+1 could never take n), and shows both once n is stored.
+TEST(Uids, AListingShowsNoUidBeforeAnEarlierOneStillBeingStored) {
+  Harness h(3);
+  const std::string u = "ord@example.org";
+  h.user(u);
+  ASSERT_EQ(h.deliver(1, u)->status, Status::Ok);
+  // The front end whose store is held up is not the user's manager.
+  const NodeId mgr = h.c.node(1)->membership().manager_of(bucket_of(u, 1024));
+  const NodeId fe = mgr == 2 ? 3 : 2;
+  const NodeId other = 6 - mgr - fe;
+  const Time slow = 2000;
+  ASSERT_LT(slow, CoreConfig{}.request_timeout);
+  bool delayed = false;
+  h.c.on_arrival = [&](const Envelope& e, Time arrival) {
+    if (!delayed && e.from == fe && std::holds_alternative<StoreRequest>(e.body)) {
+      delayed = true;
+      return arrival + slow;
+    }
+    return arrival;
+  };
+  std::uint64_t a = h.c.deliver(fe, u, "INBOX", "Subject: a\r\n\r\nx\r\n");
+  h.c.run_for(100);  // a has its UID; its store is held up
+  ASSERT_TRUE(delayed);
+  const ClientReply* b = h.deliver(other, u);
+  ASSERT_EQ(b->status, Status::Ok);
+  const ClientReply* l = h.list(mgr, u);
+  ASSERT_EQ(l->status, Status::Ok);
+  EXPECT_EQ(l->records.size(), 1u) << "UID " << b->uid << " shown while an earlier UID is being stored";
+  const ClientReply* ra = h.c.wait(a);
+  ASSERT_EQ(ra->status, Status::Ok);
+  EXPECT_LT(ra->uid, b->uid);
+  l = h.list(mgr, u);
+  ASSERT_EQ(l->records.size(), 3u);
+  EXPECT_EQ(l->records[1].uid, ra->uid);
+  EXPECT_EQ(l->records[2].uid, b->uid);
+  h.c.on_arrival = nullptr;
+  // A front end that never finishes (its node dies with the store) holds
+  // the later UIDs back only until the store's deadline.
+  h.c.on_arrival = [&](const Envelope& e, Time arrival) {
+    return e.from == fe && std::holds_alternative<StoreRequest>(e.body) ? arrival + 60'000 : arrival;
+  };
+  h.c.deliver(fe, u, "INBOX", "Subject: lost\r\n\r\nx\r\n");
+  h.c.run_for(100);
+  h.c.crash(fe);
+  ASSERT_TRUE(h.settle());
+  const ClientReply* c2 = h.deliver(other, u);
+  ASSERT_EQ(c2->status, Status::Ok);
+  h.c.on_arrival = nullptr;
+  h.c.run_for(CoreConfig{}.request_timeout + 2 * CoreConfig{}.push_retry);
+  l = h.list(mgr, u);
+  ASSERT_EQ(l->status, Status::Ok);
+  ASSERT_FALSE(l->records.empty());
+  EXPECT_EQ(l->records.back().uid, c2->uid);
+  h.c.restart(fe);
+  h.expect_invariants();
+}
