@@ -14,6 +14,12 @@ Classes (each gets its own subnet from CMake):
                 that cached them keeps listing and serving them, changes
                 to them get NO [UNAVAILABLE], new mail and changes to it
                 work; nothing is renumbered when the nodes return
+  ImapConformance  what IMAP promises across nodes: INTERNALDATE kept
+                through APPEND, COPY and MOVE (SEARCH SINCE, SORT ARRIVAL
+                answer as on stock Dovecot), MOVE answers COPYUID and the
+                message is in the destination at once, STOREs of
+                different flags from sessions on two nodes all survive,
+                concurrent APPENDs on three nodes converge on every node
   ImapBadInput  wrong password, unknown user, odd folder names, a 50 MB
                 message, a message over the limit, an APPEND cut off, a
                 STORE and an APPEND over the cluster's 64 keywords
@@ -535,6 +541,145 @@ class ImapOutOfReach(dt.DovecotCase):
 DOVEADM = dt.shutil.which("doveadm") or "/usr/bin/doveadm"
 # The big message of ImapBadInput: 50 MB (PCP_BIG_BYTES to change it).
 BIG_BYTES = int(os.environ.get("PCP_BIG_BYTES", 50 * 1000 * 1000))
+
+
+def internaldates(m, uid_set="1:*"):
+    """{uid: INTERNALDATE string} of the selected mailbox."""
+    typ, data = m.uid("FETCH", uid_set, "(UID INTERNALDATE)")
+    assert typ == "OK", data
+    out = {}
+    for line in data:
+        if isinstance(line, tuple):
+            line = line[0]
+        if not line:
+            continue
+        u = re.search(rb"UID (\d+)", line)
+        d = re.search(rb'INTERNALDATE "([^"]+)"', line)
+        if u and d:
+            out[int(u.group(1))] = d.group(1).decode()
+    return out
+
+
+class ImapConformance(dt.DovecotCase):
+    def test_internaldate_is_kept_through_append_copy_and_move_and_move_answers_copyuid(self):
+        m1 = self.imap(1)
+        self.assertEqual(m1.create("Copies")[0], "OK")
+        self.assertEqual(m1.create("Moved")[0], "OK")
+        m2, m3 = self.imap(2), self.imap(3)  # logged in after: they know the folders
+        try:
+            dates = ['"01-Jan-2019 10:00:00 +0000"', '"15-Jun-2023 08:30:00 +0000"',
+                     '"02-Feb-2025 23:59:59 +0000"']
+            for n, d in enumerate(dates):
+                typ, data = m1.append("INBOX", None, d, message(n))
+                self.assertEqual(typ, "OK", data)
+            self.assertEqual(m2.select("INBOX")[0], "OK")
+            got = internaldates(m2)
+            self.assertEqual(sorted(got.values()), sorted(["01-Jan-2019 10:00:00 +0000",
+                                                           "15-Jun-2023 08:30:00 +0000",
+                                                           "02-Feb-2025 23:59:59 +0000"]), got)
+            typ, data = m2.uid("SEARCH", "SINCE", "1-Jan-2024")
+            self.assertEqual((typ, len(data[0].split())), ("OK", 1), data)
+            typ, data = m2.uid("SORT", "(ARRIVAL)", "UTF-8", "ALL")
+            self.assertEqual(typ, "OK", data)
+            by_date = sorted(got, key=lambda u: time.strptime(got[u], "%d-%b-%Y %H:%M:%S %z"))
+            self.assertEqual([int(x) for x in data[0].split()], by_date)
+            uids = sorted(got)
+            # COPY keeps the source's date; MOVE too, and says where it went.
+            self.assertEqual(m2.uid("COPY", str(uids[0]), "Copies")[0], "OK")
+            typ, data = m2.uid("MOVE", str(uids[1]), "Moved")
+            self.assertEqual(typ, "OK", data)
+            copyuid = m2.response("COPYUID")[1]
+            self.assertTrue(copyuid and copyuid[-1], "MOVE answered no COPYUID: %r" % (data,))
+            uidvalidity, src, dst = copyuid[-1].split()
+            self.assertEqual(int(src), uids[1])
+            self.assertEqual(m3.select("Moved")[0], "OK")  # another node, at once
+            moved = internaldates(m3)
+            self.assertEqual(list(moved.items()), [(int(dst), got[uids[1]])], moved)
+            typ, data = m3.status("Moved", "(UIDVALIDITY)")
+            self.assertIn(b"UIDVALIDITY " + uidvalidity, data[0])
+            self.assertEqual(m3.select("Copies")[0], "OK")
+            self.assertEqual(list(internaldates(m3).values()), [got[uids[0]]])
+            self.assertEqual(m3.select("INBOX")[0], "OK")
+            self.assertEqual(sorted(internaldates(m3)), [uids[0], uids[2]])
+        finally:
+            for m in (m1, m2, m3):
+                m.logout()
+
+    def test_stores_of_different_flags_from_sessions_on_two_nodes_all_survive(self):
+        for n in range(5):
+            self.deliver(1 + n % 3, message(n))
+        self.assertTrue(self.wait_for(lambda: len(self.cluster_listing(1)["messages"]) == 5, 10))
+        a, b = self.imap(1), self.imap(2)
+        try:
+            self.assertEqual(a.select("INBOX")[0], "OK")
+            self.assertEqual(b.select("INBOX")[0], "OK")
+            uids = sorted(flags_of(a))
+            self.assertEqual(len(uids), 5)
+            self.assertEqual(a.uid("STORE", "1:*", "+FLAGS.SILENT", "(\\Seen)")[0], "OK")
+            b.noop()
+            for u in uids:
+                # A sets \Answered; B, which has not synced since, clears
+                # \Seen and adds a keyword: each keeps the other's change.
+                self.assertEqual(a.uid("STORE", str(u), "+FLAGS.SILENT", "(\\Answered)")[0], "OK")
+                self.assertEqual(b.uid("STORE", str(u), "-FLAGS.SILENT", "(\\Seen)")[0], "OK")
+                self.assertEqual(b.uid("STORE", str(u), "+FLAGS.SILENT", "($Label1)")[0], "OK")
+        finally:
+            a.logout()
+            b.logout()
+        want = {u: {"\\Answered", "$Label1"} for u in uids}
+        for i in (1, 2, 3):
+            c = self.imap(i)
+            try:
+                self.assertEqual(c.select("INBOX")[0], "OK")
+                self.assertEqual(flags_of(c), want, "node %d" % i)
+            finally:
+                c.logout()
+
+    def test_concurrent_appends_on_three_nodes_converge_on_every_node_in_uid_order(self):
+        per_node, errors = 15, []
+
+        def appender(i):
+            try:
+                m = self.imap(i)
+                for k in range(per_node):
+                    n = 1000 * i + k
+                    typ, data = m.append("INBOX", None, None, message(n))
+                    if typ != "OK":
+                        errors.append((i, k, data))
+                    m.noop()  # a sync between appends, as a client's view moves on
+                m.logout()
+            except Exception as e:  # reported below
+                errors.append((i, repr(e)))
+        threads = [threading.Thread(target=appender, args=(i,)) for i in (1, 2, 3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        self.assertEqual(errors, [])
+        cluster = {x["uid"] for x in self.cluster_listing(1)["messages"]}
+        self.assertEqual(len(cluster), 3 * per_node)
+        views = {}
+        for i in (1, 2, 3):
+            c = self.imap(i)
+            try:
+                self.assertEqual(c.select("INBOX")[0], "OK")
+                typ, data = c.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+                self.assertEqual(typ, "OK")
+                view = {}
+                for d in data:
+                    if isinstance(d, tuple):
+                        view[int(re.search(rb"UID (\d+)", d[0]).group(1))] = d[1].strip()
+                views[i] = view
+            finally:
+                c.logout()
+            self.assertEqual(set(views[i]), cluster, "node %d lacks or adds messages" % i)
+        self.assertEqual(views[1], views[2])
+        self.assertEqual(views[1], views[3])
+        for i in (1, 2, 3):
+            self.assert_no_hidden_messages(i)
+
+    def assert_no_hidden_messages(self, i):
+        self.assertNotIn("below the local next UID", self.dovecot_log(i, whole=True))
 
 
 class ImapBadInput(dt.DovecotCase):

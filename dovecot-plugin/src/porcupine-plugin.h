@@ -1,0 +1,277 @@
+/* porcupine-plugin.h - the private header shared by the parts of the
+ * Dovecot mail plugin `porcupine` (not installed; nothing outside
+ * dovecot-plugin/src includes it): module contexts, the per-user,
+ * per-mailbox and per-mail state, and what each part gives the others.
+ *
+ * The plugin makes Dovecot's own storage (sdbox, mdbox or maildir) a cache
+ * of the cluster, which is the authority for which messages exist, their
+ * UIDs, UIDVALIDITY and flags (system flags and IMAP keywords). The parts:
+ *
+ *   porcupine-plugin.c    module init/deinit and the storage hooks
+ *   porcupine-settings.c  the plugin { } settings, checked at login
+ *   porcupine-storage.c   the mail user (agent connection), mailbox
+ *                         allocation (its vfuncs), and what the parts
+ *                         share: cluster references in the index,
+ *                         placeholders' stamps, keyword lists
+ *   porcupine-sync.c      mailbox sync: the cluster's listing onto the
+ *                         local cache (under a lock), STATUS, IDLE's poll
+ *   porcupine-decide.c    the sync's decisions, apart from Dovecot
+ *   porcupine-save.c      saves, COPY and MOVE: into the cluster
+ *   porcupine-mail.c      the mail vfuncs: flags, keywords and expunges
+ *                         to the cluster first; placeholders' content
+ *   porcupine-list.c      the folder list: create/delete/rename to the
+ *                         cluster first; the local list follows the
+ *                         cluster's at login and LIST
+ *
+ * It runs in Dovecot's single-threaded mail processes (lmtp, imap, pop3,
+ * doveadm). One agent connection per mail user, opened at its first use;
+ * the client reconnects by itself after an error. */
+#ifndef PORCUPINE_PLUGIN_H
+#define PORCUPINE_PLUGIN_H
+
+#include "lib.h"
+#include "array.h"
+#include "buffer.h"
+#include "istream.h"
+#include "seq-range-array.h"
+#include "module-context.h"
+#include "mail-user.h"
+#include "mail-storage-private.h"
+#include "mail-storage-hooks.h"
+#include "mail-index.h"
+#include "index-storage.h"
+#include "index-mail.h"
+#include "mail-namespace.h"
+#include "mailbox-list-private.h"
+
+#include "porcupine_client.h"
+#include "porcupine-decide.h"
+
+#define PCP_USER(obj) MODULE_CONTEXT(obj, pcp_user_module)
+#define PCP_BOX(obj) MODULE_CONTEXT(obj, pcp_storage_module)
+#define PCP_MAIL(obj) MODULE_CONTEXT(obj, pcp_mail_module)
+#define PCP_LIST(obj) MODULE_CONTEXT(obj, pcp_list_module)
+
+/* The cluster keeps at most this many keywords per message
+   (porcupine_client.h: more is PORCUPINE_BAD_REQUEST). */
+#define PCP_MAX_KEYWORDS 64
+
+/* A sync fetches the bodies it lacks this many at a time (pipelined), and
+   about this many bytes: a batch must come within one call's deadline. */
+#define PCP_FETCH_BATCH 16
+#define PCP_FETCH_BATCH_BYTES (8 * 1024 * 1024)
+/* LIST follows the cluster's folder list at most this often. */
+#define PCP_FOLLOW_INTERVAL_MS 1000
+/* A sync waits at most this long for another process's sync of the same
+   mailbox (less if mail_max_lock_timeout is lower). */
+#define PCP_SYNC_LOCK_TIMEOUT_SECS 120
+#define PCP_SYNC_LOCK_FNAME "dovecot-porcupine.lock"
+
+#define PCP_UNAVAILABLE_REASON \
+	"Message is on cluster nodes that cannot be reached now; try again later"
+
+/* porcupine-decide.h speaks Dovecot's flag values and replica count
+   without its headers. */
+_Static_assert(PCP_MAIL_ANSWERED == MAIL_ANSWERED && PCP_MAIL_FLAGGED == MAIL_FLAGGED &&
+	       PCP_MAIL_DELETED == MAIL_DELETED && PCP_MAIL_SEEN == MAIL_SEEN &&
+	       PCP_MAIL_DRAFT == MAIL_DRAFT &&
+	       PCP_MAIL_FLAGS_NONRECENT == MAIL_FLAGS_NONRECENT,
+	       "porcupine-decide.h's flags are Dovecot's");
+_Static_assert(PCP_DECIDE_MAX_REPLICAS == PORCUPINE_MAX_REPLICAS,
+	       "porcupine-decide.h's replica count is the client's");
+
+/* The plugin { } settings of a user (porcupine-settings.c). */
+struct pcp_settings {
+	/* The agent's local socket; the plugin is inactive without it. */
+	const char *socket_path;
+	/* Deadline of each call to the agent. */
+	unsigned int timeout_ms;
+	/* How often IDLE asks the cluster for changes of the selected folder. */
+	unsigned int idle_poll_ms;
+};
+
+struct pcp_user {
+	union mail_user_module_context module_ctx;
+	struct pcp_settings set;
+	/* The user's connection to the agent; opened at its first use. */
+	porcupine_client *client;
+	/* When the local folder list last followed the cluster's. */
+	struct timeval last_follow;
+	/* TRUE while folders are created or deleted to follow the cluster:
+	   those changes stay local. */
+	bool local_only;
+};
+
+struct pcp_save_context;
+struct pcp_change_set;
+
+struct pcp_mailbox {
+	union mailbox_module_context module_ctx;
+	/* TRUE while the plugin itself changes the local cache: saves,
+	   flag changes and expunges then stay local. */
+	bool in_sync;
+	/* TRUE while get_status syncs a mailbox it opened itself. */
+	bool in_status;
+	/* TRUE when the last sync could not take the mailbox's lock in time:
+	   sync_deinit then fails the sync with a temporary error. */
+	bool sync_lock_timed_out;
+	/* The cluster's last listing of the folder (owned), sorted by UID;
+	   refs and nrefs point into it. */
+	struct porcupine_folder listing;
+	struct porcupine_message *refs;
+	size_t nrefs;
+	uint32_t uidvalidity;
+	/* The digest of the last listing a sync applied in full (0: none):
+	   IDLE's poll compares the cluster's digest with it. */
+	uint64_t synced_digest;
+	/* A transaction with a flag, keyword or expunge change the cluster
+	   refused (BAD_REQUEST) or could not make (the message's nodes are
+	   out of reach): its commit fails with this error (IMAP NO). */
+	struct mailbox_transaction_context *failed_t;
+	enum mail_error failed_error;
+	const char *failed_reason;
+	/* UIDs of local messages the last listing did not have because every
+	   node holding them is out of reach (down, or silent): kept and
+	   served from the cache; changes to them fail for now. */
+	ARRAY_TYPE(seq_range) out_of_reach;
+	/* The index extension with each cached message's cluster reference
+	   (struct pcp_ext_rec). */
+	uint32_t ext_id;
+	bool ext_registered;
+	/* UIDs this process moved away in the cluster (IMAP MOVE): their
+	   expunge that follows stays local. */
+	ARRAY_TYPE(seq_range) moved;
+	/* Polls the cluster while a client waits for changes (IDLE). */
+	struct timeout *to_poll;
+	/* Save contexts the plugin allocated (saves going to the cluster). */
+	ARRAY(struct pcp_save_context *) saves;
+	/* The flag changes of open transactions (struct pcp_change_set). */
+	ARRAY(struct pcp_change_set) change_sets;
+};
+
+/* Per message in the local index (extension "porcupine"): where the
+   cluster keeps it. With it a sync tells a message that is gone from one
+   whose nodes are only out of reach, also in a process that has not seen
+   the message listed. */
+struct pcp_ext_rec {
+	uint64_t seq;
+	int64_t internal_date_ms;
+	uint32_t origin;
+	uint32_t nreplicas;
+	uint32_t pflags; /* PCP_EXT_* */
+	uint32_t unused;
+	uint32_t replicas[PORCUPINE_MAX_REPLICAS];
+};
+
+/* The message is in the local index only: its body could not be fetched
+   when it was cached (no holder answered). Its content is fetched from the
+   cluster each time Dovecot needs it; while that fails, reading it is a
+   temporary error for that message alone. */
+#define PCP_EXT_PLACEHOLDER 0x1
+
+struct pcp_mail {
+	union mail_module_context module_ctx;
+};
+
+struct pcp_save_context {
+	struct mail_save_context ctx;
+	struct mailbox *box;
+	struct istream *input;
+	buffer_t *body;
+	ARRAY_TYPE(seq_range) uids;
+	uint32_t uid_validity;
+	bool failed;
+};
+
+/* A message whose flag state a transaction changes: the state it had and
+   the state the transaction makes (system flags and keywords, NULL-
+   terminated arrays in the change set's pool). */
+struct pcp_change {
+	uint32_t uid;
+	enum mail_flags old_flags, new_flags;
+	const char *const *old_keywords;
+	const char *const *new_keywords;
+};
+
+/* The flag changes of one transaction, sent to the cluster in one
+   pipelined batch when it commits: one whole-state write per message,
+   whatever mix of flag and keyword updates made it. */
+struct pcp_change_set {
+	struct mailbox_transaction_context *t;
+	pool_t pool;
+	ARRAY(struct pcp_change) changes;
+};
+
+extern MODULE_CONTEXT_DEFINE(pcp_user_module, &mail_user_module_register);
+extern MODULE_CONTEXT_DEFINE(pcp_storage_module, &mail_storage_module_register);
+extern MODULE_CONTEXT_DEFINE(pcp_mail_module, &mail_module_register);
+extern MODULE_CONTEXT_DEFINE(pcp_list_module, &mailbox_list_module_register);
+
+/* porcupine-settings.c */
+/* Reads the user's plugin settings into *set_r: 1 with the plugin active,
+   0 when porcupine_socket is unset (inactive), -1 with *error_r naming
+   the setting and its value when one is not valid. */
+int pcp_settings_read(struct mail_user *user, struct pcp_settings *set_r,
+		      const char **error_r);
+
+/* porcupine-storage.c: the user, the mailbox, shared helpers */
+void pcp_mail_user_created(struct mail_user *user);
+void pcp_mailbox_allocated(struct mailbox *box);
+porcupine_client *pcp_connect(struct mail_user *user);
+void pcp_keyword_names(const struct mail_keywords *kw,
+		       ARRAY_TYPE(const_string) *names);
+struct mail_keywords *
+pcp_cluster_keywords(struct mailbox *box, const struct porcupine_message *m);
+void pcp_set_refs(struct pcp_mailbox *pbox, struct porcupine_folder *folder);
+const struct porcupine_message *
+pcp_find_ref(const struct pcp_mailbox *pbox, uint32_t uid);
+uint32_t pcp_ext_id(struct mailbox *box);
+void pcp_ref_from_ext(struct porcupine_msgref *ref, const struct pcp_ext_rec *rec);
+void pcp_stamp(struct mailbox_transaction_context *t, uint32_t seq,
+	       const struct porcupine_message *m, bool appended, uint32_t pflags);
+const struct pcp_ext_rec *pcp_placeholder(struct mail *mail);
+void pcp_local_holders(struct mailbox *box, struct mail_index_view *view,
+		       uint32_t seq, struct pcp_decide_local *l);
+bool pcp_out_of_reach(struct mailbox *box, struct mail_index_view *view,
+		      uint32_t seq, const struct porcupine_folder *folder);
+int pcp_lookup_ref(struct mail *mail, porcupine_client *c,
+		   const struct porcupine_message **m_r);
+void pcp_fail_transaction(struct mailbox_transaction_context *t,
+			  enum mail_error error, const char *reason);
+
+/* porcupine-sync.c */
+struct mailbox_sync_context *
+pcp_sync_init(struct mailbox *box, enum mailbox_sync_flags flags);
+int pcp_sync_deinit(struct mailbox_sync_context *ctx,
+		    struct mailbox_sync_status *status_r);
+int pcp_get_status(struct mailbox *box, enum mailbox_status_items items,
+		   struct mailbox_status *status_r);
+void pcp_notify_changes(struct mailbox *box);
+
+/* porcupine-save.c */
+struct mail_save_context *pcp_save_alloc(struct mailbox_transaction_context *t);
+int pcp_save_begin(struct mail_save_context *_ctx, struct istream *input);
+int pcp_save_continue(struct mail_save_context *_ctx);
+int pcp_save_finish(struct mail_save_context *_ctx);
+void pcp_save_cancel(struct mail_save_context *_ctx);
+int pcp_copy(struct mail_save_context *ctx, struct mail *mail);
+int pcp_transaction_save_commit_pre(struct mail_save_context *_ctx);
+void pcp_transaction_save_commit_post(struct mail_save_context *_ctx,
+				      struct mail_index_transaction_commit_result *result);
+void pcp_transaction_save_rollback(struct mail_save_context *_ctx);
+
+/* porcupine-mail.c */
+void pcp_mail_allocated(struct mail *_mail);
+int pcp_transaction_commit(struct mailbox_transaction_context *t,
+			   struct mail_transaction_commit_changes *changes_r);
+void pcp_transaction_rollback(struct mailbox_transaction_context *t);
+
+/* porcupine-list.c */
+void pcp_namespaces_created(struct mail_namespace *namespaces);
+void pcp_mailbox_list_created(struct mailbox_list *list);
+int pcp_create_box(struct mailbox *box, const struct mailbox_update *update,
+		   bool directory);
+int pcp_delete_box(struct mailbox *box);
+int pcp_rename_box(struct mailbox *src, struct mailbox *dest);
+
+#endif

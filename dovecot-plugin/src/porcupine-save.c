@@ -1,0 +1,309 @@
+/* porcupine-save.c - saves into the cluster: LMTP delivery, IMAP APPEND
+ * and COPY into a folder go to the cluster (porcupine_deliver) and not
+ * into the local storage, which gets the message at the next sync with
+ * the cluster's UID (APPENDUID gives it). A cluster failure fails the save
+ * with a temporary error (LMTP 4xx); an unknown user or a message the
+ * cluster refuses is a permanent one. APPEND's internal date, flags and
+ * keywords (COPY's: the source's) go with the delivery. IMAP MOVE between
+ * two folders of the user is the cluster's Move (the body stays where it
+ * is; COPYUID gives its new UID). The sync's own saves (in_sync) go to the
+ * local storage as before. */
+#include "porcupine-plugin.h"
+#include "mail-copy.h"
+
+#include <string.h>
+
+static bool pcp_is_ours(struct pcp_mailbox *pbox, struct mail_save_context *ctx)
+{
+	struct pcp_save_context *const *sp;
+
+	array_foreach(&pbox->saves, sp) {
+		if (&(*sp)->ctx == ctx)
+			return TRUE;
+	}
+	return FALSE;
+}
+
+static void pcp_save_release(struct pcp_save_context *ctx)
+{
+	i_stream_unref(&ctx->input);
+	if (ctx->body != NULL)
+		buffer_free(&ctx->body);
+}
+
+static void pcp_save_destroy(struct pcp_save_context *ctx)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(ctx->box);
+	struct pcp_save_context *const *sp;
+	unsigned int i = 0;
+
+	array_foreach(&pbox->saves, sp) {
+		if (*sp == ctx) {
+			array_delete(&pbox->saves, i, 1);
+			break;
+		}
+		i++;
+	}
+	pcp_save_release(ctx);
+	array_free(&ctx->uids);
+	i_free(ctx);
+}
+
+struct mail_save_context *
+pcp_save_alloc(struct mailbox_transaction_context *t)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(t->box);
+	struct pcp_save_context *ctx;
+
+	if (pbox->in_sync)
+		return pbox->module_ctx.super.save_alloc(t);
+	if (t->save_ctx == NULL) {
+		ctx = i_new(struct pcp_save_context, 1);
+		ctx->ctx.transaction = t;
+		ctx->box = t->box;
+		i_array_init(&ctx->uids, 4);
+		array_push_back(&pbox->saves, &ctx);
+		t->save_ctx = &ctx->ctx;
+	}
+	return t->save_ctx;
+}
+
+int pcp_save_begin(struct mail_save_context *_ctx, struct istream *input)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(_ctx->transaction->box);
+	struct pcp_save_context *ctx = (struct pcp_save_context *)_ctx;
+
+	if (!pcp_is_ours(pbox, _ctx))
+		return pbox->module_ctx.super.save_begin(_ctx, input);
+	pcp_save_release(ctx);
+	ctx->failed = FALSE;
+	ctx->input = input;
+	i_stream_ref(input);
+	ctx->body = buffer_create_dynamic(default_pool, 8192);
+	return 0;
+}
+
+int pcp_save_continue(struct mail_save_context *_ctx)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(_ctx->transaction->box);
+	struct pcp_save_context *ctx = (struct pcp_save_context *)_ctx;
+	const unsigned char *data;
+	size_t size;
+	int ret;
+
+	if (!pcp_is_ours(pbox, _ctx))
+		return pbox->module_ctx.super.save_continue(_ctx);
+	if (ctx->failed)
+		return -1;
+	while ((ret = i_stream_read_more(ctx->input, &data, &size)) > 0) {
+		buffer_append(ctx->body, data, size);
+		i_stream_skip(ctx->input, size);
+	}
+	if (ret == -1 && ctx->input->stream_errno != 0) {
+		mail_storage_set_critical(_ctx->transaction->box->storage,
+			"porcupine: read(%s) failed: %s",
+			i_stream_get_name(ctx->input),
+			i_stream_get_error(ctx->input));
+		ctx->failed = TRUE;
+		return -1;
+	}
+	return 0;
+}
+
+struct pcp_reader {
+	const unsigned char *data;
+	size_t size, pos;
+};
+
+static ssize_t pcp_read(void *context, char *buf, size_t len)
+{
+	struct pcp_reader *r = context;
+	size_t n = I_MIN(len, r->size - r->pos);
+
+	memcpy(buf, r->data + r->pos, n);
+	r->pos += n;
+	return (ssize_t)n;
+}
+
+/* Delivers the saved message into the cluster's folder. */
+static int pcp_deliver(struct pcp_save_context *ctx)
+{
+	struct mailbox *box = ctx->box;
+	struct mail_user *user = box->storage->user;
+	struct pcp_reader r = { ctx->body->data, ctx->body->used, 0 };
+	struct porcupine_delivered out;
+	struct porcupine_deliver_options opts;
+	enum mail_flags flags = ctx->ctx.data.flags & MAIL_FLAGS_NONRECENT;
+	ARRAY_TYPE(const_string) keywords;
+	const char *const *names;
+	unsigned int nnames;
+	porcupine_client *c;
+	int code;
+
+	t_array_init(&keywords, 8);
+	pcp_keyword_names(ctx->ctx.data.keywords, &keywords);
+	names = array_get(&keywords, &nnames);
+	if (nnames > PCP_MAX_KEYWORDS) {
+		/* The cluster would take the message but not its state. */
+		mail_storage_set_error(box->storage, MAIL_ERROR_PARAMS,
+				       "Too many keywords (at most 64 per message)");
+		return -1;
+	}
+	i_zero(&opts);
+	if (ctx->ctx.data.received_date > 0)
+		opts.internal_date_ms = (int64_t)ctx->ctx.data.received_date * 1000;
+	opts.flags = pcp_flags_to_cluster(flags);
+	opts.keywords = names;
+	opts.nkeywords = nnames;
+	c = pcp_connect(user);
+	code = c == NULL ? PORCUPINE_UNREACHABLE :
+		porcupine_deliver_with(c, user->username, box->vname, &opts,
+				       pcp_read, &r, &out);
+	if (code != PORCUPINE_OK) {
+		enum mail_error error = MAIL_ERROR_TEMP;
+		if (code == PORCUPINE_NO_SUCH_USER || code == PORCUPINE_BAD_REQUEST)
+			error = MAIL_ERROR_PARAMS;
+		else if (code == PORCUPINE_OVER_QUOTA)
+			error = MAIL_ERROR_NOQUOTA;
+		e_error(box->event, "porcupine: delivery into %s failed: %s",
+			box->vname, c == NULL ? "no client" : porcupine_error(c));
+		mail_storage_set_error(box->storage, error, error == MAIL_ERROR_TEMP ?
+			"Cluster temporarily unavailable, try again later" :
+			"Cluster refused the message");
+		return -1;
+	}
+	seq_range_array_add(&ctx->uids, out.uid);
+	ctx->uid_validity = out.uidvalidity;
+	return 0;
+}
+
+int pcp_save_finish(struct mail_save_context *_ctx)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(_ctx->transaction->box);
+	struct pcp_save_context *ctx = (struct pcp_save_context *)_ctx;
+	int ret = -1;
+
+	if (!pcp_is_ours(pbox, _ctx))
+		return pbox->module_ctx.super.save_finish(_ctx);
+	if (!ctx->failed && pcp_save_continue(_ctx) == 0)
+		ret = pcp_deliver(ctx);
+	pcp_save_release(ctx);
+	index_save_context_free(_ctx);
+	return ret;
+}
+
+void pcp_save_cancel(struct mail_save_context *_ctx)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(_ctx->transaction->box);
+	struct pcp_save_context *ctx = (struct pcp_save_context *)_ctx;
+
+	if (!pcp_is_ours(pbox, _ctx)) {
+		pbox->module_ctx.super.save_cancel(_ctx);
+		return;
+	}
+	ctx->failed = TRUE;
+	pcp_save_release(ctx);
+	index_save_context_free(_ctx);
+}
+
+/* IMAP MOVE between two folders of the same user: the cluster's Move. The
+   message keeps its body where it is; the destination's UID comes back
+   with the answer (COPYUID), and the message is in the destination by
+   then. */
+static int pcp_move(struct mail_save_context *ctx, struct mail *mail)
+{
+	struct mailbox *dest = ctx->transaction->box;
+	struct mailbox *src = mail->box;
+	struct pcp_mailbox *spbox = PCP_BOX(src);
+	struct mail_user *user = dest->storage->user;
+	struct pcp_save_context *pctx = (struct pcp_save_context *)ctx;
+	const struct porcupine_message *m = NULL;
+	struct porcupine_delivered moved;
+	porcupine_client *c = pcp_connect(user);
+	int code;
+
+	code = c == NULL ? PORCUPINE_UNREACHABLE : pcp_lookup_ref(mail, c, &m);
+	if (code == PORCUPINE_OK)
+		code = porcupine_move_uid(c, user->username, src->vname, &m->ref,
+					  dest->vname, &moved);
+	if (code != PORCUPINE_OK) {
+		e_error(dest->event, "porcupine: moving UID %u of %s to %s failed: %s",
+			mail->uid, src->vname, dest->vname, c == NULL ? "no client" :
+			m == NULL && code == PORCUPINE_TEMPFAIL ? "its nodes are out of reach" :
+			porcupine_error(c));
+		if (code == PORCUPINE_NOT_FOUND) {
+			mail_storage_set_error(dest->storage, MAIL_ERROR_EXPUNGED,
+					       "Message was expunged in the cluster");
+		} else {
+			mail_storage_set_error(dest->storage, MAIL_ERROR_UNAVAILABLE,
+					       m == NULL ? PCP_UNAVAILABLE_REASON :
+					       "Cluster temporarily unavailable, try again later");
+		}
+		mailbox_save_cancel(&ctx);
+		return -1;
+	}
+	seq_range_array_add(&spbox->moved, mail->uid);
+	if (moved.uid != 0) {
+		seq_range_array_add(&pctx->uids, moved.uid);
+		pctx->uid_validity = moved.uidvalidity;
+	}
+	index_save_context_free(ctx);
+	return 0;
+}
+
+int pcp_copy(struct mail_save_context *ctx, struct mail *mail)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(ctx->transaction->box);
+	struct pcp_mailbox *spbox = PCP_BOX(mail->box);
+
+	if (!pcp_is_ours(pbox, ctx))
+		return pbox->module_ctx.super.copy(ctx, mail);
+	if (ctx->moving && spbox != NULL &&
+	    mail->box->storage->user == ctx->transaction->box->storage->user &&
+	    strcmp(mail->box->vname, ctx->transaction->box->vname) != 0)
+		return pcp_move(ctx, mail);
+	/* Through the save path: the copy is a new message in the cluster. */
+	return mail_storage_copy(ctx, mail);
+}
+
+int pcp_transaction_save_commit_pre(struct mail_save_context *_ctx)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(_ctx->transaction->box);
+	struct pcp_save_context *ctx = (struct pcp_save_context *)_ctx;
+	struct mail_transaction_commit_changes *changes;
+
+	if (!pcp_is_ours(pbox, _ctx))
+		return pbox->module_ctx.super.transaction_save_commit_pre(_ctx);
+	changes = _ctx->transaction->changes;
+	if (changes != NULL && array_count(&ctx->uids) > 0) {
+		changes->uid_validity = ctx->uid_validity;
+		seq_range_array_merge(&changes->saved_uids, &ctx->uids);
+	}
+	return 0;
+}
+
+void
+pcp_transaction_save_commit_post(struct mail_save_context *_ctx,
+				 struct mail_index_transaction_commit_result *result)
+{
+	struct pcp_save_context *ctx = (struct pcp_save_context *)_ctx;
+	struct mailbox *box = _ctx->transaction->box;
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+
+	if (!pcp_is_ours(pbox, _ctx)) {
+		pbox->module_ctx.super.transaction_save_commit_post(_ctx, result);
+		return;
+	}
+	pcp_save_destroy(ctx);
+}
+
+void pcp_transaction_save_rollback(struct mail_save_context *_ctx)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(_ctx->transaction->box);
+
+	if (!pcp_is_ours(pbox, _ctx)) {
+		pbox->module_ctx.super.transaction_save_rollback(_ctx);
+		return;
+	}
+	pcp_save_destroy((struct pcp_save_context *)_ctx);
+}
