@@ -123,6 +123,34 @@ bool from_pb(const pb::MemberWeight& p, MemberWeight& m, Check& c) {
   return true;
 }
 
+template <class R>
+void put_view(const UidView& v, R* out) {
+  for (const auto& g : v) {
+    auto& q = *out->Add();
+    to_pb(g.gen, *q.mutable_gen());
+    q.set_top(g.top);
+  }
+}
+template <class R>
+bool get_view(const R& in, UidView& v, Check& c) {
+  v.clear();
+  for (const auto& q : in) {
+    GenTop g;
+    g.top = q.top();
+    if (!from_pb(q.gen(), g.gen, c)) return false;
+    v.push_back(g);
+  }
+  return true;
+}
+
+void to_pb(const UidTakeover& t, pb::UidTakeover& p) {
+  to_pb(t.gen, *p.mutable_gen());
+  put_view(t.seen, p.mutable_seen());
+}
+bool from_pb(const pb::UidTakeover& p, UidTakeover& t, Check& c) {
+  return get_view(p.seen(), t.seen, c) && from_pb(p.gen(), t.gen, c);
+}
+
 // ---- hard state ---------------------------------------------------------------
 
 void to_pb(const MessageRecord& r, pb::MessageRecord& p, Bodies bodies = Bodies::Keep) {
@@ -144,6 +172,8 @@ void to_pb(const MessageRecord& r, pb::MessageRecord& p, Bodies bodies = Bodies:
   p.set_uidvalidity(r.uidvalidity);
   p.set_uid(r.uid);
   to_pb(r.uid_version, *p.mutable_uid_version());
+  to_pb(r.uid_gen, *p.mutable_uid_gen());
+  put_view(r.uid_seen, p.mutable_uid_seen());
   p.set_flags(r.flags);
   put(r.keywords, p.mutable_keywords());
   to_pb(r.flags_version, *p.mutable_flags_version());
@@ -172,6 +202,7 @@ bool from_pb(const pb::MessageRecord& p, MessageRecord& r, Check& c) {
   r.internal_date = p.internal_date();
   r.uidvalidity = p.uidvalidity();
   r.uid = p.uid();
+  if (!get_view(p.uid_seen(), r.uid_seen, c)) return false;
   r.flags = p.flags();
   get(p.keywords(), r.keywords);
   r.expunged = p.expunged();
@@ -188,7 +219,7 @@ bool from_pb(const pb::MessageRecord& p, MessageRecord& r, Check& c) {
   }
   return from_pb(p.id(), r.id, c) &&
          get_nodes(p.replicas(), r.replicas, "MessageRecord.replicas", c) &&
-         from_pb(p.uid_version(), r.uid_version, c) &&
+         from_pb(p.uid_version(), r.uid_version, c) && from_pb(p.uid_gen(), r.uid_gen, c) &&
          from_pb(p.flags_version(), r.flags_version, c) &&
          from_pb(p.expunge_version(), r.expunge_version, c) &&
          from_pb(p.folder_version(), r.folder_version, c);
@@ -207,6 +238,8 @@ void to_pb(const Profile& u, pb::Profile& p) {
     f.mutable_meta()->set_uidvalidity(meta.uidvalidity);
     to_pb(meta.version, *f.mutable_meta()->mutable_version());
     f.mutable_meta()->set_deleted(meta.deleted);
+    f.mutable_meta()->set_uid_reserved(meta.uid_reserved);
+    for (const auto& t : meta.takeovers) to_pb(t, *f.mutable_meta()->add_takeovers());
   }
   put(u.holders, p.mutable_holders());
 }
@@ -220,6 +253,12 @@ bool from_pb(const pb::Profile& p, Profile& u, Check& c) {
     FolderMeta meta;
     meta.uidvalidity = f.meta().uidvalidity();
     meta.deleted = f.meta().deleted();
+    meta.uid_reserved = f.meta().uid_reserved();
+    for (const auto& q : f.meta().takeovers()) {
+      UidTakeover t;
+      if (!from_pb(q, t, c)) return false;
+      meta.takeovers.push_back(t);
+    }
     if (!from_pb(f.meta().version(), meta.version, c)) return false;
     if (!u.folders.emplace(f.name(), meta).second) return c.fail("Profile.folders: folder named twice");
   }
@@ -297,10 +336,12 @@ void to_pb(const UidRange& r, pb::UidRange& p) {
   p.set_min_uid(r.min_uid);
   p.set_max_uid(r.max_uid);
   p.set_live(r.live);
+  to_pb(r.gen, *p.mutable_gen());
+  put_view(r.seen, p.mutable_seen());
 }
-bool from_pb(const pb::UidRange& p, UidRange& r, Check&) {
-  r = {p.uidvalidity(), p.min_uid(), p.max_uid(), p.live()};
-  return true;
+bool from_pb(const pb::UidRange& p, UidRange& r, Check& c) {
+  r = {p.uidvalidity(), p.min_uid(), p.max_uid(), p.live(), {}, {}};
+  return get_view(p.seen(), r.seen, c) && from_pb(p.gen(), r.gen, c);
 }
 
 void to_pb(const Handoff& h, pb::Handoff& p) {
@@ -309,11 +350,13 @@ void to_pb(const Handoff& h, pb::Handoff& p) {
   p.set_uidvalidity(h.uidvalidity);
   p.set_next_uid(h.next_uid);
   put(h.inflight, p.mutable_inflight());
+  to_pb(h.gen, *p.mutable_gen());
+  put_view(h.seen, p.mutable_seen());
 }
-bool from_pb(const pb::Handoff& p, Handoff& h, Check&) {
-  h = {p.user(), p.folder(), p.uidvalidity(), p.next_uid(), {}};
+bool from_pb(const pb::Handoff& p, Handoff& h, Check& c) {
+  h = {p.user(), p.folder(), p.uidvalidity(), p.next_uid(), {}, {}, {}};
   get(p.inflight(), h.inflight);
-  return true;
+  return get_view(p.seen(), h.seen, c) && from_pb(p.gen(), h.gen, c);
 }
 
 void to_pb(const ReportEntry& e, pb::ReportEntry& p) {
@@ -400,6 +443,26 @@ bool from_pb(const pb::AllocDone& p, AllocDone& m, Check&) {
   return true;
 }
 
+void to_pb(const RenumberRequest& m, pb::RenumberRequest& p) {
+  p.set_req(m.req);
+  p.set_user(m.user);
+  p.set_folder(m.folder);
+  to_pb(m.id, *p.mutable_id());
+  put(m.replicas, p.mutable_replicas());
+  p.set_uidvalidity(m.uidvalidity);
+  p.set_uid(m.uid);
+  p.set_above(m.above);
+}
+bool from_pb(const pb::RenumberRequest& p, RenumberRequest& m, Check& c) {
+  m.above = p.above();
+  m.req = p.req();
+  m.user = p.user();
+  m.folder = p.folder();
+  m.uidvalidity = p.uidvalidity();
+  m.uid = p.uid();
+  return from_pb(p.id(), m.id, c) && get_nodes(p.replicas(), m.replicas, "RenumberRequest.replicas", c);
+}
+
 void to_pb(const AllocReply& m, pb::AllocReply& p) {
   p.set_req(m.req);
   p.set_status(pb::Status(m.status));
@@ -407,13 +470,17 @@ void to_pb(const AllocReply& m, pb::AllocReply& p) {
   p.set_uid(m.uid);
   put(m.nodes, p.mutable_nodes());
   p.set_quota_bytes(m.quota_bytes);
+  to_pb(m.gen, *p.mutable_gen());
+  put_view(m.seen, p.mutable_seen());
 }
 bool from_pb(const pb::AllocReply& p, AllocReply& m, Check& c) {
   m.req = p.req();
   m.uidvalidity = p.uidvalidity();
   m.uid = p.uid();
   m.quota_bytes = p.quota_bytes();
-  return get_enum(p.status(), pb::Status_IsValid, m.status, "AllocReply.status", c) &&
+  if (!get_view(p.seen(), m.seen, c)) return false;
+  return from_pb(p.gen(), m.gen, c) &&
+         get_enum(p.status(), pb::Status_IsValid, m.status, "AllocReply.status", c) &&
          get_nodes(p.nodes(), m.nodes, "AllocReply.nodes", c);
 }
 
@@ -444,12 +511,18 @@ void to_pb(const MapReply& m, pb::MapReply& p) {
   p.set_uidvalidity(m.uidvalidity);
   p.set_next_uid(m.next_uid);
   p.set_visible_below(m.visible_below);
+  for (const auto& t : m.takeovers) to_pb(t, *p.add_takeovers());
 }
 bool from_pb(const pb::MapReply& p, MapReply& m, Check& c) {
   m.req = p.req();
   m.uidvalidity = p.uidvalidity();
   m.next_uid = p.next_uid();
   m.visible_below = p.visible_below();
+  for (const auto& q : p.takeovers()) {
+    UidTakeover t;
+    if (!from_pb(q, t, c)) return false;
+    m.takeovers.push_back(t);
+  }
   return get_enum(p.status(), pb::Status_IsValid, m.status, "MapReply.status", c) &&
          get_nodes(p.nodes(), m.nodes, "MapReply.nodes", c);
 }
@@ -664,7 +737,8 @@ bool from_pb(const pb::UsageReply& p, UsageReply& m, Check&) {
   X(UserListReply, user_list_reply)         \
   X(UsageRequest, usage_request)            \
   X(UsageReply, usage_reply)                \
-  X(AllocDone, alloc_done)
+  X(AllocDone, alloc_done)                  \
+  X(RenumberRequest, renumber_request)
 
 #define PORCUPINE_COUNT(T, field) +1
 static_assert(0 PORCUPINE_MESSAGES(PORCUPINE_COUNT) == std::variant_size_v<Message>,

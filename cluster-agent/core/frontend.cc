@@ -145,6 +145,21 @@ void Node::move(Time now, std::uint64_t req, const MessageRecord& target, const 
   fe_tick(now);
 }
 
+void Node::renumber(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t above) {
+  std::uint64_t id = new_req();
+  Pending& p = pending_[id];
+  p.kind = Pending::Kind::Renum;
+  p.client_req = req;
+  p.deadline = now + cfg_.request_timeout;
+  p.user = canonical_user(target.user);
+  p.folder = target.folder;
+  p.update.record = target;
+  p.update.record.body.clear();
+  p.above = above;
+  p.retry_at = now;
+  fe_tick(now);
+}
+
 void Node::expunge(Time now, std::uint64_t req, const MessageRecord& target) {
   mutate(now, req, Update::Kind::Expunge, target, nullptr);
 }
@@ -169,6 +184,11 @@ void Node::fe_tick(Time now) {
       case Pending::Kind::MoveAlloc:
         send(mgr, AllocRequest{id, p.user, p.folder, 0, p.update.replicas});
         break;
+      case Pending::Kind::Renum: {
+        const MessageRecord& t = p.update.record;
+        send(mgr, RenumberRequest{id, p.user, p.folder, t.id, t.replicas, t.uidvalidity, t.uid, p.above});
+        break;
+      }
       case Pending::Kind::Map:
         send(mgr, MapRequest{id, p.user, p.folder});
         break;
@@ -261,10 +281,13 @@ void Node::fe_finish_list(std::uint64_t id) {
   // A message still carrying an older lineage's UID is being renumbered:
   // it shows once it has its UID in the current one.
   // One whose UID is at or above the first still in flight waits for it,
-  // so UIDs become visible in order.
+  // so UIDs become visible in order; one a takeover made stale (its own
+  // copies name the takeovers too) waits for its new UID.
+  for (const auto& [mid, rec] : p.gathered)
+    if (rec.uidvalidity == p.uidvalidity) add_takeover(p.takeovers, UidTakeover{rec.uid_gen, rec.uid_seen});
   for (auto& [mid, rec] : p.gathered)
     if (rec.has_body && !rec.expunged && rec.uidvalidity == p.uidvalidity &&
-        (p.visible_below == 0 || rec.uid < p.visible_below))
+        (p.visible_below == 0 || rec.uid < p.visible_below) && !uid_stale(p.takeovers, rec.uid_gen, rec.uid))
       r.records.push_back(rec);
   std::sort(r.records.begin(), r.records.end(),
             [](const MessageRecord& a, const MessageRecord& b) { return a.uid < b.uid; });
@@ -352,6 +375,23 @@ void Node::fe_reply(NodeId from, const Message& m) {
   };
   if (const auto* a = std::get_if<AllocReply>(&m)) {
     Pending* p = find(a->req);
+    if (p && p->kind == Pending::Kind::Renum) {
+      if (a->status == Status::NotFound || a->status == Status::NoSuchUser)
+        return fe_fail(a->req, a->status, "not in that folder's lineage");
+      if (a->status != Status::Ok) {
+        p->retry_at = now_ + kRetry;
+        return;
+      }
+      ClientReply r;
+      r.req = p->client_req;
+      r.msg = p->update.record.id;
+      r.uidvalidity = a->uidvalidity;
+      r.uid = a->uid;
+      r.replicas = p->update.record.replicas;
+      pending_.erase(a->req);
+      env_.reply(std::move(r));
+      return;
+    }
     if (p && p->kind == Pending::Kind::MoveAlloc) {
       if (a->status == Status::NoSuchUser) return fe_fail(a->req, Status::NoSuchUser, "no such user");
       if (a->status != Status::Ok) {
@@ -363,6 +403,8 @@ void Node::fe_reply(NodeId from, const Message& m) {
       p->update.id = next_version(now_);
       p->update.record.uidvalidity = a->uidvalidity;
       p->update.record.uid = a->uid;
+      p->update.record.uid_gen = a->gen;
+      p->update.record.uid_seen = a->seen;
       p->retry_at = now_;
       fe_tick(now_);
       return;
@@ -422,6 +464,7 @@ void Node::fe_reply(NodeId from, const Message& m) {
     p->uidvalidity = mr->uidvalidity;
     p->next_uid = mr->next_uid;
     p->visible_below = mr->visible_below;
+    p->takeovers = mr->takeovers;
     fe_gather(now_, mr->req, mr->nodes);
   } else if (const auto* l = std::get_if<ListReply>(&m)) {
     Pending* p = find(l->req);
@@ -460,6 +503,8 @@ void Node::fe_store(std::uint64_t id, const AllocReply& a) {
   u.record.keywords = p.deliver.keywords;
   u.record.uidvalidity = a.uidvalidity;
   u.record.uid = a.uid;
+  u.record.uid_gen = a.gen;
+  u.record.uid_seen = a.seen;
   p.kind = Pending::Kind::Store;
   p.update = std::move(u);
   p.peer = a.nodes.front();

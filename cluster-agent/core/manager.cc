@@ -24,6 +24,12 @@
 
 namespace porcupine {
 
+namespace {
+// UIDs a manager reserves in a folder's lineage at a time (one profile
+// write per this many deliveries into the folder).
+constexpr std::uint32_t kUidBlock = 64;
+}  // namespace
+
 const Node::MgrUser* Node::managed_user(const std::string& user) const {
   auto b = managed_.find(bucket(user));
   if (b == managed_.end()) return nullptr;
@@ -39,6 +45,13 @@ std::uint32_t Node::MgrFolder::visible_below(Time now) const {
   for (const auto& [uid, until] : inflight)
     if (until > now) return uid;
   return next_uid;
+}
+
+UidView Node::MgrFolder::view() const {
+  UidView out;
+  for (const auto& [key, t] : gen_top)
+    if (key.first == uidvalidity) out.push_back(GenTop{key.second, t.top});
+  return out;
 }
 
 std::vector<NodeLoad> Node::live_loads() const {
@@ -68,7 +81,7 @@ void Node::mgr_on_change(Time now, const Membership::Change& ch) {
           for (const auto& [name, u] : m->second)
             for (const auto& [fname, f] : u.folders)
               if (f.uidvalidity != 0) {
-                Handoff h{name, fname, f.uidvalidity, f.next_uid, {}};
+                Handoff h{name, fname, f.uidvalidity, f.next_uid, {}, f.gen, f.start_seen};
                 for (const auto& [uid, until] : f.inflight)
                   if (until > now) h.inflight.push_back(uid);
                 handoffs_[b].push_back(std::move(h));
@@ -90,7 +103,12 @@ void Node::mgr_on_change(Time now, const Membership::Change& ch) {
           for (NodeId d : departed) f.nodes.erase(d);
       for (NodeId d : departed) reported_[b].erase(d);
       // A member new to this manager may hold fragments of the bucket while
-      // its own view says nothing moved: ask it, without blocking delivery.
+      // its own view says nothing moved (or have been in another group that
+      // handed out UIDs): ask it. Listings go on; UIDs wait for its report.
+      if (auto x = expected_.find(b); x != expected_.end()) {
+        for (NodeId d : departed) x->second.erase(d);
+        if (x->second.empty()) expected_.erase(x);
+      }
       for (NodeId n : now_members)
         if (n != cfg_.self && !reported_[b].count(n)) expected_[b].insert(n);
       if (auto a = awaiting_.find(b); a != awaiting_.end()) {
@@ -105,7 +123,7 @@ void Node::mgr_on_change(Time now, const Membership::Change& ch) {
     }
   }
   awaiting_since_ = now;
-  last_poll_ = now;
+  last_poll_ = now - cfg_.report_poll;  // new members of kept buckets are asked at once
 }
 
 void Node::absorb_entry(const std::string& user, MgrFolder& f, const ReportEntry& e) {
@@ -116,6 +134,9 @@ void Node::absorb_entry(const std::string& user, MgrFolder& f, const ReportEntry
     }
     if (r.live == 0) continue;
     f.seen_live.insert(r.uidvalidity);
+    auto& top = f.gen_top[{r.uidvalidity, r.gen}];
+    top.top = std::max(top.top, r.max_uid);
+    top.seen = r.seen;
     if (f.uidvalidity != 0 && r.uidvalidity != f.uidvalidity && !f.renumber_due) {
       f.renumber_due = true;
       renumbers_due_.insert({user, e.folder});
@@ -126,59 +147,183 @@ void Node::absorb_entry(const std::string& user, MgrFolder& f, const ReportEntry
       f.next_uid = std::max(f.next_uid, s->second + 1);
 }
 
-std::uint32_t Node::new_lineage(Time now, const MgrFolder& f) {
-  // (counter << 8 | node id): two managers that start lineages at once
-  // (two sides of a partition) never pick the same value, and a node
-  // never repeats one, since its last is durable.
-  std::uint32_t base = std::max(static_cast<std::uint32_t>(now / 1000), last_lineage_);
-  for (const auto& [v, max] : f.seen) base = std::max(base, v);
-  for (const auto& [v, next] : f.handed) base = std::max(base, v);
-  last_lineage_ = (((base >> 8) + 1) << 8) | (cfg_.self & 0xff);
-  persist_counters();
-  return last_lineage_;
+bool Node::majority() const {
+  const auto& known = membership_.known();
+  std::size_t in = 0;
+  for (NodeId n : known) in += live(n) ? 1 : 0;
+  if (!known.count(cfg_.self)) ++in;
+  std::size_t all = known.size() + (known.count(cfg_.self) ? 0 : 1);
+  if (2 * in != all) return 2 * in > all;
+  // Exactly half: the half with the lowest known node.
+  NodeId lowest = cfg_.self;
+  for (NodeId n : known) lowest = std::min(lowest, n);
+  return live(lowest);
 }
 
-void Node::write_profile(Time now, MgrUser& u) {
-  if (!u.profile) return;
+std::uint32_t Node::fresh_uidvalidity(Time now, std::uint32_t before) const {
+  // Seconds since 1970, and above what the folder had before (RFC 3501: a
+  // folder created again under the same name gets a greater value).
+  return std::max(static_cast<std::uint32_t>(now / 1000), before + 1);
+}
+
+FolderMeta* Node::lineage_meta(Time now, MgrUser& u, const std::string& folder, bool create) {
+  if (!u.profile || u.profile->deleted) return nullptr;
+  auto it = u.profile->folders.find(folder);
+  if (it != u.profile->folders.end() && it->second.uidvalidity != 0) return &it->second;
+  if (!create) return nullptr;
+  // A folder with no lineage yet (INBOX of a user from before lineages
+  // were kept in the profile, or a delivery into a folder never created):
+  // its UIDVALIDITY is fixed now, for good.
+  FolderMeta& m = u.profile->folders[folder];
+  if (m.version.is_null()) m.version = next_version(now);
+  m.uidvalidity = fresh_uidvalidity(now, m.uidvalidity);
+  m.uid_reserved = 0;
+  m.takeovers.clear();
+  write_profile(now, u);
+  return &m;
+}
+
+Version Node::write_profile(Time now, MgrUser& u) {
+  if (!u.profile) return {};
   Update up;
   up.id = next_version(now);
   up.kind = Update::Kind::Profile;
   up.replicas = u.profile->holders;
   up.profile = *u.profile;
+  Version id = up.id;
   repl_.coordinate(now, std::move(up));
+  return id;
 }
 
 bool Node::settle_lineage(Time now, const std::string& user, const std::string& folder,
                           MgrFolder& f) {
   if (f.uidvalidity != 0) return true;
-  std::uint32_t top = 0;
-  for (const auto& [v, max] : f.seen) top = std::max(top, max);
-  if (!f.handed.empty()) {
-    // Continue a handed-on lineage; if two were (two sides of a healed
-    // partition), the one that went furthest.
-    auto best = std::max_element(f.handed.begin(), f.handed.end(), [](const auto& x, const auto& y) {
-      return std::pair(x.second, x.first) < std::pair(y.second, y.first);
-    });
-    f.uidvalidity = best->first;
-    f.next_uid = best->second;
-    if (auto s = f.seen.find(f.uidvalidity); s != f.seen.end())
-      f.next_uid = std::max(f.next_uid, s->second + 1);
+  MgrUser& u = managed_[bucket(user)][user];
+  // The lineage is the profile's: decided only once a holder of it is
+  // heard from (what the others were shown is not enough).
+  if (!u.profile || u.profile->deleted) return false;
+  auto seen_top = [&f](std::uint32_t v) {
+    auto s = f.seen.find(v);
+    return s == f.seen.end() ? 0u : s->second;
+  };
+  FolderMeta* m = lineage_meta(now, u, folder, false);
+  if (!m && (!f.handed.empty() || !f.seen.empty())) {
+    // No lineage in the profile (mail from before lineages were kept
+    // there): the handed-on one, or the newest that holds live mail,
+    // recorded in the profile from now on.
+    std::uint32_t v = 0;
+    if (!f.handed.empty()) {
+      v = std::max_element(f.handed.begin(), f.handed.end(), [](const auto& x, const auto& y) {
+            return std::pair(x.second, x.first) < std::pair(y.second, y.first);
+          })->first;
+    } else if (!f.seen_live.empty()) {
+      v = *f.seen_live.rbegin();
+    } else {
+      v = f.seen.rbegin()->first;
+    }
+    m = &u.profile->folders[folder];
+    if (m->version.is_null()) m->version = next_version(now);
+    m->uidvalidity = v;
+    m->uid_reserved = std::max(m->uid_reserved, seen_top(v));
+    write_profile(now, u);
+  }
+  if (!m) {
+    // A new folder: its lineage starts now (in the profile first).
+    m = lineage_meta(now, u, folder, true);
+    if (!m) return false;
+  }
+  // The profile holds the folder's lineage: it is always that one.
+  f.uidvalidity = m->uidvalidity;
+  if (auto h = f.handed.find(f.uidvalidity); h != f.handed.end() && !f.handed_gen.is_null()) {
+    // Handed on: the predecessor stopped handing out UIDs; the rest of
+    // its reservation and its generation are ours.
+    f.gen = f.handed_gen;
+    f.start_seen = f.handed_seen;
+    f.next_uid = std::max(h->second, seen_top(f.uidvalidity) + 1);
+    f.reserved = m->uid_reserved;
   } else {
-    f.uidvalidity = new_lineage(now, f);
-    f.next_uid = top + 1;
-    f.inflight.clear();
-    if (top != 0)
-      env_.log("manager: " + user + "/" + folder + " taken over without a handoff: UIDVALIDITY " +
-               std::to_string(f.uidvalidity) + ", renumbering");
+    // Taken over (the predecessor crashed, or is behind a partition, or
+    // the folder is new): above everything the predecessor may have
+    // handed out, under a generation of its own, begun before the first
+    // UID (begin_generation).
+    f.gen = {};
+    f.next_uid = std::max(m->uid_reserved, seen_top(f.uidvalidity)) + 1;
+    f.reserved = f.next_uid - 1;
+    if (majority()) begin_generation(now, user, folder, f);
   }
   f.handed.clear();
+  f.handed_gen = {};
+  f.handed_seen.clear();
   bool others = false;
   for (std::uint32_t v : f.seen_live) others |= v != f.uidvalidity;
   if (others && !f.renumber_due) {
     f.renumber_due = true;
     renumbers_due_.insert({user, folder});
   }
+  check_stale(user, folder, f);
   return true;
+}
+
+bool Node::current_generation(Time now, const std::string& user, const std::string& folder, MgrFolder& f) {
+  bool newer = f.gen.is_null();
+  for (const auto& t : takeovers_of(user, folder, f)) newer |= t.gen > f.gen;
+  if (!newer) return !f.takeover_pending;
+  // No generation yet (taken over in a group that was not most of the
+  // cluster), or another manager began a newer one meanwhile: only a group
+  // of most of the cluster begins one, and UIDs wait for it.
+  if (majority()) begin_generation(now, user, folder, f);
+  return false;
+}
+
+void Node::begin_generation(Time now, const std::string& user, const std::string& folder, MgrFolder& f) {
+  MgrUser& u = managed_[bucket(user)][user];
+  FolderMeta* m = lineage_meta(now, u, folder, false);
+  if (!m || m->uidvalidity != f.uidvalidity) return;
+  // What this manager has been shown of the lineage, its own generation's
+  // UIDs included (when it goes on after another took over meanwhile).
+  UidView seen = f.view();
+  if (!f.gen.is_null()) {
+    bool mine = false;
+    for (auto& g : seen)
+      if (g.gen == f.gen) g.top = std::max(g.top, f.next_uid - 1), mine = true;
+    if (!mine) seen.push_back(GenTop{f.gen, f.next_uid - 1});
+  }
+  f.gen = next_version(now);
+  f.start_seen = seen;
+  f.next_uid = std::max(f.next_uid, m->uid_reserved + 1);
+  if (auto s = f.seen.find(f.uidvalidity); s != f.seen.end()) f.next_uid = std::max(f.next_uid, s->second + 1);
+  f.reserved = f.next_uid - 1;
+  m->takeovers.push_back(UidTakeover{f.gen, seen});
+  if (m->takeovers.size() > 32) m->takeovers.erase(m->takeovers.begin());
+  // On the holders (with a first reservation) before any listing shows
+  // what it makes stale, or any UID is handed out under it.
+  f.takeover_pending = true;
+  f.reserve_write = {};
+  reserve_uids(now, user, folder, f, 1);
+}
+
+std::vector<UidTakeover> Node::takeovers_of(const std::string& user, const std::string& folder,
+                                            const MgrFolder& f) const {
+  std::vector<UidTakeover> out;
+  if (const MgrUser* u = managed_user(user); u && u->profile)
+    if (auto m = u->profile->folders.find(folder);
+        m != u->profile->folders.end() && m->second.uidvalidity == f.uidvalidity)
+      out = m->second.takeovers;
+  for (const auto& [key, t] : f.gen_top)
+    if (key.first == f.uidvalidity) add_takeover(out, UidTakeover{key.second, t.seen});
+  add_takeover(out, UidTakeover{f.gen, f.start_seen});
+  return out;
+}
+
+void Node::check_stale(const std::string& user, const std::string& folder, MgrFolder& f) {
+  if (f.uidvalidity == 0 || f.renumber_due) return;
+  const auto t = takeovers_of(user, folder, f);
+  for (const auto& [key, top] : f.gen_top)
+    if (key.first == f.uidvalidity && uid_stale(t, key.second, top.top)) {
+      f.renumber_due = true;
+      renumbers_due_.insert({user, folder});
+      return;
+    }
 }
 
 void Node::decide_lineages(Time now, Bucket b) {
@@ -192,8 +337,73 @@ void Node::decide_lineages(Time now, Bucket b) {
 
 std::uint32_t Node::take_uid(Time now, const std::string& user, const std::string& folder,
                              MgrFolder& f) {
-  settle_lineage(now, user, folder, f);
-  return f.next_uid++;
+  if (!settle_lineage(now, user, folder, f) || !current_generation(now, user, folder, f)) return 0;
+  if (f.next_uid > f.reserved) {
+    reserve_uids(now, user, folder, f, 1);
+    return 0;
+  }
+  std::uint32_t uid = f.next_uid++;
+  // The next block is reserved before this one runs out.
+  if (f.reserved - uid < kUidBlock / 2) reserve_uids(now, user, folder, f, 1);
+  return uid;
+}
+
+void Node::reserve_uids(Time now, const std::string& user, const std::string& folder, MgrFolder& f,
+                        std::uint32_t need) {
+  if (!f.reserve_write.is_null()) return;  // one at a time
+  MgrUser& u = managed_[bucket(user)][user];
+  FolderMeta* m = lineage_meta(now, u, folder, false);
+  if (!m || m->uidvalidity != f.uidvalidity) return;  // no profile here: nothing can be reserved
+  const std::uint32_t first = std::max(f.reserved + 1, f.next_uid);
+  const std::uint32_t last = std::max(first + kUidBlock - 1, f.next_uid + need - 1);
+  m->uid_reserved = std::max(m->uid_reserved, last);
+  f.reserve_to = last;
+  f.reserve_write = write_profile(now, u);
+  reserving_.insert({user, folder});
+  check_reservations(now);  // a profile with one holder, this node, is durable at once
+}
+
+void Node::check_reservations(Time now) {
+  (void)now;
+  for (auto it = reserving_.begin(); it != reserving_.end();) {
+    auto b = managed_.find(bucket(it->first));
+    auto u = b == managed_.end() ? decltype(b->second.end()){} : b->second.find(it->first);
+    if (b == managed_.end() || u == b->second.end() || !u->second.profile) {
+      it = reserving_.erase(it);
+      continue;
+    }
+    auto f = u->second.folders.find(it->second);
+    if (f == u->second.folders.end() || f->second.reserve_write.is_null()) {
+      it = reserving_.erase(it);
+      continue;
+    }
+    MgrFolder& mf = f->second;
+    // Taken once every holder has it (its log entry is gone then); or, in
+    // a group of most of the cluster, once every live holder has it. So
+    // two groups (the sides of a partition, a restarted node that has not
+    // found the others yet) never both hand out UIDs of new reservations:
+    // only one of them can be most of the cluster, and the other cannot
+    // reach every holder then.
+    auto e = repl_.log().find(mf.reserve_write);
+    bool durable = e == repl_.log().end();
+    if (!durable && majority()) {
+      bool all_live = true, any = false;
+      for (NodeId h : u->second.profile->holders) {
+        if (!live(h)) continue;
+        any = true;
+        all_live &= e->second.have.count(h) > 0;
+      }
+      durable = any && all_live;
+    }
+    if (!durable) {
+      ++it;
+      continue;
+    }
+    mf.reserved = std::max(mf.reserved, mf.reserve_to);
+    mf.reserve_write = {};
+    mf.takeover_pending = false;
+    it = reserving_.erase(it);
+  }
 }
 
 void Node::mgr_report(Time now, NodeId from, const Report& r) {
@@ -209,6 +419,13 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
     if (f.uidvalidity != 0) continue;
     auto& next = f.handed[h.uidvalidity];
     next = std::max(next, h.next_uid);
+    // Two handed on (the two sides of a healed partition): the newer
+    // generation goes on; what the older one handed out that the newer
+    // could not see is stale by the newer's takeover.
+    if (h.gen > f.handed_gen) {
+      f.handed_gen = h.gen;
+      f.handed_seen = h.seen;
+    }
     // The old manager's allocations still on their way keep later UIDs
     // out of listings here too, for as long as a store may take.
     for (std::uint32_t uid : h.inflight)
@@ -234,10 +451,56 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
       MgrFolder& f = mu.folders[e.folder];
       if (e.count > 0) f.nodes.insert(from);
       absorb_entry(user, f, e);
+
       // A folder first heard of after the bucket became ready.
       if (f.uidvalidity == 0 && (!f.seen.empty() || !f.seen_live.empty()) && bucket_ready(b))
         settle_lineage(now, user, e.folder, f);
     }
+    // A folder created on both sides of a partition: the newer lineage
+    // won the profile's merge, and the folder follows it (the other's
+    // messages are renumbered into it).
+    if (mu.profile)
+      for (auto& [fname, f] : mu.folders) {
+        auto meta = mu.profile->folders.find(fname);
+        if (f.uidvalidity == 0 || meta == mu.profile->folders.end() || meta->second.uidvalidity <= f.uidvalidity)
+          continue;
+        env_.log("manager: " + user + "/" + fname + " follows the newer lineage " +
+                 std::to_string(meta->second.uidvalidity) + " of the profile, not " + std::to_string(f.uidvalidity));
+        f.uidvalidity = 0;
+        f.next_uid = 1;
+        f.reserved = 0;
+        f.gen = {};
+        f.inflight.clear();
+      }
+    // Lineages that waited for the profile are decided once it is here.
+    if (mu.profile && bucket_ready(b))
+      for (auto& [fname, f] : mu.folders)
+        if (f.uidvalidity == 0 && (!f.handed.empty() || !f.seen.empty() || !f.seen_live.empty()))
+          settle_lineage(now, user, fname, f);
+    for (auto& [fname, f] : mu.folders) check_stale(user, fname, f);
+    // A lineage this manager goes on with that another manager took over
+    // meanwhile (the two sides of a healed partition): a new generation
+    // here too, above all that either handed out.
+    if (mu.profile)
+      for (auto& [fname, f] : mu.folders) {
+        if (f.uidvalidity == 0) continue;
+        auto meta = mu.profile->folders.find(fname);
+        if (meta == mu.profile->folders.end() || meta->second.uidvalidity != f.uidvalidity) continue;
+        bool superseded = false;
+        for (const auto& t : takeovers_of(user, fname, f)) superseded |= t.gen > f.gen;
+        if (!superseded || f.gen.is_null()) continue;
+        if (!majority()) {
+          f.gen = {};  // begun again once this group is most of the cluster
+          continue;
+        }
+        begin_generation(now, user, fname, f);
+        env_.log("manager: " + user + "/" + fname + " was taken over elsewhere meanwhile; generation " +
+                 f.gen.str() + " from UID " + std::to_string(f.next_uid));
+        if (!f.renumber_due) {
+          f.renumber_due = true;
+          renumbers_due_.insert({user, fname});
+        }
+      }
     ack.users.push_back(user);
     ack.generations.push_back(i < r.generations.size() ? r.generations[i] : 0);
   }
@@ -260,6 +523,7 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
 }
 
 void Node::mgr_tick(Time now) {
+  check_reservations(now);
   if (now - last_inflight_prune_ >= 1000) {
     last_inflight_prune_ = now;
     for (auto& [b, users] : managed_)
@@ -296,8 +560,8 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
   Bucket b = bucket(a.user);
   if (!membership_.in_group() || membership_.manager_of(b) != cfg_.self) {
     rep.status = Status::NotManager;
-  } else if (!bucket_ready(b)) {
-    rep.status = Status::TryAgain;
+  } else if (!bucket_ready(b) || expected_.count(b)) {
+    rep.status = Status::TryAgain;  // not every member has reported the bucket
   } else {
     auto& users = managed_[b];
     auto it = users.find(a.user);
@@ -307,10 +571,16 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
       // A Move's UID in the destination: the message stays on its nodes.
       MgrFolder& f = it->second.folders[a.folder];
       rep.uid = take_uid(now, a.user, a.folder, f);
-      rep.uidvalidity = f.uidvalidity;
-      rep.nodes = a.move_nodes;
-      f.nodes.insert(a.move_nodes.begin(), a.move_nodes.end());
-      f.inflight[rep.uid] = now + cfg_.request_timeout + cfg_.push_retry;
+      if (rep.uid == 0) {
+        rep.status = Status::TryAgain;  // its reservation is on its way
+      } else {
+        rep.uidvalidity = f.uidvalidity;
+        rep.gen = f.gen;
+        rep.seen = f.start_seen;
+        rep.nodes = a.move_nodes;
+        f.nodes.insert(a.move_nodes.begin(), a.move_nodes.end());
+        f.inflight[rep.uid] = now + cfg_.request_timeout + cfg_.push_retry;
+      }
     } else {
       MgrFolder& f = it->second.folders[a.folder];
       PlacementInput in;
@@ -322,9 +592,12 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
       Placement pl = choose_placement(in);
       if (pl.nodes.empty()) {
         rep.status = Status::TryAgain;
+      } else if ((rep.uid = take_uid(now, a.user, a.folder, f)) == 0) {
+        rep.status = Status::TryAgain;  // its reservation is on its way
       } else {
-        rep.uid = take_uid(now, a.user, a.folder, f);
         rep.uidvalidity = f.uidvalidity;
+        rep.gen = f.gen;
+        rep.seen = f.start_seen;
         rep.nodes = pl.nodes;
         rep.quota_bytes = it->second.profile->quota_bytes;
         f.nodes.insert(pl.nodes.begin(), pl.nodes.end());
@@ -345,6 +618,44 @@ void Node::mgr_alloc_done(const AllocDone& d) {
   auto f = u->second.folders.find(d.folder);
   if (f == u->second.folders.end() || f->second.uidvalidity != d.uidvalidity) return;
   f->second.inflight.erase(d.uid);
+}
+
+void Node::mgr_renumber(Time now, NodeId from, const RenumberRequest& r) {
+  AllocReply rep;
+  rep.req = r.req;
+  Bucket b = bucket(r.user);
+  MgrUser* u = nullptr;
+  if (auto m = managed_.find(b); m != managed_.end())
+    if (auto it = m->second.find(r.user); it != m->second.end()) u = &it->second;
+  if (!membership_.in_group() || membership_.manager_of(b) != cfg_.self) {
+    rep.status = Status::NotManager;
+  } else if (!bucket_ready(b) || expected_.count(b)) {
+    rep.status = Status::TryAgain;
+  } else if (!u || !u->profile || u->profile->deleted) {
+    rep.status = missing_user_status(u);
+  } else {
+    MgrFolder& f = u->folders[r.folder];
+    if (!settle_lineage(now, r.user, r.folder, f)) {
+      rep.status = Status::TryAgain;
+    } else if (r.uidvalidity != f.uidvalidity || r.id.origin == kNoNode || r.replicas.empty()) {
+      rep.status = Status::NotFound;  // another lineage: the renumbering of lineages takes it
+    } else {
+      // Moved by the renumbering below (which lists its holders, so it
+      // moves the message only if it is still there, under that UID): the
+      // reader takes it at its next sync.
+      f.next_uid = std::max(f.next_uid, r.above + 1);
+      f.late[r.id] = r.uid;
+      if (!f.renumber_due) {
+        f.renumber_due = true;
+        renumbers_due_.insert({r.user, r.folder});
+      }
+      env_.log("manager: " + r.user + "/" + r.folder + " " + r.id.str() + " found under UID " +
+               std::to_string(r.uid) + ", below UID " + std::to_string(r.above) +
+               " a reader had taken: moving it to the end");
+    }
+    rep.uidvalidity = f.uidvalidity;
+  }
+  send(from, std::move(rep));
 }
 
 void Node::mgr_create_user(Time now, NodeId from, const CreateUserRequest& c) {
@@ -370,7 +681,20 @@ void Node::mgr_create_user(Time now, NodeId from, const CreateUserRequest& c) {
     p.version = next_version(now);
     p.password_hash = c.password_hash;
     p.holders = pl.nodes;
+    // INBOX exists from the start, its UIDVALIDITY with it (above any a
+    // deleted user of the same name had).
+    FolderMeta inbox;
+    if (u.profile) {
+      if (auto old = u.profile->folders.find("INBOX"); old != u.profile->folders.end()) inbox = old->second;
+    }
+    inbox.version = p.version;
+    inbox.deleted = false;
+    inbox.uidvalidity = fresh_uidvalidity(now, inbox.uidvalidity);
+    inbox.uid_reserved = 0;
+    inbox.takeovers.clear();
+    p.folders["INBOX"] = inbox;
     u.profile = p;
+    u.folders.clear();
     write_profile(now, u);
   }
   send(from, rep);
@@ -386,14 +710,25 @@ void Node::mgr_map(NodeId from, const MapRequest& m) {
     rep.status = Status::TryAgain;
   } else if (const MgrUser* u = managed_user(m.user); !u || !u->profile || u->profile->deleted) {
     rep.status = missing_user_status(u);
-  } else if (auto f = u->folders.find(m.folder);
-             f != u->folders.end() && (f->second.renumber_due || f->second.renumber_running)) {
-    rep.status = Status::TryAgain;  // a list now would miss messages being renumbered
-  } else if (f != u->folders.end()) {
-    rep.nodes.assign(f->second.nodes.begin(), f->second.nodes.end());
-    rep.uidvalidity = f->second.uidvalidity;
-    rep.next_uid = f->second.next_uid;
-    rep.visible_below = f->second.visible_below(now_);
+  } else {
+    MgrUser& mu = managed_[b][m.user];
+    auto pf = mu.profile->folders.find(m.folder);
+    bool exists = m.folder == "INBOX" || mu.folders.count(m.folder) ||
+                  (pf != mu.profile->folders.end() && !pf->second.deleted);
+    if (exists) {
+      // An empty folder has its UIDVALIDITY too, the same on every node.
+      MgrFolder& f = mu.folders[m.folder];
+      settle_lineage(now_, m.user, m.folder, f);
+      if (f.renumber_due || f.renumber_running || f.takeover_pending) {
+        rep.status = Status::TryAgain;  // a list now would miss messages being renumbered
+      } else {
+        rep.nodes.assign(f.nodes.begin(), f.nodes.end());
+        rep.uidvalidity = f.uidvalidity;
+        rep.next_uid = f.next_uid;
+        rep.visible_below = f.visible_below(now_);
+        rep.takeovers = takeovers_of(m.user, m.folder, f);
+      }
+    }
   }
   send(from, std::move(rep));
 }
@@ -420,15 +755,50 @@ void Node::on_renumber_done(Time now, Pending& p) {
   if (u == b->second.end()) return;
   MgrFolder& f = u->second.folders[p.folder];
   f.renumber_running = false;
-  settle_lineage(now, p.user, p.folder, f);
-  // Messages of other lineages get UIDs at the end of the current one, in
-  // their old order.
-  std::vector<const MessageRecord*> todo;
+  if (!settle_lineage(now, p.user, p.folder, f) || !current_generation(now, p.user, p.folder, f)) {
+    f.renumber_due = true;
+    renumbers_due_.insert({p.user, p.folder});
+    return;
+  }
+  // Messages of other lineages, and every message but the first stamped of
+  // those holding the same UID (two managers handed it out), get UIDs at
+  // the end of the lineage, in their old order: to a client, an expunge and
+  // new mail, never a UID naming two messages.
+  std::vector<const MessageRecord*> todo, dups;
+  std::map<std::uint32_t, std::vector<const MessageRecord*>> by_uid;
+  auto takeovers = takeovers_of(p.user, p.folder, f);
   for (const auto& [id, r] : p.gathered)
-    if (r.has_body && !r.expunged && r.uidvalidity != f.uidvalidity) todo.push_back(&r);
-  std::sort(todo.begin(), todo.end(), [](const MessageRecord* x, const MessageRecord* y) {
+    if (r.uidvalidity == f.uidvalidity) add_takeover(takeovers, UidTakeover{r.uid_gen, r.uid_seen});
+  for (const auto& [id, r] : p.gathered) {
+    if (!r.has_body || r.expunged) continue;
+    auto late = f.late.find(id);
+    if (r.uidvalidity != f.uidvalidity || uid_stale(takeovers, r.uid_gen, r.uid) ||
+        (late != f.late.end() && late->second == r.uid))
+      todo.push_back(&r);
+    else
+      by_uid[r.uid].push_back(&r);
+  }
+  for (auto& [uid, rs] : by_uid) {
+    if (rs.size() < 2) continue;
+    std::sort(rs.begin(), rs.end(), [](const MessageRecord* x, const MessageRecord* y) {
+      return std::tie(x->uid_version, x->id) < std::tie(y->uid_version, y->id);
+    });
+    dups.insert(dups.end(), rs.begin() + 1, rs.end());
+  }
+  auto order = [](const MessageRecord* x, const MessageRecord* y) {
     return std::tie(x->uidvalidity, x->uid, x->id) < std::tie(y->uidvalidity, y->uid, y->id);
-  });
+  };
+  std::sort(todo.begin(), todo.end(), order);
+  std::sort(dups.begin(), dups.end(), order);
+  todo.insert(todo.end(), dups.begin(), dups.end());
+  // Every new UID must be reserved first; until then listings wait.
+  const std::uint32_t avail = f.reserved >= f.next_uid ? f.reserved - f.next_uid + 1 : 0;
+  if (todo.size() > avail) {
+    reserve_uids(now, p.user, p.folder, f, static_cast<std::uint32_t>(todo.size()));
+    f.renumber_due = true;
+    renumbers_due_.insert({p.user, p.folder});
+    return;
+  }
   for (const MessageRecord* r : todo) {
     // The new UID must win over whatever stamped the old one, whatever
     // that node's clock said.
@@ -440,20 +810,31 @@ void Node::on_renumber_done(Time now, Pending& p) {
     up.record.id = r->id;
     up.record.user = p.user;
     up.record.folder = p.folder;
+    up.record.folder_version = r->folder_version;  // the placement this UID is for
     up.record.uidvalidity = f.uidvalidity;
-    up.record.uid = take_uid(now, p.user, p.folder, f);
+    up.record.uid = f.next_uid++;
+    up.record.uid_gen = f.gen;
+    up.record.uid_seen = f.start_seen;
     repl_.coordinate(now, std::move(up));
   }
   bool incomplete = !p.awaiting.empty();
-  env_.log("manager: " + p.user + "/" + p.folder + " renumbered " + std::to_string(todo.size()) +
-           " messages into UIDVALIDITY " + std::to_string(f.uidvalidity) +
-           (incomplete ? "; some holders silent, again" : ""));
+  if (!todo.empty() || incomplete)
+    env_.log("manager: " + p.user + "/" + p.folder + " renumbered " + std::to_string(todo.size()) +
+             " messages (" + std::to_string(dups.size()) + " of them held a UID twice) in UIDVALIDITY " +
+             std::to_string(f.uidvalidity) + (incomplete ? "; some holders silent, again" : ""));
   if (incomplete && !f.renumber_due) {
     f.renumber_due = true;
     renumbers_due_.insert({p.user, p.folder});
   }
-  // Every holder answered: no live message is left in another lineage.
-  if (!incomplete) std::erase_if(f.seen_live, [&f](std::uint32_t v) { return v != f.uidvalidity; });
+  if (incomplete) return;
+  f.late.clear();
+  // Every holder answered: no live message is left in another lineage, or
+  // stale.
+  std::erase_if(f.seen_live, [&f](std::uint32_t v) { return v != f.uidvalidity; });
+  std::erase_if(f.gen_top, [&](const auto& e) {
+    return e.first.first != f.uidvalidity || uid_stale(takeovers, e.first.second, e.second.top);
+  });
+
 }
 
 }  // namespace porcupine

@@ -106,6 +106,8 @@ void Node::receive(Time now, const Envelope& e) {
           mgr_alloc(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, AllocDone>) {
           mgr_alloc_done(msg);
+        } else if constexpr (std::is_same_v<T, RenumberRequest>) {
+          mgr_renumber(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, CreateUserRequest>) {
           mgr_create_user(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, MapRequest>) {
@@ -160,7 +162,7 @@ const char* message_name(const Message& m) {
       "CreateUserRequest", "MapRequest", "MapReply", "StoreRequest", "MutateRequest",
       "OpReply",    "Push",      "PushAck",      "Retire",        "ListRequest", "ListReply",
       "FetchRequest", "FetchReply", "ProfileRequest", "ProfileReply", "UserUpdateRequest",
-      "UserListRequest", "UserListReply", "UsageRequest", "UsageReply", "AllocDone"};
+      "UserListRequest", "UserListReply", "UsageRequest", "UsageReply", "AllocDone", "RenumberRequest"};
   static_assert(sizeof(names) / sizeof(names[0]) == std::variant_size_v<Message>);
   return names[m.index()];
 }

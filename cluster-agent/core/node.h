@@ -61,6 +61,13 @@ class Node {
                     std::uint32_t remove_flags, const std::vector<std::string>& add_keywords = {},
                     const std::vector<std::string>& remove_keywords = {});
   void expunge(Time now, std::uint64_t req, const MessageRecord& target);
+  // Asks the folder's manager to move the message (`target`: id, user,
+  // folder, replicas, and the uidvalidity and uid it was found under) to a
+  // new UID at the end of the lineage, above `above` (the highest UID the
+  // asking reader has taken): done by a renumbering that lists the holders
+  // first, so only if the message is still there under that UID. The reply
+  // says it is scheduled; listings show the message again under its new UID.
+  void renumber(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t above);
   // Into another folder of the same user, under a UID the destination's
   // manager gives it first (the reply's uid and uidvalidity): it shows in
   // that folder's listings once the reply is given.
@@ -88,8 +95,19 @@ class Node {
     std::uint32_t uidvalidity = 0;  // 0: not decided yet
     std::uint32_t next_uid = 1;
     std::map<std::uint32_t, std::uint32_t> handed;  // lineage -> next UID, from handoffs
+    Version handed_gen;                              // the newest generation handed on
+    UidView handed_seen;
     std::map<std::uint32_t, std::uint32_t> seen;    // lineage -> highest UID reported
     std::set<std::uint32_t> seen_live;              // lineages reported with live messages
+    // (lineage, generation) -> highest UID reported where live mail is:
+    // what a takeover may make stale.
+    struct GenInfo {
+      std::uint32_t top = 0;
+      UidView seen;  // what the generation had been shown when it began
+    };
+    std::map<std::pair<std::uint32_t, Version>, GenInfo> gen_top;
+    // What this manager has been shown of the lineage, per generation.
+    UidView view() const;
     bool renumber_due = false;     // messages of other lineages await new UIDs
     bool renumber_running = false;
     // UIDs handed out (current lineage) whose store or move may still be
@@ -97,6 +115,20 @@ class Node {
     // show nothing from the lowest of them on.
     std::map<std::uint32_t, Time> inflight;
     std::uint32_t visible_below(Time now) const;
+    // UIDs up to `reserved` may be handed out: their reservation is in the
+    // profile on every live holder. One reservation is written at a time.
+    std::uint32_t reserved = 0;
+    Version reserve_write;         // the profile write of a reservation on its way
+    std::uint32_t reserve_to = 0;
+    // This manager's generation in the lineage: its predecessor's, handed
+    // on, or a new one (a UidTakeover in the profile) when taken over.
+    Version gen;
+    UidView start_seen;  // what this generation had been shown when it began
+    std::map<MsgId, std::uint32_t> late;  // readers found these below what they took: UID found under
+    // This generation began by a takeover that is not yet on the profile's
+    // holders: no listing is answered until it is (a reader must not see
+    // what it hides come back if it were lost).
+    bool takeover_pending = false;
   };
   struct MgrUser {
     std::optional<Profile> profile;
@@ -122,7 +154,7 @@ class Node {
   struct Pending {
     enum class Kind {
       CreateUser, Alloc, Quota, Store, Mutate, Map, List, Renumber, Fetch, Profile, UserUpdate, UserList, Usage,
-      MoveAlloc
+      MoveAlloc, Renum
     } kind;
     std::uint64_t client_req = 0;  // the local client's id (0 for internal work)
     Time deadline = 0;
@@ -132,6 +164,8 @@ class Node {
     Body body;                                    // Alloc/Quota: the message; CreateUser: the password hash
     std::uint32_t uidvalidity = 0, next_uid = 1;  // List: the folder's lineage
     std::uint32_t visible_below = 0;              // List: show only UIDs below (0: all)
+    std::uint32_t above = 0;                      // Renum: the reader's highest UID
+    std::vector<UidTakeover> takeovers;           // List: hide the UIDs these make stale
     Update update;
     std::set<NodeId> awaiting;                    // List/Renumber: nodes still to answer; Fetch: holders asked
     std::set<NodeId> answered;                    // List/Renumber: nodes that answered
@@ -162,15 +196,38 @@ class Node {
   void mgr_report(Time now, NodeId from, const Report& r);
   void mgr_alloc(Time now, NodeId from, const AllocRequest& a);
   void mgr_alloc_done(const AllocDone& d);
+  void mgr_renumber(Time now, NodeId from, const RenumberRequest& r);
   void mgr_create_user(Time now, NodeId from, const CreateUserRequest& c);
   void mgr_map(NodeId from, const MapRequest& m);
   void mgr_tick(Time now);
   void absorb_entry(const std::string& user, MgrFolder& f, const ReportEntry& e);
   void decide_lineages(Time now, Bucket b);
-  void write_profile(Time now, MgrUser& u);
+  Version write_profile(Time now, MgrUser& u);
   bool settle_lineage(Time now, const std::string& user, const std::string& folder, MgrFolder& f);
-  std::uint32_t new_lineage(Time now, const MgrFolder& f);
+  FolderMeta* lineage_meta(Time now, MgrUser& u, const std::string& folder, bool create);
+  std::uint32_t fresh_uidvalidity(Time now, std::uint32_t before) const;
+  // The next UID of the folder's lineage, or 0 while none is reserved (a
+  // reservation is then on its way: try again).
   std::uint32_t take_uid(Time now, const std::string& user, const std::string& folder, MgrFolder& f);
+  void reserve_uids(Time now, const std::string& user, const std::string& folder, MgrFolder& f,
+                    std::uint32_t need);
+  void check_reservations(Time now);
+  // Whether UIDs may be handed out under the folder's generation now: it
+  // exists, no newer takeover is known, and it is on the holders. Begins a
+  // new one when due and this group is most of the cluster.
+  bool current_generation(Time now, const std::string& user, const std::string& folder, MgrFolder& f);
+  // A new generation of the folder's lineage (a takeover, in the profile).
+  void begin_generation(Time now, const std::string& user, const std::string& folder, MgrFolder& f);
+  // This node's group holds most of the nodes it knows of (exactly half:
+  // the half with the lowest id).
+  bool majority() const;
+  // Renumbering is due if the folder's reported mail holds UIDs a
+  // takeover of its lineage makes stale.
+  void check_stale(const std::string& user, const std::string& folder, MgrFolder& f);
+  // Every takeover known of the folder's lineage: the profile's, and those
+  // its reported mail names (each message carries its generation's).
+  std::vector<UidTakeover> takeovers_of(const std::string& user, const std::string& folder,
+                                        const MgrFolder& f) const;
   bool start_renumber(Time now, const std::string& user, const std::string& folder);
   void on_renumber_done(Time now, Pending& p);
   std::vector<NodeLoad> live_loads() const;
@@ -227,6 +284,7 @@ class Node {
   std::map<Bucket, std::set<NodeId>> reported_;   // bucket -> members that have reported
   std::map<Bucket, std::set<NodeId>> expected_;   // kept bucket -> new members yet to report (not blocking)
   std::set<std::pair<std::string, std::string>> renumbers_due_;  // (user, folder)
+  std::set<std::pair<std::string, std::string>> reserving_;      // (user, folder): reservation on its way
   // Lineages of buckets this node managed until the last change, for their
   // new managers; valid only in the epoch that moved them.
   std::map<Bucket, std::vector<Handoff>> handoffs_;

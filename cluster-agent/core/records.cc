@@ -147,15 +147,21 @@ bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now) {
     cur.internal_date = in.internal_date;
     changed = true;
   }
-  if (newer(in.folder_version, cur.folder_version)) {
+  // A UID belongs to the folder it was given in: the newer placement (a
+  // Move) brings its own, and a UID given for an older placement (a
+  // renumbering that crossed a Move) is ignored.
+  const bool moved = newer(in.folder_version, cur.folder_version);
+  if (moved) {
     cur.folder = in.folder;
     cur.folder_version = in.folder_version;
     changed = true;
   }
-  if (newer(in.uid_version, cur.uid_version)) {
+  if (moved || (in.folder_version == cur.folder_version && newer(in.uid_version, cur.uid_version))) {
     cur.uid = in.uid;
     cur.uidvalidity = in.uidvalidity;
     cur.uid_version = in.uid_version;
+    cur.uid_gen = in.uid_gen;
+    cur.uid_seen = in.uid_seen;
     changed = true;
   }
   if (merge_flags(cur, in)) changed = true;
@@ -177,6 +183,47 @@ bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now) {
   return changed;
 }
 
+namespace {
+constexpr std::size_t kKeptTakeovers = 32;
+
+// The newer UIDVALIDITY wins with its state; within one, the highest
+// reservation and the union of the recent takeovers.
+void merge_lineage(FolderMeta& m, const FolderMeta& in) {
+  if (in.uidvalidity < m.uidvalidity) return;
+  if (in.uidvalidity > m.uidvalidity) {
+    m.uidvalidity = in.uidvalidity;
+    m.uid_reserved = in.uid_reserved;
+    m.takeovers = in.takeovers;
+    return;
+  }
+  m.uid_reserved = std::max(m.uid_reserved, in.uid_reserved);
+  for (const auto& t : in.takeovers)
+    if (std::find(m.takeovers.begin(), m.takeovers.end(), t) == m.takeovers.end()) m.takeovers.push_back(t);
+  std::sort(m.takeovers.begin(), m.takeovers.end(),
+            [](const UidTakeover& a, const UidTakeover& b) { return a.gen < b.gen; });
+  if (m.takeovers.size() > kKeptTakeovers)
+    m.takeovers.erase(m.takeovers.begin(), m.takeovers.end() - static_cast<std::ptrdiff_t>(kKeptTakeovers));
+}
+}  // namespace
+
+void add_takeover(std::vector<UidTakeover>& list, const UidTakeover& t) {
+  if (t.gen.is_null()) return;
+  for (const auto& x : list)
+    if (x.gen == t.gen) return;
+  list.push_back(t);
+}
+
+bool uid_stale(const std::vector<UidTakeover>& takeovers, const Version& gen, std::uint32_t uid) {
+  for (const auto& t : takeovers) {
+    if (!(t.gen > gen)) continue;
+    std::uint32_t top = 0;
+    for (const auto& s : t.seen)
+      if (s.gen == gen) top = s.top;
+    if (uid > top) return true;
+  }
+  return false;
+}
+
 bool merge_profile(Profile& cur, const Profile& in) {
   bool changed = false;
   if (newer(in.version, cur.version)) {
@@ -192,7 +239,7 @@ bool merge_profile(Profile& cur, const Profile& in) {
   for (const auto& [name, meta] : in.folders) {
     FolderMeta& m = cur.folders[name];
     FolderMeta merged = m;
-    merged.uidvalidity = std::max(m.uidvalidity, meta.uidvalidity);
+    merge_lineage(merged, meta);
     if (newer(meta.version, m.version)) {
       merged.version = meta.version;
       merged.deleted = meta.deleted;

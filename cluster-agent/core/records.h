@@ -17,6 +17,14 @@
 
 namespace porcupine {
 
+// The highest UID of generation `gen` a manager had been shown.
+struct GenTop {
+  Version gen;
+  std::uint32_t top = 0;
+  bool operator==(const GenTop&) const = default;
+};
+using UidView = std::vector<GenTop>;  // by generation; a generation not named: nothing shown
+
 // One change to one flag of a message, newer than the record's flag base
 // (`MessageRecord::flags_version`): a system flag by its IMAP name
 // ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft") or an IMAP
@@ -46,6 +54,11 @@ struct MessageRecord {
   std::uint32_t uidvalidity = 0;
   std::uint32_t uid = 0;
   Version uid_version;
+  // The generation of the manager that gave the UID, and what that manager
+  // had been shown when its generation began (UidTakeover): every copy of
+  // the message says which takeover it came from.
+  Version uid_gen;
+  UidView uid_seen;
 
   // The flag state a reader sees: system flags and IMAP keywords (sorted
   // without regard to case). Each flag is its own last-writer-wins value:
@@ -92,14 +105,40 @@ bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now);
 // folder is the sum of its records' digests (any order).
 std::uint64_t record_digest(const MessageRecord& r);
 
+// A manager took a folder's lineage over without a handoff (its
+// predecessor crashed, or sits behind a partition and may still hand out
+// UIDs): from then on it hands out UIDs under generation `gen`, having
+// been shown `seen` of the older ones. A message of an older generation
+// with a UID above what `seen` says of it was handed out where this
+// manager's readers could not see it: it is moved to a new UID at the end
+// of the lineage (to a client, an expunge and new mail) and hidden until
+// then.
+struct UidTakeover {
+  Version gen;
+  UidView seen;
+  bool operator==(const UidTakeover&) const = default;
+};
+
 // A folder the user has, kept in the profile: created or deleted by the
-// newest version (a deleted folder stays as a tombstone).
+// newest version (a deleted folder stays as a tombstone), and its UID
+// lineage, which is hard state: the UIDVALIDITY fixed when the folder was
+// created, and the UIDs reserved in it (a manager writes a reservation to
+// the profile's holders before it hands out any UID of it, so its
+// successor, after a crash, continues above it under the same UIDVALIDITY).
 struct FolderMeta {
-  std::uint32_t uidvalidity = 0;  // highest UIDVALIDITY the folder has had (max-merged)
+  std::uint32_t uidvalidity = 0;  // the folder's UIDVALIDITY (the newest lineage wins a merge)
   Version version;
   bool deleted = false;
+  std::uint32_t uid_reserved = 0;  // every UID handed out in `uidvalidity` is at most this
+  std::vector<UidTakeover> takeovers;  // recent ones, by generation
   bool operator==(const FolderMeta&) const = default;
 };
+
+// Whether a message of generation `gen` with UID `uid` was handed out
+// where the manager of a later takeover could not see it (see UidTakeover).
+bool uid_stale(const std::vector<UidTakeover>& takeovers, const Version& gen, std::uint32_t uid);
+// Adds `t` to `list` (by generation) unless it is there.
+void add_takeover(std::vector<UidTakeover>& list, const UidTakeover& t);
 
 // A user's profile: scalar fields last-writer-wins by `version`; folder
 // metadata max-merged so concurrent writers never lose a folder.

@@ -39,13 +39,14 @@ ReportEntry Node::summarize(const std::string& user, const std::string& folder) 
   ReportEntry e;
   e.user = user;
   e.folder = folder;
-  std::map<std::uint32_t, UidRange> ranges;
+  std::map<std::pair<std::uint32_t, Version>, UidRange> ranges;  // by (UIDVALIDITY, generation)
   for (const MsgId& id : repl_.user_records(user)) {
     const MessageRecord& r = repl_.records().at(id);
     if (r.folder != folder) continue;
     if (r.has_body && !r.expunged) ++e.count;
     if (r.uid == 0 && !(r.has_body && !r.expunged)) continue;  // a moved-in message still needs a UID
-    auto [it, fresh] = ranges.try_emplace(r.uidvalidity, UidRange{r.uidvalidity, r.uid, r.uid, 0});
+    auto [it, fresh] =
+        ranges.try_emplace(std::pair(r.uidvalidity, r.uid_gen), UidRange{r.uidvalidity, r.uid, r.uid, 0, r.uid_gen, r.uid_seen});
     if (!fresh) {
       it->second.min_uid = std::min(it->second.min_uid, r.uid);
       it->second.max_uid = std::max(it->second.max_uid, r.uid);

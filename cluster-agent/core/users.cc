@@ -169,6 +169,14 @@ void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
           FolderMeta& m = p.folders[r.folder];
           m.version = next_version(now);
           m.deleted = !create;
+          if (create) {
+            // A new lineage, above the one a deleted folder of that name had.
+            m.uidvalidity = fresh_uidvalidity(now, m.uidvalidity);
+            m.uid_reserved = 0;
+            m.takeovers.clear();
+          }
+          // The manager's state of the folder follows the profile's.
+          u->folders.erase(r.folder);
         }
         break;
       }

@@ -42,6 +42,8 @@ struct UidRange {
   std::uint32_t uidvalidity = 0;
   std::uint32_t min_uid = 0, max_uid = 0;
   std::uint32_t live = 0;  // of them, messages a client sees (body held, not expunged)
+  Version gen;             // the generation of the manager that gave them
+  UidView seen;            // what that generation had been shown when it began
   bool operator==(const UidRange&) const = default;
 };
 // A manager that lost a bucket hands each folder's UID lineage to the new
@@ -52,6 +54,8 @@ struct Handoff {
   std::uint32_t uidvalidity = 0;
   std::uint32_t next_uid = 1;
   std::vector<std::uint32_t> inflight;  // UIDs handed out whose messages may not be stored yet
+  Version gen;                          // its generation, which the successor continues
+  UidView seen;
   bool operator==(const Handoff&) const = default;
 };
 struct ReportEntry {
@@ -96,6 +100,21 @@ struct AllocRequest {
   std::vector<NodeId> move_nodes;      // a Move's UID: the message's replicas, no placement
   bool operator==(const AllocRequest&) const = default;
 };
+// A reader found the message under a UID below one it had already shown
+// (a store that completed after its delivery was given up, or was on its
+// way when its manager died): it asks the manager to move it to a new UID
+// at the end of the lineage. Answered by an AllocReply once scheduled.
+struct RenumberRequest {
+  std::uint64_t req = 0;
+  std::string user;
+  std::string folder;
+  MsgId id;
+  std::vector<NodeId> replicas;
+  std::uint32_t uidvalidity = 0, uid = 0;  // where the reader found it
+  std::uint32_t above = 0;                 // the highest UID the reader has taken
+  bool operator==(const RenumberRequest&) const = default;
+};
+
 // The front end is done with an allocated UID (its store or move is
 // acknowledged): messages above it may show in listings.
 struct AllocDone {
@@ -112,6 +131,8 @@ struct AllocReply {
   std::uint32_t uid = 0;
   std::vector<NodeId> nodes;  // [0] primary, then replicas
   std::uint64_t quota_bytes = 0;  // the user's quota (0: none), checked by the front end
+  Version gen;                    // the manager's generation in the folder (stamped with the UID)
+  UidView seen;                   // and what it had been shown when it began
   bool operator==(const AllocReply&) const = default;
 };
 struct CreateUserRequest {
@@ -136,6 +157,9 @@ struct MapReply {
   // message may still be on its way (next_uid when none; 0: no limit), so
   // no reader sees UID n+1 before n is stored or known to be abandoned.
   std::uint32_t visible_below = 0;
+  // The lineage's takeovers: a listing hides messages they make stale
+  // (uid_stale) until the manager has moved them.
+  std::vector<UidTakeover> takeovers;
   bool operator==(const MapReply&) const = default;
 };
 
@@ -232,7 +256,7 @@ using Message = std::variant<Probe, ProbeAck, NewGroup, Accept, Commit, Report, 
                              OpReply, Push, PushAck, Retire, ListRequest, ListReply,
                              FetchRequest, FetchReply, ProfileRequest, ProfileReply,
                              UserUpdateRequest, UserListRequest, UserListReply,
-                             UsageRequest, UsageReply, AllocDone>;
+                             UsageRequest, UsageReply, AllocDone, RenumberRequest>;
 
 const char* message_name(const Message& m);
 

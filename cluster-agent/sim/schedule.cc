@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "core/hash.h"
@@ -17,6 +18,83 @@ struct Outstanding {
   enum Kind { Deliver, Flags, Expunge, List } kind;
   std::size_t acked_index = 0;  // Flags/Expunge: which delivered message
   Time issued = 0;
+  NodeId via = kNoNode;         // List: the node asked
+  std::string user, folder;     // List
+};
+
+// What IMAP clients rely on, checked on every listing a node gives over
+// the run (one reader per node and folder, as that node's Dovecot cache): a
+// folder's UIDVALIDITY never changes, and a reader never takes a UID below
+// one it has shown, nor a UID it has shown for another message. A message
+// found so (a store that completed after its delivery was given up, one on
+// its way when its manager died, one handed out by another group during a
+// split) is not taken: the reader asks for it to be moved to a new UID, as
+// the Dovecot plugin does, and takes it there. At the end every reader
+// must have taken every message the cluster lists.
+class ListingChecker {
+ public:
+  // The messages this listing showed below what the reader had taken,
+  // each with the highest UID the reader has taken.
+  std::vector<std::pair<MessageRecord, std::uint32_t>> observe(NodeId via, const std::string& user, const std::string& folder,
+                                     const ClientReply& l, bool last = false) {
+    const std::string where = user + "/" + folder;
+    Reader& o = readers_[{via, where}];
+    std::uint32_t& first_validity = validity_[where];
+    if (first_validity == 0) first_validity = l.uidvalidity;
+    if (l.uidvalidity != first_validity && !changed_.count(where)) {
+      changed_.insert(where);
+      fail("(f) " + where + " UIDVALIDITY changed from " + std::to_string(first_validity) + " to " +
+           std::to_string(l.uidvalidity) + " (listing at n" + std::to_string(via) + ")");
+    }
+    if (o.validity != l.uidvalidity) o = Reader{l.uidvalidity, {}, {}, 0};
+    std::vector<std::pair<MessageRecord, std::uint32_t>> below;
+    std::uint32_t top = o.max;
+    for (const auto& r : l.records) {
+      auto s = o.taken.find(r.id);
+      if (s != o.taken.end() && s->second == r.uid) continue;
+      auto owner = o.owner.find(r.uid);
+      if (r.uid > o.max && owner == o.owner.end()) {
+        o.taken[r.id] = r.uid;
+        o.owner[r.uid] = r.id;
+        top = std::max(top, r.uid);
+        continue;
+      }
+      if (last)
+        fail("(f) " + where + " at n" + std::to_string(via) + ": " + r.id.str() + " still listed under UID " +
+             std::to_string(r.uid) + ", at or below " + std::to_string(o.max) + " that this reader had taken");
+      MessageRecord t = r;
+      t.user = user;
+      t.folder = folder;
+      t.uidvalidity = l.uidvalidity;
+      below.push_back({std::move(t), o.max});
+    }
+    o.max = top;
+    return below;
+  }
+  const std::vector<std::string>& failures() const { return bad_; }
+  std::vector<std::pair<NodeId, std::pair<std::string, std::string>>> readers() const {
+    std::vector<std::pair<NodeId, std::pair<std::string, std::string>>> out;
+    for (const auto& [key, r] : readers_) {
+      auto slash = key.second.find('/');
+      out.push_back({key.first, {key.second.substr(0, slash), key.second.substr(slash + 1)}});
+    }
+    return out;
+  }
+
+ private:
+  struct Reader {
+    std::uint32_t validity = 0;
+    std::map<MsgId, std::uint32_t> taken;
+    std::map<std::uint32_t, MsgId> owner;
+    std::uint32_t max = 0;
+  };
+  void fail(const std::string& s) {
+    if (bad_.size() < 20) bad_.push_back(s);
+  }
+  std::map<std::pair<NodeId, std::string>, Reader> readers_;
+  std::map<std::string, std::uint32_t> validity_;
+  std::set<std::string> changed_;
+  std::vector<std::string> bad_;
 };
 
 }  // namespace
@@ -130,12 +208,23 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
              " held by " + it->second.str() + " and " + id.str());
     }
   }
+  // A message moved to a new UID (its UID was stale after a takeover, or
+  // held twice) is, to a client, expunged and new: its old UID is out of
+  // the ordering below.
+  auto still = [&](const Acked& a) {
+    auto f = folders.find({a.target.user, a.target.folder});
+    if (f == folders.end()) return false;
+    auto r = f->second.find(a.target.id);
+    return r != f->second.end() && r->second.has_body && !r->second.expunged &&
+           r->second.uidvalidity == a.uidvalidity && r->second.uid == a.uid;
+  };
   for (std::size_t i = 0; i < w.delivered.size(); ++i)
     for (std::size_t j = 0; j < w.delivered.size(); ++j) {
       const Acked& a = w.delivered[i];
       const Acked& b = w.delivered[j];
       if (a.target.user != b.target.user || a.target.folder != b.target.folder) continue;
       if (a.uidvalidity != b.uidvalidity || a.acked >= b.issued) continue;
+      if (!still(a) || !still(b)) continue;
       NodeId mgr = mem.manager_of(bucket_of(a.target.user, mem.map().size()));
       const Node::MgrUser* u = c.node(mgr)->managed_user(a.target.user);
       if (!u) continue;
@@ -144,7 +233,8 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
       if (b.uid <= a.uid)
         fail("(e) " + a.target.user + "/" + a.target.folder + " UID went back from " +
              std::to_string(a.uid) + " to " + std::to_string(b.uid) + " in UIDVALIDITY " +
-             std::to_string(a.uidvalidity));
+             std::to_string(a.uidvalidity) + " (" + a.target.id.str() + " acked at " + std::to_string(a.acked) +
+             ", " + b.target.id.str() + " issued at " + std::to_string(b.issued) + ")");
     }
   return bad;
 }
@@ -177,11 +267,24 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
       const ClientReply* r = c.wait(c.create_user(static_cast<NodeId>(1 + u % n), user_name(u)), 10'000);
       if (r && (r->status == Status::Ok || r->status == Status::Exists)) break;
     }
+    // Its second folder too (a folder created on both sides of a
+    // partition gets the newer side's lineage: not what this checks).
+    UserUpdateRequest mk;
+    mk.user = user_name(u);
+    mk.op = UserUpdateRequest::Op::CreateFolder;
+    mk.folder = "Archive";
+    for (int attempt = 0; attempt < 10; ++attempt) {
+      const ClientReply* r = c.wait(c.call(static_cast<NodeId>(1 + u % n), [&](Node& node, Time now, std::uint64_t req) {
+        node.update_user(now, req, mk);
+      }), 10'000);
+      if (r && (r->status == Status::Ok || r->status == Status::Exists)) break;
+    }
   }
 
   WorkloadLog w;
   std::map<std::uint64_t, Outstanding> out;
   std::map<std::uint64_t, std::string> bodies;
+  ListingChecker listings;
   int destroyed = 0, crashes = 0, partitions = 0;
   const Time start = c.now();
   const Time fault_end = start + opt.fault_phase;
@@ -217,6 +320,9 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
         }
       } else if (it->second.kind == Outstanding::Expunge && r->status == Status::Ok) {
         w.delivered[it->second.acked_index].expunge_acked = true;
+      } else if (it->second.kind == Outstanding::List && r->status == Status::Ok) {
+        for (const auto& [t, above] : listings.observe(it->second.via, it->second.user, it->second.folder, *r))
+          c.call(it->second.via, [t, above](Node& node, Time now, std::uint64_t req) { node.renumber(now, req, t, above); });
       }
       it = out.erase(it);
     }
@@ -270,25 +376,27 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
       std::string folder = folders[pick(0, 1)];
       std::uint64_t req = c.deliver(via, user, folder, "Subject: m" + std::to_string(w.attempted) + "\r\n\r\nbody\r\n");
       ++w.attempted;
-      out[req] = {Outstanding::Deliver, 0, t};
+      out[req] = {Outstanding::Deliver, 0, t, kNoNode, {}, {}};
       bodies[req] = user + "|" + folder;
     } else if (kind < 8) {
       std::size_t i = static_cast<std::size_t>(pick(0, static_cast<int>(w.delivered.size()) - 1));
-      out[c.set_flags(via, w.delivered[i].target, static_cast<std::uint32_t>(pick(0, 31)))] = {Outstanding::Flags, i, t};
+      out[c.set_flags(via, w.delivered[i].target, static_cast<std::uint32_t>(pick(0, 31)))] = {Outstanding::Flags, i, t, kNoNode, {}, {}};
       ++w.flag_ops;
     } else if (kind < 9) {
       std::size_t i = static_cast<std::size_t>(pick(0, static_cast<int>(w.delivered.size()) - 1));
-      out[c.expunge(via, w.delivered[i].target)] = {Outstanding::Expunge, i, t};
+      out[c.expunge(via, w.delivered[i].target)] = {Outstanding::Expunge, i, t, kNoNode, {}, {}};
       ++w.expunge_ops;
     } else if (chance(0.5)) {
-      out[c.list(via, user_name(pick(0, users - 1)), folders[pick(0, 1)])] = {Outstanding::List, 0, t};
+      std::string user = user_name(pick(0, users - 1));
+      std::string folder = folders[pick(0, 1)];
+      out[c.list(via, user, folder)] = {Outstanding::List, 0, t, via, user, folder};
       ++w.lists;
     } else {
       std::size_t i = static_cast<std::size_t>(pick(0, static_cast<int>(w.delivered.size()) - 1));
       const MessageRecord& t0 = w.delivered[i].target;
       std::string to = t0.folder == folders[0] ? folders[1] : folders[0];
       out[c.call(via, [&](Node& node, Time now, std::uint64_t req) { node.move(now, req, t0, to); })] =
-          {Outstanding::Flags, i, t};
+          {Outstanding::Flags, i, t, kNoNode, {}, {}};
       ++w.moves;
     }
   }
@@ -302,10 +410,25 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
   c.run_for(CoreConfig{}.request_timeout + 1000);
   collect();
   c.run_until_pred([&] { return false; }, opt.settle);
+  // Every reader lists its folders once more, asks for what it finds below
+  // what it took, and then must find every message it can take.
+  // (A reader asks at each of its syncs; three rounds here, then a check.)
+  for (int round = 0; round < 4; ++round) {
+    const bool last = round == 3;
+    for (const auto& [via, uf] : listings.readers()) {
+      if (!c.is_up(via)) continue;
+      const ClientReply* r = c.wait(c.list(via, uf.first, uf.second), 30'000);
+      if (!r || r->status != Status::Ok) continue;
+      for (const auto& [t, above] : listings.observe(via, uf.first, uf.second, *r, last))
+        if (!last) c.call(via, [t, above](Node& node, Time now, std::uint64_t req) { node.renumber(now, req, t, above); });
+    }
+    if (!last) c.run_for(5'000);
+  }
 
   ScheduleResult res;
   res.seed = seed;
   res.failures = check_invariants(c, w, destroyed > 0);
+  res.failures.insert(res.failures.end(), listings.failures().begin(), listings.failures().end());
   res.ok = res.failures.empty();
   std::ostringstream s;
   s << "seed " << seed << ": " << n << " nodes" << (joiner ? " +1 joined" : "") << ", " << crashes

@@ -79,6 +79,8 @@ MessageRecord full_record(std::uint64_t seq) {
   r.uidvalidity = 42;
   r.uid = 17;
   r.uid_version = {1'700'000'000'200, 3};
+  r.uid_gen = {1'700'000'000'150, 1};
+  r.uid_seen = {{{1'700'000'000'100, 1}, 11}, {{1'700'000'000'120, 2}, 4}};
   r.flags = kSeen | kFlagged | kDraft;
   r.keywords = {"$Forwarded", "$Label1", "NonJunk"};
   r.flags_version = {1'700'000'000'300, 5};
@@ -97,9 +99,9 @@ Profile full_profile() {
   p.quota_bytes = std::uint64_t{1} << 40;
   p.enabled = false;
   p.deleted = true;
-  p.folders = {{"INBOX", {7, {1'700'000'001'100, 2}, false}},
-               {kFolder, {9, {1'700'000'001'200, 3}, true}},
-               {"Sent", {4'000'000'000u, {1'700'000'001'300, 4}, false}}};
+  p.folders = {{"INBOX", {7, {1'700'000'001'100, 2}, false, 128, {{{1'700'000'001'050, 2}, {}}, {{1'700'000'001'060, 3}, {{{1'700'000'001'050, 2}, 70}}}}}},
+               {kFolder, {9, {1'700'000'001'200, 3}, true, 0, {}}},
+               {"Sent", {4'000'000'000u, {1'700'000'001'300, 4}, false, 0, {}}}};
   p.holders = {2, 4, 6};
   return p;
 }
@@ -132,17 +134,18 @@ std::vector<Message> every_message() {
              .complete = {0, 5, 1023},
              .users = {kUser, "bob@example.com"},
              .generations = {7, std::numeric_limits<std::uint64_t>::max()},
-             .entries = {{kUser, kFolder, {{42, 1, 17, 12}, {43, 1, 3, 0}}, 12}},
+             .entries = {{kUser, kFolder, {{42, 1, 17, 12, {1'700'000'000'900, 3}, {{{1'700'000'000'100, 1}, 9}}}, {43, 1, 3, 0, {}, {}}}, 12}},
              .profiles = {full_profile()},
-             .handoffs = {{kUser, kFolder, 42, 18, {16, 17}}}},
+             .handoffs = {{kUser, kFolder, 42, 18, {16, 17}, {1'700'000'000'900, 3}, {{{1'700'000'000'100, 1}, 9}}}}},
       ReportAck{.epoch = epoch, .complete = {5}, .users = {kUser}, .generations = {7}},
       ReportPoll{.epoch = epoch, .buckets = {1, 2, 3}},
       AllocRequest{101, kUser, kFolder, 4096, {}},
       AllocRequest{101, kUser, kFolder, 0, {2, 3}},
       AllocDone{kUser, kFolder, 42, 17},
+      RenumberRequest{120, kUser, kFolder, {3, 99}, {3, 5}, 42, 16, 30},
       AllocReply{
           .req = 102, .status = Status::TryAgain, .uidvalidity = 42, .uid = 17, .nodes = {3, 5},
-          .quota_bytes = 4096},
+          .quota_bytes = 4096, .gen = {1'700'000'000'900, 3}, .seen = {{{1'700'000'000'100, 1}, 9}}},
       CreateUserRequest{103, kUser, "{PLAIN}secret"},
       MapRequest{104, kUser, kFolder},
       MapReply{.req = 105,
@@ -150,7 +153,8 @@ std::vector<Message> every_message() {
                .nodes = {2},
                .uidvalidity = 42,
                .next_uid = 18,
-               .visible_below = 16},
+               .visible_below = 16,
+               .takeovers = {{{1'700'000'000'900, 3}, {{{1'700'000'000'100, 1}, 12}}}}},
       StoreRequest{106, full_update(Update::Kind::Store)},
       MutateRequest{107, full_update(Update::Kind::Flags)},
       OpReply{108, Status::Failed},
