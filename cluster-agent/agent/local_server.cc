@@ -434,6 +434,15 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         return run(id, [t, a = cf.add_flags() & kAllFlags, rm = cf.remove_flags() & kAllFlags, add, remove](
                            Node& n, Time now, std::uint64_t r) { n.change_flags(now, r, t, a, rm, add, remove); });
       }
+      case pb::Request::kRenumber: {
+        const auto& q2 = q.renumber();
+        MessageRecord t = target_of(q2.ref());
+        if (t.id.origin == 0 || t.replicas.empty() || q2.uidvalidity() == 0 || q2.uid() == 0)
+          return fail(id, pb::BAD_REQUEST, "message reference, UIDVALIDITY or UID missing");
+        t.uidvalidity = q2.uidvalidity();
+        t.uid = q2.uid();
+        return run(id, [t, above = q2.above()](Node& n, Time now, std::uint64_t r) { n.renumber(now, r, t, above); });
+      }
       case pb::Request::kExpunge: {
         MessageRecord t = target_of(q.expunge().ref());
         if (t.id.origin == 0 || t.replicas.empty()) return fail(id, pb::BAD_REQUEST, "message reference is incomplete");

@@ -421,6 +421,21 @@ int porcupine_change_flags_many(porcupine_client* c, const char* user, const cha
   });
 }
 
+int porcupine_renumber(porcupine_client* c, const char* user, const char* folder, const porcupine_msgref* ref,
+                       uint32_t uidvalidity, uint32_t uid, uint32_t above) {
+  return guarded(c, [&]() -> int {
+    if (!ref || !user) return fail(c, PORCUPINE_BAD_REQUEST, "user and ref are required");
+    pb::Request req;
+    auto* r = req.mutable_renumber();
+    from_ref(*ref, user, folder, r->mutable_ref());
+    r->set_uidvalidity(uidvalidity);
+    r->set_uid(uid);
+    r->set_above(above);
+    pb::Response resp;
+    return call(c, req, resp);
+  });
+}
+
 int porcupine_expunge(porcupine_client* c, const char* user, const char* folder, const porcupine_msgref* ref) {
   return guarded(c, [&]() -> int {
     if (!ref || !user) return fail(c, PORCUPINE_BAD_REQUEST, "user and ref are required");

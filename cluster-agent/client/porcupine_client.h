@@ -191,6 +191,15 @@ int porcupine_change_flags_many(porcupine_client* c, const char* user, const cha
 int porcupine_expunge(porcupine_client* c, const char* user, const char* folder,
                       const struct porcupine_msgref* ref);
 
+/* The reader found the message under `uid` of `uidvalidity`, at or below
+ * `above`, the highest UID it has already shown, so it cannot show it
+ * there: the cluster moves it to a new UID at the end of the folder (only
+ * if it is still there under that UID). PORCUPINE_OK once that is
+ * scheduled; the next listing shows it under its new UID. */
+int porcupine_renumber(porcupine_client* c, const char* user, const char* folder,
+                       const struct porcupine_msgref* ref, uint32_t uidvalidity, uint32_t uid,
+                       uint32_t above);
+
 /* Into `to_folder` of the same user, in the cluster: the body stays where
  * it is; the message gets a UID in `to_folder` first, which `out` (if not
  * NULL) receives with that folder's UIDVALIDITY and the message's

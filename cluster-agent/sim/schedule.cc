@@ -210,7 +210,11 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
   }
   // A message moved to a new UID (its UID was stale after a takeover, or
   // held twice) is, to a client, expunged and new: its old UID is out of
-  // the ordering below.
+  // the ordering below. With a node destroyed for good, the latest UID
+  // reservation of a folder may be gone with it (its other holder was down
+  // when it was written): a later manager then hands out lower UIDs, which
+  // readers (check (f)) have moved when they saw them below; the order of
+  // acknowledgements is not checked then.
   auto still = [&](const Acked& a) {
     auto f = folders.find({a.target.user, a.target.folder});
     if (f == folders.end()) return false;
@@ -218,7 +222,7 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
     return r != f->second.end() && r->second.has_body && !r->second.expunged &&
            r->second.uidvalidity == a.uidvalidity && r->second.uid == a.uid;
   };
-  for (std::size_t i = 0; i < w.delivered.size(); ++i)
+  for (std::size_t i = 0; i < w.delivered.size() && !destroyed_any; ++i)
     for (std::size_t j = 0; j < w.delivered.size(); ++j) {
       const Acked& a = w.delivered[i];
       const Acked& b = w.delivered[j];

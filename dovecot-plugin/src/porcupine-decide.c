@@ -125,7 +125,26 @@ void pcp_decide_merge(const struct pcp_decide_listing *listing,
 		for (; ci < listing->count && listing->uids[ci] < l->uid; ci++)
 			PCP_MISSING(ci);
 		if (!l->present) {
+			/* In the index but not in this transaction's view (saved
+			   or expunged by another process meanwhile): the next
+			   sync decides; the listed message of its UID is not
+			   missing either. */
 			res->action[li] = PCP_KEEP_SKIPPED;
+			if (ci < listing->count && listing->uids[ci] == l->uid)
+				ci++;
+		} else if (ci < listing->count && listing->uids[ci] == l->uid &&
+			   listing->origins != NULL && l->origin != 0 &&
+			   (listing->origins[ci] != l->origin || listing->seqs[ci] != l->seq)) {
+			/* The UID now names another message: the cached one
+			   is not listed (gone, or moved to a new UID), the
+			   listed one is missing. */
+			PCP_MISSING(ci);
+			ci++;
+			res->action[li] = pcp_decide_out_of_reach(listing->reachable,
+				listing->nreachable, l->origin, l->replicas, l->nreplicas) ?
+				PCP_KEEP_OUT_OF_REACH : PCP_EXPUNGE;
+			if (res->action[li] == PCP_KEEP_OUT_OF_REACH)
+				res->nout_of_reach++;
 		} else if (ci < listing->count && listing->uids[ci] == l->uid) {
 			res->action[li] = PCP_KEEP_LISTED;
 			res->listed[li] = ci;

@@ -73,11 +73,14 @@ bool pcp_decide_out_of_reach(const uint32_t *reachable, size_t nreachable,
 /* One cached message, in UID order (the index's sequence order). */
 struct pcp_decide_local {
 	uint32_t uid;
-	/* FALSE: expunged from the index meanwhile by another process (it is
-	   skipped; a listed message of the same UID is then "missing"). */
+	/* FALSE: in the index, but not in the view the sync changes (saved or
+	   expunged meanwhile by another process): skipped, and so is a listed
+	   message of the same UID (the next sync decides). */
 	bool present;
-	/* Where the cluster keeps it (the index extension), or origin 0. */
+	/* Where the cluster keeps it (the index extension), or origin 0:
+	   its identity (origin, seq) and holders. */
 	uint32_t origin;
+	uint64_t seq;
 	uint32_t nreplicas;
 	uint32_t replicas[PCP_DECIDE_MAX_REPLICAS];
 };
@@ -95,6 +98,12 @@ struct pcp_decide_listing {
 	size_t count;
 	const uint32_t *reachable; /* the nodes it covers, sorted */
 	size_t nreachable;
+	/* The listed messages' identities (origin, seq), or NULL: a listed
+	   message under a cached UID whose cached message has another
+	   identity is not that message (the cached one is gone or moved; the
+	   listed one is missing). */
+	const uint32_t *origins;
+	const uint64_t *seqs;
 };
 
 struct pcp_decide_result {
@@ -106,7 +115,8 @@ struct pcp_decide_result {
 	size_t *add;
 	size_t nadd;
 	/* Indexes of listed messages the cache lacks whose UID is below its
-	   next UID: not cached (each one warned about). */
+	   next UID: the cache cannot take them there (the cluster is asked to
+	   move each to a new UID). */
 	size_t *below_next_uid;
 	size_t nbelow;
 	/* How many cached messages stay because they are out of reach. */

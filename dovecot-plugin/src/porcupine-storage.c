@@ -272,12 +272,14 @@ void pcp_local_holders(struct mailbox *box, struct mail_index_view *view,
 	bool expunged;
 
 	l->origin = 0;
+	l->seq = 0;
 	l->nreplicas = 0;
 	mail_index_lookup_ext(view, seq, pcp_ext_id(box), &data, &expunged);
 	if (data == NULL)
 		return;
 	rec = data;
 	l->origin = rec->origin;
+	l->seq = rec->seq;
 	l->nreplicas = I_MIN(rec->nreplicas, PORCUPINE_MAX_REPLICAS);
 	memcpy(l->replicas, rec->replicas, l->nreplicas * sizeof(l->replicas[0]));
 }

@@ -183,7 +183,8 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 	struct pcp_decide_local *local;
 	struct pcp_decide_result res;
 	const struct porcupine_message **mp;
-	uint32_t *uids, *tseqs;
+	uint32_t *uids, *origins, *tseqs;
+	uint64_t *seqs;
 	uint64_t *sizes;
 	unsigned int i, ntodo;
 	uint32_t seq, count, next_uid;
@@ -222,16 +223,22 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 		l->present = mail_set_uid(mail, rec->uid);
 		if (l->present) {
 			tseqs[seq - 1] = mail->seq;
-			if (folder->nreachable != 0)
-				pcp_local_holders(box, t->view, mail->seq, l);
+			pcp_local_holders(box, t->view, mail->seq, l);
 		}
 	}
 	uids = t_new(uint32_t, folder->count + 1);
-	for (ci = 0; ci < folder->count; ci++)
+	origins = t_new(uint32_t, folder->count + 1);
+	seqs = t_new(uint64_t, folder->count + 1);
+	for (ci = 0; ci < folder->count; ci++) {
 		uids[ci] = folder->messages[ci].uid;
+		origins[ci] = folder->messages[ci].ref.origin;
+		seqs[ci] = folder->messages[ci].ref.seq;
+	}
 	i_zero(&listing);
 	listing.uids = uids;
 	listing.count = folder->count;
+	listing.origins = origins;
+	listing.seqs = seqs;
 	listing.reachable = folder->reachable;
 	listing.nreachable = folder->nreachable;
 	i_zero(&res);
@@ -280,12 +287,26 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 	   (pipelined), each batch at most PCP_FETCH_BATCH messages and about
 	   PCP_FETCH_BATCH_BYTES. */
 	for (ci = 0; ci < res.nbelow; ci++) {
-		/* The local index already used this UID: it cannot take the
-		   message without renumbering it. */
-		e_warning(box->event, "porcupine: UID %u of %s is below the "
-			  "local next UID %u; not cached",
-			  folder->messages[res.below_next_uid[ci]].uid,
-			  box->vname, next_uid);
+		/* The local index already used this UID (a store that
+		   completed after its delivery was given up, one on its way
+		   when its manager died, one from the other side of a split):
+		   it cannot take the message there, and asks the cluster to
+		   move it to a new UID at the end; a later sync takes it. */
+		const struct porcupine_message *m =
+			&folder->messages[res.below_next_uid[ci]];
+		int rc = porcupine_renumber(c, box->storage->user->username,
+					    box->vname, &m->ref, folder->uidvalidity,
+					    m->uid, next_uid - 1);
+		if (rc == PORCUPINE_OK) {
+			e_info(box->event, "porcupine: UID %u of %s is below the "
+			       "local next UID %u: the cluster moves it to a new UID",
+			       m->uid, box->vname, next_uid);
+		} else {
+			e_warning(box->event, "porcupine: UID %u of %s is below the "
+				  "local next UID %u; not cached, and moving it "
+				  "failed: %s", m->uid, box->vname, next_uid,
+				  porcupine_error(c));
+		}
 	}
 	ntodo = res.nadd;
 	mp = t_new(const struct porcupine_message *, ntodo + 1);

@@ -156,7 +156,7 @@ static void test_merge_equal(void)
 {
 	const uint32_t uids[] = { 1, 2, 5 };
 	const uint32_t reachable[] = { 1, 2 };
-	struct pcp_decide_listing listing = { uids, 3, reachable, 2 };
+	struct pcp_decide_listing listing = { uids, 3, reachable, 2, NULL, NULL };
 	struct pcp_decide_local local[3];
 	struct merge m;
 
@@ -177,7 +177,7 @@ static void test_merge_equal(void)
 static void test_merge_empty_cache(void)
 {
 	const uint32_t uids[] = { 3, 4, 9 };
-	struct pcp_decide_listing listing = { uids, 3, NULL, 0 };
+	struct pcp_decide_listing listing = { uids, 3, NULL, 0, NULL, NULL };
 	struct merge m;
 
 	merge_run(&m, &listing, NULL, 0, 1);
@@ -195,7 +195,7 @@ static void test_merge_mixed(void)
 {
 	const uint32_t uids[] = { 1, 3, 4, 7, 8 };
 	const uint32_t reachable[] = { 1, 2 };
-	struct pcp_decide_listing listing = { uids, 5, reachable, 2 };
+	struct pcp_decide_listing listing = { uids, 5, reachable, 2, NULL, NULL };
 	struct pcp_decide_local local[4];
 	struct merge m;
 
@@ -225,7 +225,7 @@ static void test_merge_mixed(void)
 static void test_merge_no_reachable(void)
 {
 	const uint32_t uids[] = { 10 };
-	struct pcp_decide_listing listing = { uids, 1, NULL, 0 };
+	struct pcp_decide_listing listing = { uids, 1, NULL, 0, NULL, NULL };
 	struct pcp_decide_local local[2];
 	struct merge m;
 
@@ -238,14 +238,15 @@ static void test_merge_no_reachable(void)
 	CHECK_EQ(m.res.nout_of_reach, 0);
 }
 
-/* A cached message expunged meanwhile by another process is skipped: the
-   listed message of its UID counts as missing, and being below the next
-   UID it is not cached again. */
+/* A message in the index that the sync's view cannot see (another process
+   saved or expunged it meanwhile) is skipped, and so is the listed message
+   of its UID: it is not missing (asking the cluster to move it would move
+   a message that is cached), the next sync decides. */
 static void test_merge_expunged_meanwhile(void)
 {
 	const uint32_t uids[] = { 1, 2, 3 };
 	const uint32_t reachable[] = { 1 };
-	struct pcp_decide_listing listing = { uids, 3, reachable, 1 };
+	struct pcp_decide_listing listing = { uids, 3, reachable, 1, NULL, NULL };
 	struct pcp_decide_local local[3];
 	struct merge m;
 
@@ -259,8 +260,7 @@ static void test_merge_expunged_meanwhile(void)
 	CHECK_EQ(m.action[2], PCP_KEEP_LISTED);
 	CHECK_EQ(m.listed[2], 2);
 	CHECK_EQ(m.res.nadd, 0);
-	CHECK_EQ(m.res.nbelow, 1);
-	CHECK_EQ(uids[m.below[0]], 2);
+	CHECK_EQ(m.res.nbelow, 0);
 }
 
 /* The cluster emptied the folder: every cached message is expunged (all
@@ -268,7 +268,7 @@ static void test_merge_expunged_meanwhile(void)
 static void test_merge_empty_listing(void)
 {
 	const uint32_t reachable[] = { 1, 2, 3 };
-	struct pcp_decide_listing listing = { NULL, 0, reachable, 3 };
+	struct pcp_decide_listing listing = { NULL, 0, reachable, 3, NULL, NULL };
 	struct pcp_decide_local local[2];
 	struct merge m;
 
@@ -278,6 +278,39 @@ static void test_merge_empty_listing(void)
 	CHECK_EQ(m.action[0], PCP_EXPUNGE);
 	CHECK_EQ(m.action[1], PCP_EXPUNGE);
 	CHECK_EQ(m.res.nadd, 0);
+	CHECK_EQ(m.res.nbelow, 0);
+}
+
+/* A UID that now names another message (the cluster moved the cached
+   one to a new UID, or another group handed the UID out again): the cached
+   message is not kept under it, and the listed one is missing, below the
+   next UID (the cluster is asked to move it). */
+static void test_merge_uid_names_another_message(void)
+{
+	const uint32_t uids[] = { 1, 2, 9 };
+	const uint32_t origins[] = { 1, 4, 2 };
+	const uint64_t seqs[] = { 10, 70, 11 };
+	const uint32_t reachable[] = { 1, 2 };
+	struct pcp_decide_listing listing = { uids, 3, reachable, 2, origins, seqs };
+	struct pcp_decide_local local[2];
+	struct merge m;
+
+	local[0] = cached(1, 1, 1, 2);
+	local[0].seq = 10;
+	local[1] = cached(2, 2, 1, 2);  /* was 2:11, now listed under UID 9 */
+	local[1].seq = 11;
+	merge_run(&m, &listing, local, 2, 3);
+	CHECK_EQ(m.action[0], PCP_KEEP_LISTED);
+	CHECK_EQ(m.action[1], PCP_EXPUNGE);
+	CHECK_EQ(m.res.nbelow, 1);
+	CHECK_EQ(uids[m.below[0]], 2);
+	CHECK_EQ(m.res.nadd, 1);
+	CHECK_EQ(uids[m.add[0]], 9);
+	/* Without identities (an older caller), the UID alone decides. */
+	listing.origins = NULL;
+	listing.seqs = NULL;
+	merge_run(&m, &listing, local, 2, 3);
+	CHECK_EQ(m.action[1], PCP_KEEP_LISTED);
 	CHECK_EQ(m.res.nbelow, 0);
 }
 
@@ -314,6 +347,7 @@ int main(void)
 	test_merge_no_reachable();
 	test_merge_expunged_meanwhile();
 	test_merge_empty_listing();
+	test_merge_uid_names_another_message();
 	test_batch();
 	printf("%u passed, %u failed\n", passed, failed);
 	return failed == 0 ? 0 : 1;

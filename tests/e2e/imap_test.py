@@ -8,8 +8,10 @@ Classes (each gets its own subnet from CMake):
                 woken by changes made on other nodes, keywords set on one
                 node seen on the others, MOVE, STATUS and LIST following
                 the cluster within one session
-  ImapFailover  a node killed (R=2): every message readable through the
-                others; its restart changes no UID
+  ImapFailover  the node managing the mailbox killed (R=2): every message
+                readable through the others under the same UIDVALIDITY and
+                UIDs, an open session sees new mail with no BYE; its
+                restart changes no UID
   ImapOutOfReach  every node holding some messages down (R=2): the node
                 that cached them keeps listing and serving them, changes
                 to them get NO [UNAVAILABLE], new mail and changes to it
@@ -306,6 +308,10 @@ class ImapSessions(dt.DovecotCase):
 
 
 class ImapFailover(dt.DovecotCase):
+    def user_info(self, i):
+        import json
+        return json.loads(self.ctl(i, "--json", "user", "show", self.user))
+
     def test_node_killed_messages_readable_elsewhere_and_nodes_agree_after_restart(self):
         for n in range(12):
             self.deliver(1 + n % 3, message(n, 2000))
@@ -318,45 +324,55 @@ class ImapFailover(dt.DovecotCase):
             return uv, {uid: body for uid, (_, body) in msgs.items()}
 
         def readable(i):
-            try:
-                uv, bodies = view(i)
-            except imaplib.IMAP4.abort:
-                # A new UIDVALIDITY while the session was open (node 3 managed
-                # the mailbox): Dovecot says BYE, and a client logs in again.
-                return False
+            uv, bodies = view(i)
             got = {re.search(rb"Subject: (message \d+)", b).group(1) for b in bodies.values()}
             return len(bodies) == 12 and got == subjects
-        # The node that manages the mailbox (the low byte of a UIDVALIDITY
-        # names the node that started it) dies: the hardest case. The others
-        # read every message from the cluster, those whose first copy was on
-        # it from their replicas; its successor numbers the folder afresh
-        # under a new UIDVALIDITY.
-        victim = listing["uidvalidity"] & 0xFF
+        # The node that manages the mailbox (its UIDs) dies with its Redis
+        # and Dovecot: the hardest case. The others read every message from
+        # the cluster, those whose first copy was on it from their
+        # replicas, under the same UIDVALIDITY and UIDs: the folder's
+        # lineage is in the user's profile, and the successor goes on above
+        # every UID the dead manager reserved.
+        victim = self.user_info(1)["manager"]
         others = [i for i in (1, 2, 3) if i != victim]
-        # One of the others has cached every message (its cache is emptied
-        # and refilled under the new UIDVALIDITY), the other nothing.
+        # One of the others has cached every message, the other nothing;
+        # a session stays open on the first across the kill.
         self.assertTrue(readable(others[0]), self.dovecot_log(others[0]))
+        before = view(others[0])
+        self.assertEqual(before[0], listing["uidvalidity"])
+        session = self.imap(others[0])
+        self.assertEqual(session.select("INBOX")[0], "OK")
         self.cl.kill(victim, redis=True, everything=True)
         for i in others:
             self.assertTrue(self.wait_for(lambda: readable(i), 60),
                             "node %d: %s\n%s" % (i, sorted(view(i)[1]), self.dovecot_log(i)))
-        after_kill = view(others[0])
-        self.assertEqual(view(others[1]), after_kill)
-        print("UIDVALIDITY %s at the kill" % ("kept" if after_kill[0] == listing["uidvalidity"] else "renewed"),
-              file=sys.stderr)
-        # Node 3 comes back: every node serves the same mailbox, with the
-        # same UIDs, UIDVALIDITY and bytes, also POP3's UIDLs; the restart
-        # changes no UID (the interim manager hands the lineage back).
+            self.assertEqual(view(i), before, "node %d" % i)
+        self.assertNotEqual(self.user_info(others[0])["manager"], victim)
+        # New mail after the kill: above every UID, same UIDVALIDITY; the
+        # open session sees it with no BYE.
+        self.deliver(others[1], message(12, 2000))
+        typ, data = session.noop()
+        self.assertEqual(typ, "OK", data)
+        new = [m for m in self.cluster_listing(others[0])["messages"] if m["uid"] > max(before[1])]
+        self.assertEqual(len(new), 1)
+        self.assertTrue(self.wait_for(lambda: len(flags_of(session)) == 13, 20))
+        session.logout()
+        # The node comes back: every node serves the same mailbox, with the
+        # same UIDs, UIDVALIDITY and bytes, also POP3's UIDLs.
         self.cl.restart(victim)
         self.assertTrue(self.wait_for(self.cl.converged, 60), "node %d did not rejoin" % victim)
         self.open_sockets()
+        subjects.add(b"message 12")
+
         def agree():
             views = [view(i) for i in (1, 2, 3)]
-            return all(readable(i) for i in (1, 2, 3)) and views[0] == views[1] == views[2]
+            return all(len(v[1]) == 13 for v in views) and views[0] == views[1] == views[2]
         self.assertTrue(self.wait_for(agree, 60), "views after the restart: %s" %
                         [(view(i)[0], sorted(view(i)[1])) for i in (1, 2, 3)])
         after_restart = view(others[0])
-        self.assertEqual(after_restart, after_kill)  # same UIDVALIDITY, same UID for every message
+        self.assertEqual(after_restart[0], before[0])  # the same UIDVALIDITY
+        for uid, body in before[1].items():
+            self.assertEqual(after_restart[1][uid], body)  # the same UID for every message
         self.assertEqual(self.pop3_uidl(3), self.pop3_uidl(1))
 
 
@@ -365,8 +381,8 @@ class ImapOutOfReach(dt.DovecotCase):
         super().setUp()
         # A user whose manager holds none of its mail: when the other two
         # die, that node still manages the user (it keeps the profile it
-        # learned, and the UIDVALIDITY: a manager's death starts a new one,
-        # by design), while every copy of the mail is out of reach. The
+        # learned, and the lineage), while every copy of the mail is out of
+        # reach. The
         # first message decides where the user's mail goes (spread 2).
         # Placement takes the least loaded nodes, ties broken per user; a
         # pause lets every node's load (backlog of the last delivery) reach
