@@ -531,14 +531,18 @@ void Node::mgr_tick(Time now) {
         for (auto& [fname, f] : u.folders)
           std::erase_if(f.inflight, [now](const auto& e) { return e.second <= now; });
   }
-  for (auto it = renumbers_due_.begin(); it != renumbers_due_.end();) {
-    Bucket b = bucket(it->first);
-    if (membership_.manager_of(b) != cfg_.self) {
-      it = renumbers_due_.erase(it);
-    } else if (bucket_ready(b) && start_renumber(now, it->first, it->second)) {
-      it = renumbers_due_.erase(it);
-    } else {
-      ++it;
+  // A renumbering may end at once (no holder to ask) and be due again: the
+  // set is walked on a copy, and an entry leaves it only before its start.
+  const auto due = renumbers_due_;
+  for (const auto& [user, folder] : due) {
+    Bucket b = bucket(user);
+    const MgrUser* u = managed_user(user);
+    auto f = u ? u->folders.find(folder) : decltype(u->folders.end()){};
+    if (!u || f == u->folders.end() || !f->second.renumber_due) {
+      renumbers_due_.erase({user, folder});  // the bucket went, or the folder's state with it
+    } else if (membership_.manager_of(b) == cfg_.self && bucket_ready(b) && !f->second.renumber_running) {
+      renumbers_due_.erase({user, folder});
+      start_renumber(now, user, folder);
     }
   }
   // A member that has not reported a moved bucket (its commit or report

@@ -56,7 +56,9 @@ bool pcp_keywords_equal(const char *const *a, size_t na,
 
 bool pcp_decide_reset(uint32_t local_uidvalidity, uint32_t cluster_uidvalidity)
 {
-	return local_uidvalidity != cluster_uidvalidity;
+	/* 0: the cluster has no such folder (deleted meanwhile, or not yet
+	   created): nothing to follow. */
+	return cluster_uidvalidity != 0 && local_uidvalidity != cluster_uidvalidity;
 }
 
 bool pcp_decide_flags(uint32_t cluster_flags, unsigned int local_flags,

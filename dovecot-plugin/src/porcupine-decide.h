@@ -52,7 +52,8 @@ bool pcp_keyword_in(const char *name, const char *const *list, size_t n);
 bool pcp_keywords_equal(const char *const *a, size_t na,
 			const char *const *b, size_t nb);
 
-/* TRUE if the cache must be emptied and take the cluster's UIDVALIDITY. */
+/* TRUE if the cache must be emptied and take the cluster's UIDVALIDITY
+   (never for 0: the cluster has no such folder). */
 bool pcp_decide_reset(uint32_t local_uidvalidity, uint32_t cluster_uidvalidity);
 
 /* TRUE if a cached message with `local_flags` must take the cluster's

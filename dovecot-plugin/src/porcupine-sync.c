@@ -193,6 +193,12 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 	int ret = 0;
 
 	array_clear(&pbox->out_of_reach);
+	if (folder->uidvalidity == 0) {
+		/* The cluster has no such folder (deleted on another node, the
+		   local delete or the folder list's next pass follows; or not
+		   created there yet): the cache stays as it is. */
+		return 0;
+	}
 	(void)mail_index_refresh(box->index);
 	view = mail_index_view_open(box->index);
 	hdr = mail_index_get_header(view);

@@ -123,6 +123,10 @@ static void test_reset(void)
 	CHECK(pcp_decide_reset(1700000000, 1700000001));
 	/* A new mailbox's index (UIDVALIDITY 0) takes the cluster's. */
 	CHECK(pcp_decide_reset(0, 1700000000));
+	/* A folder the cluster does not have (deleted on another node): the
+	   cache is left alone, not given UIDVALIDITY 0. */
+	CHECK(!pcp_decide_reset(1700000000, 0));
+	CHECK(!pcp_decide_reset(0, 0));
 }
 
 static void test_out_of_reach(void)
