@@ -209,6 +209,54 @@ pcp_list_iter_init(struct mailbox_list *list, const char *const *patterns,
 	return plist->super.iter_init(list, patterns, flags);
 }
 
+/* A mailbox this node does not have may be a folder created (or renamed)
+   on another node since this session followed the cluster's folder list:
+   follow it (at most once per PCP_FOLLOW_INTERVAL_MS) and look again, so
+   STATUS, SELECT and the rest of an open session see it. */
+static bool pcp_may_follow(struct mailbox *box)
+{
+	struct mail_namespace *ns = box->list->ns;
+	struct pcp_user *puser = PCP_USER(ns->user);
+
+	return puser != NULL && !puser->local_only &&
+		(ns->flags & NAMESPACE_FLAG_INBOX_USER) != 0 &&
+		(box->storage->user->service == NULL ||
+		 strcmp(box->storage->user->service, "lmtp") != 0) &&
+		timeval_diff_msecs(&ioloop_timeval, &puser->last_follow) >= PCP_FOLLOW_INTERVAL_MS;
+}
+
+int pcp_exists(struct mailbox *box, bool auto_boxes, enum mailbox_existence *existence_r)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+
+	if (pbox->module_ctx.super.exists(box, auto_boxes, existence_r) < 0)
+		return -1;
+	if (*existence_r != MAILBOX_EXISTENCE_NONE || !pcp_may_follow(box))
+		return 0;
+	T_BEGIN {
+		pcp_follow_folders(box->list->ns);
+	} T_END;
+	return pbox->module_ctx.super.exists(box, auto_boxes, existence_r);
+}
+
+/* The same for opening a mailbox (SELECT, EXAMINE, STATUS, APPEND): one
+   that is not here is looked for in the cluster's folder list first. */
+int pcp_open(struct mailbox *box)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+	enum mail_error error;
+
+	if (pbox->module_ctx.super.open(box) == 0)
+		return 0;
+	(void)mailbox_get_last_error(box, &error);
+	if (error != MAIL_ERROR_NOTFOUND || !pcp_may_follow(box))
+		return -1;
+	T_BEGIN {
+		pcp_follow_folders(box->list->ns);
+	} T_END;
+	return pbox->module_ctx.super.open(box);
+}
+
 void pcp_mailbox_list_created(struct mailbox_list *list)
 {
 	struct mailbox_list_vfuncs *v = list->vlast;

@@ -244,6 +244,8 @@ struct mailbox_sync_context *
 pcp_sync_init(struct mailbox *box, enum mailbox_sync_flags flags);
 int pcp_sync_deinit(struct mailbox_sync_context *ctx,
 		    struct mailbox_sync_status *status_r);
+int pcp_exists(struct mailbox *box, bool auto_boxes, enum mailbox_existence *existence_r);
+int pcp_open(struct mailbox *box);
 int pcp_get_status(struct mailbox *box, enum mailbox_status_items items,
 		   struct mailbox_status *status_r);
 void pcp_notify_changes(struct mailbox *box);

@@ -99,6 +99,8 @@ void pcp_mailbox_allocated(struct mailbox *box)
 	v->delete_box = pcp_delete_box;
 	v->rename_box = pcp_rename_box;
 	v->get_status = pcp_get_status;
+	v->exists = pcp_exists;
+	v->open = pcp_open;
 	v->notify_changes = pcp_notify_changes;
 	v->sync_init = pcp_sync_init;
 	v->sync_deinit = pcp_sync_deinit;

@@ -694,6 +694,53 @@ class ImapConformance(dt.DovecotCase):
         for i in (1, 2, 3):
             self.assert_no_hidden_messages(i)
 
+    def test_folders_made_on_another_node_are_seen_by_an_open_session(self):
+        a = self.imap(1)
+        try:
+            self.assertEqual(a.select("INBOX")[0], "OK")
+            b = self.imap(2)
+            try:
+                self.assertEqual(b.create("Fresh")[0], "OK")
+                self.assertEqual(b.append("Fresh", None, None, message(3))[0], "OK")
+                self.assertEqual(b.rename("Fresh", "Renamed")[0], "OK")
+                self.assertEqual(b.create("Other")[0], "OK")
+            finally:
+                b.logout()
+            time.sleep(1.1)  # an open session looks at the cluster's folders at most once a second
+            # STATUS and SELECT of folders this session has never listed.
+            typ, data = a.status("Renamed", "(MESSAGES UIDVALIDITY)")
+            self.assertEqual(typ, "OK", data)
+            self.assertRegex(data[0], rb"MESSAGES 1")
+            typ, data = a.status("Other", "(MESSAGES)")
+            self.assertEqual(typ, "OK", data)
+            self.assertEqual(a.select("Renamed")[0], "OK")
+            self.assertEqual(len(flags_of(a)), 1)
+            self.assertNotIn("Fresh", folder_names(a))
+        finally:
+            a.logout()
+        # An empty folder has its UIDVALIDITY before its first message, the
+        # same on every node, and keeps it through the first message.
+        uvs = []
+        for i in (1, 2, 3):
+            m = self.imap(i)
+            try:
+                typ, data = m.status("Other", "(UIDVALIDITY MESSAGES)")
+                self.assertEqual(typ, "OK", data)
+                uvs.append(re.search(rb"UIDVALIDITY (\d+)", data[0]).group(1))
+            finally:
+                m.logout()
+        self.assertEqual(len(set(uvs)), 1, uvs)
+        m = self.imap(3)
+        try:
+            self.assertEqual(m.select("Other")[0], "OK")
+            self.assertEqual(m.append("Other", None, None, message(4))[0], "OK")
+            self.assertEqual(m.noop()[0], "OK")  # no BYE: the UIDVALIDITY stays
+            typ, data = m.status("Other", "(UIDVALIDITY MESSAGES)")
+            self.assertIn(b"UIDVALIDITY " + uvs[0], data[0])
+            self.assertRegex(data[0], rb"MESSAGES 1")
+        finally:
+            m.logout()
+
     def assert_no_hidden_messages(self, i):
         self.assertNotIn("below the local next UID", self.dovecot_log(i, whole=True))
 
