@@ -492,6 +492,16 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
           return fail(id, pb::BAD_REQUEST, "user, from and a destination other than INBOX are required");
         auto self = shared_from_this();
         std::string user = rn.user(), from = rn.from(), to = rn.to();
+        if (from != "INBOX") {
+          // The folder keeps its UIDVALIDITY and every message its UID.
+          UserUpdateRequest u;
+          u.user = user;
+          u.op = UserUpdateRequest::Op::RenameFolder;
+          u.folder = from;
+          u.to_folder = to;
+          return run(id, [u](Node& n, Time t, std::uint64_t r) { n.update_user(t, r, u); });
+        }
+        // INBOX stays (emptied): its messages move to a new folder.
         agent_.op(folder_op(user, to, true), [this, self, id, user, from, to](const ClientReply& c) {
           if (c.status != Status::Ok) return fail(id, code_of(c.status), c.detail);
           for_each_message(

@@ -41,7 +41,8 @@ static_assert(pb::USER_OP_SET_PASSWORD == int(UserUpdateRequest::Op::SetPassword
               pb::USER_OP_DISABLE == int(UserUpdateRequest::Op::Disable) &&
               pb::USER_OP_DELETE == int(UserUpdateRequest::Op::Delete) &&
               pb::USER_OP_CREATE_FOLDER == int(UserUpdateRequest::Op::CreateFolder) &&
-              pb::USER_OP_DELETE_FOLDER == int(UserUpdateRequest::Op::DeleteFolder));
+              pb::USER_OP_DELETE_FOLDER == int(UserUpdateRequest::Op::DeleteFolder) &&
+              pb::USER_OP_RENAME_FOLDER == int(UserUpdateRequest::Op::RenameFolder));
 
 // Whether message bodies go into the bytes: on the wire yes, at rest no.
 enum class Bodies { Keep, Drop };
@@ -658,8 +659,10 @@ void to_pb(const UserUpdateRequest& m, pb::UserUpdateRequest& p) {
   p.set_password_hash(m.password_hash);
   p.set_quota_bytes(m.quota_bytes);
   p.set_folder(m.folder);
+  p.set_to_folder(m.to_folder);
 }
 bool from_pb(const pb::UserUpdateRequest& p, UserUpdateRequest& m, Check& c) {
+  m.to_folder = p.to_folder();
   m.req = p.req();
   m.user = p.user();
   m.password_hash = p.password_hash();

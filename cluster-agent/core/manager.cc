@@ -169,7 +169,7 @@ std::uint32_t Node::fresh_uidvalidity(Time now, std::uint32_t before) const {
 FolderMeta* Node::lineage_meta(Time now, MgrUser& u, const std::string& folder, bool create) {
   if (!u.profile || u.profile->deleted) return nullptr;
   auto it = u.profile->folders.find(folder);
-  if (it != u.profile->folders.end() && it->second.uidvalidity != 0) return &it->second;
+  if (it != u.profile->folders.end() && it->second.uidvalidity != 0 && !it->second.deleted) return &it->second;
   if (!create) return nullptr;
   // A folder with no lineage yet (INBOX of a user from before lineages
   // were kept in the profile, or a delivery into a folder never created):
@@ -545,6 +545,17 @@ void Node::mgr_tick(Time now) {
       start_renumber(now, user, folder);
     }
   }
+  for (const auto& [user, to] : std::set<std::pair<std::string, std::string>>(renames_due_)) {
+    Bucket b = bucket(user);
+    const MgrUser* u = managed_user(user);
+    auto f = u ? u->folders.find(to) : decltype(u->folders.end()){};
+    if (!u || f == u->folders.end() || f->second.renamed_from.empty()) {
+      renames_due_.erase({user, to});
+    } else if (membership_.manager_of(b) == cfg_.self && bucket_ready(b) && !f->second.renumber_running) {
+      renames_due_.erase({user, to});
+      start_rename(now, user, to);
+    }
+  }
   // A member that has not reported a moved bucket (its commit or report
   // was lost, or it holds another view of the old map) is asked directly.
   if ((awaiting_.empty() && expected_.empty()) || now - last_poll_ < cfg_.report_poll) return;
@@ -723,7 +734,7 @@ void Node::mgr_map(NodeId from, const MapRequest& m) {
       // An empty folder has its UIDVALIDITY too, the same on every node.
       MgrFolder& f = mu.folders[m.folder];
       settle_lineage(now_, m.user, m.folder, f);
-      if (f.renumber_due || f.renumber_running || f.takeover_pending) {
+      if (f.renumber_due || f.renumber_running || f.takeover_pending || !f.renamed_from.empty()) {
         rep.status = Status::TryAgain;  // a list now would miss messages being renumbered
       } else {
         rep.nodes.assign(f.nodes.begin(), f.nodes.end());
@@ -752,7 +763,56 @@ bool Node::start_renumber(Time now, const std::string& user, const std::string& 
   return true;
 }
 
+void Node::start_rename(Time now, const std::string& user, const std::string& to) {
+  MgrFolder& f = managed_[bucket(user)][user].folders[to];
+  f.renumber_running = true;
+  std::uint64_t id = new_req();
+  Pending& p = pending_[id];
+  p.kind = Pending::Kind::Renumber;
+  p.user = user;
+  p.folder = f.renamed_from;  // listed under the old name
+  p.rename_to = to;
+  p.deadline = now + cfg_.request_timeout;
+  fe_gather(now, id, std::vector<NodeId>(f.nodes.begin(), f.nodes.end()));
+}
+
+void Node::on_rename_done(Time now, Pending& p) {
+  auto b = managed_.find(bucket(p.user));
+  if (b == managed_.end()) return;  // no longer the manager
+  auto u = b->second.find(p.user);
+  if (u == b->second.end()) return;
+  auto fi = u->second.folders.find(p.rename_to);
+  if (fi == u->second.folders.end()) return;
+  MgrFolder& f = fi->second;
+  f.renumber_running = false;
+  // Each message goes over under its UID, UIDVALIDITY and generation: the
+  // new name has the folder's lineage.
+  for (const auto& [id, r] : p.gathered) {
+    if (r.expunged || r.folder != p.folder) continue;
+    Update up;
+    up.id = next_version(now);
+    up.kind = Update::Kind::Move;
+    up.replicas = r.replicas;
+    up.record.id = r.id;
+    up.record.user = p.user;
+    up.record.folder = p.rename_to;
+    up.record.uidvalidity = r.uidvalidity;
+    up.record.uid = r.uid;
+    up.record.uid_gen = r.uid_gen;
+    up.record.uid_seen = r.uid_seen;
+    repl_.coordinate(now, std::move(up));
+  }
+  if (!p.awaiting.empty()) {
+    renames_due_.insert({p.user, p.rename_to});  // some holders silent: again
+    return;
+  }
+  env_.log("manager: " + p.user + "/" + f.renamed_from + " renamed " + p.rename_to + ": " +
+           std::to_string(p.gathered.size()) + " messages moved over under their UIDs");
+  f.renamed_from.clear();
+}
+
 void Node::on_renumber_done(Time now, Pending& p) {
+  if (!p.rename_to.empty()) return on_rename_done(now, p);
   auto b = managed_.find(bucket(p.user));
   if (b == managed_.end()) return;  // no longer the manager
   auto u = b->second.find(p.user);

@@ -125,6 +125,9 @@ class Node {
     Version gen;
     UidView start_seen;  // what this generation had been shown when it began
     std::map<MsgId, std::uint32_t> late;  // readers found these below what they took: UID found under
+    // Renamed from this folder (its lineage, mail map and state came
+    // along): its messages are moved over under their UIDs; listings wait.
+    std::string renamed_from;
     // This generation began by a takeover that is not yet on the profile's
     // holders: no listing is answered until it is (a reader must not see
     // what it hides come back if it were lost).
@@ -171,6 +174,7 @@ class Node {
     std::set<NodeId> answered;                    // List/Renumber: nodes that answered
     std::map<MsgId, MessageRecord> gathered;      // List/Renumber: merged records
     bool digest_only = false;                     // List: the digest alone
+    std::string rename_to;                        // Renumber: a rename's move of every message
     std::map<NodeId, std::uint64_t> digests;      // List: each answering node's folder digest
     std::vector<NodeId> candidates;               // Fetch: holders still to try
     UserUpdateRequest change;                     // UserUpdate
@@ -259,6 +263,9 @@ class Node {
   std::uint64_t fe_start(Time now, Pending::Kind kind, std::uint64_t req, const std::string& user);
   void mgr_profile(NodeId from, const ProfileRequest& r);
   void mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r);
+  Status mgr_rename_folder(Time now, const UserUpdateRequest& r, MgrUser& u);
+  void start_rename(Time now, const std::string& user, const std::string& to);
+  void on_rename_done(Time now, Pending& p);
   void mgr_user_list(NodeId from, const UserListRequest& r);
   void serve_usage(NodeId from, const UsageRequest& r);
   void fe_usage_gather(Time now, std::uint64_t id);
@@ -285,6 +292,7 @@ class Node {
   std::map<Bucket, std::set<NodeId>> expected_;   // kept bucket -> new members yet to report (not blocking)
   std::set<std::pair<std::string, std::string>> renumbers_due_;  // (user, folder)
   std::set<std::pair<std::string, std::string>> reserving_;      // (user, folder): reservation on its way
+  std::set<std::pair<std::string, std::string>> renames_due_;    // (user, new name): messages to move over
   // Lineages of buckets this node managed until the last change, for their
   // new managers; valid only in the epoch that moved them.
   std::map<Bucket, std::vector<Handoff>> handoffs_;

@@ -156,6 +156,9 @@ void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
       case UserUpdateRequest::Op::Enable: p.enabled = true; break;
       case UserUpdateRequest::Op::Disable: p.enabled = false; break;
       case UserUpdateRequest::Op::Delete: p.deleted = true; break;
+      case UserUpdateRequest::Op::RenameFolder:
+        rep.status = mgr_rename_folder(now, r, *u);
+        break;
       case UserUpdateRequest::Op::CreateFolder:
       case UserUpdateRequest::Op::DeleteFolder: {
         bool create = r.op == UserUpdateRequest::Op::CreateFolder;
@@ -181,12 +184,58 @@ void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
         break;
       }
     }
-    if (rep.status == Status::Ok) {
+    if (rep.status == Status::Ok && r.op != UserUpdateRequest::Op::RenameFolder) {
       p.version = next_version(now);
       write_profile(now, *u);
     }
   }
   send(from, rep);
+}
+
+// RENAME of a folder other than INBOX: the new name takes the folder's
+// lineage (UIDVALIDITY, reserved UIDs, takeovers) and the manager's state
+// of it; the old name stays as a tombstone. Then every message is moved
+// over under its UID (start_rename). Answered TryAgain until that is done
+// (the front end asks again), then Ok.
+Status Node::mgr_rename_folder(Time now, const UserUpdateRequest& r, MgrUser& u) {
+  Profile& p = *u.profile;
+  if (r.folder.empty() || r.to_folder.empty() || r.folder == "INBOX" || r.to_folder == "INBOX" ||
+      r.folder == r.to_folder)
+    return Status::Failed;
+  auto from = p.folders.find(r.folder);
+  auto to = p.folders.find(r.to_folder);
+  const bool from_exists = from != p.folders.end() && !from->second.deleted;
+  const bool to_exists = to != p.folders.end() && !to->second.deleted;
+  if (!from_exists && to_exists && from != p.folders.end() && from->second.uidvalidity != 0 &&
+      to->second.uidvalidity == from->second.uidvalidity) {
+    // Renamed already (this is the front end asking again).
+    auto f = u.folders.find(r.to_folder);
+    return f != u.folders.end() && !f->second.renamed_from.empty() ? Status::TryAgain : Status::Ok;
+  }
+  if (!from_exists) return Status::NotFound;
+  if (to_exists) return Status::Exists;
+  if (from->second.uidvalidity == 0) lineage_meta(now, u, r.folder, true);  // a folder never used
+  FolderMeta moved = p.folders[r.folder];
+  moved.version = next_version(now);
+  moved.deleted = false;
+  p.folders[r.to_folder] = moved;
+  FolderMeta& old = p.folders[r.folder];
+  old.version = next_version(now);
+  old.deleted = true;  // keeps its UIDVALIDITY: a folder made again under the name gets a greater one
+  p.version = next_version(now);
+  write_profile(now, u);
+  MgrFolder mf;
+  if (auto f = u.folders.find(r.folder); f != u.folders.end()) {
+    mf = std::move(f->second);
+    u.folders.erase(f);
+  }
+  mf.renamed_from = r.folder;
+  mf.renumber_due = false;
+  mf.renumber_running = false;
+  u.folders[r.to_folder] = std::move(mf);
+  renames_due_.insert({p.user, r.to_folder});
+  env_.log("manager: " + p.user + "/" + r.folder + " renamed " + r.to_folder + ": moving its messages");
+  return Status::TryAgain;
 }
 
 void Node::mgr_user_list(NodeId from, const UserListRequest& r) {

@@ -215,13 +215,15 @@ struct ProfileReply {
   bool operator==(const ProfileReply&) const = default;
 };
 struct UserUpdateRequest {
-  enum class Op : std::uint8_t { SetPassword, SetQuota, Enable, Disable, Delete, CreateFolder, DeleteFolder };
+  enum class Op : std::uint8_t { SetPassword, SetQuota, Enable, Disable, Delete, CreateFolder, DeleteFolder,
+                                 RenameFolder };
   std::uint64_t req = 0;
   std::string user;
   Op op = Op::SetPassword;
   std::string password_hash;     // SetPassword
   std::uint64_t quota_bytes = 0;  // SetQuota
-  std::string folder;             // CreateFolder, DeleteFolder
+  std::string folder;             // CreateFolder, DeleteFolder, RenameFolder (from)
+  std::string to_folder;          // RenameFolder: the new name (keeps the lineage and every UID)
   bool operator==(const UserUpdateRequest&) const = default;
 };
 struct UserListRequest {

@@ -305,8 +305,9 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 					    m->uid, next_uid - 1);
 		if (rc == PORCUPINE_OK) {
 			e_info(box->event, "porcupine: UID %u of %s is below the "
-			       "local next UID %u: the cluster moves it to a new UID",
-			       m->uid, box->vname, next_uid);
+			       "local next UID %u and not cached: the cluster moves it "
+			       "to a new UID if it is still there", m->uid, box->vname,
+			       next_uid);
 		} else {
 			e_warning(box->event, "porcupine: UID %u of %s is below the "
 				  "local next UID %u; not cached, and moving it "

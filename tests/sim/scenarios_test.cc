@@ -1052,3 +1052,46 @@ TEST(Uids, AListingShowsNoUidBeforeAnEarlierOneStillBeingStored) {
   h.c.restart(fe);
   h.expect_invariants();
 }
+
+// RENAME keeps the folder: its UIDVALIDITY, and every message its UID; the
+// old name shows nothing, and a folder made again under it gets a greater
+// UIDVALIDITY.
+TEST(Uids, ARenameKeepsUidValidityAndEveryUid) {
+  Harness h(4);
+  const std::string u = "ren@example.org";
+  h.user(u);
+  auto op = [&](UserUpdateRequest::Op o, const std::string& folder, const std::string& to = "") {
+    UserUpdateRequest r;
+    r.user = u;
+    r.op = o;
+    r.folder = folder;
+    r.to_folder = to;
+    return h.run(2, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, r); });
+  };
+  ASSERT_EQ(op(UserUpdateRequest::Op::CreateFolder, "Work")->status, Status::Ok);
+  std::vector<const ClientReply*> d;
+  for (int i = 0; i < 5; ++i) d.push_back(h.deliver(1 + i % 4, u, "Work"));
+  const ClientReply* before = h.c.wait(h.c.list(3, u, "Work"));
+  ASSERT_EQ(before->records.size(), 5u);
+  ASSERT_EQ(op(UserUpdateRequest::Op::RenameFolder, "Work", "Projects")->status, Status::Ok);
+  const ClientReply* after = h.c.wait(h.c.list(4, u, "Projects"));  // no waiting first
+  ASSERT_EQ(after->status, Status::Ok);
+  EXPECT_EQ(after->uidvalidity, before->uidvalidity);
+  ASSERT_EQ(after->records.size(), 5u);
+  for (std::size_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(after->records[i].id, before->records[i].id);
+    EXPECT_EQ(after->records[i].uid, before->records[i].uid);
+  }
+  const ClientReply* next = h.deliver(3, u, "Projects");
+  EXPECT_EQ(next->uidvalidity, before->uidvalidity);
+  EXPECT_GT(next->uid, before->records.back().uid);
+  const ClientReply* old = h.c.wait(h.c.list(1, u, "Work"));
+  EXPECT_TRUE(old->records.empty());
+  EXPECT_EQ(op(UserUpdateRequest::Op::RenameFolder, "Work", "Other")->status, Status::NotFound);
+  EXPECT_EQ(op(UserUpdateRequest::Op::RenameFolder, "Projects", "INBOX")->status, Status::Failed);
+  ASSERT_EQ(op(UserUpdateRequest::Op::CreateFolder, "Work")->status, Status::Ok);
+  const ClientReply* again = h.c.wait(h.c.list(2, u, "Work"));
+  EXPECT_GT(again->uidvalidity, before->uidvalidity);
+  EXPECT_TRUE(again->records.empty());
+  h.expect_invariants();
+}
