@@ -702,7 +702,15 @@ class ImapConformance(dt.DovecotCase):
             try:
                 self.assertEqual(b.create("Fresh")[0], "OK")
                 self.assertEqual(b.append("Fresh", None, None, message(3))[0], "OK")
+                self.assertEqual(b.select("Fresh")[0], "OK")
+                fresh_uv = b.response("UIDVALIDITY")[1][-1]
+                fresh_uids = sorted(flags_of(b))
+                self.assertEqual(b.close()[0], "OK")
                 self.assertEqual(b.rename("Fresh", "Renamed")[0], "OK")
+                # RENAME keeps the UIDVALIDITY and the UIDs, here too.
+                self.assertEqual(b.select("Renamed")[0], "OK")
+                self.assertEqual(b.response("UIDVALIDITY")[1][-1], fresh_uv)
+                self.assertEqual(sorted(flags_of(b)), fresh_uids)
                 self.assertEqual(b.create("Other")[0], "OK")
             finally:
                 b.logout()
@@ -714,7 +722,8 @@ class ImapConformance(dt.DovecotCase):
             typ, data = a.status("Other", "(MESSAGES)")
             self.assertEqual(typ, "OK", data)
             self.assertEqual(a.select("Renamed")[0], "OK")
-            self.assertEqual(len(flags_of(a)), 1)
+            self.assertEqual(a.response("UIDVALIDITY")[1][-1], fresh_uv)
+            self.assertEqual(sorted(flags_of(a)), fresh_uids)
             self.assertNotIn("Fresh", folder_names(a))
         finally:
             a.logout()
