@@ -22,6 +22,9 @@ Classes (each gets its own subnet from CMake):
                 message is in the destination at once, STOREs of
                 different flags from sessions on two nodes all survive,
                 concurrent APPENDs on three nodes converge on every node
+  ImapRestarts  30 users' mailboxes keep UIDVALIDITY and UIDs on every
+                node through kill -9 of a node, a rolling restart and a
+                cold restart of the cluster
   ImapBadInput  wrong password, unknown user, odd folder names, a 50 MB
                 message, a message over the limit, an APPEND cut off, a
                 STORE and an APPEND over the cluster's 64 keywords
@@ -621,6 +624,73 @@ class ImapConformance(dt.DovecotCase):
             for m in (m1, m2, m3):
                 m.logout()
 
+    def test_sort_thread_and_search_answer_as_a_stock_dovecot_does(self):
+        bench = importlib.machinery.SourceFileLoader(
+            "imap_bench", os.path.join(HERE, "..", "bench", "imap_bench.py")).load_module()
+        stock = bench.Stock(self.dir, "127.0.%d.9" % dt.SUBNET, dt.SUBNET)
+        self.addCleanup(stock.stop)
+        stock.start()
+        self.ctl(1, "user", "add", bench.USER, "--password", bench.PASSWORD)
+        people = ["Zoe Adams <zoe@example.org>", "adam@example.net", "\"Bob B\" <bob@example.com>",
+                  "Carol <carol@example.org>"]
+        subjects = ["Quarterly report", "Re: Quarterly report", "lunch", "Re: Re: Quarterly report",
+                    "Fwd: lunch", "zebra facts", "Re: lunch"]
+        msgs = []
+        for k in range(14):
+            refs = "References: <t%d@test>\r\n" % (k - 1) if k % 3 else ""
+            head = ("From: %s\r\nTo: x@example.com\r\nSubject: %s\r\nMessage-Id: <t%d@test>\r\n%s"
+                    "Date: %s\r\n\r\n" % (people[k % 4], subjects[k % 7], k, refs,
+                                            time.strftime("%a, %d %b %Y %H:%M:%S +0000",
+                                                          time.gmtime(1600000000 + ((k * 7919) % 13) * 86400 * 40))))
+            body = ("line %d\r\n" % k) * (20 + (k * 37) % 300)
+            date = time.strftime('"%d-%b-%Y %H:%M:%S +0000"', time.gmtime(1580000000 + ((k * 104729) % 17) * 86400 * 50))
+            msgs.append((date, (head + body).encode()))
+
+        def fill(addr):
+            m = imaplib.IMAP4(addr, dt.IMAP_PORT, timeout=30)
+            m.login(bench.USER, bench.PASSWORD)
+            for date, data in msgs:
+                typ, r = m.append("INBOX", None, date, data)
+                self.assertEqual(typ, "OK", r)
+            m.logout()
+
+        def answers(addr):
+            m = imaplib.IMAP4(addr, dt.IMAP_PORT, timeout=30)
+            m.login(bench.USER, bench.PASSWORD)
+            try:
+                self.assertEqual(m.select("INBOX")[0], "OK")
+                typ, data = m.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+                ids = {}
+                for d in data:
+                    if isinstance(d, tuple):
+                        ids[re.search(rb"UID (\d+)", d[0]).group(1)] = re.search(rb"<(t\d+)@", d[1]).group(1)
+                named = lambda text: re.sub(rb"\d+", lambda x: ids.get(x.group(0), b"?"), text)
+                out = {}
+                for crit in ("(ARRIVAL)", "(DATE)", "(REVERSE SIZE)", "(FROM)", "(SUBJECT)", "(REVERSE ARRIVAL)"):
+                    typ, data = m.uid("SORT", crit, "UTF-8", "ALL")
+                    self.assertEqual(typ, "OK", data)
+                    out["SORT " + crit] = named(data[0])
+                for alg in ("REFERENCES", "ORDEREDSUBJECT"):
+                    typ, data = m.uid("THREAD", alg, "UTF-8", "ALL")
+                    self.assertEqual(typ, "OK", data)
+                    out["THREAD " + alg] = named(data[0])
+                for crit in (("SINCE", "1-Jan-2021"), ("BEFORE", "1-Jun-2020"), ("LARGER", "3000"),
+                             ("SUBJECT", "report"), ("SENTSINCE", "1-Jan-2022")):
+                    typ, data = m.uid("SEARCH", *crit)
+                    self.assertEqual(typ, "OK", data)
+                    out["SEARCH " + " ".join(crit)] = sorted(named(data[0]).split())
+                return out
+            finally:
+                m.logout()
+        fill(self.addr(1))
+        fill(stock.addr)
+        want = answers(stock.addr)
+        self.assertTrue(any(want[k] for k in want))
+        for i in (2, 3):  # nodes that did not take the APPENDs
+            got = answers(self.addr(i))
+            for k in want:
+                self.assertEqual(got[k], want[k], "%s on node %d" % (k, i))
+
     def test_stores_of_different_flags_from_sessions_on_two_nodes_all_survive(self):
         for n in range(5):
             self.deliver(1 + n % 3, message(n))
@@ -752,6 +822,97 @@ class ImapConformance(dt.DovecotCase):
 
     def assert_no_hidden_messages(self, i):
         self.assertNotIn("below the local next UID", self.dovecot_log(i, whole=True))
+
+
+class ImapRestarts(dt.DovecotCase):
+    """Every mailbox keeps its UIDVALIDITY and UIDs through kill -9 of a
+    node, a rolling restart of every node and a cold restart of the whole
+    cluster, as every node's IMAP shows it, for 30 users."""
+    users = ["r%02d@example.com" % k for k in range(30)]
+
+    def views(self, i):
+        """{user: (UIDVALIDITY, {uid: Message-Id})} over IMAP on node i."""
+        out = {}
+        for u in self.users:
+            m = imaplib.IMAP4(self.addr(i), dt.IMAP_PORT, timeout=30)
+            try:
+                m.login(u, PASSWORD)
+                typ, data = m.select("INBOX")
+                if typ != "OK":
+                    raise AssertionError("%s on node %d: %r" % (u, i, data))
+                uv = int(m.response("UIDVALIDITY")[1][-1])
+                typ, data = m.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+                msgs = {}
+                for d in data:
+                    if isinstance(d, tuple):
+                        msgs[int(re.search(rb"UID (\d+)", d[0]).group(1))] = d[1].strip()
+                out[u] = (uv, msgs)
+            finally:
+                m.logout()
+        return out
+
+    def settled(self, want, nodes=(1, 2, 3), timeout=90):
+        """Waits until every node shows `want`; returns the last views."""
+        last = {}
+
+        def same():
+            for i in nodes:
+                try:
+                    last[i] = self.views(i)
+                except (imaplib.IMAP4.error, OSError, AssertionError) as e:
+                    last[i] = repr(e)
+                    return False
+                if last[i] != want:
+                    return False
+            return True
+        self.assertTrue(self.wait_for(same, timeout),
+                        "views differ from before: %s" % {i: (v if isinstance(v, str) else
+                        {u: (x[0], sorted(x[1])) for u, x in v.items() if x != want.get(u)})
+                        for i, v in last.items()})
+
+    def test_uidvalidity_and_uids_survive_kill_rolling_and_cold_restarts(self):
+        for k, u in enumerate(self.users):
+            self.ctl(1, "user", "add", u, "--password", PASSWORD)
+            self.user = u
+            for n in range(2):
+                self.deliver(1 + (k + n) % 3, message(100 * k + n))
+        self.user = dt.USER
+        want = self.views(1)
+        self.assertEqual(len(want), 30)
+        self.assertTrue(all(len(m) == 2 for _, m in want.values()), want)
+        self.settled(want)
+        # kill -9 of node 2 (agent, Redis, Dovecot): it manages a third of
+        # these users. The others serve every mailbox as before.
+        self.cl.kill(2, redis=True, everything=True)
+        self.settled(want, nodes=(1, 3))
+        self.cl.restart(2)
+        self.assertTrue(self.wait_for(self.cl.converged, 60), "node 2 did not rejoin")
+        self.open_sockets()
+        self.settled(want)
+        # A rolling restart: each node stopped and started in turn, the
+        # cluster converging between.
+        for i in (1, 2, 3):
+            self.cl.kill(i, redis=False, everything=True)
+            self.cl.restart(i)
+            self.assertTrue(self.wait_for(self.cl.converged, 60), "node %d did not rejoin" % i)
+            self.open_sockets()
+        self.settled(want)
+        # A cold restart: every node down at once, then up.
+        for i in (1, 2, 3):
+            self.cl.kill(i, redis=True, everything=True)
+        for i in (1, 2, 3):
+            self.cl.restart(i)
+        self.assertTrue(self.wait_for(self.cl.converged, 60), "the cluster did not form again")
+        self.open_sockets()
+        self.settled(want)
+        # New mail after all that: above every UID, same UIDVALIDITY.
+        self.user = self.users[0]
+        self.deliver(2, message(9999))
+        self.user = dt.USER
+        after = self.views(3)[self.users[0]]
+        self.assertEqual(after[0], want[self.users[0]][0])
+        self.assertEqual(len(after[1]), 3)
+        self.assertGreater(max(after[1]), max(want[self.users[0]][1]))
 
 
 class ImapBadInput(dt.DovecotCase):
