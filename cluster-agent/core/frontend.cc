@@ -129,34 +129,22 @@ void Node::change_flags(Time now, std::uint64_t req, const MessageRecord& target
 
 void Node::move(Time now, std::uint64_t req, const MessageRecord& target, const std::string& to_folder) {
   // First a UID in the destination, then the Move that carries it.
-  std::uint64_t id = new_req();
-  Pending& p = pending_[id];
-  p.kind = Pending::Kind::MoveAlloc;
-  p.client_req = req;
-  p.deadline = now + cfg_.request_timeout;
-  p.user = canonical_user(target.user);
+  Pending& p = pending_[fe_start(now, Pending::Kind::MoveAlloc, req, target.user)];
   p.folder = to_folder;
   p.update.kind = Update::Kind::Move;
   p.update.replicas = target.replicas;
   p.update.record.id = target.id;
   p.update.record.user = target.user;
   p.update.record.folder = to_folder;
-  p.retry_at = now;
   fe_tick(now);
 }
 
 void Node::renumber(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t above) {
-  std::uint64_t id = new_req();
-  Pending& p = pending_[id];
-  p.kind = Pending::Kind::Renum;
-  p.client_req = req;
-  p.deadline = now + cfg_.request_timeout;
-  p.user = canonical_user(target.user);
+  Pending& p = pending_[fe_start(now, Pending::Kind::Renum, req, target.user)];
   p.folder = target.folder;
   p.update.record = target;
   p.update.record.body.clear();
   p.above = above;
-  p.retry_at = now;
   fe_tick(now);
 }
 

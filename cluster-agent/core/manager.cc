@@ -569,6 +569,15 @@ void Node::mgr_tick(Time now) {
   for (auto& [n, bs] : ask) send(n, ReportPoll{membership_.epoch(), std::move(bs)});
 }
 
+void Node::grant(AllocReply& rep, MgrFolder& f, const std::vector<NodeId>& nodes, Time until) {
+  rep.uidvalidity = f.uidvalidity;
+  rep.gen = f.gen;
+  rep.seen = f.start_seen;
+  rep.nodes = nodes;
+  f.nodes.insert(nodes.begin(), nodes.end());
+  f.inflight[rep.uid] = until;
+}
+
 void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
   AllocReply rep;
   rep.req = a.req;
@@ -589,12 +598,7 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
       if (rep.uid == 0) {
         rep.status = Status::TryAgain;  // its reservation is on its way
       } else {
-        rep.uidvalidity = f.uidvalidity;
-        rep.gen = f.gen;
-        rep.seen = f.start_seen;
-        rep.nodes = a.move_nodes;
-        f.nodes.insert(a.move_nodes.begin(), a.move_nodes.end());
-        f.inflight[rep.uid] = now + cfg_.request_timeout + cfg_.push_retry;
+        grant(rep, f, a.move_nodes, now + cfg_.request_timeout + cfg_.push_retry);
       }
     } else {
       MgrFolder& f = it->second.folders[a.folder];
@@ -610,15 +614,10 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
       } else if ((rep.uid = take_uid(now, a.user, a.folder, f)) == 0) {
         rep.status = Status::TryAgain;  // its reservation is on its way
       } else {
-        rep.uidvalidity = f.uidvalidity;
-        rep.gen = f.gen;
-        rep.seen = f.start_seen;
-        rep.nodes = pl.nodes;
         rep.quota_bytes = it->second.profile->quota_bytes;
-        f.nodes.insert(pl.nodes.begin(), pl.nodes.end());
-        // Until the front end's deadline for this store (and the quota
-        // count before it) has passed, at the latest.
-        f.inflight[rep.uid] = now + cfg_.request_timeout + store_crossing(cfg_, a.size) + cfg_.push_retry;
+        // In flight until the front end's deadline for this store (and the
+        // quota count before it) has passed, at the latest.
+        grant(rep, f, pl.nodes, now + cfg_.request_timeout + store_crossing(cfg_, a.size) + cfg_.push_retry);
       }
     }
   }

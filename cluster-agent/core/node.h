@@ -200,6 +200,9 @@ class Node {
   void mgr_report(Time now, NodeId from, const Report& r);
   void mgr_alloc(Time now, NodeId from, const AllocRequest& a);
   void mgr_alloc_done(const AllocDone& d);
+  // Fills an allocation's answer (rep.uid taken) and notes its nodes in
+  // the mail map and its UID in flight until `until`.
+  void grant(AllocReply& rep, MgrFolder& f, const std::vector<NodeId>& nodes, Time until);
   void mgr_renumber(Time now, NodeId from, const RenumberRequest& r);
   void mgr_create_user(Time now, NodeId from, const CreateUserRequest& c);
   void mgr_map(NodeId from, const MapRequest& m);
