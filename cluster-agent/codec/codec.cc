@@ -240,6 +240,7 @@ void to_pb(const Profile& u, pb::Profile& p) {
     to_pb(meta.version, *f.mutable_meta()->mutable_version());
     f.mutable_meta()->set_deleted(meta.deleted);
     f.mutable_meta()->set_uid_reserved(meta.uid_reserved);
+    f.mutable_meta()->set_renamed_to(meta.renamed_to);
     for (const auto& t : meta.takeovers) to_pb(t, *f.mutable_meta()->add_takeovers());
   }
   put(u.holders, p.mutable_holders());
@@ -255,6 +256,7 @@ bool from_pb(const pb::Profile& p, Profile& u, Check& c) {
     meta.uidvalidity = f.meta().uidvalidity();
     meta.deleted = f.meta().deleted();
     meta.uid_reserved = f.meta().uid_reserved();
+    meta.renamed_to = f.meta().renamed_to();
     for (const auto& q : f.meta().takeovers()) {
       UidTakeover t;
       if (!from_pb(q, t, c)) return false;

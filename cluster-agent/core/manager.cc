@@ -206,8 +206,11 @@ bool Node::settle_lineage(Time now, const std::string& user, const std::string& 
     auto s = f.seen.find(v);
     return s == f.seen.end() ? 0u : s->second;
   };
+  if (auto gone = u.profile->folders.find(folder);
+      gone != u.profile->folders.end() && gone->second.deleted && !gone->second.renamed_to.empty())
+    return false;  // renamed: its mail goes to the new name, it gets no lineage of its own
   FolderMeta* m = lineage_meta(now, u, folder, false);
-  if (!m && (!f.handed.empty() || !f.seen.empty())) {
+  if (!m && !u.profile->folders.count(folder) && (!f.handed.empty() || !f.seen.empty())) {
     // No lineage in the profile (mail from before lineages were kept
     // there): the handed-on one, or the newest that holds live mail,
     // recorded in the profile from now on.
@@ -471,6 +474,28 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
         f.reserved = 0;
         f.gen = {};
         f.inflight.clear();
+      }
+    // Mail still under a name that was renamed (the rename's manager
+    // changed before it had moved everything): moved over now.
+    if (mu.profile)
+      for (const auto& e : r.entries) {
+        if (e.user != user || e.count == 0) continue;
+        auto gone = mu.profile->folders.find(e.folder);
+        if (gone == mu.profile->folders.end() || !gone->second.deleted || gone->second.renamed_to.empty())
+          continue;
+        const std::string tname = gone->second.renamed_to;
+        auto target = mu.profile->folders.find(tname);
+        if (target == mu.profile->folders.end() || target->second.deleted) continue;
+        {
+          MgrFolder& to = mu.folders[tname];
+          if (auto old = mu.folders.find(e.folder); old != mu.folders.end())
+            to.nodes.insert(old->second.nodes.begin(), old->second.nodes.end());
+          to.nodes.insert(from);
+          if (to.renamed_from.empty()) {
+            to.renamed_from = e.folder;
+            renames_due_.insert({user, tname});
+          }
+        }
       }
     // Lineages that waited for the profile are decided once it is here.
     if (mu.profile && bucket_ready(b))

@@ -243,6 +243,7 @@ bool merge_profile(Profile& cur, const Profile& in) {
     if (newer(meta.version, m.version)) {
       merged.version = meta.version;
       merged.deleted = meta.deleted;
+      merged.renamed_to = meta.renamed_to;
     }
     if (!(merged == m)) {
       m = merged;

@@ -131,6 +131,7 @@ struct FolderMeta {
   bool deleted = false;
   std::uint32_t uid_reserved = 0;  // every UID handed out in `uidvalidity` is at most this
   std::vector<UidTakeover> takeovers;  // recent ones, by generation
+  std::string renamed_to;  // a tombstone left by RENAME: the new name (with `version`)
   bool operator==(const FolderMeta&) const = default;
 };
 

@@ -172,6 +172,7 @@ void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
           FolderMeta& m = p.folders[r.folder];
           m.version = next_version(now);
           m.deleted = !create;
+          m.renamed_to.clear();
           if (create) {
             // A new lineage, above the one a deleted folder of that name had.
             m.uidvalidity = fresh_uidvalidity(now, m.uidvalidity);
@@ -222,6 +223,7 @@ Status Node::mgr_rename_folder(Time now, const UserUpdateRequest& r, MgrUser& u)
   FolderMeta& old = p.folders[r.folder];
   old.version = next_version(now);
   old.deleted = true;  // keeps its UIDVALIDITY: a folder made again under the name gets a greater one
+  old.renamed_to = r.to_folder;  // so a successor can finish moving its mail
   p.version = next_version(now);
   write_profile(now, u);
   MgrFolder mf;

@@ -1095,3 +1095,50 @@ TEST(Uids, ARenameKeepsUidValidityAndEveryUid) {
   EXPECT_TRUE(again->records.empty());
   h.expect_invariants();
 }
+
+// A rename whose manager dies before it has moved the messages: its
+// successor finds mail under the old name (a tombstone whose lineage the
+// new name has) in the holders' reports and moves it over, under the same
+// UIDs.
+TEST(Uids, ARenameFinishesAfterItsManagerDies) {
+  Harness h(4);
+  const std::string u = "ren2@example.org";
+  h.user(u);
+  UserUpdateRequest mk;
+  mk.user = u;
+  mk.op = UserUpdateRequest::Op::CreateFolder;
+  mk.folder = "Work";
+  ASSERT_EQ(h.run(1, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, mk); })->status,
+            Status::Ok);
+  for (int i = 0; i < 4; ++i) ASSERT_EQ(h.deliver(1 + i % 4, u, "Work")->status, Status::Ok);
+  const ClientReply* before = h.c.wait(h.c.list(2, u, "Work"));
+  ASSERT_EQ(before->records.size(), 4u);
+  const NodeId mgr = h.c.node(1)->membership().manager_of(bucket_of(u, 1024));
+  // The rename's listing of the old name never gets anywhere.
+  h.c.on_arrival = [&](const Envelope& e, Time arrival) {
+    const auto* l = std::get_if<ListRequest>(&e.body);
+    return l && l->folder == "Work" && e.from == mgr ? arrival + 600'000 : arrival;
+  };
+  UserUpdateRequest rn = mk;
+  rn.op = UserUpdateRequest::Op::RenameFolder;
+  rn.to_folder = "Projects";
+  const NodeId via = mgr == 1 ? 2 : 1;
+  h.c.call(via, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, rn); });
+  h.c.run_for(500);
+  h.c.crash(mgr);
+  h.c.on_arrival = nullptr;
+  ASSERT_TRUE(h.settle());
+  h.c.run_for(5000);
+  const ClientReply* after = h.c.wait(h.c.list(via, u, "Projects"));
+  ASSERT_EQ(after->status, Status::Ok);
+  EXPECT_EQ(after->uidvalidity, before->uidvalidity);
+  ASSERT_EQ(after->records.size(), 4u);
+  for (std::size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(after->records[i].id, before->records[i].id);
+    EXPECT_EQ(after->records[i].uid, before->records[i].uid);
+  }
+  EXPECT_TRUE(h.c.wait(h.c.list(via, u, "Work"))->records.empty());
+  h.c.restart(mgr);
+  ASSERT_TRUE(h.settle());
+  h.expect_invariants();
+}
