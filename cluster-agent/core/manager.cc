@@ -363,11 +363,10 @@ void Node::reserve_uids(Time now, const std::string& user, const std::string& fo
   f.reserve_to = last;
   f.reserve_write = write_profile(now, u);
   reserving_.insert({user, folder});
-  check_reservations(now);  // a profile with one holder, this node, is durable at once
+  check_reservations();  // a profile with one holder, this node, is durable at once
 }
 
-void Node::check_reservations(Time now) {
-  (void)now;
+void Node::check_reservations() {
   for (auto it = reserving_.begin(); it != reserving_.end();) {
     auto b = managed_.find(bucket(it->first));
     auto u = b == managed_.end() ? decltype(b->second.end()){} : b->second.find(it->first);
@@ -548,7 +547,7 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
 }
 
 void Node::mgr_tick(Time now) {
-  check_reservations(now);
+  check_reservations();
   if (now - last_inflight_prune_ >= 1000) {
     last_inflight_prune_ = now;
     for (auto& [b, users] : managed_)
@@ -663,9 +662,7 @@ void Node::mgr_renumber(Time now, NodeId from, const RenumberRequest& r) {
   AllocReply rep;
   rep.req = r.req;
   Bucket b = bucket(r.user);
-  MgrUser* u = nullptr;
-  if (auto m = managed_.find(b); m != managed_.end())
-    if (auto it = m->second.find(r.user); it != m->second.end()) u = &it->second;
+  MgrUser* u = managed_user(r.user);
   if (!membership_.in_group() || membership_.manager_of(b) != cfg_.self) {
     rep.status = Status::NotManager;
   } else if (!bucket_ready(b) || expected_.count(b)) {

@@ -18,6 +18,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "config.h"
@@ -147,6 +148,9 @@ class Node {
     return it == loads_.end() ? 0 : it->second;
   }
   const MgrUser* managed_user(const std::string& user) const;
+  MgrUser* managed_user(const std::string& user) {
+    return const_cast<MgrUser*>(std::as_const(*this).managed_user(user));
+  }
   // The answer for a user this manager has no live profile of.
   Status missing_user_status(const MgrUser* u) const;
   bool bucket_ready(Bucket b) const;
@@ -218,7 +222,7 @@ class Node {
   std::uint32_t take_uid(Time now, const std::string& user, const std::string& folder, MgrFolder& f);
   void reserve_uids(Time now, const std::string& user, const std::string& folder, MgrFolder& f,
                     std::uint32_t need);
-  void check_reservations(Time now);
+  void check_reservations();
   // Whether UIDs may be handed out under the folder's generation now: it
   // exists, no newer takeover is known, and it is on the holders. Begins a
   // new one when due and this group is most of the cluster.

@@ -139,9 +139,7 @@ void Node::mgr_profile(NodeId from, const ProfileRequest& r) {
 void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
   OpReply rep{r.req, Status::Ok};
   Bucket b = bucket(r.user);
-  MgrUser* u = nullptr;
-  if (auto m = managed_.find(b); m != managed_.end())
-    if (auto it = m->second.find(r.user); it != m->second.end()) u = &it->second;
+  MgrUser* u = managed_user(r.user);
   if (!membership_.in_group() || membership_.manager_of(b) != cfg_.self) {
     rep.status = Status::NotManager;
   } else if (!bucket_ready(b)) {
