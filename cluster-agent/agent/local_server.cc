@@ -472,7 +472,19 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
                      r.add_folders("INBOX");
                      for (const auto& [name, meta] : c.profile->folders)
                        if (!meta.deleted && name != "INBOX") r.add_folders(name);
+                     r.set_has_subscriptions(!c.profile->subscriptions.empty());
+                     for (const auto& [name, sub] : c.profile->subscriptions)
+                       if (sub.on) r.add_subscribed(name);
                    });
+      case pb::Request::kFolderSubscribe: {
+        const auto& s = q.folder_subscribe();
+        if (s.user().empty() || s.folder().empty()) return fail(id, pb::BAD_REQUEST, "user and folder are required");
+        UserUpdateRequest u;
+        u.user = s.user();
+        u.folder = s.folder();
+        u.op = s.on() ? UserUpdateRequest::Op::Subscribe : UserUpdateRequest::Op::Unsubscribe;
+        return run(id, [u](Node& n, Time t, std::uint64_t r) { n.update_user(t, r, u); });
+      }
       case pb::Request::kFolderCreate:
         if (q.folder_create().user().empty() || q.folder_create().folder().empty())
           return fail(id, pb::BAD_REQUEST, "user and folder are required");

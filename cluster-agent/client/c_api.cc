@@ -470,29 +470,64 @@ int porcupine_move_uid(porcupine_client* c, const char* user, const char* folder
   });
 }
 
-int porcupine_folders_get(porcupine_client* c, const char* user, char*** names_r, size_t* count_r) {
+// A NULL-terminated malloc'd copy of `from` (free with porcupine_folders_free).
+static char** copy_names(const google::protobuf::RepeatedPtrField<std::string>& from) {
+  size_t n = static_cast<size_t>(from.size());
+  char** names = static_cast<char**>(std::calloc(n + 1, sizeof(char*)));
+  if (!names) return nullptr;
+  for (size_t i = 0; i < n; ++i) {
+    names[i] = strdup(from[static_cast<int>(i)].c_str());
+    if (!names[i]) {
+      porcupine_folders_free(names, i);
+      return nullptr;
+    }
+  }
+  return names;
+}
+
+int porcupine_folders_get_subscribed(porcupine_client* c, const char* user, char*** names_r, size_t* count_r,
+                                     char*** subscribed_r, size_t* subscribed_count_r, int* recorded_r) {
   return guarded(c, [&]() -> int {
     if (!user || !names_r || !count_r) return fail(c, PORCUPINE_BAD_REQUEST, "user, names_r and count_r are required");
     *names_r = nullptr;
     *count_r = 0;
+    if (subscribed_r) *subscribed_r = nullptr;
+    if (subscribed_count_r) *subscribed_count_r = 0;
+    if (recorded_r) *recorded_r = 0;
     pb::Request req;
     req.mutable_folders()->set_user(user);
     pb::Response r;
     int code = call(c, req, r);
     if (code != PORCUPINE_OK) return code;
-    size_t n = static_cast<size_t>(r.folders_size());
-    char** names = static_cast<char**>(std::calloc(n + 1, sizeof(char*)));
-    if (!names) return fail(c, PORCUPINE_INTERNAL, "out of memory");
-    for (size_t i = 0; i < n; ++i) {
-      names[i] = strdup(r.folders(static_cast<int>(i)).c_str());
-      if (!names[i]) {
-        porcupine_folders_free(names, i);
-        return fail(c, PORCUPINE_INTERNAL, "out of memory");
-      }
+    char** names = copy_names(r.folders());
+    char** subscribed = subscribed_r ? copy_names(r.subscribed()) : nullptr;
+    if (!names || (subscribed_r && !subscribed)) {
+      porcupine_folders_free(names, names ? static_cast<size_t>(r.folders_size()) : 0);
+      porcupine_folders_free(subscribed, subscribed ? static_cast<size_t>(r.subscribed_size()) : 0);
+      return fail(c, PORCUPINE_INTERNAL, "out of memory");
     }
     *names_r = names;
-    *count_r = n;
+    *count_r = static_cast<size_t>(r.folders_size());
+    if (subscribed_r) *subscribed_r = subscribed;
+    if (subscribed_count_r) *subscribed_count_r = static_cast<size_t>(r.subscribed_size());
+    if (recorded_r) *recorded_r = r.has_subscriptions() ? 1 : 0;
     return PORCUPINE_OK;
+  });
+}
+
+int porcupine_folders_get(porcupine_client* c, const char* user, char*** names_r, size_t* count_r) {
+  return porcupine_folders_get_subscribed(c, user, names_r, count_r, nullptr, nullptr, nullptr);
+}
+
+int porcupine_folder_subscribe(porcupine_client* c, const char* user, const char* folder, int on) {
+  return guarded(c, [&]() -> int {
+    if (!user || !folder) return fail(c, PORCUPINE_BAD_REQUEST, "user and folder are required");
+    pb::Request req;
+    req.mutable_folder_subscribe()->set_user(user);
+    req.mutable_folder_subscribe()->set_folder(folder);
+    req.mutable_folder_subscribe()->set_on(on != 0);
+    pb::Response r;
+    return call(c, req, r);
   });
 }
 

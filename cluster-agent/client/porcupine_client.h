@@ -214,6 +214,15 @@ int porcupine_move_uid(porcupine_client* c, const char* user, const char* folder
  * porcupine_folders_free. */
 int porcupine_folders_get(porcupine_client* c, const char* user, char*** names_r, size_t* count_r);
 void porcupine_folders_free(char** names, size_t count);
+/* The same, and the user's subscribed names (by name; free with
+ * porcupine_folders_free) if subscribed_r is not NULL. *recorded_r (if
+ * not NULL) is 0 when the user never subscribed or unsubscribed anything
+ * in the cluster (then there is no subscription list to follow). */
+int porcupine_folders_get_subscribed(porcupine_client* c, const char* user, char*** names_r, size_t* count_r,
+                                     char*** subscribed_r, size_t* subscribed_count_r, int* recorded_r);
+/* IMAP SUBSCRIBE (on != 0) or UNSUBSCRIBE of `folder`, kept in the
+ * user's profile; there need be no folder of that name. */
+int porcupine_folder_subscribe(porcupine_client* c, const char* user, const char* folder, int on);
 /* PORCUPINE_EXISTS: it is there already. */
 int porcupine_folder_create(porcupine_client* c, const char* user, const char* folder);
 /* Expunges the folder's messages, then removes it (not INBOX). */

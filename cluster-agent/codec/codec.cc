@@ -42,7 +42,9 @@ static_assert(pb::USER_OP_SET_PASSWORD == int(UserUpdateRequest::Op::SetPassword
               pb::USER_OP_DELETE == int(UserUpdateRequest::Op::Delete) &&
               pb::USER_OP_CREATE_FOLDER == int(UserUpdateRequest::Op::CreateFolder) &&
               pb::USER_OP_DELETE_FOLDER == int(UserUpdateRequest::Op::DeleteFolder) &&
-              pb::USER_OP_RENAME_FOLDER == int(UserUpdateRequest::Op::RenameFolder));
+              pb::USER_OP_RENAME_FOLDER == int(UserUpdateRequest::Op::RenameFolder) &&
+              pb::USER_OP_SUBSCRIBE == int(UserUpdateRequest::Op::Subscribe) &&
+              pb::USER_OP_UNSUBSCRIBE == int(UserUpdateRequest::Op::Unsubscribe));
 
 // Whether message bodies go into the bytes: on the wire yes, at rest no.
 enum class Bodies { Keep, Drop };
@@ -244,6 +246,12 @@ void to_pb(const Profile& u, pb::Profile& p) {
     for (const auto& t : meta.takeovers) to_pb(t, *f.mutable_meta()->add_takeovers());
   }
   put(u.holders, p.mutable_holders());
+  for (const auto& [name, sub] : u.subscriptions) {
+    pb::Subscription& s = *p.add_subscriptions();
+    s.set_name(name);
+    s.set_on(sub.on);
+    to_pb(sub.version, *s.mutable_version());
+  }
 }
 bool from_pb(const pb::Profile& p, Profile& u, Check& c) {
   u.user = p.user();
@@ -264,6 +272,12 @@ bool from_pb(const pb::Profile& p, Profile& u, Check& c) {
     }
     if (!from_pb(f.meta().version(), meta.version, c)) return false;
     if (!u.folders.emplace(f.name(), meta).second) return c.fail("Profile.folders: folder named twice");
+  }
+  for (const pb::Subscription& s : p.subscriptions()) {
+    Subscription sub;
+    sub.on = s.on();
+    if (!from_pb(s.version(), sub.version, c)) return false;
+    if (!u.subscriptions.emplace(s.name(), sub).second) return c.fail("Profile.subscriptions: name given twice");
   }
   return from_pb(p.version(), u.version, c) &&
          get_nodes(p.holders(), u.holders, "Profile.holders", c);

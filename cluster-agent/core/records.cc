@@ -250,6 +250,15 @@ bool merge_profile(Profile& cur, const Profile& in) {
       changed = true;
     }
   }
+  for (const auto& [name, sub] : in.subscriptions) {
+    auto [it, added] = cur.subscriptions.try_emplace(name, sub);
+    if (added) {
+      changed = true;
+    } else if (newer(sub.version, it->second.version)) {
+      it->second = sub;
+      changed = true;
+    }
+  }
   return changed;
 }
 

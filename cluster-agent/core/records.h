@@ -141,8 +141,19 @@ bool uid_stale(const std::vector<UidTakeover>& takeovers, const Version& gen, st
 // Adds `t` to `list` (by generation) unless it is there.
 void add_takeover(std::vector<UidTakeover>& list, const UidTakeover& t);
 
+// A subscription (IMAP SUBSCRIBE/UNSUBSCRIBE) of one name: about names,
+// not folders, as in IMAP: a name may be subscribed with no folder of
+// that name, DELETE and RENAME leave subscriptions alone. The newest
+// version wins.
+struct Subscription {
+  bool on = false;
+  Version version;
+  bool operator==(const Subscription&) const = default;
+};
+
 // A user's profile: scalar fields last-writer-wins by `version`; folder
-// metadata max-merged so concurrent writers never lose a folder.
+// metadata max-merged so concurrent writers never lose a folder;
+// subscriptions last-writer-wins per name.
 struct Profile {
   std::string user;
   Version version;
@@ -152,6 +163,7 @@ struct Profile {
   bool deleted = false;  // a deleted user's profile stays as a tombstone
   std::map<std::string, FolderMeta> folders;
   std::vector<NodeId> holders;  // nodes that keep a replica of this profile
+  std::map<std::string, Subscription> subscriptions;  // empty: none ever recorded
 
   bool operator==(const Profile&) const = default;
 };

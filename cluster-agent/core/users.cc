@@ -157,6 +157,14 @@ void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
       case UserUpdateRequest::Op::RenameFolder:
         rep.status = mgr_rename_folder(now, r, *u);
         break;
+      case UserUpdateRequest::Op::Subscribe:
+      case UserUpdateRequest::Op::Unsubscribe:
+        if (r.folder.empty()) {
+          rep.status = Status::Failed;
+        } else {
+          p.subscriptions[r.folder] = Subscription{r.op == UserUpdateRequest::Op::Subscribe, next_version(now)};
+        }
+        break;
       case UserUpdateRequest::Op::CreateFolder:
       case UserUpdateRequest::Op::DeleteFolder: {
         bool create = r.op == UserUpdateRequest::Op::CreateFolder;

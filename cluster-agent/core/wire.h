@@ -216,13 +216,13 @@ struct ProfileReply {
 };
 struct UserUpdateRequest {
   enum class Op : std::uint8_t { SetPassword, SetQuota, Enable, Disable, Delete, CreateFolder, DeleteFolder,
-                                 RenameFolder };
+                                 RenameFolder, Subscribe, Unsubscribe };
   std::uint64_t req = 0;
   std::string user;
   Op op = Op::SetPassword;
   std::string password_hash;     // SetPassword
   std::uint64_t quota_bytes = 0;  // SetQuota
-  std::string folder;             // CreateFolder, DeleteFolder, RenameFolder (from)
+  std::string folder;             // CreateFolder, DeleteFolder, RenameFolder (from), (Un)Subscribe
   std::string to_folder;          // RenameFolder: the new name (keeps the lineage and every UID)
   bool operator==(const UserUpdateRequest&) const = default;
 };

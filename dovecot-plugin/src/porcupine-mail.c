@@ -81,9 +81,8 @@ static void pcp_mail_update_flags(struct mail *_mail, enum modify_type modify_ty
 {
 	struct mail_private *mail = (struct mail_private *)_mail;
 	struct pcp_mail *pmail = PCP_MAIL(mail);
-	struct pcp_mailbox *pbox = PCP_BOX(_mail->box);
 
-	if (!pbox->in_sync) {
+	if (!pcp_changes_stay_local(_mail->box)) {
 		struct pcp_change *ch = pcp_change_of(_mail);
 
 		switch (modify_type) {
@@ -135,7 +134,7 @@ static void pcp_mail_update_keywords(struct mail *_mail, enum modify_type modify
 	struct pcp_mail *pmail = PCP_MAIL(mail);
 	struct pcp_mailbox *pbox = PCP_BOX(_mail->box);
 
-	if (!pbox->in_sync) T_BEGIN {
+	if (!pcp_changes_stay_local(_mail->box)) T_BEGIN {
 		struct pcp_change_set *set;
 		struct pcp_change *ch = pcp_change_of(_mail);
 		ARRAY_TYPE(const_string) change, want;
@@ -324,11 +323,11 @@ static void pcp_mail_expunge(struct mail *_mail)
 	struct mailbox *box = _mail->box;
 	struct pcp_mailbox *pbox = PCP_BOX(box);
 
-	if (!pbox->in_sync && seq_range_exists(&pbox->moved, _mail->uid)) {
+	if (!pcp_changes_stay_local(box) && seq_range_exists(&pbox->moved, _mail->uid)) {
 		/* Moved in the cluster already (IMAP MOVE): only the local
 		   copy goes. */
 		seq_range_array_remove(&pbox->moved, _mail->uid);
-	} else if (!pbox->in_sync) {
+	} else if (!pcp_changes_stay_local(box)) {
 		const struct porcupine_message *m = NULL;
 		porcupine_client *c = pcp_connect(box->storage->user);
 		int code = PORCUPINE_UNREACHABLE;

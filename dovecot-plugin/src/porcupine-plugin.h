@@ -100,6 +100,10 @@ struct pcp_user {
 	/* TRUE while folders are created or deleted to follow the cluster:
 	   those changes stay local. */
 	bool local_only;
+	/* TRUE when the local folder list is known to differ from the
+	   cluster's (a mailbox the cluster has and this node lacks, or one it
+	   no longer has): the next safe point follows, not rate-limited. */
+	bool follow_due;
 };
 
 struct pcp_save_context;
@@ -115,6 +119,23 @@ struct pcp_mailbox {
 	/* TRUE when the last sync could not take the mailbox's lock in time:
 	   sync_deinit then fails the sync with a temporary error. */
 	bool sync_lock_timed_out;
+	/* TRUE when the last sync found the folder gone from the cluster
+	   (deleted or renamed on another node): sync_deinit fails the sync
+	   with "Mailbox doesn't exist". */
+	bool gone;
+	/* TRUE when the last sync found the mailbox deleted (and perhaps
+	   created again) by another process of this node: that sync fails
+	   without touching the index (pcp_deleted_under_us). */
+	bool deleted_under_us;
+	/* TRUE once the folder is deleted in the cluster by this DELETE
+	   (done when Dovecot opens the mailbox to delete it, before it takes
+	   the folder list's lock). */
+	bool cluster_deleted;
+	/* The index directory this process opened (device and inode; 0: not
+	   known): one that is gone or another one at that path is a mailbox
+	   deleted (and perhaps created again) under this process. */
+	dev_t index_dev;
+	ino_t index_ino;
 	/* The cluster's last listing of the folder (owned), sorted by UID;
 	   refs and nrefs point into it. */
 	struct porcupine_folder listing;
@@ -246,6 +267,18 @@ int pcp_sync_deinit(struct mailbox_sync_context *ctx,
 		    struct mailbox_sync_status *status_r);
 int pcp_exists(struct mailbox *box, bool auto_boxes, enum mailbox_existence *existence_r);
 int pcp_open(struct mailbox *box);
+void pcp_remember_index_dir(struct mailbox *box);
+int pcp_set_subscribed(struct mailbox *box, bool set);
+
+/* Whether changes to the local cache of `box` stay local: the plugin's
+   own sync makes them (in_sync), or Dovecot expunges the messages of a
+   mailbox it deletes (the folder is gone from the cluster by then). */
+static inline bool pcp_changes_stay_local(struct mailbox *box)
+{
+	const struct pcp_mailbox *pbox = PCP_BOX(box);
+
+	return pbox->in_sync || box->deleting;
+}
 int pcp_get_status(struct mailbox *box, enum mailbox_status_items items,
 		   struct mailbox_status *status_r);
 void pcp_notify_changes(struct mailbox *box);

@@ -101,6 +101,7 @@ void pcp_mailbox_allocated(struct mailbox *box)
 	v->get_status = pcp_get_status;
 	v->exists = pcp_exists;
 	v->open = pcp_open;
+	v->set_subscribed = pcp_set_subscribed;
 	v->notify_changes = pcp_notify_changes;
 	v->sync_init = pcp_sync_init;
 	v->sync_deinit = pcp_sync_deinit;

@@ -19,15 +19,31 @@
 #include "ioloop.h"
 #include "file-lock.h"
 
+#include <sys/stat.h>
+
 #include <string.h>
+
+/* Logs a failed change of the local cache. A mailbox deleted meanwhile by
+   another process of this node (DELETE, RENAME, or the folder list
+   following the cluster) is not an error of the cache: Dovecot's own sync
+   reports it to the client as for a stock mailbox. */
+static void pcp_local_failed(struct mailbox *box, const char *what)
+{
+	enum mail_error error;
+	const char *reason = mailbox_get_last_internal_error(box, &error);
+
+	if (error == MAIL_ERROR_NOTFOUND || box->mailbox_deleted)
+		e_debug(box->event, "porcupine: %s: mailbox deleted meanwhile: %s", what, reason);
+	else
+		e_error(box->event, "porcupine: %s failed: %s", what, reason);
+}
 
 static int pcp_commit(struct mailbox_transaction_context **t)
 {
 	struct mailbox *box = (*t)->box;
 
 	if (mailbox_transaction_commit(t) < 0) {
-		e_error(box->event, "porcupine: committing the local cache failed: %s",
-			mailbox_get_last_internal_error(box, NULL));
+		pcp_local_failed(box, "committing the local cache");
 		return -1;
 	}
 	return 0;
@@ -66,9 +82,8 @@ static int pcp_reset(struct mailbox *box, const struct mail_index_header *hdr,
 	i_zero(&update);
 	update.uid_validity = uid_validity;
 	if (mailbox_update(box, &update) < 0) {
-		e_error(box->event, "porcupine: setting UIDVALIDITY %u on %s failed: %s",
-			uid_validity, box->vname,
-			mailbox_get_last_internal_error(box, NULL));
+		pcp_local_failed(box, t_strdup_printf("setting UIDVALIDITY %u on %s",
+						      uid_validity, box->vname));
 		return -1;
 	}
 	return 0;
@@ -108,8 +123,8 @@ static int pcp_save_body(struct mailbox_transaction_context *t,
 	}
 	i_stream_unref(&input);
 	if (ret < 0) {
-		e_error(box->event, "porcupine: saving UID %u of %s locally failed: %s",
-			m->uid, box->vname, mailbox_get_last_internal_error(box, NULL));
+		pcp_local_failed(box, t_strdup_printf("saving UID %u of %s locally",
+						      m->uid, box->vname));
 		return -1;
 	}
 	return 0;
@@ -194,9 +209,11 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 
 	array_clear(&pbox->out_of_reach);
 	if (folder->uidvalidity == 0) {
-		/* The cluster has no such folder (deleted on another node, the
-		   local delete or the folder list's next pass follows; or not
-		   created there yet): the cache stays as it is. */
+		/* The cluster has no such folder (deleted or renamed on another
+		   node): the cache stays as it is, the sync fails (sync_deinit)
+		   and the folder list's next follow deletes it here. INBOX
+		   always exists. */
+		pbox->gone = !box->inbox_user && strcmp(box->vname, "INBOX") != 0;
 		return 0;
 	}
 	(void)mail_index_refresh(box->index);
@@ -366,6 +383,48 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 	return ret;
 }
 
+static int pcp_index_dir_stat(struct mailbox *box, struct stat *st_r)
+{
+	const char *dir;
+
+	if (mailbox_get_path_to(box, MAILBOX_LIST_PATH_TYPE_INDEX, &dir) <= 0)
+		return 0;
+	return stat(dir, st_r) == 0 ? 1 : -1;
+}
+
+void pcp_remember_index_dir(struct mailbox *box)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+	struct stat st;
+
+	pbox->index_dev = 0;
+	pbox->index_ino = 0;
+	if (pcp_index_dir_stat(box, &st) > 0) {
+		pbox->index_dev = st.st_dev;
+		pbox->index_ino = st.st_ino;
+	}
+}
+
+/* Whether another process of this node deleted the open mailbox (its
+   index directory is gone, or is another one: deleted and created again).
+   Its index must not be touched then: Dovecot would read the new
+   mailbox's transaction log as the continuation of the old one. */
+static bool pcp_deleted_under_us(struct mailbox *box)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+	struct stat st;
+	int ret;
+
+	if (pbox->index_ino == 0)
+		return FALSE;
+	ret = pcp_index_dir_stat(box, &st);
+	if (ret > 0 && st.st_dev == pbox->index_dev && st.st_ino == pbox->index_ino)
+		return FALSE;
+	if (ret < 0 && errno != ENOENT)
+		return FALSE;
+	return TRUE;
+}
+
 /* Serialises the syncs of one mailbox between the processes of this node,
    so two of them never both save the same cluster message: a lock file
    beside the index (dovecot-porcupine.lock), taken with Dovecot's
@@ -391,7 +450,7 @@ static int pcp_lock(struct mailbox *box, struct file_lock **lock_r)
 			mail_storage_get_lock_timeout(box->storage,
 						      PCP_SYNC_LOCK_TIMEOUT_SECS),
 			error);
-	} else if (ret < 0) {
+	} else if (ret < 0 && !pcp_deleted_under_us(box)) {
 		e_warning(box->event, "porcupine: locking %s for its sync failed "
 			  "(syncing unlocked): %s", box->vname, error);
 	}
@@ -419,9 +478,18 @@ static int pcp_sync_from_cluster(struct mailbox *box)
 	}
 	pbox->in_sync = TRUE;
 	T_BEGIN {
-		struct file_lock *lock;
+		struct file_lock *lock = NULL;
 
-		if (pcp_lock(box, &lock) == 0) {
+		int locked = pcp_lock(box, &lock);
+
+		if (locked != 0 && pcp_deleted_under_us(box)) {
+			/* As a stock Dovecot: NO, or BYE if it is selected. */
+			e_debug(box->event, "porcupine: %s was deleted under this "
+				"process; not syncing it", box->vname);
+			mailbox_set_deleted(box);
+			pbox->deleted_under_us = TRUE;
+			ret = -1;
+		} else if (locked == 0) {
 			/* Another process syncs it and did not finish in
 			   time: this sync fails (sync_deinit). */
 			pbox->sync_lock_timed_out = TRUE;
@@ -443,8 +511,15 @@ pcp_sync_init(struct mailbox *box, enum mailbox_sync_flags flags)
 {
 	struct pcp_mailbox *pbox = PCP_BOX(box);
 
-	if (!pbox->in_sync)
+	/* A mailbox being deleted (mailbox_delete() syncs it while holding
+	   the folder list's lock) has nothing to take from the cluster. */
+	pbox->gone = FALSE;
+	if (!pbox->in_sync && !box->deleting)
 		(void)pcp_sync_from_cluster(box);
+	if (pbox->deleted_under_us) {
+		pbox->deleted_under_us = FALSE;
+		return index_mailbox_sync_init(box, flags, TRUE);
+	}
 	return pbox->module_ctx.super.sync_init(box, flags);
 }
 
@@ -456,12 +531,28 @@ int pcp_sync_deinit(struct mailbox_sync_context *ctx,
 {
 	struct mailbox *box = ctx->box;
 	struct pcp_mailbox *pbox = PCP_BOX(box);
-	bool timed_out = pbox->sync_lock_timed_out;
+	bool timed_out = pbox->sync_lock_timed_out, gone = pbox->gone;
 	int ret;
 
 	pbox->sync_lock_timed_out = FALSE;
+	pbox->gone = FALSE;
 	ret = pbox->module_ctx.super.sync_deinit(ctx, status_r);
-	if (ret < 0 || !timed_out)
+	if (ret < 0)
+		return ret;
+	if (gone) {
+		/* IMAP answers NO [NONEXISTENT]; a session that has it
+		   selected gets BYE, as from a stock Dovecot whose mailbox was
+		   deleted under it (mailbox_deleted). The local copy goes at
+		   the session's next follow of the folder list. */
+		struct pcp_user *puser = PCP_USER(box->storage->user);
+
+		puser->follow_due = TRUE;
+		box->mailbox_deleted = TRUE;
+		mail_storage_set_error(box->storage, MAIL_ERROR_NOTFOUND,
+				       T_MAIL_ERR_MAILBOX_NOT_FOUND(box->vname));
+		return -1;
+	}
+	if (!timed_out)
 		return ret;
 	mail_storage_set_error(box->storage, MAIL_ERROR_TEMP,
 		"Mailbox is being synced with the cluster by another session; "
@@ -481,13 +572,22 @@ int pcp_get_status(struct mailbox *box, enum mailbox_status_items items,
 
 	if (items != 0 && !box->opened && !pbox->in_sync && !pbox->in_status &&
 	    service != NULL && strcmp(service, "imap") == 0) {
+		enum mail_error error = MAIL_ERROR_NONE;
+
 		pbox->in_status = TRUE;
 		if (mailbox_open(box) == 0 &&
 		    mailbox_sync(box, MAILBOX_SYNC_FLAG_FAST) < 0) {
-			e_warning(box->event, "porcupine: syncing %s for STATUS failed: %s",
-				  box->vname, mailbox_get_last_internal_error(box, NULL));
+			(void)mailbox_get_last_error(box, &error);
+			if (error != MAIL_ERROR_NOTFOUND) {
+				e_warning(box->event, "porcupine: syncing %s for STATUS "
+					  "failed: %s", box->vname,
+					  mailbox_get_last_internal_error(box, NULL));
+			}
 		}
 		pbox->in_status = FALSE;
+		/* Deleted or renamed on another node: NO [NONEXISTENT]. */
+		if (error == MAIL_ERROR_NOTFOUND)
+			return -1;
 	}
 	return pbox->module_ctx.super.get_status(box, items, status_r);
 }

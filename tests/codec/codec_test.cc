@@ -103,6 +103,7 @@ Profile full_profile() {
                {kFolder, {9, {1'700'000'001'200, 3}, true, 0, {}, "Renamed"}},
                {"Sent", {4'000'000'000u, {1'700'000'001'300, 4}, false, 0, {}, ""}}};
   p.holders = {2, 4, 6};
+  p.subscriptions = {{"Lists", {false, {1'700'000'001'400, 5}}}, {"No folder", {true, {1'700'000'001'500, 2}}}};
   return p;
 }
 
@@ -256,7 +257,8 @@ TEST(Codec, EveryStatusKindAndOpSurvivesTheWire) {
     EXPECT_EQ(std::get<Push>(out.body).update.kind, k) << kind_name(k);
   }
   using Op = UserUpdateRequest::Op;
-  for (Op op : {Op::SetPassword, Op::SetQuota, Op::Enable, Op::Disable, Op::Delete}) {
+  for (Op op : {Op::SetPassword, Op::SetQuota, Op::Enable, Op::Disable, Op::Delete, Op::CreateFolder,
+                Op::DeleteFolder, Op::RenameFolder, Op::Subscribe, Op::Unsubscribe}) {
     UserUpdateRequest m;
     m.op = op;
     Envelope out;

@@ -562,6 +562,18 @@ DOVEADM = dt.shutil.which("doveadm") or "/usr/bin/doveadm"
 BIG_BYTES = int(os.environ.get("PCP_BIG_BYTES", 50 * 1000 * 1000))
 
 
+def lsub_names(m):
+    """The names LSUB answers, sorted."""
+    typ, data = m.lsub()
+    assert typ == "OK", data
+    names = []
+    for line in data:
+        if line:
+            mm = re.match(rb'\(([^)]*)\) (?:"[^"]*"|NIL) (.*)$', line)
+            names.append(mm.group(2).decode().strip('"'))
+    return sorted(names)
+
+
 def internaldates(m, uid_set="1:*"):
     """{uid: INTERNALDATE string} of the selected mailbox."""
     typ, data = m.uid("FETCH", uid_set, "(UID INTERNALDATE)")
@@ -819,6 +831,153 @@ class ImapConformance(dt.DovecotCase):
             self.assertRegex(data[0], rb"MESSAGES 1")
         finally:
             m.logout()
+
+    def test_subscriptions_follow_the_cluster_and_are_about_names_as_on_a_stock_dovecot(self):
+        bench = importlib.machinery.SourceFileLoader(
+            "imap_bench", os.path.join(HERE, "..", "bench", "imap_bench.py")).load_module()
+        stock = bench.Stock(self.dir, "127.0.%d.9" % dt.SUBNET, dt.SUBNET)
+        self.addCleanup(stock.stop)
+        stock.start()
+        self.ctl(1, "user", "add", bench.USER, "--password", bench.PASSWORD)
+
+        def login(addr):
+            m = imaplib.IMAP4(addr, dt.IMAP_PORT, timeout=30)
+            m.login(bench.USER, bench.PASSWORD)
+            return m
+
+        def play(first, second, third):
+            """The same commands from three sessions; what LSUB answers
+            after each step. Sessions 2 and 3 are open throughout."""
+            a, b = login(first), login(second)
+            seen = []
+            try:
+                for name in ("Work", "Lists", "Old"):
+                    self.assertEqual(a.create(name)[0], "OK")
+                for name in ("Work", "Lists", "Old", "NotThere"):
+                    a.subscribe(name)
+                time.sleep(1.1)  # a session looks at the cluster's folders at most once a second
+                seen.append(lsub_names(b))
+                self.assertEqual(b.unsubscribe("Lists")[0], "OK")
+                time.sleep(1.1)
+                seen.append(lsub_names(a))
+                # DELETE and RENAME leave subscriptions alone.
+                self.assertEqual(a.delete("Old")[0], "OK")
+                self.assertEqual(a.rename("Work", "Job")[0], "OK")
+                time.sleep(1.1)
+                seen.append(lsub_names(b))
+                seen.append(sorted(folder_names(b)))
+            finally:
+                a.logout()
+                b.logout()
+            c = login(third)
+            try:
+                seen.append(lsub_names(c))
+            finally:
+                c.logout()
+            return seen
+
+        want = play(stock.addr, stock.addr, stock.addr)
+        got = play(self.addr(1), self.addr(2), self.addr(3))
+        self.assertEqual(got, want)
+        self.assertEqual(want[0], ["Lists", "Old", "Work"])  # the test plays what it means to
+
+    def test_a_folder_deleted_on_another_node_is_gone_for_an_open_session(self):
+        a, b, c = self.imap(1), self.imap(2), self.imap(2)
+        try:
+            self.assertEqual(a.create("Doomed")[0], "OK")
+            self.assertEqual(a.append("Doomed", None, None, message(1))[0], "OK")
+            time.sleep(1.1)
+            typ, data = b.status("Doomed", "(MESSAGES)")
+            self.assertEqual((typ, data[0]), ("OK", b"Doomed (MESSAGES 1)"))
+            self.assertEqual(c.select("Doomed")[0], "OK")
+            self.assertEqual(a.delete("Doomed")[0], "OK")
+            # STATUS and SELECT of the open session on node 2 at once.
+            typ, data = b.status("Doomed", "(MESSAGES)")
+            self.assertEqual(typ, "NO", data)
+            self.assertIn(b"doesn't exist", data[0])
+            typ, data = b.select("Doomed")
+            self.assertEqual(typ, "NO", data)
+            self.assertNotIn("Doomed", folder_names(b))
+            # A session that had it selected is told as by a stock Dovecot
+            # whose mailbox was deleted under it: BYE.
+            with self.assertRaises(imaplib.IMAP4.abort):
+                c.noop()
+            self.assertEqual(b.create("Doomed")[0], "OK")  # the name is free again
+        finally:
+            a.logout()
+            b.logout()
+        self.assertNotIn(" Error: ", self.dovecot_log(2, whole=True))
+
+    def test_create_delete_and_rename_churn_leaves_no_dovecot_error(self):
+        """One session creates, fills, renames and deletes a folder over and
+        over on node 1 while sessions on nodes 1 and 2 keep STATUS, LIST and
+        SELECT of it going: no Dovecot error, panic or index complaint on
+        any node, and every node ends with the cluster's folders."""
+        stop = threading.Event()
+        problems = []
+
+        def watcher(i):
+            m = self.imap(i)
+            try:
+                while not stop.is_set():
+                    try:
+                        m.status("churn", "(MESSAGES UIDVALIDITY)")
+                        m.list()
+                        typ, data = m.select("churn")
+                        if typ == "OK":
+                            if data[0] != b"0":
+                                m.fetch("1:*", "(FLAGS)")
+                            m.close()
+                    except imaplib.IMAP4.abort:
+                        m = self.imap(i)  # selected while deleted: BYE, as stock
+            except Exception as e:  # noqa: BLE001 - reported below
+                problems.append("watcher on node %d: %r" % (i, e))
+            finally:
+                try:
+                    m.logout()
+                except Exception:  # noqa: BLE001
+                    pass
+
+        watchers = [threading.Thread(target=watcher, args=(i,)) for i in (1, 2, 1, 2)]
+        for w in watchers:
+            w.start()
+        m = self.imap(1)
+        try:
+            for k in range(15):
+                if k:
+                    self.assert_ok(m.delete("churn"))
+                self.assert_ok(m.create("churn"))
+                for n in range(3):
+                    self.assert_ok(m.append("churn", None, None, message(n)))
+                self.assert_ok(m.select("churn"))
+                self.assert_ok(m.store("1", "+FLAGS", "\\Seen"))
+                self.assert_ok(m.close())
+                self.assert_ok(m.rename("churn", "churn-r"))
+                typ, data = m.status("churn-r", "(MESSAGES)")
+                self.assertEqual((typ, data[0]), ("OK", b"churn-r (MESSAGES 3)"))
+                self.assert_ok(m.delete("churn-r"))
+                self.assert_ok(m.create("churn"))
+        finally:
+            stop.set()
+            for w in watchers:
+                w.join(60)
+            m.logout()
+        self.assertEqual(problems, [])
+        time.sleep(1.1)
+        for i in (1, 2, 3):
+            m = self.imap(i)
+            try:
+                self.assertEqual(sorted(folder_names(m)), ["INBOX", "churn"], "node %d" % i)
+            finally:
+                m.logout()
+            log = self.dovecot_log(i, whole=True)
+            bad = [line for line in log.splitlines()
+                   if " Error: " in line or " Panic: " in line or " Fatal: " in line
+                   or "deleted under us" in line or "transaction log" in line]
+            self.assertEqual(bad, [], "node %d" % i)
+
+    def assert_ok(self, response):
+        self.assertEqual(response[0], "OK", response)
 
     def assert_no_hidden_messages(self, i):
         self.assertNotIn("below the local next UID", self.dovecot_log(i, whole=True))

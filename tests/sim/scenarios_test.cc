@@ -768,6 +768,43 @@ TEST(Users, ChangesSurviveAManagerCrashAndDeletedUsersStayDeleted) {
   h.expect_invariants();
 }
 
+// IMAP SUBSCRIBE and UNSUBSCRIBE go to the user's manager and are kept in
+// the profile, so they survive its crash; a name needs no folder, and
+// deleting a folder leaves its subscription (subscriptions are names).
+TEST(Users, SubscriptionsAreKeptByNameThroughAManagerCrash) {
+  Harness h(4);
+  const std::string u = "sue@example.org";
+  h.user(u);
+  auto change = [&](NodeId via, UserUpdateRequest::Op op, const std::string& folder) {
+    UserUpdateRequest c;
+    c.user = u;
+    c.op = op;
+    c.folder = folder;
+    return h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, c); })->status;
+  };
+  using Op = UserUpdateRequest::Op;
+  ASSERT_EQ(change(1, Op::CreateFolder, "Work"), Status::Ok);
+  ASSERT_EQ(change(2, Op::Subscribe, "Work"), Status::Ok);
+  ASSERT_EQ(change(3, Op::Subscribe, "Lists"), Status::Ok);  // no such folder: allowed
+  ASSERT_EQ(change(4, Op::Unsubscribe, "Lists"), Status::Ok);
+  ASSERT_EQ(change(1, Op::Subscribe, "Later"), Status::Ok);
+  ASSERT_EQ(change(2, Op::DeleteFolder, "Work"), Status::Ok);
+  EXPECT_EQ(change(3, Op::Subscribe, ""), Status::Failed);
+  h.c.run_for(2000);
+  NodeId mgr = h.c.node(1)->membership().manager_of(bucket_of(u, 1024));
+  h.c.crash(mgr);
+  ASSERT_TRUE(h.settle());
+  NodeId via = mgr == 1 ? 2 : 1;
+  const ClientReply* r = h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.get_user(now, req, u); });
+  ASSERT_EQ(r->status, Status::Ok);
+  ASSERT_TRUE(r->profile);
+  std::map<std::string, bool> subs;
+  for (const auto& [name, sub] : r->profile->subscriptions) subs[name] = sub.on;
+  EXPECT_EQ(subs, (std::map<std::string, bool>{{"Later", true}, {"Lists", false}, {"Work", true}}));
+  EXPECT_TRUE(r->profile->folders.at("Work").deleted);
+  h.expect_invariants();
+}
+
 TEST(Uids, AMovedMessageGetsAUidInItsNewFolderAndLeavesTheOld) {
   Harness h(4);
   const std::string u = "joe@example.org";

@@ -1,0 +1,53 @@
+// profile_test.cc - merging user profiles: subscriptions are about names,
+// the newest version of each name wins, whatever order replicas arrive in.
+#include <gtest/gtest.h>
+
+#include "core/records.h"
+
+namespace porcupine {
+namespace {
+
+Profile with(std::map<std::string, Subscription> subs) {
+  Profile p;
+  p.user = "u@example.org";
+  p.subscriptions = std::move(subs);
+  return p;
+}
+
+TEST(Profile, SubscriptionsMergeNameByNameNewestVersionWins) {
+  Profile a = with({{"Work", {true, {100, 1}}}, {"Lists", {true, {100, 2}}}});
+  Profile b = with({{"Work", {false, {200, 3}}}, {"Old", {true, {50, 3}}}, {"Lists", {false, {90, 3}}}});
+
+  Profile ab = a;
+  EXPECT_TRUE(merge_profile(ab, b));
+  Profile ba = b;
+  EXPECT_TRUE(merge_profile(ba, a));
+  EXPECT_EQ(ab, ba);
+  EXPECT_FALSE(ab.subscriptions.at("Work").on);  // newer unsubscribe
+  EXPECT_TRUE(ab.subscriptions.at("Lists").on);  // newer subscribe
+  EXPECT_TRUE(ab.subscriptions.at("Old").on);    // only one side knew it
+  EXPECT_EQ(ab.subscriptions.size(), 3u);
+}
+
+TEST(Profile, MergingWhatIsKnownAlreadyChangesNothing) {
+  Profile a = with({{"Work", {true, {100, 1}}}});
+  Profile same = a;
+  EXPECT_FALSE(merge_profile(a, same));
+  Profile older = with({{"Work", {false, {99, 1}}}});
+  EXPECT_FALSE(merge_profile(a, older));
+  EXPECT_TRUE(a.subscriptions.at("Work").on);
+}
+
+TEST(Profile, SubscriptionsDoNotTouchFolders) {
+  Profile a = with({{"Ghost", {true, {100, 1}}}});
+  Profile b;
+  b.user = a.user;
+  b.folders["Ghost"].version = {50, 2};
+  b.folders["Ghost"].deleted = true;
+  EXPECT_TRUE(merge_profile(a, b));
+  EXPECT_TRUE(a.folders.at("Ghost").deleted);
+  EXPECT_TRUE(a.subscriptions.at("Ghost").on);
+}
+
+}  // namespace
+}  // namespace porcupine
