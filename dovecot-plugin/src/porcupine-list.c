@@ -11,6 +11,7 @@
 #include "time-util.h"
 #include "mailbox-list-iter.h"
 #include "mailbox-list-index.h"
+#include "mail-index-alloc-cache.h"
 
 #include <string.h>
 
@@ -100,8 +101,34 @@ int pcp_delete_box(struct mailbox *box)
 	struct pcp_mailbox *pbox = PCP_BOX(box);
 	int ret;
 
-	ret = pcp_delete_in_cluster(box) < 0 ? -1 :
-		pbox->module_ctx.super.delete_box(box);
+	struct file_lock *lock = NULL;
+
+	if (pcp_delete_in_cluster(box) < 0)
+		return -1;
+	/* No sync of it runs in another process while it goes (one would
+	   write into a mailbox whose directory is being removed). */
+	if (pcp_lock(box, &lock) == 0) {
+		mail_storage_set_error(box->storage, MAIL_ERROR_TEMP,
+			"Mailbox is being synced with the cluster by another "
+			"session; try again later");
+		return -1;
+	}
+	ret = pbox->module_ctx.super.delete_box(box);
+	if (lock != NULL) {
+		/* Its lock file went with the directory. */
+		file_lock_set_unlink_on_free(lock, ret < 0);
+		file_lock_free(&lock);
+	}
+	if (ret < 0 && pbox->cluster_deleted) {
+		enum mail_error error;
+
+		/* Gone from the cluster, and locally meanwhile (another
+		   process of the node followed the cluster's folder list
+		   between this DELETE's cluster part and its lock): done. */
+		(void)mailbox_get_last_error(box, &error);
+		if (error == MAIL_ERROR_NOTFOUND)
+			ret = 0;
+	}
 	pbox->cluster_deleted = FALSE;
 	return ret;
 }
@@ -204,7 +231,13 @@ static void pcp_follow_subscriptions(struct mail_namespace *ns, char **subscribe
 /* Makes the local folder list follow the cluster's: creates the cluster's
    folders this node lacks, deletes local folders the cluster no longer
    has, and makes the local subscriptions the cluster's (once the user has
-   any there). Failures are logged and the local list is served. */
+   any there). Failures are logged and the local list is served.
+
+   It holds the folder list's lock (mailboxes.lock) from reading the
+   cluster's list to the last local change, as Dovecot's own CREATE and
+   DELETE hold it for their local change (CREATE also for the cluster's
+   part, pcp_create_box): so no other process of the node creates a
+   folder between this reading and deleting it here as stale. */
 static void pcp_follow_folders(struct mail_namespace *ns)
 {
 	struct mail_user *user = ns->user;
@@ -222,12 +255,19 @@ static void pcp_follow_folders(struct mail_namespace *ns)
 		return;
 	puser->last_follow = ioloop_timeval;
 	puser->follow_due = FALSE;
+	if (mailbox_list_lock(ns->list) < 0) {
+		e_warning(user->event, "porcupine: locking the folder list to "
+			  "follow the cluster's failed (serving the local list): %s",
+			  mailbox_list_get_last_internal_error(ns->list, NULL));
+		return;
+	}
 	c = pcp_connect(user);
 	code = c == NULL ? PORCUPINE_UNREACHABLE :
 		porcupine_folders_get_subscribed(c, user->username, &names, &count,
 						 &subscribed, &subscribed_count,
 						 &recorded);
 	if (code != PORCUPINE_OK) {
+		mailbox_list_unlock(ns->list);
 		e_warning(user->event, "porcupine: listing the folders failed "
 			  "(serving the local list): %s",
 			  c == NULL ? "no client" : porcupine_error(c));
@@ -285,6 +325,7 @@ static void pcp_follow_folders(struct mail_namespace *ns)
 			pcp_follow_subscriptions(ns, subscribed, subscribed_count);
 	} T_END;
 	puser->local_only = FALSE;
+	mailbox_list_unlock(ns->list);
 	porcupine_folders_free(names, count);
 	porcupine_folders_free(subscribed, subscribed_count);
 }
@@ -402,6 +443,14 @@ int pcp_open(struct mailbox *box)
 
 	if (box->deleting && pcp_delete_in_cluster(box) < 0)
 		return -1;
+	/* Dovecot keeps the indexes of closed mailboxes open for a while and
+	   reuses one for a mailbox at the same path whose directory has the
+	   same inode. Folders here are deleted and created again by other
+	   processes (the folder list follows the cluster), inode numbers are
+	   reused at once, and the old index then read the new mailbox's
+	   transaction log as its own ("duplicate transaction log sequence"):
+	   open every mailbox from its files. */
+	mail_index_alloc_cache_destroy_unrefed();
 	if (!box->deleting && puser != NULL && puser->follow_due && pcp_may_follow(box)) {
 		/* A folder found gone from the cluster goes from here first. */
 		T_BEGIN {

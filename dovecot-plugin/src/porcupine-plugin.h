@@ -43,6 +43,7 @@
 #include "index-mail.h"
 #include "mail-namespace.h"
 #include "mailbox-list-private.h"
+#include "file-lock.h"
 
 #include "porcupine_client.h"
 #include "porcupine-decide.h"
@@ -268,6 +269,7 @@ int pcp_sync_deinit(struct mailbox_sync_context *ctx,
 int pcp_exists(struct mailbox *box, bool auto_boxes, enum mailbox_existence *existence_r);
 int pcp_open(struct mailbox *box);
 void pcp_remember_index_dir(struct mailbox *box);
+int pcp_lock(struct mailbox *box, struct file_lock **lock_r);
 int pcp_set_subscribed(struct mailbox *box, bool set);
 
 /* Whether changes to the local cache of `box` stay local: the plugin's

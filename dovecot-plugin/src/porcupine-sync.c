@@ -433,7 +433,7 @@ static bool pcp_deleted_under_us(struct mailbox *box)
    lower). 1 with *lock_r held; 0 when it could not be taken in time
    (logged); -1 when the mailbox has no index directory or the lock could
    not be made (logged): the sync then goes on unlocked. */
-static int pcp_lock(struct mailbox *box, struct file_lock **lock_r)
+int pcp_lock(struct mailbox *box, struct file_lock **lock_r)
 {
 	const char *dir, *error;
 	int ret;
@@ -497,8 +497,13 @@ static int pcp_sync_from_cluster(struct mailbox *box)
 		} else {
 			ret = pcp_apply(box, c, &folder);
 		}
-		if (lock != NULL)
+		if (lock != NULL) {
+			/* Deleted meanwhile by another process: its lock file
+			   went with the directory. */
+			if (pcp_deleted_under_us(box))
+				file_lock_set_unlink_on_free(lock, FALSE);
 			file_lock_free(&lock);
+		}
 	} T_END;
 	pbox->in_sync = FALSE;
 	pbox->synced_digest = ret == 0 ? folder.digest : 0;

@@ -911,8 +911,10 @@ class ImapConformance(dt.DovecotCase):
     def test_create_delete_and_rename_churn_leaves_no_dovecot_error(self):
         """One session creates, fills, renames and deletes a folder over and
         over on node 1 while sessions on nodes 1 and 2 keep STATUS, LIST and
-        SELECT of it going: no Dovecot error, panic or index complaint on
-        any node, and every node ends with the cluster's folders."""
+        SELECT of it going and others log in and out (each login follows
+        the cluster's folder list): no Dovecot error, panic or index
+        complaint on any node, and every node ends with the cluster's
+        folders."""
         stop = threading.Event()
         problems = []
 
@@ -938,7 +940,17 @@ class ImapConformance(dt.DovecotCase):
                 except Exception:  # noqa: BLE001
                     pass
 
+        def relogin(i):
+            try:
+                while not stop.is_set():
+                    m = self.imap(i)
+                    m.list()
+                    m.logout()
+            except Exception as e:  # noqa: BLE001 - reported below
+                problems.append("logins on node %d: %r" % (i, e))
+
         watchers = [threading.Thread(target=watcher, args=(i,)) for i in (1, 2, 1, 2)]
+        watchers += [threading.Thread(target=relogin, args=(i,)) for i in (1, 2)]
         for w in watchers:
             w.start()
         m = self.imap(1)
