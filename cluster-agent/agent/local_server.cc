@@ -303,6 +303,10 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         Delivery& d = deliveries_[id];
         d.recipients.assign(b.recipients().begin(), b.recipients().end());
         d.folder = b.folder().empty() ? "INBOX" : b.folder();
+        if (auto why = folder_name_problem(d.folder); !why.empty()) {
+          deliveries_.erase(id);
+          return fail(id, pb::BAD_REQUEST, why);
+        }
         d.timeout_ms = q.timeout_ms();
         d.options.internal_date = b.internal_date_ms();
         d.options.flags = b.flags() & kAllFlags;
@@ -459,6 +463,8 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         MessageRecord t = target_of(q.move().ref());
         if (t.id.origin == 0 || t.replicas.empty() || q.move().to_folder().empty())
           return fail(id, pb::BAD_REQUEST, "message reference or destination missing");
+        if (auto why = folder_name_problem(q.move().to_folder()); !why.empty())
+          return fail(id, pb::BAD_REQUEST, why);
         return run(id, [t, to = q.move().to_folder()](Node& n, Time now, std::uint64_t r) { n.move(now, r, t, to); },
                    [](const ClientReply& c, pb::Response& r) {
                      r.set_uidvalidity(c.uidvalidity);
@@ -479,6 +485,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
       case pb::Request::kFolderSubscribe: {
         const auto& s = q.folder_subscribe();
         if (s.user().empty() || s.folder().empty()) return fail(id, pb::BAD_REQUEST, "user and folder are required");
+        if (auto why = folder_name_problem(s.folder()); !why.empty()) return fail(id, pb::BAD_REQUEST, why);
         UserUpdateRequest u;
         u.user = s.user();
         u.folder = s.folder();
@@ -488,6 +495,8 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
       case pb::Request::kFolderCreate:
         if (q.folder_create().user().empty() || q.folder_create().folder().empty())
           return fail(id, pb::BAD_REQUEST, "user and folder are required");
+        if (auto why = folder_name_problem(q.folder_create().folder()); !why.empty())
+          return fail(id, pb::BAD_REQUEST, why);
         return run(id, folder_op(q.folder_create().user(), q.folder_create().folder(), true));
       case pb::Request::kFolderDelete: {
         const auto& d = q.folder_delete();
@@ -502,6 +511,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         const auto& rn = q.folder_rename();
         if (rn.user().empty() || rn.from().empty() || rn.to().empty() || rn.to() == "INBOX")
           return fail(id, pb::BAD_REQUEST, "user, from and a destination other than INBOX are required");
+        if (auto why = folder_name_problem(rn.to()); !why.empty()) return fail(id, pb::BAD_REQUEST, why);
         auto self = shared_from_this();
         std::string user = rn.user(), from = rn.from(), to = rn.to();
         if (from != "INBOX") {

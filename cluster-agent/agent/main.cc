@@ -106,7 +106,21 @@ int main(int argc, char** argv) {
 
   const bool to_syslog = params->log_to == "syslog";
   if (to_syslog) openlog("porcupine-agent", LOG_PID | LOG_NDELAY, facility_of(params->syslog_facility));
-  auto log = [to_syslog](const std::string& line) {
+  // One line each, whatever a client or peer put in it (a folder name, a
+  // user name): control characters are written as \xNN.
+  auto log = [to_syslog](const std::string& raw) {
+    std::string line;
+    line.reserve(raw.size());
+    for (unsigned char c : raw) {
+      if (c < 0x20 || c == 0x7f) {
+        static const char hex[] = "0123456789abcdef";
+        line += "\\x";
+        line += hex[c >> 4];
+        line += hex[c & 0xf];
+      } else {
+        line += static_cast<char>(c);
+      }
+    }
     if (to_syslog) syslog(LOG_INFO, "%s", line.c_str());
     else std::cerr << stamp() << " porcupine-agent: " << line << "\n";
   };

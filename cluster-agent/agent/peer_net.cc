@@ -72,8 +72,17 @@ bool split_address(const std::string& a, std::string& host, std::string& port) {
 // One TCP connection, either direction. Lives while its socket does.
 class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
  public:
-  PeerConnection(PeerNet& net, tcp::socket s, bool initiator, NodeId expect)
-      : net_(net), sock_(std::move(s)), initiator_(initiator), expect_(expect) {
+  // `counted`: an accepted connection counted in the net's handshakes in
+  // progress from `address` until it is ready or closed.
+  PeerConnection(PeerNet& net, tcp::socket s, bool initiator, NodeId expect, bool counted = false,
+                 std::string address = {})
+      : net_(net),
+        sock_(std::move(s)),
+        initiator_(initiator),
+        expect_(expect),
+        counted_(counted),
+        address_(std::move(address)),
+        deadline_(sock_.get_executor()) {
     nonce_.resize(32);
     RAND_bytes(reinterpret_cast<unsigned char*>(nonce_.data()), static_cast<int>(nonce_.size()));
   }
@@ -91,6 +100,12 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
     for (const auto& [id, addr] : net_.addresses()) (*h.mutable_address_book())[id] = addr;
     write_raw(h.SerializeAsString());
     read_header();
+    auto self = shared_from_this();
+    deadline_.expires_after(std::chrono::milliseconds(net_.options().handshake_timeout_ms));
+    deadline_.async_wait([this, self](boost::system::error_code err) {
+      if (err || closed_ || ready_) return;
+      close("handshake not finished in " + std::to_string(net_.options().handshake_timeout_ms) + " ms");
+    });
   }
 
   // A body in a file goes first, in chunk frames read from the file as the
@@ -155,8 +170,17 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   void close(const std::string& why) {
     if (closed_) return;
     closed_ = true;
-    if (!why.empty())
-      net_.log("peer " + (peer_ ? "n" + std::to_string(peer_) : remote_) + ": connection closed: " + why);
+    deadline_.cancel();
+    if (counted_) {
+      counted_ = false;
+      net_.handshake_over(address_, true);
+    }
+    if (!why.empty()) {
+      if (peer_)
+        net_.log("peer n" + std::to_string(peer_) + ": connection closed: " + why);
+      else
+        net_.log_stranger("peer " + remote_ + ": connection closed: " + why);
+    }
     boost::system::error_code ec;
     sock_.shutdown(tcp::socket::shutdown_both, ec);
     sock_.close(ec);
@@ -165,6 +189,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
 
   NodeId peer() const { return peer_; }
   NodeId expected() const { return expect_; }
+  bool in_handshake() const { return counted_; }
   bool ready() const { return ready_; }
   bool initiator() const { return initiator_; }
 
@@ -288,6 +313,11 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
           return false;
         }
         peer_ = claimed_;
+        deadline_.cancel();
+        if (counted_) {
+          counted_ = false;
+          net_.handshake_over(address_, false);
+        }
         const std::string& ni = initiator_ ? nonce_ : peer_nonce_;
         const std::string& nr = initiator_ ? peer_nonce_ : nonce_;
         session_ = hmac(net_.options().secret, "porcupine-session" + ni + nr);
@@ -384,6 +414,9 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   tcp::socket sock_;
   bool initiator_;
   NodeId expect_;
+  bool counted_;
+  std::string address_;
+  asio::steady_timer deadline_;  // the handshake's
   NodeId claimed_ = kNoNode, peer_ = kNoNode;
   std::string remote_, claimed_address_;
   std::map<NodeId, std::string> book_;
@@ -432,6 +465,7 @@ void PeerNet::stop() {
   stopped_ = true;
   boost::system::error_code ec;
   acceptor_.close(ec);
+  if (accept_timer_) accept_timer_->cancel();
   auto conns = all_;
   for (const auto& c : conns) c->close("");
   for (auto& [id, d] : dials_)
@@ -441,14 +475,81 @@ void PeerNet::stop() {
 void PeerNet::accept() {
   acceptor_.async_accept([this](boost::system::error_code ec, tcp::socket s) {
     if (stopped_) return;
-    if (!ec) {
-      s.set_option(tcp::no_delay(true), ec);
-      auto c = std::make_shared<PeerConnection>(*this, std::move(s), false, kNoNode);
-      all_.insert(c);
-      c->start();
+    if (ec) {
+      // Out of descriptors (or another resource): accepting again at once
+      // would fail at once, for ever; wait a little.
+      if (ec != asio::error::operation_aborted) {
+        log_stranger("peer: accepting a connection failed: " + ec.message());
+        return accept_later();
+      }
+      return;
     }
+    boost::system::error_code ignored;
+    auto ep = s.remote_endpoint(ignored);
+    std::string address = ignored ? "?" : ep.address().to_string();
+    if (pending_by_address_[address] >= opt_.max_unauthenticated_per_address) {
+      ++strangers_refused_;
+      log_stranger("peer " + address + ": connection refused: " + std::to_string(pending_by_address_[address]) +
+                   " handshakes in progress from this address");
+      s.close(ignored);
+      return accept();
+    }
+    while (pending_ >= opt_.max_unauthenticated && !pending_order_.empty()) {
+      auto oldest = pending_order_.front().lock();
+      pending_order_.pop_front();
+      if (oldest && oldest->in_handshake()) {
+        ++strangers_refused_;
+        oldest->close("closed for a newer connection: " + std::to_string(pending_) + " handshakes in progress");
+      }
+    }
+    ++pending_;
+    ++pending_by_address_[address];
+    s.set_option(tcp::no_delay(true), ignored);
+    auto c = std::make_shared<PeerConnection>(*this, std::move(s), false, kNoNode, true, address);
+    all_.insert(c);
+    pending_order_.push_back(c);
+    if (pending_order_.size() > 4 * opt_.max_unauthenticated) {
+      // Drop the entries of connections long done with their handshake.
+      std::erase_if(pending_order_, [](const std::weak_ptr<PeerConnection>& w) {
+        auto p = w.lock();
+        return !p || !p->in_handshake();
+      });
+    }
+    c->start();
     accept();
   });
+}
+
+void PeerNet::accept_later() {
+  if (!accept_timer_) accept_timer_ = std::make_unique<asio::steady_timer>(io_);
+  accept_timer_->expires_after(std::chrono::milliseconds(100));
+  accept_timer_->async_wait([this](boost::system::error_code ec) {
+    if (!ec && !stopped_) accept();
+  });
+}
+
+void PeerNet::handshake_over(const std::string& address, bool failed) {
+  if (pending_ > 0) --pending_;
+  if (auto it = pending_by_address_.find(address); it != pending_by_address_.end() && --it->second == 0)
+    pending_by_address_.erase(it);
+  if (failed) ++handshakes_failed_;
+}
+
+void PeerNet::log_stranger(const std::string& line) {
+  auto now = std::chrono::steady_clock::now();
+  if (now - log_window_ >= std::chrono::seconds(10)) {
+    if (log_suppressed_ > 0)
+      log_("peer: " + std::to_string(log_suppressed_) + " more lines about unauthenticated connections left out");
+    log_window_ = now;
+    log_written_ = 0;
+    log_suppressed_ = 0;
+  }
+  if (log_written_ < opt_.stranger_log_burst) {
+    ++log_written_;
+    log_(line);
+  } else {
+    ++log_suppressed_;
+  }
 }
 
 void PeerNet::learn(NodeId n, const std::string& address) {

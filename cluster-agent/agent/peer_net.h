@@ -2,12 +2,13 @@
 //
 // Frames are a 4-byte big-endian length and that many bytes. A connection
 // starts with a Hello and a Proof each way (agent.proto): each side proves
-// it knows the cluster secret with an HMAC over both nonces, so a process
-// without the secret learns nothing and can send nothing. Every later
-// frame carries an HMAC-SHA256 tag (session key from the secret and both
-// nonces, direction, frame number), so frames cannot be injected, replayed
-// or altered. Frames are not encrypted: run the cluster network on a
-// private segment (see docs/agent.md).
+// it knows the cluster secret with an HMAC over both nonces and its id, so
+// a process without the secret can send nothing. Every later frame
+// carries an HMAC-SHA256 tag (session key from the secret and both nonces,
+// direction, frame number), so frames cannot be injected, replayed or
+// altered. Frames are not encrypted, the Hello (id, address book) goes to
+// anyone who connects, and a dial can be relayed to another node (the
+// proofs do not name the node dialled): docs/agent.md.
 //
 // A large body (a record body the agent holds in a spool file) crosses as
 // BodyChunk frames read from the file as the socket drains, then the
@@ -17,13 +18,26 @@
 // Anything wrong on a connection - a bad proof, a bad tag, a frame that
 // does not parse, a length over the limit, a peer claiming our own id -
 // closes that connection with one log line; nothing else is affected.
+//
+// Strangers are bounded: a connection must finish its handshake within
+// handshake_timeout_ms; at most max_unauthenticated_per_address accepted
+// connections from one address may be in their handshake at once (any
+// more are closed as they are accepted), and at most max_unauthenticated
+// in all (a new one then closes the oldest still in its handshake: a
+// peer's handshake takes milliseconds, so strangers holding connections
+// open cannot keep a peer out); when the
+// process is out of file descriptors, accepting pauses briefly instead of
+// spinning; and lines about unauthenticated connections are rate-limited
+// (stranger_log_burst per 10 s, then one line counting what was left out).
 // Messages to a peer with no connection are dropped (the core resends)
 // while the connection is dialled again with exponential backoff.
 #pragma once
 
 #include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
 #include <boost/asio.hpp>
+#include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -46,6 +60,10 @@ class PeerNet {
     std::int64_t backoff_max_ms = 5000;
     std::size_t max_frame = 64u << 20;    // largest frame (and body in transfer) accepted
     std::string staging_dir;              // where bodies in transfer are written (spool/incoming)
+    std::int64_t handshake_timeout_ms = 10000;
+    std::size_t max_unauthenticated = 64;
+    std::size_t max_unauthenticated_per_address = 8;
+    std::size_t stranger_log_burst = 20;
   };
   using OnEnvelope = std::function<void(Envelope)>;
   using LogFn = std::function<void(const std::string&)>;
@@ -64,6 +82,10 @@ class PeerNet {
   std::uint64_t frames_in() const { return frames_in_; }
   std::uint64_t frames_out() const { return frames_out_; }
   std::uint64_t dropped() const { return dropped_; }
+  // Accepted connections refused at once (over the caps above), and those
+  // closed before their handshake finished (any reason).
+  std::uint64_t strangers_refused() const { return strangers_refused_; }
+  std::uint64_t handshakes_failed() const { return handshakes_failed_; }
 
   // ---- for PeerConnection ----
   const Options& options() const { return opt_; }
@@ -72,9 +94,15 @@ class PeerNet {
   void on_frame(NodeId from, Envelope e);
   void learn(NodeId n, const std::string& address);
   void log(const std::string& line) { log_(line); }
+  // A line about a connection not (yet) authenticated: rate-limited.
+  void log_stranger(const std::string& line);
+  // An accepted connection from `address` left its handshake (ready or
+  // closed).
+  void handshake_over(const std::string& address, bool failed);
 
  private:
   void accept();
+  void accept_later();
   void dial(NodeId n);
   void schedule_dial(NodeId n);
 
@@ -94,6 +122,15 @@ class PeerNet {
   std::map<NodeId, Dial> dials_;
   bool stopped_ = false;
   std::uint64_t frames_in_ = 0, frames_out_ = 0, dropped_ = 0;
+  // Accepted connections in their handshake: in all, and by remote address.
+  std::size_t pending_ = 0;
+  std::map<std::string, std::size_t> pending_by_address_;
+  std::deque<std::weak_ptr<PeerConnection>> pending_order_;  // oldest first
+  std::uint64_t strangers_refused_ = 0, handshakes_failed_ = 0;
+  std::unique_ptr<boost::asio::steady_timer> accept_timer_;
+  // Stranger log lines: the window's start, lines written, lines left out.
+  std::chrono::steady_clock::time_point log_window_{};
+  std::size_t log_written_ = 0, log_suppressed_ = 0;
 };
 
 }  // namespace porcupine::agent

@@ -262,6 +262,27 @@ bool merge_profile(Profile& cur, const Profile& in) {
   return changed;
 }
 
+std::string folder_name_problem(std::string_view name) {
+  if (name.empty()) return "folder name is empty";
+  if (name.size() > 1000) return "folder name is longer than 1000 bytes";
+  for (std::size_t i = 0; i < name.size();) {
+    const auto c = static_cast<unsigned char>(name[i]);
+    std::size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (n == 0 || i + n > name.size()) return "folder name is not valid UTF-8";
+    std::uint32_t cp = n == 1 ? c : c & (0x7f >> n);
+    for (std::size_t k = 1; k < n; ++k) {
+      const auto cc = static_cast<unsigned char>(name[i + k]);
+      if ((cc & 0xc0) != 0x80) return "folder name is not valid UTF-8";
+      cp = (cp << 6) | (cc & 0x3f);
+    }
+    static constexpr std::uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return "folder name is not valid UTF-8";
+    if (cp < 0x20 || (cp >= 0x7f && cp < 0xa0)) return "folder name has a control character";
+    i += n;
+  }
+  return "";
+}
+
 const char* kind_name(Update::Kind k) {
   switch (k) {
     case Update::Kind::Store: return "store";

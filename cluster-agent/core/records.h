@@ -10,6 +10,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "body.h"
@@ -169,6 +170,12 @@ struct Profile {
 };
 
 bool merge_profile(Profile& cur, const Profile& in);
+
+// Why `name` cannot be a folder name (or a subscribed name) the cluster
+// stores, or "" if it can: it must be 1..1000 bytes of valid UTF-8 with no
+// control character (C0, DEL, C1), so it can never forge a log line or
+// break a client's parser.
+std::string folder_name_problem(std::string_view name);
 
 // One replicated update. Its id (a Version, unique cluster-wide) is also
 // the version it writes.

@@ -40,7 +40,7 @@ static int pcp_folder_result(struct mailbox *box, porcupine_client *c, int code,
 	if (code == PORCUPINE_OK)
 		return 0;
 	e_error(box->event, "porcupine: %s %s in the cluster failed: %s",
-		what, box->vname, c == NULL ? "no client" : porcupine_error(c));
+		what, pcp_log_name(box->vname), c == NULL ? "no client" : porcupine_error(c));
 	if (code == PORCUPINE_EXISTS)
 		error = MAIL_ERROR_EXISTS;
 	else if (code == PORCUPINE_NOT_FOUND)
@@ -183,7 +183,7 @@ static void pcp_subscribe_locally(struct mail_namespace *ns, const char *vname, 
 
 	if (mailbox_set_subscribed(box, set) < 0) {
 		e_warning(ns->user->event, "porcupine: %s %s locally failed: %s",
-			  set ? "subscribing" : "unsubscribing", vname,
+			  set ? "subscribing" : "unsubscribing", pcp_log_name(vname),
 			  mailbox_get_last_internal_error(box, NULL));
 	}
 	mailbox_free(&box);
@@ -290,7 +290,7 @@ static void pcp_follow_folders(struct mail_namespace *ns)
 				if (mailbox_create(box, NULL, FALSE) < 0 &&
 				    (mailbox_get_last_error(box, &error), error != MAIL_ERROR_EXISTS)) {
 					e_warning(user->event, "porcupine: creating %s "
-						  "locally failed: %s", names[i],
+						  "locally failed: %s", pcp_log_name(names[i]),
 						  mailbox_get_last_internal_error(box, NULL));
 				}
 			}
@@ -317,7 +317,7 @@ static void pcp_follow_folders(struct mail_namespace *ns)
 			if (mailbox_delete(box) < 0 &&
 			    (mailbox_get_last_error(box, &error), error != MAIL_ERROR_NOTFOUND)) {
 				e_warning(user->event, "porcupine: deleting %s locally failed: %s",
-					  *namep, mailbox_get_last_internal_error(box, NULL));
+					  pcp_log_name(*namep), mailbox_get_last_internal_error(box, NULL));
 			}
 			mailbox_free(&box);
 		}

@@ -232,7 +232,7 @@ static void pcp_flush_changes(struct mailbox_transaction_context *t)
 		code = c == NULL ? PORCUPINE_UNREACHABLE : pcp_lookup_ref(mail, c, &m);
 		if (code != PORCUPINE_OK) {
 			e_warning(box->event, "porcupine: flags and keywords of UID %u in %s "
-				  "not changed: %s", ch->uid, box->vname,
+				  "not changed: %s", ch->uid, pcp_log_name(box->vname),
 				  c == NULL ? "no client" : code == PORCUPINE_NOT_FOUND ?
 				  "not in the cluster" : code == PORCUPINE_TEMPFAIL && m == NULL ?
 				  "its nodes are out of reach" : porcupine_error(c));
@@ -262,7 +262,7 @@ static void pcp_flush_changes(struct mailbox_transaction_context *t)
 			    fc[i].result == PORCUPINE_NOT_FOUND)
 				continue;
 			e_warning(box->event, "porcupine: flags and keywords of UID %u in %s "
-				  "not changed: code %d (%s)", ch->uid, box->vname,
+				  "not changed: code %d (%s)", ch->uid, pcp_log_name(box->vname),
 				  fc[i].result, porcupine_error(c));
 			if (mail_set_uid(mail, ch->uid))
 				pcp_change_revert(mail, ch);
@@ -343,7 +343,7 @@ static void pcp_mail_expunge(struct mail *_mail)
 		   transaction fails (EXPUNGE answers NO; POP3 keeps it). */
 		if (code != PORCUPINE_OK && code != PORCUPINE_NOT_FOUND) {
 			e_warning(box->event, "porcupine: expunge of UID %u in "
-				  "%s failed: %s", _mail->uid, box->vname,
+				  "%s failed: %s", _mail->uid, pcp_log_name(box->vname),
 				  c == NULL ? "no client" :
 				  m == NULL && code == PORCUPINE_TEMPFAIL ?
 				  "its nodes are out of reach" : porcupine_error(c));
@@ -391,7 +391,7 @@ static int pcp_placeholder_stream(struct mail *_mail, const struct pcp_ext_rec *
 		}
 		if (code != PORCUPINE_OK) {
 			e_warning(box->event, "porcupine: UID %u of %s: no holder "
-				  "gave its body: %s", _mail->uid, box->vname,
+				  "gave its body: %s", _mail->uid, pcp_log_name(box->vname),
 				  c == NULL ? "no client" : porcupine_error(c));
 			mail_storage_set_error(box->storage, MAIL_ERROR_UNAVAILABLE,
 					       PCP_UNAVAILABLE_REASON);

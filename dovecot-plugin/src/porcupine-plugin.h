@@ -44,6 +44,7 @@
 #include "mail-namespace.h"
 #include "mailbox-list-private.h"
 #include "file-lock.h"
+#include "str-sanitize.h"
 
 #include "porcupine_client.h"
 #include "porcupine-decide.h"
@@ -271,6 +272,13 @@ int pcp_open(struct mailbox *box);
 void pcp_remember_index_dir(struct mailbox *box);
 int pcp_lock(struct mailbox *box, struct file_lock **lock_r);
 int pcp_set_subscribed(struct mailbox *box, bool set);
+
+/* A name a client chose (a folder), for a log line: control characters
+   replaced (a name cannot forge a line), at most 256 characters. */
+static inline const char *pcp_log_name(const char *name)
+{
+	return str_sanitize(name, 256);
+}
 
 /* Whether changes to the local cache of `box` stay local: the plugin's
    own sync makes them (in_sync), or Dovecot expunges the messages of a

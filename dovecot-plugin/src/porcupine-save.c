@@ -166,7 +166,7 @@ static int pcp_deliver(struct pcp_save_context *ctx)
 		else if (code == PORCUPINE_OVER_QUOTA)
 			error = MAIL_ERROR_NOQUOTA;
 		e_error(box->event, "porcupine: delivery into %s failed: %s",
-			box->vname, c == NULL ? "no client" : porcupine_error(c));
+			pcp_log_name(box->vname), c == NULL ? "no client" : porcupine_error(c));
 		mail_storage_set_error(box->storage, error, error == MAIL_ERROR_TEMP ?
 			"Cluster temporarily unavailable, try again later" :
 			"Cluster refused the message");
@@ -228,7 +228,7 @@ static int pcp_move(struct mail_save_context *ctx, struct mail *mail)
 					  dest->vname, &moved);
 	if (code != PORCUPINE_OK) {
 		e_error(dest->event, "porcupine: moving UID %u of %s to %s failed: %s",
-			mail->uid, src->vname, dest->vname, c == NULL ? "no client" :
+			mail->uid, pcp_log_name(src->vname), pcp_log_name(dest->vname), c == NULL ? "no client" :
 			m == NULL && code == PORCUPINE_TEMPFAIL ? "its nodes are out of reach" :
 			porcupine_error(c));
 		if (code == PORCUPINE_NOT_FOUND) {

@@ -63,7 +63,7 @@ static int pcp_reset(struct mailbox *box, const struct mail_index_header *hdr,
 	if (hdr->messages_count > 0) {
 		e_warning(box->event, "porcupine: UIDVALIDITY %u -> %u: "
 			  "emptying the local cache of %s",
-			  hdr->uid_validity, uid_validity, box->vname);
+			  hdr->uid_validity, uid_validity, pcp_log_name(box->vname));
 		view = mail_index_view_open(box->index);
 		t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
 					      __func__);
@@ -83,7 +83,7 @@ static int pcp_reset(struct mailbox *box, const struct mail_index_header *hdr,
 	update.uid_validity = uid_validity;
 	if (mailbox_update(box, &update) < 0) {
 		pcp_local_failed(box, t_strdup_printf("setting UIDVALIDITY %u on %s",
-						      uid_validity, box->vname));
+						      uid_validity, pcp_log_name(box->vname)));
 		return -1;
 	}
 	return 0;
@@ -124,7 +124,7 @@ static int pcp_save_body(struct mailbox_transaction_context *t,
 	i_stream_unref(&input);
 	if (ret < 0) {
 		pcp_local_failed(box, t_strdup_printf("saving UID %u of %s locally",
-						      m->uid, box->vname));
+						      m->uid, pcp_log_name(box->vname)));
 		return -1;
 	}
 	return 0;
@@ -163,7 +163,7 @@ static int pcp_save_placeholder(struct mailbox_transaction_context **t,
 	} else {
 		e_warning(box->event, "porcupine: UID %u of %s cached without its "
 			  "body (no holder answered); reading it fails until one does",
-			  m->uid, box->vname);
+			  m->uid, pcp_log_name(box->vname));
 	}
 	*t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
 				       __func__);
@@ -303,7 +303,7 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 	if (array_count(&pbox->out_of_reach) > 0) {
 		e_warning(box->event, "porcupine: %u messages of %s are on nodes "
 			  "out of reach; serving them from the cache",
-			  seq_range_count(&pbox->out_of_reach), box->vname);
+			  seq_range_count(&pbox->out_of_reach), pcp_log_name(box->vname));
 	}
 
 	/* The missing messages in UID order, fetched a batch at a time
@@ -323,12 +323,12 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 		if (rc == PORCUPINE_OK) {
 			e_info(box->event, "porcupine: UID %u of %s is below the "
 			       "local next UID %u and not cached: the cluster moves it "
-			       "to a new UID if it is still there", m->uid, box->vname,
+			       "to a new UID if it is still there", m->uid, pcp_log_name(box->vname),
 			       next_uid);
 		} else {
 			e_warning(box->event, "porcupine: UID %u of %s is below the "
 				  "local next UID %u; not cached, and moving it "
-				  "failed: %s", m->uid, box->vname, next_uid,
+				  "failed: %s", m->uid, pcp_log_name(box->vname), next_uid,
 				  porcupine_error(c));
 		}
 	}
@@ -364,7 +364,7 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 				   the message's place (UIDs are cached in
 				   order), the later ones are cached too. */
 				e_warning(box->event, "porcupine: fetching UID %u of %s "
-					  "failed: code %d (%s)", m->uid, box->vname,
+					  "failed: code %d (%s)", m->uid, pcp_log_name(box->vname),
 					  items[k].result, porcupine_error(c));
 				saved = pcp_save_placeholder(&t, m);
 			} /* NOT_FOUND: expunged since the listing */
@@ -446,13 +446,13 @@ int pcp_lock(struct mailbox *box, struct file_lock **lock_r)
 				       PCP_SYNC_LOCK_TIMEOUT_SECS, lock_r, &error);
 	if (ret == 0) {
 		e_error(box->event, "porcupine: syncing %s failed: another process "
-			"still syncs it after %u s: %s", box->vname,
+			"still syncs it after %u s: %s", pcp_log_name(box->vname),
 			mail_storage_get_lock_timeout(box->storage,
 						      PCP_SYNC_LOCK_TIMEOUT_SECS),
 			error);
 	} else if (ret < 0 && !pcp_deleted_under_us(box)) {
 		e_warning(box->event, "porcupine: locking %s for its sync failed "
-			  "(syncing unlocked): %s", box->vname, error);
+			  "(syncing unlocked): %s", pcp_log_name(box->vname), error);
 	}
 	return ret;
 }
@@ -473,7 +473,7 @@ static int pcp_sync_from_cluster(struct mailbox *box)
 	code = porcupine_folder_list(c, user->username, box->vname, &folder);
 	if (code != PORCUPINE_OK) {
 		e_warning(box->event, "porcupine: listing %s failed (serving the "
-			  "local cache): %s", box->vname, porcupine_error(c));
+			  "local cache): %s", pcp_log_name(box->vname), porcupine_error(c));
 		return -1;
 	}
 	pbox->in_sync = TRUE;
@@ -485,7 +485,7 @@ static int pcp_sync_from_cluster(struct mailbox *box)
 		if (locked != 0 && pcp_deleted_under_us(box)) {
 			/* As a stock Dovecot: NO, or BYE if it is selected. */
 			e_debug(box->event, "porcupine: %s was deleted under this "
-				"process; not syncing it", box->vname);
+				"process; not syncing it", pcp_log_name(box->vname));
 			mailbox_set_deleted(box);
 			pbox->deleted_under_us = TRUE;
 			ret = -1;
@@ -585,7 +585,7 @@ int pcp_get_status(struct mailbox *box, enum mailbox_status_items items,
 			(void)mailbox_get_last_error(box, &error);
 			if (error != MAIL_ERROR_NOTFOUND) {
 				e_warning(box->event, "porcupine: syncing %s for STATUS "
-					  "failed: %s", box->vname,
+					  "failed: %s", pcp_log_name(box->vname),
 					  mailbox_get_last_internal_error(box, NULL));
 			}
 		}
@@ -612,7 +612,7 @@ static void pcp_poll(struct mailbox *box)
 	   their records. */
 	if (porcupine_folder_digest(c, user->username, box->vname, &digest) != PORCUPINE_OK) {
 		e_debug(box->event, "porcupine: polling %s failed: %s",
-			box->vname, porcupine_error(c));
+			pcp_log_name(box->vname), porcupine_error(c));
 		return;
 	}
 	/* The callback syncs the mailbox (pcp_sync_init), which applies the

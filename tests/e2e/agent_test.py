@@ -335,6 +335,82 @@ class Hostile(ClusterCase):
             members = [m["id"] for m in self.ctl_json(i, "status")["members"]]
             self.assertEqual(sorted(members), [1, 2])
 
+    def test_thousands_of_idle_strangers_do_not_stop_a_node(self):
+        """2,000 connections to node 1's peer port that never say anything,
+        from 50 addresses, opened again as the node closes them, for up to
+        60 s: node 1 still delivers and answers, node 2 restarted gets back
+        in through node 1's port, the strangers are closed after the
+        handshake deadline, and the log is not flooded."""
+        self.add_user(1, "sam@example.org")
+        port = local.PORT
+        sources = ["127.0.%d.%d" % (SUBNET, 100 + k) for k in range(50)]
+        stop = threading.Event()
+        opened = [0]
+        closed_by_node = [0]
+
+        def flood():
+            held = []
+            deadline = time.time() + 60
+            while not stop.is_set() and time.time() < deadline:
+                alive = []
+                for c in held:
+                    try:
+                        if c.recv(1, socket.MSG_DONTWAIT) == b"":
+                            closed_by_node[0] += 1
+                            c.close()
+                            continue
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        closed_by_node[0] += 1
+                        c.close()
+                        continue
+                    alive.append(c)
+                held = alive
+                k = 0
+                while len(held) < 2000 and not stop.is_set():
+                    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    c.bind((sources[k % len(sources)], 0))
+                    k += 1
+                    c.settimeout(2)
+                    try:
+                        c.connect((self.cl.address(1), port))
+                    except OSError:
+                        c.close()
+                        continue
+                    opened[0] += 1
+                    held.append(c)
+                time.sleep(0.2)
+            for c in held:
+                c.close()
+
+        t = threading.Thread(target=flood)
+        t.start()
+        try:
+            time.sleep(3)
+            for n in range(5):
+                d = self.deliver(1, "sam@example.org", b"Subject: under siege %d\r\n\r\nbody\r\n" % n)
+                self.assertIsNotNone(d, "delivery %d through node 1 failed" % n)
+                self.assertEqual(d["code"], "OK")
+            self.cl.kill(2, redis=False)
+            time.sleep(1)
+            self.cl.restart(2)
+            self.assertTrue(self.wait_converged(30), "node 2 did not get back in")
+            self.assertEqual(self.deliver(2, "sam@example.org", b"Subject: back\r\n\r\nx\r\n")["code"], "OK")
+            time.sleep(12)  # past the handshake deadline (10 s)
+        finally:
+            stop.set()
+            t.join(30)
+        self.assertGreaterEqual(opened[0], 2000)
+        self.assertGreater(closed_by_node[0], 1000)  # refused at once, or closed at the deadline
+        log = self.log_of(1)
+        stranger = re.compile(r"peer 127\.0\.%d\.1\d\d" % SUBNET)
+        stranger_lines = [line for line in log.splitlines() if stranger.search(line)]
+        self.assertLess(len(stranger_lines), 400, "the log is flooded")
+        self.assertIn("more lines about unauthenticated connections left out", log)
+        listed = self.ctl_json(2, "mail", "list", "sam@example.org")["messages"]
+        self.assertEqual(len(listed), 6)
+
     def test_a_request_with_a_deadline_gets_tempfail_when_the_cluster_is_slow(self):
         users = ["u%d@example.org" % n for n in range(8)]
         for u in users:

@@ -1143,8 +1143,21 @@ class ImapBadInput(dt.DovecotCase):
             self.assertEqual(typ, "NO", data)
             typ, data = m.create('"' + "x" * 300 + '"')
             self.assertEqual(typ, "NO", data)
+            # Control characters (sent as literals) never become a folder,
+            # nor a line of their own in a log.
+            for bad in (b"forged\nInfo: line", b"bell\x07", b"cr\rx", b"del\x7fx"):
+                m.literal = bad
+                typ, data = m._simple_command("CREATE")
+                self.assertEqual(typ, "NO", (bad, data))
         finally:
             m.logout()
+        for i in (1, 2, 3):
+            stamped = re.compile(r"^[A-Z][a-z]{2} [ 0-9]\d \d\d:\d\d:\d\d ")
+            for line in self.dovecot_log(i, whole=True).splitlines():
+                self.assertRegex(line, stamped, "node %d's Dovecot log" % i)
+            with open(os.path.join(self.cl.ndir(i), "agent.log"), errors="replace") as f:
+                for line in f.read().splitlines():
+                    self.assertRegex(line, r"^\d{4}-\d\d-\d\dT", "node %d's agent log" % i)
         folders = set(dt.json_loads(self.ctl(2, "--json", "folder", "list", USER)))
         self.assertEqual(folders, {"INBOX"} | set(names.values()))
         m = self.imap(3)

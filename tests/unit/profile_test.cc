@@ -4,6 +4,10 @@
 
 #include "core/records.h"
 
+#include <string>
+#include <utility>
+#include <vector>
+
 namespace porcupine {
 namespace {
 
@@ -47,6 +51,29 @@ TEST(Profile, SubscriptionsDoNotTouchFolders) {
   EXPECT_TRUE(merge_profile(a, b));
   EXPECT_TRUE(a.folders.at("Ghost").deleted);
   EXPECT_TRUE(a.subscriptions.at("Ghost").on);
+}
+
+TEST(FolderNames, ControlCharactersBadUtf8AndOversizeAreRefused) {
+  const std::vector<std::string> good = {"INBOX", "Archive/2024", "a b&-c", "Gr\xc3\xbc\xc3\x9f" "e",
+                                         "\xf0\x9f\x93\xa7 mail", std::string(1000, 'x')};
+  for (const std::string& ok : good)
+    EXPECT_EQ(folder_name_problem(ok), "") << ok;
+  const std::pair<std::string, std::string> bad[] = {
+      {"", "empty"},
+      {std::string(1001, 'x'), "longer"},
+      {"forged\nline", "control"},
+      {"tab\there", "control"},
+      {std::string("nul\0x", 5), "control"},
+      {"del\x7f", "control"},
+      {"c1\xc2\x85", "control"},            // NEL
+      {"\xc3", "UTF-8"},                     // cut short
+      {"\xc0\xaf", "UTF-8"},                 // overlong '/'
+      {"\xed\xa0\x80", "UTF-8"},             // a surrogate
+      {"\xf4\x90\x80\x80", "UTF-8"},         // above U+10FFFF
+      {"\xff", "UTF-8"},
+  };
+  for (const auto& [name, why] : bad)
+    EXPECT_NE(folder_name_problem(name).find(why), std::string::npos) << name;
 }
 
 }  // namespace
