@@ -25,6 +25,18 @@ TEST(MilterRecipient, ClusterDomainsAreRecognisedWhateverTheirCase) {
       {"<postmaster>", false, false, ""},
       {"<@example.org>", true, false, "@example.org"},
       {"<a b@example.org>", true, false, "a b@example.org"},
+      // RFC 5321 paths as Postfix and Dovecot's LMTP read them.
+      {"<\"bob\"@example.org>", true, true, "bob@example.org"},
+      {"\"bob\"@Example.ORG", true, true, "bob@example.org"},
+      {"<\"b\\\"o\\\\b\"@example.org>", true, true, "b\"o\\b@example.org"},
+      {"<\"bob smith\"@example.org>", true, false, "bob smith@example.org"},
+      {"<\"bob@example.org\"@example.com>", false, false, ""},
+      {"<\"bob@x\"@example.org>", true, true, "bob@x@example.org"},
+      {"<\"bob@example.org>", true, false, "\"bob@example.org"},
+      {"<@relay.example.com:bob@example.org>", true, true, "bob@example.org"},
+      {"<@a.example.com,@b.example.com:bob@example.org>", true, true, "bob@example.org"},
+      {"<@a.example.com,@b.example.com:\"bob\"@example.org>", true, true, "bob@example.org"},
+      {"<@example.org:bob@example.com>", false, false, ""},
   };
   for (const auto& row : rows) {
     auto r = recipient(row.rcpt, kDomains);

@@ -444,6 +444,31 @@ class Delivery(StackCase):
         self.assertEqual(code, 250, msg)
         self.assertNotIn("someone@outside.test", self.st.milter_log(1))
 
+    def test_the_milter_and_lmtp_agree_on_every_recipient_form(self):
+        """RFC 5321 forms of one address (quoted local part, source route,
+        case) are accepted at RCPT and delivered to that user; unknown or
+        malformed ones are refused at RCPT, permanently."""
+        good = ['<"alice"@example.org>', "<@relay.example.com:alice@example.org>",
+                '<@a.example.com,@b.example.com:"alice"@EXAMPLE.org>', "<alice@Example.Org>"]
+        bad = ['<"ghost"@example.org>', '<"al ice"@example.org>', "<@relay.example.com:ghost@example.org>"]
+        sent = make_message("alice@example.org", "recipient-forms")
+        with self.st.smtp(1) as s:
+            s.ehlo()
+            self.assertEqual(s.mail("sender@outside.test")[0], 250)
+            for rcpt in good:
+                code, msg = s.docmd("RCPT", "TO:" + rcpt)
+                self.assertEqual(code, 250, (rcpt, msg))
+            for rcpt in bad:
+                code, msg = s.docmd("RCPT", "TO:" + rcpt)
+                self.assertEqual(code // 100, 5, (rcpt, code, msg))
+            code, msg = s.data(sent)
+            self.assertEqual(code, 250, msg)
+        # Postfix folds the forms of one address into one recipient.
+        self.assertTrue(wait_for(lambda: len(self.st.imap_messages(2, "alice@example.org")) == 1, 60),
+                        "not delivered; node 1's log:\n" + self.st.postfix_log(1)[-3000:])
+        self.assertEqual(strip_trace(self.st.imap_messages(2, "alice@example.org")[0]), sent)
+        self.assertTrue(wait_for(lambda: self.st.queue_empty(1), 30), "left in the queue")
+
     def test_over_quota_recipient_gets_452(self):
         with self.st.smtp(1) as s:
             s.sendmail("sender@outside.test", ["bob@example.org"], make_message("bob@example.org", "fill", 2000))
