@@ -36,6 +36,12 @@ struct AgentOptions {
   std::string local_socket_group;
   std::int64_t reconnect_backoff_max_ms = 5000;
   std::uint64_t message_size_limit = 50u << 20;
+  // A delivery may be this much over message_size_limit: the trace headers
+  // Postfix and Dovecot's LMTP add on the way (Received, Return-Path,
+  // Delivered-To), so a message Postfix took at its limit (set equal to
+  // message_size_limit) is never refused here.
+  static constexpr std::uint64_t kTraceHeaderMargin = 64u << 10;
+  std::uint64_t deliver_size_limit() const { return message_size_limit + kTraceHeaderMargin; }
 };
 
 class LocalServer;

@@ -320,7 +320,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
           return fail(id, pb::BAD_REQUEST, *bad);
         }
         d.body = std::make_unique<store::BodyBuilder>(agent_.store().incoming_dir());
-        if (b.size_hint() > agent_.options().message_size_limit) d.too_large = true;
+        if (b.size_hint() > agent_.options().deliver_size_limit()) d.too_large = true;
         return;
       }
       case pb::Request::kDeliverChunk: {
@@ -329,7 +329,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         if (it == deliveries_.end()) return fail(id, pb::BAD_REQUEST, "chunk without a DeliverBegin");
         Delivery& d = it->second;
         if (!d.too_large && d.disk_error.empty()) {
-          if (d.body->size() + q.deliver_chunk().data().size() > agent_.options().message_size_limit) {
+          if (d.body->size() + q.deliver_chunk().data().size() > agent_.options().deliver_size_limit()) {
             d.too_large = true;
             d.body.reset();  // its staging file goes
           } else if (!d.body->append(q.deliver_chunk().data())) {
@@ -345,9 +345,10 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
           return fail(id, pb::TEMPFAIL, "the spool cannot take the message now");
         }
         if (whole.too_large)
-          return fail(id, pb::BAD_REQUEST,
+          return fail(id, pb::TOO_LARGE,
                       "message larger than message_size_limit (" +
-                          std::to_string(agent_.options().message_size_limit) + " bytes)");
+                          std::to_string(agent_.options().message_size_limit) + " bytes, and " +
+                          std::to_string(AgentOptions::kTraceHeaderMargin) + " for trace headers)");
         if (whole.body->size() == 0) return fail(id, pb::BAD_REQUEST, "empty message");
         auto body = whole.body->finish();
         whole.body.reset();
@@ -620,6 +621,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
   }
 
   void fill_status(pb::Status& s) {
+    s.set_deliver_size_limit(agent_.options().deliver_size_limit());
     Node& n = agent_.node();
     const Membership& m = n.membership();
     s.set_node_id(n.id());

@@ -159,6 +159,18 @@ int porcupine_user_auth(porcupine_client* c, const char* user, const char* passw
   });
 }
 
+int porcupine_deliver_size_limit(porcupine_client* c, uint64_t* limit_r) {
+  return guarded(c, [&]() -> int {
+    if (!limit_r) return fail(c, PORCUPINE_BAD_REQUEST, "limit_r is required");
+    pb::Request req;
+    req.mutable_status();
+    pb::Response r;
+    int code = call(c, req, r);
+    if (code == PORCUPINE_OK) *limit_r = r.status().deliver_size_limit();
+    return code;
+  });
+}
+
 int porcupine_deliver(porcupine_client* c, const char* user, const char* folder, porcupine_read_fn read,
                       void* context, porcupine_delivered* out) {
   return porcupine_deliver_with(c, user, folder, nullptr, read, context, out);

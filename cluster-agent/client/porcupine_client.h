@@ -28,6 +28,7 @@ enum porcupine_code {
   PORCUPINE_AUTH_FAILED = 6,
   PORCUPINE_NOT_FOUND = 7,     /* the message was expunged */
   PORCUPINE_INTERNAL = 8,
+  PORCUPINE_TOO_LARGE = 9,     /* a delivery over the agent's size limit: 552 5.3.4 */
   PORCUPINE_UNREACHABLE = 100  /* no agent on the socket, or it did not answer */
 };
 
@@ -93,6 +94,11 @@ void porcupine_close(porcupine_client* c);
 const char* porcupine_error(const porcupine_client* c);
 
 int porcupine_user_lookup(porcupine_client* c, const char* user, struct porcupine_user* out);
+
+/* The largest delivery the agent takes, in bytes (message_size_limit and
+ * its margin for trace headers); a larger one gets PORCUPINE_TOO_LARGE.
+ * 0 from an agent too old to say. */
+int porcupine_deliver_size_limit(porcupine_client* c, uint64_t* limit_r);
 int porcupine_user_auth(porcupine_client* c, const char* user, const char* password);
 
 int porcupine_deliver(porcupine_client* c, const char* user, const char* folder,

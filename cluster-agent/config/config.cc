@@ -129,7 +129,8 @@ constexpr std::array kTable{
       "Longest wait between two attempts to connect to a peer.",
       &Params::reconnect_backoff_max_ms),
     P("message_size_limit", Type::kCount, "52428800", 1024, 1 << 30,
-      "Largest message in bytes the agent accepts for delivery (set Postfix's limit to the same or less).",
+      "Largest message in bytes, as Postfix takes it: set Postfix's message_size_limit to the same. The agent "
+      "takes up to 64 KiB more for the trace headers added on the way; a larger delivery gets 552 5.3.4 at LMTP.",
       &Params::message_size_limit),
 
     // Logging, and the other daemons of the node.

@@ -15,6 +15,8 @@
  *                            (porcupine-mail.c)
  *   mail_allocated           flags, keywords, expunges, placeholders
  *                            (porcupine-mail.c)
+ *   LMTP's client_created    over-size messages get 552 5.3.4, in the
+ *                            LMTP process only (porcupine-lmtp.c)
  *
  * Settings: porcupine-settings.c. */
 #include "porcupine-plugin.h"
@@ -36,9 +38,11 @@ static struct mail_storage_hooks pcp_hooks = {
 void porcupine_plugin_init(struct module *module)
 {
 	mail_storage_hooks_add(module, &pcp_hooks);
+	pcp_lmtp_init();
 }
 
 void porcupine_plugin_deinit(void)
 {
+	pcp_lmtp_deinit();
 	mail_storage_hooks_remove(&pcp_hooks);
 }

@@ -272,6 +272,8 @@ int pcp_open(struct mailbox *box);
 void pcp_remember_index_dir(struct mailbox *box);
 int pcp_lock(struct mailbox *box, struct file_lock **lock_r);
 int pcp_set_subscribed(struct mailbox *box, bool set);
+void pcp_lmtp_init(void);
+void pcp_lmtp_deinit(void);
 
 /* A name a client chose (a folder), for a log line: control characters
    replaced (a name cannot forge a line), at most 256 characters. */

@@ -165,10 +165,13 @@ static int pcp_deliver(struct pcp_save_context *ctx)
 			error = MAIL_ERROR_PARAMS;
 		else if (code == PORCUPINE_OVER_QUOTA)
 			error = MAIL_ERROR_NOQUOTA;
+		else if (code == PORCUPINE_TOO_LARGE)
+			error = MAIL_ERROR_LIMIT;
 		e_error(box->event, "porcupine: delivery into %s failed: %s",
 			pcp_log_name(box->vname), c == NULL ? "no client" : porcupine_error(c));
 		mail_storage_set_error(box->storage, error, error == MAIL_ERROR_TEMP ?
 			"Cluster temporarily unavailable, try again later" :
+			error == MAIL_ERROR_LIMIT ? "Message too big for the mail cluster" :
 			"Cluster refused the message");
 		return -1;
 	}

@@ -334,6 +334,31 @@ class Dovecot(DovecotCase):
                 return len(now) == 1 and list(now.values())[0][0] == {"\\Seen"}
             self.assertTrue(self.wait_for(there, 20), "node %d: %s\n%s" % (i, self.imap_state(i), self.dovecot_log(i)))
 
+    def test_over_the_size_limit_gets_552_5_3_4_and_a_message_at_postfix_limit_is_taken(self):
+        """The agent's message_size_limit (50 MiB, Postfix's limit too) is
+        what a message may have when Postfix takes it; LMTP adds its trace
+        headers, which the agent allows for. Bigger: a permanent 552 5.3.4
+        at LMTP, not a 451 Postfix would retry for days."""
+        limit = 50 << 20
+        line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+/0123456789ab\r\n"
+
+        def message_of(size):
+            head = b"From: big@example.org\r\nSubject: size %d\r\n\r\n" % size
+            body = line * ((size - len(head)) // len(line))
+            return head + body + b"y" * (size - len(head) - len(body) - 2) + b"\r\n"
+
+        at_limit = message_of(limit)
+        self.assertEqual(len(at_limit), limit)
+        self.lmtp_deliver(1, at_limit)
+        listing = self.cluster_listing(2)["messages"]
+        self.assertEqual(len(listing), 1)
+        self.assertGreater(listing[0]["size"], limit)  # with the trace headers LMTP added
+        with self.assertRaises(smtplib.SMTPDataError) as cm:
+            self.lmtp_deliver(2, message_of(limit + (128 << 10)))
+        self.assertEqual(cm.exception.smtp_code, 552, cm.exception)
+        self.assertIn(b"5.3.4", cm.exception.smtp_error)
+        self.assertEqual(len(self.cluster_listing(3)["messages"]), 1)
+
     def test_agent_down_gives_lmtp_4xx(self):
         self.lmtp_deliver(1, message(1))
         self.cl.kill(1, False)  # node 1's agent is gone; its Dovecot is not

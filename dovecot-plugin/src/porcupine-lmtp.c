@@ -1,0 +1,82 @@
+/* porcupine-lmtp.c - in Dovecot's LMTP only: a message larger than the
+ * cluster takes gets a permanent 552 5.3.4 for each recipient, before any
+ * delivery is tried. Without it the cluster's refusal reached LMTP as a
+ * failed save, which LMTP answers 451 (temporary), and Postfix retried the
+ * message for days.
+ *
+ * The LMTP process exports its client hook (lmtp_client_created_hook_set)
+ * and loads the mail plugins before it creates a client; in every other
+ * process that loads the plugin the symbol is absent, so it is declared
+ * weak and the hook is set only where it exists. */
+#include "porcupine-plugin.h"
+#include "smtp-server.h"
+#include "lmtp-common.h"
+#include "lmtp-client.h"
+#include "lmtp-recipient.h"
+
+#include <inttypes.h>
+
+#pragma weak lmtp_client_created_hook_set
+
+static lmtp_client_created_func_t *pcp_lmtp_next_hook;
+static bool pcp_lmtp_hooked;
+/* Every client of the process has the same vfuncs: those before ours. */
+static struct lmtp_client_vfuncs pcp_lmtp_super;
+/* The agent's limit (0: not known yet, or the agent does not say). */
+static uint64_t pcp_lmtp_limit;
+
+static int
+pcp_lmtp_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
+		       struct smtp_server_cmd_ctx *cmd,
+		       struct smtp_server_transaction *trans,
+		       struct lmtp_local_deliver_context *lldctx)
+{
+	struct mail_user *user = lldctx->rcpt_user;
+	uoff_t size;
+
+	if (pcp_lmtp_limit == 0 && user != NULL && PCP_USER(user) != NULL) {
+		porcupine_client *c = pcp_connect(user);
+		uint64_t limit;
+
+		if (c != NULL && porcupine_deliver_size_limit(c, &limit) == PORCUPINE_OK)
+			pcp_lmtp_limit = limit;
+	}
+	if (pcp_lmtp_limit > 0 && mail_get_physical_size(lldctx->src_mail, &size) == 0 &&
+	    size > pcp_lmtp_limit) {
+		e_info(client->event, "porcupine: %s: message of %"PRIuUOFF_T" bytes refused: "
+		       "over the cluster's %"PRIu64, user == NULL ? "?" : user->username,
+		       size, pcp_lmtp_limit);
+		smtp_server_recipient_reply(lrcpt->rcpt, 552, "5.3.4",
+			"Message too big for the mail cluster (at most %"PRIu64" bytes)",
+			pcp_lmtp_limit);
+		return -1;
+	}
+	return pcp_lmtp_super.local_deliver(client, lrcpt, cmd, trans, lldctx);
+}
+
+static void pcp_lmtp_client_created(struct client **clientp)
+{
+	struct client *client = *clientp;
+
+	if (pcp_lmtp_super.local_deliver == NULL)
+		pcp_lmtp_super = client->v;
+	client->v.local_deliver = pcp_lmtp_local_deliver;
+	if (pcp_lmtp_next_hook != NULL)
+		pcp_lmtp_next_hook(clientp);
+}
+
+void pcp_lmtp_init(void)
+{
+	if (lmtp_client_created_hook_set == NULL)
+		return;
+	pcp_lmtp_next_hook = lmtp_client_created_hook_set(pcp_lmtp_client_created);
+	pcp_lmtp_hooked = TRUE;
+}
+
+void pcp_lmtp_deinit(void)
+{
+	if (!pcp_lmtp_hooked)
+		return;
+	(void)lmtp_client_created_hook_set(pcp_lmtp_next_hook);
+	pcp_lmtp_hooked = FALSE;
+}
