@@ -9,6 +9,7 @@
 // acknowledged; restart it).
 #include <sys/stat.h>
 #include <syslog.h>
+#include <unistd.h>
 
 #include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
 #include <boost/asio.hpp>
@@ -78,7 +79,8 @@ int main(int argc, char** argv) {
       "override,o", po::value(&overrides)->composing(), "name=value, overriding the file")(
       "print-defaults", "print every parameter with its default (like postconf -d) and exit")(
       "print-config", "print every parameter's effective value and exit")(
-      "foreground", "accepted for compatibility: the agent always runs in the foreground (systemd Type=simple)");
+      "foreground", "accepted for compatibility: the agent always runs in the foreground (systemd Type=simple)")(
+      "allow-root", "run even as root (the packages run it as user porcupine; root is for tests and development)");
   po::variables_map vm;
   try {
     po::store(po::parse_command_line(argc, argv, desc), vm);
@@ -94,6 +96,11 @@ int main(int argc, char** argv) {
   if (vm.count("print-defaults")) {
     std::cout << config::print_defaults();
     return 0;
+  }
+  if (::geteuid() == 0 && !vm.count("allow-root") && !vm.count("print-config")) {
+    std::cerr << "porcupine-agent: refusing to run as root: run it as its own user (the packages' "
+                 "porcupine), or give --allow-root\n";
+    return 77;  // EX_NOPERM
   }
   std::vector<config::Error> errors;
   auto params = config::load_file(conf, errors, overrides);
