@@ -3,11 +3,14 @@
 
 #include <crypt.h>
 #include <grp.h>
+#include <pwd.h>
+#include <sys/socket.h>
 #include <openssl/crypto.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <deque>
 #include <set>
 #include <map>
@@ -26,6 +29,26 @@ using unix_socket = asio::local::stream_protocol;
 namespace pb = agentpb;
 
 namespace {
+
+// Whether the process at the other end of `fd` (SO_PEERCRED) may
+// administer users: root, the agent's own user, or a member of `group`
+// (its primary group, or listed in the group).
+bool peer_is_admin(int fd, const std::string& group) {
+  struct ucred cred {};
+  socklen_t len = sizeof cred;
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
+  if (cred.uid == 0 || cred.uid == ::geteuid()) return true;
+  if (group.empty()) return false;
+  const struct group* g = ::getgrnam(group.c_str());
+  if (!g) return false;
+  if (cred.gid == g->gr_gid) return true;
+  const struct passwd* pw = ::getpwuid(cred.uid);
+  if (!pw) return false;
+  if (pw->pw_gid == g->gr_gid) return true;
+  for (char** m = g->gr_mem; m && *m; ++m)
+    if (std::strcmp(*m, pw->pw_name) == 0) return true;
+  return false;
+}
 
 pb::Code code_of(Status s) {
   switch (s) {
@@ -112,7 +135,10 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
   LocalConnection(LocalServer& server, Agent& agent, unix_socket::socket s)
       : server_(server), agent_(agent), sock_(std::move(s)) {}
 
-  void start() { read_header(); }
+  void start() {
+    admin_ = may_administer();
+    read_header();
+  }
 
   void close(const std::string& why) {
     if (closed_) return;
@@ -175,6 +201,10 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     });
   }
 
+  void forbidden(std::uint64_t id) {
+    fail(id, pb::FORBIDDEN, "user administration is for root, the agent's user and local_admin_group");
+  }
+
   void fail(std::uint64_t id, pb::Code code, const std::string& detail) {
     pb::Response r;
     r.set_id(id);
@@ -228,8 +258,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
                     auto out = std::make_shared<pb::Response>();
                     out->set_id(id);
                     auto* u = out->mutable_user();
-                    u->set_user(p.user);
-                    u->set_password_hash(p.password_hash);
+                    u->set_user(p.user);  // never the password hash: UserAuth checks passwords
                     u->set_quota_bytes(p.quota_bytes);
                     u->set_enabled(p.enabled);
                     for (NodeId h : p.holders) u->add_holders(h);
@@ -273,6 +302,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         return;
       }
       case pb::Request::kUserCreate: {
+        if (!admin_) return forbidden(id);
         const auto& c = q.user_create();
         if (c.user().empty() || c.user().find('@') == std::string::npos)
           return fail(id, pb::BAD_REQUEST, "user must be an address (local@domain)");
@@ -281,6 +311,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         });
       }
       case pb::Request::kUserChange: {
+        if (!admin_) return forbidden(id);
         const auto& c = q.user_change();
         if (c.user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
         if (!pb::UserChange_Op_IsValid(c.op())) return fail(id, pb::BAD_REQUEST, "unknown change");
@@ -292,6 +323,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         return run(id, [u](Node& n, Time t, std::uint64_t r) { n.update_user(t, r, u); });
       }
       case pb::Request::kUserList:
+        if (!admin_) return forbidden(id);
         return run(id, [](Node& n, Time t, std::uint64_t r) { n.list_users(t, r); },
                    [](const ClientReply& c, pb::Response& r) {
                      for (const auto& u : c.users) r.add_users(u);
@@ -665,6 +697,9 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
   Agent& agent_;
   unix_socket::socket sock_;
   bool closed_ = false;
+  bool admin_ = false;  // the peer may administer users (peer_is_admin)
+
+  bool may_administer() { return peer_is_admin(sock_.native_handle(), agent_.options().local_admin_group); }
   unsigned char hdr_[4] = {};
   std::string buf_;
   std::deque<std::string> out_;

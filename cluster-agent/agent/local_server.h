@@ -3,7 +3,10 @@
 // porcupinectl.
 //
 // The socket is created mode 0660, group local_socket_group, so only root
-// and that group (postfix and dovecot are put in it) can connect. Requests
+// and that group (postfix and dovecot are put in it) can connect. User
+// administration (create, change, list) is further kept to root, the
+// agent's user and local_admin_group, by the connection's peer credentials
+// (SO_PEERCRED); no answer carries a password hash. Requests
 // on one connection may be pipelined; each gets exactly one Response with
 // its id. A malformed frame or request closes that connection with a log
 // line; a request that is well-formed but wrong gets BAD_REQUEST.

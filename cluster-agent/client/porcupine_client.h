@@ -29,6 +29,7 @@ enum porcupine_code {
   PORCUPINE_NOT_FOUND = 7,     /* the message was expunged */
   PORCUPINE_INTERNAL = 8,
   PORCUPINE_TOO_LARGE = 9,     /* a delivery over the agent's size limit: 552 5.3.4 */
+  PORCUPINE_FORBIDDEN = 10,    /* this process may not do that (user administration) */
   PORCUPINE_UNREACHABLE = 100  /* no agent on the socket, or it did not answer */
 };
 

@@ -74,6 +74,10 @@ constexpr std::array kTable{
     P("local_socket_group", Type::kString, "mail",
       "Group given access to local_socket, so that Postfix and Dovecot may connect.",
       &Params::local_socket_group),
+    P("local_admin_group", Type::kString, "",
+      "Group whose members may administer users over local_socket (add, change, delete, list), besides root and "
+      "the agent's own user; everyone else who can connect gets mail operations only.",
+      &Params::local_admin_group),
 
     // The cluster.
     P("buckets", Type::kCount, "1024", 16, 65536,

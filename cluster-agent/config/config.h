@@ -76,6 +76,7 @@ struct Params {
   std::string redis_socket;
   std::string local_socket;
   std::string local_socket_group;
+  std::string local_admin_group;
 
   std::uint32_t buckets{};
   std::uint32_t spread{};

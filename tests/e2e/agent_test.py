@@ -411,6 +411,49 @@ class Hostile(ClusterCase):
         listed = self.ctl_json(2, "mail", "list", "sam@example.org")["messages"]
         self.assertEqual(len(listed), 6)
 
+    def test_the_local_api_checks_who_asks(self):
+        """Root administers users; another local account cannot connect to a
+        socket not opened to it; one that can connect (Dovecot's and
+        Postfix's users) gets mail operations but not user administration;
+        nobody is ever sent a password hash."""
+        sock = os.path.join(self.cl.ndir(1), "agent.sock")
+        self.add_user(1, "una@example.org", "secret-pw")
+
+        def as_nobody(*args, stdin=None):
+            import subprocess
+            argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", self.cl.ctl_bin(),
+                    "--socket", sock, "--timeout", "15000"] + list(args)
+            return subprocess.run(argv, input=stdin, capture_output=True)
+
+        r = as_nobody("user", "show", "una@example.org")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(b"ermission denied", r.stderr)
+        os.chmod(sock, 0o666)  # as for the members of local_socket_group
+        r = as_nobody("--json", "user", "show", "una@example.org")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(json.loads(r.stdout)["user"], "una@example.org")
+        r = as_nobody("--json", "mail", "deliver", "una@example.org", stdin=b"Subject: hi\r\n\r\nx\r\n")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for args in (("user", "add", "mallory@example.org", "--password", "x"),
+                     ("user", "passwd", "una@example.org", "--password", "stolen"),
+                     ("user", "quota", "una@example.org", "1"),
+                     ("user", "list")):
+            r = as_nobody(*args)
+            self.assertNotEqual(r.returncode, 0, args)
+            self.assertIn(b"FORBIDDEN", r.stderr, args)
+        self.assertEqual(self.ctl(1, "user", "auth", "una@example.org", "--password", "secret-pw").returncode, 0)
+        self.assertNotEqual(self.ctl(1, "user", "show", "mallory@example.org", check=False).returncode, 0)
+        # UserGet, raw, as root: the profile without its hash.
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(sock)
+        req = self.pb_field(1, 7) + self.pb_field(10, self.pb_field(1, b"una@example.org"))
+        s.sendall(struct.pack(">I", len(req)) + req)
+        answer = self.read_frame(s)
+        s.close()
+        self.assertIn(b"una@example.org", answer)
+        self.assertNotIn(b"CRYPT", answer)
+        self.assertNotIn(b"{", answer)
+
     def test_a_request_with_a_deadline_gets_tempfail_when_the_cluster_is_slow(self):
         users = ["u%d@example.org" % n for n in range(8)]
         for u in users:
