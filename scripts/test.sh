@@ -68,7 +68,7 @@ if [[ $sanitize == 1 ]]; then
     run_sanitized store/store_tests
     echo "test: sanitizer pass: end-to-end with sanitized agents"
     if ! ASAN_OPTIONS=detect_leaks=0 timeout "$timeout" python3 tests/e2e/agent_test.py \
-         --build "$asan_dir" --subnet 41 Hostile MailAcrossNodes; then
+         --build "$asan_dir" --subnet 41 Hostile MailAcrossNodes Secure; then
       echo "test: sanitizer pass: end-to-end FAILED" >&2
       sanitizer_failed=1
     fi

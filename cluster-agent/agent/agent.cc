@@ -29,6 +29,9 @@ void Agent::start() {
   po.self = opt_.core.self;
   po.listen = opt_.listen;
   po.secret = opt_.secret;
+  po.security = opt_.peer_security == "legacy" ? PeerNet::Security::Legacy
+                : opt_.peer_security == "both" ? PeerNet::Security::Both
+                                               : PeerNet::Security::Tls;
   po.seeds = opt_.peers;
   po.backoff_max_ms = opt_.reconnect_backoff_max_ms;
   po.max_frame = opt_.message_size_limit + (1u << 20);

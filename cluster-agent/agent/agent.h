@@ -35,6 +35,7 @@ struct AgentOptions {
   std::string local_socket;
   std::string local_socket_group;
   std::string local_admin_group;  // may administer users (with root and the agent's user)
+  std::string peer_security = "tls";  // tls | both | legacy (PeerNet::Security)
   std::int64_t reconnect_backoff_max_ms = 5000;
   std::uint64_t message_size_limit = 50u << 20;
   // A delivery may be this much over message_size_limit: the trace headers

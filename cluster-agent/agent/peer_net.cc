@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <openssl/ssl.h>
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -23,9 +24,70 @@
 namespace porcupine::agent {
 
 namespace asio = boost::asio;
+namespace ssl = asio::ssl;
 using tcp = asio::ip::tcp;
 
 namespace {
+
+// ---- TLS 1.3 with an external pre-shared key --------------------------------
+// Both ends hold the same key (derived from the cluster secret), offered and
+// found under one identity; no certificates. The handshake is TLS 1.3's
+// psk_dhe_ke (an ephemeral key exchange as well, so a secret that leaks later
+// does not open recorded traffic). A side without the key fails the PSK
+// binder and gets nothing.
+constexpr unsigned char kPskIdentity[] = "porcupine-cluster-psk-v1";
+constexpr unsigned char kAes128GcmSha256[] = {0x13, 0x01};
+
+int psk_index() {
+  static const int i = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+  return i;
+}
+
+SSL_SESSION* psk_session(SSL* s) {
+  const auto* key = static_cast<const std::string*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(s), psk_index()));
+  const SSL_CIPHER* cipher = SSL_CIPHER_find(s, kAes128GcmSha256);
+  if (!key || !cipher) return nullptr;
+  SSL_SESSION* sess = SSL_SESSION_new();
+  if (!sess || !SSL_SESSION_set1_master_key(sess, reinterpret_cast<const unsigned char*>(key->data()), key->size()) ||
+      !SSL_SESSION_set_cipher(sess, cipher) || !SSL_SESSION_set_protocol_version(sess, TLS1_3_VERSION)) {
+    SSL_SESSION_free(sess);
+    return nullptr;
+  }
+  return sess;
+}
+
+int psk_use(SSL* s, const EVP_MD* md, const unsigned char** id, size_t* idlen, SSL_SESSION** sess) {
+  SSL_SESSION* ss = psk_session(s);
+  if (!ss) return 0;
+  if (md && md != SSL_CIPHER_get_handshake_digest(SSL_SESSION_get0_cipher(ss))) {
+    SSL_SESSION_free(ss);
+    *sess = nullptr;
+    return 1;
+  }
+  *sess = ss;
+  *id = kPskIdentity;
+  *idlen = sizeof kPskIdentity - 1;
+  return 1;
+}
+
+int psk_find(SSL* s, const unsigned char* id, size_t idlen, SSL_SESSION** sess) {
+  *sess = nullptr;
+  if (idlen != sizeof kPskIdentity - 1 || std::memcmp(id, kPskIdentity, idlen) != 0) return 1;  // no such key
+  *sess = psk_session(s);
+  return *sess ? 1 : 0;
+}
+
+void setup_tls(ssl::context& ctx, const std::string* key) {
+  SSL_CTX* c = ctx.native_handle();
+  SSL_CTX_set_min_proto_version(c, TLS1_3_VERSION);
+  SSL_CTX_set_max_proto_version(c, TLS1_3_VERSION);
+  SSL_CTX_set_ciphersuites(c, "TLS_AES_128_GCM_SHA256");
+  SSL_CTX_set_psk_use_session_callback(c, psk_use);
+  SSL_CTX_set_psk_find_session_callback(c, psk_find);
+  SSL_CTX_set_session_cache_mode(c, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_num_tickets(c, 0);
+  SSL_CTX_set_ex_data(c, psk_index(), const_cast<std::string*>(key));
+}
 
 constexpr std::size_t kTag = 32;
 constexpr std::size_t kHandshakeMax = 1 << 16;
@@ -91,7 +153,51 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
     boost::system::error_code ec;
     auto ep = sock_.remote_endpoint(ec);
     remote_ = ec ? "?" : ep.address().to_string() + ":" + std::to_string(ep.port());
+    auto self = shared_from_this();
+    deadline_.expires_after(std::chrono::milliseconds(net_.options().handshake_timeout_ms));
+    deadline_.async_wait([this, self](boost::system::error_code err) {
+      if (err || closed_ || ready_) return;
+      close("handshake not finished in " + std::to_string(net_.options().handshake_timeout_ms) + " ms");
+    });
+    const auto security = net_.options().security;
+    if (initiator_) return security == PeerNet::Security::Tls ? tls_handshake() : begin();
+    if (security == PeerNet::Security::Legacy) return begin();
+    if (security == PeerNet::Security::Tls) return tls_handshake();
+    // Both: a TLS record starts with 0x16 (handshake); the old handshake's
+    // first frame with a length that is never that large.
+    sock_.async_receive(asio::buffer(peek_, 1), tcp::socket::message_peek,
+                        [this, self](boost::system::error_code err, std::size_t n) {
+                          if (closed_) return;
+                          if (err || n != 1) return close(err ? err.message() : "peer closed");
+                          if (peek_[0] == 0x16) return tls_handshake();
+                          begin();
+                        });
+  }
+
+ private:
+  void tls_handshake() {
+    auto type = initiator_ ? ssl::stream_base::client : ssl::stream_base::server;
+    tls_ = std::make_unique<ssl::stream<tcp::socket&>>(sock_, initiator_ ? net_.tls_client() : net_.tls_server());
+    auto self = shared_from_this();
+    tls_->async_handshake(type, [this, self](boost::system::error_code ec) {
+      if (closed_) return;
+      if (ec) return close("TLS handshake failed (wrong cluster secret, or not an agent speaking TLS?): " +
+                           ec.message());
+      begin();
+    });
+  }
+
+  // The stream frames go over: TLS once it is up, else the socket.
+  template <class F>
+  void with_stream(F&& f) {
+    if (tls_) f(*tls_);
+    else f(sock_);
+  }
+
+  // The handshake inside the channel: Hello and Proof each way.
+  void begin() {
     agentpb::Hello h;
+    h.set_to_node(initiator_ ? expect_ : kNoNode);
     h.set_protocol_version(codec::kProtocolVersion);
     h.set_node_id(net_.options().self);
     h.set_listen_address(net_.options().listen);
@@ -100,13 +206,9 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
     for (const auto& [id, addr] : net_.addresses()) (*h.mutable_address_book())[id] = addr;
     write_raw(h.SerializeAsString());
     read_header();
-    auto self = shared_from_this();
-    deadline_.expires_after(std::chrono::milliseconds(net_.options().handshake_timeout_ms));
-    deadline_.async_wait([this, self](boost::system::error_code err) {
-      if (err || closed_ || ready_) return;
-      close("handshake not finished in " + std::to_string(net_.options().handshake_timeout_ms) + " ms");
-    });
   }
+
+ public:
 
   // A body in a file goes first, in chunk frames read from the file as the
   // socket drains (never whole in memory); the frame then names its transfer.
@@ -251,7 +353,8 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
       wire_ = front.tagged ? tag_and_wrap(front.payload) : frame::wrap(front.payload);
     }
     auto self = shared_from_this();
-    asio::async_write(sock_, asio::buffer(wire_), [this, self](boost::system::error_code ec, std::size_t) {
+    with_stream([&](auto& s) {
+    asio::async_write(s, asio::buffer(wire_), [this, self](boost::system::error_code ec, std::size_t) {
       if (closed_) return;
       if (ec) return close(ec.message());
       Out& done = out_.front();
@@ -261,15 +364,18 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
       out_.pop_front();
       if (!out_.empty()) write_next();
     });
+    });
   }
 
   void read_header() {
     auto self = shared_from_this();
     std::size_t limit = stage_ == Stage::Ready ? net_.options().max_frame + kTag : kHandshakeMax;
-    async_read_frame(sock_, hdr_, buf_, limit, [this, self](const std::string& why) {
-      if (closed_) return;
-      if (!why.empty()) return close(why == "closed" ? "peer closed" : why);
-      if (handle()) read_header();
+    with_stream([&](auto& s) {
+      async_read_frame(s, hdr_, buf_, limit, [this, self](const std::string& why) {
+        if (closed_) return;
+        if (!why.empty()) return close(why == "closed" ? "peer closed" : why);
+        if (handle()) read_header();
+      });
     });
   }
 
@@ -288,6 +394,15 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
         }
         if (h.protocol_version() < 1) {
           close("unsupported protocol version " + std::to_string(h.protocol_version()));
+          return false;
+        }
+        if (!initiator_ && h.to_node() != kNoNode && h.to_node() != net_.options().self) {
+          close("n" + std::to_string(h.node_id()) + " dialled n" + std::to_string(h.to_node()) +
+                ", not this node (a relayed connection?)");
+          return false;
+        }
+        if (!initiator_ && tls_ && h.to_node() == kNoNode) {
+          close("hello names no destination node");
           return false;
         }
         claimed_ = h.node_id();
@@ -417,6 +532,8 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   bool counted_;
   std::string address_;
   asio::steady_timer deadline_;  // the handshake's
+  std::unique_ptr<ssl::stream<tcp::socket&>> tls_;  // set once TLS is chosen
+  unsigned char peek_[1] = {};
   NodeId claimed_ = kNoNode, peer_ = kNoNode;
   std::string remote_, claimed_address_;
   std::map<NodeId, std::string> book_;
@@ -436,7 +553,16 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
 };
 
 PeerNet::PeerNet(asio::io_context& io, Options o, OnEnvelope on_envelope, LogFn log)
-    : io_(io), opt_(std::move(o)), on_envelope_(std::move(on_envelope)), log_(std::move(log)), acceptor_(io) {
+    : io_(io),
+      opt_(std::move(o)),
+      psk_(hmac(opt_.secret, "porcupine peer tls psk v1")),
+      tls_client_(ssl::context::tls_client),
+      tls_server_(ssl::context::tls_server),
+      on_envelope_(std::move(on_envelope)),
+      log_(std::move(log)),
+      acceptor_(io) {
+  setup_tls(tls_client_, &psk_);
+  setup_tls(tls_server_, &psk_);
   for (const auto& [id, addr] : opt_.seeds)
     if (id != opt_.self) book_[id] = addr;
 }

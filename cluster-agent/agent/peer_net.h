@@ -1,14 +1,17 @@
-// peer_net.h - TCP between agents: authenticated, framed, self-healing.
+// peer_net.h - TCP between agents: TLS 1.3, authenticated, framed,
+// self-healing.
 //
-// Frames are a 4-byte big-endian length and that many bytes. A connection
-// starts with a Hello and a Proof each way (agent.proto): each side proves
-// it knows the cluster secret with an HMAC over both nonces and its id, so
-// a process without the secret can send nothing. Every later frame
-// carries an HMAC-SHA256 tag (session key from the secret and both nonces,
-// direction, frame number), so frames cannot be injected, replayed or
-// altered. Frames are not encrypted, the Hello (id, address book) goes to
-// anyone who connects, and a dial can be relayed to another node (the
-// proofs do not name the node dialled): docs/agent.md.
+// A connection is TLS 1.3 with an external pre-shared key derived from the
+// cluster secret (no certificates; a process without the secret fails the
+// handshake and learns nothing). Inside, frames are a 4-byte big-endian
+// length and that many bytes, starting with a Hello and a Proof each way
+// (agent.proto): each side proves it knows the secret with an HMAC over
+// both nonces and its id, and the dialling side names the node it dialled
+// (to_node), which a responder that is not that node refuses, so a
+// relayed dial goes nowhere. Every later frame carries an HMAC-SHA256 tag
+// (session key from the secret and both nonces, direction, frame number).
+// Security::Both and ::Legacy speak the old handshake in clear (a rolling
+// upgrade from agents before TLS): docs/wire.md.
 //
 // A large body (a record body the agent holds in a spool file) crosses as
 // BodyChunk frames read from the file as the socket drains, then the
@@ -35,6 +38,7 @@
 
 #include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -52,8 +56,14 @@ class PeerConnection;
 
 class PeerNet {
  public:
+  // How connections are secured: TLS 1.3 with a key derived from the
+  // cluster secret (dial and accept); Both (dial the old handshake, accept
+  // either: for a rolling upgrade from agents before TLS); Legacy (the old
+  // handshake only).
+  enum class Security { Tls, Both, Legacy };
   struct Options {
     NodeId self = kNoNode;
+    Security security = Security::Tls;
     std::string listen;                   // host:port
     std::string secret;                   // the cluster secret (bytes)
     std::map<NodeId, std::string> seeds;  // id -> host:port
@@ -89,6 +99,8 @@ class PeerNet {
 
   // ---- for PeerConnection ----
   const Options& options() const { return opt_; }
+  boost::asio::ssl::context& tls_client() { return tls_client_; }
+  boost::asio::ssl::context& tls_server() { return tls_server_; }
   void on_ready(const std::shared_ptr<PeerConnection>& c);
   void on_closed(const std::shared_ptr<PeerConnection>& c);
   void on_frame(NodeId from, Envelope e);
@@ -108,6 +120,8 @@ class PeerNet {
 
   boost::asio::io_context& io_;
   Options opt_;
+  std::string psk_;  // the TLS pre-shared key, from the secret
+  boost::asio::ssl::context tls_client_, tls_server_;
   OnEnvelope on_envelope_;
   LogFn log_;
   boost::asio::ip::tcp::acceptor acceptor_;

@@ -137,6 +137,12 @@ constexpr std::array kTable{
       "takes up to 64 KiB more for the trace headers added on the way; a larger delivery gets 552 5.3.4 at LMTP.",
       &Params::message_size_limit),
 
+    Param{"peer_security", Type::kChoice, "tls", false, 0, 0, "tls|both|legacy",
+          "How agents connect: tls (TLS 1.3 with a key from the cluster secret; the only safe choice), both "
+          "(dial the old unencrypted handshake, accept either: for a rolling upgrade from agents before TLS), "
+          "legacy (the old handshake only).",
+          &Params::peer_security},
+
     // Logging, and the other daemons of the node.
     Param{"log_to", Type::kChoice, "syslog", false, 0, 0, "syslog|stderr",
           "Where the agent logs.", &Params::log_to},

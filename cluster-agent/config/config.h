@@ -98,6 +98,7 @@ struct Params {
   std::uint32_t message_size_limit{};  // bytes
   std::int64_t death_certificate_ttl{};  // seconds
 
+  std::string peer_security;    // "tls", "both" or "legacy"
   std::string log_to;           // "syslog" or "stderr"
   std::string syslog_facility;  // "mail", "daemon", "local0", ...
   std::vector<std::string> cluster_domains;
