@@ -372,6 +372,20 @@ class Secure(ClusterCase):
         for i in (1, 2):
             self.assertEqual(sorted(m["id"] for m in self.ctl_json(i, "status")["members"]), [1, 2])
 
+    def test_a_node_in_upgrade_mode_joins_a_tls_cluster(self):
+        """Rolling upgrade, second step: node 3 still on peer_security =
+        both (dials the old handshake, accepts either) while nodes 1 and 2
+        are on tls: the TLS dials of 1 and 2 to 3 carry the cluster."""
+        self.add_user(1, "ivy@example.org")
+        self.cl.kill(3, redis=False)
+        with open(os.path.join(self.cl.ndir(3), "porcupine.conf"), "a") as f:
+            f.write("peer_security = both\n")
+        self.cl.restart(3)
+        self.assertTrue(self.wait_converged(30), "node 3 did not rejoin")
+        d = self.deliver(3, "ivy@example.org", b"Subject: mixed\r\n\r\nx\r\n")
+        self.assertEqual(d["code"], "OK")
+        self.assertEqual(len(self.ctl_json(1, "mail", "list", "ivy@example.org")["messages"]), 1)
+
     def test_a_stranger_learns_nothing_and_a_wrong_secret_gets_nothing(self):
         # What an old agent's Hello gets from a TLS node: no id, no
         # address, no address book; at most a TLS alert.
