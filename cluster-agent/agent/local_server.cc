@@ -135,10 +135,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
   LocalConnection(LocalServer& server, Agent& agent, unix_socket::socket s)
       : server_(server), agent_(agent), sock_(std::move(s)) {}
 
-  void start() {
-    admin_ = may_administer();
-    read_header();
-  }
+  void start() { read_header(); }
 
   void close(const std::string& why) {
     if (closed_) return;
@@ -302,7 +299,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         return;
       }
       case pb::Request::kUserCreate: {
-        if (!admin_) return forbidden(id);
+        if (!may_administer()) return forbidden(id);
         const auto& c = q.user_create();
         if (c.user().empty() || c.user().find('@') == std::string::npos)
           return fail(id, pb::BAD_REQUEST, "user must be an address (local@domain)");
@@ -311,7 +308,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         });
       }
       case pb::Request::kUserChange: {
-        if (!admin_) return forbidden(id);
+        if (!may_administer()) return forbidden(id);
         const auto& c = q.user_change();
         if (c.user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
         if (!pb::UserChange_Op_IsValid(c.op())) return fail(id, pb::BAD_REQUEST, "unknown change");
@@ -323,7 +320,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         return run(id, [u](Node& n, Time t, std::uint64_t r) { n.update_user(t, r, u); });
       }
       case pb::Request::kUserList:
-        if (!admin_) return forbidden(id);
+        if (!may_administer()) return forbidden(id);
         return run(id, [](Node& n, Time t, std::uint64_t r) { n.list_users(t, r); },
                    [](const ClientReply& c, pb::Response& r) {
                      for (const auto& u : c.users) r.add_users(u);
@@ -697,9 +694,12 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
   Agent& agent_;
   unix_socket::socket sock_;
   bool closed_ = false;
-  bool admin_ = false;  // the peer may administer users (peer_is_admin)
+  std::optional<bool> admin_;  // the peer may administer users: asked at its first such request
 
-  bool may_administer() { return peer_is_admin(sock_.native_handle(), agent_.options().local_admin_group); }
+  bool may_administer() {
+    if (!admin_) admin_ = peer_is_admin(sock_.native_handle(), agent_.options().local_admin_group);
+    return *admin_;
+  }
   unsigned char hdr_[4] = {};
   std::string buf_;
   std::deque<std::string> out_;

@@ -354,16 +354,16 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
     }
     auto self = shared_from_this();
     with_stream([&](auto& s) {
-    asio::async_write(s, asio::buffer(wire_), [this, self](boost::system::error_code ec, std::size_t) {
-      if (closed_) return;
-      if (ec) return close(ec.message());
-      Out& done = out_.front();
-      if (done.file && done.file->left > 0) return write_next();  // the next chunk
-      if (done.file) --files_queued_;
-      queued_bytes_ -= done.payload.size();
-      out_.pop_front();
-      if (!out_.empty()) write_next();
-    });
+      asio::async_write(s, asio::buffer(wire_), [this, self](boost::system::error_code ec, std::size_t) {
+        if (closed_) return;
+        if (ec) return close(ec.message());
+        Out& done = out_.front();
+        if (done.file && done.file->left > 0) return write_next();  // the next chunk
+        if (done.file) --files_queued_;
+        queued_bytes_ -= done.payload.size();
+        out_.pop_front();
+        if (!out_.empty()) write_next();
+      });
     });
   }
 

@@ -78,6 +78,23 @@ class ClusterCase(unittest.TestCase):
     def add_user(self, i, user, password="pw"):
         self.ctl(i, "user", "add", user, "--password", password)
 
+    def start_node_with_the_wrong_secret(self, i):
+        """Node i, with this cluster's configuration but another secret."""
+        d = os.path.join(self.dir, "n%d" % i)
+        os.makedirs(os.path.join(d, "redis"))
+        os.makedirs(os.path.join(d, "spool"))
+        with open(os.path.join(self.dir, "secret-wrong"), "w") as f:
+            f.write("this is not the cluster secret\n")
+        self.cl.state["nodes"].append(i)
+        self.cl.write_config(i, [1, 2, i])
+        conf = os.path.join(d, "porcupine.conf")
+        with open(conf) as f:
+            text = f.read().replace(os.path.join(self.dir, "secret"), os.path.join(self.dir, "secret-wrong"))
+        with open(conf, "w") as f:
+            f.write(text)
+        self.cl.start_redis(i)
+        self.cl.start_agent(i)
+
     def log_of(self, i):
         with open(os.path.join(self.cl.ndir(i), "agent.log"), errors="replace") as f:
             return f.read()
@@ -406,20 +423,7 @@ class Secure(ClusterCase):
         self.assertNotIn(self.cl.address(1).encode(), got)
         self.assertNotIn(self.cl.address(2).encode(), got)
         # A node with the wrong secret: the TLS handshake fails both ways.
-        d = os.path.join(self.dir, "n9")
-        os.makedirs(os.path.join(d, "redis"))
-        os.makedirs(os.path.join(d, "spool"))
-        with open(os.path.join(self.dir, "secret-wrong"), "w") as f:
-            f.write("this is not the cluster secret\n")
-        self.cl.state["nodes"].append(9)
-        self.cl.write_config(9, [1, 2, 9])
-        conf = os.path.join(d, "porcupine.conf")
-        with open(conf) as f:
-            text = f.read().replace(os.path.join(self.dir, "secret"), os.path.join(self.dir, "secret-wrong"))
-        with open(conf, "w") as f:
-            f.write(text)
-        self.cl.start_redis(9)
-        self.cl.start_agent(9)
+        self.start_node_with_the_wrong_secret(9)
         time.sleep(4)
         self.assertIn("TLS handshake failed", self.log_of(1) + self.log_of(2))
         for i in (1, 2, 3):
@@ -449,20 +453,7 @@ class Hostile(ClusterCase):
             return False
 
     def test_stranger_with_the_wrong_secret_is_refused_and_logged(self):
-        d = os.path.join(self.dir, "n9")
-        os.makedirs(os.path.join(d, "redis"))
-        os.makedirs(os.path.join(d, "spool"))
-        with open(os.path.join(self.dir, "secret-wrong"), "w") as f:
-            f.write("this is not the cluster secret\n")
-        self.cl.state["nodes"].append(9)
-        self.cl.write_config(9, [1, 2, 9])
-        conf = os.path.join(d, "porcupine.conf")
-        with open(conf) as f:
-            text = f.read().replace(os.path.join(self.dir, "secret"), os.path.join(self.dir, "secret-wrong"))
-        with open(conf, "w") as f:
-            f.write(text)
-        self.cl.start_redis(9)
-        self.cl.start_agent(9)
+        self.start_node_with_the_wrong_secret(9)
         time.sleep(4)
         self.assertIn("authentication failed", self.log_of(1) + self.log_of(2))
         for i in (1, 2):

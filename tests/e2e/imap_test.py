@@ -637,12 +637,7 @@ class ImapConformance(dt.DovecotCase):
                 m.logout()
 
     def test_sort_thread_and_search_answer_as_a_stock_dovecot_does(self):
-        bench = importlib.machinery.SourceFileLoader(
-            "imap_bench", os.path.join(HERE, "..", "bench", "imap_bench.py")).load_module()
-        stock = bench.Stock(self.dir, "127.0.%d.9" % dt.SUBNET, dt.SUBNET)
-        self.addCleanup(stock.stop)
-        stock.start()
-        self.ctl(1, "user", "add", bench.USER, "--password", bench.PASSWORD)
+        bench, stock = self.start_stock()
         people = ["Zoe Adams <zoe@example.org>", "adam@example.net", "\"Bob B\" <bob@example.com>",
                   "Carol <carol@example.org>"]
         subjects = ["Quarterly report", "Re: Quarterly report", "lunch", "Re: Re: Quarterly report",
@@ -833,12 +828,7 @@ class ImapConformance(dt.DovecotCase):
             m.logout()
 
     def test_subscriptions_follow_the_cluster_and_are_about_names_as_on_a_stock_dovecot(self):
-        bench = importlib.machinery.SourceFileLoader(
-            "imap_bench", os.path.join(HERE, "..", "bench", "imap_bench.py")).load_module()
-        stock = bench.Stock(self.dir, "127.0.%d.9" % dt.SUBNET, dt.SUBNET)
-        self.addCleanup(stock.stop)
-        stock.start()
-        self.ctl(1, "user", "add", bench.USER, "--password", bench.PASSWORD)
+        bench, stock = self.start_stock()
 
         def login(addr):
             m = imaplib.IMAP4(addr, dt.IMAP_PORT, timeout=30)
@@ -987,6 +977,17 @@ class ImapConformance(dt.DovecotCase):
                    if " Error: " in line or " Panic: " in line or " Fatal: " in line
                    or "deleted under us" in line or "transaction log" in line]
             self.assertEqual(bad, [], "node %d" % i)
+
+    def start_stock(self):
+        """A stock Dovecot (tests/bench/imap_bench.py's) on 127.0.K.9, and
+        its user in the cluster too: (the bench module, the Stock)."""
+        bench = importlib.machinery.SourceFileLoader(
+            "imap_bench", os.path.join(HERE, "..", "bench", "imap_bench.py")).load_module()
+        stock = bench.Stock(self.dir, "127.0.%d.9" % dt.SUBNET, dt.SUBNET)
+        self.addCleanup(stock.stop)
+        stock.start()
+        self.ctl(1, "user", "add", bench.USER, "--password", bench.PASSWORD)
+        return bench, stock
 
     def assert_ok(self, response):
         self.assertEqual(response[0], "OK", response)

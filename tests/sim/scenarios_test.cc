@@ -768,6 +768,16 @@ TEST(Users, ChangesSurviveAManagerCrashAndDeletedUsersStayDeleted) {
   h.expect_invariants();
 }
 
+// The same messages under the same UIDs, in order (a listing before and
+// after a RENAME).
+static void expect_same_messages_and_uids(const ClientReply& before, const ClientReply& after) {
+  ASSERT_EQ(after.records.size(), before.records.size());
+  for (std::size_t i = 0; i < before.records.size(); ++i) {
+    EXPECT_EQ(after.records[i].id, before.records[i].id);
+    EXPECT_EQ(after.records[i].uid, before.records[i].uid);
+  }
+}
+
 // IMAP SUBSCRIBE and UNSUBSCRIBE go to the user's manager and are kept in
 // the profile, so they survive its crash; a name needs no folder, and
 // deleting a folder leaves its subscription (subscriptions are names).
@@ -1115,10 +1125,7 @@ TEST(Uids, ARenameKeepsUidValidityAndEveryUid) {
   ASSERT_EQ(after->status, Status::Ok);
   EXPECT_EQ(after->uidvalidity, before->uidvalidity);
   ASSERT_EQ(after->records.size(), 5u);
-  for (std::size_t i = 0; i < 5; ++i) {
-    EXPECT_EQ(after->records[i].id, before->records[i].id);
-    EXPECT_EQ(after->records[i].uid, before->records[i].uid);
-  }
+  expect_same_messages_and_uids(*before, *after);
   const ClientReply* next = h.deliver(3, u, "Projects");
   EXPECT_EQ(next->uidvalidity, before->uidvalidity);
   EXPECT_GT(next->uid, before->records.back().uid);
@@ -1170,10 +1177,7 @@ TEST(Uids, ARenameFinishesAfterItsManagerDies) {
   ASSERT_EQ(after->status, Status::Ok);
   EXPECT_EQ(after->uidvalidity, before->uidvalidity);
   ASSERT_EQ(after->records.size(), 4u);
-  for (std::size_t i = 0; i < 4; ++i) {
-    EXPECT_EQ(after->records[i].id, before->records[i].id);
-    EXPECT_EQ(after->records[i].uid, before->records[i].uid);
-  }
+  expect_same_messages_and_uids(*before, *after);
   EXPECT_TRUE(h.c.wait(h.c.list(via, u, "Work"))->records.empty());
   h.c.restart(mgr);
   ASSERT_TRUE(h.settle());
