@@ -39,6 +39,8 @@ PACKAGES+=(postfix)
 # Debian packages (scripts/build-debs.sh) and their test: dpkg-deb,
 # dpkg-shlibdeps, and a lint of the maintainer scripts.
 PACKAGES+=(dpkg-dev shellcheck)
+# The end-to-end check that nothing crosses between nodes in clear.
+PACKAGES+=(tcpdump)
 
 say() { echo "install-deps: $*"; }
 die() { echo "install-deps: error: $*" >&2; exit 1; }

@@ -35,6 +35,8 @@ struct AgentOptions {
   std::string local_socket;
   std::string local_socket_group;
   std::string local_admin_group;  // may administer users (with root and the agent's user)
+  std::uint32_t auth_failures_per_user = 10;  // FailureThrottle burst; 0: no limit
+  std::int64_t auth_failure_window_ms = 60000;
   std::string peer_security = "tls";  // tls | both | legacy (PeerNet::Security)
   std::int64_t reconnect_backoff_max_ms = 5000;
   std::uint64_t message_size_limit = 50u << 20;

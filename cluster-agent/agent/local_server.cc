@@ -273,10 +273,12 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
       }
       case pb::Request::kUserAuth: {
         if (q.user_auth().user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
+        if (!server_.auth_throttle().allowed(q.user_auth().user(), agent_.now()))
+          return fail(id, pb::TEMPFAIL, "too many failed logins for this user; try later");
         auto self = shared_from_this();
         std::string password = q.user_auth().password();
         agent_.op([u = q.user_auth().user()](Node& n, Time t, std::uint64_t r) { n.get_user(t, r, u); },
-                  [this, self, id, password](const ClientReply& c) {
+                  [this, self, id, password, user = q.user_auth().user()](const ClientReply& c) {
                     pb::Response r;
                     r.set_id(id);
                     if (c.status != Status::Ok) {
@@ -288,6 +290,9 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
                     } else if (!password_matches(c.profile->password_hash, password)) {
                       r.set_code(pb::AUTH_FAILED);
                       r.set_detail("password mismatch");
+                      if (server_.auth_throttle().failed(user, agent_.now()))
+                        agent_.log("local: " + printable(user) + ": too many failed logins; its checks wait for " +
+                                   "auth_failure_window_ms");
                     } else {
                       r.set_code(pb::OK);
                       r.mutable_user()->set_user(c.profile->user);
@@ -708,7 +713,11 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
   std::set<std::uint64_t> expired_;
 };
 
-LocalServer::LocalServer(asio::io_context& io, Agent& agent) : io_(io), agent_(agent), acceptor_(io) {}
+LocalServer::LocalServer(asio::io_context& io, Agent& agent)
+    : io_(io),
+      agent_(agent),
+      acceptor_(io),
+      auth_throttle_(agent.options().auth_failures_per_user, agent.options().auth_failure_window_ms) {}
 
 LocalServer::~LocalServer() { stop(); }
 

@@ -6,7 +6,8 @@
 // and that group (postfix and dovecot are put in it) can connect. User
 // administration (create, change, list) is further kept to root, the
 // agent's user and local_admin_group, by the connection's peer credentials
-// (SO_PEERCRED); no answer carries a password hash. Requests
+// (SO_PEERCRED); no answer carries a password hash, and a user's failed
+// password checks are limited (FailureThrottle). Requests
 // on one connection may be pipelined; each gets exactly one Response with
 // its id. A malformed frame or request closes that connection with a log
 // line; a request that is well-formed but wrong gets BAD_REQUEST.
@@ -16,6 +17,8 @@
 #include <boost/asio.hpp>
 #include <memory>
 #include <set>
+
+#include "core/throttle.h"
 
 namespace porcupine::agent {
 
@@ -29,6 +32,8 @@ class LocalServer {
   void start();  // throws std::runtime_error if the socket cannot be created
   void stop();
   void closed(const std::shared_ptr<LocalConnection>& c) { conns_.erase(c); }
+  // Failed UserAuth checks per user (auth_failures_per_user).
+  FailureThrottle& auth_throttle() { return auth_throttle_; }
 
  private:
   void accept();
@@ -36,6 +41,7 @@ class LocalServer {
   Agent& agent_;
   boost::asio::local::stream_protocol::acceptor acceptor_;
   std::set<std::shared_ptr<LocalConnection>> conns_;
+  FailureThrottle auth_throttle_;
   bool stopped_ = false;
 };
 

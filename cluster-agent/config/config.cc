@@ -78,6 +78,14 @@ constexpr std::array kTable{
       "Group whose members may administer users over local_socket (add, change, delete, list), besides root and "
       "the agent's own user; everyone else who can connect gets mail operations only.",
       &Params::local_admin_group),
+    P("auth_failures_per_user", Type::kCount, "10", 0, 1000000,
+      "Failed password checks a user may have in a burst (0: no limit). Beyond it the agent answers \"try later\" "
+      "(Dovecot: a temporary authentication failure) without checking, until the budget refills over "
+      "auth_failure_window_ms.",
+      &Params::auth_failures_per_user),
+    P("auth_failure_window_ms", Type::kMillis, "60000", 1000, 86400 * kSecond,
+      "Time over which a user's budget of failed password checks refills completely.",
+      &Params::auth_failure_window_ms),
 
     // The cluster.
     P("buckets", Type::kCount, "1024", 16, 65536,

@@ -77,6 +77,8 @@ struct Params {
   std::string local_socket;
   std::string local_socket_group;
   std::string local_admin_group;
+  std::uint32_t auth_failures_per_user{};
+  Time auth_failure_window_ms{};
 
   std::uint32_t buckets{};
   std::uint32_t spread{};

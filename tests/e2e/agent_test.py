@@ -8,6 +8,7 @@ process it started, by PID. Figures (reconfiguration times) are printed,
 never asserted.
 """
 import importlib.machinery
+import grp
 import json
 import re
 import os
@@ -536,6 +537,23 @@ class Hostile(ClusterCase):
         listed = self.ctl_json(2, "mail", "list", "sam@example.org")["messages"]
         self.assertEqual(len(listed), 6)
 
+    def test_password_guessing_is_limited_per_user(self):
+        """auth_failures_per_user (10) wrong passwords, then even the right
+        one gets "try later" without a check; other users are not held up."""
+        self.add_user(1, "gus@example.org", "right-pw")
+        self.add_user(1, "hal@example.org", "hal-pw")
+        for n in range(10):
+            r = self.ctl(2, "user", "auth", "gus@example.org", "--password", "guess-%d" % n, check=False)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn(b"AUTH_FAILED", r.stderr, n)
+        r = self.ctl(2, "user", "auth", "gus@example.org", "--password", "right-pw", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn(b"too many failed logins", r.stderr)
+        self.assertIn("gus@example.org: too many failed logins", self.log_of(2))
+        self.ctl(2, "user", "auth", "hal@example.org", "--password", "hal-pw")
+        # The budget is each node's own: node 1 checks gus as before.
+        self.ctl(1, "user", "auth", "gus@example.org", "--password", "right-pw")
+
     def test_the_local_api_checks_who_asks(self):
         """Root administers users; another local account cannot connect to a
         socket not opened to it; one that can connect (Dovecot's and
@@ -544,26 +562,28 @@ class Hostile(ClusterCase):
         sock = os.path.join(self.cl.ndir(1), "agent.sock")
         self.add_user(1, "una@example.org", "secret-pw")
 
-        def as_nobody(*args, stdin=None):
+        def as_nobody(*args, stdin=None, groups="--clear-groups"):
             import subprocess
-            argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", self.cl.ctl_bin(),
+            argv = ["setpriv", "--reuid=65534", "--regid=65534", groups, self.cl.ctl_bin(),
                     "--socket", sock, "--timeout", "15000"] + list(args)
             return subprocess.run(argv, input=stdin, capture_output=True)
 
         r = as_nobody("user", "show", "una@example.org")
         self.assertNotEqual(r.returncode, 0)
         self.assertIn(b"ermission denied", r.stderr)
-        os.chmod(sock, 0o666)  # as for the members of local_socket_group
-        r = as_nobody("--json", "user", "show", "una@example.org")
+        # In local_socket_group (mail), as Dovecot's mail processes are.
+        in_group = "--groups=%d" % grp.getgrnam("mail").gr_gid
+        r = as_nobody("--json", "user", "show", "una@example.org", groups=in_group)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(json.loads(r.stdout)["user"], "una@example.org")
-        r = as_nobody("--json", "mail", "deliver", "una@example.org", stdin=b"Subject: hi\r\n\r\nx\r\n")
+        r = as_nobody("--json", "mail", "deliver", "una@example.org", stdin=b"Subject: hi\r\n\r\nx\r\n",
+                      groups=in_group)
         self.assertEqual(r.returncode, 0, r.stderr)
         for args in (("user", "add", "mallory@example.org", "--password", "x"),
                      ("user", "passwd", "una@example.org", "--password", "stolen"),
                      ("user", "quota", "una@example.org", "1"),
                      ("user", "list")):
-            r = as_nobody(*args)
+            r = as_nobody(*args, groups=in_group)
             self.assertNotEqual(r.returncode, 0, args)
             self.assertIn(b"FORBIDDEN", r.stderr, args)
         self.assertEqual(self.ctl(1, "user", "auth", "una@example.org", "--password", "secret-pw").returncode, 0)

@@ -70,7 +70,6 @@ class DovecotCase(unittest.TestCase):
         except SystemExit:
             self.fail("the cluster did not start (see %s)" % self.cl.base)
         self.assertTrue(self.wait_for(self.cl.converged, 30), "cluster did not form")
-        self.open_sockets()
         self.ctl(1, "user", "add", self.user, "--password", PASSWORD)
 
     def stop_all(self):
@@ -109,15 +108,6 @@ class DovecotCase(unittest.TestCase):
                 return f.read() if whole else f.read()[-4000:]
         except OSError:
             return ""
-
-    def open_sockets(self):
-        """Lets Dovecot's processes (nobody, dovecot) reach every agent.
-        porcupine-local makes each socket 0666 as soon as it appears, which
-        can come before the agent's own chmod(0660) of it."""
-        for i in self.cl.nodes():
-            path = os.path.join(self.cl.ndir(i), "agent.sock")
-            if self.cl.pid(i, "agent") and os.path.exists(path):
-                os.chmod(path, 0o666)
 
     def deliver(self, i, data, timeout=30):
         """LMTP delivery the way an MTA does it: a 4xx is retried (a

@@ -364,7 +364,6 @@ class ImapFailover(dt.DovecotCase):
         # same UIDs, UIDVALIDITY and bytes, also POP3's UIDLs.
         self.cl.restart(victim)
         self.assertTrue(self.wait_for(self.cl.converged, 60), "node %d did not rejoin" % victim)
-        self.open_sockets()
         subjects.add(b"message 12")
 
         def agree():
@@ -464,7 +463,6 @@ class ImapOutOfReach(dt.DovecotCase):
         for i in others:
             self.cl.restart(i)
         self.assertTrue(self.wait_for(self.cl.converged, 60), "nodes did not rejoin")
-        self.open_sockets()
 
         def agree():
             views = [self.imap_state(i) for i in (1, 2, 3)]
@@ -1059,7 +1057,6 @@ class ImapRestarts(dt.DovecotCase):
         self.settled(want, nodes=(1, 3))
         self.cl.restart(2)
         self.assertTrue(self.wait_for(self.cl.converged, 60), "node 2 did not rejoin")
-        self.open_sockets()
         self.settled(want)
         # A rolling restart: each node stopped and started in turn, the
         # cluster converging between.
@@ -1067,7 +1064,6 @@ class ImapRestarts(dt.DovecotCase):
             self.cl.kill(i, redis=False, everything=True)
             self.cl.restart(i)
             self.assertTrue(self.wait_for(self.cl.converged, 60), "node %d did not rejoin" % i)
-            self.open_sockets()
         self.settled(want)
         # A cold restart: every node down at once, then up.
         for i in (1, 2, 3):
@@ -1075,7 +1071,6 @@ class ImapRestarts(dt.DovecotCase):
         for i in (1, 2, 3):
             self.cl.restart(i)
         self.assertTrue(self.wait_for(self.cl.converged, 60), "the cluster did not form again")
-        self.open_sockets()
         self.settled(want)
         # New mail after all that: above every UID, same UIDVALIDITY.
         self.user = self.users[0]

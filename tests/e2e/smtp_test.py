@@ -25,6 +25,7 @@ import json
 import os
 import poplib
 import random
+import re
 import shutil
 import signal
 import smtplib
@@ -485,6 +486,113 @@ class Delivery(StackCase):
         self.assertIn(b"4.2.2", msg)
         # Others on the same node are not affected.
         self.assertEqual(self.rcpt(2, "alice@example.org")[0], 250)
+
+
+class Confidential(StackCase):
+    """What a look at the wire between nodes, or another local account,
+    can get out of a node: nothing of the mail or the hashes."""
+
+    MARK = "confidential-%08x" % random.getrandbits(32)
+
+    def deliver_marked(self, count):
+        for n in range(count):
+            user = sorted(USERS)[n % len(USERS)]
+            with self.st.smtp(1 + n % self.nodes) as s:
+                self.assertEqual(s.sendmail("sender@outside.test", [user], make_message(user, self.MARK, 3000)), {})
+        # Read everywhere: the nodes fetch bodies from each other.
+        for user in USERS:
+            want = sum(1 for n in range(count) if sorted(USERS)[n % len(USERS)] == user)
+            for i in range(1, self.nodes + 1):
+                self.assertTrue(wait_for(lambda: len(self.st.imap_messages(i, user)) == want, 60), (user, i))
+
+    def hashes(self):
+        """The password hashes in the nodes' Redis files (as crypt(3) writes them)."""
+        found = set()
+        for top, _, files in (w for i in range(1, self.nodes + 1)
+                              for w in os.walk(os.path.join(self.st.cl.ndir(i), "redis"))):
+            for name in files:
+                with open(os.path.join(top, name), "rb") as f:
+                    found.update(re.findall(rb"\$6\$[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{86}", f.read()))
+        return found
+
+    def test_a_capture_between_nodes_holds_no_body_or_hash(self):
+        if not shutil.which("tcpdump"):
+            self.fail("tcpdump is not installed (scripts/install-deps.sh installs it)")
+        pcap = os.path.join(self.dir, "peers.pcap")
+        dump = subprocess.Popen(["tcpdump", "-i", "lo", "-n", "-s", "0", "-U", "-w", pcap,
+                                 "net 127.0.%d.0/24 and tcp port %d" % (SUBNET, local.PORT)],
+                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        try:
+            self.assertIn(b"listening on", dump.stderr.readline())
+            # A new user and a password change (profiles and their hashes
+            # go to R nodes), then mail delivered on every node and read on
+            # every node.
+            self.st.ctl(2, "user", "add", "dora@example.org", "--password", "dora-secret-pw")
+            self.st.ctl(3, "user", "passwd", "alice@example.org", "--password", "alice-pw")
+            self.deliver_marked(12)
+        finally:
+            dump.send_signal(signal.SIGINT)
+            dump.wait(timeout=30)
+        with open(pcap, "rb") as f:
+            captured = f.read()
+        hashes = self.hashes()
+        self.assertGreaterEqual(len(hashes), len(USERS) + 1, "the hashes are not in the Redis files")
+        # The capture saw the traffic (more than the mail itself, in TLS
+        # application-data records) ...
+        self.assertGreater(len(captured), 12 * 3000)
+        self.assertGreater(captured.count(b"\x17\x03\x03"), 12)
+        # ... and none of it in clear.
+        self.assertNotIn(self.MARK.encode(), captured)
+        self.assertNotIn(b"quick brown fox", captured)
+        for h in hashes:
+            self.assertNotIn(h, captured)
+        for secret in (b"dora-secret-pw", b"dora@example.org", b"alice@example.org"):
+            self.assertNotIn(secret, captured)
+
+    def test_another_local_account_reads_nothing_of_a_node(self):
+        self.deliver_marked(6)
+        hashes = self.hashes()
+        self.assertGreaterEqual(len(hashes), len(USERS))
+        with open(os.path.join(self.st.cl.base, "secret"), "rb") as f:
+            secret = f.read().strip()
+        # As uid 4321 (no group of the system's): connect to every agent,
+        # Redis and milter socket, and read every file of the cluster.
+        probe = (
+            "import json, os, socket, stat, sys\n"
+            "out = {'connected': [], 'refused': [], 'read': {}, 'unreadable': 0}\n"
+            "for top, dirs, files in os.walk(sys.argv[1]):\n"
+            "    for name in files:\n"
+            "        path = os.path.join(top, name)\n"
+            "        mode = os.lstat(path).st_mode\n"
+            "        if not stat.S_ISSOCK(mode) and not stat.S_ISREG(mode):\n"
+            "            continue\n"
+            "        if stat.S_ISSOCK(mode):\n"
+            "            s = socket.socket(socket.AF_UNIX)\n"
+            "            try:\n"
+            "                s.connect(path); out['connected'].append(path)\n"
+            "            except OSError:\n"
+            "                out['refused'].append(path)\n"
+            "            s.close(); continue\n"
+            "        try:\n"
+            "            with open(path, 'rb') as f: out['read'][path] = f.read().hex()\n"
+            "        except OSError:\n"
+            "            out['unreadable'] += 1\n"
+            "print(json.dumps(out))\n")
+        r = subprocess.run(["setpriv", "--reuid=4321", "--regid=4321", "--clear-groups", sys.executable, "-c",
+                            probe, self.st.cl.base], capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        seen = json.loads(r.stdout)
+        agents = [os.path.join(self.st.cl.ndir(i), "agent.sock") for i in range(1, self.nodes + 1)]
+        # (Dovecot's login sockets are open to all, as its ports are.)
+        self.assertEqual([p for p in seen["connected"] if p in agents or "redis" in p or "milter" in p], [])
+        self.assertTrue(set(agents) <= set(seen["refused"]), seen["refused"])
+        self.assertGreater(seen["unreadable"], 0)
+        for path, data in seen["read"].items():
+            data = bytes.fromhex(data)
+            self.assertNotIn(self.MARK.encode(), data, path)
+            self.assertNotIn(secret, data, path)
+            for h in hashes:
+                self.assertNotIn(h, data, path)
 
 
 class Faults(StackCase):
