@@ -300,8 +300,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "porcupine-milter: error: libmilter refused the socket %s or the filter\n", path.c_str());
     return 1;
   }
-  // The socket is made 0660: smtpd reaches it through milter_socket_group.
-  mode_t old = umask(params->milter_socket_group.empty() ? 0 : 007);
+  // The socket is made 0660: smtpd reaches it through milter_socket_group
+  // (empty: the milter's own group), no other local account at all.
+  mode_t old = umask(007);
   bool opened = smfi_opensocket(true) == MI_SUCCESS;
   umask(old);
   if (!opened) {

@@ -1,6 +1,6 @@
 # packaging.cmake - what `cmake --install` lays out besides the programs
-# (units, configuration, tmpfiles.d, examples, documentation), and the
-# Debian packages CPack makes of it (packaging/README.md).
+# (units, configuration, tmpfiles.d, examples, documentation, man pages),
+# and the Debian packages CPack makes of it (packaging/README.md).
 #
 # Components, one Debian package each:
 #   agent    porcupine-agent    the agent, its Redis unit, porcupinectl
@@ -28,8 +28,47 @@ install(FILES ${PORCUPINE_PACKAGING_DIR}/etc/porcupine.conf
         DESTINATION ${CMAKE_INSTALL_DATADIR}/porcupine-agent COMPONENT agent)
 install(FILES ${PROJECT_SOURCE_DIR}/README.md ${PROJECT_SOURCE_DIR}/docs/agent.md
               ${PROJECT_SOURCE_DIR}/docs/configuration.md ${PROJECT_SOURCE_DIR}/docs/architecture.md
-              ${PORCUPINE_PACKAGING_DIR}/README.md
+              ${PROJECT_SOURCE_DIR}/docs/monitoring.md ${PORCUPINE_PACKAGING_DIR}/README.md
         DESTINATION ${CMAKE_INSTALL_DATADIR}/doc/porcupine-agent COMPONENT agent)
+# The Grafana dashboard of docs/monitoring.md: beside the example
+# configuration, not under doc/, which minimal installations leave out
+# (dpkg path-exclude) while Grafana's provisioning may point at it.
+install(FILES ${PORCUPINE_PACKAGING_DIR}/grafana/porcupine-dashboard.json
+        DESTINATION ${CMAKE_INSTALL_DATADIR}/porcupine-agent/grafana COMPONENT agent)
+
+# Man pages, built by the target porcupine-man (part of "all"):
+# porcupine.conf(5) is printed by `porcupine-config-doc --man` from the
+# parameter table, so it lists exactly the parameters of the programs it
+# is installed with; the other pages are written by hand in docs/man/ and
+# given the version here. Each is installed gzip -9n'd (no name or time
+# stamp, so the same tree gives the same bytes), as Debian's policy wants
+# them: CPack does not compress them.
+find_program(PORCUPINE_GZIP gzip REQUIRED)
+set(PORCUPINE_MAN_DIR ${PROJECT_BINARY_DIR}/man)
+set(PORCUPINE_MAN_PAGES porcupine-agent.8 porcupinectl.8 porcupine-milter.8)
+foreach(page IN LISTS PORCUPINE_MAN_PAGES)
+  configure_file(${PROJECT_SOURCE_DIR}/docs/man/${page}.in ${PORCUPINE_MAN_DIR}/${page} @ONLY)
+endforeach()
+add_custom_command(OUTPUT ${PORCUPINE_MAN_DIR}/porcupine.conf.5
+                   COMMAND sh -c "\"$0\" --man > \"$1.tmp\" && mv -f \"$1.tmp\" \"$1\""
+                           $<TARGET_FILE:porcupine-config-doc> ${PORCUPINE_MAN_DIR}/porcupine.conf.5
+                   DEPENDS porcupine-config-doc
+                   COMMENT "Generating porcupine.conf.5 from the parameter table" VERBATIM)
+set(PORCUPINE_MAN_GZ)
+foreach(page porcupine.conf.5 ${PORCUPINE_MAN_PAGES})
+  add_custom_command(OUTPUT ${PORCUPINE_MAN_DIR}/${page}.gz
+                     COMMAND sh -c "\"$0\" -9n < \"$1\" > \"$1.gz.tmp\" && mv -f \"$1.gz.tmp\" \"$1.gz\""
+                             ${PORCUPINE_GZIP} ${PORCUPINE_MAN_DIR}/${page}
+                     DEPENDS ${PORCUPINE_MAN_DIR}/${page} VERBATIM)
+  list(APPEND PORCUPINE_MAN_GZ ${PORCUPINE_MAN_DIR}/${page}.gz)
+endforeach()
+add_custom_target(porcupine-man ALL DEPENDS ${PORCUPINE_MAN_GZ})
+install(FILES ${PORCUPINE_MAN_DIR}/porcupine-agent.8.gz ${PORCUPINE_MAN_DIR}/porcupinectl.8.gz
+        DESTINATION ${CMAKE_INSTALL_MANDIR}/man8 COMPONENT agent)
+install(FILES ${PORCUPINE_MAN_DIR}/porcupine.conf.5.gz
+        DESTINATION ${CMAKE_INSTALL_MANDIR}/man5 COMPONENT agent)
+install(FILES ${PORCUPINE_MAN_DIR}/porcupine-milter.8.gz
+        DESTINATION ${CMAKE_INSTALL_MANDIR}/man8 COMPONENT milter)
 
 # porcupine-milter
 install(FILES ${PORCUPINE_PACKAGING_DIR}/systemd/porcupine-milter.service

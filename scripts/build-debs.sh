@@ -38,9 +38,9 @@ for tool in cmake cpack dpkg-deb dpkg-shlibdeps; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool not found (apt-get install cmake dpkg-dev)"
 done
 
-# The programs each package ships, as CMake targets.
+# The programs each package ships, and the man pages, as CMake targets.
 targets=(porcupine-agent porcupinectl porcupine-config-doc porcupine-milter
-         porcupine-checkpassword porcupine_dovecot_plugin)
+         porcupine-checkpassword porcupine_dovecot_plugin porcupine-man)
 
 if [[ $do_build == 1 ]]; then
   if [[ ! -f $build_dir/CMakeCache.txt ]]; then
@@ -61,6 +61,9 @@ for program in cluster-agent/agent/porcupine-agent cluster-agent/agent/porcupine
                cluster-agent/config/porcupine-config-doc milter/porcupine-milter \
                dovecot-plugin/porcupine-checkpassword dovecot-plugin/lib20_porcupine_plugin.so; do
   [[ -f $build_dir/$program ]] || die "$build_dir/$program is missing (is libmilter-dev / dovecot-dev installed? run without --no-build)"
+done
+for page in porcupine.conf.5 porcupine-agent.8 porcupinectl.8 porcupine-milter.8; do
+  [[ -f $build_dir/man/$page.gz ]] || die "$build_dir/man/$page.gz is missing (build the target porcupine-man, or run without --no-build)"
 done
 
 mkdir -p "$out_dir"

@@ -26,6 +26,8 @@ PACKAGES+=(
   libssl-dev
   libmilter-dev nlohmann-json3-dev libcrypt-dev
 )
+# The agent's Prometheus metrics endpoint (docs/monitoring.md).
+PACKAGES+=(prometheus-cpp-dev)
 # The Dovecot plugin (dovecot-plugin/) and its end-to-end test.
 PACKAGES+=(
   dovecot-dev dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
@@ -39,6 +41,13 @@ PACKAGES+=(postfix)
 # Debian packages (scripts/build-debs.sh) and their test: dpkg-deb,
 # dpkg-shlibdeps, and a lint of the maintainer scripts.
 PACKAGES+=(dpkg-dev shellcheck)
+# The man pages' test renders them with groff and indexes them with
+# lexgrog (tests/packaging/man_test.py).
+PACKAGES+=(groff-base man-db)
+# The fuzz targets (scripts/fuzz.sh): clang and its libFuzzer and
+# sanitizer runtimes (libclang-rt-dev: on Debian 13 clang does not pull
+# them in).
+PACKAGES+=(clang libclang-rt-dev)
 # The end-to-end check that nothing crosses between nodes in clear.
 PACKAGES+=(tcpdump)
 

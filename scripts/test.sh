@@ -6,13 +6,16 @@
 # With --sanitize (or PORCUPINE_CI_SANITIZE=1) it also builds the
 # ASan/UBSan tree and runs there every GoogleTest binary (minus the long
 # *Randomized* schedules) and the end-to-end tests that feed agents
-# hostile and ordinary traffic, with sanitized agents. The main ctest run always goes last, and the
+# hostile and ordinary traffic, with sanitized agents; and it builds the
+# fuzz targets with clang and runs each for a bounded time (scripts/fuzz.sh,
+# docs/fuzzing.md). The main ctest run always goes last, and the
 # final line printed is ctest's summary ("N% tests passed, N tests failed
 # out of M"). Exit status: ctest's, or non-zero if the sanitizer pass failed.
 #
 # Environment: BUILD_DIR, ASAN_BUILD_DIR (as for build.sh);
 # PORCUPINE_TEST_TIMEOUT seconds per test (default 600; tests that set
-# their own TIMEOUT keep it); PORCUPINE_SKIP_DEPS=1 skips install-deps.sh.
+# their own TIMEOUT keep it); PORCUPINE_SKIP_DEPS=1 skips install-deps.sh;
+# PORCUPINE_FUZZ_SECONDS per fuzz target (default 30), FUZZ_BUILD_DIR.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,7 +25,7 @@ sanitize=${PORCUPINE_CI_SANITIZE:-0}
 for arg in "$@"; do
   case $arg in
     --sanitize) sanitize=1 ;;
-    -h|--help) sed -n '2,15s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "test: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -65,13 +68,20 @@ if [[ $sanitize == 1 ]]; then
     run_sanitized sim_tests '--gtest_filter=-*Randomized*'
     run_sanitized codec/codec_tests
     run_sanitized config/config_tests
+    run_sanitized agent/agent_checks_tests
     run_sanitized store/store_tests
     echo "test: sanitizer pass: end-to-end with sanitized agents"
     if ! ASAN_OPTIONS=detect_leaks=0 timeout "$timeout" python3 tests/e2e/agent_test.py \
-         --build "$asan_dir" --subnet 41 Hostile MailAcrossNodes Secure; then
+         --build "$asan_dir" --subnet 41 Hostile MailAcrossNodes Secure Durability; then
       echo "test: sanitizer pass: end-to-end FAILED" >&2
       sanitizer_failed=1
     fi
+  fi
+  fuzz_seconds=${PORCUPINE_FUZZ_SECONDS:-30}
+  echo "test: sanitizer pass: fuzz targets, $fuzz_seconds s each"
+  if ! bash scripts/fuzz.sh --seconds "$fuzz_seconds"; then
+    echo "test: sanitizer pass: fuzzing FAILED" >&2
+    sanitizer_failed=1
   fi
   if [[ $sanitizer_failed == 1 ]]; then
     echo "test: sanitizer pass FAILED (see above); running the main suite anyway"

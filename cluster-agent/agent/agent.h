@@ -31,12 +31,16 @@ struct AgentOptions {
   std::map<NodeId, std::string> peers;
   std::string secret;
   std::string spool_dir;
+  // Free space to keep on the spool's filesystem: below it the node is full
+  // (Node::set_spool_full) and refuses new bodies; 0: never full.
+  std::uint64_t spool_reserve_bytes = 1u << 30;
   std::string redis_socket;
   std::string local_socket;
   std::string local_socket_group;
   std::string local_admin_group;  // may administer users (with root and the agent's user)
   std::uint32_t auth_failures_per_user = 10;  // FailureThrottle burst; 0: no limit
   std::int64_t auth_failure_window_ms = 60000;
+  std::string metrics_listen;  // host:port of the Prometheus endpoint (Metrics); empty: none
   std::string peer_security = "tls";  // tls | both | legacy (PeerNet::Security)
   std::int64_t reconnect_backoff_max_ms = 5000;
   std::uint64_t message_size_limit = 50u << 20;
@@ -49,6 +53,7 @@ struct AgentOptions {
 };
 
 class LocalServer;
+class Metrics;
 
 class Agent : private Env {
  public:
@@ -68,8 +73,11 @@ class Agent : private Env {
   const PeerNet& peers() const { return *net_; }
   const store::RedisStore& store() const { return *store_; }
   const AgentOptions& options() const { return opt_; }
+  Metrics& metrics() { return *metrics_; }
   Time now() const;
   Time started() const { return started_; }
+  // The spool filesystem's free bytes at the last measure (measure_spool).
+  std::uint64_t spool_free() const { return spool_free_; }
   void log(const std::string& line) override { log_(line); }
 
  private:
@@ -79,6 +87,13 @@ class Agent : private Env {
 
   void tick();
   void on_peer(Envelope e);
+  // Measures the spool's free space (statvfs) and tells the core when the
+  // node turns full (below spool_reserve_bytes) or has room again (a
+  // quarter above it, so one message more or less does not flap it).
+  void measure_spool();
+  // A Store or Push whose body this node would have to write while full:
+  // dropped, as if lost on the way; its sender keeps it and sends it again.
+  bool refuse_body(const Envelope& e);
   void commit();  // flush the store, then release held effects
 
   boost::asio::io_context& io_;
@@ -88,6 +103,7 @@ class Agent : private Env {
   std::unique_ptr<Node> node_;
   std::unique_ptr<PeerNet> net_;
   std::unique_ptr<LocalServer> local_;
+  std::unique_ptr<Metrics> metrics_;
   boost::asio::steady_timer ticker_;
   std::vector<Envelope> held_out_;
   std::vector<ClientReply> held_replies_;
@@ -97,6 +113,11 @@ class Agent : private Env {
   bool commit_posted_ = false;
   bool stopped_ = false;
   Time started_ = 0;
+  std::uint64_t spool_free_ = 0;
+  Time spool_measured_ = 0;
+  bool spool_unmeasurable_ = false;  // statvfs failed (logged once)
+  std::uint64_t bodies_refused_ = 0;  // while full, not yet logged
+  Time refused_logged_ = 0;
 };
 
 }  // namespace porcupine::agent

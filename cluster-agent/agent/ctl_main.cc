@@ -17,6 +17,7 @@
 // Exit status: 0 done; 1 refused (no such user, exists, wrong password,
 // bad request); 2 bad usage; 3 the cluster could not answer in time (try
 // again); 4 the agent is unreachable.
+#include <charconv>
 #include <crypt.h>
 
 #include <boost/program_options.hpp>
@@ -36,6 +37,34 @@ namespace pb = porcupine::agentpb;
 namespace {
 
 constexpr int kRefused = 1, kUsage = 2, kTempfail = 3, kUnreachable = 4;
+
+// Every command, for --help and a usage error; porcupinectl(8) describes
+// each (tests/packaging/man_test.py holds it to this list).
+constexpr const char* kCommands =
+    "usage: porcupinectl [options] COMMAND ...\n"
+    "commands:\n"
+    "  status                      this node's view: epoch, backlog, the members\n"
+    "  nodes                       the members: address, state, load, weight, buckets\n"
+    "  buckets                     how many buckets each member manages\n"
+    "  user add ADDR               add a user (--password, --password-stdin or --password-hash; --quota)\n"
+    "  user passwd ADDR            set a user's password (the same password options)\n"
+    "  user quota ADDR BYTES       set a user's quota (0: none)\n"
+    "  user del ADDR               delete a user\n"
+    "  user enable ADDR            enable a user\n"
+    "  user disable ADDR           disable a user: no login, mail refused by the milter\n"
+    "  user list                   every user\n"
+    "  user show ADDR              a user: enabled, usage, quota, where its profile is\n"
+    "  user auth ADDR              check a password (--password or --password-stdin)\n"
+    "  mail deliver ADDR...        deliver standard input to each ADDR, into --folder\n"
+    "  mail list ADDR              the messages of --folder (default INBOX)\n"
+    "  mail fetch ADDR UID         print a message of --folder\n"
+    "  mail flags ADDR UID FLAGS   set a message's flags and keywords, e.g. seen,flagged,$Label1\n"
+    "  mail expunge ADDR UID       expunge a message of --folder\n"
+    "  mail move ADDR UID TO       move a message of --folder to folder TO\n"
+    "  folder list ADDR            a user's folders\n"
+    "  folder create ADDR NAME     create a folder\n"
+    "  folder delete ADDR NAME     delete a folder and its messages\n"
+    "  folder rename ADDR FROM TO  rename a folder\n";
 
 struct Ctl {
   Client client;
@@ -121,10 +150,16 @@ json status_json(const pb::Status& s) {
   j["store_flushes"] = s.flushes();
   j["version"] = s.version();
   j["map_digest"] = s.map_digest();
+  j["store_damage"] = s.store_damage();
+  j["unindexed_bodies"] = s.unindexed_bodies();
+  j["sync"] = {{"rounds", s.sync_rounds()},
+               {"users_pulled", s.sync_users_pulled()},
+               {"bodies_copied", s.sync_bodies_copied()},
+               {"bodies_pending", s.sync_bodies_pending()}};
   j["members"] = json::array();
   for (const auto& m : s.members())
     j["members"].push_back({{"id", m.id()}, {"weight", m.weight()}, {"load", m.load()}, {"address", m.address()},
-                            {"connected", m.connected()}, {"buckets", m.buckets()}});
+                            {"connected", m.connected()}, {"buckets", m.buckets()}, {"full", m.full()}});
   j["known_not_members"] = json::array();
   for (auto k : s.known()) j["known_not_members"].push_back(k);
   return j;
@@ -173,10 +208,17 @@ int main(int argc, char** argv) {
     return kUsage;
   }
   auto usage = [&]() {
-    std::cerr << "usage: porcupinectl [options] status|nodes|buckets|user ...|folder ...|mail ...\n" << opts;
+    std::cerr << kCommands << opts;
     return kUsage;
   };
-  if (vm.count("help") || args.empty()) return vm.count("help") ? (std::cout << opts, 0) : usage();
+  // A whole decimal number, or a usage error naming the argument.
+  auto number = [](const std::string& text, auto& out, const char* what) {
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+    if (ec == std::errc() && end == text.data() + text.size() && !text.empty()) return true;
+    std::cerr << "porcupinectl: " << what << " must be a number, not \"" << text << "\"\n";
+    return false;
+  };
+  if (vm.count("help") || args.empty()) return vm.count("help") ? (std::cout << kCommands << opts, 0) : usage();
   if (vm.count("password-stdin")) std::getline(std::cin, password);
 
   Ctl ctl{Client(socket_path, timeout), vm.count("json") > 0};
@@ -204,14 +246,20 @@ int main(int argc, char** argv) {
       std::cout << "node " << s.node_id() << (s.in_group() ? "" : " (not in a group yet)") << ", epoch " << s.epoch()
                 << ", " << s.members_size() << " members, uptime " << s.uptime_ms() / 1000 << " s\n"
                 << "replication backlog " << s.replication_backlog() << ", reports owed " << s.pending_reports()
-                << ", records " << s.records() << ", buckets not ready here " << s.buckets_not_ready() << "\n";
+                << ", records " << s.records() << ", buckets not ready here " << s.buckets_not_ready() << "\n"
+                << "sync: " << s.sync_users_pulled() << " users pulled, " << s.sync_bodies_copied()
+                << " bodies copied here, " << s.sync_bodies_pending() << " pending; " << s.unindexed_bodies()
+                << " bodies named by no record\n";
+      if (!s.store_damage().empty())
+        std::cout << "STORE DAMAGE found at start: " << s.store_damage() << "\n";
     }
     if (cmd != "buckets") {
       std::cout << std::left << std::setw(6) << "node" << std::setw(24) << "address" << std::setw(11) << "state"
                 << std::setw(7) << "load" << std::setw(8) << "weight" << "buckets\n";
       for (const auto& m : s.members())
         std::cout << std::setw(6) << m.id() << std::setw(24) << m.address() << std::setw(11)
-                  << (m.connected() ? "up" : "unreachable") << std::setw(7) << m.load() << std::setw(8) << m.weight()
+                  << (!m.connected() ? "unreachable" : m.full() ? "up, full" : "up") << std::setw(7) << m.load()
+                  << std::setw(8) << m.weight()
                   << m.buckets() << "\n";
       for (auto k : s.known()) std::cout << std::setw(6) << k << std::setw(24) << "" << "not a member\n";
     } else {
@@ -269,7 +317,9 @@ int main(int argc, char** argv) {
       r.mutable_user_change()->set_op(c->second);
       if (sub == "quota") {
         if (!need(4)) return usage();
-        r.mutable_user_change()->set_quota_bytes(std::stoull(args[3]));
+        std::uint64_t bytes = 0;
+        if (!number(args[3], bytes, "BYTES")) return kUsage;
+        r.mutable_user_change()->set_quota_bytes(bytes);
       }
       if (!ctl.call(r, status)) return status;
       if (!ctl.as_json) std::cout << sub << " " << who << ": done\n";
@@ -382,7 +432,8 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (!need(4)) return usage();
-    std::uint32_t uid = static_cast<std::uint32_t>(std::stoul(args[3]));
+    std::uint32_t uid = 0;
+    if (!number(args[3], uid, "UID")) return kUsage;
     const pb::MessageInfo* msg = nullptr;
     for (const auto& m : listing->messages())
       if (m.uid() == uid) msg = &m;

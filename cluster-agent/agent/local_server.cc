@@ -18,6 +18,8 @@
 
 #include "agent.pb.h"
 #include "agent/agent.h"
+#include "agent/local_request.h"
+#include "agent/metrics.h"
 #include "agent/read_frame.h"
 #include "client/frame.h"
 #include "core/hash.h"
@@ -81,28 +83,6 @@ void fill_ref(pb::MessageRef* out, const MessageRecord& r) {
   out->set_folder(r.folder);
 }
 
-// An IMAP keyword (RFC 3501 flag-keyword: an atom, no backslash; at most
-// 128 bytes here), at most kMaxKeywords per message.
-constexpr std::size_t kMaxKeywords = 64;
-bool valid_keyword(const std::string& k) {
-  if (k.empty() || k.size() > 128) return false;
-  for (unsigned char c : k)
-    if (c <= 0x20 || c >= 0x7f || std::string_view("(){%*\"\\]").find(static_cast<char>(c)) != std::string_view::npos)
-      return false;
-  return true;
-}
-std::string printable(const std::string& s) {
-  std::string out;
-  for (unsigned char c : s.substr(0, 64)) out += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
-  return out;
-}
-// What is wrong with a request's keywords, if anything.
-std::optional<std::string> keyword_problem(const std::vector<std::string>& kws) {
-  if (kws.size() > kMaxKeywords) return "more than 64 keywords";
-  for (const auto& k : kws)
-    if (!valid_keyword(k)) return "not an IMAP keyword: " + printable(k);
-  return std::nullopt;
-}
 constexpr std::uint32_t kAllFlags = kSeen | kAnswered | kFlagged | kDeleted | kDraft;
 
 // Checks a password against a stored hash in one of the schemes Dovecot
@@ -167,7 +147,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
       if (closed_) return;
       if (!why.empty()) return close(why == "closed" ? "" : why);  // a client hanging up is no news
       pb::Request req;
-      if (!req.ParseFromString(buf_)) return close("malformed request");
+      if (!decode_request(buf_, req)) return close("malformed request");
       handle(req);
       if (!closed_) read_header();
     });
@@ -177,6 +157,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     if (closed_) return;
     // A request answered at its deadline gets no second answer.
     if (expired_.count(r.id())) return;
+    times_.answered(agent_.metrics(), r);
     if (auto t = deadlines_.find(r.id()); t != deadlines_.end()) {
       t->second->cancel();
       deadlines_.erase(t);
@@ -243,10 +224,12 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
 
   void handle(const pb::Request& q) {
     const std::uint64_t id = q.id();
+    times_.received(q);
     if (q.op_case() != pb::Request::kDeliverChunk) arm_deadline(id, q.timeout_ms());
+    if (administers(q) && !may_administer()) return forbidden(id);
+    if (auto bad = request_problem(q)) return fail(id, pb::BAD_REQUEST, *bad);
     switch (q.op_case()) {
       case pb::Request::kUserGet: {
-        if (q.user_get().user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
         auto self = shared_from_this();
         agent_.op([u = q.user_get().user()](Node& n, Time t, std::uint64_t r) { n.get_user(t, r, u); },
                   [this, self, id, with_usage = q.user_get().with_usage()](const ClientReply& c) {
@@ -272,7 +255,6 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         return;
       }
       case pb::Request::kUserAuth: {
-        if (q.user_auth().user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
         if (!server_.auth_throttle().allowed(q.user_auth().user(), agent_.now()))
           return fail(id, pb::TEMPFAIL, "too many failed logins for this user; try later");
         auto self = shared_from_this();
@@ -304,19 +286,13 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         return;
       }
       case pb::Request::kUserCreate: {
-        if (!may_administer()) return forbidden(id);
         const auto& c = q.user_create();
-        if (c.user().empty() || c.user().find('@') == std::string::npos)
-          return fail(id, pb::BAD_REQUEST, "user must be an address (local@domain)");
         return run(id, [u = c.user(), h = c.password_hash()](Node& n, Time t, std::uint64_t r) {
           n.create_user(t, r, u, h);
         });
       }
       case pb::Request::kUserChange: {
-        if (!may_administer()) return forbidden(id);
         const auto& c = q.user_change();
-        if (c.user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
-        if (!pb::UserChange_Op_IsValid(c.op())) return fail(id, pb::BAD_REQUEST, "unknown change");
         UserUpdateRequest u;
         u.user = c.user();
         u.op = static_cast<UserUpdateRequest::Op>(c.op());
@@ -325,34 +301,20 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         return run(id, [u](Node& n, Time t, std::uint64_t r) { n.update_user(t, r, u); });
       }
       case pb::Request::kUserList:
-        if (!may_administer()) return forbidden(id);
         return run(id, [](Node& n, Time t, std::uint64_t r) { n.list_users(t, r); },
                    [](const ClientReply& c, pb::Response& r) {
                      for (const auto& u : c.users) r.add_users(u);
                    });
       case pb::Request::kDeliverBegin: {
         const auto& b = q.deliver_begin();
-        if (b.recipients().empty()) return fail(id, pb::BAD_REQUEST, "no recipients");
         if (deliveries_.count(id)) return fail(id, pb::BAD_REQUEST, "request id already in use");
         Delivery& d = deliveries_[id];
         d.recipients.assign(b.recipients().begin(), b.recipients().end());
         d.folder = b.folder().empty() ? "INBOX" : b.folder();
-        if (auto why = folder_name_problem(d.folder); !why.empty()) {
-          deliveries_.erase(id);
-          return fail(id, pb::BAD_REQUEST, why);
-        }
         d.timeout_ms = q.timeout_ms();
         d.options.internal_date = b.internal_date_ms();
         d.options.flags = b.flags() & kAllFlags;
         d.options.keywords.assign(b.keywords().begin(), b.keywords().end());
-        if (d.options.internal_date < 0) {
-          deliveries_.erase(id);
-          return fail(id, pb::BAD_REQUEST, "internal date before 1970");
-        }
-        if (auto bad = keyword_problem(d.options.keywords)) {
-          deliveries_.erase(id);
-          return fail(id, pb::BAD_REQUEST, *bad);
-        }
         d.body = std::make_unique<store::BodyBuilder>(agent_.store().incoming_dir());
         if (b.size_hint() > agent_.options().deliver_size_limit()) d.too_large = true;
         return;
@@ -407,7 +369,6 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
       }
       case pb::Request::kFolderList: {
         const auto& l = q.folder_list();
-        if (l.user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
         std::string folder = l.folder().empty() ? "INBOX" : l.folder();
         return run(id,
                    [u = l.user(), folder, digest_only = l.digest_only()](Node& n, Time t, std::uint64_t r) {
@@ -431,7 +392,6 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
       }
       case pb::Request::kFetch: {
         MessageRecord t = target_of(q.fetch().ref());
-        if (t.id.origin == 0) return fail(id, pb::BAD_REQUEST, "message reference is empty");
         auto self = shared_from_this();
         agent_.op([t](Node& n, Time now, std::uint64_t r) { n.fetch(now, r, t); },
                   [this, self, id](const ClientReply& c) {
@@ -455,9 +415,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
       }
       case pb::Request::kSetFlags: {
         MessageRecord t = target_of(q.set_flags().ref());
-        if (t.id.origin == 0 || t.replicas.empty()) return fail(id, pb::BAD_REQUEST, "message reference is incomplete");
         std::vector<std::string> kws(q.set_flags().keywords().begin(), q.set_flags().keywords().end());
-        if (auto bad = keyword_problem(kws)) return fail(id, pb::BAD_REQUEST, *bad);
         return run(id, [t, f = q.set_flags().flags(), kws](Node& n, Time now, std::uint64_t r) {
           n.set_flags(now, r, t, f, kws);
         });
@@ -465,26 +423,20 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
       case pb::Request::kChangeFlags: {
         const auto& cf = q.change_flags();
         MessageRecord t = target_of(cf.ref());
-        if (t.id.origin == 0 || t.replicas.empty()) return fail(id, pb::BAD_REQUEST, "message reference is incomplete");
         std::vector<std::string> add(cf.add_keywords().begin(), cf.add_keywords().end());
         std::vector<std::string> remove(cf.remove_keywords().begin(), cf.remove_keywords().end());
-        if (auto bad = keyword_problem(add)) return fail(id, pb::BAD_REQUEST, *bad);
-        if (auto bad = keyword_problem(remove)) return fail(id, pb::BAD_REQUEST, *bad);
         return run(id, [t, a = cf.add_flags() & kAllFlags, rm = cf.remove_flags() & kAllFlags, add, remove](
                            Node& n, Time now, std::uint64_t r) { n.change_flags(now, r, t, a, rm, add, remove); });
       }
       case pb::Request::kRenumber: {
         const auto& q2 = q.renumber();
         MessageRecord t = target_of(q2.ref());
-        if (t.id.origin == 0 || t.replicas.empty() || q2.uidvalidity() == 0 || q2.uid() == 0)
-          return fail(id, pb::BAD_REQUEST, "message reference, UIDVALIDITY or UID missing");
         t.uidvalidity = q2.uidvalidity();
         t.uid = q2.uid();
         return run(id, [t, above = q2.above()](Node& n, Time now, std::uint64_t r) { n.renumber(now, r, t, above); });
       }
       case pb::Request::kExpunge: {
         MessageRecord t = target_of(q.expunge().ref());
-        if (t.id.origin == 0 || t.replicas.empty()) return fail(id, pb::BAD_REQUEST, "message reference is incomplete");
         return run(id, [t](Node& n, Time now, std::uint64_t r) { n.expunge(now, r, t); });
       }
       case pb::Request::kStatus: {
@@ -496,10 +448,6 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
       }
       case pb::Request::kMove: {
         MessageRecord t = target_of(q.move().ref());
-        if (t.id.origin == 0 || t.replicas.empty() || q.move().to_folder().empty())
-          return fail(id, pb::BAD_REQUEST, "message reference or destination missing");
-        if (auto why = folder_name_problem(q.move().to_folder()); !why.empty())
-          return fail(id, pb::BAD_REQUEST, why);
         return run(id, [t, to = q.move().to_folder()](Node& n, Time now, std::uint64_t r) { n.move(now, r, t, to); },
                    [](const ClientReply& c, pb::Response& r) {
                      r.set_uidvalidity(c.uidvalidity);
@@ -507,7 +455,6 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
                    });
       }
       case pb::Request::kFolders:
-        if (q.folders().user().empty()) return fail(id, pb::BAD_REQUEST, "user is empty");
         return run(id, [u = q.folders().user()](Node& n, Time t, std::uint64_t r) { n.get_user(t, r, u); },
                    [](const ClientReply& c, pb::Response& r) {
                      r.add_folders("INBOX");
@@ -519,8 +466,6 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
                    });
       case pb::Request::kFolderSubscribe: {
         const auto& s = q.folder_subscribe();
-        if (s.user().empty() || s.folder().empty()) return fail(id, pb::BAD_REQUEST, "user and folder are required");
-        if (auto why = folder_name_problem(s.folder()); !why.empty()) return fail(id, pb::BAD_REQUEST, why);
         UserUpdateRequest u;
         u.user = s.user();
         u.folder = s.folder();
@@ -528,15 +473,9 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         return run(id, [u](Node& n, Time t, std::uint64_t r) { n.update_user(t, r, u); });
       }
       case pb::Request::kFolderCreate:
-        if (q.folder_create().user().empty() || q.folder_create().folder().empty())
-          return fail(id, pb::BAD_REQUEST, "user and folder are required");
-        if (auto why = folder_name_problem(q.folder_create().folder()); !why.empty())
-          return fail(id, pb::BAD_REQUEST, why);
         return run(id, folder_op(q.folder_create().user(), q.folder_create().folder(), true));
       case pb::Request::kFolderDelete: {
         const auto& d = q.folder_delete();
-        if (d.user().empty() || d.folder().empty() || d.folder() == "INBOX")
-          return fail(id, pb::BAD_REQUEST, "user and a folder other than INBOX are required");
         // Its messages first, then the folder.
         return for_each_message(id, d.user(), d.folder(),
                                 [](Node& n, Time t, std::uint64_t r, const MessageRecord& m) { n.expunge(t, r, m); },
@@ -544,9 +483,6 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
       }
       case pb::Request::kFolderRename: {
         const auto& rn = q.folder_rename();
-        if (rn.user().empty() || rn.from().empty() || rn.to().empty() || rn.to() == "INBOX")
-          return fail(id, pb::BAD_REQUEST, "user, from and a destination other than INBOX are required");
-        if (auto why = folder_name_problem(rn.to()); !why.empty()) return fail(id, pb::BAD_REQUEST, why);
         auto self = shared_from_this();
         std::string user = rn.user(), from = rn.from(), to = rn.to();
         if (from != "INBOX") {
@@ -631,14 +567,16 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     auto self = shared_from_this();
     const std::string rcpt = d->recipients[i];
     Body body = (i + 1 == d->recipients.size()) ? std::move(d->whole) : d->whole;  // a file is shared
+    const std::uint64_t size = body.size();
     agent_.op([rcpt, folder = d->folder, opts = d->options, body = std::move(body)](Node& n, Time t,
                                                                                    std::uint64_t r) mutable {
       n.deliver(t, r, rcpt, folder, std::move(body), opts);
     },
-              [this, self, d, i, out, rcpt](const ClientReply& c) {
+              [this, self, d, i, out, rcpt, size](const ClientReply& c) {
                 auto* rr = out->add_delivered();
                 rr->set_recipient(rcpt);
                 rr->set_code(code_of(c.status));
+                agent_.metrics().delivered(rr->code(), size);
                 rr->set_detail(c.detail);
                 if (c.status == Status::Ok) {
                   MessageRecord m;
@@ -679,6 +617,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
       x->set_address(mw.id == n.id() ? agent_.options().listen : (a == book.end() ? "" : a->second));
       x->set_connected(mw.id == n.id() || agent_.peers().connected(mw.id));
       x->set_buckets(per[mw.id]);
+      x->set_full(mw.id == n.id() ? n.spool_full() : n.peer_full(mw.id));
     }
     for (NodeId k : m.known())
       if (!m.is_member(k)) s.add_known(k);
@@ -687,6 +626,13 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     s.set_records(n.replicator().records().size());
     s.set_uptime_ms(static_cast<std::uint64_t>(agent_.now() - agent_.started()));
     s.set_flushes(agent_.store().stats().flushes);
+    if (agent_.store().damage().any()) s.set_store_damage(agent_.store().damage().str());
+    auto sync = n.sync_progress();
+    s.set_unindexed_bodies(sync.unindexed);
+    s.set_sync_rounds(sync.rounds);
+    s.set_sync_users_pulled(sync.users_pulled);
+    s.set_sync_bodies_copied(sync.bodies_copied);
+    s.set_sync_bodies_pending(sync.bodies_pending);
     s.set_version(PORCUPINE_VERSION);
     std::string bytes;
     for (NodeId owner : m.map()) bytes.append(reinterpret_cast<const char*>(&owner), sizeof owner);
@@ -711,6 +657,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
   std::map<std::uint64_t, Delivery> deliveries_;
   std::map<std::uint64_t, std::unique_ptr<asio::steady_timer>> deadlines_;
   std::set<std::uint64_t> expired_;
+  RequestTimes times_;
 };
 
 LocalServer::LocalServer(asio::io_context& io, Agent& agent)

@@ -128,7 +128,11 @@ int main(int argc, char** argv) {
         line += static_cast<char>(c);
       }
     }
-    if (to_syslog) syslog(LOG_INFO, "%s", line.c_str());
+    // The severity is the line's own first word, where it has one.
+    int priority = LOG_INFO;
+    if (line.rfind("error: ", 0) == 0 || line.rfind("fatal: ", 0) == 0) priority = LOG_ERR;
+    else if (line.rfind("warning: ", 0) == 0) priority = LOG_WARNING;
+    if (to_syslog) syslog(priority, "%s", line.c_str());
     else std::cerr << stamp() << " porcupine-agent: " << line << "\n";
   };
 
@@ -146,12 +150,14 @@ int main(int argc, char** argv) {
   if (::stat(params->secret_file.c_str(), &st) == 0 && (st.st_mode & 0077))
     log("warning: secret_file " + params->secret_file + " is readable by group or others; chmod 600 it");
   opt.spool_dir = params->spool_directory;
+  opt.spool_reserve_bytes = params->spool_reserve_bytes;
   opt.redis_socket = params->redis_socket;
   opt.local_socket = params->local_socket;
   opt.local_socket_group = params->local_socket_group;
   opt.local_admin_group = params->local_admin_group;
   opt.auth_failures_per_user = params->auth_failures_per_user;
   opt.auth_failure_window_ms = params->auth_failure_window_ms;
+  opt.metrics_listen = params->metrics_listen;
   opt.peer_security = params->peer_security;
   opt.reconnect_backoff_max_ms = params->reconnect_backoff_max_ms;
   opt.message_size_limit = params->message_size_limit;

@@ -1,9 +1,7 @@
 // peer_net.cc - see peer_net.h for the protocol and its rules.
 #include "agent/peer_net.h"
 
-#include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 
@@ -14,8 +12,10 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <optional>
 
 #include "agent.pb.h"
+#include "agent/handshake.h"
 #include "agent/read_frame.h"
 #include "client/frame.h"
 #include "codec/codec.h"
@@ -89,8 +89,8 @@ void setup_tls(ssl::context& ctx, const std::string* key) {
   SSL_CTX_set_ex_data(c, psk_index(), const_cast<std::string*>(key));
 }
 
-constexpr std::size_t kTag = 32;
-constexpr std::size_t kHandshakeMax = 1 << 16;
+using handshake::kTag;
+constexpr std::size_t kHandshakeMax = handshake::kMaxFrame;
 constexpr std::size_t kChunk = 256u << 10;       // a body in transfer, per frame
 constexpr std::size_t kMaxQueuedFiles = 256;     // file bodies waiting to go, per connection
 constexpr std::size_t kMaxArrived = 4;           // transfers done, their frame not yet come
@@ -103,22 +103,6 @@ void for_each_body(E& e, F f) {
   else if (auto* p = std::get_if<Push>(&e.body)) f(p->update.record.body);
   else if (auto* r = std::get_if<FetchReply>(&e.body)) f(r->body);
 }
-
-std::string hmac(const std::string& key, const std::string& data) {
-  unsigned char out[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
-       reinterpret_cast<const unsigned char*>(data.data()), data.size(), out, &len);
-  return std::string(reinterpret_cast<char*>(out), len);
-}
-
-std::string be64(std::uint64_t v) {
-  std::string s(8, '\0');
-  for (int i = 7; i >= 0; --i, v >>= 8) s[static_cast<std::size_t>(i)] = static_cast<char>(v & 0xff);
-  return s;
-}
-
-using frame::be32;
 
 bool split_address(const std::string& a, std::string& host, std::string& port) {
   auto colon = a.rfind(':');
@@ -186,6 +170,8 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
       begin();
     });
   }
+
+  handshake::Side side() const { return {net_.options().self, initiator_, tls_ != nullptr}; }
 
   // The stream frames go over: TLS once it is up, else the socket.
   template <class F>
@@ -331,8 +317,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   }
 
   std::string tag_and_wrap(const std::string& payload) {
-    std::string tag = hmac(session_, std::string(initiator_ ? "I" : "R") + be64(out_seq_++) + payload);
-    return frame::wrap(tag + payload);
+    return frame::wrap(handshake::frame_tag(session_, initiator_, out_seq_++, payload) + payload);
   }
 
   void write_next() {
@@ -383,46 +368,22 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   bool handle() {
     switch (stage_) {
       case Stage::Hello: {
-        agentpb::Hello h;
-        if (!h.ParseFromString(buf_) || h.nonce().size() != 32 || h.node_id() == 0) {
-          close("malformed hello");
+        handshake::PeerHello h;
+        if (auto why = handshake::check_hello(buf_, side(), h); !why.empty()) {
+          close(why);
           return false;
         }
-        if (h.node_id() == net_.options().self) {
-          close("peer claims this node's id " + std::to_string(h.node_id()));
-          return false;
-        }
-        if (h.protocol_version() < 1) {
-          close("unsupported protocol version " + std::to_string(h.protocol_version()));
-          return false;
-        }
-        if (!initiator_ && h.to_node() != kNoNode && h.to_node() != net_.options().self) {
-          close("n" + std::to_string(h.node_id()) + " dialled n" + std::to_string(h.to_node()) +
-                ", not this node (a relayed connection?)");
-          return false;
-        }
-        if (!initiator_ && tls_ && h.to_node() == kNoNode) {
-          close("hello names no destination node");
-          return false;
-        }
-        claimed_ = h.node_id();
-        peer_transfers_ = h.body_transfers();
-        peer_nonce_ = h.nonce();
-        claimed_address_ = h.listen_address();
-        for (const auto& [id, addr] : h.address_book()) book_.emplace(id, addr);
-        agentpb::Proof p;
-        p.set_tag(hmac(net_.options().secret, std::string(initiator_ ? "I" : "R") + nonce_ + peer_nonce_ +
-                                                   be32(net_.options().self)));
-        write_raw(p.SerializeAsString());
+        claimed_ = h.node;
+        peer_transfers_ = h.body_transfers;
+        peer_nonce_ = std::move(h.nonce);
+        claimed_address_ = std::move(h.listen_address);
+        book_.merge(h.address_book);
+        write_raw(handshake::make_proof(net_.options().secret, side(), nonce_, peer_nonce_));
         stage_ = Stage::Proof;
         return true;
       }
       case Stage::Proof: {
-        agentpb::Proof p;
-        std::string want = hmac(net_.options().secret,
-                                std::string(initiator_ ? "R" : "I") + peer_nonce_ + nonce_ + be32(claimed_));
-        if (!p.ParseFromString(buf_) || p.tag().size() != want.size() ||
-            CRYPTO_memcmp(p.tag().data(), want.data(), want.size()) != 0) {
+        if (!handshake::check_proof(buf_, net_.options().secret, side(), nonce_, peer_nonce_, claimed_)) {
           close("authentication failed (wrong cluster secret?) from " + remote_ + " claiming n" +
                 std::to_string(claimed_));
           return false;
@@ -435,7 +396,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
         }
         const std::string& ni = initiator_ ? nonce_ : peer_nonce_;
         const std::string& nr = initiator_ ? peer_nonce_ : nonce_;
-        session_ = hmac(net_.options().secret, "porcupine-session" + ni + nr);
+        session_ = handshake::session_key(net_.options().secret, ni, nr);
         stage_ = Stage::Ready;
         ready_ = true;
         if (!claimed_address_.empty()) net_.learn(peer_, claimed_address_);
@@ -445,14 +406,9 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
         return !closed_;
       }
       case Stage::Ready: {
-        if (buf_.size() < kTag) {
-          close("frame shorter than its tag");
-          return false;
-        }
-        std::string_view payload(buf_.data() + kTag, buf_.size() - kTag);
-        std::string want = hmac(session_, std::string(initiator_ ? "R" : "I") + be64(in_seq_++) + std::string(payload));
-        if (CRYPTO_memcmp(buf_.data(), want.data(), kTag) != 0) {
-          close("frame with a bad tag");
+        std::string_view payload;
+        if (auto why = handshake::check_tag(buf_, session_, !initiator_, in_seq_++, payload); !why.empty()) {
+          close(why);
           return false;
         }
         Envelope e;
@@ -460,13 +416,24 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
         bool is_chunk = false;
         std::string why;
         if (!codec::decode_frame(payload, e, chunk, is_chunk, &why)) {
+          if (why == codec::kUnknownMessage) {
+            if (!unknown_logged_) net_.log("peer n" + std::to_string(peer_) + ": " + why + "; dropped");
+            unknown_logged_ = true;
+            return true;
+          }
           close("malformed frame: " + why);
           return false;
         }
         if (is_chunk) return take_chunk(chunk);
         bool resolved = true;
+        std::optional<std::string> refused;
         for_each_body(e, [&](Body& body) {
           if (body.where() != Body::Where::Transfer) return;
+          if (auto no = refused_.find(body.transfer()); no != refused_.end() && no->second.whole) {
+            refused = std::move(no->second.why);
+            refused_.erase(no);
+            return;
+          }
           auto it = arrived_.find(body.transfer());
           if (it == arrived_.end() || it->second.size() != body.size()) {
             resolved = false;
@@ -479,6 +446,10 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
           close("frame names a body transfer that did not arrive whole");
           return false;
         }
+        if (refused) {
+          log_refusal(message_name(e.body), *refused);
+          return true;
+        }
         e.from = peer_;  // the authenticated peer, whatever the frame says
         e.to = net_.options().self;
         net_.on_frame(peer_, std::move(e));
@@ -489,39 +460,86 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   }
 
   // A chunk of a body in transfer: into a staging file; the last one makes
-  // it durable and holds it for the frame that names it.
+  // it durable and holds it for the frame that names it. A body the disk
+  // refuses (full) is refused alone: the rest of its chunks are read and
+  // dropped (the framing is unchanged, so the stream stays in step), and
+  // so is the frame that names it; the connection goes on.
   bool take_chunk(codec::BodyChunk& c) {
-    auto& in = incoming_[c.transfer];
-    if (!in) {
-      if (incoming_.size() > 1 || arrived_.size() >= kMaxArrived || arrived_.count(c.transfer)) {
+    auto in = incoming_.find(c.transfer);
+    auto no = refused_.find(c.transfer);
+    if (in == incoming_.end() && no == refused_.end()) {  // a new transfer: one at a time
+      const bool refusing =
+          std::any_of(refused_.begin(), refused_.end(), [](const auto& r) { return !r.second.whole; });
+      if (!incoming_.empty() || refusing || arrived_.size() + refused_.size() >= kMaxArrived ||
+          arrived_.count(c.transfer)) {
         close("body transfers out of order");
         return false;
       }
       try {
-        in = std::make_unique<store::Staging>(net_.options().staging_dir);
+        in = incoming_.emplace(c.transfer, std::make_unique<store::Staging>(net_.options().staging_dir)).first;
       } catch (const std::exception& ex) {
-        close(std::string("cannot stage a body: ") + ex.what());
-        return false;
+        no = refuse(c.transfer, ex.what());
       }
+    } else if (no != refused_.end() && no->second.whole) {
+      close("body transfers out of order");
+      return false;
     }
-    if (in->size() + c.data_owned.size() > net_.options().max_frame) {
+    const std::uint64_t so_far = in != incoming_.end() ? in->second->size() : no->second.size;
+    const std::uint64_t after = so_far + c.data_owned.size();
+    if (after > net_.options().max_frame) {
       close("body transfer over the size limit");
       return false;
     }
-    if (!in->append(c.data_owned)) {
-      close("cannot stage a body: " + in->error());
-      return false;
+    if (in != incoming_.end() && !in->second->append(c.data_owned)) {
+      std::string err = in->second->error();
+      incoming_.erase(in);  // and what was written of it
+      in = incoming_.end();
+      no = refuse(c.transfer, err);
+    }
+    if (no != refused_.end()) {
+      no->second.size = after;
+      no->second.whole = c.last;
+      return true;
     }
     if (!c.last) return true;
-    auto body = in->finish();
-    std::string err = in->error();
-    incoming_.erase(c.transfer);
+    auto body = in->second->finish();
+    std::string err = in->second->error();
+    incoming_.erase(in);
     if (!body) {
-      close("cannot stage a body: " + err);
-      return false;
+      no = refuse(c.transfer, err);
+      no->second.size = after;
+      no->second.whole = true;
+      return true;
     }
     arrived_.emplace(c.transfer, std::move(*body));
     return true;
+  }
+
+  // A transfer whose body could not be staged.
+  struct Refused {
+    std::uint64_t size = 0;  // read so far
+    bool whole = false;      // its last chunk came: its frame is next
+    std::string why;
+  };
+  std::map<std::uint64_t, Refused>::iterator refuse(std::uint64_t transfer, const std::string& why) {
+    net_.staging_failed();
+    return refused_.insert_or_assign(transfer, Refused{0, false, why}).first;
+  }
+
+  // One line per refusal, at most one each 10 s per connection (counting
+  // those left out): a full disk refuses every resend.
+  void log_refusal(const char* what, const std::string& why) {
+    net_.transfer_refused();
+    ++refusals_unlogged_;
+    auto now = std::chrono::steady_clock::now();
+    if (now - refusal_logged_ < std::chrono::seconds(10)) return;
+    net_.log("peer n" + std::to_string(peer_) + ": " + what + " dropped: its body could not be staged (" + why +
+             "), as if lost on the way (it is sent again or asked of another node); the connection stays" +
+             (refusals_unlogged_ > 1
+                  ? " (" + std::to_string(refusals_unlogged_) + " dropped since the last such line)"
+                  : std::string()));
+    refusals_unlogged_ = 0;
+    refusal_logged_ = now;
   }
 
   enum class Stage { Hello, Proof, Ready };
@@ -540,6 +558,7 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   std::string nonce_, peer_nonce_, session_;
   Stage stage_ = Stage::Hello;
   bool ready_ = false, closed_ = false;
+  bool unknown_logged_ = false;  // a frame of a kind this build does not know was dropped
   bool peer_transfers_ = false;  // the peer takes bodies as BodyChunk transfers
   unsigned char hdr_[4] = {};
   std::string buf_;
@@ -549,13 +568,16 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
   std::uint64_t out_transfer_ = 0;
   std::map<std::uint64_t, std::unique_ptr<store::Staging>> incoming_;
   std::map<std::uint64_t, Body> arrived_;
+  std::map<std::uint64_t, Refused> refused_;  // transfers being dropped, or dropped and their frame not yet come
+  std::uint64_t refusals_unlogged_ = 0;
+  std::chrono::steady_clock::time_point refusal_logged_{};
   std::uint64_t in_seq_ = 0, out_seq_ = 0;
 };
 
 PeerNet::PeerNet(asio::io_context& io, Options o, OnEnvelope on_envelope, LogFn log)
     : io_(io),
       opt_(std::move(o)),
-      psk_(hmac(opt_.secret, "porcupine peer tls psk v1")),
+      psk_(handshake::hmac_sha256(opt_.secret, "porcupine peer tls psk v1")),
       tls_client_(ssl::context::tls_client),
       tls_server_(ssl::context::tls_server),
       on_envelope_(std::move(on_envelope)),

@@ -16,7 +16,11 @@
 // A large body (a record body the agent holds in a spool file) crosses as
 // BodyChunk frames read from the file as the socket drains, then the
 // frame whose record names that transfer; the receiver writes the chunks
-// to a staging file and hands the core a body in that file.
+// to a staging file and hands the core a body in that file. A body it
+// cannot stage (the disk refused: full) is refused alone: its remaining
+// chunks are read and dropped, and so is the frame that names it, as if
+// lost on the way (its sender keeps it and sends it again); the
+// connection and everything else on it go on.
 //
 // Anything wrong on a connection - a bad proof, a bad tag, a frame that
 // does not parse, a length over the limit, a peer claiming our own id -
@@ -70,6 +74,7 @@ class PeerNet {
     std::int64_t backoff_max_ms = 5000;
     std::size_t max_frame = 64u << 20;    // largest frame (and body in transfer) accepted
     std::string staging_dir;              // where bodies in transfer are written (spool/incoming)
+    std::function<void()> on_staging_failed;  // a body could not be staged (the disk may be full)
     std::int64_t handshake_timeout_ms = 10000;
     std::size_t max_unauthenticated = 64;
     std::size_t max_unauthenticated_per_address = 8;
@@ -92,6 +97,8 @@ class PeerNet {
   std::uint64_t frames_in() const { return frames_in_; }
   std::uint64_t frames_out() const { return frames_out_; }
   std::uint64_t dropped() const { return dropped_; }
+  // Frames dropped because the body they carry could not be staged.
+  std::uint64_t transfers_refused() const { return transfers_refused_; }
   // Accepted connections refused at once (over the caps above), and those
   // closed before their handshake finished (any reason).
   std::uint64_t strangers_refused() const { return strangers_refused_; }
@@ -104,6 +111,10 @@ class PeerNet {
   void on_ready(const std::shared_ptr<PeerConnection>& c);
   void on_closed(const std::shared_ptr<PeerConnection>& c);
   void on_frame(NodeId from, Envelope e);
+  void transfer_refused() { ++transfers_refused_; }
+  void staging_failed() {
+    if (opt_.on_staging_failed) opt_.on_staging_failed();
+  }
   void learn(NodeId n, const std::string& address);
   void log(const std::string& line) { log_(line); }
   // A line about a connection not (yet) authenticated: rate-limited.
@@ -135,7 +146,7 @@ class PeerNet {
   };
   std::map<NodeId, Dial> dials_;
   bool stopped_ = false;
-  std::uint64_t frames_in_ = 0, frames_out_ = 0, dropped_ = 0;
+  std::uint64_t frames_in_ = 0, frames_out_ = 0, dropped_ = 0, transfers_refused_ = 0;
   // Accepted connections in their handshake: in all, and by remote address.
   std::size_t pending_ = 0;
   std::map<std::string, std::size_t> pending_by_address_;

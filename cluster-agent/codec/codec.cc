@@ -34,7 +34,8 @@ static_assert(pb::UPDATE_KIND_STORE == int(Update::Kind::Store) &&
               pb::UPDATE_KIND_EXPUNGE == int(Update::Kind::Expunge) &&
               pb::UPDATE_KIND_SET_UID == int(Update::Kind::SetUid) &&
               pb::UPDATE_KIND_PROFILE == int(Update::Kind::Profile) &&
-              pb::UPDATE_KIND_MOVE == int(Update::Kind::Move));
+              pb::UPDATE_KIND_MOVE == int(Update::Kind::Move) &&
+              pb::UPDATE_KIND_COPY == int(Update::Kind::Copy));
 static_assert(pb::USER_OP_SET_PASSWORD == int(UserUpdateRequest::Op::SetPassword) &&
               pb::USER_OP_SET_QUOTA == int(UserUpdateRequest::Op::SetQuota) &&
               pb::USER_OP_ENABLE == int(UserUpdateRequest::Op::Enable) &&
@@ -722,6 +723,69 @@ bool from_pb(const pb::UsageReply& p, UsageReply& m, Check&) {
   return true;
 }
 
+// ---- anti-entropy ---------------------------------------------------------------------------
+
+void to_pb(const SyncRequest& m, pb::SyncRequest& p) { p.set_round(m.round); }
+bool from_pb(const pb::SyncRequest& p, SyncRequest& m, Check&) {
+  m.round = p.round();
+  return true;
+}
+
+void to_pb(const SyncDigest& m, pb::SyncDigest& p) {
+  p.set_round(m.round);
+  p.set_last(m.last);
+  for (const UserDigest& u : m.users) {
+    pb::UserDigest* d = p.add_users();
+    d->set_user(u.user);
+    d->set_digest(u.digest);
+  }
+}
+bool from_pb(const pb::SyncDigest& p, SyncDigest& m, Check&) {
+  m.round = p.round();
+  m.last = p.last();
+  for (const pb::UserDigest& d : p.users()) m.users.push_back({d.user(), d.digest()});
+  return true;
+}
+
+void to_pb(const SyncPull& m, pb::SyncPull& p) {
+  p.set_round(m.round);
+  p.set_pull(m.pull);
+  put(m.users, p.mutable_users());
+}
+bool from_pb(const pb::SyncPull& p, SyncPull& m, Check&) {
+  m.round = p.round();
+  m.pull = p.pull();
+  get(p.users(), m.users);
+  return true;
+}
+
+void to_pb(const SyncRecords& m, pb::SyncRecords& p) {
+  p.set_round(m.round);
+  p.set_pull(m.pull);
+  p.set_last(m.last);
+  for (const MessageRecord& r : m.records) to_pb(r, *p.add_records());
+  for (const Profile& u : m.profiles) to_pb(u, *p.add_profiles());
+}
+bool from_pb(const pb::SyncRecords& p, SyncRecords& m, Check& c) {
+  m.round = p.round();
+  m.pull = p.pull();
+  m.last = p.last();
+  for (const pb::MessageRecord& r : p.records())
+    if (!from_pb(r, m.records.emplace_back(), c)) return false;
+  for (const pb::Profile& u : p.profiles())
+    if (!from_pb(u, m.profiles.emplace_back(), c)) return false;
+  return true;
+}
+
+void to_pb(const SyncBodies& m, pb::SyncBodies& p) {
+  for (const MsgId& id : m.ids) to_pb(id, *p.add_ids());
+}
+bool from_pb(const pb::SyncBodies& p, SyncBodies& m, Check& c) {
+  for (const pb::MsgId& id : p.ids())
+    if (!from_pb(id, m.ids.emplace_back(), c)) return false;
+  return true;
+}
+
 // ---- the frame ----------------------------------------------------------------------------
 
 // Each Message alternative and its field in Envelope.body.
@@ -757,7 +821,12 @@ bool from_pb(const pb::UsageReply& p, UsageReply& m, Check&) {
   X(UsageRequest, usage_request)            \
   X(UsageReply, usage_reply)                \
   X(AllocDone, alloc_done)                  \
-  X(RenumberRequest, renumber_request)
+  X(RenumberRequest, renumber_request)      \
+  X(SyncRequest, sync_request)              \
+  X(SyncDigest, sync_digest)                \
+  X(SyncPull, sync_pull)                    \
+  X(SyncRecords, sync_records)              \
+  X(SyncBodies, sync_bodies)
 
 #define PORCUPINE_COUNT(T, field) +1
 static_assert(0 PORCUPINE_MESSAGES(PORCUPINE_COUNT) == std::variant_size_v<Message>,
@@ -778,11 +847,12 @@ bool from_pb(const pb::Envelope& p, Envelope& e, Check& c) {
   e.from = p.from();
   e.to = p.to();
   e.load = p.load();
+  e.full = p.full();
 #define PORCUPINE_DECODE(T, field) \
   if (p.has_##field()) return from_pb(p.field(), e.body.emplace<T>(), c);
   PORCUPINE_MESSAGES(PORCUPINE_DECODE)
 #undef PORCUPINE_DECODE
-  return c.fail("Envelope: no body (a message kind this build does not know?)");
+  return c.fail(std::string(kUnknownMessage));
 }
 
 // Parses `bytes` as P and converts it into a fresh T; `out` is assigned
@@ -812,6 +882,7 @@ std::string encode_envelope(const Envelope& e) {
   p.set_from(e.from);
   p.set_to(e.to);
   p.set_load(e.load);
+  p.set_full(e.full);
   std::visit([&](const auto& m) { to_pb(m, body_of(p, m)); }, e.body);
   return p.SerializeAsString();
 }

@@ -23,6 +23,12 @@ namespace porcupine::codec {
 // The wire protocol version this build speaks (carried in every frame).
 constexpr std::uint32_t kProtocolVersion = 1;
 
+// decode_frame's error for a well-formed frame whose body is of a kind
+// this build does not know (a newer peer's): the transport drops the
+// frame and keeps the connection, so new kinds can be added in a rolling
+// upgrade.
+constexpr std::string_view kUnknownMessage = "Envelope: no body (a message kind this build does not know?)";
+
 // A file body must be turned into a transfer first (the peer transport
 // does): encoding one throws std::invalid_argument.
 std::string encode_envelope(const Envelope& e);

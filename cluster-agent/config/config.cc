@@ -65,6 +65,12 @@ constexpr std::array kTable{
       &Params::secret_file),
     P("spool_directory", Type::kPath, "/var/lib/porcupine/spool",
       "Directory of the message bodies stored on this node.", &Params::spool_directory),
+    P("spool_reserve_bytes", Type::kCount, "1073741824", 0, 4294967295,
+      "Free space (bytes) to keep on the spool's filesystem. Below it this node is full: no new message copies "
+      "are placed on it, and any that arrive anyway are refused (their senders keep them and try again or "
+      "elsewhere); it takes copies again once a quarter more than this is free. 0: no reserve (only bodies that "
+      "cannot be written are refused).",
+      &Params::spool_reserve_bytes),
     P("redis_socket", Type::kPath, "/run/porcupine/redis.sock",
       "Unix socket of the node-local Redis that holds the agent's metadata.",
       &Params::redis_socket),
@@ -86,6 +92,12 @@ constexpr std::array kTable{
     P("auth_failure_window_ms", Type::kMillis, "60000", 1000, 86400 * kSecond,
       "Time over which a user's budget of failed password checks refills completely.",
       &Params::auth_failure_window_ms),
+    // A string, not an address: empty is allowed and means no endpoint;
+    // cross_check parses any other value as host:port.
+    P("metrics_listen", Type::kString, "",
+      "host:port on which the agent serves its Prometheus metrics at /metrics over plain HTTP (empty: not "
+      "served). Anyone who can reach it reads them: keep it on localhost or a monitoring network.",
+      &Params::metrics_listen),
 
     // The cluster.
     P("buckets", Type::kCount, "1024", 16, 65536,
@@ -129,6 +141,14 @@ constexpr std::array kTable{
     P("death_certificate_ttl", Type::kSeconds, "1d", 60, 365 * kDay,
       "How long an expunged message stays as a death certificate, so late updates cannot revive it.",
       &Params::death_certificate_ttl),
+    P("sync_interval", Type::kSeconds, "15m", 0, 7 * kDay,
+      "How often a node asks each member for the records and profiles the member holds that name it, and copies "
+      "what it lacks (anti-entropy; also when a member joins its group). 0: only when a member joins.",
+      &Params::sync_interval),
+    P("sync_bodies_inflight", Type::kCount, "16", 1, 1024,
+      "Message bodies a node asks of one peer at a time when it copies what it lacks (sync_interval): the repair "
+      "traffic's bound, so it does not crowd out mail.",
+      &Params::sync_bodies_inflight),
     P("request_timeout_ms", Type::kMillis, "5000", 100, 600 * kSecond,
       "Deadline of one client operation (a delivery, a fetch, a flag change).",
       &Params::request_timeout_ms),
@@ -165,7 +185,7 @@ constexpr std::array kTable{
       "Unix socket on which porcupine-milter serves Postfix's smtpd (smtpd_milters = unix:...).",
       &Params::milter_socket),
     P("milter_socket_group", Type::kString, "postfix",
-      "Group given access to milter_socket; empty leaves the socket to the process's own group.",
+      "Group given access to milter_socket (mode 0660); empty leaves the socket to the milter's own group.",
       &Params::milter_socket_group),
     P("milter_timeout_ms", Type::kMillis, "5000", 100, 60 * kSecond,
       "Deadline of porcupine-milter's question to the agent; past it the recipient gets 451 4.3.0.",
@@ -698,6 +718,13 @@ void cross_check(const Params& params, const std::set<std::string_view>& bad, co
                    ")");
   }
 
+  if (!bad.contains("metrics_listen") && !params.metrics_listen.empty()) {
+    Address a;
+    if (auto why = parse_address(params.metrics_listen, a))
+      error("metrics_listen", "bad value for metrics_listen = '" + params.metrics_listen + "': " + *why +
+                                  " (or empty: no metrics endpoint)");
+  }
+
   // A shared peers list may name this node, but only with the address it
   // listens on (any address of the host when it listens on all of them).
   if (!bad.contains("peers") && !bad.contains("node_id") && !bad.contains("listen_address")) {
@@ -890,8 +917,6 @@ std::string print_docs_markdown() {
     }
     return out;
   };
-  static constexpr std::string_view kTypeNames[] = {"string", "path",     "choice",    "count", "time (ms)",
-                                                    "time (s)", "yes/no", "host:port", "node list", "list"};
   std::vector<const Param*> sorted;
   for (const Param& p : kTable) sorted.push_back(&p);
   std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return a->name < b->name; });
@@ -900,11 +925,19 @@ std::string print_docs_markdown() {
     std::string fallback = p->mandatory          ? "(none: mandatory)"
                            : p->fallback.empty() ? "(empty)"
                                                  : "`" + std::string(p->fallback) + "`";
-    out += "| `" + std::string(p->name) + "` | " + std::string(kTypeNames[static_cast<int>(p->type)]) + " | " +
+    out += "| `" + std::string(p->name) + "` | " + std::string(type_name(p->type)) + " | " +
            fallback + " | " + cell(range_text(*p)) + " | " + cell(p->doc) + " |\n";
   }
   return out;
 }
+
+std::string_view type_name(Type type) {
+  static constexpr std::string_view kTypeNames[] = {"string", "path",     "choice",    "count", "time (ms)",
+                                                    "time (s)", "yes/no", "host:port", "node list", "list"};
+  return kTypeNames[static_cast<int>(type)];
+}
+
+std::string bounds_text(const Param& param) { return range_text(param); }
 
 CoreConfig to_core(const Params& p) {
   CoreConfig c;
@@ -928,6 +961,8 @@ CoreConfig to_core(const Params& p) {
   c.death_ttl = p.death_certificate_ttl * kSecond;
   c.request_timeout = p.request_timeout_ms;
   c.transfer_rate = std::uint64_t{p.body_transfer_rate_kib} << 10;
+  c.sync_interval = p.sync_interval * kSecond;
+  c.sync_bodies_inflight = p.sync_bodies_inflight;
   return c;
 }
 

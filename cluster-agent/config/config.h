@@ -73,12 +73,14 @@ struct Params {
   std::vector<Peer> peers;
   std::string secret_file;
   std::string spool_directory;
+  std::uint32_t spool_reserve_bytes{};  // below this much free space the node takes no new copies
   std::string redis_socket;
   std::string local_socket;
   std::string local_socket_group;
   std::string local_admin_group;
   std::uint32_t auth_failures_per_user{};
   Time auth_failure_window_ms{};
+  std::string metrics_listen;  // host:port of the Prometheus endpoint; empty: none
 
   std::uint32_t buckets{};
   std::uint32_t spread{};
@@ -99,6 +101,8 @@ struct Params {
   Time reconnect_backoff_max_ms{};
   std::uint32_t message_size_limit{};  // bytes
   std::int64_t death_certificate_ttl{};  // seconds
+  std::int64_t sync_interval{};          // seconds
+  std::uint32_t sync_bodies_inflight{};
 
   std::string peer_security;    // "tls", "both" or "legacy"
   std::string log_to;           // "syslog" or "stderr"
@@ -177,6 +181,11 @@ std::string print_effective(const Params& params);
 
 // The Markdown table of docs/configuration.md: name, type, default, bounds, doc.
 std::string print_docs_markdown();
+
+// The table's Type and Bounds columns ("time (ms)", "10..60000 ms"), for
+// other renderings of it (porcupine-config-doc --man).
+std::string_view type_name(Type type);
+std::string bounds_text(const Param& param);
 
 // ---- The cluster core --------------------------------------------------------
 

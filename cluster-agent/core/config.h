@@ -32,6 +32,11 @@ struct CoreConfig {
   Time push_retry = 1000;          // coordinator resends unacknowledged updates
   Time takeover_delay = 3000;      // non-coordinator replica starts pushing too
   Time death_ttl = 24LL * 3600 * 1000;  // keep death certificates this long
+  // Anti-entropy (sync.cc): every member is asked for what it holds that
+  // names this node, when it joins this node's group and then this often;
+  // at most sync_bodies_inflight bodies are asked of one peer at a time.
+  Time sync_interval = 15LL * 60 * 1000;
+  std::uint32_t sync_bodies_inflight = 16;
   Time request_timeout = 5000;     // deadline of a client operation
   // Bytes/s a body is assumed to cross to a peer and reach its disk at. An
   // update carrying a body is resent, and a delivery's deadline falls,

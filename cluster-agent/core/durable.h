@@ -16,11 +16,20 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 
 #include "records.h"
 
 namespace porcupine {
+
+// A body on disk no record names (DurableSnapshot::unindexed): what the
+// file itself says of the message.
+struct UnindexedBody {
+  std::uint64_t size = 0;
+  Time written = 0;  // when the file was written: the internal date if no record knows better
+  bool operator==(const UnindexedBody&) const = default;
+};
 
 struct DurableSnapshot {
   std::map<MsgId, MessageRecord> records;
@@ -29,6 +38,11 @@ struct DurableSnapshot {
   std::uint64_t next_seq = 1;  // next MsgId sequence number of this node
   Time last_version = 0;       // highest version time this node issued
   std::uint32_t last_lineage = 0;  // highest UIDVALIDITY this node created
+  // Bodies on disk that no record or log entry names: a delivery cut off
+  // by a crash before its index write, or an index that lost entries (a
+  // damaged Redis file). Never deleted: a record for one that arrives
+  // (sync.cc) claims it; put_record with has_body and no body keeps it.
+  std::map<MsgId, UnindexedBody> unindexed;
 };
 
 class DurableStore {
@@ -57,10 +71,18 @@ class DurableStore {
 // crashed process.
 class MemoryStore final : public DurableStore {
  public:
-  DurableSnapshot load() override { return data_; }
+  DurableSnapshot load() override {
+    DurableSnapshot snap = data_;
+    for (const auto& [id, body] : orphans_) snap.unindexed[id] = UnindexedBody{body.size(), 0};
+    return snap;
+  }
   void put_record(const MessageRecord& r) override {
     MessageRecord& cur = data_.records[r.id];
     Body keep = r.has_body && r.body.empty() ? std::move(cur.body) : Body();
+    if (auto o = orphans_.find(r.id); o != orphans_.end() && (r.has_body || r.expunged)) {
+      if (r.has_body && keep.empty()) keep = std::move(o->second);
+      orphans_.erase(o);
+    }
     cur = r;
     if (!keep.empty()) cur.body = std::move(keep);
     ++writes_;
@@ -82,9 +104,29 @@ class MemoryStore final : public DurableStore {
   }
   const DurableSnapshot& data() const { return data_; }
   std::uint64_t writes() const { return writes_; }
+  // A damaged index (the simulator's fault): every `every`-th record from
+  // `offset` (and every log entry) is lost; the bodies of those records
+  // stay on disk, unindexed, as a truncated Redis file leaves a spool.
+  std::size_t lose_index(std::size_t every, std::size_t offset) {
+    std::size_t n = 0, lost = 0;
+    for (auto it = data_.records.begin(); it != data_.records.end(); ++n) {
+      if (every == 0 || n % every != offset % every) {
+        ++it;
+        continue;
+      }
+      if (it->second.has_body) orphans_[it->first] = it->second.body;
+      it = data_.records.erase(it);
+      ++lost;
+    }
+    data_.log.clear();
+    return lost;
+  }
+  const std::map<MsgId, Body>& orphans() const { return orphans_; }
+  void drop_orphans() { orphans_.clear(); }  // the unindexed bodies' files lost too
 
  private:
   DurableSnapshot data_;
+  std::map<MsgId, Body> orphans_;  // unindexed bodies
   std::uint64_t writes_ = 0;
 };
 

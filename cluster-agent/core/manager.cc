@@ -59,7 +59,7 @@ std::vector<NodeLoad> Node::live_loads() const {
   for (const auto& m : membership_.members()) {
     auto it = loads_.find(m.id);
     std::uint32_t l = m.id == cfg_.self ? load() : (it == loads_.end() ? 0 : it->second);
-    out.push_back({m.id, l, false});
+    out.push_back({m.id, l, m.id == cfg_.self ? spool_full_ : peer_full(m.id)});
   }
   return out;
 }
@@ -614,7 +614,7 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
     auto& users = managed_[b];
     auto it = users.find(a.user);
     if (it == users.end() || !it->second.profile || it->second.profile->deleted) {
-      rep.status = missing_user_status(it == users.end() ? nullptr : &it->second);
+      rep.status = missing_user_status(b, it == users.end() ? nullptr : &it->second);
     } else if (!a.move_nodes.empty()) {
       // A Move's UID in the destination: the message stays on its nodes.
       MgrFolder& f = it->second.folders[a.folder];
@@ -668,7 +668,7 @@ void Node::mgr_renumber(Time now, NodeId from, const RenumberRequest& r) {
   } else if (!bucket_ready(b) || expected_.count(b)) {
     rep.status = Status::TryAgain;
   } else if (!u || !u->profile || u->profile->deleted) {
-    rep.status = missing_user_status(u);
+    rep.status = missing_user_status(b, u);
   } else {
     MgrFolder& f = u->folders[r.folder];
     if (!settle_lineage(now, r.user, r.folder, f)) {
@@ -707,6 +707,7 @@ void Node::mgr_create_user(Time now, NodeId from, const CreateUserRequest& c) {
   } else {
     PlacementInput in;
     in.live = live_loads();
+    for (NodeLoad& l : in.live) l.full = false;  // a profile lives in the metadata store, not the spool
     in.spread = cfg_.replicas;
     in.replicas = cfg_.replicas;
     in.salt = user_hash(c.user);
@@ -745,7 +746,7 @@ void Node::mgr_map(NodeId from, const MapRequest& m) {
   } else if (!bucket_ready(b)) {
     rep.status = Status::TryAgain;
   } else if (const MgrUser* u = managed_user(m.user); !u || !u->profile || u->profile->deleted) {
-    rep.status = missing_user_status(u);
+    rep.status = missing_user_status(b, u);
   } else {
     MgrUser& mu = managed_[b][m.user];
     auto pf = mu.profile->folders.find(m.folder);

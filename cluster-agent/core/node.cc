@@ -34,6 +34,22 @@ void Node::start(Time now) {
   next_seq_ = snap.next_seq;
   last_version_ = snap.last_version;
   last_lineage_ = snap.last_lineage;
+  // A sequence number is never given twice, even if the counter went back
+  // with a damaged index: above every id of this node's still on disk, and
+  // when the index lost entries (bodies no record names), far above, as
+  // peers may hold ids this node no longer knows of.
+  std::uint64_t seen = 0;
+  for (const auto& [id, r] : snap.records)
+    if (id.origin == cfg_.self) seen = std::max(seen, id.seq);
+  for (const auto& [id, body] : snap.unindexed)
+    if (id.origin == cfg_.self) seen = std::max(seen, id.seq);
+  std::uint64_t floor = seen + 1 + (snap.unindexed.empty() ? 0 : std::uint64_t{1} << 32);
+  if (next_seq_ < floor) {
+    env_.log("warning: message sequence moved from " + std::to_string(next_seq_) + " to " + std::to_string(floor) +
+             " (above the ids still on disk)");
+    next_seq_ = floor;
+    persist_counters();
+  }
   // Request ids must not repeat across restarts: a reply to the previous
   // incarnation's request may still be in flight.
   next_req_ = (static_cast<std::uint64_t>(std::max(now, last_version_)) << 16) + 1;
@@ -52,7 +68,16 @@ void Node::send(NodeId to, Message m) {
   // Messages to self go through the shell as well, so no handler ever
   // re-enters the node while it is iterating its own state.
   if (to == kNoNode) return;
-  env_.send(Envelope{cfg_.self, to, load(), std::move(m)});
+  Envelope e{cfg_.self, to, load(), std::move(m)};
+  e.full = spool_full_;
+  env_.send(std::move(e));
+}
+
+void Node::set_spool_full(bool full) {
+  if (full == spool_full_) return;
+  spool_full_ = full;
+  full_told_at_ = 0;  // every member hears it at the next tick
+  full_told_until_ = now_ + 3000;
 }
 
 bool Node::live(NodeId n) const { return n == cfg_.self || membership_.is_member(n); }
@@ -74,20 +99,35 @@ bool Node::manages(const std::string& user) const {
 void Node::on_change(const Membership::Change& ch) {
   mgr_on_change(now_, ch);
   rep_on_change(ch);
+  sync_on_change(ch);
 }
 
 void Node::tick(Time now) {
   now_ = now;
   membership_.tick(now);
+  // Managers learn a spool's state from its node's messages; one that hears
+  // nothing from it (a full node is given no copies to acknowledge) would
+  // keep placing copies on a node that refuses them, or none on a node
+  // with room again. A ProbeAck is the cheapest message every member takes.
+  if ((spool_full_ || now < full_told_until_) && now - full_told_at_ >= 1000) {
+    full_told_at_ = now;
+    for (const auto& m : membership_.members())
+      if (m.id != cfg_.self) send(m.id, ProbeAck{membership_.epoch()});
+  }
   repl_.tick(now, [this](NodeId n) { return live(n); });
   mgr_tick(now);
   rep_tick(now);
   fe_tick(now);
+  sync_tick(now);
 }
 
 void Node::receive(Time now, const Envelope& e) {
   now_ = std::max(now_, now);
-  if (e.from != cfg_.self) loads_[e.from] = e.load;
+  if (e.from != cfg_.self) {
+    loads_[e.from] = e.load;
+    if (e.full) full_peers_.insert(e.from);
+    else full_peers_.erase(e.from);
+  }
   const Message& m = e.body;
   std::visit(
       [&](const auto& msg) {
@@ -118,6 +158,7 @@ void Node::receive(Time now, const Envelope& e) {
           serve_mutate(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, Push>) {
           repl_.on_push(now_, e.from, msg);
+          if (msg.update.kind == Update::Kind::Copy) sync_body_arrived(e.from, msg.update.record.id);
         } else if constexpr (std::is_same_v<T, PushAck>) {
           repl_.on_ack(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, Retire>) {
@@ -134,6 +175,16 @@ void Node::receive(Time now, const Envelope& e) {
           mgr_user_list(e.from, msg);
         } else if constexpr (std::is_same_v<T, UsageRequest>) {
           serve_usage(e.from, msg);
+        } else if constexpr (std::is_same_v<T, SyncRequest>) {
+          serve_sync_request(e.from, msg);
+        } else if constexpr (std::is_same_v<T, SyncDigest>) {
+          on_sync_digest(e.from, msg);
+        } else if constexpr (std::is_same_v<T, SyncPull>) {
+          serve_sync_pull(e.from, msg);
+        } else if constexpr (std::is_same_v<T, SyncRecords>) {
+          on_sync_records(now_, e.from, msg);
+        } else if constexpr (std::is_same_v<T, SyncBodies>) {
+          serve_sync_bodies(e.from, msg);
         } else {
           fe_reply(e.from, m);  // the replies
         }
@@ -162,7 +213,8 @@ const char* message_name(const Message& m) {
       "CreateUserRequest", "MapRequest", "MapReply", "StoreRequest", "MutateRequest",
       "OpReply",    "Push",      "PushAck",      "Retire",        "ListRequest", "ListReply",
       "FetchRequest", "FetchReply", "ProfileRequest", "ProfileReply", "UserUpdateRequest",
-      "UserListRequest", "UserListReply", "UsageRequest", "UsageReply", "AllocDone", "RenumberRequest"};
+      "UserListRequest", "UserListReply", "UsageRequest", "UsageReply", "AllocDone", "RenumberRequest",
+      "SyncRequest", "SyncDigest", "SyncPull", "SyncRecords", "SyncBodies"};
   static_assert(sizeof(names) / sizeof(names[0]) == std::variant_size_v<Message>);
   return names[m.index()];
 }

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -147,14 +148,39 @@ class Node {
     auto it = loads_.find(n);
     return it == loads_.end() ? 0 : it->second;
   }
+  // The shell's measure of this node's spool: below its reserve the node
+  // is full, and says so on every message it sends (Envelope::full), so
+  // managers place no new copies on it. A full node is sent few messages
+  // by most managers (it acknowledges no copies), so every member is also
+  // told each second while it is full and for a few seconds after.
+  void set_spool_full(bool full);
+  bool spool_full() const { return spool_full_; }
+  // What `n`'s last message said of its spool (an older node: not full).
+  bool peer_full(NodeId n) const { return full_peers_.count(n) > 0; }
   const MgrUser* managed_user(const std::string& user) const;
   MgrUser* managed_user(const std::string& user) {
     return const_cast<MgrUser*>(std::as_const(*this).managed_user(user));
   }
   // The answer for a user this manager has no live profile of.
-  Status missing_user_status(const MgrUser* u) const;
+  Status missing_user_status(Bucket b, const MgrUser* u) const;
   bool bucket_ready(Bucket b) const;
   std::size_t pending_reports() const { return report_buckets_.size() + dirty_users_.size(); }
+  // Anti-entropy (sync.cc): what this node has asked of its peers and got.
+  struct SyncProgress {
+    std::uint64_t rounds = 0;            // digests asked of a peer
+    std::uint64_t users_pulled = 0;      // users whose digests differed
+    std::uint64_t records_absorbed = 0;  // records received in pulls
+    std::uint64_t bodies_wanted = 0;     // bodies this node found it lacked
+    std::uint64_t bodies_copied = 0;     // of them, received
+    std::uint64_t bodies_pending = 0;    // still to ask or on their way
+    std::uint64_t unindexed = 0;         // bodies on disk no record names yet
+  };
+  SyncProgress sync_progress() const;
+  // The digest of what this node holds of `user` that names `node` (its
+  // records listing `node` as a replica, and the profile if `node` is a
+  // holder): X's digest for Y equals Y's for X when the two hold the same
+  // of what they share.
+  std::uint64_t sync_digest(const std::string& user, NodeId node) const;
 
  private:
   // front-end work in flight (frontend.cc), and manager renumberings
@@ -266,6 +292,35 @@ class Node {
               const std::function<void(MessageRecord&)>& fill);
   bool fe_fetch_next(Pending& p, std::uint64_t id);
 
+  // sync.cc
+  struct SyncPeer {
+    std::uint64_t round = 0;      // the round this node runs with the peer
+    Time deadline = 0;            // no answer in the round by then: ask again
+    bool digests_done = false;    // the round's last digest came
+    std::uint64_t next_pull = 1;
+    std::set<std::uint64_t> pulls_open;  // pulls not yet answered in full
+    bool done = false;            // the round is complete (or given up until the next)
+    int silent = 0;               // rounds asked again for want of any answer
+    std::uint64_t pulled_users = 0, pulled_records = 0;  // in this round
+    struct Asked {
+      Time until = 0;
+      int attempts = 0;
+    };
+    std::deque<std::pair<MsgId, int>> need;  // bodies to ask the peer for (with attempts so far)
+    std::map<MsgId, Asked> inflight;         // asked, until
+  };
+  void sync_on_change(const Membership::Change& ch);
+  void sync_ask(NodeId peer);
+  void sync_tick(Time now);
+  void serve_sync_request(NodeId from, const SyncRequest& r);
+  void on_sync_digest(NodeId from, const SyncDigest& d);
+  void serve_sync_pull(NodeId from, const SyncPull& p);
+  void on_sync_records(Time now, NodeId from, const SyncRecords& r);
+  void sync_bodies(Time now, NodeId peer, SyncPeer& st);
+  void sync_progress(NodeId peer, SyncPeer& st);
+  void serve_sync_bodies(NodeId from, const SyncBodies& b);
+  void sync_body_arrived(NodeId from, const MsgId& id);
+
   // users.cc
   std::uint64_t fe_start(Time now, Pending::Kind kind, std::uint64_t req, const std::string& user);
   void mgr_profile(NodeId from, const ProfileRequest& r);
@@ -294,6 +349,9 @@ class Node {
   // manager role (soft state)
   std::map<Bucket, std::map<std::string, MgrUser>> managed_;
   std::map<NodeId, std::uint32_t> loads_;          // load table, piggybacked on every message
+  std::set<NodeId> full_peers_;                    // nodes whose last message said their spool is full
+  bool spool_full_ = false;                        // this node's (set_spool_full)
+  Time full_told_until_ = 0, full_told_at_ = 0;    // announcing spool_full_ to every member
   std::map<Bucket, std::set<NodeId>> awaiting_;   // bucket -> members yet to report
   std::map<Bucket, std::set<NodeId>> reported_;   // bucket -> members that have reported
   std::map<Bucket, std::set<NodeId>> expected_;   // kept bucket -> new members yet to report (not blocking)
@@ -312,6 +370,12 @@ class Node {
   std::map<std::string, std::uint64_t> dirty_users_;  // user -> generation
   std::uint64_t dirty_gen_ = 0;
   Time next_report_ = 0;
+
+  // anti-entropy (soft state)
+  std::map<NodeId, SyncPeer> sync_;
+  std::uint64_t sync_round_ = 0;
+  Time next_sync_ = 0;
+  SyncProgress sync_stats_;
 
   // front-end role (soft state)
   std::map<std::uint64_t, Pending> pending_;

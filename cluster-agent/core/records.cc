@@ -113,25 +113,67 @@ std::vector<FlagMark> flag_marks(Version v, std::uint32_t add_flags, std::uint32
   return out;
 }
 
-std::uint64_t record_digest(const MessageRecord& r) {
-  std::string b;
-  auto put = [&b](std::uint64_t v) {
-    for (int i = 0; i < 8; ++i) b.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-  };
-  auto put_str = [&](const std::string& s) {
+namespace {
+// A fixed little-endian encoding of values, hashed with XXH64: the same on
+// every node, whatever its compiler or the order it met the values in.
+class DigestInput {
+ public:
+  void put(std::uint64_t v) {
+    for (int i = 0; i < 8; ++i) b_.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  }
+  void put(const std::string& s) {
     put(s.size());
-    b += s;
-  };
-  put(r.id.origin);
-  put(r.id.seq);
-  put_str(r.folder);
-  put(r.uidvalidity);
-  put(r.uid);
-  put(r.flags);
-  put(r.keywords.size());
-  for (const auto& k : r.keywords) put_str(k);
-  put((r.expunged ? 1u : 0u) | (r.has_body ? 2u : 0u));
-  return XXH64(b.data(), b.size(), 0);
+    b_ += s;
+  }
+  void put(const Version& v) {
+    put(static_cast<std::uint64_t>(v.time));
+    put(v.node);
+  }
+  std::uint64_t digest() const { return XXH64(b_.data(), b_.size(), 0); }
+
+ private:
+  std::string b_;
+};
+}  // namespace
+
+std::uint64_t record_digest(const MessageRecord& r) {
+  DigestInput d;
+  d.put(r.id.origin);
+  d.put(r.id.seq);
+  d.put(r.folder);
+  d.put(r.uidvalidity);
+  d.put(r.uid);
+  d.put(r.flags);
+  d.put(r.keywords.size());
+  for (const auto& k : r.keywords) d.put(k);
+  d.put((r.expunged ? 1u : 0u) | (r.has_body ? 2u : 0u));
+  return d.digest();
+}
+
+std::uint64_t profile_digest(const Profile& p) {
+  DigestInput d;
+  d.put(p.user);
+  d.put(p.version);
+  d.put(p.password_hash);
+  d.put(p.quota_bytes);
+  d.put((p.enabled ? 1u : 0u) | (p.deleted ? 2u : 0u));
+  d.put(p.folders.size());
+  for (const auto& [name, f] : p.folders) {
+    d.put(name);
+    d.put(f.uidvalidity);
+    d.put(f.version);
+    d.put(f.deleted ? 1u : 0u);
+    d.put(f.uid_reserved);
+    d.put(f.takeovers.size());
+    d.put(f.renamed_to);
+  }
+  d.put(p.subscriptions.size());
+  for (const auto& [name, sub] : p.subscriptions) {
+    d.put(name);
+    d.put(sub.on ? 1u : 0u);
+    d.put(sub.version);
+  }
+  return d.digest();
 }
 
 bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now) {
@@ -291,6 +333,7 @@ const char* kind_name(Update::Kind k) {
     case Update::Kind::SetUid: return "setuid";
     case Update::Kind::Profile: return "profile";
     case Update::Kind::Move: return "move";
+    case Update::Kind::Copy: return "copy";
   }
   return "?";
 }

@@ -171,6 +171,11 @@ struct Profile {
 
 bool merge_profile(Profile& cur, const Profile& in);
 
+// A 64-bit digest of a profile's state (everything merge_profile merges
+// but the holders), the same on every node that holds it: two holders
+// that have seen the same updates agree.
+std::uint64_t profile_digest(const Profile& p);
+
 // Why `name` cannot be a folder name (or a subscribed name) the cluster
 // stores, or "" if it can: it must be 1..1000 bytes of valid UTF-8 with no
 // control character (C0, DEL, C1), so it can never forge a log line or
@@ -180,7 +185,10 @@ std::string folder_name_problem(std::string_view name);
 // One replicated update. Its id (a Version, unique cluster-wide) is also
 // the version it writes.
 struct Update {
-  enum class Kind : std::uint8_t { Store, Flags, Expunge, SetUid, Profile, Move };
+  // Copy: a whole record as one replica holds it, versions and all, for a
+  // replica that lacks it or its body (sync.cc); merged attribute by
+  // attribute like any other update, and never logged.
+  enum class Kind : std::uint8_t { Store, Flags, Expunge, SetUid, Profile, Move, Copy };
   Version id;
   Kind kind = Kind::Store;
   NodeId coordinator = kNoNode;

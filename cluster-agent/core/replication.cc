@@ -19,6 +19,7 @@ void Replicator::load(const DurableSnapshot& snap, Time now) {
   for (auto& [id, r] : records_) r.body.clear();
   profiles_ = snap.profiles;
   log_ = snap.log;
+  unindexed_ = snap.unindexed;
   by_user_.clear();
   for (const auto& [id, r] : records_) by_user_[r.user].insert(id);
   for (const auto& [id, e] : log_) {
@@ -50,8 +51,13 @@ void Replicator::apply(Time now, const Update& u) {
     return;
   }
   MessageRecord in = u.record;
-  in.replicas = u.replicas;
+  if (u.kind != Update::Kind::Copy) in.replicas = u.replicas;  // a Copy's push goes to one node
   switch (u.kind) {
+    case Update::Kind::Copy:
+      // The record as its sender holds it, versions and all; a body only
+      // if one came with it.
+      in.has_body = !in.body.empty();
+      break;
     case Update::Kind::Store:
       // A Store whose body was lost on its way (a log entry whose body file
       // is gone) must not make this copy claim a body it does not have.
@@ -90,12 +96,49 @@ void Replicator::apply(Time now, const Update& u) {
   }
   bool was_live = !fresh && it->second.has_body && !it->second.expunged;
   bool changed = merge_record(it->second, in, now);
+  if (auto o = unindexed_.find(in.id); o != unindexed_.end()) {
+    // A body this node has on disk, now named by a record: it is the
+    // message's (bodies never change), kept unless the message is gone.
+    MessageRecord& cur = it->second;
+    // (A record may come without its size and date: a flag change for a
+    // message whose only copy is here; the file says them.)
+    if (!cur.expunged && !cur.has_body && contains(cur.replicas, cfg_.self)) {
+      cur.has_body = true;
+      cur.size = in.size ? in.size : o->second.size;
+      cur.internal_date = in.internal_date ? in.internal_date : o->second.written;
+      changed = true;
+      log_fn_("store: unindexed body of " + in.id.str() + " (" + in.user + ") claimed by its record");
+    }
+    if (cur.has_body || cur.expunged) unindexed_.erase(o);
+  }
   if (changed || fresh) disk_.put_record(it->second);
   it->second.body.clear();  // stored: bodies stay out of memory
   bool is_live = it->second.has_body && !it->second.expunged;
   bool renamed = u.kind == Update::Kind::SetUid || u.kind == Update::Kind::Move;
   if ((fresh || was_live != is_live || renamed) && on_user_changed)
     on_user_changed(in.user);
+}
+
+bool Replicator::absorb(Time now, const MessageRecord& r) {
+  if (!contains(r.replicas, cfg_.self)) return false;
+  // A certificate this node let go of (death_ttl) does not come back.
+  if (r.expunged && !records_.count(r.id) && now - r.expunge_version.time >= cfg_.death_ttl) return false;
+  Update u;
+  u.kind = Update::Kind::Copy;
+  u.record = r;
+  u.record.body.clear();
+  u.replicas = {cfg_.self};
+  apply(now, u);
+  const MessageRecord& cur = records_.at(r.id);
+  return r.has_body && !cur.has_body && !cur.expunged;
+}
+
+void Replicator::absorb(const Profile& p) {
+  if (!contains(p.holders, cfg_.self)) return;
+  Update u;
+  u.kind = Update::Kind::Profile;
+  u.profile = p;
+  apply(0, u);
 }
 
 bool Replicator::is_complete(const LogEntry& e) const {

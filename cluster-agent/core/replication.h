@@ -42,6 +42,14 @@ class Replicator {
   void coordinate(Time now, Update u);
 
   void on_push(Time now, NodeId from, const Push& p);
+  // A record as a peer holds it, without its body (sync.cc): merged like a
+  // Copy if it names this node as a replica. Returns true if this node
+  // should hold its body and does not (ask the peer for it).
+  bool absorb(Time now, const MessageRecord& r);
+  // A profile as a peer holds it, merged if it names this node a holder.
+  void absorb(const Profile& p);
+  // Bodies on disk that no record names yet (DurableSnapshot::unindexed).
+  const std::map<MsgId, UnindexedBody>& unindexed() const { return unindexed_; }
   void on_ack(Time now, NodeId from, const PushAck& a);
   void on_retire(const Retire& r);
   void tick(Time now, const LiveFn& live);
@@ -76,6 +84,7 @@ class Replicator {
   std::map<Version, LogEntry> log_;
   std::map<Version, Time> next_push_;  // soft: when to push an entry again
   std::map<Version, Time> logged_at_;  // soft: when this node first logged it
+  std::map<MsgId, UnindexedBody> unindexed_;
   Time last_sweep_ = 0;
 };
 

@@ -112,9 +112,12 @@ bool Node::fe_user_reply(NodeId from, const Message& m) {
 // a known node that is down, means the profile's holders may be out of
 // reach, and "no such user" would make an SMTP server bounce (5xx) mail
 // for a real user. So the answer is to try again.
-Status Node::missing_user_status(const MgrUser* u) const {
+Status Node::missing_user_status(Bucket b, const MgrUser* u) const {
   if (u && u->profile) return Status::NoSuchUser;  // deleted
   if (u && !u->folders.empty()) return Status::TryAgain;
+  // A member that has not reported the bucket yet (one just back) may hold
+  // the profile.
+  if (expected_.count(b)) return Status::TryAgain;
   for (NodeId n : membership_.known())
     if (!live(n)) return Status::TryAgain;
   return Status::NoSuchUser;
@@ -129,7 +132,7 @@ void Node::mgr_profile(NodeId from, const ProfileRequest& r) {
   } else if (!bucket_ready(b)) {
     rep.status = Status::TryAgain;
   } else if (const MgrUser* u = managed_user(r.user); !u || !u->profile || u->profile->deleted) {
-    rep.status = missing_user_status(u);
+    rep.status = missing_user_status(b, u);
   } else {
     rep.profile = *u->profile;
   }
@@ -145,7 +148,7 @@ void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
   } else if (!bucket_ready(b)) {
     rep.status = Status::TryAgain;
   } else if (!u || !u->profile || u->profile->deleted) {
-    rep.status = missing_user_status(u);
+    rep.status = missing_user_status(b, u);
   } else {
     Profile& p = *u->profile;
     switch (r.op) {

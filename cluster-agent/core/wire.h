@@ -252,13 +252,54 @@ struct UsageReply {
   bool operator==(const UsageReply&) const = default;
 };
 
+// ---- anti-entropy between replicas (sync.cc) -------------------------------
+// A node asks a peer what the peer holds that names it as a replica (records)
+// or holder (profiles); the peer answers a digest per user; users whose
+// digests differ from the asker's own are pulled, records without bodies;
+// bodies the asker lacks are asked for a few at a time and come as Push of
+// Update::Kind::Copy. Nothing here changes what is replicated where.
+struct SyncRequest {
+  std::uint64_t round = 0;
+  bool operator==(const SyncRequest&) const = default;
+};
+struct UserDigest {
+  std::string user;
+  std::uint64_t digest = 0;  // sync_digest() of what names the asker
+  bool operator==(const UserDigest&) const = default;
+};
+struct SyncDigest {
+  std::uint64_t round = 0;
+  std::vector<UserDigest> users;
+  bool last = false;  // the round's last digest (the asker then knows it has them all)
+  bool operator==(const SyncDigest&) const = default;
+};
+struct SyncPull {
+  std::uint64_t round = 0;
+  std::uint64_t pull = 0;  // the asker's number for this pull, echoed
+  std::vector<std::string> users;
+  bool operator==(const SyncPull&) const = default;
+};
+struct SyncRecords {
+  std::uint64_t round = 0;
+  std::uint64_t pull = 0;
+  std::vector<MessageRecord> records;  // bodies stripped; has_body says whether the sender holds one
+  std::vector<Profile> profiles;
+  bool last = false;  // the pull's last answer
+  bool operator==(const SyncRecords&) const = default;
+};
+struct SyncBodies {
+  std::vector<MsgId> ids;
+  bool operator==(const SyncBodies&) const = default;
+};
+
 using Message = std::variant<Probe, ProbeAck, NewGroup, Accept, Commit, Report, ReportAck,
                              ReportPoll, AllocRequest, AllocReply,
                              CreateUserRequest, MapRequest, MapReply, StoreRequest, MutateRequest,
                              OpReply, Push, PushAck, Retire, ListRequest, ListReply,
                              FetchRequest, FetchReply, ProfileRequest, ProfileReply,
                              UserUpdateRequest, UserListRequest, UserListReply,
-                             UsageRequest, UsageReply, AllocDone, RenumberRequest>;
+                             UsageRequest, UsageReply, AllocDone, RenumberRequest,
+                             SyncRequest, SyncDigest, SyncPull, SyncRecords, SyncBodies>;
 
 const char* message_name(const Message& m);
 
@@ -267,6 +308,9 @@ struct Envelope {
   NodeId to = kNoNode;
   std::uint32_t load = 0;  // sender's pending disk operations
   Message body;
+  // The sender's spool is below its reserve: no new copies are placed on
+  // it (placement's NodeLoad::full). Absent from an older sender: not full.
+  bool full = false;
 };
 
 }  // namespace porcupine

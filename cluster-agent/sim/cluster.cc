@@ -96,6 +96,19 @@ void Cluster::destroy(NodeId id) {
   record(id, "sim: destroyed for good");
 }
 
+std::size_t Cluster::damage_index(NodeId id, std::size_t every, std::size_t offset) {
+  auto it = nodes_.find(id);
+  if (it == nodes_.end() || is_up(id)) return 0;
+  std::size_t lost = it->second->disk.lose_index(every, offset);
+  damaged_.insert(id);
+  record(id, "sim: index damaged, " + std::to_string(lost) + " records lost");
+  return lost;
+}
+
+void Cluster::drop_unindexed(NodeId id) {
+  if (auto it = nodes_.find(id); it != nodes_.end() && !is_up(id)) it->second->disk.drop_orphans();
+}
+
 void Cluster::partition(const std::vector<std::set<NodeId>>& sides) {
   side_.clear();
   for (std::size_t i = 0; i < sides.size(); ++i)

@@ -40,6 +40,10 @@ class Cluster {
   void crash(NodeId id);              // process dies: soft state lost, disk kept
   void restart(NodeId id);
   void destroy(NodeId id);            // crashed for good, disk lost
+  // A crashed node's index loses every `every`-th record and every log
+  // entry; the bodies stay on its disk, unindexed (a cut Redis file).
+  std::size_t damage_index(NodeId id, std::size_t every, std::size_t offset);
+  void drop_unindexed(NodeId id);  // and the bodies it left unindexed are gone too
   void partition(const std::vector<std::set<NodeId>>& sides);  // nodes in no side are isolated
   void heal();
   NetworkFaults& network() { return net_; }
@@ -77,6 +81,7 @@ class Cluster {
   std::vector<NodeId> up() const;         // running
   bool is_up(NodeId id) const;
   bool is_destroyed(NodeId id) const;
+  bool is_damaged(NodeId id) const { return damaged_.count(id) > 0; }
   Node* node(NodeId id);                  // nullptr when down
   const MemoryStore* disk(NodeId id) const;
   // All running nodes in one group: same epoch, members == running, same map.
@@ -118,6 +123,7 @@ class Cluster {
   std::uint64_t next_req_ = 1;
   std::map<std::uint64_t, std::pair<ClientReply, Time>> replies_;
   std::vector<std::string> trace_;
+  std::set<NodeId> damaged_;  // nodes whose index was damaged (damage_index)
 };
 
 }  // namespace porcupine::sim

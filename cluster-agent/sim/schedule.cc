@@ -133,6 +133,9 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
   // (c) acknowledged messages survive and replicas converge.
   for (const Acked& a : w.delivered) {
     std::vector<const MessageRecord*> copies;
+    std::vector<NodeId> holders;
+    std::string reps;
+    for (NodeId x : a.target.replicas) reps += " n" + std::to_string(x);
     bool any_alive_replica = false;
     for (NodeId r : a.target.replicas) {
       if (c.is_destroyed(r)) continue;
@@ -140,18 +143,32 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
       const auto& recs = c.disk(r)->data().records;
       auto it = recs.find(a.target.id);
       if (it == recs.end()) {
-        fail("(c) message " + a.target.id.str() + " missing on replica n" + std::to_string(r));
+        // The only copy, on a node whose index lost it: no peer can give
+        // the record back; the body must still be on its disk (or the
+        // message was expunged, and its certificate went with the index).
+        if (a.target.replicas.size() == 1 && c.is_damaged(r) &&
+            (c.disk(r)->orphans().count(a.target.id) || a.expunge_acked))
+          continue;
+        fail("(c) message " + a.target.id.str() + " missing on replica n" + std::to_string(r) + " (replicas" + reps +
+             (a.expunge_acked ? ", expunged)" : ")"));
         continue;
       }
       copies.push_back(&it->second);
+      holders.push_back(r);
     }
     if (!any_alive_replica) {
       if (a.target.replicas.size() >= 2 || !destroyed_any)
         fail("(c) message " + a.target.id.str() + " lost: every replica destroyed");
       continue;
     }
-    for (const MessageRecord* r : copies) {
-      if (!r->expunged && !r->has_body) fail("(c) message " + a.target.id.str() + " has no body");
+    for (std::size_t k = 0; k < copies.size(); ++k) {
+      const MessageRecord* r = copies[k];
+      // (The only copy's certificate lost with a damaged index, a late
+      // update for the message leaves a bodiless record: hidden, not back.)
+      bool lone_lost_cert = a.expunge_acked && a.target.replicas.size() == 1 && c.is_damaged(holders[k]);
+      if (!r->expunged && !r->has_body && !lone_lost_cert)
+        fail("(c) message " + a.target.id.str() + " has no body on n" + std::to_string(holders[k]) + " (replicas" +
+             reps + ")");
       if (a.expunge_acked && !destroyed_any && !r->expunged)
         fail("(c) message " + a.target.id.str() + " expunge acknowledged but not applied");
       const MessageRecord* f = copies.front();
@@ -289,7 +306,7 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
   std::map<std::uint64_t, Outstanding> out;
   std::map<std::uint64_t, std::string> bodies;
   ListingChecker listings;
-  int destroyed = 0, crashes = 0, partitions = 0;
+  int destroyed = 0, damaged = 0, crashes = 0, partitions = 0;
   const Time start = c.now();
   const Time fault_end = start + opt.fault_phase;
   Time next_fault = start + pick(1000, 4000);
@@ -364,9 +381,17 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
           c.network().duplicate = chance(0.5) ? 0.0 : 0.05;
           break;
         case 6:
-          if (destroyed < static_cast<int>(cfg.replicas) - 1 && up.size() > 2 && chance(0.3)) {
+          if (destroyed + damaged < static_cast<int>(cfg.replicas) - 1 && up.size() > 2 && chance(0.3)) {
             c.destroy(random_up());
             ++destroyed;
+          } else if (destroyed + damaged < static_cast<int>(cfg.replicas) - 1 && chance(0.5)) {
+            // A crashed node's index is cut short (a damaged Redis file):
+            // its peers' sync must give everything back.
+            for (NodeId id : c.ids())
+              if (!c.is_up(id) && !c.is_destroyed(id) && c.damage_index(id, 2, static_cast<std::size_t>(pick(0, 1)))) {
+                ++damaged;
+                break;
+              }
           }
           break;
       }
@@ -431,12 +456,15 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
 
   ScheduleResult res;
   res.seed = seed;
-  res.failures = check_invariants(c, w, destroyed > 0);
+  // A damaged node loses its log: an expunge or flag change it had
+  // acknowledged (optimistic: logged, not yet pushed) may go with it.
+  res.failures = check_invariants(c, w, destroyed > 0 || damaged > 0);
   res.failures.insert(res.failures.end(), listings.failures().begin(), listings.failures().end());
   res.ok = res.failures.empty();
   std::ostringstream s;
   s << "seed " << seed << ": " << n << " nodes" << (joiner ? " +1 joined" : "") << ", " << crashes
-    << " crashes, " << partitions << " partitions, " << destroyed << " destroyed; "
+    << " crashes, " << partitions << " partitions, " << destroyed << " destroyed, " << damaged
+    << " damaged; "
     << w.delivered.size() << "/" << w.attempted << " deliveries acknowledged, " << w.tempfailed
     << " tempfailed, " << w.flag_ops << " flag ops, " << w.expunge_ops << " expunges, " << w.moves << " moves, "
     << c.messages_sent() << " messages; " << (res.ok ? "ok" : "FAILED");

@@ -368,7 +368,8 @@ DurableSnapshot RedisStore::load() {
 
   // The scan: every file in the spool is a body the index needs, a body
   // of a queued drop, or left over from a crash.
-  std::size_t orphans = 0, temps = 0, missing = 0, log_missing = 0;
+  std::size_t dropped = 0, temps = 0, missing = 0, log_missing = 0;
+  unindexed_.clear();
   auto remove_file = [this](const std::string& path) {
     if (::unlink(path.c_str()) == 0 || errno == ENOENT) return true;
     log("store: cannot remove " + path + ": " + errno_text());
@@ -413,16 +414,24 @@ DurableSnapshot RedisStore::load() {
         log("store: unexpected file " + fpath + " left alone");
         continue;
       }
+      auto rec = snap.records.find(id);
       if (needed(id)) {
         bodies_.insert(id);
       } else if (durable_needed.count(id)) {
         q_unlinks_.insert(id);  // dropped by a queued write: goes after the flush
-      } else if (undecodable > 0) {
-        log("store: body file " + fpath + " names no readable entry; kept, as some entries are undecodable");
+      } else if (rec != snap.records.end() && rec->second.expunged) {
+        // The index says the message is expunged, which is for good: its
+        // body went when it was, but the crash came before the unlink.
+        if (remove_file(fpath)) ++dropped;
       } else {
-        log("store: orphan body file " + fpath + " removed (" +
-            (snap.records.count(id) ? "its record holds no body" : "written, never acknowledged") + ")");
-        if (remove_file(fpath)) ++orphans;
+        // No record (or one without a body) names it: a delivery cut off
+        // before its index write, or an index that lost the entry. The two
+        // cannot be told apart here, so the body stays; a record for it,
+        // from a peer (sync) or a retried delivery, claims it.
+        if (unindexed_.size() < 20)
+          log("error: store: body file " + fpath + " is named by no record; kept until a record claims it");
+        bodies_.insert(id);
+        unindexed_.insert(id);
       }
     }
   }
@@ -431,7 +440,7 @@ DurableSnapshot RedisStore::load() {
 
   for (auto& [id, r] : snap.records) {
     if (!r.has_body || bodies_.count(id)) continue;
-    log("store: BODY LOST: record " + id.str() + " has a body but " + body_path(id) +
+    log("error: store: BODY LOST: record " + id.str() + " has a body but " + body_path(id) +
         " is missing; a replica must supply it again");
     r.has_body = false;
     held_.erase(id);
@@ -446,20 +455,29 @@ DurableSnapshot RedisStore::load() {
       e.update.record.body = Body::in_file(std::make_shared<SpoolFile>(body_path(e.update.record.id), false),
                                            e.update.record.size);
     } else {
-      log("store: BODY LOST: log entry " + v.str() + " stores " + e.update.record.id.str() + " but " +
+      log("error: store: BODY LOST: log entry " + v.str() + " stores " + e.update.record.id.str() + " but " +
           body_path(e.update.record.id) + " is missing");
       ++log_missing;
     }
   }
 
-  std::string line = "store: loaded " + std::to_string(snap.records.size()) + " records, " +
-                     std::to_string(snap.profiles.size()) + " profiles, " + std::to_string(snap.log.size()) +
-                     " log entries; removed " + std::to_string(orphans) + " orphan bodies, " +
-                     std::to_string(temps) + " temp files; " + std::to_string(missing) +
-                     " records missing bodies";
-  if (log_missing) line += "; " + std::to_string(log_missing) + " log entries missing bodies";
-  if (undecodable) line += "; " + std::to_string(undecodable) + " undecodable entries skipped";
-  log(line);
+  for (const MsgId& id : unindexed_) {
+    struct stat st {};
+    UnindexedBody& u = snap.unindexed[id];
+    if (::stat(body_path(id).c_str(), &st) == 0) {
+      u.size = static_cast<std::uint64_t>(st.st_size);
+      u.written = static_cast<Time>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000;
+    }
+  }
+  damage_ = Damage{unindexed_.size(), missing, log_missing, undecodable};
+  log("store: loaded " + std::to_string(snap.records.size()) + " records, " +
+      std::to_string(snap.profiles.size()) + " profiles, " + std::to_string(snap.log.size()) +
+      " log entries; removed " + std::to_string(dropped) + " bodies of expunged messages, " +
+      std::to_string(temps) + " temp files");
+  if (damage_.any())
+    log("error: store: the index and the spool disagree (" + damage_.str() +
+        "): the index lost entries (a damaged or cut Redis file?) or a crash cut deliveries off; no body is "
+        "deleted for it, and the peers are asked for what this node should hold");
   return snap;
 }
 
@@ -470,7 +488,15 @@ void RedisStore::ensure_loaded() {
 
 // ---------------------------------------------------------------- queued writes
 
-bool RedisStore::needed(const MsgId& id) const { return held_.count(id) || log_refs_.count(id); }
+bool RedisStore::needed(const MsgId& id) const {
+  return held_.count(id) || log_refs_.count(id) || unindexed_.count(id);
+}
+
+std::string RedisStore::Damage::str() const {
+  return std::to_string(unindexed) + " bodies named by no record, " + std::to_string(missing_bodies) +
+         " records missing their bodies, " + std::to_string(log_missing) + " log entries missing bodies, " +
+         std::to_string(undecodable) + " undecodable entries";
+}
 
 void RedisStore::queue_body(const MsgId& id, const Body& body) {
   if (body.where() == Body::Where::Transfer) {  // the transport resolves these; never on disk
@@ -493,6 +519,9 @@ void RedisStore::put_record(const MessageRecord& r) {
   ensure_loaded();
   MessageRecord meta = r;
   meta.body.clear();
+  // An unindexed body is the record's once a record with a body names it,
+  // and goes only with an expunge (bodies never change).
+  if (r.has_body || r.expunged) unindexed_.erase(r.id);
   if (r.has_body) {
     held_.insert(r.id);
     // Bodies are immutable: one already on disk (or queued) is this one.

@@ -89,6 +89,22 @@ class RedisStore final : public DurableStore {
   };
   const Stats& stats() const { return stats_; }
 
+  // What the last load() found that the index and the spool disagree on.
+  // Anything but zeros means the index lost entries (a damaged or cut
+  // Redis file) or a crash cut a delivery off; bodies are never deleted
+  // for it (DurableSnapshot::unindexed), and the node says so.
+  struct Damage {
+    std::uint64_t unindexed = 0;        // body files no record or log entry names
+    std::uint64_t missing_bodies = 0;   // records that claim a body whose file is gone
+    std::uint64_t log_missing = 0;      // Store log entries whose body file is gone
+    std::uint64_t undecodable = 0;      // index entries that could not be read
+    bool any() const { return unindexed || missing_bodies || log_missing || undecodable; }
+    std::string str() const;
+  };
+  const Damage& damage() const { return damage_; }
+  // Bodies still unindexed (a record for them claims them).
+  std::size_t unindexed() const { return unindexed_.size(); }
+
  private:
   struct Counters {
     std::uint64_t next_seq;
@@ -130,6 +146,8 @@ class RedisStore final : public DurableStore {
   std::map<MsgId, std::uint32_t> log_refs_;
   std::set<MsgId> bodies_;        // files present or queued
   std::set<NodeId> origin_dirs_;  // msg/<origin> known to exist
+  std::set<MsgId> unindexed_;     // of bodies_, files no record named at load
+  Damage damage_;
 };
 
 }  // namespace porcupine::store

@@ -181,6 +181,12 @@ std::vector<Message> every_message() {
       UserListReply{117, Status::TryAgain, {kUser, "bob@example.com"}},
       UsageRequest{118, kUser},
       UsageReply{119, 123456789},
+      SyncRequest{120},
+      SyncDigest{121, {{kUser, 0x0123456789abcdefULL}, {"bob@example.com", 7}}, true},
+      SyncPull{122, 4, {kUser, "bob@example.com"}},
+      SyncRecords{123, 4, {full_record(1), full_record(2)}, {full_profile()}, true},
+      SyncBodies{{{3, 99}, {4, 1}}},
+      Push{full_update(Update::Kind::Copy), {3}},
   };
 }
 
@@ -241,6 +247,22 @@ TEST(Codec, DefaultMessagesRoundTripThroughAnEnvelope) {
         << message_name(m) << ": " << error;
     EXPECT_TRUE(same(out.body, m)) << message_name(m);
   }
+}
+
+TEST(Codec, AFullSpoolTravelsWithTheLoadAndAnOlderSenderIsNotFull) {
+  Envelope in = envelope(ProbeAck{{7, 8}});
+  in.full = true;
+  Envelope out;
+  ASSERT_TRUE(decode_envelope(encode_envelope(in), out));
+  EXPECT_TRUE(out.full);
+  EXPECT_EQ(out.load, 12u);
+  // A sender before the field: an envelope without it.
+  pb::Envelope old = frame_header();
+  old.set_load(3);
+  old.mutable_probe_ack();
+  out.full = true;
+  ASSERT_TRUE(decode_envelope(frame(old), out));
+  EXPECT_FALSE(out.full);
 }
 
 TEST(Codec, EveryStatusKindAndOpSurvivesTheWire) {

@@ -73,7 +73,7 @@ TEST(Config, DefaultsOfCoreTunablesEqualCoreConfig) {
   // Fails to compile when CoreConfig gains or loses a field: map it in to_core
   // (and give it a parameter), then update this count.
   [[maybe_unused]] const auto& [f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17,
-                                f18, f19] = want;
+                                f18, f19, f20, f21] = want;
   EXPECT_EQ(core.self, 1u);
   EXPECT_TRUE(core.seeds.empty());
   EXPECT_EQ(core.weight, want.weight);
@@ -93,6 +93,8 @@ TEST(Config, DefaultsOfCoreTunablesEqualCoreConfig) {
   EXPECT_EQ(core.death_ttl, want.death_ttl);
   EXPECT_EQ(core.request_timeout, want.request_timeout);
   EXPECT_EQ(core.transfer_rate, want.transfer_rate);
+  EXPECT_EQ(core.sync_interval, want.sync_interval);
+  EXPECT_EQ(core.sync_bodies_inflight, want.sync_bodies_inflight);
 }
 
 TEST(Config, CommentsBlankLinesAndCrLfAreIgnored) {
@@ -189,6 +191,23 @@ TEST(ConfigErrors, BadChoicePathAddressAndUnitAreExplained) {
 
   e = only_error("node_id = 1\nprobe_timeout_ms = 2 weeks\n");
   EXPECT_TRUE(has(e.message, "unit ms, s, m, h or d")) << e.message;
+}
+
+TEST(ConfigValues, MetricsListenIsOffByDefaultAndElseHostPort) {
+  EXPECT_EQ(with_node(1).metrics_listen, "");
+  std::vector<Error> errors;
+  for (const char* good : {"127.0.0.1:9477", "[::1]:9477", "localhost:9477", "0.0.0.0:9477", ""}) {
+    auto params = parse("node_id = 1\nmetrics_listen = " + std::string(good) + "\n", errors);
+    ASSERT_TRUE(params) << good << ": " << dump(errors);
+    EXPECT_EQ(params->metrics_listen, good);
+  }
+  Error e = only_error("node_id = 1\nmetrics_listen = 9477\n");
+  EXPECT_EQ(e.line, 2);
+  EXPECT_TRUE(has(e.message, "metrics_listen") && has(e.message, "expected host:port")) << e.message;
+  e = only_error("node_id = 1\nmetrics_listen = ::1:9477\n");
+  EXPECT_TRUE(has(e.message, "brackets")) << e.message;
+  e = only_error("node_id = 1\nmetrics_listen = 127.0.0.1:0\n");
+  EXPECT_TRUE(has(e.message, "1..65535")) << e.message;
 }
 
 TEST(ConfigErrors, MissingEqualsSign) {

@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -314,6 +315,77 @@ class Crash(ClusterCase):
               % (len(acked), len(failed), extra), file=sys.stderr)
 
 
+class Durability(ClusterCase):
+    def body_files(self, i):
+        spool = os.path.join(self.cl.ndir(i), "spool", "msg")
+        return {os.path.join(top, f) for top, _, files in os.walk(spool) for f in files}
+
+    def test_a_cut_redis_file_deletes_no_body_and_the_peers_give_everything_back(self):
+        users = ["ida@example.org", "jon@example.org", "kim@example.org"]
+        for u in users:
+            self.add_user(1, u)
+        sent = {}  # (user, id) -> bytes
+        for n in range(60):
+            u = users[n % 3]
+            d = self.deliver(1 + n % 3, u, message(n, 2000))
+            self.assertIsNotNone(d)
+            self.assertEqual(d["code"], "OK")
+            sent[(u, d["id"])] = message(n, 2000)
+            if n % 5 == 0:
+                self.ctl(1 + n % 3, "mail", "flags", u, str(d["uid"]), "seen,flagged")
+        self.assertTrue(self.wait_backlogs_drain(30))
+        # Node 2 down (agent and Redis, kill -9), its append-only file cut in half.
+        victim = 2
+        before = self.body_files(victim)
+        self.assertGreater(len(before), 20)
+        self.cl.kill(victim, redis=True)
+        aof_dir = os.path.join(self.cl.ndir(victim), "redis", "appendonlydir")
+        aof = max((os.path.join(aof_dir, f) for f in os.listdir(aof_dir) if ".aof" in f and "manifest" not in f),
+                  key=os.path.getsize)
+        size = os.path.getsize(aof)
+        with open(aof, "r+b") as f:
+            f.truncate(size // 2)
+        self.cl.restart(victim)
+        self.assertTrue(self.wait_converged(30), "node 2 did not rejoin")
+        # No body is deleted to make the index agree, and the node says so.
+        self.assertTrue(before <= self.body_files(victim), "bodies deleted: %s" % sorted(before - self.body_files(victim))[:5])
+        log = self.log_of(victim)
+        self.assertIn("error: store: the index and the spool disagree", log)
+        status = self.ctl_json(victim, "status")
+        self.assertRegex(status["store_damage"], r"^[1-9][0-9]* bodies named by no record")
+        # The peers give back what it lost; it claims its own bodies.
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            status = self.ctl_json(victim, "status")
+            if status["unindexed_bodies"] == 0 and status["sync"]["bodies_pending"] == 0:
+                break
+            time.sleep(0.3)
+        self.assertEqual(status["unindexed_bodies"], 0, status)
+        self.assertGreater(status["sync"]["users_pulled"], 0, status)
+        self.assertEqual(before, self.body_files(victim))
+        # Every acknowledged message is read, whole, with any one other node down.
+        for down in (1, 3):
+            self.cl.kill(down, redis=False)
+            self.assertTrue(self.wait_converged(30), "no group without node %d" % down)
+            via = 3 if down == 1 else 1
+            for u in users:
+                listed = {m["id"]: m for m in self.ctl_json(via, "mail", "list", u)["messages"]}
+                mine = {mid: data for (user, mid), data in sent.items() if user == u}
+                self.assertEqual(set(listed), set(mine), "%s with node %d down" % (u, down))
+                for mid, data in mine.items():
+                    self.assertEqual(self.ctl(via, "mail", "fetch", u, str(listed[mid]["uid"])).stdout, data)
+            self.cl.restart(down)
+            self.assertTrue(self.wait_converged(30), "node %d did not rejoin" % down)
+
+    def wait_backlogs_drain(self, timeout):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if all(self.ctl_json(i, "status")["replication_backlog"] == 0 for i in (1, 2, 3)):
+                return True
+            time.sleep(0.2)
+        return False
+
+
 class Secure(ClusterCase):
     """Agents speak TLS 1.3 with a key from the cluster secret (the
     default, peer_security = tls)."""
@@ -537,6 +609,15 @@ class Hostile(ClusterCase):
         listed = self.ctl_json(2, "mail", "list", "sam@example.org")["messages"]
         self.assertEqual(len(listed), 6)
 
+    def test_porcupinectl_answers_a_usage_error_for_a_number_that_is_not_one(self):
+        self.add_user(1, "num@example.org")
+        for args, what in ((("user", "quota", "num@example.org", "lots"), b"BYTES must be a number"),
+                           (("user", "quota", "num@example.org", "1e3"), b"BYTES must be a number"),
+                           (("mail", "fetch", "num@example.org", "1x"), b"UID must be a number")):
+            r = self.ctl(1, *args, check=False)
+            self.assertEqual(r.returncode, 2, (args, r.stderr))
+            self.assertIn(what, r.stderr)
+
     def test_password_guessing_is_limited_per_user(self):
         """auth_failures_per_user (10) wrong passwords, then even the right
         one gets "try later" without a check; other users are not held up."""
@@ -704,6 +785,20 @@ class Hostile(ClusterCase):
     def chunk(self, transfer, data, last):
         return self.pb_field(1, transfer) + self.pb_field(2, data) + (self.pb_field(3, 1) if last else b"")
 
+    def test_a_frame_of_a_kind_this_build_does_not_know_is_dropped_not_fatal(self):
+        """What a newer peer may send during a rolling upgrade: the frame
+        goes, the connection stays (then a malformed one closes it)."""
+        s, send = self.authenticated_peer(1)
+        send(59, self.pb_field(1, 7))  # Envelope.body field 59: no such kind here
+        s.settimeout(1.5)
+        try:
+            self.assertNotEqual(s.recv(1), b"", "the node closed the connection")
+        except socket.timeout:
+            pass
+        self.assertIn("a message kind this build does not know?); dropped", self.log_of(1))
+        send(26, b"\xff\xff")  # a Push that is not one
+        self.assertTrue(self.closed_by_peer(s))
+
     def test_body_transfers_that_break_the_rules_close_only_that_connection(self):
         # A Store whose record names a transfer that never came.
         s, send = self.authenticated_peer(1)
@@ -735,6 +830,416 @@ class Hostile(ClusterCase):
         self.add_user(1, "mal@example.org")
         self.assertEqual(self.deliver(2, "mal@example.org", message(1))["code"], "OK")
         self.assertTrue(self.wait_converged(20))
+
+
+class FullDisk(ClusterCase):
+    """Node 3's spool on a small tmpfs of its own that fills under load: once
+    node 3 says it is full no copy is placed there, no peer connection is
+    torn down, nothing acknowledged is lost; a body it cannot stage at all
+    is refused alone; it takes copies again when the filesystem grows."""
+    RESERVE = 4 << 20
+    extra_config = {"spool_reserve_bytes": str(RESERVE)}
+    USERS = ["fill%d@example.org" % k for k in range(12)]
+    GRACE_MS = 1500  # every member hears of it within a second (Node::tick)
+
+    def setUp(self):
+        if os.geteuid() != 0:
+            self.skipTest("mounting a tmpfs needs root")
+        super().setUp()
+        self.spool = os.path.join(self.cl.ndir(3), "spool")
+        self.cl.stop_pid(3, "agent")
+        import subprocess
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10m,mode=0700", "tmpfs", self.spool], check=True)
+        self.addCleanup(self.unmount)
+        self.cl.start_agent(3)
+        self.assertTrue(self.wait_converged(30), "cluster did not form again")
+        self.mark = {i: len(self.log_of(i)) for i in (1, 2, 3)}
+
+    def unmount(self):
+        import subprocess
+        self.cl.stop()  # nothing may hold the mount
+        if subprocess.run(["umount", self.spool]).returncode != 0:
+            subprocess.run(["umount", "-l", self.spool])
+
+    def new_log(self, i):
+        return self.log_of(i)[self.mark[i]:]
+
+    def torn_down(self):
+        """Peer connections closed (and opened again) since setUp, per node."""
+        return {i: [l for l in self.new_log(i).splitlines()
+                    if "connection closed" in l or re.search(r"peer n\d+: connected", l)] for i in (1, 2, 3)}
+
+    def deliver_until_taken(self, via, user, data, tries=8):
+        """As Postfix does: a temporary failure is tried again."""
+        tempfails = 0
+        for _ in range(tries):
+            r = self.ctl(via, "--json", "mail", "deliver", user, stdin=data, check=False, timeout_ms=30000)
+            try:
+                d = json.loads(r.stdout)[0]
+            except (ValueError, IndexError):
+                d = None
+            if d and d["code"] == "OK":
+                return d, tempfails
+            tempfails += 1
+            time.sleep(0.3)
+        return None, tempfails
+
+    def sees_full(self, i, n):
+        """Whether node i's status says node n is full."""
+        return next(m for m in self.ctl_json(i, "status")["members"] if m["id"] == n)["full"]
+
+    def listing(self, i=1):
+        out = {}
+        for u in self.USERS:
+            for m in self.ctl_json(i, "mail", "list", u)["messages"]:
+                out[m["id"]] = dict(m, user=u)
+        return out
+
+    def when_logged(self, i, text):
+        """Epoch ms of the first line of node i's log (since setUp) with `text`."""
+        import datetime
+        for line in self.new_log(i).splitlines():
+            if text in line:
+                t = datetime.datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+                return t.replace(tzinfo=datetime.timezone.utc).timestamp() * 1000
+        return None
+
+    def test_a_full_node_gets_no_new_copies_and_nothing_is_lost_or_disconnected(self):
+        for u in self.USERS:
+            self.add_user(1 + self.USERS.index(u) % 3, u)
+        # 200 messages through every node, four at a time: mostly small,
+        # every 8th over 256 KiB (it crosses as a body transfer). About 31 MB
+        # of copies at R=2, a third of them for node 3's 10 MiB.
+        work = []
+        for n in range(200):
+            size = 300000 + 40000 * (n % 5) if n % 8 == 0 else 10000 + 3000 * (n % 17)
+            work.append((n, 1 + n % 3, self.USERS[n % len(self.USERS)], message(n, size)))
+        taken, tempfails, lock = {}, [0], threading.Lock()
+        began = time.time()
+
+        def worker(k):
+            for n, via, user, data in work[k::4]:
+                d, t = self.deliver_until_taken(via, user, data)
+                with lock:
+                    tempfails[0] += t
+                    if d:
+                        taken[d["id"]] = (user, d["uid"], data)
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        load_s = time.time() - began
+        self.assertEqual(len(taken), len(work), "deliveries never taken")
+        full_at = self.when_logged(3, "this node is full")
+        self.assertIsNotNone(full_at, "node 3 never reported its spool full:\n" + self.new_log(3)[-3000:])
+        self.assertTrue(self.sees_full(1, 3), "node 1 does not see node 3 full")
+
+        # No copy placed on node 3 once the others could have heard, and no
+        # body written there from the moment it said so. (A listing shows no
+        # UID above one handed to a delivery that was given up until that
+        # delivery's deadline has passed: wait for every message taken.)
+        deadline = time.time() + 30
+        held = self.listing()
+        while time.time() < deadline and not set(taken) <= set(held):
+            time.sleep(0.5)
+            held = self.listing()
+        late = [i for i, m in held.items() if 3 in m["replicas"] and m["internal_date_ms"] >= full_at + self.GRACE_MS]
+        self.assertEqual(late, [], "placed on node 3 after it was full")
+        on3 = sum(1 for m in held.values() if 3 in m["replicas"])
+        in_grace = sum(1 for m in held.values()
+                       if 3 in m["replicas"] and full_at <= m["internal_date_ms"] < full_at + self.GRACE_MS)
+        written_after = []
+        for root, _, files in os.walk(os.path.join(self.spool, "msg")):
+            for f in files:
+                if os.stat(os.path.join(root, f)).st_mtime_ns / 1e6 > full_at + 10:
+                    written_after.append(os.path.join(root, f))
+        self.assertEqual(written_after, [], "bodies written on node 3 after it was full")
+        # Nothing lost: every message taken is there with its bytes.
+        for k, (mid, (user, uid, data)) in enumerate(sorted(taken.items())):
+            self.assertIn(mid, held, "message %s to %s lost" % (mid, user))
+            self.assertEqual(held[mid]["uid"], uid)
+            self.assertEqual(self.ctl(1 + k % 2, "mail", "fetch", user, str(uid)).stdout, data)
+        self.assertEqual(self.torn_down(), {1: [], 2: [], 3: []})
+
+        # Completely full: a large body node 3 must stage (a read of a message
+        # it does not hold) is refused alone; its connections stay.
+        filler = os.path.join(self.spool, "filler")
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+            except OSError:
+                pass
+        big_id = next((mid for mid, m in held.items() if m["size"] > 256 << 10 and 3 not in m["replicas"]), None)
+        self.assertIsNotNone(big_id)
+        big = held[big_id]
+        r = self.ctl(3, "mail", "fetch", big["user"], str(big["uid"]), check=False, timeout_ms=30000)
+        self.assertEqual(r.returncode, 3, "a read node 3 cannot stage should fail for now: %r" % r.stderr)
+        self.assertIn("dropped: its body could not be staged", self.new_log(3))
+        os.unlink(filler)
+        want = taken[big_id][2]
+        self.assertEqual(self.ctl(3, "mail", "fetch", big["user"], str(big["uid"])).stdout, want)
+        self.assertEqual(self.torn_down(), {1: [], 2: [], 3: []})
+
+        # The filesystem grows: node 3 takes copies again.
+        import subprocess
+        subprocess.run(["mount", "-o", "remount,size=64m", self.spool], check=True)
+        deadline = time.time() + 10
+        while time.time() < deadline and (self.sees_full(1, 3) or self.sees_full(2, 3)):
+            time.sleep(0.2)
+        self.assertFalse(self.sees_full(1, 3) or self.sees_full(2, 3))
+        again = {}
+        for n in range(200, 236):
+            d, _ = self.deliver_until_taken(1 + n % 2, self.USERS[n % len(self.USERS)], message(n, 20000))
+            self.assertIsNotNone(d)
+            again[d["id"]] = d
+        held = self.listing(2)
+        self.assertTrue(all(mid in held for mid in again))
+        back = sum(1 for mid in again if 3 in held[mid]["replicas"])
+        self.assertGreater(back, 0, "node 3 not used again after it had room")
+        self.assertEqual(self.torn_down(), {1: [], 2: [], 3: []})
+        print("\nfull disk: %d deliveries in %.1f s, %d temporary failures (tried again); node 3 full %.1f s "
+              "into the load; %d messages have a copy on node 3, %d placed in the %d ms after it was full, "
+              "0 after; %d of %d placed on it once it had room; 0 peer connections closed"
+              % (len(work), load_s, tempfails[0], (full_at / 1000) - began, on3, in_grace, self.GRACE_MS,
+                 back, len(again)), file=sys.stderr)
+
+
+class Metrics(ClusterCase):
+    """Every agent serves Prometheus metrics on metrics_listen
+    (porcupine-local: 127.0.K.i:9477); the figures are what the cluster
+    did and is: requests and deliveries counted, latencies observed, the
+    members, the backlog draining, copies on a dead node under-replicated."""
+
+    def scrape(self, i):
+        """Node i's metrics: {(name, ((label, value), ...)): value}."""
+        url = "http://%s:%d/metrics" % (self.cl.address(i), local.METRICS_PORT)
+        with urllib.request.urlopen(url, timeout=5) as r:
+            self.assertEqual(r.status, 200)
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$", line)
+            self.assertIsNotNone(m, "not an exposition line: %r" % line)
+            labels = tuple(sorted(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or "")))
+            out[(m.group(1), labels)] = float(m.group(3))
+        return out
+
+    @staticmethod
+    def value(metrics, name, **labels):
+        """One series' value; 0 for a counter not yet counted."""
+        return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def wait_for(self, what, check, timeout=30):
+        """Scrapes until check() holds; fails with the last figures."""
+        deadline = time.time() + timeout
+        while True:
+            got = check()
+            if got is True or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertIs(got, True, "%s: %s" % (what, got))
+
+    def test_the_figures_are_what_the_cluster_did(self):
+        self.add_user(1, "ann@example.org")
+        self.add_user(1, "bob@example.org")
+        sizes = {1: [], 2: [], 3: []}
+        uids = []
+        for n in range(12):
+            via = 1 if n < 7 else 2  # 7 through node 1, 5 through node 2
+            data = message(n, 300 + 71 * n)
+            d = self.deliver(via, "ann@example.org", data)
+            self.assertEqual(d["code"], "OK")
+            sizes[via].append(len(data))
+            uids.append(d["uid"])
+        # One delivery to two recipients (node 3): one request, two messages.
+        r = self.ctl(3, "--json", "mail", "deliver", "ann@example.org", "bob@example.org", stdin=message(50))
+        self.assertEqual([d["code"] for d in json.loads(r.stdout)], ["OK", "OK"])
+        sizes[3] += [len(message(50))] * 2
+        # A refused one (node 2): counted under its code.
+        r = self.ctl(2, "--json", "mail", "deliver", "nobody@example.org", stdin=message(51), check=False)
+        self.assertNotEqual(r.returncode, 0)
+        # Reads and flag changes on node 3: each looks the UID up in a listing first.
+        for uid in uids[:3]:
+            self.ctl(3, "mail", "fetch", "ann@example.org", str(uid))
+        self.ctl(3, "mail", "flags", "ann@example.org", str(uids[0]), "seen")
+        self.ctl(3, "mail", "list", "ann@example.org")
+
+        m = {i: self.scrape(i) for i in (1, 2, 3)}
+        v = self.value
+        # Counters are counted before the answer leaves: exact at once.
+        for i, n in ((1, 7), (2, 5), (3, 1)):
+            self.assertEqual(v(m[i], "porcupine_local_requests_total", operation="deliver", code="OK"), n, i)
+            self.assertEqual(v(m[i], "porcupine_local_request_duration_seconds_count", operation="deliver"),
+                             n + (1 if i == 2 else 0), i)
+            self.assertEqual(v(m[i], "porcupine_delivered_messages_total", code="OK"), len(sizes[i]), i)
+            self.assertEqual(v(m[i], "porcupine_delivered_bytes_total"), sum(sizes[i]), i)
+            # Every latency lands in a bucket; +Inf holds them all.
+            self.assertEqual(v(m[i], "porcupine_local_request_duration_seconds_bucket", operation="deliver",
+                               le="+Inf"), v(m[i], "porcupine_local_request_duration_seconds_count",
+                                             operation="deliver"))
+            self.assertGreater(v(m[i], "porcupine_local_request_duration_seconds_sum", operation="deliver"), 0)
+        self.assertEqual(sum(v(m[i], "porcupine_local_requests_total", operation="deliver", code="OK")
+                             for i in (1, 2, 3)), 13)
+        self.assertEqual(v(m[2], "porcupine_local_requests_total", operation="deliver", code="NO_SUCH_USER"), 1)
+        self.assertEqual(v(m[2], "porcupine_delivered_messages_total", code="NO_SUCH_USER"), 1)
+        self.assertEqual(v(m[1], "porcupine_local_requests_total", operation="user_create", code="OK"), 2)
+        self.assertEqual(v(m[3], "porcupine_local_requests_total", operation="fetch", code="OK"), 3)
+        self.assertEqual(v(m[3], "porcupine_local_request_duration_seconds_count", operation="fetch"), 3)
+        self.assertEqual(v(m[3], "porcupine_local_requests_total", operation="set_flags", code="OK"), 1)
+        self.assertEqual(v(m[3], "porcupine_local_requests_total", operation="folder_list", code="OK"), 5)
+        for i in (1, 2, 3):
+            version = self.ctl_json(i, "status")["version"]
+            self.assertEqual(v(m[i], "porcupine_agent_info", node=str(i), version=version), 1)
+            self.assertGreater(v(m[i], "porcupine_store_flush_duration_seconds_count"), 0)
+            self.assertGreater(v(m[i], "porcupine_peer_frames_total", direction="in"), 0)
+
+        # Gauges are refreshed every second: each view has 3 members, all
+        # connected, and each bucket has exactly one manager.
+        buckets = self.ctl_json(1, "status")["buckets"]
+
+        def views():
+            m = {i: self.scrape(i) for i in (1, 2, 3)}
+            got = {i: {"members": v(m[i], "porcupine_members"), "in group": v(m[i], "porcupine_in_group"),
+                       "member": [v(m[i], "porcupine_node_member", node=str(k)) for k in (1, 2, 3)],
+                       "connected": [v(m[i], "porcupine_node_connected", node=str(k)) for k in (1, 2, 3)],
+                       "buckets": sum(v(m[i], "porcupine_node_buckets", node=str(k)) for k in (1, 2, 3)),
+                       "managed": v(m[i], "porcupine_buckets_managed") == v(m[i], "porcupine_node_buckets",
+                                                                           node=str(i)),
+                       "spool": 0 < v(m[i], "porcupine_spool_filesystem_avail_bytes") <=
+                       v(m[i], "porcupine_spool_filesystem_size_bytes")} for i in (1, 2, 3)}
+            managed = sum(v(m[i], "porcupine_buckets_managed") for i in (1, 2, 3))
+            want = {i: {"members": 3, "in group": 1, "member": [1, 1, 1], "connected": [1, 1, 1],
+                        "buckets": buckets, "managed": True, "spool": True} for i in (1, 2, 3)}
+            return (got == want and managed == buckets) or (got, managed)
+        self.wait_for("3 members in every view", views)
+
+        # Gauges follow the state: the backlog drains, and the cluster holds
+        # R copies of each of the 14 messages, with their bytes.
+        copies, stored = self.replicas * 14, self.replicas * sum(sum(s) for s in sizes.values())
+
+        def settled():
+            m = {i: self.scrape(i) for i in (1, 2, 3)}
+            got = {"backlog": [v(m[i], "porcupine_replication_backlog") for i in (1, 2, 3)],
+                   "records": sum(v(m[i], "porcupine_message_records") for i in (1, 2, 3)),
+                   "bytes": sum(v(m[i], "porcupine_spool_message_bytes") for i in (1, 2, 3)),
+                   "under": [v(m[i], "porcupine_under_replicated_messages") for i in (1, 2, 3)]}
+            return got == {"backlog": [0, 0, 0], "records": copies, "bytes": stored, "under": [0, 0, 0]} or got
+        self.wait_for("backlog drained, %d copies of %d bytes" % (copies, stored), settled)
+
+        # The Grafana dashboard asks only for what the agents serve.
+        with open(os.path.join(ROOT, "packaging", "grafana", "porcupine-dashboard.json")) as f:
+            dashboard = json.load(f)
+        ids = [p["id"] for p in dashboard["panels"]]
+        self.assertEqual(len(ids), len(set(ids)))
+        served = {name for name, _ in self.scrape(1)}
+        wanted = set(re.findall(r"porcupine_[a-z_]+", json.dumps(dashboard)))
+        self.assertGreater(len(wanted), 20)
+        self.assertEqual(wanted - served, set())
+
+    def test_a_dead_node_leaves_the_members_and_its_copies_under_replicated(self):
+        for u in ("cy@example.org", "di@example.org", "ed@example.org"):
+            self.add_user(1, u)
+        for n in range(15):
+            self.assertEqual(self.deliver(1 + n % 3, ("cy@example.org", "di@example.org", "ed@example.org")[n % 3],
+                                          message(n))["code"], "OK")
+        replicas = [m["replicas"] for u in ("cy@example.org", "di@example.org", "ed@example.org")
+                    for m in self.ctl_json(1, "mail", "list", u)["messages"]]
+        self.assertEqual(len(replicas), 15)
+        # The node holding the most copies dies; each survivor holds the
+        # other copy of every message that names it.
+        victim = max((1, 2, 3), key=lambda k: sum(k in r for r in replicas))
+        survivors = [k for k in (1, 2, 3) if k != victim]
+        expect = {j: sum(j in r and victim in r for r in replicas) for j in survivors}
+        self.assertGreater(sum(expect.values()), 0)
+        v = self.value
+
+        def before():
+            m = {j: self.scrape(j) for j in survivors}
+            got = {j: (v(m[j], "porcupine_replication_backlog"), v(m[j], "porcupine_under_replicated_messages"))
+                   for j in survivors}
+            return all(g == (0, 0) for g in got.values()) or got
+        self.wait_for("backlog drained, nothing under-replicated", before)
+        changes = {j: v(self.scrape(j), "porcupine_epoch_changes_total") for j in survivors}
+
+        self.cl.kill(victim, redis=False)
+        with self.assertRaises(OSError):
+            self.scrape(victim)
+
+        def after():
+            m = {j: self.scrape(j) for j in survivors}
+            got = {j: {"members": v(m[j], "porcupine_members"),
+                       "victim member": v(m[j], "porcupine_node_member", node=str(victim)),
+                       "victim connected": v(m[j], "porcupine_node_connected", node=str(victim)),
+                       "under": v(m[j], "porcupine_under_replicated_messages"),
+                       "new epoch": v(m[j], "porcupine_epoch_changes_total") > changes[j]} for j in survivors}
+            want = {j: {"members": 2, "victim member": 0, "victim connected": 0, "under": expect[j],
+                        "new epoch": True} for j in survivors}
+            return got == want or got
+        self.wait_for("node %d dead, %s under-replicated" % (victim, expect), after)
+        print("\nnode %d killed: under-replicated per survivor %s" % (victim, expect), file=sys.stderr)
+        # A node out of the group has no buckets, load or weight series.
+        m = self.scrape(survivors[0])
+        self.assertNotIn(("porcupine_node_buckets", (("node", str(victim)),)), m)
+        self.assertEqual(sum(v(m, "porcupine_node_buckets", node=str(j)) for j in survivors),
+                         v(m, "porcupine_buckets"))
+
+    def test_off_unless_configured(self):
+        """The default serves nothing: the agent listens on its peer port
+        only. An address it cannot take stops it at start (exit 69)."""
+        import subprocess
+        defaults = subprocess.run([self.cl.agent_bin(), "--print-defaults"], capture_output=True, text=True,
+                                  check=True).stdout
+        self.assertIn("\nmetrics_listen =\n", defaults)
+        conf = os.path.join(self.cl.ndir(3), "porcupine.conf")
+        with open(conf) as f:
+            lines = f.read().splitlines(True)
+        self.assertEqual(len([l for l in lines if l.startswith("metrics_listen =")]), 1)
+        self.cl.kill(3, redis=False)
+        taken = "%s:%d" % (self.cl.address(1), local.METRICS_PORT)  # node 1's
+        r = subprocess.run([self.cl.agent_bin(), "-c", conf, "-o", "metrics_listen=" + taken] +
+                           (["--allow-root"] if os.geteuid() == 0 else []), capture_output=True, text=True,
+                           timeout=60)
+        self.assertEqual(r.returncode, 69, r.stderr)
+        self.assertIn("cannot serve metrics on %s: Address already in use" % taken, r.stderr)
+        with open(conf, "w") as f:
+            f.writelines(l for l in lines if not l.startswith("metrics_listen ="))
+        self.cl.restart(3)
+        self.assertTrue(self.wait_converged(30), "node 3 did not rejoin")
+        self.assertEqual(self.listening_ports(self.cl.pid(3, "agent")), {local.PORT})
+        with self.assertRaises(OSError):
+            self.scrape(3)
+        started = [l for l in self.log_of(3).splitlines() if "agent: node 3 listening on" in l]
+        self.assertEqual(len(started), 2)
+        self.assertIn("metrics on http://%s:%d/metrics" % (self.cl.address(3), local.METRICS_PORT), started[0])
+        self.assertNotIn("metrics on", started[1])
+        # The others still serve theirs, and count node 3 back in.
+        self.wait_for("node 3 a member again on node 1",
+                      lambda: self.value(self.scrape(1), "porcupine_members") == 3 or "not yet")
+
+    @staticmethod
+    def listening_ports(pid):
+        """TCP ports the process listens on (/proc: its socket inodes in LISTEN)."""
+        inodes = set()
+        for fd in os.listdir("/proc/%d/fd" % pid):
+            try:
+                target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        ports = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as f:
+                for row in f.read().splitlines()[1:]:
+                    cols = row.split()
+                    if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                        ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+        return ports
 
 
 if __name__ == "__main__":

@@ -38,12 +38,18 @@ EXPECTED_FILES = {
         "./usr/share/porcupine-agent/porcupine.conf": 0o644,
         "./usr/share/doc/porcupine-agent/configuration.md": 0o644,
         "./usr/share/doc/porcupine-agent/agent.md": 0o644,
+        "./usr/share/doc/porcupine-agent/monitoring.md": 0o644,
+        "./usr/share/porcupine-agent/grafana/porcupine-dashboard.json": 0o644,
+        "./usr/share/man/man8/porcupine-agent.8.gz": 0o644,
+        "./usr/share/man/man8/porcupinectl.8.gz": 0o644,
+        "./usr/share/man/man5/porcupine.conf.5.gz": 0o644,
     },
     MILTER: {
         "./usr/sbin/porcupine-milter": 0o755,
         "./lib/systemd/system/porcupine-milter.service": 0o644,
         "./usr/share/porcupine-milter/main.cf.porcupine": 0o644,
         "./usr/share/doc/porcupine-milter/README.md": 0o644,
+        "./usr/share/man/man8/porcupine-milter.8.gz": 0o644,
     },
     DOVECOT: {
         "./usr/lib/dovecot/modules/lib20_porcupine_plugin.so": 0o644,
@@ -198,6 +204,26 @@ class Packages(unittest.TestCase):
                 installed.add("./" + os.path.relpath(os.path.join(top, f), dest))
         packaged = {p for c in self.contents.values() for p, (perms, _) in c.items() if perms[0] != "d"}
         self.assertEqual(installed, packaged)
+
+    def test_ManPages_CompressedAndRendered(self):
+        """Every man page of the packages is in the directory of its section,
+        gzip -9n'd as Debian's policy wants (no name, no time stamp), and
+        man(1) renders the unpacked file without a warning."""
+        pages = sorted((path, name) for name, c in self.contents.items()
+                       for path, (perms, _) in c.items() if path.startswith("./usr/share/man/") and perms[0] != "d")
+        self.assertEqual([p for p, _ in pages], sorted(p for files in EXPECTED_FILES.values() for p in files
+                                                      if p.startswith("./usr/share/man/")))
+        for path, name in pages:
+            m = re.match(r"^\./usr/share/man/man(\d)/[^/]+\.(\d)\.gz$", path)
+            self.assertTrue(m and m.group(1) == m.group(2), path)
+            full = os.path.join(self.roots[name], path)
+            data = read(full, "rb")
+            self.assertEqual(data[:3], b"\x1f\x8b\x08", path)
+            self.assertEqual((data[3] & 0x08, data[4:8], data[8]), (0, b"\0\0\0\0", 2), "%s: not gzip -9n" % path)
+            r = subprocess.run(["man", "--warnings", "-l", full], capture_output=True, text=True,
+                               env=dict(os.environ, MANPAGER="cat", PAGER="cat", MANWIDTH="80"))
+            self.assertEqual((r.returncode, r.stderr), (0, ""), path)
+            self.assertIn("SEE ALSO", r.stdout, path)
 
     def test_Conffiles_OnlyPorcupineConf(self):
         with open(os.path.join(self.controls[AGENT], "conffiles")) as f:

@@ -222,6 +222,106 @@ TEST(Replication, FlagChangeRacingExpungeConvergesToExpunged) {
   h.expect_invariants();
 }
 
+// A node's index loses half its records and its whole log while it is
+// down (a cut Redis file): it deletes no body, its peers' sync gives back
+// every record (flags and expunges included) and it claims its own bodies
+// instead of having them copied; then any one other node may go and every
+// message is still read.
+TEST(Durability, ADamagedIndexLosesNoBodyAndItsPeersGiveEverythingBack) {
+  Harness h(3);
+  std::vector<MessageRecord> live;
+  std::vector<MessageRecord> all;
+  for (const char* u : {"ann@example.org", "ben@example.org", "cid@example.org"}) {
+    h.user(u);
+    for (int i = 0; i < 8; ++i) {
+      const ClientReply* d = h.deliver(static_cast<NodeId>(1 + i % 3), u);
+      ASSERT_TRUE(d);
+      ASSERT_EQ(d->status, Status::Ok);
+      all.push_back(Harness::target(*d, u));
+    }
+  }
+  // Flags on some, an expunge of others, before the damage.
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    if (i % 4 == 1) {
+      ASSERT_EQ(h.c.wait(h.c.set_flags(1, all[i], kSeen | kFlagged))->status, Status::Ok);
+    } else if (i % 4 == 3) {
+      ASSERT_EQ(h.c.wait(h.c.expunge(2, all[i]))->status, Status::Ok);
+      h.log.delivered[i].expunge_acked = true;
+      continue;
+    }
+    live.push_back(all[i]);
+  }
+  h.c.run_for(5000);
+  const NodeId victim = 2;
+  std::size_t held = 0;
+  for (const auto& [id, r] : h.c.disk(victim)->data().records) held += r.has_body;
+  h.c.crash(victim);
+  std::size_t lost = h.c.damage_index(victim, 2, 0);
+  ASSERT_GE(lost, 4u);
+  const std::size_t orphans = h.c.disk(victim)->orphans().size();
+  ASSERT_GT(orphans, 0u);
+  h.c.restart(victim);
+  ASSERT_TRUE(h.settle());
+  h.c.run_for(10'000);
+
+  // Every body it had is named again, none copied over the wire for it.
+  EXPECT_TRUE(h.c.disk(victim)->orphans().empty());
+  Node::SyncProgress p = h.c.node(victim)->sync_progress();
+  EXPECT_EQ(p.unindexed, 0u);
+  EXPECT_EQ(p.bodies_pending, 0u);
+  EXPECT_EQ(p.bodies_copied, 0u);
+  EXPECT_GT(p.users_pulled, 0u);
+  std::size_t held_after = 0;
+  for (const auto& [id, r] : h.c.disk(victim)->data().records) held_after += r.has_body;
+  EXPECT_EQ(held_after, held);
+  // Records, flags and expunges as on the other replica.
+  for (const MessageRecord& t : all) {
+    if (std::find(t.replicas.begin(), t.replicas.end(), victim) == t.replicas.end()) continue;
+    NodeId other = t.replicas[0] == victim ? t.replicas[1] : t.replicas[0];
+    const auto& mine = h.c.node(victim)->replicator().records();
+    ASSERT_TRUE(mine.count(t.id)) << t.id.str();
+    EXPECT_EQ(record_digest(mine.at(t.id)), record_digest(h.c.node(other)->replicator().records().at(t.id)))
+        << t.id.str();
+  }
+  // Any one other node down: every live message is read.
+  for (NodeId down : {NodeId{1}, NodeId{3}}) {
+    h.c.crash(down);
+    ASSERT_TRUE(h.settle());
+    NodeId via = down == 1 ? 3 : 1;
+    for (const MessageRecord& t : live) {
+      const ClientReply* f = h.fetch(via, t);
+      ASSERT_TRUE(f);
+      EXPECT_EQ(f->status, Status::Ok) << t.id.str() << " with n" << down << " down";
+    }
+    h.c.restart(down);
+    ASSERT_TRUE(h.settle());
+  }
+  h.expect_invariants();
+}
+
+// A body a node lost (its file gone) while its record stayed comes back
+// from a peer that has it, through the sync alone.
+TEST(Durability, ALostBodyIsCopiedBackFromAPeer) {
+  CoreConfig cfg;
+  cfg.sync_interval = 20'000;
+  Harness h(3, 7, cfg);
+  MessageRecord t;
+  ASSERT_NO_FATAL_FAILURE(h.first_message("dot@example.org", t));
+  const NodeId victim = t.replicas[1];
+  h.c.crash(victim);
+  h.c.damage_index(victim, 1, 0);  // every record: the body stays, unindexed
+  h.c.drop_unindexed(victim);      // and then the body too
+  h.c.restart(victim);
+  ASSERT_TRUE(h.settle());
+  h.c.run_for(5000);
+  const auto& recs = h.c.node(victim)->replicator().records();
+  ASSERT_TRUE(recs.count(t.id));
+  EXPECT_TRUE(recs.at(t.id).has_body);
+  EXPECT_EQ(h.c.node(victim)->sync_progress().bodies_copied, 1u);
+  EXPECT_EQ(h.c.disk(victim)->data().records.at(t.id).body.bytes(), "Subject: t\r\n\r\nx\r\n");
+  h.expect_invariants();
+}
+
 TEST(Replication, DeathCertificateKeptUntilTtlThenDropped) {
   CoreConfig cfg;
   cfg.death_ttl = 20'000;
@@ -1181,5 +1281,49 @@ TEST(Uids, ARenameFinishesAfterItsManagerDies) {
   EXPECT_TRUE(h.c.wait(h.c.list(via, u, "Work"))->records.empty());
   h.c.restart(mgr);
   ASSERT_TRUE(h.settle());
+  h.expect_invariants();
+}
+
+TEST(Placement, AFullNodeGetsNoNewCopiesNothingIsLostAndItIsUsedAgainWithRoom) {
+  Harness h(4);
+  std::vector<std::string> users;
+  for (int i = 0; i < 8; ++i) users.push_back("full" + std::to_string(i) + "@example.org");
+  for (const auto& u : users) h.user(u);
+  // Mail maps that name node 3 before it fills.
+  for (std::size_t i = 0; i < users.size(); ++i)
+    ASSERT_EQ(h.deliver(static_cast<NodeId>(1 + i % 4), users[i])->status, Status::Ok);
+
+  h.c.node(3)->set_spool_full(true);
+  // Every member hears it within a second, whatever else it is sent.
+  h.c.run_for(1500);
+  for (NodeId n : {1, 2, 4}) EXPECT_TRUE(h.c.node(n)->peer_full(3)) << "node " << n;
+  const std::size_t before = h.c.disk(3)->data().records.size();
+  int via3 = 0;
+  for (int round = 0; round < 3; ++round)
+    for (std::size_t i = 0; i < users.size(); ++i) {
+      const NodeId via = static_cast<NodeId>(1 + (i + round) % 4);
+      const ClientReply* r = h.deliver(via, users[i]);
+      ASSERT_TRUE(r);
+      // The full node's own deliveries go to the others.
+      ASSERT_EQ(r->status, Status::Ok) << "via " << via;
+      EXPECT_EQ(std::count(r->replicas.begin(), r->replicas.end(), NodeId{3}), 0) << "via " << via;
+      EXPECT_EQ(r->replicas.size(), 2u);
+      via3 += via == 3;
+    }
+  EXPECT_GT(via3, 0);
+  EXPECT_EQ(h.c.disk(3)->data().records.size(), before);  // nothing new written there
+
+  // Room again: the others hear it and place copies there again.
+  h.c.node(3)->set_spool_full(false);
+  h.c.run_for(1500);
+  for (NodeId n : {1, 2, 4}) EXPECT_FALSE(h.c.node(n)->peer_full(3)) << "node " << n;
+  int on3 = 0;
+  for (int round = 0; round < 3; ++round)
+    for (std::size_t i = 0; i < users.size(); ++i) {
+      const ClientReply* r = h.deliver(static_cast<NodeId>(1 + i % 4), users[i]);
+      ASSERT_EQ(r->status, Status::Ok);
+      on3 += std::count(r->replicas.begin(), r->replicas.end(), NodeId{3});
+    }
+  EXPECT_GT(on3, 0);
   h.expect_invariants();
 }

@@ -42,6 +42,34 @@ TEST(Profile, MergingWhatIsKnownAlreadyChangesNothing) {
   EXPECT_TRUE(a.subscriptions.at("Work").on);
 }
 
+// What the anti-entropy compares: two holders that merged the same
+// updates, in any order, agree; any change a merge would carry shows.
+TEST(Profile, DigestsAgreeAfterTheSameMergesAndMoveWithEveryChange) {
+  Profile a = with({{"Work", {true, {100, 1}}}});
+  FolderMeta& inbox = a.folders["INBOX"];
+  inbox.uidvalidity = 7;
+  inbox.version = {10, 1};
+  inbox.uid_reserved = 40;
+  Profile b = with({{"Lists", {true, {120, 2}}}});
+  b.password_hash = "{PLAIN}x";
+  b.version = {130, 2};
+  Profile ab = a, ba = b;
+  merge_profile(ab, b);
+  merge_profile(ba, a);
+  ab.holders = {1, 2};
+  ba.holders = {2, 3};  // who holds it is not the profile's state
+  EXPECT_EQ(profile_digest(ab), profile_digest(ba));
+  Profile c = ab;
+  c.folders["INBOX"].uid_reserved = 41;
+  EXPECT_NE(profile_digest(c), profile_digest(ab));
+  c = ab;
+  c.subscriptions["Work"].on = false;
+  EXPECT_NE(profile_digest(c), profile_digest(ab));
+  c = ab;
+  c.password_hash = "{PLAIN}y";
+  EXPECT_NE(profile_digest(c), profile_digest(ab));
+}
+
 TEST(Profile, SubscriptionsDoNotTouchFolders) {
   Profile a = with({{"Ghost", {true, {100, 1}}}});
   Profile b;

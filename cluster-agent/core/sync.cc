@@ -1,0 +1,256 @@
+// sync.cc - anti-entropy between replicas.
+//
+// Replication (replication.cc) gets an update to every replica while the
+// update is in its log; once retired, nothing would notice a replica that
+// lost it later: an index cut short by a damaged Redis file, a body file
+// gone. So each node asks every member, when the member joins its group
+// and every sync_interval after, for what the member holds that names
+// this node: records that list it as a replica, profiles that list it as
+// a holder. The member answers one digest per user (sync_digest); the
+// users whose digest differs from this node's own of what it holds that
+// names the member are pulled as records without bodies and merged
+// (Replicator::absorb: attribute by attribute, versions and all, so
+// nothing newer is undone); a record whose body this node lacks is then
+// asked for, a few bodies at a time per peer, and comes back as a Push of
+// a Copy. A body this node still has on disk but no
+// record named (DurableSnapshot::unindexed) is claimed by its record
+// instead of copied again. Nothing here decides where copies live.
+#include <algorithm>
+
+#include "node.h"
+
+namespace porcupine {
+
+namespace {
+constexpr std::size_t kDigestsPerMessage = 1000;
+constexpr std::size_t kUsersPerPull = 100;
+constexpr std::size_t kRecordsPerMessage = 500;
+// A round that hears nothing from its peer for kRoundSilence request
+// timeouts is asked again, at most kSilentRounds times in a row (then the
+// peer waits for the next round: one that does not know the sync); a body
+// is asked for at most kBodyAttempts times a round.
+constexpr Time kRoundSilence = 4;
+constexpr int kSilentRounds = 3;
+constexpr int kBodyAttempts = 3;
+
+bool names(const std::vector<NodeId>& v, NodeId n) { return std::find(v.begin(), v.end(), n) != v.end(); }
+}  // namespace
+
+std::uint64_t Node::sync_digest(const std::string& user, NodeId node) const {
+  std::uint64_t sum = 0;
+  for (const MsgId& id : repl_.user_records(user)) {
+    const MessageRecord& r = repl_.records().at(id);
+    // A death certificate counts while its expunge is younger than
+    // death_ttl: a node that lost one gets it back, and one that let its
+    // go is not sent it again (Replicator::absorb takes no certificate
+    // that old either).
+    if (names(r.replicas, node) && (!r.expunged || now_ - r.expunge_version.time < cfg_.death_ttl))
+      sum += record_digest(r);
+  }
+  auto p = repl_.profiles().find(user);
+  if (p != repl_.profiles().end() && names(p->second.holders, node)) sum += profile_digest(p->second);
+  return sum;
+}
+
+void Node::sync_on_change(const Membership::Change& ch) {
+  for (const MemberWeight& m : ch.members) {
+    if (m.id == cfg_.self) continue;
+    bool was = std::any_of(ch.old_members.begin(), ch.old_members.end(),
+                           [&](const MemberWeight& o) { return o.id == m.id; });
+    if (!was) sync_ask(m.id);
+  }
+}
+
+void Node::sync_ask(NodeId peer) {
+  SyncPeer& st = sync_[peer];
+  st.round = ++sync_round_;
+  st.deadline = now_ + kRoundSilence * cfg_.request_timeout;
+  st.digests_done = st.done = false;
+  st.pulls_open.clear();
+  st.pulled_users = st.pulled_records = 0;
+  ++sync_stats_.rounds;
+  send(peer, SyncRequest{st.round});
+}
+
+void Node::sync_progress(NodeId peer, SyncPeer& st) {
+  st.deadline = now_ + kRoundSilence * cfg_.request_timeout;
+  st.silent = 0;
+  if (st.done || !st.digests_done || !st.pulls_open.empty()) return;
+  st.done = true;
+  if (st.pulled_users > 0)
+    env_.log("sync: with n" + std::to_string(peer) + ": " + std::to_string(st.pulled_users) + " users differed, " +
+             std::to_string(st.pulled_records) + " records merged, " + std::to_string(st.need.size() + st.inflight.size()) +
+             " bodies to copy");
+}
+
+void Node::serve_sync_request(NodeId from, const SyncRequest& r) {
+  SyncDigest d;
+  d.round = r.round;
+  for (const std::string& user : repl_.local_users()) {
+    std::uint64_t digest = sync_digest(user, from);
+    if (digest == 0) continue;
+    d.users.push_back({user, digest});
+    if (d.users.size() == kDigestsPerMessage) {
+      send(from, d);
+      d.users.clear();
+    }
+  }
+  d.last = true;
+  send(from, std::move(d));
+}
+
+void Node::on_sync_digest(NodeId from, const SyncDigest& d) {
+  auto it = sync_.find(from);
+  if (it == sync_.end() || it->second.round != d.round) return;  // a round this node no longer runs
+  SyncPeer& st = it->second;
+  SyncPull pull;
+  pull.round = d.round;
+  auto send_pull = [&] {
+    pull.pull = st.next_pull++;
+    st.pulls_open.insert(pull.pull);
+    send(from, pull);
+    pull.users.clear();
+  };
+  for (const UserDigest& u : d.users) {
+    if (sync_digest(u.user, from) == u.digest) continue;
+    pull.users.push_back(u.user);
+    ++sync_stats_.users_pulled;
+    ++st.pulled_users;
+    if (pull.users.size() == kUsersPerPull) send_pull();
+  }
+  if (!pull.users.empty()) send_pull();
+  if (d.last) st.digests_done = true;
+  sync_progress(from, st);
+}
+
+void Node::serve_sync_pull(NodeId from, const SyncPull& p) {
+  SyncRecords out;
+  out.round = p.round;
+  out.pull = p.pull;
+  auto flush = [&] {
+    send(from, out);
+    out.records.clear();
+    out.profiles.clear();
+  };
+  for (const std::string& user : p.users) {
+    for (const MsgId& id : repl_.user_records(user)) {
+      const MessageRecord& r = repl_.records().at(id);
+      if (!names(r.replicas, from)) continue;
+      out.records.push_back(r);
+      out.records.back().body.clear();
+      if (out.records.size() == kRecordsPerMessage) flush();
+    }
+    auto pr = repl_.profiles().find(user);
+    if (pr != repl_.profiles().end() && names(pr->second.holders, from)) out.profiles.push_back(pr->second);
+  }
+  out.last = true;
+  flush();
+}
+
+void Node::on_sync_records(Time now, NodeId from, const SyncRecords& r) {
+  SyncPeer& st = sync_[from];
+  // Whatever round it answers, it is what the peer holds: merged.
+  for (const Profile& p : r.profiles) repl_.absorb(p);
+  if (r.round == st.round) st.pulled_records += r.records.size();
+  for (const MessageRecord& rec : r.records) {
+    ++sync_stats_.records_absorbed;
+    if (repl_.absorb(now, rec) && !st.inflight.count(rec.id)) {
+      st.need.emplace_back(rec.id, 0);
+      ++sync_stats_.bodies_wanted;
+    }
+  }
+  if (r.round == st.round) {
+    if (r.last) st.pulls_open.erase(r.pull);
+    sync_progress(from, st);
+  }
+  sync_bodies(now, from, st);
+}
+
+void Node::sync_bodies(Time now, NodeId peer, SyncPeer& st) {
+  if (spool_full()) return;  // they would be dropped on arrival: asked once there is room
+  SyncBodies ask;
+  while (st.inflight.size() < cfg_.sync_bodies_inflight && !st.need.empty()) {
+    auto [id, attempts] = st.need.front();
+    st.need.pop_front();
+    auto r = repl_.records().find(id);
+    if (r == repl_.records().end() || r->second.has_body || r->second.expunged) continue;
+    // As long as a delivery of its size may take, and then some.
+    st.inflight[id] = {now + cfg_.request_timeout + store_crossing(cfg_, r->second.size), attempts + 1};
+    ask.ids.push_back(id);
+  }
+  if (!ask.ids.empty()) send(peer, std::move(ask));
+}
+
+void Node::serve_sync_bodies(NodeId from, const SyncBodies& b) {
+  for (const MsgId& id : b.ids) {
+    auto it = repl_.records().find(id);
+    if (it == repl_.records().end() || !it->second.has_body || it->second.expunged) continue;
+    auto body = disk_.body_ref(id);
+    if (!body) continue;  // the asker's wait runs out; it asks again, then the next round
+    Push p;
+    p.update.id = Version{0, cfg_.self};  // never logged: complete on arrival
+    p.update.kind = Update::Kind::Copy;
+    p.update.coordinator = cfg_.self;
+    p.update.replicas = {from};
+    p.update.record = it->second;
+    p.update.record.body = std::move(*body);
+    p.have = {cfg_.self};
+    send(from, std::move(p));
+  }
+}
+
+void Node::sync_body_arrived(NodeId from, const MsgId& id) {
+  auto it = sync_.find(from);
+  if (it == sync_.end() || !it->second.inflight.erase(id)) return;
+  ++sync_stats_.bodies_copied;
+  sync_bodies(now_, from, it->second);
+}
+
+void Node::sync_tick(Time now) {
+  for (auto it = sync_.begin(); it != sync_.end();) {
+    NodeId peer = it->first;
+    SyncPeer& st = it->second;
+    if (!live(peer)) {  // asked again when it is back
+      it = sync_.erase(it);
+      continue;
+    }
+    for (auto f = st.inflight.begin(); f != st.inflight.end();) {
+      if (now < f->second.until) {
+        ++f;
+        continue;
+      }
+      if (f->second.attempts < kBodyAttempts) st.need.emplace_front(f->first, f->second.attempts);
+      f = st.inflight.erase(f);
+    }
+    sync_bodies(now, peer, st);
+    // A round whose messages were lost (a connection that dropped) is
+    // asked again: nothing in it is lost by asking twice. A peer that
+    // never answers (one that does not know the sync) is left until the
+    // next round.
+    if (!st.done && now >= st.deadline) {
+      if (++st.silent > kSilentRounds) {
+        st.done = true;
+      } else {
+        int silent = st.silent;
+        sync_ask(peer);
+        st.silent = silent;
+      }
+    }
+    ++it;
+  }
+  if (cfg_.sync_interval <= 0 || !membership_.in_group()) return;
+  if (next_sync_ == 0) next_sync_ = now + cfg_.sync_interval;
+  if (now < next_sync_) return;
+  next_sync_ = now + cfg_.sync_interval;
+  for (const MemberWeight& m : membership_.members())
+    if (m.id != cfg_.self) sync_ask(m.id);
+}
+
+Node::SyncProgress Node::sync_progress() const {
+  SyncProgress p = sync_stats_;
+  for (const auto& [peer, st] : sync_) p.bodies_pending += st.need.size() + st.inflight.size();
+  p.unindexed = repl_.unindexed().size();
+  return p;
+}
+
+}  // namespace porcupine
