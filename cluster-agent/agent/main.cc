@@ -16,6 +16,8 @@
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <fstream>
+#include <functional>
+#include <google/protobuf/stubs/logging.h>
 #include <iostream>
 #include <sstream>
 
@@ -67,6 +69,31 @@ std::string read_secret(const std::string& path, std::string& why) {
     return {};
   }
   return s;
+}
+
+// protobuf's own complaints (a proto3 string that is not UTF-8, from a
+// local client or a peer) go to the agent's log, at most kProtobufLines
+// every 10 s and then one line that counts those left out: whoever can
+// send a frame must not be able to fill the log.
+std::function<void(const std::string&)> protobuf_log;
+constexpr int kProtobufLines = 10;
+
+void on_protobuf_log(google::protobuf::LogLevel level, const char*, int, const std::string& message) {
+  static auto window = std::chrono::steady_clock::now();
+  static int lines = 0, left_out = 0;
+  auto now = std::chrono::steady_clock::now();
+  if (now - window >= std::chrono::seconds(10)) {
+    if (left_out > 0 && protobuf_log)
+      protobuf_log("protobuf: " + std::to_string(left_out) + " more lines like the above left out");
+    window = now;
+    lines = left_out = 0;
+  }
+  if (++lines > kProtobufLines) {
+    ++left_out;
+    return;
+  }
+  if (protobuf_log)
+    protobuf_log(std::string(level >= google::protobuf::LOGLEVEL_ERROR ? "warning: " : "") + "protobuf: " + message);
 }
 
 }  // namespace
@@ -135,6 +162,9 @@ int main(int argc, char** argv) {
     if (to_syslog) syslog(priority, "%s", line.c_str());
     else std::cerr << stamp() << " porcupine-agent: " << line << "\n";
   };
+
+  protobuf_log = log;
+  google::protobuf::SetLogHandler(&on_protobuf_log);
 
   std::string why;
   agent::AgentOptions opt;

@@ -609,6 +609,24 @@ class Hostile(ClusterCase):
         listed = self.ctl_json(2, "mail", "list", "sam@example.org")["messages"]
         self.assertEqual(len(listed), 6)
 
+    def test_protobufs_complaints_about_bad_strings_are_limited_in_the_log(self):
+        """A proto3 string that is not UTF-8 makes protobuf complain; 40 such
+        requests put at most 10 of its lines in the log, not 40."""
+        sock = os.path.join(self.cl.ndir(1), "agent.sock")
+        before = self.log_of(1).count("UTF-8")
+        for n in range(40):
+            u = socket.socket(socket.AF_UNIX)
+            u.settimeout(5)
+            u.connect(sock)
+            req = self.pb_field(1, n + 1) + self.pb_field(10, self.pb_field(1, b"\xff\xfe@example.org"))
+            u.sendall(struct.pack(">I", len(req)) + req)
+            self.assertTrue(self.closed_by_peer(u))
+        time.sleep(0.5)
+        complaints = self.log_of(1).count("UTF-8") - before
+        self.assertGreater(complaints, 0, "protobuf said nothing: the test does not reach it")
+        self.assertLessEqual(complaints, 10)
+        self.add_user(1, "utf@example.org")  # and the node still serves
+
     def test_porcupinectl_answers_a_usage_error_for_a_number_that_is_not_one(self):
         self.add_user(1, "num@example.org")
         for args, what in ((("user", "quota", "num@example.org", "lots"), b"BYTES must be a number"),
