@@ -13,6 +13,7 @@
 //     mail move ADDR UID TO [--folder F]
 //     folder list ADDR | folder create ADDR NAME | folder delete ADDR NAME
 //     folder rename ADDR FROM TO
+//     drain N | undrain N | node forget N
 //
 // Exit status: 0 done; 1 refused (no such user, exists, wrong password,
 // bad request); 2 bad usage; 3 the cluster could not answer in time (try
@@ -64,7 +65,10 @@ constexpr const char* kCommands =
     "  folder list ADDR            a user's folders\n"
     "  folder create ADDR NAME     create a folder\n"
     "  folder delete ADDR NAME     delete a folder and its messages\n"
-    "  folder rename ADDR FROM TO  rename a folder\n";
+    "  folder rename ADDR FROM TO  rename a folder\n"
+    "  drain N                     move node N's buckets, profiles and copies to other nodes\n"
+    "  undrain N                   take a draining (or forgotten) node N back\n"
+    "  node forget N               node N (down) is lost for good: copy what it held elsewhere\n";
 
 struct Ctl {
   Client client;
@@ -152,6 +156,18 @@ json status_json(const pb::Status& s) {
   j["map_digest"] = s.map_digest();
   j["store_damage"] = s.store_damage();
   j["unindexed_bodies"] = s.unindexed_bodies();
+  j["admin_state"] = s.admin_state();
+  j["admin"] = json::array();
+  for (const auto& a : s.admin())
+    j["admin"].push_back({{"node", a.node()}, {"state", a.state()}, {"version", a.version()}});
+  j["repair"] = {{"copies", s.repair_copies()},     {"bytes", s.repair_bytes()},
+                 {"pending", s.repair_pending()},   {"inflight", s.repair_inflight()},
+                 {"profiles", s.repair_profiles()}, {"passes", s.repair_passes()},
+                 {"failed", s.repair_failed()}};
+  j["drain"] = {{"messages", s.drain_messages()},
+                {"bytes", s.drain_bytes()},
+                {"profiles", s.drain_profiles()},
+                {"buckets", s.drain_buckets()}};
   j["sync"] = {{"rounds", s.sync_rounds()},
                {"users_pulled", s.sync_users_pulled()},
                {"bodies_copied", s.sync_bodies_copied()},
@@ -252,20 +268,60 @@ int main(int argc, char** argv) {
                 << " bodies named by no record\n";
       if (!s.store_damage().empty())
         std::cout << "STORE DAMAGE found at start: " << s.store_damage() << "\n";
+      bool leaving = false;
+      for (const auto& a : s.admin()) leaving |= a.state() != "active";
+      if (leaving || s.repair_copies() > 0)
+        std::cout << "repair: " << s.repair_pending() << " messages led here still to copy (" << s.repair_inflight()
+                  << " on their way), " << s.repair_copies() << " copies made (" << s.repair_bytes() / 1024
+                  << " KiB), " << s.repair_profiles() << " profiles moved, " << s.repair_passes() << " passes\n";
+      if (s.admin_state() != "active")
+        std::cout << "this node is " << s.admin_state() << ": " << s.drain_messages() << " messages ("
+                  << s.drain_bytes() / 1024 << " KiB), " << s.drain_profiles() << " profiles and "
+                  << s.drain_buckets() << " buckets still here"
+                  << (s.drain_messages() + s.drain_profiles() + s.drain_buckets() == 0 ? ": drained, may be stopped"
+                                                                                         : "")
+                  << "\n";
     }
     if (cmd != "buckets") {
-      std::cout << std::left << std::setw(6) << "node" << std::setw(24) << "address" << std::setw(11) << "state"
+      std::map<std::uint32_t, std::string> told;  // draining, gone
+      for (const auto& a : s.admin())
+        if (a.state() != "active") told[a.node()] = a.state();
+      std::cout << std::left << std::setw(6) << "node" << std::setw(24) << "address" << std::setw(20) << "state"
                 << std::setw(7) << "load" << std::setw(8) << "weight" << "buckets\n";
-      for (const auto& m : s.members())
-        std::cout << std::setw(6) << m.id() << std::setw(24) << m.address() << std::setw(11)
-                  << (!m.connected() ? "unreachable" : m.full() ? "up, full" : "up") << std::setw(7) << m.load()
-                  << std::setw(8) << m.weight()
-                  << m.buckets() << "\n";
-      for (auto k : s.known()) std::cout << std::setw(6) << k << std::setw(24) << "" << "not a member\n";
+      for (const auto& m : s.members()) {
+        std::string state = !m.connected() ? "unreachable" : m.full() ? "up, full" : "up";
+        if (told.count(m.id())) state += ", " + told[m.id()];
+        std::cout << std::setw(6) << m.id() << std::setw(24) << m.address() << std::setw(20) << state << std::setw(7)
+                  << m.load() << std::setw(8) << m.weight() << m.buckets() << "\n";
+      }
+      for (auto k : s.known())
+        std::cout << std::setw(6) << k << std::setw(24) << "" << "not a member"
+                  << (told.count(k) ? ", " + told[k] : "") << "\n";
+      for (const auto& [k, st] : told)
+        if (st == "gone") std::cout << std::setw(6) << k << std::setw(24) << "" << "gone (forgotten)\n";
     } else {
       for (const auto& m : s.members())
         std::cout << "node " << m.id() << ": " << m.buckets() << " of " << s.buckets() << " buckets\n";
     }
+    return 0;
+  }
+
+  if (cmd == "drain" || cmd == "undrain" || (cmd == "node" && need(2) && args[1] == "forget")) {
+    bool forget = cmd == "node";
+    std::size_t at = forget ? 2 : 1;
+    if (!need(at + 1)) return usage();
+    std::uint32_t node = 0;
+    if (!number(args[at], node, "node id")) return kUsage;
+    pb::Request r;
+    auto* a = r.mutable_node_admin();
+    a->set_node(node);
+    a->set_state(forget ? pb::NodeAdmin::GONE : cmd == "drain" ? pb::NodeAdmin::DRAIN : pb::NodeAdmin::ACTIVE);
+    if (!ctl.call(r, status)) return status;
+    if (!ctl.as_json)
+      std::cout << (forget ? "node " + args[at] + " forgotten: what it held is being copied to other nodes\n"
+                    : cmd == "drain"
+                        ? "node " + args[at] + " draining: porcupinectl status on it shows what is left\n"
+                        : "node " + args[at] + " active again\n");
     return 0;
   }
 

@@ -56,6 +56,7 @@ bool administers(const pb::Request& q) {
     case pb::Request::kUserCreate:
     case pb::Request::kUserChange:
     case pb::Request::kUserList:
+    case pb::Request::kNodeAdmin:
       return true;
     default:
       return false;
@@ -119,6 +120,10 @@ std::optional<std::string> request_problem(const pb::Request& q) {
       if (!complete(q.expunge().ref())) return "message reference is incomplete";
       return std::nullopt;
     case pb::Request::kStatus:
+      return std::nullopt;
+    case pb::Request::kNodeAdmin:
+      if (q.node_admin().node() == 0) return "node id missing";
+      if (!pb::NodeAdmin::State_IsValid(q.node_admin().state())) return "unknown node state";
       return std::nullopt;
     case pb::Request::kMove:
       if (!complete(q.move().ref()) || q.move().to_folder().empty())

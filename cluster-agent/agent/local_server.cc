@@ -446,6 +446,13 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         fill_status(*r.mutable_status());
         return respond(r);
       }
+      case pb::Request::kNodeAdmin: {
+        const auto& a = q.node_admin();
+        AdminState st = a.state() == pb::NodeAdmin::DRAIN  ? AdminState::Draining
+                        : a.state() == pb::NodeAdmin::GONE ? AdminState::Gone
+                                                           : AdminState::Active;
+        return run(id, [n = a.node(), st](Node& node, Time t, std::uint64_t r) { node.administer(t, r, n, st); });
+      }
       case pb::Request::kMove: {
         MessageRecord t = target_of(q.move().ref());
         return run(id, [t, to = q.move().to_folder()](Node& n, Time now, std::uint64_t r) { n.move(now, r, t, to); },
@@ -633,6 +640,26 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     s.set_sync_users_pulled(sync.users_pulled);
     s.set_sync_bodies_copied(sync.bodies_copied);
     s.set_sync_bodies_pending(sync.bodies_pending);
+    for (const auto& [node, a] : m.admin()) {
+      auto* e = s.add_admin();
+      e->set_node(node);
+      e->set_state(admin_state_name(a.state));
+      e->set_version(a.version.str());
+    }
+    auto rp = n.repair_progress();
+    s.set_repair_copies(rp.copies);
+    s.set_repair_bytes(rp.bytes);
+    s.set_repair_pending(rp.pending);
+    s.set_repair_inflight(rp.inflight);
+    s.set_repair_profiles(rp.profiles);
+    s.set_repair_passes(rp.passes);
+    s.set_repair_failed(rp.copies_failed);
+    auto dp = n.drain_progress();
+    s.set_admin_state(admin_state_name(dp.state));
+    s.set_drain_messages(dp.messages);
+    s.set_drain_bytes(dp.bytes);
+    s.set_drain_profiles(dp.profiles);
+    s.set_drain_buckets(dp.buckets);
     s.set_version(PORCUPINE_VERSION);
     std::string bytes;
     for (NodeId owner : m.map()) bytes.append(reinterpret_cast<const char*>(&owner), sizeof owner);

@@ -166,8 +166,26 @@ Metrics::Metrics(asio::io_context& io, Agent& agent)
   death_certificates_ = &gauge(r, "porcupine_death_certificates", "Expunged messages kept as death certificates");
   profiles_ = &gauge(r, "porcupine_profiles", "User profiles this node holds a replica of");
   under_replicated_ = &gauge(r, "porcupine_under_replicated_messages",
-                             "Messages this node holds whose replica list names a node that is not a member "
-                             "(refreshed every 5 s)");
+                             "Messages this node holds whose replica list names a node that is not a member, "
+                             "or one draining or gone (refreshed every 5 s)");
+  node_admin_ = &gauges(r, "porcupine_node_admin_state",
+                        "What the cluster was told of each node it was told of: 0 active (taken back), 1 draining "
+                        "(porcupinectl drain), 2 gone (porcupinectl node forget, node_dead_timeout)");
+  repair_copies_ = &counter(r, "porcupine_repair_copies_total",
+                            "New copies of messages this node made on other nodes (repair and drain), acknowledged");
+  repair_bytes_ = &counter(r, "porcupine_repair_bytes_total", "Bytes of those copies");
+  repair_profiles_ = &counter(r, "porcupine_repair_profiles_total",
+                              "Profiles this node (as their manager) gave new holders (repair and drain)");
+  repair_failed_ = &counter(r, "porcupine_repair_copies_failed_total",
+                            "Copies given up after their attempts (tried again in a later pass)");
+  repair_pending_ = &gauge(r, "porcupine_repair_pending_messages",
+                           "Messages this node leads whose replica list names a draining or gone node (last full "
+                           "pass over its records): under-replicated until copied");
+  repair_inflight_ = &gauge(r, "porcupine_repair_inflight_messages", "Messages being copied by this node now");
+  drain_messages_ = &gauge(r, "porcupine_drain_remaining_messages",
+                           "Live messages whose replica list still names this node (a drained node is done at 0)");
+  drain_bytes_ = &gauge(r, "porcupine_drain_remaining_bytes", "Bytes of those messages");
+  drain_profiles_ = &gauge(r, "porcupine_drain_remaining_profiles", "Profiles naming this node a holder");
 
   spool_bytes_ = &gauge(r, "porcupine_spool_message_bytes",
                         "Bytes of the message bodies this node holds in its spool (refreshed every 5 s)");
@@ -329,6 +347,15 @@ void Metrics::refresh() {
   profiles_->Set(static_cast<double>(n.replicator().profiles().size()));
   if (refreshes_++ % kScanEvery == 0) scan_records();
 
+  for (const auto& [k, a] : m.admin()) per_node(*node_admin_, k).Set(static_cast<double>(a.state));
+  auto rp = n.repair_progress();
+  carry(*repair_copies_, rp.copies, seen_.repair_copies);
+  carry(*repair_bytes_, rp.bytes, seen_.repair_bytes);
+  carry(*repair_profiles_, rp.profiles, seen_.repair_profiles);
+  carry(*repair_failed_, rp.copies_failed, seen_.repair_failed);
+  repair_pending_->Set(static_cast<double>(rp.pending));
+  repair_inflight_->Set(static_cast<double>(rp.inflight));
+
   struct statvfs fs {};
   if (::statvfs(agent_.options().spool_dir.c_str(), &fs) == 0) {
     spool_fs_avail_->Set(static_cast<double>(fs.f_bavail) * static_cast<double>(fs.f_frsize));
@@ -352,6 +379,10 @@ void Metrics::refresh() {
 void Metrics::scan_records() {
   const Membership& m = agent_.node().membership();
   std::uint64_t live = 0, certificates = 0, under = 0, bytes = 0;
+  auto dp = agent_.node().drain_progress();
+  drain_messages_->Set(static_cast<double>(dp.messages));
+  drain_bytes_->Set(static_cast<double>(dp.bytes));
+  drain_profiles_->Set(static_cast<double>(dp.profiles));
   for (const auto& [id, r] : agent_.node().replicator().records()) {
     if (r.expunged) {
       ++certificates;
@@ -360,7 +391,7 @@ void Metrics::scan_records() {
     ++live;
     if (r.has_body) bytes += r.size;
     for (NodeId k : r.replicas) {
-      if (!m.is_member(k)) {
+      if (!m.is_member(k) || m.admin_state(k) != AdminState::Active) {
         ++under;
         break;
       }

@@ -112,6 +112,18 @@ class Metrics {
   prometheus::Gauge* profiles_;
   prometheus::Gauge* under_replicated_;
 
+  // Repair and drain.
+  prometheus::Family<prometheus::Gauge>* node_admin_;
+  prometheus::Counter* repair_copies_;
+  prometheus::Counter* repair_bytes_;
+  prometheus::Counter* repair_profiles_;
+  prometheus::Counter* repair_failed_;
+  prometheus::Gauge* repair_pending_;
+  prometheus::Gauge* repair_inflight_;
+  prometheus::Gauge* drain_messages_;
+  prometheus::Gauge* drain_bytes_;
+  prometheus::Gauge* drain_profiles_;
+
   // Spool and store.
   prometheus::Gauge* spool_bytes_;
   prometheus::Gauge* spool_fs_avail_;
@@ -130,6 +142,7 @@ class Metrics {
   struct Seen {
     std::uint64_t frames_in = 0, frames_out = 0, dropped = 0, handshakes_failed = 0, strangers_refused = 0;
     std::uint64_t fsyncs = 0, commands = 0, body_files = 0;
+    std::uint64_t repair_copies = 0, repair_bytes = 0, repair_profiles = 0, repair_failed = 0;
   } seen_;
 
   int refreshes_ = 0;

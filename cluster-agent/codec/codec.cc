@@ -35,7 +35,11 @@ static_assert(pb::UPDATE_KIND_STORE == int(Update::Kind::Store) &&
               pb::UPDATE_KIND_SET_UID == int(Update::Kind::SetUid) &&
               pb::UPDATE_KIND_PROFILE == int(Update::Kind::Profile) &&
               pb::UPDATE_KIND_MOVE == int(Update::Kind::Move) &&
-              pb::UPDATE_KIND_COPY == int(Update::Kind::Copy));
+              pb::UPDATE_KIND_COPY == int(Update::Kind::Copy) &&
+              pb::UPDATE_KIND_REPLICAS == int(Update::Kind::Replicas));
+static_assert(pb::ADMIN_STATE_ACTIVE == int(AdminState::Active) &&
+              pb::ADMIN_STATE_DRAINING == int(AdminState::Draining) &&
+              pb::ADMIN_STATE_GONE == int(AdminState::Gone));
 static_assert(pb::USER_OP_SET_PASSWORD == int(UserUpdateRequest::Op::SetPassword) &&
               pb::USER_OP_SET_QUOTA == int(UserUpdateRequest::Op::SetQuota) &&
               pb::USER_OP_ENABLE == int(UserUpdateRequest::Op::Enable) &&
@@ -192,6 +196,7 @@ void to_pb(const MessageRecord& r, pb::MessageRecord& p, Bodies bodies = Bodies:
   p.set_expunged_at(r.expunged_at);
   p.set_size(r.size);
   to_pb(r.folder_version, *p.mutable_folder_version());
+  if (!r.replicas_version.is_null()) to_pb(r.replicas_version, *p.mutable_replicas_version());
 }
 bool from_pb(const pb::MessageRecord& p, MessageRecord& r, Check& c) {
   r.user = p.user();
@@ -226,7 +231,8 @@ bool from_pb(const pb::MessageRecord& p, MessageRecord& r, Check& c) {
          from_pb(p.uid_version(), r.uid_version, c) && from_pb(p.uid_gen(), r.uid_gen, c) &&
          from_pb(p.flags_version(), r.flags_version, c) &&
          from_pb(p.expunge_version(), r.expunge_version, c) &&
-         from_pb(p.folder_version(), r.folder_version, c);
+         from_pb(p.folder_version(), r.folder_version, c) &&
+         from_pb(p.replicas_version(), r.replicas_version, c);
 }
 
 void to_pb(const Profile& u, pb::Profile& p) {
@@ -310,6 +316,27 @@ bool from_pb(const pb::LogEntry& p, LogEntry& e, Check& c) {
 
 // ---- membership -----------------------------------------------------------------
 
+void put_admin(const AdminMap& a, google::protobuf::RepeatedPtrField<pb::NodeAdmin>* out) {
+  for (const auto& [n, s] : a) {
+    pb::NodeAdmin& p = *out->Add();
+    p.set_node(n);
+    p.set_state(pb::AdminState(s.state));
+    to_pb(s.version, *p.mutable_version());
+  }
+}
+bool get_admin(const google::protobuf::RepeatedPtrField<pb::NodeAdmin>& in, AdminMap& a, Check& c) {
+  a.clear();
+  for (const pb::NodeAdmin& p : in) {
+    NodeAdmin s;
+    if (p.node() == kNoNode) return c.fail("NodeAdmin: node 0");
+    if (!get_enum(p.state(), pb::AdminState_IsValid, s.state, "NodeAdmin.state", c) ||
+        !from_pb(p.version(), s.version, c))
+      return false;
+    if (!a.emplace(p.node(), s).second) return c.fail("NodeAdmin: node given twice");
+  }
+  return true;
+}
+
 void to_pb(const Probe& m, pb::Probe& p) { to_pb(m.epoch, *p.mutable_epoch()); }
 bool from_pb(const pb::Probe& p, Probe& m, Check& c) { return from_pb(p.epoch(), m.epoch, c); }
 void to_pb(const ProbeAck& m, pb::ProbeAck& p) { to_pb(m.epoch, *p.mutable_epoch()); }
@@ -327,24 +354,26 @@ void to_pb(const Accept& m, pb::Accept& p) {
   to_pb(m.map_epoch, *p.mutable_map_epoch());
   put(m.map, p.mutable_map());
   put(m.known, p.mutable_known());
+  put_admin(m.admin, p.mutable_admin());
 }
 bool from_pb(const pb::Accept& p, Accept& m, Check& c) {
   m.weight = p.weight();
   get(p.map(), m.map);  // 0 is a bucket without a manager
   return from_pb(p.epoch(), m.epoch, c) && from_pb(p.map_epoch(), m.map_epoch, c) &&
-         get_nodes(p.known(), m.known, "Accept.known", c);
+         get_nodes(p.known(), m.known, "Accept.known", c) && get_admin(p.admin(), m.admin, c);
 }
 
 void to_pb(const Commit& m, pb::Commit& p) {
   to_pb(m.epoch, *p.mutable_epoch());
   for (const MemberWeight& w : m.members) to_pb(w, *p.add_members());
   put(m.map, p.mutable_map());
+  put_admin(m.admin, p.mutable_admin());
 }
 bool from_pb(const pb::Commit& p, Commit& m, Check& c) {
   get(p.map(), m.map);
   for (const pb::MemberWeight& w : p.members())
     if (!from_pb(w, m.members.emplace_back(), c)) return false;
-  return from_pb(p.epoch(), m.epoch, c);
+  return from_pb(p.epoch(), m.epoch, c) && get_admin(p.admin(), m.admin, c);
 }
 
 // ---- mail map and profile reconstruction ------------------------------------------
@@ -944,6 +973,19 @@ std::string encode_profile(const Profile& u) {
 
 bool decode_profile(std::string_view bytes, Profile& out, std::string* error) {
   return decode<pb::Profile>(bytes, out, "Profile", error);
+}
+
+std::string encode_admin(const AdminMap& a) {
+  pb::AdminTable p;
+  put_admin(a, p.mutable_admin());
+  return p.SerializeAsString();
+}
+
+bool decode_admin(std::string_view bytes, AdminMap& out, std::string* error) {
+  pb::AdminTable p;
+  Check c(error);
+  if (!p.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) return c.fail("AdminTable: not a valid message");
+  return get_admin(p.admin(), out, c);
 }
 
 std::string encode_log_entry(const LogEntry& e) {

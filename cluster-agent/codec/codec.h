@@ -52,6 +52,9 @@ std::string encode_record(const MessageRecord& r);
 bool decode_record(std::string_view bytes, MessageRecord& out, std::string* error = nullptr);
 std::string encode_profile(const Profile& p);
 bool decode_profile(std::string_view bytes, Profile& out, std::string* error = nullptr);
+// What this node has been told of other nodes (drain, gone).
+std::string encode_admin(const AdminMap& a);
+bool decode_admin(std::string_view bytes, AdminMap& out, std::string* error = nullptr);
 // A Store update's body is left out; the store re-attaches it on load.
 std::string encode_log_entry(const LogEntry& e);
 bool decode_log_entry(std::string_view bytes, LogEntry& out, std::string* error = nullptr);

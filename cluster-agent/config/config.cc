@@ -149,6 +149,16 @@ constexpr std::array kTable{
       "Message bodies a node asks of one peer at a time when it copies what it lacks (sync_interval): the repair "
       "traffic's bound, so it does not crowd out mail.",
       &Params::sync_bodies_inflight),
+    P("node_dead_timeout", Type::kSeconds, "1h", 0, 365 * kDay,
+      "A node out of the group this long is declared gone for good, as by porcupinectl node forget: every copy "
+      "it held is made again on other nodes (repair). A node that comes back after is taken back; what it held "
+      "stays an extra copy. Decided by the group's lowest node, only in a group of most of the cluster. "
+      "0: never (only porcupinectl node forget).",
+      &Params::node_dead_timeout),
+    P("repair_inflight", Type::kCount, "8", 1, 1024,
+      "Messages one node copies at a time when it repairs (a node gone) or drains (porcupinectl drain): the "
+      "bound on repair traffic, so it does not crowd out mail.",
+      &Params::repair_inflight),
     P("request_timeout_ms", Type::kMillis, "5000", 100, 600 * kSecond,
       "Deadline of one client operation (a delivery, a fetch, a flag change).",
       &Params::request_timeout_ms),
@@ -963,6 +973,8 @@ CoreConfig to_core(const Params& p) {
   c.transfer_rate = std::uint64_t{p.body_transfer_rate_kib} << 10;
   c.sync_interval = p.sync_interval * kSecond;
   c.sync_bodies_inflight = p.sync_bodies_inflight;
+  c.node_dead_timeout = p.node_dead_timeout * kSecond;
+  c.repair_inflight = p.repair_inflight;
   return c;
 }
 

@@ -103,6 +103,8 @@ struct Params {
   std::int64_t death_certificate_ttl{};  // seconds
   std::int64_t sync_interval{};          // seconds
   std::uint32_t sync_bodies_inflight{};
+  std::int64_t node_dead_timeout{};      // seconds
+  std::uint32_t repair_inflight{};
 
   std::string peer_security;    // "tls", "both" or "legacy"
   std::string log_to;           // "syslog" or "stderr"

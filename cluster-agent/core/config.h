@@ -37,6 +37,12 @@ struct CoreConfig {
   // at most sync_bodies_inflight bodies are asked of one peer at a time.
   Time sync_interval = 15LL * 60 * 1000;
   std::uint32_t sync_bodies_inflight = 16;
+  // Repair (repair.cc): a node silent this long (out of the group) is
+  // declared gone and its copies made again elsewhere (0: only by
+  // porcupinectl node forget); at most repair_inflight messages are being
+  // copied from one node at a time.
+  Time node_dead_timeout = 3600LL * 1000;
+  std::uint32_t repair_inflight = 8;
   Time request_timeout = 5000;     // deadline of a client operation
   // Bytes/s a body is assumed to cross to a peer and reach its disk at. An
   // update carrying a body is resent, and a delivery's deadline falls,

@@ -43,6 +43,9 @@ struct DurableSnapshot {
   // damaged Redis file). Never deleted: a record for one that arrives
   // (sync.cc) claims it; put_record with has_body and no body keeps it.
   std::map<MsgId, UnindexedBody> unindexed;
+  AdminMap admin;  // what this node was told of drained and gone nodes
+  // Nothing was ever written: a new node, or one whose disk was replaced.
+  bool fresh = false;
 };
 
 class DurableStore {
@@ -60,6 +63,8 @@ class DurableStore {
   }
   virtual void erase_record(const MsgId& id) = 0;
   virtual void put_profile(const Profile& p) = 0;
+  virtual void erase_profile(const std::string& user) = 0;
+  virtual void put_admin(const AdminMap& a) = 0;
   virtual void put_log(const LogEntry& e) = 0;
   virtual void erase_log(const Version& id) = 0;
   virtual void put_counters(std::uint64_t next_seq, Time last_version,
@@ -73,6 +78,7 @@ class MemoryStore final : public DurableStore {
  public:
   DurableSnapshot load() override {
     DurableSnapshot snap = data_;
+    snap.fresh = writes_ == 0 && orphans_.empty();
     for (const auto& [id, body] : orphans_) snap.unindexed[id] = UnindexedBody{body.size(), 0};
     return snap;
   }
@@ -94,6 +100,8 @@ class MemoryStore final : public DurableStore {
   }
   void erase_record(const MsgId& id) override { data_.records.erase(id); ++writes_; }
   void put_profile(const Profile& p) override { data_.profiles[p.user] = p; ++writes_; }
+  void erase_profile(const std::string& user) override { data_.profiles.erase(user); ++writes_; }
+  void put_admin(const AdminMap& a) override { data_.admin = a; ++writes_; }
   void put_log(const LogEntry& e) override { data_.log[e.update.id] = e; ++writes_; }
   void erase_log(const Version& id) override { data_.log.erase(id); ++writes_; }
   void put_counters(std::uint64_t seq, Time v, std::uint32_t lineage) override {

@@ -585,6 +585,14 @@ void Node::serve_store(Time now, NodeId from, const StoreRequest& s) {
 }
 
 void Node::serve_mutate(Time now, NodeId from, const MutateRequest& m) {
+  // Not a holder (any more: a drain or repair moved the copy away): another
+  // live replica the sender names is asked instead, which knows the list.
+  if (!repl_.records().count(m.update.record.id))
+    for (NodeId r : m.update.replicas)
+      if (r != cfg_.self && live(r)) {
+        send(from, OpReply{m.req, Status::TryAgain});
+        return;
+      }
   repl_.coordinate(now, m.update);
   send(from, OpReply{m.req, Status::Ok});
 }

@@ -59,7 +59,9 @@ std::vector<NodeLoad> Node::live_loads() const {
   for (const auto& m : membership_.members()) {
     auto it = loads_.find(m.id);
     std::uint32_t l = m.id == cfg_.self ? load() : (it == loads_.end() ? 0 : it->second);
-    out.push_back({m.id, l, m.id == cfg_.self ? spool_full_ : peer_full(m.id)});
+    // A node that drains or is gone takes no new copies.
+    bool full = (m.id == cfg_.self ? spool_full_ : peer_full(m.id)) || !admin_active(m.id);
+    out.push_back({m.id, l, full});
   }
   return out;
 }
@@ -183,12 +185,13 @@ FolderMeta* Node::lineage_meta(Time now, MgrUser& u, const std::string& folder, 
   return &m;
 }
 
-Version Node::write_profile(Time now, MgrUser& u) {
+Version Node::write_profile(Time now, MgrUser& u, const std::vector<NodeId>& also) {
   if (!u.profile) return {};
   Update up;
   up.id = next_version(now);
   up.kind = Update::Kind::Profile;
   up.replicas = u.profile->holders;
+  up.replicas.insert(up.replicas.end(), also.begin(), also.end());
   up.profile = *u.profile;
   Version id = up.id;
   repl_.coordinate(now, std::move(up));

@@ -17,7 +17,30 @@ bool Membership::is_member(NodeId n) const {
 }
 
 void Membership::learn(NodeId n) {
+  if (admin_state(n) != AdminState::Gone) learn_alive(n);
+}
+
+void Membership::learn_alive(NodeId n) {
   if (n != cfg_.self && n != kNoNode) known_.insert(n);
+}
+
+Time Membership::silent_since(NodeId n) const {
+  auto it = last_heard_.find(n);
+  return it == last_heard_.end() ? 0 : it->second;
+}
+
+void Membership::merge_admin_in(const AdminMap& a) {
+  if (!merge_admin(admin_, a)) return;
+  // A node declared gone is no longer invited to rounds nor waited for.
+  for (const auto& [n, s] : admin_)
+    if (s.state == AdminState::Gone && !is_member(n)) known_.erase(n);
+  if (on_admin) on_admin(admin_);
+}
+
+void Membership::set_admin(Time now, NodeId n, AdminState state, Version version) {
+  merge_admin_in(AdminMap{{n, NodeAdmin{state, version}}});
+  log_(std::string("membership: node ") + std::to_string(n) + " is now " + admin_state_name(admin_state(n)));
+  coordinate(now, "administration");
 }
 
 void Membership::start(Time now) {
@@ -55,6 +78,7 @@ void Membership::coordinate(Time now, const char* why) {
   self.weight = cfg_.weight;
   self.map_epoch = map_epoch_;
   self.map = map_;
+  self.admin = admin_;
   r.accepted[cfg_.self] = std::move(self);
   coord_ = std::move(r);
 }
@@ -113,8 +137,23 @@ void Membership::finish_round(Time now) {
     if (!base || a.map_epoch > base->map_epoch) base = &a;
   Commit c;
   c.epoch = r.epoch;
-  for (const auto& [id, a] : r.accepted) c.members.push_back({id, std::max(1u, a.weight)});
-  c.map = assign_buckets(base ? base->map : UserMap{}, c.members, cfg_.buckets);
+  c.admin = admin_;  // with what this node was told while the round was open
+  for (const auto& [id, a] : r.accepted) merge_admin(c.admin, a.admin);
+  for (const auto& [id, a] : r.accepted) {
+    c.members.push_back({id, std::max(1u, a.weight)});
+    // A node that answers is not gone: it is back (the epoch is newer
+    // than any version the table holds for it).
+    auto g = c.admin.find(id);
+    if (g != c.admin.end() && g->second.state == AdminState::Gone) g->second = NodeAdmin{AdminState::Active, r.epoch};
+  }
+  // Draining nodes manage no bucket, unless every member drains.
+  std::vector<MemberWeight> managers;
+  for (const auto& m : c.members) {
+    auto g = c.admin.find(m.id);
+    if (g == c.admin.end() || g->second.state == AdminState::Active) managers.push_back(m);
+  }
+  if (managers.empty()) managers = c.members;
+  c.map = assign_buckets(base ? base->map : UserMap{}, managers, cfg_.buckets);
   for (const auto& m : c.members)
     if (m.id != cfg_.self) send_(m.id, c);
   install(now, c);
@@ -133,9 +172,10 @@ void Membership::install(Time now, const Commit& c) {
   map_ = c.map;
   map_epoch_ = c.epoch;
   for (const auto& m : members_) {
-    learn(m.id);
+    learn_alive(m.id);
     last_heard_[m.id] = now;
   }
+  merge_admin_in(c.admin);
   last_round_end_ = now;
   ch.epoch = epoch_;
   ch.members = members_;
@@ -186,15 +226,15 @@ void Membership::tick(Time now) {
 void Membership::on_message(Time now, NodeId from, const Message& m) {
   if (from != cfg_.self) last_heard_[from] = now;  // any word from a node says it is alive
   if (const auto* p = std::get_if<Probe>(&m)) {
-    learn(from);
+    learn_alive(from);
     send_(from, ProbeAck{epoch_});
     if (p->epoch != epoch_) maybe_coordinate(now, "probe from another epoch");
   } else if (const auto* a = std::get_if<ProbeAck>(&m)) {
-    learn(from);
+    learn_alive(from);
     last_heard_[from] = now;
     if (a->epoch != epoch_) maybe_coordinate(now, "probe ack from another epoch");
   } else if (const auto* g = std::get_if<NewGroup>(&m)) {
-    learn(from);
+    learn_alive(from);
     if (g->epoch > promised_ && g->epoch > epoch_) {
       if (coord_) {
         log_("membership: round " + coord_->epoch.str() + " pre-empted by " + g->epoch.str());
@@ -209,6 +249,7 @@ void Membership::on_message(Time now, NodeId from, const Message& m) {
       acc.map_epoch = map_epoch_;
       acc.map = map_;
       acc.known.assign(known_.begin(), known_.end());
+      acc.admin = admin_;
       send_(from, std::move(acc));
     } else if (g->epoch < promised_) {
       // A stale or slower coordinator: it is alive and outside our round,
@@ -218,6 +259,7 @@ void Membership::on_message(Time now, NodeId from, const Message& m) {
   } else if (const auto* acc = std::get_if<Accept>(&m)) {
     if (coord_ && acc->epoch == coord_->epoch) {
       coord_->accepted[from] = *acc;
+      merge_admin_in(acc->admin);
       for (NodeId n : acc->known) learn(n);
     }
   } else if (const auto* c = std::get_if<Commit>(&m)) {

@@ -55,7 +55,29 @@ class Membership {
   NodeId manager_of(Bucket b) const { return b < map_.size() ? map_[b] : kNoNode; }
   bool coordinating() const { return coord_.has_value(); }
   const std::set<NodeId>& known() const { return known_; }
+  // A node named by state (a replica list, a seed): not one the cluster
+  // has declared Gone. A node heard from is learnt whatever it was.
   void learn(NodeId n);
+
+  // What the cluster has been told of nodes (records.h, AdminState). The
+  // table is carried by every round (Accept, Commit) and merged newest
+  // first, so every member ends with the same; a Draining node manages no
+  // bucket (unless every member drains); a Gone node is forgotten (not
+  // invited, not waited for) until it is heard from again, and the round
+  // that takes it back marks it Active.
+  const AdminMap& admin() const { return admin_; }
+  AdminState admin_state(NodeId n) const {
+    auto it = admin_.find(n);
+    return it == admin_.end() ? AdminState::Active : it->second.state;
+  }
+  void load_admin(const AdminMap& a) { merge_admin(admin_, a); }
+  // Records `state` for `n` at `version` and runs a round to spread it.
+  void set_admin(Time now, NodeId n, AdminState state, Version version);
+  // Called whenever the table changes (the node keeps it durably).
+  std::function<void(const AdminMap&)> on_admin;
+  // When each known node that is not a member was last a member or heard
+  // from (for node_dead_timeout).
+  Time silent_since(NodeId n) const;
 
  private:
   static constexpr Time kReinvite = 100;  // ms between NewGroup resends of an open round
@@ -71,6 +93,8 @@ class Membership {
   };
 
   void coordinate(Time now, const char* why);
+  void learn_alive(NodeId n);
+  void merge_admin_in(const AdminMap& a);
   void maybe_coordinate(Time now, const char* why);  // rate-limited by reconfig_backoff
   void finish_round(Time now);
   void install(Time now, const Commit& c);
@@ -94,6 +118,7 @@ class Membership {
   Time last_probe_ = 0;
   Time last_discovery_ = 0;
   std::map<NodeId, Time> last_heard_;
+  AdminMap admin_;
 };
 
 }  // namespace porcupine

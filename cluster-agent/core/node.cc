@@ -19,6 +19,8 @@ Node::Node(CoreConfig cfg, Env& env, DurableStore& disk)
           cfg_, disk_, [this](NodeId to, Message m) { send(to, std::move(m)); },
           [this](const std::string& l) { env_.log(l); }) {
   repl_.on_user_changed = [this](const std::string& u) { rep_user_changed(u); };
+  repl_.gone = [this](NodeId n) { return membership_.admin_state(n) == AdminState::Gone; };
+  membership_.on_admin = [this](const AdminMap& a) { disk_.put_admin(a); };
   repl_.on_complete = [this](const Version& id) {
     auto it = stores_.find(id);
     if (it == stores_.end()) return;
@@ -34,6 +36,15 @@ void Node::start(Time now) {
   next_seq_ = snap.next_seq;
   last_version_ = snap.last_version;
   last_lineage_ = snap.last_lineage;
+  membership_.load_admin(snap.admin);
+  // A node whose disk is new (or was replaced) may have lived before under
+  // the same id, and its old ids may still be on other nodes: its
+  // sequence starts at the clock (in microseconds), above any it can have
+  // given before.
+  if (snap.fresh && snap.unindexed.empty() && now > 0) {
+    next_seq_ = std::max(next_seq_, static_cast<std::uint64_t>(now) * 1000);
+    persist_counters();
+  }
   // A sequence number is never given twice, even if the counter went back
   // with a damaged index: above every id of this node's still on disk, and
   // when the index lost entries (bodies no record names), far above, as
@@ -119,6 +130,8 @@ void Node::tick(Time now) {
   rep_tick(now);
   fe_tick(now);
   sync_tick(now);
+  admin_tick(now);
+  repair_tick(now);
 }
 
 void Node::receive(Time now, const Envelope& e) {
@@ -161,6 +174,7 @@ void Node::receive(Time now, const Envelope& e) {
           if (msg.update.kind == Update::Kind::Copy) sync_body_arrived(e.from, msg.update.record.id);
         } else if constexpr (std::is_same_v<T, PushAck>) {
           repl_.on_ack(now_, e.from, msg);
+          repair_ack(now_, e.from, msg.id);
         } else if constexpr (std::is_same_v<T, Retire>) {
           repl_.on_retire(msg);
         } else if constexpr (std::is_same_v<T, ListRequest>) {

@@ -88,6 +88,10 @@ class Node {
   // The bytes of the user's live mail, summed over every live node (the
   // quota's measure; a reply's used_bytes).
   void user_usage(Time now, std::uint64_t req, const std::string& user);
+  // Operators (repair.cc): drain a node (Draining), take it back (Active),
+  // or declare it lost for good (Gone: it must not be a live member).
+  // Spread to every member by a membership round; answered at once.
+  void administer(Time now, std::uint64_t req, NodeId n, AdminState state);
 
   // ---- observation (status, tests, the simulator's checker) ----
   struct MgrFolder {
@@ -176,6 +180,27 @@ class Node {
     std::uint64_t unindexed = 0;         // bodies on disk no record names yet
   };
   SyncProgress sync_progress() const;
+  // Repair and drain (repair.cc), as this node sees them.
+  struct RepairProgress {
+    std::uint64_t copies = 0;         // new copies acknowledged
+    std::uint64_t bytes = 0;          // their bytes
+    std::uint64_t lists = 0;          // new replica lists written
+    std::uint64_t profiles = 0;       // profiles given new holders (as manager)
+    std::uint64_t copies_failed = 0;  // copies given up (tried again later)
+    std::uint64_t pending = 0;        // messages this node leads that still need a copy (last full pass)
+    std::uint64_t passes = 0;         // full passes over this node's records
+    std::size_t inflight = 0;         // messages being copied now
+    std::size_t draining = 0, gone = 0;  // nodes the table names so
+  };
+  RepairProgress repair_progress() const;
+  // What still lives on this node (a draining node is done at all zeros).
+  struct DrainProgress {
+    AdminState state = AdminState::Active;
+    std::uint64_t messages = 0, bytes = 0;  // live messages whose replica list names this node
+    std::uint64_t profiles = 0;             // profiles naming it a holder
+    std::uint64_t buckets = 0;              // buckets it manages
+  };
+  DrainProgress drain_progress() const;
   // The digest of what this node holds of `user` that names `node` (its
   // records listing `node` as a replica, and the profile if `node` is a
   // holder): X's digest for Y equals Y's for X when the two hold the same
@@ -239,7 +264,9 @@ class Node {
   void mgr_tick(Time now);
   void absorb_entry(const std::string& user, MgrFolder& f, const ReportEntry& e);
   void decide_lineages(Time now, Bucket b);
-  Version write_profile(Time now, MgrUser& u);
+  // To the profile's holders, and to `also` (old holders a new holder
+  // list leaves out, so they drop their copies).
+  Version write_profile(Time now, MgrUser& u, const std::vector<NodeId>& also = {});
   bool settle_lineage(Time now, const std::string& user, const std::string& folder, MgrFolder& f);
   FolderMeta* lineage_meta(Time now, MgrUser& u, const std::string& folder, bool create);
   std::uint32_t fresh_uidvalidity(Time now, std::uint32_t before) const;
@@ -321,6 +348,26 @@ class Node {
   void serve_sync_bodies(NodeId from, const SyncBodies& b);
   void sync_body_arrived(NodeId from, const MsgId& id);
 
+  // repair.cc
+  struct RepairCopy {
+    MessageRecord rec;           // under its new replica list (without body)
+    std::vector<NodeId> old;     // the list it replaces
+    std::set<NodeId> waiting;    // new replicas yet to acknowledge their copy
+    std::uint64_t size = 0;
+    Time until = 0;
+    int attempts = 0;
+  };
+  bool admin_active(NodeId n) const;
+  bool anything_leaving() const;
+  void admin_tick(Time now);
+  void repair_tick(Time now);
+  void repair_start(Time now, const MessageRecord& r);
+  bool repair_send(Time now, const MsgId& id, RepairCopy& c);
+  void repair_ack(Time now, NodeId from, const Version& v);
+  void repair_profiles(Time now);
+  std::vector<NodeId> repair_targets(const std::string& user, const std::vector<NodeId>& exclude, std::size_t want,
+                                     bool for_profile) const;
+
   // users.cc
   std::uint64_t fe_start(Time now, Pending::Kind kind, std::uint64_t req, const std::string& user);
   void mgr_profile(NodeId from, const ProfileRequest& r);
@@ -376,6 +423,14 @@ class Node {
   std::uint64_t sync_round_ = 0;
   Time next_sync_ = 0;
   SyncProgress sync_stats_;
+
+  // repair and drain (soft state)
+  std::map<MsgId, RepairCopy> repair_;
+  std::map<Version, MsgId> repair_versions_;  // a copy's list version -> its message
+  MsgId repair_cursor_;
+  std::uint64_t repair_found_ = 0;
+  RepairProgress repair_stats_;
+  std::map<NodeId, Time> missing_since_;  // known nodes not in the group, since
 
   // front-end role (soft state)
   std::map<std::uint64_t, Pending> pending_;

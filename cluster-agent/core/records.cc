@@ -178,9 +178,10 @@ std::uint64_t profile_digest(const Profile& p) {
 
 bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now) {
   bool changed = false;
-  if (cur.replicas.empty() && !in.replicas.empty()) {
+  if ((cur.replicas.empty() && !in.replicas.empty()) || newer(in.replicas_version, cur.replicas_version)) {
+    if (cur.replicas != in.replicas || cur.replicas_version != in.replicas_version) changed = true;
     cur.replicas = in.replicas;
-    changed = true;
+    cur.replicas_version = std::max(cur.replicas_version, in.replicas_version);
   }
   if (in.has_body && !cur.has_body && !cur.expunged && !in.expunged) {
     cur.has_body = true;
@@ -334,8 +335,30 @@ const char* kind_name(Update::Kind k) {
     case Update::Kind::Profile: return "profile";
     case Update::Kind::Move: return "move";
     case Update::Kind::Copy: return "copy";
+    case Update::Kind::Replicas: return "replicas";
   }
   return "?";
+}
+
+const char* admin_state_name(AdminState s) {
+  switch (s) {
+    case AdminState::Active: return "active";
+    case AdminState::Draining: return "draining";
+    case AdminState::Gone: return "gone";
+  }
+  return "?";
+}
+
+bool merge_admin(AdminMap& cur, const AdminMap& in) {
+  bool changed = false;
+  for (const auto& [n, a] : in) {
+    auto [it, fresh] = cur.try_emplace(n, a);
+    if (fresh || newer(a.version, it->second.version)) {
+      it->second = a;
+      changed = true;
+    }
+  }
+  return changed;
 }
 
 }  // namespace porcupine

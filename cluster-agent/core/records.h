@@ -47,6 +47,10 @@ struct MessageRecord {
   std::string folder;  // e.g. "INBOX"
   Version folder_version;  // a Move's version; the newest Move names the folder
   std::vector<NodeId> replicas;  // every node that should hold this record
+  // The list's version: null as the store wrote it; a repair or drain that
+  // moves a copy writes a newer list (repair.cc), and the newest list wins
+  // a merge.
+  Version replicas_version;
   bool has_body = false;
   Body body;  // memory, a file, or (on the wire) a transfer: body.h
   std::uint64_t size = 0;  // body bytes (kept when the body is not in memory)
@@ -182,13 +186,33 @@ std::uint64_t profile_digest(const Profile& p);
 // break a client's parser.
 std::string folder_name_problem(std::string_view name);
 
+// What the cluster has been told of a node by an operator or by its long
+// silence (porcupinectl drain / node forget, node_dead_timeout): Draining,
+// its buckets, profiles and copies are moved off while it serves; Gone, it
+// is lost for good and its copies are made again elsewhere (repair.cc).
+// Every node keeps the table durably; membership rounds carry it (newest
+// version per node wins), and a Gone node that rejoins is Active again.
+enum class AdminState : std::uint8_t { Active, Draining, Gone };
+struct NodeAdmin {
+  AdminState state = AdminState::Active;
+  Version version;
+  bool operator==(const NodeAdmin&) const = default;
+};
+using AdminMap = std::map<NodeId, NodeAdmin>;
+const char* admin_state_name(AdminState s);
+// Merges `in` into `cur`, per node the newest version; true if it changed.
+bool merge_admin(AdminMap& cur, const AdminMap& in);
+
 // One replicated update. Its id (a Version, unique cluster-wide) is also
 // the version it writes.
 struct Update {
   // Copy: a whole record as one replica holds it, versions and all, for a
   // replica that lacks it or its body (sync.cc); merged attribute by
   // attribute like any other update, and never logged.
-  enum class Kind : std::uint8_t { Store, Flags, Expunge, SetUid, Profile, Move, Copy };
+  // Replicas: a record's new replica list (record.replicas at
+  // record.replicas_version), written by a repair once the new copies are
+  // made; a replica it no longer names drops its copy.
+  enum class Kind : std::uint8_t { Store, Flags, Expunge, SetUid, Profile, Move, Copy, Replicas };
   Version id;
   Kind kind = Kind::Store;
   NodeId coordinator = kNoNode;

@@ -45,14 +45,27 @@ void Replicator::apply(Time now, const Update& u) {
   if (u.kind == Update::Kind::Profile) {
     auto [it, fresh] = profiles_.try_emplace(u.profile.user, Profile{});
     if (merge_profile(it->second, u.profile) || fresh) {
+      if (!fresh && !it->second.holders.empty() && !contains(it->second.holders, cfg_.self)) {
+        disown_profile(u.profile.user);
+        return;
+      }
       disk_.put_profile(it->second);
       if (fresh && on_user_changed) on_user_changed(u.profile.user);
     }
     return;
   }
   MessageRecord in = u.record;
-  if (u.kind != Update::Kind::Copy) in.replicas = u.replicas;  // a Copy's push goes to one node
+  // A Copy's push goes to one node, a Replicas update to old and new
+  // holders: the record says who holds it. Other updates name the
+  // replicas as their sender knew them, and never change a list.
+  if (u.kind != Update::Kind::Copy && u.kind != Update::Kind::Replicas) {
+    in.replicas = u.replicas;
+    in.replicas_version = {};
+  }
   switch (u.kind) {
+    case Update::Kind::Replicas:
+      in.has_body = false;
+      break;
     case Update::Kind::Copy:
       // The record as its sender holds it, versions and all; a body only
       // if one came with it.
@@ -111,12 +124,47 @@ void Replicator::apply(Time now, const Update& u) {
     }
     if (cur.has_body || cur.expunged) unindexed_.erase(o);
   }
+  if (!fresh && !it->second.replicas_version.is_null() && !contains(it->second.replicas, cfg_.self)) {
+    disown_record(in.id);
+    return;
+  }
   if (changed || fresh) disk_.put_record(it->second);
   it->second.body.clear();  // stored: bodies stay out of memory
   bool is_live = it->second.has_body && !it->second.expunged;
   bool renamed = u.kind == Update::Kind::SetUid || u.kind == Update::Kind::Move;
   if ((fresh || was_live != is_live || renamed) && on_user_changed)
     on_user_changed(in.user);
+}
+
+void Replicator::disown_record(const MsgId& id) {
+  auto it = records_.find(id);
+  if (it == records_.end()) return;
+  std::string user = it->second.user;
+  // Never while this node's log still has an update of it to hand on.
+  for (const auto& [v, e] : log_)
+    if (e.update.kind != Update::Kind::Profile && e.update.record.id == id) {
+      disk_.put_record(it->second);
+      return;
+    }
+  log_fn_("replication: " + id.str() + " (" + user + ") moved to n" +
+          [&] {
+            std::string s;
+            for (NodeId n : it->second.replicas) s += (s.empty() ? "" : ",n") + std::to_string(n);
+            return s;
+          }() +
+          ": this copy dropped");
+  disk_.erase_record(id);
+  records_.erase(it);
+  auto& ids = by_user_[user];
+  ids.erase(id);
+  if (ids.empty()) by_user_.erase(user);
+  if (on_user_changed) on_user_changed(user);
+}
+
+void Replicator::disown_profile(const std::string& user) {
+  if (!profiles_.erase(user)) return;
+  disk_.erase_profile(user);
+  if (on_user_changed) on_user_changed(user);
 }
 
 bool Replicator::absorb(Time now, const MessageRecord& r) {
@@ -143,7 +191,7 @@ void Replicator::absorb(const Profile& p) {
 
 bool Replicator::is_complete(const LogEntry& e) const {
   for (NodeId r : e.update.replicas)
-    if (!e.have.count(r)) return false;
+    if (!e.have.count(r) && !(gone && gone(r))) return false;
   return true;
 }
 
@@ -171,6 +219,12 @@ void Replicator::complete(const Version& id) {
 
 void Replicator::coordinate(Time now, Update u) {
   u.coordinator = cfg_.self;
+  // A change of a record whose list a repair or drain rewrote goes to its
+  // replicas now, not to those its sender knew (a client's cached list).
+  if (u.kind != Update::Kind::Profile && u.kind != Update::Kind::Copy && u.kind != Update::Kind::Replicas) {
+    auto r = records_.find(u.record.id);
+    if (r != records_.end() && !r->second.replicas_version.is_null()) u.replicas = r->second.replicas;
+  }
   bool replica = contains(u.replicas, cfg_.self);
   if (replica) apply(now, u);
   LogEntry e;
@@ -233,6 +287,11 @@ void Replicator::on_retire(const Retire& r) {
 }
 
 void Replicator::tick(Time now, const LiveFn& live) {
+  // An update waiting only for replicas declared gone is done.
+  std::vector<Version> done;
+  for (const auto& [id, e] : log_)
+    if (is_complete(e)) done.push_back(id);
+  for (const Version& id : done) complete(id);
   for (auto& [id, e] : log_) {
     Time& next = next_push_[id];
     if (now < next) continue;

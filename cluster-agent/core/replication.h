@@ -59,6 +59,9 @@ class Replicator {
   std::function<void(const std::string& user)> on_user_changed;
   // Called when an update is known to be held by every replica.
   std::function<void(const Version& id)> on_complete;
+  // A replica the cluster declared Gone (Membership::admin): an update
+  // waits for it no more.
+  std::function<bool(NodeId)> gone;
 
   const std::map<MsgId, MessageRecord>& records() const { return records_; }
   const std::map<std::string, Profile>& profiles() const { return profiles_; }
@@ -69,6 +72,10 @@ class Replicator {
 
  private:
   void apply(Time now, const Update& u);
+  // A newer replica list or holder list left this node out (a repair or
+  // drain moved its copy): the copy goes.
+  void disown_record(const MsgId& id);
+  void disown_profile(const std::string& user);
   void push_missing(const LogEntry& e, const LiveFn* live);
   void complete(const Version& id);
   bool is_complete(const LogEntry& e) const;

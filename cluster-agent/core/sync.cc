@@ -44,8 +44,11 @@ std::uint64_t Node::sync_digest(const std::string& user, NodeId node) const {
     // death_ttl: a node that lost one gets it back, and one that let its
     // go is not sent it again (Replicator::absorb takes no certificate
     // that old either).
+    // (And its replica list's version, so two replicas that hold different
+    // lists differ.)
     if (names(r.replicas, node) && (!r.expunged || now_ - r.expunge_version.time < cfg_.death_ttl))
-      sum += record_digest(r);
+      sum += record_digest(r) + static_cast<std::uint64_t>(r.replicas_version.time) * 0x9e3779b97f4a7c15ULL +
+             r.replicas_version.node;
   }
   auto p = repl_.profiles().find(user);
   if (p != repl_.profiles().end() && names(p->second.holders, node)) sum += profile_digest(p->second);

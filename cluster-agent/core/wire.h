@@ -28,12 +28,14 @@ struct Accept {
   Epoch map_epoch;  // the epoch of the user map the accepter holds
   UserMap map;
   std::vector<NodeId> known;  // every node the accepter knows of, so none is left out
+  AdminMap admin;             // what the accepter has been told of nodes (drain, gone)
   bool operator==(const Accept&) const = default;
 };
 struct Commit {
   Epoch epoch;
   std::vector<MemberWeight> members;
   UserMap map;
+  AdminMap admin;  // merged from the accepters; a member is never Gone
 };
 
 // ---- mail map and profile reconstruction ---------------------------------

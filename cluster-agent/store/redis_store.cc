@@ -171,6 +171,7 @@ RedisStore::RedisStore(Options o, LogFn log)
   k_prof_ = opt_.key_prefix + "prof";
   k_log_ = opt_.key_prefix + "log";
   k_ctr_ = opt_.key_prefix + "ctr";
+  k_adm_ = opt_.key_prefix + "admin";
 
   // The spool first: it is local and its failure is the easier to explain.
   msg_dir_ = opt_.spool_dir + "/msg";
@@ -331,7 +332,19 @@ DurableSnapshot RedisStore::load() {
     // Counters only ever grow; a wrong one would reissue ids. Refuse to start.
     if (!ok) throw std::runtime_error("store: counter " + std::string(name) + " is not a number");
   }
+  bool no_counters = ctr->elements == 0;
   ctr.reset();
+
+  {
+    Reply adm(static_cast<redisReply*>(redisCommand(ctx_.get(), "GET %b", k_adm_.data(), k_adm_.size())));
+    if (!adm) throw std::runtime_error("store: cannot read " + k_adm_ + " from redis: " + ctx_->errstr);
+    if (adm->type == REDIS_REPLY_STRING && !codec::decode_admin(std::string_view(adm->str, adm->len), snap.admin, &err)) {
+      ++undecodable;
+      log("store: the table of drained and gone nodes is undecodable, skipped: " + err);
+    }
+  }
+  snap.fresh = no_counters && snap.records.empty() && snap.profiles.empty() && snap.log.empty() && !q_counters_ &&
+               q_records_.empty();
 
   // What is queued but not flushed is part of the picture.
   for (const auto& [id, r] : q_records_) {
@@ -340,7 +353,13 @@ DurableSnapshot RedisStore::load() {
     else
       snap.records.erase(id);
   }
-  for (const auto& [user, p] : q_profiles_) snap.profiles[user] = p;
+  for (const auto& [user, p] : q_profiles_) {
+    if (p)
+      snap.profiles[user] = *p;
+    else
+      snap.profiles.erase(user);
+  }
+  if (q_admin_) snap.admin = *q_admin_;
   for (const auto& [v, e] : q_log_) {
     if (e)
       snap.log[v] = *e;
@@ -545,6 +564,13 @@ void RedisStore::put_profile(const Profile& p) {
   q_profiles_[p.user] = p;
 }
 
+void RedisStore::erase_profile(const std::string& user) {
+  ensure_loaded();
+  q_profiles_[user] = std::nullopt;
+}
+
+void RedisStore::put_admin(const AdminMap& a) { q_admin_ = a; }
+
 void RedisStore::put_log(const LogEntry& e) {
   ensure_loaded();
   LogEntry meta = e;
@@ -596,7 +622,7 @@ std::optional<Body> RedisStore::body_ref(const MsgId& id) {
 }
 
 bool RedisStore::dirty() const {
-  return !q_records_.empty() || !q_profiles_.empty() || !q_log_.empty() || q_counters_ ||
+  return !q_records_.empty() || !q_profiles_.empty() || !q_log_.empty() || q_counters_ || q_admin_ ||
          !q_bodies_.empty() || !q_unlinks_.empty();
 }
 
@@ -611,6 +637,7 @@ bool RedisStore::flush() {
   q_profiles_.clear();
   q_log_.clear();
   q_counters_.reset();
+  q_admin_.reset();
   q_bodies_.clear();
   q_unlinks_.clear();
   ++stats_.flushes;
@@ -711,11 +738,17 @@ bool RedisStore::exec_batch() {
     set.clear();
     del.clear();
     for (const auto& [user, p] : q_profiles_) {
-      set.push_back(user);
-      set.push_back(codec::encode_profile(p));
+      if (p) {
+        set.push_back(user);
+        set.push_back(codec::encode_profile(*p));
+      } else {
+        del.push_back(user);
+      }
     }
     add_chunked(cmds, "HSET", k_prof_, set, kArgsPerCommand);
+    add_chunked(cmds, "HDEL", k_prof_, del, kArgsPerCommand);
     set.clear();
+    del.clear();
     for (const auto& [v, e] : q_log_) {
       if (e) {
         set.push_back(v.str());
@@ -730,6 +763,7 @@ bool RedisStore::exec_batch() {
       cmds.push_back(Command{"HSET", k_ctr_, kNextSeq, std::to_string(q_counters_->next_seq), kLastVersion,
                              std::to_string(q_counters_->last_version), kLastLineage,
                              std::to_string(q_counters_->last_lineage)});
+    if (q_admin_) cmds.push_back(Command{"SET", k_adm_, codec::encode_admin(*q_admin_)});
   }
   if (cmds.empty()) return true;  // only unlinks queued
 

@@ -71,6 +71,8 @@ class RedisStore final : public DurableStore {
   std::optional<Body> body_ref(const MsgId& id) override;
   void erase_record(const MsgId& id) override;
   void put_profile(const Profile& p) override;
+  void erase_profile(const std::string& user) override;
+  void put_admin(const AdminMap& a) override;
   void put_log(const LogEntry& e) override;
   void erase_log(const Version& id) override;
   void put_counters(std::uint64_t next_seq, Time last_version, std::uint32_t last_lineage) override;
@@ -128,12 +130,13 @@ class RedisStore final : public DurableStore {
   LogFn log_;
   std::unique_ptr<redisContext, void (*)(redisContext*)> ctx_;
   std::string msg_dir_, incoming_dir_;
-  std::string k_rec_, k_prof_, k_log_, k_ctr_;
+  std::string k_rec_, k_prof_, k_log_, k_ctr_, k_adm_;
   Stats stats_;
 
   // The queue: the last state of each key since the last flush.
   std::map<MsgId, std::optional<MessageRecord>> q_records_;  // nullopt: erase
-  std::map<std::string, Profile> q_profiles_;
+  std::map<std::string, std::optional<Profile>> q_profiles_;  // nullopt: erase
+  std::optional<AdminMap> q_admin_;
   std::map<Version, std::optional<LogEntry>> q_log_;  // nullopt: erase
   std::optional<Counters> q_counters_;
   std::map<MsgId, Body> q_bodies_;  // body files to write (or link, from a staging file)

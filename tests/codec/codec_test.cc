@@ -39,7 +39,7 @@ bool same(const LogEntry& a, const LogEntry& b) {
 }
 bool same(const Commit& a, const Commit& b) {
   auto eq = [](const MemberWeight& x, const MemberWeight& y) { return same(x, y); };
-  return a.epoch == b.epoch && a.map == b.map &&
+  return a.epoch == b.epoch && a.map == b.map && a.admin == b.admin &&
          std::equal(a.members.begin(), a.members.end(), b.members.begin(), b.members.end(), eq);
 }
 bool same(const StoreRequest& a, const StoreRequest& b) {
@@ -71,6 +71,7 @@ MessageRecord full_record(std::uint64_t seq) {
   r.user = kUser;
   r.folder = kFolder;
   r.replicas = {3, 5, 7};
+  r.replicas_version = {1'700'000'000'800, 5};
   r.has_body = true;
   r.body = kBody;
   r.size = kBody.size();
@@ -129,8 +130,12 @@ std::vector<Message> every_message() {
              .weight = 3,
              .map_epoch = {1'600'000'000'000, 2},
              .map = {1, 0, 2, 2},
-             .known = {1, 2, 9}},
-      Commit{.epoch = epoch, .members = {{1, 1}, {2, 3}}, .map = {1, 2, 2, 2}},
+             .known = {1, 2, 9},
+             .admin = {{9, {AdminState::Gone, {1'700'000'000'050, 2}}}, {5, {AdminState::Draining, {1'700'000'000'060, 1}}}}},
+      Commit{.epoch = epoch,
+             .members = {{1, 1}, {2, 3}},
+             .map = {1, 2, 2, 2},
+             .admin = {{9, {AdminState::Gone, {1'700'000'000'050, 2}}}, {2, {AdminState::Active, {1'700'000'000'070, 2}}}}},
       Report{.epoch = epoch,
              .complete = {0, 5, 1023},
              .users = {kUser, "bob@example.com"},
@@ -356,6 +361,31 @@ TEST(Codec, ProfileAtRestRoundTrips) {
   fresh.version = {1, 1};
   ASSERT_TRUE(decode_profile(encode_profile(fresh), out, &error)) << error;
   EXPECT_EQ(out, fresh);
+}
+
+TEST(Codec, TheTableOfDrainedAndGoneNodesAtRestRoundTripsAndRefusesNonsense) {
+  const AdminMap a = {{3, {AdminState::Draining, {1'700'000'000'010, 1}}},
+                      {4, {AdminState::Gone, {1'700'000'000'020, 2}}},
+                      {5, {AdminState::Active, {1'700'000'000'030, 5}}}};
+  AdminMap out;
+  std::string error;
+  ASSERT_TRUE(decode_admin(encode_admin(a), out, &error)) << error;
+  EXPECT_EQ(out, a);
+  ASSERT_TRUE(decode_admin(encode_admin({}), out, &error)) << error;
+  EXPECT_TRUE(out.empty());
+
+  pb::AdminTable t;
+  t.add_admin()->set_node(0);
+  expect_rejected(decode_admin, t.SerializeAsString(), "node 0");
+  t.Clear();
+  t.add_admin()->set_node(3);
+  t.add_admin()->set_node(3);
+  expect_rejected(decode_admin, t.SerializeAsString(), "node twice");
+  t.Clear();
+  t.add_admin()->set_node(3);
+  t.mutable_admin(0)->set_state(static_cast<pb::AdminState>(7));
+  expect_rejected(decode_admin, t.SerializeAsString(), "state 7");
+  expect_rejected(decode_admin, std::string("\xff\xff\xff"), "garbage");
 }
 
 TEST(Codec, LogEntryOfAStoreRoundTripsWithoutTheBody) {

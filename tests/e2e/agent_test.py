@@ -386,6 +386,102 @@ class Durability(ClusterCase):
         return False
 
 
+class Repair(ClusterCase):
+    """A node lost for good (its spool and Redis gone), forgotten by the
+    operator: the others make a new copy of everything it held, and a
+    second crash after loses nothing."""
+    nodes = 4
+
+    def body_files(self, i):
+        spool = os.path.join(self.cl.ndir(i), "spool", "msg")
+        return {"%s:%s" % (os.path.basename(top), f) for top, _, files in os.walk(spool) for f in files
+                if not f.endswith(".tmp")}
+
+    def statuses(self, nodes):
+        return {i: self.ctl_json(i, "status") for i in nodes}
+
+    def wait_repaired(self, nodes, timeout):
+        """Until every node has made two full passes over its records since
+        now and found nothing left to copy."""
+        start = {i: s["repair"]["passes"] for i, s in self.statuses(nodes).items()}
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            st = self.statuses(nodes)
+            if all(s["repair"]["passes"] >= start[i] + 2 and s["repair"]["pending"] == 0
+                   and s["repair"]["inflight"] == 0 and s["replication_backlog"] == 0 for i, s in st.items()):
+                return st
+            time.sleep(0.3)
+        self.fail("repair did not finish: %s" % {i: (s["repair"], s["replication_backlog"])
+                                                 for i, s in self.statuses(nodes).items()})
+
+    def test_a_node_lost_for_good_is_forgotten_its_copies_made_again_and_a_second_crash_loses_nothing(self):
+        users = ["%s@example.org" % n for n in ("lea", "max", "ned", "ola", "pia", "quy", "rob", "sue", "tom", "uma")]
+        for u in users:
+            self.add_user(1, u)
+        sent = {}  # (user, id) -> bytes
+        expunged = set()
+        for n in range(100):
+            u = users[n % len(users)]
+            d = self.deliver(1 + n % 4, u, message(n, 3000))
+            self.assertIsNotNone(d)
+            self.assertEqual(d["code"], "OK")
+            sent[(u, d["id"])] = message(n, 3000)
+            if n % 7 == 0:
+                self.ctl(1 + n % 4, "mail", "flags", u, str(d["uid"]), "seen,$Repaired")
+            if n % 11 == 5:
+                self.ctl(1 + n % 4, "mail", "expunge", u, str(d["uid"]))
+                expunged.add((u, d["id"]))
+        live = {k: v for k, v in sent.items() if k not in expunged}
+        victim = 4
+        held = {mid for (u, mid) in live if mid in self.body_files(victim)}
+        self.assertGreater(len(held), 10, "node 4 holds too little for the test to mean anything")
+
+        # Forgetting a live member is refused.
+        r = self.ctl(1, "node", "forget", "2", check=False)
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn(b"live member", r.stderr)
+
+        # Node 4's disk dies: agent and Redis killed, spool and Redis files gone.
+        self.cl.kill(victim, redis=True)
+        import shutil
+        shutil.rmtree(os.path.join(self.cl.ndir(victim), "spool"))
+        shutil.rmtree(os.path.join(self.cl.ndir(victim), "redis"))
+        self.assertTrue(self.wait_converged(30), "no group of the three others")
+        self.ctl(2, "node", "forget", str(victim))
+        st = self.wait_repaired((1, 2, 3), 90)
+        for i, s in st.items():
+            self.assertIn({"node": victim, "state": "gone"},
+                          [{"node": a["node"], "state": a["state"]} for a in s["admin"]], "node %d" % i)
+            self.assertNotIn(victim, s["known_not_members"], "node %d still waits for the forgotten node" % i)
+        copies = sum(s["repair"]["copies"] for s in st.values())
+        self.assertGreaterEqual(copies, len(held))
+
+        # On disk: every live message has R = 2 bodies among the three.
+        files = {i: self.body_files(i) for i in (1, 2, 3)}
+        for (u, mid) in live:
+            n = sum(1 for i in (1, 2, 3) if mid in files[i])
+            self.assertEqual(n, 2, "%s of %s has %d copies on disk" % (mid, u, n))
+        # The listing agrees: no replica list names the forgotten node.
+        for u in users:
+            for m in self.ctl_json(1, "mail", "list", u)["messages"]:
+                self.assertNotIn(victim, m["replicas"], m)
+                self.assertEqual(len(m["replicas"]), 2, m)
+            info = self.ctl_json(1, "user", "show", u)
+            self.assertNotIn(victim, info["profile_replicas"], info)
+            self.assertEqual(len(info["profile_replicas"]), 2, info)
+
+        # A second crash (kill -9): nothing acknowledged is lost.
+        self.cl.kill(1, redis=False)
+        self.assertTrue(self.wait_converged(30), "no group of nodes 2 and 3")
+        for u in users:
+            listed = {m["id"]: m for m in self.ctl_json(3, "mail", "list", u)["messages"]}
+            mine = {mid: data for (user, mid), data in live.items() if user == u}
+            self.assertEqual(set(listed), set(mine), u)
+            for mid, data in mine.items():
+                self.assertEqual(self.ctl(2, "mail", "fetch", u, str(listed[mid]["uid"])).stdout, data)
+            self.assertEqual(self.ctl(2, "user", "auth", u, "--password", "pw").returncode, 0)
+
+
 class Secure(ClusterCase):
     """Agents speak TLS 1.3 with a key from the cluster secret (the
     default, peer_security = tls)."""

@@ -295,6 +295,29 @@ TEST_F(RedisStoreTest, EverythingSurvivesAStoreRestart) {
   EXPECT_FALSE(s->damage().any()) << s->damage().str();
 }
 
+TEST_F(RedisStoreTest, TheAdminTableAndAProfileErasedSurviveARestartAndANewStoreSaysItIsFresh) {
+  const AdminMap admin = {{4, {AdminState::Gone, {2000, 1}}}, {5, {AdminState::Draining, {2001, 2}}}};
+  {
+    auto s = open_store();
+    DurableSnapshot first = s->load();
+    EXPECT_TRUE(first.fresh);
+    EXPECT_TRUE(first.admin.empty());
+    s->put_profile(profile("alice@example.com"));
+    s->put_profile(profile("bob@example.com"));
+    ASSERT_TRUE(s->flush()) << all_logs();
+    s->erase_profile("alice@example.com");
+    s->put_admin(admin);
+    EXPECT_TRUE(s->dirty());
+    ASSERT_TRUE(s->flush()) << all_logs();
+  }
+  auto s = open_store();
+  DurableSnapshot snap = s->load();
+  EXPECT_FALSE(snap.fresh);
+  EXPECT_EQ(snap.admin, admin);
+  ASSERT_EQ(snap.profiles.size(), 1u);
+  EXPECT_TRUE(snap.profiles.count("bob@example.com"));
+}
+
 TEST_F(RedisStoreTest, BodiesLiveInSpoolFilesNotInRedis) {
   auto s = open_store();
   s->load();
