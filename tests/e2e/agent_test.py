@@ -455,6 +455,17 @@ class Repair(ClusterCase):
             self.assertNotIn(victim, s["known_not_members"], "node %d still waits for the forgotten node" % i)
         copies = sum(s["repair"]["copies"] for s in st.values())
         self.assertGreaterEqual(copies, len(held))
+        # The metrics say the same (refreshed each second).
+        deadline = time.time() + 10
+        while True:
+            m = {i: Metrics.scrape(self, i) for i in (1, 2, 3)}
+            got = (sum(Metrics.value(m[i], "porcupine_repair_copies_total") for i in m),
+                   [Metrics.value(m[i], "porcupine_node_admin_state", node=str(victim)) for i in m],
+                   sum(Metrics.value(m[i], "porcupine_repair_pending_messages") for i in m))
+            if got == (copies, [2, 2, 2], 0) or time.time() > deadline:
+                break
+            time.sleep(0.3)
+        self.assertEqual(got, (copies, [2, 2, 2], 0))
 
         # On disk: every live message has R = 2 bodies among the three.
         files = {i: self.body_files(i) for i in (1, 2, 3)}
