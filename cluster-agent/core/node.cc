@@ -20,6 +20,7 @@ Node::Node(CoreConfig cfg, Env& env, DurableStore& disk)
           [this](const std::string& l) { env_.log(l); }) {
   repl_.on_user_changed = [this](const std::string& u) { rep_user_changed(u); };
   repl_.gone = [this](NodeId n) { return membership_.admin_state(n) == AdminState::Gone; };
+  repl_.on_list_outdated = [this](const MsgId& id) { repair_forward_.insert(id); };
   membership_.on_admin = [this](const AdminMap& a) { disk_.put_admin(a); };
   repl_.on_complete = [this](const Version& id) {
     auto it = stores_.find(id);

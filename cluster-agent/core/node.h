@@ -431,6 +431,7 @@ class Node {
   std::uint64_t repair_found_ = 0;
   RepairProgress repair_stats_;
   std::map<NodeId, Time> missing_since_;  // known nodes not in the group, since
+  std::set<MsgId> repair_forward_;        // records changed through an outdated list (on_list_outdated)
 
   // front-end role (soft state)
   std::map<std::uint64_t, Pending> pending_;

@@ -30,7 +30,7 @@ namespace porcupine {
 namespace {
 constexpr std::size_t kScanPerTick = 4000;     // records looked at per tick
 constexpr std::size_t kProfilesPerTick = 64;   // profiles rewritten per tick
-constexpr int kCopyAttempts = 3;
+constexpr int kCopyAttempts = 10;
 
 bool has(const std::vector<NodeId>& v, NodeId n) { return std::find(v.begin(), v.end(), n) != v.end(); }
 
@@ -116,6 +116,25 @@ std::vector<NodeId> Node::repair_targets(const std::string& user, const std::vec
 }
 
 void Node::repair_tick(Time now) {
+  // A change that came addressed to a record's old list (a client's cached
+  // one) goes on to its replicas now: the record as it is here, to the
+  // others of its list (a Replicas update at the list's own version, which
+  // moves nothing and merges like any other).
+  for (const MsgId& id : repair_forward_) {
+    auto r = repl_.records().find(id);
+    if (r == repl_.records().end() || r->second.replicas_version.is_null()) continue;
+    Update u;
+    u.id = next_version(now);
+    u.kind = Update::Kind::Replicas;
+    for (NodeId x : r->second.replicas)
+      if (x != cfg_.self) u.replicas.push_back(x);
+    if (u.replicas.empty()) continue;
+    u.record = r->second;
+    u.record.body.clear();
+    u.record.has_body = false;
+    repl_.coordinate(now, std::move(u));
+  }
+  repair_forward_.clear();
   // Copies whose acknowledgement did not come: sent again to the same
   // node (same list version), a few times, then given up (the next scan
   // picks another node).
@@ -125,9 +144,34 @@ void Node::repair_tick(Time now) {
       ++it;
       continue;
     }
-    bool alive = true;
-    for (NodeId t : c.waiting) alive &= live(t) && admin_active(t);
-    if (!alive || c.attempts >= kCopyAttempts || !repair_send(now, it->first, c)) {
+    // A copy may have arrived with its ack lost, and its node then holds it
+    // under the new list: the copy is not given up while that node may
+    // still come back and be used (only when it leaves, or after many
+    // attempts); while it is down, it waits.
+    bool active = true, alive = true;
+    for (NodeId t : c.waiting) {
+      active &= admin_active(t);
+      alive &= live(t);
+    }
+    if (active && !alive) {
+      c.until = now + cfg_.request_timeout;
+      ++it;
+      continue;
+    }
+    // Expunged meanwhile: no body to copy, and none needed; the new list
+    // goes out at once with the expunge, so a copy that did arrive goes.
+    auto rec = repl_.records().find(it->first);
+    if (rec != repl_.records().end() && rec->second.expunged) {
+      c.waiting.clear();
+      auto v = repair_versions_.find(c.rec.replicas_version);
+      if (v != repair_versions_.end()) {
+        const Version ver = v->first;
+        ++it;
+        repair_ack(now, kNoNode, ver);
+        continue;
+      }
+    }
+    if (!active || c.attempts >= kCopyAttempts || !repair_send(now, it->first, c)) {
       ++repair_stats_.copies_failed;
       repair_versions_.erase(c.rec.replicas_version);
       it = repair_.erase(it);
@@ -242,9 +286,11 @@ void Node::repair_ack(Time now, NodeId from, const Version& v) {
     return;
   }
   RepairCopy& c = it->second;
-  if (!c.waiting.erase(from)) return;
-  ++repair_stats_.copies;
-  repair_stats_.bytes += c.size;
+  if (from != kNoNode) {  // kNoNode: an expunged record's list, without copies
+    if (!c.waiting.erase(from)) return;
+    ++repair_stats_.copies;
+    repair_stats_.bytes += c.size;
+  }
   if (!c.waiting.empty()) return;
   // Every new copy is durable: the new list goes to the old and new
   // replicas alike, so a replica it leaves out drops its copy.
@@ -260,8 +306,11 @@ void Node::repair_ack(Time now, NodeId from, const Version& v) {
   u.id = next_version(now);
   u.kind = Update::Kind::Replicas;
   u.replicas = c.rec.replicas;
+  // (Down ones too: the update waits for them, so a copy left out is
+  // dropped when its node is back, not kept under the old list. Only Gone
+  // nodes are not waited for.)
   for (NodeId x : c.old)
-    if (!has(u.replicas, x) && live(x)) u.replicas.push_back(x);
+    if (!has(u.replicas, x) && membership_.admin_state(x) != AdminState::Gone) u.replicas.push_back(x);
   u.record = cur->second;
   u.record.replicas = c.rec.replicas;
   u.record.replicas_version = c.rec.replicas_version;
@@ -280,7 +329,9 @@ void Node::repair_profiles(Time now) {
     for (auto& [name, u] : users) {
       if (!u.profile) continue;
       Profile& p = *u.profile;
-      bool leaving = false;
+      // (Also one left with fewer holders than R: a Gone holder dropped
+      // when no other node was there to take its place.)
+      bool leaving = p.holders.size() < cfg_.replicas;
       for (NodeId h : p.holders) leaving |= !admin_active(h);
       if (!leaving) continue;
       std::vector<NodeId> keep, gone;
@@ -298,7 +349,7 @@ void Node::repair_profiles(Time now) {
       if (p.holders == old) continue;
       std::vector<NodeId> also;
       for (NodeId h : old)
-        if (!has(p.holders, h) && live(h)) also.push_back(h);
+        if (!has(p.holders, h) && membership_.admin_state(h) != AdminState::Gone) also.push_back(h);
       p.version = next_version(now);
       write_profile(now, u, also);
       ++repair_stats_.profiles;

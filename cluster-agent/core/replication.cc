@@ -130,6 +130,24 @@ void Replicator::apply(Time now, const Update& u) {
   }
   if (changed || fresh) disk_.put_record(it->second);
   it->second.body.clear();  // stored: bodies stay out of memory
+  // A record under a list a repair or drain rewrote: what this copy knows
+  // must reach the list's other replicas, which a change addressed to the
+  // old list (a client's cached one) did not, and which a new list's
+  // record (the leader's state when it wrote it) may not carry.
+  if (on_list_outdated && !it->second.replicas_version.is_null()) {
+    bool forward = false;
+    if (u.kind == Update::Kind::Replicas || (u.kind == Update::Kind::Copy && !in.replicas_version.is_null())) {
+      // This copy knows more than the update's sender did.
+      MessageRecord seen = in;
+      seen.has_body = it->second.has_body;
+      forward = record_digest(seen) != record_digest(it->second);
+    } else if (changed) {
+      // A change from a holder of the old list (a Copy: a sync with it).
+      for (NodeId x : it->second.replicas) forward |= !contains(in.replicas, x);
+    }
+    if (forward) on_list_outdated(in.id);
+  }
+
   bool is_live = it->second.has_body && !it->second.expunged;
   bool renamed = u.kind == Update::Kind::SetUid || u.kind == Update::Kind::Move;
   if ((fresh || was_live != is_live || renamed) && on_user_changed)
@@ -139,26 +157,39 @@ void Replicator::apply(Time now, const Update& u) {
 void Replicator::disown_record(const MsgId& id) {
   auto it = records_.find(id);
   if (it == records_.end()) return;
-  std::string user = it->second.user;
-  // Never while this node's log still has an update of it to hand on.
+  MessageRecord& r = it->second;
+  std::string user = r.user;
+  // Never while this node's log still has an update of it to hand on
+  // (its body may be needed); looked at again when the entry goes.
+  bool pending = false;
   for (const auto& [v, e] : log_)
-    if (e.update.kind != Update::Kind::Profile && e.update.record.id == id) {
-      disk_.put_record(it->second);
-      return;
-    }
+    pending |= e.update.kind != Update::Kind::Profile && e.update.record.id == id;
+  if (pending || !r.has_body) {
+    disk_.put_record(r);
+    return;
+  }
   log_fn_("replication: " + id.str() + " (" + user + ") moved to n" +
           [&] {
             std::string s;
-            for (NodeId n : it->second.replicas) s += (s.empty() ? "" : ",n") + std::to_string(n);
+            for (NodeId n : r.replicas) s += (s.empty() ? "" : ",n") + std::to_string(n);
             return s;
           }() +
           ": this copy dropped");
-  disk_.erase_record(id);
-  records_.erase(it);
-  auto& ids = by_user_[user];
-  ids.erase(id);
-  if (ids.empty()) by_user_.erase(user);
+  // The body goes; the record stays, bodiless, under the list that left
+  // this node out, so an old holder's copy of it (a sync with a node that
+  // has not heard of the new list yet) does not bring the copy back.
+  r.has_body = false;
+  r.body.clear();
+  disk_.put_record(r);
   if (on_user_changed) on_user_changed(user);
+}
+
+void Replicator::recheck_disowned(const Update& u) {
+  if (u.kind == Update::Kind::Profile) return;
+  auto it = records_.find(u.record.id);
+  if (it != records_.end() && it->second.has_body && !it->second.replicas_version.is_null() &&
+      !contains(it->second.replicas, cfg_.self))
+    disown_record(u.record.id);
 }
 
 void Replicator::disown_profile(const std::string& user) {
@@ -210,10 +241,12 @@ void Replicator::complete(const Version& id) {
   if (it->second.update.coordinator == cfg_.self)
     for (NodeId r : it->second.update.replicas)
       if (r != cfg_.self) send_(r, Retire{id});
+  Update u = std::move(it->second.update);
   log_.erase(it);
   next_push_.erase(id);
   logged_at_.erase(id);
   disk_.erase_log(id);
+  recheck_disowned(u);
   if (on_complete) on_complete(id);
 }
 
@@ -262,10 +295,12 @@ void Replicator::on_push(Time now, NodeId from, const Push& p) {
     it->second.have.insert(p.have.begin(), p.have.end());
     it->second.have.insert(from);
     if (is_complete(it->second)) {
+      Update u = std::move(it->second.update);
       log_.erase(it);
       next_push_.erase(id);
       logged_at_.erase(id);
       disk_.erase_log(id);
+      recheck_disowned(u);
     }
   }
   send_(from, PushAck{id});
@@ -279,11 +314,14 @@ void Replicator::on_ack(Time, NodeId from, const PushAck& a) {
 }
 
 void Replicator::on_retire(const Retire& r) {
-  if (!log_.count(r.id)) return;
-  log_.erase(r.id);
+  auto it = log_.find(r.id);
+  if (it == log_.end()) return;
+  Update u = std::move(it->second.update);
+  log_.erase(it);
   next_push_.erase(r.id);
   logged_at_.erase(r.id);
   disk_.erase_log(r.id);
+  recheck_disowned(u);
 }
 
 void Replicator::tick(Time now, const LiveFn& live) {

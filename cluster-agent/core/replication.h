@@ -62,6 +62,10 @@ class Replicator {
   // A replica the cluster declared Gone (Membership::admin): an update
   // waits for it no more.
   std::function<bool(NodeId)> gone;
+  // A change came addressed to an older replica list than the record's
+  // (a client's cached list, from before a repair or drain rewrote it):
+  // the record's replicas the change did not name must be sent it.
+  std::function<void(const MsgId& id)> on_list_outdated;
 
   const std::map<MsgId, MessageRecord>& records() const { return records_; }
   const std::map<std::string, Profile>& profiles() const { return profiles_; }
@@ -76,6 +80,8 @@ class Replicator {
   // drain moved its copy): the copy goes.
   void disown_record(const MsgId& id);
   void disown_profile(const std::string& user);
+  // After a log entry of the record goes: a copy kept for it is dropped.
+  void recheck_disowned(const Update& u);
   void push_missing(const LogEntry& e, const LiveFn* live);
   void complete(const Version& id);
   bool is_complete(const LogEntry& e) const;

@@ -159,6 +159,7 @@ int main(int argc, char** argv) {
   if (argc < 2) return usage();
   std::string cmd = argv[1];
   bool partitions = true;
+  bool drains = false;
   std::uint64_t nodes = 5, seed = 1, schedules = 1000, base = 1, min_n = 3, max_n = 7;
   try {
     for (int i = 2; i < argc; ++i) {
@@ -167,6 +168,7 @@ int main(int argc, char** argv) {
           arg(i, argc, argv, "--min-nodes", min_n) || arg(i, argc, argv, "--max-nodes", max_n))
         continue;
       if (std::strcmp(argv[i], "--no-partitions") == 0) { partitions = false; continue; }
+      if (std::strcmp(argv[i], "--drains") == 0) { drains = true; continue; }
       std::cerr << "unknown argument: " << argv[i] << "\n";
       return usage();
     }
@@ -178,6 +180,7 @@ int main(int argc, char** argv) {
   opt.min_nodes = static_cast<int>(min_n);
   opt.max_nodes = static_cast<int>(max_n);
   opt.partitions = partitions;
+  opt.drains = drains;
   if (cmd == "demo") return demo(nodes, seed);
   if (cmd == "check") return check(schedules, base, opt);
   if (cmd == "replay") {

@@ -130,14 +130,27 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
     else if (!c.node(m)->bucket_ready(b)) fail("(b) bucket " + std::to_string(b) + " not ready at n" + std::to_string(m));
   }
 
-  // (c) acknowledged messages survive and replicas converge.
+  // (c) acknowledged messages survive and replicas converge. A message's
+  // replicas are those of the newest list its copies name (a repair or
+  // drain rewrites it), else those its delivery gave.
   for (const Acked& a : w.delivered) {
     std::vector<const MessageRecord*> copies;
     std::vector<NodeId> holders;
+    std::vector<NodeId> replicas = a.target.replicas;
+    Version list_version;
+    for (NodeId n : c.ids()) {
+      const auto& recs = c.disk(n)->data().records;
+      auto it = recs.find(a.target.id);
+      if (it != recs.end() && newer(it->second.replicas_version, list_version)) {
+        list_version = it->second.replicas_version;
+        replicas = it->second.replicas;
+      }
+    }
     std::string reps;
-    for (NodeId x : a.target.replicas) reps += " n" + std::to_string(x);
+    for (NodeId x : replicas) reps += " n" + std::to_string(x);
+    if (!list_version.is_null()) reps += " at " + list_version.str();
     bool any_alive_replica = false;
-    for (NodeId r : a.target.replicas) {
+    for (NodeId r : replicas) {
       if (c.is_destroyed(r)) continue;
       any_alive_replica = true;
       const auto& recs = c.disk(r)->data().records;
@@ -146,8 +159,13 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
         // The only copy, on a node whose index lost it: no peer can give
         // the record back; the body must still be on its disk (or the
         // message was expunged, and its certificate went with the index).
-        if (a.target.replicas.size() == 1 && c.is_damaged(r) &&
-            (c.disk(r)->orphans().count(a.target.id) || a.expunge_acked))
+        // (Only copy: the others destroyed; a death certificate gets no
+        // new copies from a repair.)
+        std::size_t kept = 0;
+        for (NodeId x : replicas) kept += !c.is_destroyed(x);
+        if (kept == 1 && c.is_damaged(r) &&
+            (c.disk(r)->orphans().count(a.target.id) || a.expunge_acked ||
+             (a.expunge_issued && replicas.size() > 1)))
           continue;
         fail("(c) message " + a.target.id.str() + " missing on replica n" + std::to_string(r) + " (replicas" + reps +
              (a.expunge_acked ? ", expunged)" : ")"));
@@ -157,15 +175,17 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
       holders.push_back(r);
     }
     if (!any_alive_replica) {
-      if (a.target.replicas.size() >= 2 || !destroyed_any)
-        fail("(c) message " + a.target.id.str() + " lost: every replica destroyed");
+      // (An expunged message's certificate has no new copies made: with
+      // its last holders destroyed it is gone, as it should be.)
+      if ((replicas.size() >= 2 && !a.expunge_issued) || !destroyed_any)
+        fail("(c) message " + a.target.id.str() + " lost: every replica destroyed (replicas" + reps + ")");
       continue;
     }
     for (std::size_t k = 0; k < copies.size(); ++k) {
       const MessageRecord* r = copies[k];
       // (The only copy's certificate lost with a damaged index, a late
       // update for the message leaves a bodiless record: hidden, not back.)
-      bool lone_lost_cert = a.expunge_acked && a.target.replicas.size() == 1 && c.is_damaged(holders[k]);
+      bool lone_lost_cert = a.expunge_acked && replicas.size() == 1 && c.is_damaged(holders[k]);
       if (!r->expunged && !r->has_body && !lone_lost_cert)
         fail("(c) message " + a.target.id.str() + " has no body on n" + std::to_string(holders[k]) + " (replicas" +
              reps + ")");
@@ -173,7 +193,10 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
         fail("(c) message " + a.target.id.str() + " expunge acknowledged but not applied");
       const MessageRecord* f = copies.front();
       if (r->flags != f->flags || r->expunged != f->expunged || r->uid != f->uid)
-        fail("(c) replicas of " + a.target.id.str() + " diverge");
+        fail("(c) replicas of " + a.target.id.str() + " diverge: n" + std::to_string(holders.front()) + " flags " +
+             std::to_string(f->flags) + (f->expunged ? " expunged" : "") + " uid " + std::to_string(f->uid) + ", n" +
+             std::to_string(holders[k]) + " flags " + std::to_string(r->flags) + (r->expunged ? " expunged" : "") +
+             " uid " + std::to_string(r->uid) + " (replicas" + reps + ")");
     }
   }
   // Replication backlogs drain (entries for destroyed replicas excepted).
@@ -260,6 +283,79 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
   return bad;
 }
 
+std::vector<std::string> repair_unfinished(Cluster& c, std::size_t replicas, bool exact) {
+  std::vector<std::string> bad;
+  auto fail = [&](std::string s) {
+    if (bad.size() < 20) bad.push_back(std::move(s));
+  };
+  std::vector<NodeId> up = c.up();
+  if (up.empty()) return {"no node running"};
+  const Membership& mem = c.node(up.front())->membership();
+  std::size_t active = 0;
+  for (NodeId n : up) active += mem.admin_state(n) == AdminState::Active;
+  const std::size_t want = std::min(replicas, active);
+  auto list_str = [](const std::vector<NodeId>& v) {
+    std::string s;
+    for (NodeId x : v) s += " n" + std::to_string(x);
+    return s;
+  };
+  auto good_holder = [&](NodeId x) { return c.is_up(x) && mem.admin_state(x) == AdminState::Active; };
+  for (NodeId n : up)
+    if (c.node(n)->repair_progress().inflight > 0) fail("n" + std::to_string(n) + " still copying");
+  // Messages: the newest list of each, from every running disk.
+  std::map<MsgId, MessageRecord> newest;
+  std::set<MsgId> dead;
+  for (NodeId n : up)
+    for (const auto& [id, r] : c.disk(n)->data().records) {
+      if (r.expunged) dead.insert(id);
+      auto [it, fresh] = newest.try_emplace(id, r);
+      if (!fresh && newer(r.replicas_version, it->second.replicas_version)) it->second = r;
+      if (r.has_body) it->second.has_body = true;
+    }
+  for (const auto& [id, r] : newest) {
+    if (dead.count(id) || !r.has_body) continue;
+    if (exact ? r.replicas.size() != want : r.replicas.empty() || r.replicas.size() > replicas)
+      fail("message " + id.str() + " has" + list_str(r.replicas));
+    for (NodeId x : r.replicas) {
+      if (!good_holder(x)) {
+        fail("message " + id.str() + " names n" + std::to_string(x) + " (" +
+             (c.is_up(x) ? admin_state_name(mem.admin_state(x)) : "down") + "):" + list_str(r.replicas));
+        continue;
+      }
+      const auto& recs = c.disk(x)->data().records;
+      auto it = recs.find(id);
+      if (it == recs.end() || !it->second.has_body)
+        fail("message " + id.str() + " not on the disk of n" + std::to_string(x));
+      else if (it->second.replicas != r.replicas)
+        fail("message " + id.str() + " on n" + std::to_string(x) + " under the old list" +
+             list_str(it->second.replicas));
+    }
+  }
+  // Profiles: the newest of each.
+  std::map<std::string, Profile> profiles;
+  for (NodeId n : up)
+    for (const auto& [user, p] : c.disk(n)->data().profiles) {
+      auto [it, fresh] = profiles.try_emplace(user, p);
+      if (!fresh && newer(p.version, it->second.version)) it->second = p;
+    }
+  for (const auto& [user, p] : profiles) {
+    // (Repair tops a profile up to R holders whenever nodes are there.)
+    if (exact ? p.holders.size() != want : p.holders.size() < want || p.holders.size() > replicas)
+      fail("profile of " + user + " has" + list_str(p.holders));
+    for (NodeId x : p.holders) {
+      if (!good_holder(x)) {
+        fail("profile of " + user + " names n" + std::to_string(x) + ":" + list_str(p.holders));
+        continue;
+      }
+      const auto& ps = c.disk(x)->data().profiles;
+      auto it = ps.find(user);
+      if (it == ps.end() || it->second.holders != p.holders)
+        fail("profile of " + user + " not on the disk of n" + std::to_string(x) + " under its newest holders");
+    }
+  }
+  return bad;
+}
+
 ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
   std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ULL + 1);
   auto pick = [&](int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); };
@@ -307,6 +403,16 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
   std::map<std::uint64_t, std::string> bodies;
   ListingChecker listings;
   int destroyed = 0, damaged = 0, crashes = 0, partitions = 0;
+  // Permanent loss with repair: `lost` was destroyed and is to be (or was)
+  // forgotten; until repair has made every copy again it counts against
+  // the budget of R-1 (`unrepaired`, with plain destroys and damage).
+  int unrepaired = 0, forgotten = 0, repaired = 0, drains = 0;
+  NodeId lost = kNoNode;
+  bool lost_forgotten = false;
+  Time next_forget = 0, next_repair_check = 0;
+  NodeId draining = kNoNode;
+  const int budget = static_cast<int>(cfg.replicas) - 1;
+  std::vector<std::string> repair_failures;
   const Time start = c.now();
   const Time fault_end = start + opt.fault_phase;
   Time next_fault = start + pick(1000, 4000);
@@ -315,6 +421,45 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
   auto random_up = [&]() -> NodeId {
     auto up = c.up();
     return up.empty() ? kNoNode : up[static_cast<std::size_t>(pick(0, static_cast<int>(up.size()) - 1))];
+  };
+
+  // Forgets `lost` through a running node of the group that no longer
+  // counts it a member (administer refuses otherwise).
+  auto try_forget = [&] {
+    for (NodeId via : c.up()) {
+      const Membership& m = c.node(via)->membership();
+      if (!m.in_group() || m.is_member(lost)) continue;
+      const ClientReply* r = c.reply(c.call(via, [&](Node& node, Time now, std::uint64_t req) {
+        node.administer(now, req, lost, AdminState::Gone);
+      }));
+      if (r && r->status == Status::Ok) {
+        lost_forgotten = true;
+        ++forgotten;
+        return;
+      }
+    }
+  };
+  // Repair of `lost` is done: every node not destroyed is up (so every
+  // copy is looked at), in one group, and the disks show every live
+  // message and profile with R Active holders.
+  auto lost_repaired = [&] {
+    return c.up().size() == c.ids().size() && c.converged() && repair_unfinished(c, cfg.replicas, false).empty();
+  };
+  auto second_loss = [&] {
+    // The budget is free again: a second node is lost for good at once.
+    lost = kNoNode;
+    lost_forgotten = false;
+    --unrepaired;
+    ++repaired;
+    auto up = c.up();
+    if (unrepaired + damaged < budget && up.size() > 2) {
+      NodeId v = random_up();
+      if (v == draining) draining = kNoNode;
+      c.destroy(v);
+      ++destroyed;
+      ++unrepaired;
+      if (chance(0.5)) lost = v;  // and forgotten in its turn
+    }
   };
 
   auto collect = [&] {
@@ -339,6 +484,8 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
         } else {
           ++w.tempfailed;
         }
+      } else if (it->second.kind == Outstanding::Expunge && r->status != Status::Ok) {
+        // (it may still have been applied: expunge_issued stays)
       } else if (it->second.kind == Outstanding::Expunge && r->status == Status::Ok) {
         w.delivered[it->second.acked_index].expunge_acked = true;
       } else if (it->second.kind == Outstanding::List && r->status == Status::Ok) {
@@ -353,12 +500,23 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
     c.run_until(t);
     collect();
     if (joiner && t >= join_at && !c.disk(join_id)) {
-      c.add_node(join_id, {1, 2});
+      std::vector<NodeId> js;
+      for (NodeId id : c.ids())
+        if (js.size() < 2) js.push_back(id);
+      c.add_node(join_id, js);
+    }
+    if (lost != kNoNode && !lost_forgotten && t >= next_forget) {
+      next_forget = t + 500;
+      try_forget();
+    }
+    if (lost != kNoNode && lost_forgotten && t >= next_repair_check) {
+      next_repair_check = t + 1000;
+      if (lost_repaired()) second_loss();
     }
     if (t >= next_fault) {
       next_fault = t + pick(1000, 4000);
       auto up = c.up();
-      switch (pick(0, 6)) {
+      switch (pick(0, 7)) {
         case 0:
         case 1:
           if (up.size() > 1) { c.crash(random_up()); ++crashes; }
@@ -381,10 +539,16 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
           c.network().duplicate = chance(0.5) ? 0.0 : 0.05;
           break;
         case 6:
-          if (destroyed + damaged < static_cast<int>(cfg.replicas) - 1 && up.size() > 2 && chance(0.3)) {
-            c.destroy(random_up());
+          if (unrepaired + damaged < budget && up.size() > 2 && chance(0.3)) {
+            NodeId v = random_up();
+            if (v == draining) draining = kNoNode;
+            c.destroy(v);
             ++destroyed;
-          } else if (destroyed + damaged < static_cast<int>(cfg.replicas) - 1 && chance(0.5)) {
+            ++unrepaired;
+            // A permanent loss: the node is forgotten, its copies made
+            // again elsewhere.
+            if (chance(0.6)) lost = v;
+          } else if (unrepaired + damaged < budget && chance(0.5)) {
             // A crashed node's index is cut short (a damaged Redis file):
             // its peers' sync must give everything back.
             for (NodeId id : c.ids())
@@ -392,6 +556,27 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
                 ++damaged;
                 break;
               }
+          }
+          break;
+        case 7:
+          // A drain (one node at a time), or its end (the node is Active again).
+          if (!opt.drains) break;
+          if (draining != kNoNode) {
+            if (chance(0.3)) {
+              NodeId d = draining, via = random_up();
+              if (c.reply(c.call(via, [&](Node& node, Time now, std::uint64_t req) {
+                    node.administer(now, req, d, AdminState::Active);
+                  }))->status == Status::Ok)
+                draining = kNoNode;
+            }
+          } else if (chance(0.5) && up.size() > 2) {
+            NodeId d = random_up(), via = random_up();
+            if (c.reply(c.call(via, [&](Node& node, Time now, std::uint64_t req) {
+                  node.administer(now, req, d, AdminState::Draining);
+                }))->status == Status::Ok) {
+              draining = d;
+              ++drains;
+            }
           }
           break;
       }
@@ -414,6 +599,7 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
     } else if (kind < 9) {
       std::size_t i = static_cast<std::size_t>(pick(0, static_cast<int>(w.delivered.size()) - 1));
       out[c.expunge(via, w.delivered[i].target)] = {Outstanding::Expunge, i, t, kNoNode, {}, {}};
+      w.delivered[i].expunge_issued = true;
       ++w.expunge_ops;
     } else if (chance(0.5)) {
       std::string user = user_name(pick(0, users - 1));
@@ -439,6 +625,55 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
   c.run_for(CoreConfig{}.request_timeout + 1000);
   collect();
   c.run_until_pred([&] { return false; }, opt.settle);
+  // A permanent loss is finished: the node is forgotten (if it was not
+  // yet), repair must complete, and then a second node is lost for good.
+  // A drain must complete too (when there are nodes to take its copies).
+  if (draining != kNoNode && c.is_up(draining)) {
+    std::size_t active = 0;
+    for (NodeId id : c.up()) active += c.node(id)->membership().admin_state(id) == AdminState::Active;
+    auto drained = [&] {
+      Node::DrainProgress d = c.node(draining)->drain_progress();
+      return d.messages == 0 && d.profiles == 0 && d.buckets == 0;
+    };
+    if (active >= cfg.replicas && !c.run_until_pred(drained, 120'000)) {
+      Node::DrainProgress d = c.node(draining)->drain_progress();
+      repair_failures.push_back("(r) drain of n" + std::to_string(draining) + " unfinished: " +
+                                std::to_string(d.messages) + " messages, " + std::to_string(d.profiles) +
+                                " profiles, " + std::to_string(d.buckets) + " buckets");
+      int shown = 0;
+      for (const auto& [id, r] : c.node(draining)->replicator().records()) {
+        if (r.expunged || !r.has_body || shown == 3) continue;
+        if (std::find(r.replicas.begin(), r.replicas.end(), draining) == r.replicas.end()) continue;
+        ++shown;
+        std::string line = "(r)   " + id.str() + " here under";
+        for (NodeId x : r.replicas) line += " n" + std::to_string(x);
+        line += " at " + r.replicas_version.str() + ";";
+        for (NodeId x : c.up()) {
+          if (x == draining) continue;
+          auto o = c.node(x)->replicator().records().find(id);
+          if (o == c.node(x)->replicator().records().end()) continue;
+          line += " n" + std::to_string(x) + ":";
+          for (NodeId y : o->second.replicas) line += " n" + std::to_string(y);
+          line += " at " + o->second.replicas_version.str() + (o->second.has_body ? "" : " bodiless") +
+                  (o->second.expunged ? " expunged" : "") + ";";
+        }
+        for (NodeId x : c.up())
+          for (const auto& [v, e] : c.node(x)->replicator().log())
+            if (e.update.record.id == id) line += " log@n" + std::to_string(x) + " " + kind_name(e.update.kind);
+        repair_failures.push_back(line);
+      }
+    }
+  }
+  if (lost != kNoNode) {
+    if (!lost_forgotten) try_forget();
+    if (!lost_forgotten) repair_failures.push_back("(r) n" + std::to_string(lost) + " could not be forgotten");
+    else if (c.run_until_pred(lost_repaired, 120'000)) second_loss();
+    else
+      for (const auto& g : repair_unfinished(c, cfg.replicas, false))
+        repair_failures.push_back("(r) repair after the loss of n" + std::to_string(lost) + " unfinished: " + g);
+  }
+  c.run_until_pred([&] { return c.converged(); }, 30'000);
+  c.run_for(20'000);
   // Every reader lists its folders once more, asks for what it finds below
   // what it took, and then must find every message it can take.
   // (A reader asks at each of its syncs; three rounds here, then a check.)
@@ -460,11 +695,12 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
   // acknowledged (optimistic: logged, not yet pushed) may go with it.
   res.failures = check_invariants(c, w, destroyed > 0 || damaged > 0);
   res.failures.insert(res.failures.end(), listings.failures().begin(), listings.failures().end());
+  res.failures.insert(res.failures.end(), repair_failures.begin(), repair_failures.end());
   res.ok = res.failures.empty();
   std::ostringstream s;
   s << "seed " << seed << ": " << n << " nodes" << (joiner ? " +1 joined" : "") << ", " << crashes
     << " crashes, " << partitions << " partitions, " << destroyed << " destroyed, " << damaged
-    << " damaged; "
+    << " damaged, " << forgotten << " forgotten, " << repaired << " repaired, " << drains << " drains; "
     << w.delivered.size() << "/" << w.attempted << " deliveries acknowledged, " << w.tempfailed
     << " tempfailed, " << w.flag_ops << " flag ops, " << w.expunge_ops << " expunges, " << w.moves << " moves, "
     << c.messages_sent() << " messages; " << (res.ok ? "ok" : "FAILED");

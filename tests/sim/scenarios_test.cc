@@ -1327,3 +1327,276 @@ TEST(Placement, AFullNodeGetsNoNewCopiesNothingIsLostAndItIsUsedAgainWithRoom) {
   EXPECT_GT(on3, 0);
   h.expect_invariants();
 }
+
+// ---- Repair and drain (repair.cc) ----
+
+namespace {
+
+const ClientReply* administer(Harness& h, NodeId via, NodeId n, AdminState s) {
+  return h.run(via, [&](Node& node, Time now, std::uint64_t req) { node.administer(now, req, n, s); });
+}
+
+// A mail workload for the repair scenarios: `per_user` messages to each of
+// `users` users in INBOX and Archive through every running node, flags on
+// some, an expunge of others. Returns the messages that must stay.
+std::vector<MessageRecord> mail(Harness& h, const std::vector<std::string>& users, int per_user) {
+  std::vector<MessageRecord> live;
+  std::size_t k = 0;
+  for (const auto& u : users) {
+    h.user(u);
+    UserUpdateRequest mk;
+    mk.user = u;
+    mk.op = UserUpdateRequest::Op::CreateFolder;
+    mk.folder = "Archive";
+    EXPECT_EQ(h.run(1, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, mk); })->status,
+              Status::Ok);
+    for (int i = 0; i < per_user; ++i, ++k) {
+      std::vector<NodeId> up = h.c.up();
+      const NodeId via = up[k % up.size()];
+      const std::string folder = i % 3 == 2 ? "Archive" : "INBOX";
+      const ClientReply* d = h.deliver(via, u, folder);
+      EXPECT_TRUE(d && d->status == Status::Ok);
+      if (!d || d->status != Status::Ok) continue;
+      MessageRecord t = Harness::target(*d, u);
+      t.folder = folder;
+      if (k % 5 == 1) {
+        EXPECT_EQ(h.c.wait(h.c.set_flags(via, t, kSeen | kFlagged))->status, Status::Ok);
+      } else if (k % 5 == 3) {
+        EXPECT_EQ(h.c.wait(h.c.expunge(via, t))->status, Status::Ok);
+        h.log.delivered.back().expunge_acked = true;
+        continue;
+      }
+      live.push_back(t);
+    }
+  }
+  return live;
+}
+
+// Every message of `live` is listed (through `via`) and fetched through
+// the list's record, as an IMAP client would after a new login; flags as
+// set; every user's profile is read.
+void expect_readable(Harness& h, NodeId via, const std::vector<std::string>& users,
+                     const std::vector<MessageRecord>& live, std::size_t* lost = nullptr) {
+  std::map<MsgId, MessageRecord> listed;
+  for (const auto& u : users) {
+    const ClientReply* g = h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.get_user(now, req, u); });
+    ASSERT_TRUE(g);
+    EXPECT_EQ(g->status, Status::Ok) << u;
+    for (const char* folder : {"INBOX", "Archive"}) {
+      const ClientReply* l =
+          h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.list(now, req, u, folder); });
+      ASSERT_TRUE(l);
+      ASSERT_EQ(l->status, Status::Ok) << u << "/" << folder;
+      for (const MessageRecord& r : l->records)
+        if (r.has_body && !r.expunged) listed[r.id] = r;
+    }
+  }
+  std::size_t missing = 0;
+  for (const MessageRecord& t : live) {
+    auto it = listed.find(t.id);
+    if (it == listed.end()) {
+      ++missing;
+      ADD_FAILURE() << t.id.str() << " (" << t.user << ") not listed";
+      continue;
+    }
+    const ClientReply* f = h.fetch(via, it->second);
+    ASSERT_TRUE(f);
+    if (f->status != Status::Ok) {
+      ++missing;
+      ADD_FAILURE() << t.id.str() << " (" << t.user << ") not fetched: " << f->detail;
+    } else {
+      EXPECT_EQ(f->body.bytes(), "Subject: t\r\n\r\nx\r\n");
+    }
+  }
+  if (lost) *lost = missing;
+}
+
+std::string gaps(Cluster& c) {
+  std::string s;
+  for (const auto& g : repair_unfinished(c, CoreConfig{}.replicas)) s += "\n  " + g;
+  return s;
+}
+
+std::vector<std::string> some_users(int n, const std::string& prefix) {
+  std::vector<std::string> out;
+  for (int i = 0; i < n; ++i) out.push_back(prefix + std::to_string(i) + "@example.org");
+  return out;
+}
+
+}  // namespace
+
+// The operator's "node forget" of a lost node: its copies (messages and
+// profiles) are made again on the others, so a second crash afterwards
+// loses nothing.
+TEST(Repair, PermanentLossThenASecondCrashLosesNothing) {
+  Harness h(5);
+  const auto users = some_users(6, "rep");
+  const std::vector<MessageRecord> live = mail(h, users, 12);
+  h.c.run_for(3000);
+  const NodeId lost = 3;
+  std::size_t on_lost = 0;
+  for (const MessageRecord& t : live) on_lost += std::count(t.replicas.begin(), t.replicas.end(), lost);
+  ASSERT_GT(on_lost, 5u);
+  h.c.destroy(lost);
+  ASSERT_TRUE(h.settle());
+  // Nothing happens to the copies while the node is only down.
+  h.c.run_for(5000);
+  EXPECT_FALSE(repair_unfinished(h.c, 2).empty());
+  EXPECT_EQ(h.c.node(1)->repair_progress().gone, 0u);
+
+  ASSERT_EQ(administer(h, 1, lost, AdminState::Gone)->status, Status::Ok);
+  ASSERT_TRUE(h.settle());
+  for (NodeId n : h.c.up()) EXPECT_EQ(h.c.node(n)->membership().admin_state(lost), AdminState::Gone) << n;
+  ASSERT_TRUE(h.c.run_until_pred([&] { return repair_unfinished(h.c, 2).empty(); }, 60'000)) << gaps(h.c);
+  std::uint64_t copies = 0, profiles = 0;
+  for (NodeId n : h.c.up()) {
+    copies += h.c.node(n)->repair_progress().copies;
+    profiles += h.c.node(n)->repair_progress().profiles;
+  }
+  EXPECT_GE(copies, on_lost);
+  EXPECT_GT(profiles, 0u);
+
+  // Any second node lost: nothing is.
+  const NodeId second = 2;
+  h.c.crash(second);
+  ASSERT_TRUE(h.settle());
+  std::size_t missing = 99;
+  ASSERT_NO_FATAL_FAILURE(expect_readable(h, 1, users, live, &missing));
+  EXPECT_EQ(missing, 0u);
+  h.c.restart(second);
+  ASSERT_TRUE(h.settle());
+  h.expect_invariants(true);
+}
+
+// A node down longer than node_dead_timeout is declared gone by the others
+// and repaired around; when it comes back after all it rejoins as an
+// Active member and its stale copies do no harm.
+TEST(Repair, NodeDeadTimeoutDeclaresAStoppedNodeGone) {
+  CoreConfig cfg;
+  cfg.node_dead_timeout = 20'000;
+  Harness h(4, 7, cfg);
+  const auto users = some_users(5, "dto");
+  const std::vector<MessageRecord> live = mail(h, users, 10);
+  h.c.run_for(3000);
+  const NodeId stopped = 4;
+  h.c.crash(stopped);
+  ASSERT_TRUE(h.settle());
+  // Not before the timeout.
+  h.c.run_for(10'000);
+  EXPECT_EQ(h.c.node(1)->membership().admin_state(stopped), AdminState::Active);
+  ASSERT_TRUE(h.c.run_until_pred(
+      [&] {
+        for (NodeId n : h.c.up())
+          if (h.c.node(n)->membership().admin_state(stopped) != AdminState::Gone) return false;
+        return true;
+      },
+      30'000));
+  ASSERT_TRUE(h.c.run_until_pred([&] { return repair_unfinished(h.c, 2).empty(); }, 60'000)) << gaps(h.c);
+  // A second crash loses nothing.
+  h.c.crash(2);
+  ASSERT_TRUE(h.settle());
+  ASSERT_NO_FATAL_FAILURE(expect_readable(h, 1, users, live));
+  h.c.restart(2);
+  ASSERT_TRUE(h.settle());
+
+  // It was only stopped: it comes back, is a member and Active again.
+  h.c.restart(stopped);
+  ASSERT_TRUE(h.settle());
+  h.c.run_for(5000);
+  ASSERT_TRUE(h.settle());
+  for (NodeId n : h.c.up()) EXPECT_EQ(h.c.node(n)->membership().admin_state(stopped), AdminState::Active) << n;
+  EXPECT_TRUE(h.c.node(1)->membership().is_member(stopped));
+  ASSERT_NO_FATAL_FAILURE(expect_readable(h, stopped, users, live));
+  // And takes new copies again.
+  int on_it = 0;
+  for (int i = 0; i < 12; ++i) {
+    const ClientReply* d = h.deliver(static_cast<NodeId>(1 + i % 4), users[static_cast<std::size_t>(i) % users.size()]);
+    ASSERT_EQ(d->status, Status::Ok);
+    on_it += std::count(d->replicas.begin(), d->replicas.end(), stopped);
+  }
+  EXPECT_GT(on_it, 0);
+  h.expect_invariants(true);
+}
+
+// A drained node is left with nothing (no message, profile or bucket), with
+// deliveries going on all along; it can then be removed for good and
+// another node lost without losing mail.
+TEST(Drain, DrainedNodeHoldsNothingAndCanBeRemoved) {
+  Harness h(5);
+  const auto users = some_users(6, "drn");
+  std::vector<MessageRecord> live = mail(h, users, 10);
+  h.c.run_for(3000);
+  const NodeId leaving = 4;
+  {
+    Node::DrainProgress d = h.c.node(leaving)->drain_progress();
+    ASSERT_GT(d.messages, 0u);
+    ASSERT_GT(d.profiles, 0u);
+    ASSERT_GT(d.buckets, 0u);
+  }
+  ASSERT_EQ(administer(h, 2, leaving, AdminState::Draining)->status, Status::Ok);
+  // Deliveries go on while it drains, through it too; each one is tried
+  // again until it succeeds, as an MTA would.
+  auto drained = [&] {
+    Node::DrainProgress d = h.c.node(leaving)->drain_progress();
+    return d.state == AdminState::Draining && d.messages == 0 && d.profiles == 0 && d.buckets == 0;
+  };
+  int during = 0;
+  for (int i = 0; i < 40 || (!drained() && i < 400); ++i) {
+    const std::string& u = users[static_cast<std::size_t>(i) % users.size()];
+    const NodeId via = static_cast<NodeId>(1 + i % 5);
+    const ClientReply* d = nullptr;
+    for (int attempt = 0; attempt < 10; ++attempt) {
+      d = h.deliver(via, u);
+      if (d && d->status == Status::Ok) break;
+      h.c.run_for(500);
+    }
+    ASSERT_TRUE(d);
+    ASSERT_EQ(d->status, Status::Ok) << "delivery " << i << " during the drain: " << d->detail;
+    EXPECT_EQ(std::count(d->replicas.begin(), d->replicas.end(), leaving), 0) << "new copy on the draining node";
+    live.push_back(Harness::target(*d, u));
+    ++during;
+    h.c.run_for(100);
+  }
+  ASSERT_TRUE(h.c.run_until_pred(drained, 60'000));
+  ASSERT_TRUE(h.c.run_until_pred([&] { return repair_unfinished(h.c, 2).empty(); }, 60'000)) << gaps(h.c);
+  EXPECT_TRUE(drained());
+  // Nothing of the users' is on its disk any more.
+  std::size_t left = 0;
+  for (const auto& [id, r] : h.c.disk(leaving)->data().records) left += r.has_body && !r.expunged;
+  EXPECT_EQ(left, 0u);
+  EXPECT_TRUE(h.c.disk(leaving)->data().profiles.empty());
+
+  // Removed for good, forgotten, and another node lost: nothing is.
+  h.c.destroy(leaving);
+  ASSERT_TRUE(h.settle());
+  ASSERT_EQ(administer(h, 1, leaving, AdminState::Gone)->status, Status::Ok);
+  ASSERT_TRUE(h.settle());
+  h.c.run_for(3000);
+  EXPECT_TRUE(repair_unfinished(h.c, 2).empty()) << gaps(h.c);
+  h.c.crash(5);
+  ASSERT_TRUE(h.settle());
+  std::size_t missing = 99;
+  ASSERT_NO_FATAL_FAILURE(expect_readable(h, 1, users, live, &missing));
+  EXPECT_EQ(missing, 0u);
+  h.c.restart(5);
+  ASSERT_TRUE(h.settle());
+  h.expect_invariants(true);
+}
+
+// "node forget" of a node that is still a live member is refused, as is a
+// node forgetting itself; nothing changes.
+TEST(Repair, ForgettingALiveMemberIsRefused) {
+  Harness h(3);
+  const ClientReply* r = administer(h, 1, 2, AdminState::Gone);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, Status::Failed);
+  EXPECT_EQ(administer(h, 1, 1, AdminState::Gone)->status, Status::Failed);
+  h.c.run_for(3000);
+  for (NodeId n : h.c.up()) {
+    EXPECT_EQ(h.c.node(n)->membership().admin_state(2), AdminState::Active);
+    EXPECT_EQ(h.c.node(n)->repair_progress().gone, 0u);
+  }
+  EXPECT_TRUE(h.c.converged());
+  EXPECT_EQ(h.c.up().size(), 3u);
+  h.expect_invariants();
+}
