@@ -183,9 +183,11 @@ Metrics::Metrics(asio::io_context& io, Agent& agent)
                            "pass over its records): under-replicated until copied");
   repair_inflight_ = &gauge(r, "porcupine_repair_inflight_messages", "Messages being copied by this node now");
   drain_messages_ = &gauge(r, "porcupine_drain_remaining_messages",
-                           "Live messages whose replica list still names this node (a drained node is done at 0)");
-  drain_bytes_ = &gauge(r, "porcupine_drain_remaining_bytes", "Bytes of those messages");
-  drain_profiles_ = &gauge(r, "porcupine_drain_remaining_profiles", "Profiles naming this node a holder");
+                           "Live messages whose replica list still names this node (a drained node is done at 0; "
+                           "refreshed every 5 s)");
+  drain_bytes_ = &gauge(r, "porcupine_drain_remaining_bytes", "Bytes of those messages (refreshed every 5 s)");
+  drain_profiles_ = &gauge(r, "porcupine_drain_remaining_profiles",
+                           "Profiles naming this node a holder (refreshed every 5 s)");
 
   spool_bytes_ = &gauge(r, "porcupine_spool_message_bytes",
                         "Bytes of the message bodies this node holds in its spool (refreshed every 5 s)");

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // body.h - a message body as the core passes it around.
 //
 // The core never reads a body: it stores, replicates and counts it. So a

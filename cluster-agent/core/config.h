@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // config.h - the tunables of the cluster core, one table.
 //
 // Every parameter has a default here; the agent's porcupine.conf maps onto

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // durable.h - the disk as the core sees it.
 //
 // A write is durable before any effect of the same event leaves the node:

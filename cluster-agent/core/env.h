@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // env.h - the effects a node's core produces: messages to send, replies to
 // local clients, log lines. The shell (agent or simulator) implements it.
 #pragma once

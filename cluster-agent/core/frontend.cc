@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // frontend.cc - the front-end role: local client operations (what the
 // milter and the Dovecot plugin ask through the agent) turned into calls
 // to the user's manager and to the nodes that store the fragments.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // hash.cc - see hash.h.
 #include "hash.h"
 

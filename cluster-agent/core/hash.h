@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // hash.h - the user map's hash: canonical address -> 64-bit hash -> bucket.
 //
 // The hash is XXH64 (libxxhash, seed 0) of the canonical address. It is

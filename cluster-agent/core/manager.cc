@@ -54,13 +54,14 @@ UidView Node::MgrFolder::view() const {
   return out;
 }
 
-std::vector<NodeLoad> Node::live_loads() const {
+std::vector<NodeLoad> Node::live_loads(bool with_draining) const {
   std::vector<NodeLoad> out;
   for (const auto& m : membership_.members()) {
     auto it = loads_.find(m.id);
     std::uint32_t l = m.id == cfg_.self ? load() : (it == loads_.end() ? 0 : it->second);
-    // A node that drains or is gone takes no new copies.
-    bool full = (m.id == cfg_.self ? spool_full_ : peer_full(m.id)) || !admin_active(m.id);
+    // A node that drains or is gone takes no new copies (unless asked for).
+    bool full = (m.id == cfg_.self ? spool_full_ : peer_full(m.id)) ||
+                !(admin_active(m.id) || (with_draining && membership_.admin_state(m.id) == AdminState::Draining));
     out.push_back({m.id, l, full});
   }
   return out;
@@ -636,6 +637,13 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
       in.replicas = cfg_.replicas;
       in.salt = user_hash(a.user);
       Placement pl = choose_placement(in);
+      if (pl.nodes.size() < cfg_.replicas) {
+        // Fewer than R active nodes with room: draining ones (with room)
+        // make up the copies rather than the message having fewer; they
+        // move off with the rest of the drain.
+        in.live = live_loads(true);
+        pl = choose_placement(in);
+      }
       if (pl.nodes.empty()) {
         rep.status = Status::TryAgain;
       } else if ((rep.uid = take_uid(now, a.user, a.folder, f)) == 0) {

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // membership.cc - see membership.h for the protocol.
 #include "membership.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // membership.h - failure detection and the three-round membership protocol.
 //
 // Owns the soft state "who is in the group, at which epoch, and which node

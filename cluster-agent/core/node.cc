@@ -200,6 +200,8 @@ void Node::receive(Time now, const Envelope& e) {
           on_sync_records(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, SyncBodies>) {
           serve_sync_bodies(e.from, msg);
+        } else if constexpr (std::is_same_v<T, ProfileReply>) {
+          if (!drain_profile_reply(msg)) fe_reply(e.from, m);
         } else {
           fe_reply(e.from, m);  // the replies
         }

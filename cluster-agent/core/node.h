@@ -294,7 +294,9 @@ class Node {
                                         const MgrFolder& f) const;
   bool start_renumber(Time now, const std::string& user, const std::string& folder);
   void on_renumber_done(Time now, Pending& p);
-  std::vector<NodeLoad> live_loads() const;
+  // Members and their loads for placement; draining nodes count as full
+  // unless `with_draining`.
+  std::vector<NodeLoad> live_loads(bool with_draining = false) const;
 
   // report.cc
   void rep_on_change(const Membership::Change& ch);
@@ -365,6 +367,10 @@ class Node {
   bool repair_send(Time now, const MsgId& id, RepairCopy& c);
   void repair_ack(Time now, NodeId from, const Version& v);
   void repair_profiles(Time now);
+  // A draining node asks the managers about the profiles it holds (its
+  // copy may be older than a new holder list that left it out).
+  void drain_check_profiles(Time now);
+  bool drain_profile_reply(const ProfileReply& r);
   std::vector<NodeId> repair_targets(const std::string& user, const std::vector<NodeId>& exclude, std::size_t want,
                                      bool for_profile) const;
 
@@ -431,6 +437,8 @@ class Node {
   std::uint64_t repair_found_ = 0;
   RepairProgress repair_stats_;
   std::map<NodeId, Time> missing_since_;  // known nodes not in the group, since
+  std::map<std::uint64_t, std::string> profile_checks_;  // drain_check_profiles: request -> user
+  Time profile_checked_ = 0;
   std::set<MsgId> repair_forward_;        // records changed through an outdated list (on_list_outdated)
 
   // front-end role (soft state)

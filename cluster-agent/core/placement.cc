@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // placement.cc - spread-based choice of the primary and replica nodes for a new message.
 #include "placement.h"
 

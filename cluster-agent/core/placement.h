@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // placement.h - spread-based choice of the nodes that store a new message.
 //
 // Pure function, no state. The manager of the user calls it with the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // records.cc - merge rules of the replicated hard state (see records.h).
 #include "records.h"
 

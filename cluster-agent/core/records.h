@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // records.h - the hard state of a node: message records, user profiles,
 // and replication log entries (updates not yet known to all replicas).
 //

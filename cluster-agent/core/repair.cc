@@ -180,6 +180,7 @@ void Node::repair_tick(Time now) {
     ++it;
   }
   if (!membership_.in_group()) return;
+  drain_check_profiles(now);
   if (!anything_leaving()) {
     repair_stats_.pending = 0;
     repair_cursor_ = {};
@@ -226,9 +227,17 @@ void Node::repair_tick(Time now) {
 }
 
 void Node::repair_start(Time now, const MessageRecord& r) {
-  // Not while its own store or another update is still on its way.
-  for (const auto& [v, e] : repl_.log())
-    if (e.update.kind != Update::Kind::Profile && e.update.record.id == r.id) return;
+  // Not while its own store is still on its way to a live replica (the
+  // delivery waits for it). One waiting only for replicas that are down
+  // does not hold the move up: this copy keeps its body until that entry
+  // is done (Replicator::disown_record). Another update of it carries no
+  // body, and the new list is written with this node's record, that
+  // update's change included.
+  for (const auto& [v, e] : repl_.log()) {
+    if (e.update.kind != Update::Kind::Store || e.update.record.id != r.id) continue;
+    for (NodeId x : e.update.replicas)
+      if (!e.have.count(x) && x != cfg_.self && live(x)) return;
+  }
   std::vector<NodeId> out;  // the replicas to replace
   for (NodeId x : r.replicas)
     if (!admin_active(x)) out.push_back(x);
@@ -356,6 +365,33 @@ void Node::repair_profiles(Time now) {
       if (++done == kProfilesPerTick) return;
     }
   }
+}
+
+void Node::drain_check_profiles(Time now) {
+  if (membership_.admin_state(cfg_.self) != AdminState::Draining) {
+    profile_checks_.clear();
+    return;
+  }
+  if (now - profile_checked_ < 2000) return;
+  profile_checked_ = now;
+  profile_checks_.clear();  // unanswered ones are asked again
+  for (const auto& [user, p] : repl_.profiles()) {
+    if (!has(p.holders, cfg_.self)) continue;
+    NodeId mgr = membership_.manager_of(bucket(user));
+    if (mgr == kNoNode || mgr == cfg_.self) continue;
+    std::uint64_t req = new_req();
+    profile_checks_[req] = user;
+    send(mgr, ProfileRequest{req, user});
+    if (profile_checks_.size() == kProfilesPerTick) break;
+  }
+}
+
+bool Node::drain_profile_reply(const ProfileReply& r) {
+  auto it = profile_checks_.find(r.req);
+  if (it == profile_checks_.end()) return false;
+  if (r.profile.user == it->second) repl_.absorb_newer(r.profile);
+  profile_checks_.erase(it);
+  return true;
 }
 
 Node::DrainProgress Node::drain_progress() const {

@@ -163,7 +163,7 @@ void Replicator::disown_record(const MsgId& id) {
   // (its body may be needed); looked at again when the entry goes.
   bool pending = false;
   for (const auto& [v, e] : log_)
-    pending |= e.update.kind != Update::Kind::Profile && e.update.record.id == id;
+    pending |= e.update.kind == Update::Kind::Store && e.update.record.id == id;
   if (pending || !r.has_body) {
     disk_.put_record(r);
     return;
@@ -214,6 +214,15 @@ bool Replicator::absorb(Time now, const MessageRecord& r) {
 
 void Replicator::absorb(const Profile& p) {
   if (!contains(p.holders, cfg_.self)) return;
+  Update u;
+  u.kind = Update::Kind::Profile;
+  u.profile = p;
+  apply(0, u);
+}
+
+void Replicator::absorb_newer(const Profile& p) {
+  auto it = profiles_.find(p.user);
+  if (it == profiles_.end() || !newer(p.version, it->second.version)) return;
   Update u;
   u.kind = Update::Kind::Profile;
   u.profile = p;

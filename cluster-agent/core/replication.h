@@ -48,6 +48,9 @@ class Replicator {
   bool absorb(Time now, const MessageRecord& r);
   // A profile as a peer holds it, merged if it names this node a holder.
   void absorb(const Profile& p);
+  // The user's manager's profile, for a copy this node holds: merged if
+  // newer, so a copy a newer holder list leaves out goes.
+  void absorb_newer(const Profile& p);
   // Bodies on disk that no record names yet (DurableSnapshot::unindexed).
   const std::map<MsgId, UnindexedBody>& unindexed() const { return unindexed_; }
   void on_ack(Time now, NodeId from, const PushAck& a);

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // report.cc - the reporter role: tell each user's manager which fragments
 // and profile replicas this node holds, so managers can rebuild their soft
 // state (ARCHITECTURE.md 4, "Mail map").

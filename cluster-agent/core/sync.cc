@@ -157,9 +157,27 @@ void Node::on_sync_records(Time now, NodeId from, const SyncRecords& r) {
   if (r.round == st.round) st.pulled_records += r.records.size();
   for (const MessageRecord& rec : r.records) {
     ++sync_stats_.records_absorbed;
+
     if (repl_.absorb(now, rec) && !st.inflight.count(rec.id)) {
       st.need.emplace_back(rec.id, 0);
       ++sync_stats_.bodies_wanted;
+    }
+    // The peer holds a copy under a list a repair or drain has since
+    // replaced, one that leaves it out (it was away, declared gone, and is
+    // back): it is sent the record as it is here (the peer's merged in first),
+    // and drops its copy.
+    if (auto cur = repl_.records().find(rec.id); cur != repl_.records().end() &&
+        newer(cur->second.replicas_version, rec.replicas_version) && !names(cur->second.replicas, from)) {
+      Push p;
+      p.update.id = Version{0, cfg_.self};  // never logged: complete on arrival
+      p.update.kind = Update::Kind::Copy;
+      p.update.coordinator = cfg_.self;
+      p.update.replicas = {from};
+      p.update.record = cur->second;
+      p.update.record.body.clear();
+      p.update.record.has_body = false;
+      p.have = {cfg_.self};
+      send(from, std::move(p));
     }
   }
   if (r.round == st.round) {

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // throttle.h - a limit on failed password checks per user.
 //
 // Each user has a budget of `burst` failures that refills evenly over

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // types.h - the small value types every protocol of the cluster core shares.
 //
 // Owns nothing; header only. Times are milliseconds on whatever clock the

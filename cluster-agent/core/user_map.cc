@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // user_map.cc - weighted bucket targets and the minimal-move reassignment of the user map.
 #include "user_map.h"
 

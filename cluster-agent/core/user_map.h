@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // user_map.h - the bucket -> manager table and the pure function that
 // recomputes it when membership changes.
 //

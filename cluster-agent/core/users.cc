@@ -133,6 +133,9 @@ void Node::mgr_profile(NodeId from, const ProfileRequest& r) {
     rep.status = Status::TryAgain;
   } else if (const MgrUser* u = managed_user(r.user); !u || !u->profile || u->profile->deleted) {
     rep.status = missing_user_status(b, u);
+    // A deleted user's tombstone goes along (a draining holder of an old
+    // copy learns from it that it holds it no more; repair.cc).
+    if (u && u->profile) rep.profile = *u->profile;
   } else {
     rep.profile = *u->profile;
   }

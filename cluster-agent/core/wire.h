@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // wire.h - every message one node's core sends another's.
 //
 // In-memory form only: the agent serializes these (protobuf, versioned),

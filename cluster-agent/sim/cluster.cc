@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // cluster.cc - see cluster.h.
 #include "cluster.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // cluster.h - the deterministic simulator: N nodes running the real core
 // (porcupine::Node) over a simulated network, clock and disk.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // cost.cc - see cost.h.
 #include "cost.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // cost.h - a per-node cost model layered on the simulator: CPU cores and
 // a disk per node as FIFO service queues, a fixed network latency.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // porcupine-sim - run the cluster core in the deterministic simulator.
 //
 //   porcupine-sim demo   [--nodes N] [--seed S]       narrated run: crash, partition, join

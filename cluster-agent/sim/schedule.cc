@@ -662,6 +662,25 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
             if (e.update.record.id == id) line += " log@n" + std::to_string(x) + " " + kind_name(e.update.kind);
         repair_failures.push_back(line);
       }
+      for (const auto& [user, p] : c.node(draining)->replicator().profiles()) {
+        if (std::find(p.holders.begin(), p.holders.end(), draining) == p.holders.end()) continue;
+        std::string line = "(r)   profile " + user + " here v " + p.version.str() + (p.deleted ? " deleted" : "") +
+                           " holders";
+        for (NodeId x : p.holders) line += " n" + std::to_string(x);
+        for (NodeId x : c.up()) {
+          if (x == draining) continue;
+          auto o = c.node(x)->replicator().profiles().find(user);
+          if (o != c.node(x)->replicator().profiles().end()) {
+            line += "; n" + std::to_string(x) + " v " + o->second.version.str() + " holders";
+            for (NodeId y : o->second.holders) line += " n" + std::to_string(y);
+          }
+          if (const auto* mu = c.node(x)->managed_user(user); mu && mu->profile) {
+            line += "; manager n" + std::to_string(x) + " v " + mu->profile->version.str() + " holders";
+            for (NodeId y : mu->profile->holders) line += " n" + std::to_string(y);
+          }
+        }
+        repair_failures.push_back(line);
+      }
     }
   }
   if (lost != kNoNode) {

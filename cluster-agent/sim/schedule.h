@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // schedule.h - seeded fault schedules with a mail workload, and the
 // invariant checker run after the cluster settles.
 //

@@ -160,6 +160,22 @@ class Stack:
         except OSError:
             return ""
 
+    def status(self, i):
+        return json.loads(self.ctl(i, "--json", "status").stdout)
+
+    def stop_node(self, i):
+        """Node i's whole stack stopped as `stop` stops every node: SIGTERM,
+        mail services first, then the agent and its Redis."""
+        for what in list(reversed(self.cl.services())) + ["agent", "redis"]:
+            master = self.cl.pid(i, what)
+            self.cl.stop_pid(i, what)
+            if what == "postfix" and master:
+                for p in self.cl.session_members(master):  # children the master left
+                    try:
+                        os.kill(p, signal.SIGKILL)
+                    except OSError:
+                        pass
+
     def stop(self):
         self.cl.stop()
         if self in Stack.live:
@@ -194,12 +210,15 @@ class Load:
     session broke before an answer, is tried again (on the next node) until
     it gets a 250 or a 5xx, or the deadline passes."""
 
-    def __init__(self, stack, messages, sessions, deadline_s=300):
+    def __init__(self, stack, messages, sessions, deadline_s=300, pace_s=0.0):
         self.st, self.messages, self.sessions = stack, messages, sessions
+        self.pace_s = pace_s  # pause of each session after each message accepted
         self.deadline = time.time() + deadline_s
         self.lock = threading.Lock()
         self.accepted = {}     # tag -> user
         self.retried = set()   # tags that got a 4xx or a broken session first
+        self.tempfailed = []   # (tag, node, code, reply) of every 4xx answer
+        self.broken = []       # (tag, node, error) of every session that broke
         self.unanswered = set()  # tags whose DATA got no answer at least once (may arrive twice)
         self.rejected = {}     # tag -> 5xx reply (must not happen)
         self.gave_up = set()
@@ -241,6 +260,7 @@ class Load:
                     if code == 250:
                         with self.lock:
                             self.accepted[tag] = user
+                        time.sleep(self.pace_s)
                         break
                     if code >= 500:
                         with self.lock:
@@ -252,11 +272,15 @@ class Load:
                         with self.lock:
                             self.rejected[tag] = (e.smtp_code, e.smtp_error)
                         break
+                    with self.lock:
+                        self.tempfailed.append((tag, node, e.smtp_code, e.smtp_error))
                     try:
                         conn.rset()
                     except (smtplib.SMTPException, OSError):
                         conn = self.close(conn)
-                except (smtplib.SMTPException, OSError):
+                except (smtplib.SMTPException, OSError) as e:
+                    with self.lock:
+                        self.broken.append((tag, node, repr(e)))
                     if in_data:
                         with self.lock:
                             self.unanswered.add(tag)
@@ -659,6 +683,161 @@ class NoLoss(StackCase):
 
     def test_crash_late(self):
         self.check(3, 200)
+
+
+class Drain(StackCase):
+    """A node drained while SMTP load runs through every node, the drained
+    node then stopped and forgotten, then another node's agent killed with
+    SIGKILL: nothing accepted is lost, nothing is refused."""
+    nodes, replicas = 4, 2
+    # About 20 s of load: the drain (a few seconds) ends well before it does.
+    messages, sessions, pace_s = 400, 8, 0.3
+
+    def log(self, m):
+        print(m, file=sys.stderr, flush=True)
+
+    def drain_left(self, i):
+        s = self.st.status(i)
+        return s["admin_state"], s["drain"]
+
+    def metrics(self, i):
+        import urllib.request
+        with urllib.request.urlopen("http://%s:%d/metrics" % (self.st.addr(i), local.METRICS_PORT), timeout=10) as r:
+            return r.read().decode()
+
+    def read_all(self, readers, expect):
+        """tag -> [raw] of every load message read over IMAP on each of
+        readers; the bytes of every accepted one checked against what was
+        sent. Returns (per node: tags missing, wrong, duplicated)."""
+        out = {}
+        for i in readers:
+            got = {}
+            for user in USERS:
+                for raw in self.st.imap_messages(i, user):
+                    subject = header(raw, b"Subject")
+                    if subject and subject.startswith(b"load-"):
+                        got.setdefault(subject.decode(), []).append((user, raw))
+            missing = sorted(t for t in expect if t not in got)
+            wrong = sorted(t for t in expect if t in got and any(
+                u != expect[t] or strip_trace(raw) != make_message(expect[t], t, 400) for u, raw in got[t]))
+            dup = sorted(t for t, v in got.items() if len(v) > 1)
+            out[i] = (missing, wrong, dup)
+        return out
+
+    def wait_readable(self, readers, expect, timeout):
+        result = {}
+
+        def ok():
+            result.update(self.read_all(readers, expect))
+            return all(not m and not w for m, w, _ in result.values())
+        done = wait_for(ok, timeout, 1.0)
+        if not result:
+            self.fail("no node among %s could list the mailboxes" % readers)
+        return done, result
+
+    def test_drain_under_smtp_load_then_forget_then_a_crash_nothing_lost_or_refused(self):
+        st = self.st
+        started = time.time()
+        load = Load(st, self.messages, self.sessions, deadline_s=180, pace_s=self.pace_s)
+        load.start()
+        # One user's mail is on `spread` nodes: the node drained is the one
+        # that holds the most once two fifths of the load are in, the one
+        # crashed later the one that holds the most of the others.
+        held = {}
+
+        def some_in():
+            held.update({i: self.drain_left(i)[1]["messages"] for i in range(1, self.nodes + 1)})
+            return sum(held.values()) >= self.replicas * self.messages * 2 // 5
+        self.assertTrue(wait_for(some_in, 90, 0.1), "the load does not go: %s" % held)
+        n = max(held, key=lambda i: held[i])
+        others = [i for i in range(1, self.nodes + 1) if i != n]
+        crashed = max(others, key=lambda i: held[i])
+        forget_on = min(i for i in others if i != crashed)
+        before = self.drain_left(n)[1]
+        self.log("drain of node %d: %d messages, %d profiles, %d buckets on it; %d of %d messages sent; held: %s"
+                 % (n, before["messages"], before["profiles"], before["buckets"], load.done, self.messages, held))
+        self.assertGreater(before["messages"], 0, "node %d holds nothing to drain" % n)
+        st.ctl(n, "drain", str(n))
+        drain_at = time.time()
+        during = []  # the drain's progress, sampled while the load runs
+
+        def drained():
+            state, left = self.drain_left(n)
+            during.append((round(time.time() - drain_at, 1), load.done, left["messages"]))
+            return state == "draining" and all(v == 0 for v in left.values())
+        drained_under_load = wait_for(lambda: drained() or load.done >= self.messages, 180, 0.5)
+        drained_under_load = drained_under_load and load.done < self.messages
+        sent_after_drained = self.messages - load.done if drained_under_load else 0
+        drain_s = time.time() - drain_at
+        self.assertTrue(load.join(), "the SMTP sessions did not finish")
+        load_s = time.time() - started
+        self.assertTrue(wait_for(drained, 120, 0.5), "node %d not drained: %s" % (n, self.drain_left(n)))
+        drain_s = drain_s if drained_under_load else time.time() - drain_at
+        self.assertTrue(wait_for(lambda: all(st.queue_empty(i) for i in range(1, self.nodes + 1)), 120, 0.5),
+                        {i: st.queued(i) for i in range(1, self.nodes + 1)})
+        deferred = {i: st.postfix_log(i).count("status=deferred") for i in range(1, self.nodes + 1)}
+        summary = {
+            "messages": self.messages, "sessions": self.sessions, "accepted_250": len(load.accepted),
+            "sent_through_drained_node": len([t for t in load.accepted if int(t[5:]) % self.sessions % self.nodes + 1 == n]),
+            "tempfailed_4xx": len(load.tempfailed), "broken_sessions": len(load.broken),
+            "rejected_5xx": len(load.rejected), "gave_up": len(load.gave_up),
+            "first_4xx": [(t, i, c, m.decode(errors="replace") if isinstance(m, bytes) else m)
+                          for t, i, c, m in load.tempfailed[:5]],
+            "first_breaks": load.broken[:5], "postfix_deferred_lmtp": deferred,
+            "drained_while_load_ran": drained_under_load, "sent_after_drained": sent_after_drained,
+            "drain_seconds": round(drain_s, 1),
+            "load_seconds": round(load_s, 1), "drain_progress": during[:: max(1, len(during) // 12)],
+        }
+        self.log(json.dumps(summary, indent=1))
+        # Nothing refused, nothing given up, every message accepted at once.
+        self.assertEqual(load.tempfailed, [], summary)
+        self.assertEqual(load.broken, [], summary)
+        self.assertEqual(load.rejected, {}, summary)
+        self.assertEqual(load.gave_up, set(), summary)
+        self.assertEqual(len(load.accepted), self.messages, summary)
+        # Drained: nothing on it, and it stays so now the load is over.
+        state, left = self.drain_left(n)
+        self.assertEqual((state, left), ("draining", {"messages": 0, "bytes": 0, "profiles": 0, "buckets": 0}))
+        self.assertEqual([m["buckets"] for m in st.status(forget_on)["members"] if m["id"] == n], [0])
+        self.assertIn({"node": n, "state": "draining"},
+                      [{"node": a["node"], "state": a["state"]} for a in st.status(forget_on)["admin"]])
+        # (The drain gauges are refreshed every 5 s.)
+        self.assertTrue(wait_for(lambda: re.search(r"(?m)^porcupine_drain_remaining_messages 0$", self.metrics(n)),
+                                 15, 0.5), self.metrics(n))
+        self.assertRegex(self.metrics(n), r'(?m)^porcupine_node_admin_state\{node="%d"\} 1$' % n)
+        # Every accepted message readable, byte for byte, on a node that
+        # stays and on the drained one itself (it keeps serving).
+        ok, result = self.wait_readable([forget_on, n], load.accepted, 120)
+        self.assertTrue(ok, {i: (m[:10], w[:10]) for i, (m, w, _) in result.items()})
+        self.assertEqual({i: d for i, (_, _, d) in result.items() if d}, {}, "duplicated")
+
+        # The drained node stopped for good (its whole stack), then forgotten.
+        st.stop_node(n)
+        self.assertTrue(wait_for(lambda: st.cl.converged(), 60), "the cluster did not form without node %d" % n)
+        stays = [i for i in range(1, self.nodes + 1) if i != n]
+        passes = {i: st.status(i)["repair"]["passes"] for i in stays}
+        forgot_at = time.time()
+        st.ctl(forget_on, "node", "forget", str(n))
+
+        def repaired():  # on every node: a full pass begun after the forget found nothing to copy
+            views = {i: st.status(i) for i in stays}
+            return all(any(a["node"] == n and a["state"] == "gone" for a in v["admin"]) and
+                       v["repair"]["pending"] == 0 and v["repair"]["inflight"] == 0 and
+                       v["repair"]["passes"] >= passes[i] + 2 for i, v in views.items())
+        self.assertTrue(wait_for(repaired, 60, 0.5), [st.status(i)["repair"] for i in stays])
+        self.log("node %d forgotten on node %d; repair settled in %.1f s: %s" % (
+            n, forget_on, time.time() - forgot_at, {i: st.status(i)["repair"] for i in stays}))
+
+        # Then another node's agent killed: every message still readable,
+        # byte for byte, on each node left.
+        st.cl.kill(crashed, redis=False)
+        readers = [i for i in stays if i != crashed]
+        self.assertTrue(wait_for(lambda: st.cl.converged(), 60), "the cluster did not form again")
+        ok, result = self.wait_readable(readers, load.accepted, 120)
+        self.assertTrue(ok, {i: (m[:10], w[:10]) for i, (m, w, _) in result.items()})
+        self.assertEqual({i: d for i, (_, _, d) in result.items() if d}, {}, "duplicated")
+        self.log("node %d's agent killed: %d messages read byte for byte on nodes %s; %.0f s in all" % (
+            crashed, len(load.accepted), readers, time.time() - started))
 
 
 def soak(messages, sessions, runs, only_run=0):

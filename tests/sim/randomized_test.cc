@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The randomized suite: seeded fault schedules over 3-7 nodes with a
 // delivery/flag/expunge workload, each checked against every invariant
 // of docs/protocols.md once faults stop and the cluster settles.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Scenario tests: each protocol of the cluster core driven through one
 // named fault in the deterministic simulator, asserting the behaviour the
 // scenario names and then every invariant of docs/protocols.md.
@@ -1507,10 +1508,13 @@ TEST(Repair, NodeDeadTimeoutDeclaresAStoppedNodeGone) {
   for (NodeId n : h.c.up()) EXPECT_EQ(h.c.node(n)->membership().admin_state(stopped), AdminState::Active) << n;
   EXPECT_TRUE(h.c.node(1)->membership().is_member(stopped));
   ASSERT_NO_FATAL_FAILURE(expect_readable(h, stopped, users, live));
-  // And takes new copies again.
+  // And takes new copies again: of new users (the old ones' mail maps,
+  // spread 2, are the nodes their mail moved to).
   int on_it = 0;
-  for (int i = 0; i < 12; ++i) {
-    const ClientReply* d = h.deliver(static_cast<NodeId>(1 + i % 4), users[static_cast<std::size_t>(i) % users.size()]);
+  const auto fresh = some_users(8, "back");
+  for (const auto& u : fresh) h.user(u);
+  for (int i = 0; i < 16; ++i) {
+    const ClientReply* d = h.deliver(static_cast<NodeId>(1 + i % 4), fresh[static_cast<std::size_t>(i) % fresh.size()]);
     ASSERT_EQ(d->status, Status::Ok);
     on_it += std::count(d->replicas.begin(), d->replicas.end(), stopped);
   }
@@ -1521,6 +1525,29 @@ TEST(Repair, NodeDeadTimeoutDeclaresAStoppedNodeGone) {
 // A drained node is left with nothing (no message, profile or bucket), with
 // deliveries going on all along; it can then be removed for good and
 // another node lost without losing mail.
+TEST(Drain, WithFewerThanRActiveNodesADeliveryStillGetsRCopies) {
+  // Two nodes at R = 2, one draining (retiring one node of two before its
+  // replacement is there): new mail takes the draining node rather than
+  // have one copy, and the drain waits for room elsewhere.
+  Harness h(2);
+  const auto users = some_users(2, "few");
+  mail(h, users, 2);
+  ASSERT_EQ(administer(h, 1, 2, AdminState::Draining)->status, Status::Ok);
+  ASSERT_TRUE(h.settle());
+  const ClientReply* d = nullptr;
+  for (int attempt = 0; attempt < 10; ++attempt) {
+    d = h.deliver(1, users[0]);
+    if (d && d->status == Status::Ok) break;
+    h.c.run_for(500);
+  }
+  ASSERT_TRUE(d);
+  ASSERT_EQ(d->status, Status::Ok) << d->detail;
+  EXPECT_EQ(d->replicas.size(), 2u);
+  h.c.run_for(5000);
+  // Nowhere to move: the draining node keeps its copies.
+  EXPECT_GT(h.c.node(2)->drain_progress().messages, 0u);
+}
+
 TEST(Drain, DrainedNodeHoldsNothingAndCanBeRemoved) {
   Harness h(5);
   const auto users = some_users(6, "drn");
