@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // config.cc - the parameter table of porcupine.conf and everything driven
 // by it: the main.cf-style reader, $name expansion, typed values and their
 // bounds, the cross-checks, the listings and the docs table.
@@ -151,8 +152,8 @@ constexpr std::array kTable{
       &Params::sync_bodies_inflight),
     P("node_dead_timeout", Type::kSeconds, "1h", 0, 365 * kDay,
       "A node out of the group this long is declared gone for good, as by porcupinectl node forget: every copy "
-      "it held is made again on other nodes (repair). A node that comes back after is taken back; what it held "
-      "stays an extra copy. Decided by the group's lowest node, only in a group of most of the cluster. "
+      "it held is made again on other nodes (repair). A node that comes back after is taken back, and drops the "
+      "copies that moved. Decided by the group's lowest node, only in a group of most of the cluster. "
       "0: never (only porcupinectl node forget).",
       &Params::node_dead_timeout),
     P("repair_inflight", Type::kCount, "8", 1, 1024,
