@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // main.cc - porcupine-milter: the Postfix smtpd milter of one cluster node.
 //
 // SYNOPSIS

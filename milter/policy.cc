@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // policy.cc - the recipient rules of porcupine-milter (see policy.h).
 #include "policy.h"
 

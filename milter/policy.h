@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // policy.h - what porcupine-milter answers for one recipient: pure
 // functions, no I/O, no state, callable from any thread.
 //

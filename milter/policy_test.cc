@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // policy_test.cc - the recipient rules of porcupine-milter, as tables.
 #include "policy.h"
 

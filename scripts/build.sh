@@ -9,6 +9,7 @@
 # configure step (e.g. -DPORCUPINE_WERROR=OFF). Relative directories are
 # taken from the repository root.
 set -euo pipefail
+# SPDX-License-Identifier: MIT
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"

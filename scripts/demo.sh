@@ -18,6 +18,7 @@
 # nodes through crashes, a partition and a join); --sim-only shows only it.
 # PORCUPINE_SKIP_DEPS=1 skips the installation of packages.
 set -euo pipefail
+# SPDX-License-Identifier: MIT
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"

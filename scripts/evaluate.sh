@@ -10,6 +10,7 @@
 # Runs as root (it starts Postfix and Dovecot instances of its own on
 # 127.0.80.1 and agents on 127.0.81-84.x, and reads perf counters).
 set -euo pipefail
+# SPDX-License-Identifier: MIT
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BUILD="$ROOT/build"
 PUBLISH=0

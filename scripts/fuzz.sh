@@ -16,6 +16,7 @@
 # Environment: FUZZ_BUILD_DIR; FUZZ_JOBS build jobs (default: nproc);
 # CC, CXX (default clang, clang++).
 set -euo pipefail
+# SPDX-License-Identifier: MIT
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"

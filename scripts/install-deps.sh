@@ -10,6 +10,7 @@
 # the system-wide dovecot service is stopped and disabled right after, so it
 # does not hold ports 143/110 on 0.0.0.0 (each test runs its own instances).
 set -euo pipefail
+# SPDX-License-Identifier: MIT
 
 # Build and test.
 PACKAGES=(
@@ -38,9 +39,10 @@ PACKAGES+=(python3-matplotlib linux-perf)
 # Postfix for every node's SMTP (porcupine-milter, scripts/porcupine-local),
 # its end-to-end tests and the benchmark (smtp-source is in postfix).
 PACKAGES+=(postfix)
-# Debian packages (scripts/build-debs.sh) and their test: dpkg-deb,
-# dpkg-shlibdeps, and a lint of the maintainer scripts.
-PACKAGES+=(dpkg-dev shellcheck)
+# Debian packages (scripts/build-debs.sh: dpkg-buildpackage of debian/)
+# and their tests (tests/packaging): debhelper, fakeroot, lintian, and a
+# lint of the maintainer scripts.
+PACKAGES+=(dpkg-dev debhelper fakeroot lintian shellcheck)
 # The man pages' test renders them with groff and indexes them with
 # lexgrog (tests/packaging/man_test.py).
 PACKAGES+=(groff-base man-db)

@@ -17,6 +17,7 @@
 # their own TIMEOUT keep it); PORCUPINE_SKIP_DEPS=1 skips install-deps.sh;
 # PORCUPINE_FUZZ_SECONDS per fuzz target (default 30), FUZZ_BUILD_DIR.
 set -euo pipefail
+# SPDX-License-Identifier: MIT
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -90,6 +91,17 @@ if [[ $sanitize == 1 ]]; then
   fi
 fi
 
+# The Debian packages the packaging.* ctest entries check: this tree's
+# (dpkg-buildpackage from a clean copy) and the previous release's, to
+# upgrade from. Two builds of the programs, so not beside the end-to-end
+# tests of the main run; a failure is remembered, not fatal.
+packaging_failed=0
+echo "test: Debian packages (tests/packaging/build_packages.sh $build_dir/packages)"
+if ! bash tests/packaging/build_packages.sh "$build_dir/packages"; then
+  echo "test: building the Debian packages FAILED; running the main suite anyway" >&2
+  packaging_failed=1
+fi
+
 # Main run, last. ctest prints its summary line before the total time and
 # the list of failed tests, so repeat the summary as the final line.
 log="$build_dir/ctest-output.log"
@@ -99,7 +111,7 @@ rc=${PIPESTATUS[0]}
 set -e
 
 summary=$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1 || true)
-if [[ $sanitizer_failed == 1 && $rc == 0 ]]; then
+if [[ ($sanitizer_failed == 1 || $packaging_failed == 1) && $rc == 0 ]]; then
   rc=1
 fi
 if [[ -n $summary ]]; then

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // agent.cc - see agent.h.
 #include "agent/agent.h"
 

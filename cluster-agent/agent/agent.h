@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // agent.h - porcupine-agent: the cluster core driven by real I/O.
 //
 // One io_context, one thread. The core (Node) decides; this class feeds it

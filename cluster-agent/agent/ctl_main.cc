@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // ctl_main.cc - porcupinectl: the operator's command line for one node's
 // agent (through its local socket). See docs/agent.md.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // handshake.cc - see handshake.h.
 #include "agent/handshake.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // handshake.h - the checks of the handshake between agents and of the tags
 // of later frames (docs/wire.md), as pure functions of bytes: what a peer
 // connection (peer_net.cc) decides about a Hello, a Proof and each tagged

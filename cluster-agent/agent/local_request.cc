@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // local_request.cc - see local_request.h.
 #include "agent/local_request.h"
 

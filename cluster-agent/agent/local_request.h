@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // local_request.h - the local API's requests (agent.proto Request) checked
 // on their own, before anything runs: reading one off its frame, and what
 // makes a well-formed request wrong whoever sends it and whatever else is

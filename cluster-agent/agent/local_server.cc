@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // local_server.cc - see local_server.h.
 #include "agent/local_server.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // local_server.h - the agent's local API on a unix socket (agent.proto:
 // Request/Response frames), for the milter, the Dovecot plugin and
 // porcupinectl.

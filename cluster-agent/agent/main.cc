@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // main.cc - porcupine-agent: the cluster daemon on every node.
 //
 //   porcupine-agent [-c FILE] [-o name=value]... [--foreground]

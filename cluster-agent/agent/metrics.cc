@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // metrics.cc - see metrics.h.
 #include "agent/metrics.h"
 

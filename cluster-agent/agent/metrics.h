@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // metrics.h - the agent's Prometheus metrics (docs/monitoring.md lists them).
 //
 // Served over plain HTTP at http://metrics_listen/metrics by prometheus-cpp's

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // peer_net.cc - see peer_net.h for the protocol and its rules.
 #include "agent/peer_net.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // peer_net.h - TCP between agents: TLS 1.3, authenticated, framed,
 // self-healing.
 //

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // read_frame.h - reading one frame (client/frame.h: a 4-byte big-endian
 // length, then that many bytes) off an Asio stream: the peer transport and
 // the local API share it.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // c_api.cc - porcupine_client.h implemented over client::Client. Every
 // entry point catches everything: no exception crosses the C ABI.
 #include <algorithm>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // client.cc - see client.h.
 #include "client/client.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // client.h - the C++ client of the agent's local API (agent.proto).
 //
 // Blocking, one connection, one request at a time; every call has a

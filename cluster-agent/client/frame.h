@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // frame.h - the framing every porcupine socket uses (peers, the local
 // API): a 4-byte big-endian length, then that many bytes.
 #pragma once

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* porcupine_client.h - the C ABI of the client of porcupine-agent's local
  * API, for C callers (the Dovecot plugin, the milter).
  *

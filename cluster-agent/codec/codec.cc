@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // codec.cc - the core's structs to and from porcupine.proto (see codec.h).
 //
 // One to_pb / from_pb pair per type, in the order of the schema; the

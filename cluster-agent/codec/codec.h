@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // codec.h - the cluster core's messages and hard state as bytes.
 //
 // Internode frames carry one Envelope each; Redis values carry one record,

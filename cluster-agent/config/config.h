@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // config.h - porcupine.conf: the agent's parameters, read once at start-up.
 //
 // The file (/etc/porcupine/porcupine.conf) is in Postfix main.cf style:

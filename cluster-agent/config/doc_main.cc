@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // doc_main.cc - porcupine-config-doc: prints the parameter table of
 // porcupine.conf, as Markdown (the generated part of
 // docs/configuration.md) or as the whole manual page porcupine.conf(5).

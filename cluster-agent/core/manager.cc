@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // manager.cc - the manager role: for the users of the buckets this node
 // manages, the mail map (which nodes hold which folder's fragments), the
 // profile rebuilt from its replicas, UID allocation and placement.

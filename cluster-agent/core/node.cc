@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // node.cc - wiring of the node's roles and dispatch of peer messages.
 #include "node.h"
 

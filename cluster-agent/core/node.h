@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // node.h - one node's cluster core: membership, replication, the manager
 // role (mail maps, profiles, UIDs, placement) and the front-end role
 // (local client operations), wired together.

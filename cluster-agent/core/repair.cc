@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // repair.cc - keeping R copies when nodes leave: repair after a node is
 // declared gone, and drain of a node that is leaving on purpose.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // replication.cc - see replication.h for the protocol.
 #include "replication.h"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // replication.h - optimistic replication of messages and profiles.
 //
 // Owns this node's hard state in memory (message records, profile

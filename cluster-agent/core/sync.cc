@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // sync.cc - anti-entropy between replicas.
 //
 // Replication (replication.cc) gets an update to every replica while the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // users.cc - the cluster's user database: each user's profile (password
 // hash, quota, enabled, folders) is hard state replicated like mail, and
 // the user's manager answers for it (ARCHITECTURE.md 3). Front-end and

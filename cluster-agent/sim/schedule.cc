@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // schedule.cc - see schedule.h.
 #include "schedule.h"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // redis_store.cc - see redis_store.h for the layout and the commit order.
 #include "store/redis_store.h"
 

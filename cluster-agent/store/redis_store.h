@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // redis_store.h - the agent's durable store: record, profile, log and
 // counter metadata in the node-local Redis, message bodies in spool files.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // spool_file.cc - see spool_file.h.
 #include "store/spool_file.h"
 

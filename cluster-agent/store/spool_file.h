@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // spool_file.h - message bodies as files in the agent's spool.
 //
 // A large body is never held whole in memory: whoever receives it (the

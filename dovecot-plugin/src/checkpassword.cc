@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // porcupine-checkpassword - Dovecot's checkpassword passdb and userdb
 // against the cluster's user database (porcupine-agent's UserAuth and
 // UserGet).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* porcupine-decide.c - the decisions of a mailbox sync (porcupine-decide.h):
  * plain C, no Dovecot header, so they are tested on their own
  * (tests/porcupine-decide-test.c, ctest plugin.decide). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* porcupine-decide.h - the decisions of a mailbox sync, apart from Dovecot.
  *
  * A sync compares the cluster's listing of a folder with the local cache

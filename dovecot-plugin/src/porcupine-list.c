@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* porcupine-list.c - the folder list and the subscriptions follow the
  * cluster. CREATE, DELETE and RENAME go to the cluster first (INBOX
  * never), then locally; so do SUBSCRIBE and UNSUBSCRIBE. At login (not

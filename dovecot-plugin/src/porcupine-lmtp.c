@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* porcupine-lmtp.c - in Dovecot's LMTP only: a message larger than the
  * cluster takes gets a permanent 552 5.3.4 for each recipient, before any
  * delivery is tried. Without it the cluster's refusal reached LMTP as a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* porcupine-mail.c - the mail vfuncs. Flag and keyword changes (STORE,
  * POP3 \Seen) are noted per message and, when their transaction commits,
  * each changed message's whole resulting state goes to the cluster, all

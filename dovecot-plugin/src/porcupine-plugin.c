@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* porcupine-plugin.c - the entry of the Dovecot mail plugin `porcupine`
  * (lib20_porcupine_plugin.so): Dovecot's own storage (sdbox, mdbox or
  * maildir) becomes a cache of the cluster, which is the authority for

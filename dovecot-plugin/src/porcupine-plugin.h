@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* porcupine-plugin.h - the private header shared by the parts of the
  * Dovecot mail plugin `porcupine` (not installed; nothing outside
  * dovecot-plugin/src includes it): module contexts, the per-user,

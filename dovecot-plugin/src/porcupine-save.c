@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* porcupine-save.c - saves into the cluster: LMTP delivery, IMAP APPEND
  * and COPY into a folder go to the cluster (porcupine_deliver) and not
  * into the local storage, which gets the message at the next sync with

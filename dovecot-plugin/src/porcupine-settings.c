@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* porcupine-settings.c - the plugin { } settings of a mail user, read and
  * checked when the user is created (porcupine-storage.c). A value that is
  * not valid is an error naming the setting and the value: the user's

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* porcupine-storage.c - the mail user and the mailbox: the user's agent
  * connection and settings (mail_user_created), the mailbox's vfuncs
  * (mailbox_allocated: only sdbox, mdbox and maildir are used as a cache),

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* porcupine-sync.c - mailbox sync with the cluster: every sync of a
  * mailbox (SELECT, EXAMINE, NOOP, CHECK, IDLE's wake-ups, POP3 login, any
  * mailbox_sync) first lists the folder in the cluster and makes the local

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* porcupine-decide-test.c - unit test of the sync's decisions
  * (src/porcupine-decide.c), ctest plugin.decide. Plain C: each check
  * prints what failed; the last line is "N passed, N failed" and the exit

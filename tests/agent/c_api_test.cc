@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // c_api_test.cc - the C ABI of the client against a real one-node cluster
 // (porcupine-local: a real agent and redis-server on 127.0.26.1).
 #include <gtest/gtest.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* c_header_check.c - porcupine_client.h compiles as C (C11), and a C
  * caller can use it. Called from c_api_test.cc. */
 #include "client/porcupine_client.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // checks_test.cc - what the agent decides about bytes from outside before
 // any socket or core is involved: the handshake between agents
 // (agent/handshake.h) and the local API's requests (agent/local_request.h).

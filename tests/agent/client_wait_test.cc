@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // client_wait_test.cc - how long the client waits for a delivery's answer,
 // against a fake of the agent's local socket that answers a set time after
 // the message's last chunk.

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """Deliveries per second through the agents' local API: 1 node at R=1,
 3 nodes at R=1 and 3 nodes at R=2, on loopback, with the disk's raw
 fsync rate measured in the same run. Prints a table; asserts nothing about

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // deliver_bench.cc - deliveries per second through the agents' local API.
 //
 //   deliver_bench --socket S [--socket S2 ...] --users U [--users ...]

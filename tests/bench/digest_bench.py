@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """digest_bench.py - what IDLE's poll costs: a folder's digest
 (porcupine_folder_digest) against its whole listing (porcupine_folder_list),
 through the client library, on a local 3-node cluster (real agents and

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """evaluate.py - the whole evaluation in one command: real processes on this
 machine, the failure timeline with real agents, scale-out in the simulator
 with a cost model calibrated from the real runs, and the sizing on paper.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // fsync_rate.cc - the disk's raw rate of small synchronous writes, the
 // ceiling for anything that must be durable before it is acknowledged.
 //

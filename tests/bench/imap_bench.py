@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """imap_bench.py - IMAP FETCH and POP3 RETR through the porcupine Dovecot
 plugin, against a stock Dovecot with Maildir on the same machine in the
 same run. Prints the rates and their ratio; asserts no speed.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // mail_load.cc - the mail workload through the agents' local API for a
 // fixed time: senders deliver messages whose sizes follow the size table
 // below, readers retrieve and delete (list INBOX, fetch the first message,

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """Repair after a node is lost for good: how fast the cluster makes the
 lost copies again, and what that costs the mail going on meanwhile.
 

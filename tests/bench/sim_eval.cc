@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // sim_eval - scale-out, failure timelines, reconfiguration cost and
 // heterogeneity in the deterministic simulator, with the per-node cost
 // model of cluster-agent/sim/cost.h. Prints figures as `key=value` lines;

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """smtp_bench.py - SMTP delivery throughput, end to end, in one run on this
 machine: smtp-source -> Postfix -> Dovecot LMTP, for
 

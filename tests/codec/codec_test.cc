@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // codec_test.cc - every message through an Envelope and back, records,
 // profiles and log entries at rest (without bodies), and hostile bytes:
 // garbage, truncation, no body, unknown kinds and out-of-range values.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // config_test.cc - porcupine.conf: the reader, $name expansion, bounds and
 // cross-checks, -o overrides, the listings and the mapping onto CoreConfig.
 #include "config/config.h"

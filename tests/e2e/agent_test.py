@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """End-to-end tests of porcupine-agent: real agents and real redis-servers
 on loopback (127.0.K.i), driven with porcupinectl and raw sockets.
 

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """End-to-end tests of the Dovecot plugin (dovecot-plugin/): a porcupine
 cluster of real agents and redis-servers on loopback (127.0.K.i), and on
 every node a Dovecot instance this test configures itself (own base_dir,

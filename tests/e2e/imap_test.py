@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """End-to-end tests of the Dovecot plugin the way mail clients use it:
 real agents, redis-servers and one Dovecot per node (scripts/porcupine-local),
 spoken to with Python's imaplib, poplib and smtplib (LMTP) on 127.0.K.i.

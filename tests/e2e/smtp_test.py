@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """End-to-end tests of the whole stack of every node: Postfix (its own
 instance per node, SMTP on 127.0.K.i:10025) with porcupine-milter, Dovecot
 with the porcupine plugin (LMTP, IMAP, POP3), porcupine-agent and its

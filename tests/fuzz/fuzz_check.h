@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // fuzz_check.h - what the fuzz targets assert beyond not crashing. A
 // failed check prints what was expected and aborts, which libFuzzer
 // reports as a crash, with the input that caused it saved.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // fuzz_config.cc - libFuzzer target: porcupine.conf text through the
 // reader (config::parse_text). Bytes after a first NUL are -o overrides,
 // one per line (an argument with a newline in it is the operator's own

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // fuzz_handshake.cc - libFuzzer target: what a peer sends on a connection,
 // read as peer_net.cc reads it (agent/read_frame.h, the same limits) and
 // judged by the same checks (agent/handshake.h): its Hello, its Proof,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // fuzz_local_request.cc - libFuzzer target: one request frame on the local
 // API's socket, decoded and checked as local_server.cc does before
 // anything reaches the core (agent/local_request.h).

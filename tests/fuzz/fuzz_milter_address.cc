@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // fuzz_milter_address.cc - libFuzzer target: an RCPT TO address as smtpd
 // hands it to porcupine-milter, through milter::recipient() and answer().
 //

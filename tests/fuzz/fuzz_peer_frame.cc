@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // fuzz_peer_frame.cc - libFuzzer target: one frame from an authenticated
 // peer, the bytes after its tag, through codec::decode_frame (what
 // peer_net.cc does with every frame once the handshake is over).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // handshake_fixture.h - the secret, nonce and node id of the side that
 // fuzz_handshake plays, shared with make_seeds so that its seeds carry a
 // valid Proof and valid tags.

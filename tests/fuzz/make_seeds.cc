@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // make_seeds.cc - writes the seed corpora of the fuzz targets
 // (corpus/<target>/) and fuzz_config.dict: a few valid inputs of each kind
 // for the fuzzers to start from. The output is committed; run it again

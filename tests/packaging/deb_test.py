@@ -1,14 +1,19 @@
 #!/usr/bin/env python3
-"""The Debian packages (packaging/README.md), built from a build tree by
-scripts/build-debs.sh into a temporary directory and inspected there.
+# SPDX-License-Identifier: MIT
+"""The Debian packages (debian/, packaging/README.md), as
+dpkg-buildpackage built them (tests/packaging/build_packages.sh puts them
+in BUILD/packages/current), inspected beside the build tree BUILD_DIR.
 
-Usage: deb_test.py --build BUILD_DIR [unittest args]
+Usage: deb_test.py --build BUILD_DIR --debs DIR [unittest args]
 
 Nothing is installed on this machine and no service is touched: the
 packages are read with dpkg-deb, unpacked with `dpkg-deb -x` into a
 temporary root, and their maintainer scripts are run against a temporary
 root (DPKG_ROOT) with adduser, systemctl, deb-systemd-helper and friends
-replaced by stubs that only record their arguments.
+replaced by stubs that only record their arguments. With DPKG_ROOT set,
+debhelper's snippets leave the service manager alone: starting, restarting
+and stopping are checked by upgrade_test.py, in a root of their own.
+Exits 77 (skipped) when DIR holds no packages.
 """
 import os
 import re
@@ -22,6 +27,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 BUILD = os.path.join(ROOT, "build")
+DEBS = None
 
 AGENT, MILTER, DOVECOT = "porcupine-agent", "porcupine-milter", "dovecot-porcupine"
 
@@ -43,6 +49,7 @@ EXPECTED_FILES = {
         "./usr/share/man/man8/porcupine-agent.8.gz": 0o644,
         "./usr/share/man/man8/porcupinectl.8.gz": 0o644,
         "./usr/share/man/man5/porcupine.conf.5.gz": 0o644,
+        "./usr/share/man/man1/porcupine-config-doc.1.gz": 0o644,
     },
     MILTER: {
         "./usr/sbin/porcupine-milter": 0o755,
@@ -58,6 +65,12 @@ EXPECTED_FILES = {
         "./usr/share/doc/dovecot-porcupine/README.md": 0o644,
     },
 }
+# What debhelper adds to each package (not in `cmake --install`): the
+# machine-readable copyright and the changelog.
+for _name, _files in EXPECTED_FILES.items():
+    _files["./usr/share/doc/%s/copyright" % _name] = 0o644
+    _files["./usr/share/doc/%s/changelog.gz" % _name] = 0o644
+DEBHELPER_ADDED = re.compile(r"^\./usr/share/(doc/[^/]+/(copyright|changelog\.gz)|lintian/overrides/[^/]+)$")
 SCRIPTS = {AGENT: ["postinst", "prerm", "postrm"], MILTER: ["postinst", "prerm", "postrm"],
            DOVECOT: ["postinst", "postrm"]}
 UNITS = {AGENT: ["porcupine-agent.service", "porcupine-redis.service"], MILTER: ["porcupine-milter.service"]}
@@ -122,9 +135,7 @@ def setUpModule():
     """Builds the packages once, into a temporary directory, and reads them."""
     P = Packages
     P.tmp = tempfile.mkdtemp(prefix="porcupine-deb-test-")
-    out = os.path.join(P.tmp, "dist")
-    subprocess.run(["bash", os.path.join(ROOT, "scripts", "build-debs.sh"), "--no-build",
-                    "--build-dir", BUILD, "--out", out], check=True)
+    out = DEBS
     P.arch = run("dpkg", "--print-architecture").strip()
     for name in (AGENT, MILTER, DOVECOT):
         found = [f for f in os.listdir(out) if f.startswith(name + "_") and f.endswith("_%s.deb" % P.arch)]
@@ -152,6 +163,13 @@ def tearDownModule():
         shutil.rmtree(Packages.tmp, ignore_errors=True)
 
 
+class ServiceManagerCheck:
+    def assertNoServiceManager(self, log):
+        """Under DPKG_ROOT, debhelper's snippets neither start, restart nor
+        stop a unit (upgrade_test.py checks what they do without it)."""
+        self.assertFalse([l for l in log if l.startswith(("deb-systemd-invoke", "systemctl"))], log)
+
+
 class Packages(unittest.TestCase):
     """What the three packages hold (filled by setUpModule)."""
     tmp = arch = None
@@ -161,7 +179,17 @@ class Packages(unittest.TestCase):
     def test_ThreePackages_SameVersion_ThisArchitecture(self):
         versions = {self.fields[n]["Version"] for n in self.fields}
         self.assertEqual(len(versions), 1, versions)
-        self.assertRegex(versions.pop(), r"^\d+\.\d+\.\d+-\d+$")
+        version = versions.pop()
+        self.assertRegex(version, r"^\d+\.\d+\.\d+$")  # native: no Debian revision
+        # One version: debian/changelog's is the project's (CMakeLists.txt).
+        self.assertEqual(version, run("dpkg-parsechangelog", "-l", os.path.join(ROOT, "debian/changelog"),
+                                      "-S", "Version").strip())
+        self.assertRegex(read(os.path.join(ROOT, "CMakeLists.txt")),
+                         r"(?m)^project\(porcupine VERSION %s " % re.escape(version))
+        maintainers = {f["Maintainer"] for f in self.fields.values()}
+        self.assertEqual(maintainers, {re.search(r"(?m)^Maintainer: (.*)$",
+                                                 read(os.path.join(ROOT, "debian/control"))).group(1)})
+        self.assertNotIn("localhost", maintainers.pop())
         for name, f in self.fields.items():
             self.assertEqual(f["Package"], name)
             self.assertEqual(f["Architecture"], self.arch)
@@ -202,7 +230,8 @@ class Packages(unittest.TestCase):
         for top, dirs, files in os.walk(dest):
             for f in files:
                 installed.add("./" + os.path.relpath(os.path.join(top, f), dest))
-        packaged = {p for c in self.contents.values() for p, (perms, _) in c.items() if perms[0] != "d"}
+        packaged = {p for c in self.contents.values() for p, (perms, _) in c.items()
+                    if perms[0] != "d" and not DEBHELPER_ADDED.match(p)}
         self.assertEqual(installed, packaged)
 
     def test_ManPages_CompressedAndRendered(self):
@@ -401,7 +430,7 @@ class Packages(unittest.TestCase):
             print("shellcheck not installed: maintainer scripts checked with sh -n only", file=sys.stderr)
 
 
-class MaintainerScripts(unittest.TestCase):
+class MaintainerScripts(ServiceManagerCheck, unittest.TestCase):
     """The maintainer scripts run against a temporary root (DPKG_ROOT),
     with every command that would change the system stubbed; the package
     files are laid out there first, as dpkg would."""
@@ -469,19 +498,19 @@ class MaintainerScripts(unittest.TestCase):
         out, log = self.script(AGENT, "postinst", "configure", "0.1.0-1")
         self.assertEqual(read(secret), before)
         self.assertTrue(os.path.exists(self.path("/var/lib/porcupine/spool/kept")))
-        self.assertIn("deb-systemd-invoke try-restart porcupine-agent.service", log)
+        self.assertNoServiceManager(log)
         self.assertFalse([l for l in log if l.startswith("adduser --system")], log)  # the user exists
         self.assertNotIn("new cluster secret", out)
         # An upgrade's prerm stops nothing.
         _, log = self.script(AGENT, "prerm", "upgrade", "0.1.0-2")
         self.assertEqual(log, [])
 
-    def test_Agent_RemoveStopsUnitsKeepsData_PurgeRemovesData(self):
+    def test_Agent_RemoveKeepsData_PurgeRemovesData(self):
         self.script(AGENT, "postinst", "configure")
         _, log = self.script(AGENT, "prerm", "remove")
-        self.assertIn("deb-systemd-invoke stop porcupine-agent.service porcupine-redis.service", log)
+        self.assertNoServiceManager(log)
         _, log = self.script(AGENT, "postrm", "remove")
-        self.assertIn("deb-systemd-helper mask porcupine-agent.service", log)
+        self.assertFalse([l for l in log if l.startswith("deb-systemd-helper purge")], log)  # only on purge
         for p in ("/etc/porcupine/secret", "/var/lib/porcupine/spool", "/var/lib/porcupine/redis"):
             self.assertTrue(os.path.exists(self.path(p)), p)
         # dpkg removes the conffile before postrm purge.
@@ -499,7 +528,7 @@ class MaintainerScripts(unittest.TestCase):
         self.assertEqual(stat.S_IMODE(os.stat(self.path("/etc/porcupine/cluster.key")).st_mode), 0o600)
         self.assertFalse(os.path.exists(self.path("/etc/porcupine/secret")))
 
-    def test_Milter_FirstInstallPrintsMainCfLines_RemoveStops(self):
+    def test_Milter_FirstInstallPrintsMainCfLines(self):
         self.script(AGENT, "postinst", "configure")
         out, log = self.script(MILTER, "postinst", "configure")
         self.assertIn("    smtpd_milters = unix:/run/porcupine/milter.sock", out)
@@ -507,9 +536,9 @@ class MaintainerScripts(unittest.TestCase):
         self.assertFalse([l for l in log if "postconf" in l or l.startswith("deb-systemd-invoke")], log)
         self.assertIn("deb-systemd-helper update-state porcupine-milter.service", log)
         _, log = self.script(MILTER, "postinst", "configure", "0.1.0-1")
-        self.assertIn("deb-systemd-invoke try-restart porcupine-milter.service", log)
+        self.assertNoServiceManager(log)
         _, log = self.script(MILTER, "prerm", "remove")
-        self.assertIn("deb-systemd-invoke stop porcupine-milter.service", log)
+        self.assertNoServiceManager(log)
 
     def test_Dovecot_VmailUserCacheDirSocketGroup_PurgeRemovesCache(self):
         self.script(AGENT, "postinst", "configure")
@@ -538,7 +567,7 @@ class MaintainerScripts(unittest.TestCase):
         self.assertTrue(os.path.exists(self.path("/var/lib/porcupine/spool")))  # the agent's data stays
 
 
-class DpkgRoot(unittest.TestCase):
+class DpkgRoot(ServiceManagerCheck, unittest.TestCase):
     """dpkg itself installs, reinstalls (dpkg's upgrade path: prerm upgrade,
     postinst configure OLD-VERSION), removes and purges the packages in a
     temporary root (`dpkg --root`, maintainer scripts run with DPKG_ROOT
@@ -603,14 +632,12 @@ class DpkgRoot(unittest.TestCase):
         self.assertTrue(read(conf).endswith("node_id = 7\n"))
         self.assertEqual(read(self.path("/etc/porcupine/secret")), secret)
         self.assertTrue(os.path.exists(self.path("/var/lib/porcupine/spool/body")))
-        self.assertIn("deb-systemd-invoke try-restart porcupine-agent.service", log)
-        self.assertIn("deb-systemd-invoke try-restart porcupine-milter.service", log)
+        self.assertNoServiceManager(log)
         self.assertFalse([l for l in log if " stop " in l], log)
 
-        # Removal: units stopped, configuration and data kept.
+        # Removal: configuration and data kept.
         _, log = self.dpkg("-r", MILTER, DOVECOT, AGENT)
-        self.assertIn("deb-systemd-invoke stop porcupine-milter.service", log)
-        self.assertIn("deb-systemd-invoke stop porcupine-agent.service porcupine-redis.service", log)
+        self.assertNoServiceManager(log)
         self.assertFalse(os.path.exists(self.path("/usr/sbin/porcupine-agent")))
         self.assertTrue(read(conf).endswith("node_id = 7\n"))
         for p in ("/etc/porcupine/secret", "/var/lib/porcupine/spool/body", "/var/lib/porcupine/dovecot"):
@@ -630,4 +657,12 @@ if __name__ == "__main__":
         i = args.index("--build")
         BUILD = os.path.abspath(args[i + 1])
         del args[i:i + 2]
+    if "--debs" in args:
+        i = args.index("--debs")
+        DEBS = os.path.abspath(args[i + 1])
+        del args[i:i + 2]
+    if not DEBS or not os.path.isdir(DEBS) or not [f for f in os.listdir(DEBS) if f.endswith(".deb")]:
+        print("deb_test: skipped: no packages in %s (tests/packaging/build_packages.sh; scripts/test.sh runs it)"
+              % DEBS, file=sys.stderr)
+        sys.exit(77)
     unittest.main(argv=[sys.argv[0]] + args, verbosity=2)

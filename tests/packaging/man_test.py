@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
 """The man pages the packages install (docs/man/, and porcupine.conf.5
 made from the parameter table), as the build leaves them in BUILD/man.
 
@@ -11,7 +12,8 @@ and option `porcupinectl --help` lists and no other, porcupine-agent(8)
 every option of `porcupine-agent --help`, porcupine-milter(8) every option
 of its usage line, and porcupine.conf(5) is exactly what
 `porcupine-config-doc --man` prints and names every parameter of
-`porcupine-agent --print-defaults`.
+`porcupine-agent --print-defaults`, and porcupine-config-doc(1) every
+option of its usage line.
 """
 import gzip
 import os
@@ -31,6 +33,7 @@ PAGES = {
     "porcupine-agent.8": "cluster-agent/agent/porcupine-agent",
     "porcupinectl.8": "cluster-agent/agent/porcupinectl",
     "porcupine-milter.8": "milter/porcupine-milter",
+    "porcupine-config-doc.1": "cluster-agent/config/porcupine-config-doc",
 }
 
 
@@ -199,6 +202,15 @@ class ManPages(unittest.TestCase):
         options = set(re.findall(r"\[(-[a-z])\b", r.stderr))
         self.assertEqual(options, {"-c", "-o"}, r.stderr)
         self.assertEqual(page_options(sections(render("porcupine-milter.8"))["OPTIONS"]), options)
+
+    def test_ConfigDocPage_EveryOptionOfItsUsage(self):
+        r = subprocess.run([program("porcupine-config-doc.1"), "--help"], capture_output=True, text=True,
+                           check=True)
+        options = set(re.findall(r"\[(--?[a-z][a-z-]*)\]", r.stdout)) | {"-h", "--help"}
+        self.assertIn("--man", options, r.stdout)
+        r = subprocess.run([program("porcupine-config-doc.1"), "--bogus"], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 64)
+        self.assertEqual(page_options(sections(render("porcupine-config-doc.1"))["OPTIONS"]), options)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // store_test.cc - RedisStore against a real redis-server.
 //
 // Each test starts its own /usr/bin/redis-server (AOF on, fsync always) on

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // hash_test.cc - canonical addresses, the pinned XXH64 user hash, and bucket spread.
 #include "core/hash.h"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // placement_test.cc - table tests for spread-based choice of primary and replica nodes.
 #include "core/placement.h"
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // profile_test.cc - merging user profiles: subscriptions are about names,
 // the newest version of each name wins, whatever order replicas arrive in.
 #include <gtest/gtest.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // FailureThrottle: failed password checks per user.
 #include "core/throttle.h"
 

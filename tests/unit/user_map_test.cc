@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // user_map_test.cc - table tests for bucket targets and the minimal-move user-map reassignment.
 #include "core/user_map.h"
 

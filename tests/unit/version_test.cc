@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // version_test.cc - ordering of (time, node) stamps and the Thomas write rule.
 #include "core/types.h"
 
