@@ -126,14 +126,28 @@ TEST(LocalRequest, WrongRequestsAreRefusedWithAReason) {
   EXPECT_EQ(request_problem(q), "user and a folder other than INBOX are required");
 }
 
-TEST(LocalRequest, OnlyUserAdministrationNeedsAnAdministrator) {
+TEST(LocalRequest, OnlyUserAndNodeAdministrationNeedAnAdministrator) {
   pb::Request q;
   q.mutable_user_list();
   EXPECT_TRUE(administers(q));
   q.mutable_user_change();
   EXPECT_TRUE(administers(q));
+  q.mutable_node_admin()->set_node(3);
+  EXPECT_TRUE(administers(q));
   q.mutable_user_auth();
   EXPECT_FALSE(administers(q));
+  q.mutable_status();
+  EXPECT_FALSE(administers(q));
+}
+
+TEST(LocalRequest, NodeAdministrationNamesANodeAndAKnownState) {
+  pb::Request q;
+  q.mutable_node_admin()->set_state(pb::NodeAdmin::DRAIN);
+  EXPECT_EQ(request_problem(q), "node id missing");
+  q.mutable_node_admin()->set_node(4);
+  EXPECT_EQ(request_problem(q), std::nullopt);
+  q.mutable_node_admin()->set_state(static_cast<pb::NodeAdmin::State>(9));
+  EXPECT_EQ(request_problem(q), "unknown node state");
 }
 
 TEST(LocalRequest, BytesThatAreNotARequestAreNotDecoded) {

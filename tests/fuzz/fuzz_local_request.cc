@@ -30,8 +30,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (!agent::decode_request(std::string_view(reinterpret_cast<const char*>(data), size), q)) return 0;
   const bool admin = agent::administers(q);
   check(!admin || q.op_case() == pb::Request::kUserCreate || q.op_case() == pb::Request::kUserChange ||
-            q.op_case() == pb::Request::kUserList,
-        "only user administration needs an administrator");
+            q.op_case() == pb::Request::kUserList || q.op_case() == pb::Request::kNodeAdmin,
+        "only user and node administration needs an administrator");
   if (auto why = agent::request_problem(q)) {
     check(fuzz::one_line(*why), "a refused request has a one-line reason");
     pb::Response r;
