@@ -350,6 +350,10 @@ class Node {
   void sync_progress(NodeId peer, SyncPeer& st);
   void serve_sync_bodies(NodeId from, const SyncBodies& b);
   void sync_body_arrived(NodeId from, const MsgId& id);
+  // A record as this node holds it (its body if `r` carries one) to one
+  // node, as a Push of a Copy under `id` (Version{0, self}: never logged,
+  // complete on arrival; a repair's copy: its new list's version).
+  void send_copy(NodeId to, MessageRecord r, const Version& id);
 
   // repair.cc
   struct RepairCopy {

@@ -273,16 +273,10 @@ bool Node::repair_send(Time now, const MsgId& id, RepairCopy& c) {
   ++c.attempts;
   c.until = now + cfg_.request_timeout + store_crossing(cfg_, c.size);
   for (NodeId t : c.waiting) {
-    Push p;
-    p.update.id = c.rec.replicas_version;
-    p.update.kind = Update::Kind::Copy;
-    p.update.coordinator = cfg_.self;
-    p.update.replicas = {t};
-    p.update.record = c.rec;
-    p.update.record.has_body = true;
-    p.update.record.body = *body;
-    p.have = {cfg_.self};
-    send(t, std::move(p));
+    MessageRecord r = c.rec;
+    r.has_body = true;
+    r.body = *body;
+    send_copy(t, std::move(r), c.rec.replicas_version);
   }
   return true;
 }

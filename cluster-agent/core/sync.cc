@@ -169,16 +169,10 @@ void Node::on_sync_records(Time now, NodeId from, const SyncRecords& r) {
     // and drops its copy.
     if (auto cur = repl_.records().find(rec.id); cur != repl_.records().end() &&
         newer(cur->second.replicas_version, rec.replicas_version) && !names(cur->second.replicas, from)) {
-      Push p;
-      p.update.id = Version{0, cfg_.self};  // never logged: complete on arrival
-      p.update.kind = Update::Kind::Copy;
-      p.update.coordinator = cfg_.self;
-      p.update.replicas = {from};
-      p.update.record = cur->second;
-      p.update.record.body.clear();
-      p.update.record.has_body = false;
-      p.have = {cfg_.self};
-      send(from, std::move(p));
+      MessageRecord bare = cur->second;
+      bare.body.clear();
+      bare.has_body = false;
+      send_copy(from, std::move(bare), Version{0, cfg_.self});
     }
   }
   if (r.round == st.round) {
@@ -209,16 +203,21 @@ void Node::serve_sync_bodies(NodeId from, const SyncBodies& b) {
     if (it == repl_.records().end() || !it->second.has_body || it->second.expunged) continue;
     auto body = disk_.body_ref(id);
     if (!body) continue;  // the asker's wait runs out; it asks again, then the next round
-    Push p;
-    p.update.id = Version{0, cfg_.self};  // never logged: complete on arrival
-    p.update.kind = Update::Kind::Copy;
-    p.update.coordinator = cfg_.self;
-    p.update.replicas = {from};
-    p.update.record = it->second;
-    p.update.record.body = std::move(*body);
-    p.have = {cfg_.self};
-    send(from, std::move(p));
+    MessageRecord r = it->second;
+    r.body = std::move(*body);
+    send_copy(from, std::move(r), Version{0, cfg_.self});
   }
+}
+
+void Node::send_copy(NodeId to, MessageRecord r, const Version& id) {
+  Push p;
+  p.update.id = id;
+  p.update.kind = Update::Kind::Copy;
+  p.update.coordinator = cfg_.self;
+  p.update.replicas = {to};
+  p.update.record = std::move(r);
+  p.have = {cfg_.self};
+  send(to, std::move(p));
 }
 
 void Node::sync_body_arrived(NodeId from, const MsgId& id) {
