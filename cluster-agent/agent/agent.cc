@@ -2,12 +2,15 @@
 // agent.cc - see agent.h.
 #include "agent/agent.h"
 
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
 #include "agent/local_server.h"
 #include "agent/metrics.h"
@@ -22,6 +25,20 @@ std::string mib(std::uint64_t bytes) {
   std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
   return buf;
 }
+
+// The filesystem a path is on, or would be once made: its own or its
+// nearest existing parent's.
+std::optional<dev_t> device_of(std::string path) {
+  for (;;) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0) return st.st_dev;
+    auto slash = path.find_last_of('/');
+    if (slash == std::string::npos || path == "/") return std::nullopt;
+    path = slash == 0 ? "/" : path.substr(0, slash);
+  }
+}
+
+constexpr Time kCacheSweepEvery = 60000;  // ms
 }  // namespace
 
 Agent::Agent(asio::io_context& io, AgentOptions opt, LogFn log)
@@ -40,6 +57,15 @@ void Agent::start() {
   metrics_ = std::make_unique<Metrics>(io_, *this);
   store_ = std::make_unique<store::RedisStore>(
       store::RedisStore::Options{opt_.redis_socket, opt_.spool_dir}, [this](const std::string& l) { log_(l); });
+  store::NodeCache::Options co;
+  co.dir = opt_.cache_dir.empty() ? opt_.spool_dir + "/cache" : opt_.cache_dir;
+  co.budget = opt_.cache_size;
+  co.entry_max = opt_.cache_entry_max;
+  co.reserve = opt_.cache_reserve_bytes;
+  if (opt_.spool_reserve_bytes > 0 && device_of(co.dir) == device_of(opt_.spool_dir))
+    co.reserve = std::max(co.reserve, opt_.spool_reserve_bytes + opt_.spool_reserve_bytes / 4);
+  cache_ = std::make_unique<store::NodeCache>(std::move(co), [this](const std::string& l) { log_(l); });
+  cache_swept_ = now();
   node_ = std::make_unique<Node>(opt_.core, static_cast<Env&>(*this), *store_);
   PeerNet::Options po;
   po.self = opt_.core.self;
@@ -82,6 +108,10 @@ void Agent::tick() {
   if (stopped_) return;
   node_->tick(now());
   if (now() - spool_measured_ >= 1000) measure_spool();
+  if (now() - cache_swept_ >= kCacheSweepEvery) {
+    cache_swept_ = now();
+    cache_->sweep();
+  }
   commit();
   ticker_.expires_after(std::chrono::milliseconds(100));
   ticker_.async_wait([this](boost::system::error_code ec) {
@@ -92,6 +122,7 @@ void Agent::tick() {
 void Agent::on_peer(Envelope e) {
   if (stopped_) return;
   if (refuse_body(e)) return;
+  drop_expunged(e);
   node_->receive(now(), e);
   commit();
 }
@@ -150,6 +181,14 @@ bool Agent::refuse_body(const Envelope& e) {
   return true;
 }
 
+void Agent::drop_expunged(const Envelope& e) {
+  const Update* u = nullptr;
+  if (const auto* m = std::get_if<MutateRequest>(&e.body)) u = &m->update;
+  else if (const auto* p = std::get_if<Push>(&e.body)) u = &p->update;
+  else if (const auto* s = std::get_if<StoreRequest>(&e.body)) u = &s->update;
+  if (u && (u->kind == Update::Kind::Expunge || u->record.expunged)) cache_->drop(u->record.id);
+}
+
 void Agent::op(const std::function<void(Node&, Time, std::uint64_t)>& call, Done done) {
   std::uint64_t req = next_req_++;
   waiting_[req] = std::move(done);
@@ -158,6 +197,7 @@ void Agent::op(const std::function<void(Node&, Time, std::uint64_t)>& call, Done
 }
 
 void Agent::send(Envelope e) {
+  drop_expunged(e);  // the expunges this node coordinates, of messages it may hold no replica of
   e.from = opt_.core.self;
   e.load = node_->load();
   held_out_.push_back(std::move(e));

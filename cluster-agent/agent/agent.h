@@ -22,6 +22,7 @@
 
 #include "agent/peer_net.h"
 #include "core/node.h"
+#include "store/node_cache.h"
 #include "store/redis_store.h"
 
 namespace porcupine::agent {
@@ -35,6 +36,15 @@ struct AgentOptions {
   // Free space to keep on the spool's filesystem: below it the node is full
   // (Node::set_spool_full) and refuses new bodies; 0: never full.
   std::uint64_t spool_reserve_bytes = 1u << 30;
+  // The node cache (store/node_cache.h), from cache_size, cache_dir (empty:
+  // <spool_dir>/cache), cache_entry_max (0: cache_size / 8) and
+  // cache_reserve_bytes. On the spool's filesystem the cache's reserve is at
+  // least spool_reserve_bytes and a quarter, the level at which a full node
+  // takes copies again: the cache always gives way to the replicas first.
+  std::uint64_t cache_size = 1u << 30;
+  std::string cache_dir;
+  std::uint64_t cache_entry_max = 0;
+  std::uint64_t cache_reserve_bytes = 2ull << 30;
   std::string redis_socket;
   std::string local_socket;
   std::string local_socket_group;
@@ -73,6 +83,10 @@ class Agent : private Env {
   Node& node() { return *node_; }
   const PeerNet& peers() const { return *net_; }
   const store::RedisStore& store() const { return *store_; }
+  // Bodies of messages this node holds no replica of: the local API's reads
+  // open and fill it; the agent sweeps it and drops what it expunges.
+  store::NodeCache& cache() { return *cache_; }
+  const store::NodeCache& cache() const { return *cache_; }
   const AgentOptions& options() const { return opt_; }
   Metrics& metrics() { return *metrics_; }
   Time now() const;
@@ -95,12 +109,16 @@ class Agent : private Env {
   // A Store or Push whose body this node would have to write while full:
   // dropped, as if lost on the way; its sender keeps it and sends it again.
   bool refuse_body(const Envelope& e);
+  // An expunge passing through this node (sent or received) drops the
+  // message from the cache at once, rather than when the LRU reaches it.
+  void drop_expunged(const Envelope& e);
   void commit();  // flush the store, then release held effects
 
   boost::asio::io_context& io_;
   AgentOptions opt_;
   LogFn log_;
   std::unique_ptr<store::RedisStore> store_;
+  std::unique_ptr<store::NodeCache> cache_;
   std::unique_ptr<Node> node_;
   std::unique_ptr<PeerNet> net_;
   std::unique_ptr<LocalServer> local_;
@@ -119,6 +137,7 @@ class Agent : private Env {
   bool spool_unmeasurable_ = false;  // statvfs failed (logged once)
   std::uint64_t bodies_refused_ = 0;  // while full, not yet logged
   Time refused_logged_ = 0;
+  Time cache_swept_ = 0;
 };
 
 }  // namespace porcupine::agent

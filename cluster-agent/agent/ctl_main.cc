@@ -169,6 +169,10 @@ json status_json(const pb::Status& s) {
                 {"bytes", s.drain_bytes()},
                 {"profiles", s.drain_profiles()},
                 {"buckets", s.drain_buckets()}};
+  j["cache"] = {{"bytes", s.cache_bytes()},         {"budget", s.cache_budget()},
+                {"entries", s.cache_entries()},     {"hits", s.cache_hits()},
+                {"misses", s.cache_misses()},       {"evictions", s.cache_evictions()},
+                {"refused", s.cache_refused()}};
   j["sync"] = {{"rounds", s.sync_rounds()},
                {"users_pulled", s.sync_users_pulled()},
                {"bodies_copied", s.sync_bodies_copied()},
@@ -267,6 +271,10 @@ int main(int argc, char** argv) {
                 << "sync: " << s.sync_users_pulled() << " users pulled, " << s.sync_bodies_copied()
                 << " bodies copied here, " << s.sync_bodies_pending() << " pending; " << s.unindexed_bodies()
                 << " bodies named by no record\n";
+      if (s.cache_budget() > 0)
+        std::cout << "cache: " << s.cache_bytes() / 1024 << " KiB of " << s.cache_budget() / 1024 << " KiB, "
+                  << s.cache_entries() << " bodies; " << s.cache_hits() << " hits, " << s.cache_misses()
+                  << " misses, " << s.cache_evictions() << " evicted, " << s.cache_refused() << " refused\n";
       if (!s.store_damage().empty())
         std::cout << "STORE DAMAGE found at start: " << s.store_damage() << "\n";
       bool leaving = false;

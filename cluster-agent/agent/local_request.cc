@@ -31,6 +31,10 @@ std::optional<std::string> keyword_problem(const google::protobuf::RepeatedPtrFi
   return std::nullopt;
 }
 
+// Messages in one Open: each answer's descriptor goes in one frame, and a
+// frame carries at most SCM_MAX_FD (253) of them.
+constexpr int kMaxOpen = 128;
+
 // A message reference that names the message and where its copies are.
 bool complete(const pb::MessageRef& r) { return r.origin() != 0 && !r.replicas().empty(); }
 
@@ -104,6 +108,21 @@ std::optional<std::string> request_problem(const pb::Request& q) {
     case pb::Request::kFetch:
       if (q.fetch().ref().origin() == 0) return "message reference is empty";
       return std::nullopt;
+    case pb::Request::kOpen: {
+      const auto& o = q.open();
+      if (o.refs().empty()) return "no message references";
+      if (o.refs_size() > kMaxOpen) return "more than " + std::to_string(kMaxOpen) + " messages in one Open";
+      if (o.part() != pb::Open::WHOLE) return "only whole bodies can be opened";
+      if (!o.pass_fds()) return "Open answers with file descriptors only: set pass_fds";
+      // One user's messages: the descriptors go to a reader acting for one user.
+      const std::string user = canonical_user(o.refs(0).user());
+      if (user.empty()) return "user is empty";
+      for (const auto& r : o.refs()) {
+        if (r.origin() == 0) return "message reference is empty";
+        if (canonical_user(r.user()) != user) return "an Open names one user's messages";
+      }
+      return std::nullopt;
+    }
     case pb::Request::kSetFlags:
       if (!complete(q.set_flags().ref())) return "message reference is incomplete";
       return keyword_problem(q.set_flags().keywords());

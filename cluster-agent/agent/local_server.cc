@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <deque>
@@ -86,6 +88,35 @@ void fill_ref(pb::MessageRef* out, const MessageRecord& r) {
 
 constexpr std::uint32_t kAllFlags = kSeen | kAnswered | kFlagged | kDeleted | kDraft;
 
+// File descriptors on their way to a reader (Open): closed here unless
+// they were sent, whatever becomes of the answer.
+class Fds {
+ public:
+  Fds() = default;
+  Fds(Fds&& o) noexcept : fds_(std::move(o.fds_)) { o.fds_.clear(); }
+  Fds& operator=(Fds&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fds_ = std::move(o.fds_);
+      o.fds_.clear();
+    }
+    return *this;
+  }
+  Fds(const Fds&) = delete;
+  Fds& operator=(const Fds&) = delete;
+  ~Fds() { reset(); }
+  void add(int fd) { fds_.push_back(fd); }
+  const std::vector<int>& get() const { return fds_; }
+  bool empty() const { return fds_.empty(); }
+  void reset() {
+    for (int fd : fds_) ::close(fd);
+    fds_.clear();
+  }
+
+ private:
+  std::vector<int> fds_;
+};
+
 // Checks a password against a stored hash in one of the schemes Dovecot
 // writes: {SHA512-CRYPT}, {SHA256-CRYPT}, {BLF-CRYPT}, {CRYPT} (crypt(3)
 // formats) or {PLAIN}.
@@ -140,6 +171,26 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     DeliverOptions options;        // date and flags, from DeliverBegin
     bool too_large = false;
     std::string disk_error;
+    store::MessageSizes sizes;  // vsize and hdr_size, counted as the chunks come
+  };
+
+  // A frame to send, with the descriptors that go with its first bytes.
+  struct Outgoing {
+    std::string header;  // the 4-byte length
+    std::string payload;
+    Fds fds;
+    std::size_t header_sent = 0;  // by sendmsg, with the descriptors
+  };
+
+  // An Open in progress: one answer per ref, sent when all are in.
+  struct Opening {
+    pb::Response out;
+    std::vector<int> fds;  // per ref, -1 for none; closed by ~Opening unless handed on
+    std::size_t left = 0;
+    ~Opening() {
+      for (int fd : fds)
+        if (fd >= 0) ::close(fd);
+    }
   };
 
   void read_header() {
@@ -154,7 +205,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     });
   }
 
-  void respond(pb::Response& r) {
+  void respond(pb::Response& r, Fds fds = {}) {
     if (closed_) return;
     // A request answered at its deadline gets no second answer.
     if (expired_.count(r.id())) return;
@@ -165,19 +216,67 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     }
     std::string bytes = r.SerializeAsString();
     bool idle = out_.empty();
-    out_.push_back(frame::be32(static_cast<std::uint32_t>(bytes.size())));  // no copy of a large payload
-    out_.push_back(std::move(bytes));
+    Outgoing o;
+    o.header = frame::be32(static_cast<std::uint32_t>(bytes.size()));
+    o.payload = std::move(bytes);  // no copy of a large payload
+    o.fds = std::move(fds);
+    out_.push_back(std::move(o));
     if (idle) write_next();
   }
 
+  // Writes the frame at the head of out_. One write at a time, so a
+  // frame's descriptors go with its own first bytes and no other's.
   void write_next() {
     auto self = shared_from_this();
-    asio::async_write(sock_, asio::buffer(out_.front()), [this, self](boost::system::error_code ec, std::size_t) {
+    Outgoing& o = out_.front();
+    if (!o.fds.empty() && !send_fds(o)) return;
+    std::array<asio::const_buffer, 2> bufs{asio::buffer(o.header) + o.header_sent, asio::buffer(o.payload)};
+    asio::async_write(sock_, bufs, [this, self](boost::system::error_code ec, std::size_t) {
       if (closed_) return;
       if (ec) return close(ec.message());
       out_.pop_front();
       if (!out_.empty()) write_next();
     });
+  }
+
+  // Sends the first bytes of `o`'s header with its descriptors
+  // (SCM_RIGHTS), beside Asio, which has no write in flight now. False if
+  // the socket cannot take them yet (write_next runs again when it can) or
+  // the connection is lost.
+  bool send_fds(Outgoing& o) {
+    const std::vector<int>& fds = o.fds.get();
+    std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
+    iovec iov{o.header.data(), o.header.size()};
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.data();
+    msg.msg_controllen = control.size();
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+    for (;;) {
+      ssize_t n = ::sendmsg(sock_.native_handle(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) {
+        o.header_sent = static_cast<std::size_t>(n);
+        o.fds.reset();  // the reader has its own now
+        return true;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        auto self = shared_from_this();
+        sock_.async_wait(unix_socket::socket::wait_write, [this, self](boost::system::error_code ec) {
+          if (closed_) return;
+          if (ec) return close(ec.message());
+          write_next();
+        });
+        return false;
+      }
+      close(std::string("cannot pass file descriptors: ") + std::strerror(errno));
+      return false;
+    }
   }
 
   void forbidden(std::uint64_t id) {
@@ -245,6 +344,13 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
                     for (NodeId h : p.holders) u->add_holders(h);
                     u->set_manager(c.manager);
                     if (p.quota_bytes == 0 && !with_usage) return respond(*out);
+                    if (c.used_bytes) {  // counted by the manager
+                      u->set_used_bytes(*c.used_bytes);
+                      u->set_has_usage(true);
+                      return respond(*out);
+                    }
+                    // Not yet (a member has still to report to a new
+                    // manager): gathered from every node.
                     agent_.op([name = p.user](Node& n, Time t, std::uint64_t r) { n.user_usage(t, r, name); },
                               [this, self, id, out](const ClientReply& usage) {
                                 if (usage.status != Status::Ok) return fail(id, code_of(usage.status), usage.detail);
@@ -332,6 +438,8 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
           } else if (!d.body->append(q.deliver_chunk().data())) {
             d.disk_error = d.body->error();
             d.body.reset();
+          } else {
+            d.sizes.add(q.deliver_chunk().data());
           }
         }
         if (!q.deliver_chunk().last()) return;
@@ -354,6 +462,8 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
           return fail(id, pb::TEMPFAIL, "the spool cannot take the message now");
         }
         whole.whole = std::move(*body);
+        whole.options.vsize = whole.sizes.vsize();
+        whole.options.hdr_size = whole.sizes.hdr_size();
         // The deadline starts again now the message is whole, longer by its
         // store_crossing per recipient, so a large message on a slow node is
         // not a temporary failure retried for ever.
@@ -388,6 +498,8 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
                        for (const auto& k : m.keywords) info->add_keywords(k);
                        info->set_size(m.size);
                        info->set_internal_date_ms(m.internal_date);
+                       info->set_vsize(m.vsize);
+                       info->set_hdr_size(m.hdr_size);
                      }
                    });
       }
@@ -414,6 +526,8 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
                   });
         return;
       }
+      case pb::Request::kOpen:
+        return open_bodies(id, q.open());
       case pb::Request::kSetFlags: {
         MessageRecord t = target_of(q.set_flags().ref());
         std::vector<std::string> kws(q.set_flags().keywords().begin(), q.set_flags().keywords().end());
@@ -516,6 +630,95 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         break;
     }
     fail(id, pb::BAD_REQUEST, "unknown or missing operation");
+  }
+
+  // Open: each body from this node's own copy when it holds the message,
+  // else from the node cache, else fetched from a holder (Node::fetch: in a
+  // staging file if large, else bytes) and kept in the node cache when it
+  // fits, the answer being the cache entry (or the staging file, or a
+  // memfd of the bytes, when the cache refuses it). Only the named user's
+  // messages are opened: a holder checks the user (its record says whose
+  // the message is), and a cache entry is found only for the user it was
+  // fetched for (NodeCache owners).
+  void open_bodies(std::uint64_t id, const pb::Open& o) {
+    auto op = std::make_shared<Opening>();
+    op->out.set_id(id);
+    op->out.set_code(pb::OK);
+    const auto n = static_cast<std::size_t>(o.refs_size());
+    op->fds.assign(n, -1);
+    for (std::size_t i = 0; i < n; ++i) op->out.add_opened();
+    op->left = n;
+    for (std::size_t i = 0; i < n; ++i) {
+      MessageRecord t = target_of(o.refs(static_cast<int>(i)));
+      if (i < static_cast<std::size_t>(o.sizes_size())) t.size = o.sizes(static_cast<int>(i));
+      open_one(op, i, t);
+    }
+  }
+
+  static std::uint64_t cache_owner(const std::string& user) {
+    const std::uint64_t h = std::hash<std::string>()(user);
+    return h == 0 ? 1 : h;
+  }
+
+  void open_one(const std::shared_ptr<Opening>& op, std::size_t i, const MessageRecord& t) {
+    const auto& records = agent_.node().replicator().records();
+    if (auto r = records.find(t.id); r != records.end() && r->second.has_body && !r->second.expunged) {
+      if (r->second.user != t.user) return opened(op, i, pb::NOT_FOUND, "no such message of that user", -1);
+      int fd = agent_.store().open_body(t.id);
+      if (fd >= 0) return opened(op, i, pb::OK, "", fd);
+      // Its file cannot be opened here: another holder's copy, as for a
+      // node that holds none.
+    }
+    const std::uint64_t owner = cache_owner(t.user);
+    if (auto fd = agent_.cache().open(t.id, owner)) return opened(op, i, pb::OK, "", *fd);
+    auto self = shared_from_this();
+    agent_.op([t](Node& n, Time now, std::uint64_t r) { n.fetch(now, r, t); },
+              [this, self, op, i, id = t.id, owner](const ClientReply& c) {
+                if (c.status != Status::Ok)
+                  return opened(op, i, c.status == Status::NoSuchUser ? pb::NOT_FOUND : code_of(c.status), c.detail,
+                                -1);
+                store::NodeCache& cache = agent_.cache();
+                const bool kept = c.body.where() == Body::Where::File     ? cache.admit_link(id, c.body.file()->path(), owner)
+                                  : c.body.where() == Body::Where::Memory ? cache.admit_bytes(id, c.body.bytes(), owner)
+                                                                          : false;
+                std::optional<int> cached = kept ? cache.open(id, owner) : std::nullopt;
+                int fd = cached ? *cached : store::open_body(c.body);
+                if (fd < 0) {
+                  agent_.log(std::string("local: cannot open a fetched body: ") + std::strerror(errno));
+                  return opened(op, i, pb::TEMPFAIL, "the message could not be opened here; try again", -1);
+                }
+                opened(op, i, pb::OK, "", fd);
+              });
+  }
+
+  // Item `i` of `op` is done; the answer goes once every item is.
+  void opened(const std::shared_ptr<Opening>& op, std::size_t i, pb::Code code, const std::string& detail, int fd) {
+    auto* item = op->out.mutable_opened(static_cast<int>(i));
+    item->set_code(code);
+    item->set_detail(detail);
+    if (fd >= 0) {
+      struct stat st {};
+      if (::fstat(fd, &st) != 0) {
+        ::close(fd);
+        item->set_code(pb::TEMPFAIL);
+        item->set_detail("the message could not be opened here; try again");
+      } else {
+        op->fds[i] = fd;
+        item->set_size(static_cast<std::uint64_t>(st.st_size));
+      }
+    }
+    if (--op->left > 0) return;
+    Fds fds;
+    std::uint32_t count = 0;
+    for (std::size_t k = 0; k < op->fds.size(); ++k) {
+      if (op->fds[k] < 0) continue;
+      fds.add(std::exchange(op->fds[k], -1));
+      auto* it = op->out.mutable_opened(static_cast<int>(k));
+      it->set_how(pb::Opened::FD);
+      it->set_fd_index(count++);
+    }
+    op->out.set_fd_count(count);
+    respond(op->out, std::move(fds));
   }
 
   using Step = std::function<void(Node&, Time, std::uint64_t)>;
@@ -661,6 +864,14 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     s.set_drain_bytes(dp.bytes);
     s.set_drain_profiles(dp.profiles);
     s.set_drain_buckets(dp.buckets);
+    const auto cache = agent_.cache().stats();
+    s.set_cache_bytes(cache.bytes);
+    s.set_cache_budget(cache.budget);
+    s.set_cache_entries(cache.entries);
+    s.set_cache_hits(cache.hits);
+    s.set_cache_misses(cache.misses);
+    s.set_cache_evictions(cache.evictions);
+    s.set_cache_refused(cache.refused);
     s.set_version(PORCUPINE_VERSION);
     std::string bytes;
     for (NodeId owner : m.map()) bytes.append(reinterpret_cast<const char*>(&owner), sizeof owner);
@@ -681,7 +892,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
   }
   unsigned char hdr_[4] = {};
   std::string buf_;
-  std::deque<std::string> out_;
+  std::deque<Outgoing> out_;
   std::map<std::uint64_t, Delivery> deliveries_;
   std::map<std::uint64_t, std::unique_ptr<asio::steady_timer>> deadlines_;
   std::set<std::uint64_t> expired_;

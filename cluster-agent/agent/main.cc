@@ -182,6 +182,10 @@ int main(int argc, char** argv) {
     log("warning: secret_file " + params->secret_file + " is readable by group or others; chmod 600 it");
   opt.spool_dir = params->spool_directory;
   opt.spool_reserve_bytes = params->spool_reserve_bytes;
+  opt.cache_size = static_cast<std::uint64_t>(params->cache_size);
+  opt.cache_dir = params->cache_dir;
+  opt.cache_entry_max = static_cast<std::uint64_t>(params->cache_entry_max);
+  opt.cache_reserve_bytes = static_cast<std::uint64_t>(params->cache_reserve_bytes);
   opt.redis_socket = params->redis_socket;
   opt.local_socket = params->local_socket;
   opt.local_socket_group = params->local_socket_group;

@@ -204,6 +204,21 @@ Metrics::Metrics(asio::io_context& io, Agent& agent)
   store_commands_ = &counter(r, "porcupine_store_redis_commands_total", "Commands sent to Redis by the store");
   store_body_files_ = &counter(r, "porcupine_store_body_files_total", "Message body files written to the spool");
 
+  cache_bytes_ = &gauge(r, "porcupine_cache_bytes",
+                        "Bytes the node cache's files take on disk (bodies of messages this node holds no replica of)");
+  cache_budget_ = &gauge(r, "porcupine_cache_budget_bytes", "The node cache's budget (cache_size; 0: no cache)");
+  cache_entries_ = &gauge(r, "porcupine_cache_entries", "Bodies in the node cache");
+  cache_hits_ = &counter(r, "porcupine_cache_hits_total", "Reads the node cache answered");
+  cache_misses_ = &counter(r, "porcupine_cache_misses_total", "Reads of bodies the node cache did not hold");
+  cache_evictions_ = &counter(r, "porcupine_cache_evictions_total",
+                              "Bodies evicted from the node cache, least recently used first, for its budget or "
+                              "its filesystem's reserve");
+  cache_refused_ = &counter(r, "porcupine_cache_refused_total",
+                            "Bodies the node cache did not keep: over cache_entry_max, or no room on its disk");
+  cache_full_ = &counter(r, "porcupine_cache_full_total",
+                         "Of those, bodies not kept for want of room (the disk refused a write, or its free space "
+                         "is below cache_reserve_bytes)");
+
   auto& frames = pm::BuildCounter()
                      .Name("porcupine_peer_frames_total")
                      .Help("Frames exchanged with other agents, by direction")
@@ -369,6 +384,15 @@ void Metrics::refresh() {
   carry(*store_fsyncs_, st.fsyncs, seen_.fsyncs);
   carry(*store_commands_, st.commands, seen_.commands);
   carry(*store_body_files_, st.body_files, seen_.body_files);
+  const auto cache = agent_.cache().stats();
+  cache_bytes_->Set(static_cast<double>(cache.bytes));
+  cache_budget_->Set(static_cast<double>(cache.budget));
+  cache_entries_->Set(static_cast<double>(cache.entries));
+  carry(*cache_hits_, cache.hits, seen_.cache_hits);
+  carry(*cache_misses_, cache.misses, seen_.cache_misses);
+  carry(*cache_evictions_, cache.evictions, seen_.cache_evictions);
+  carry(*cache_refused_, cache.refused, seen_.cache_refused);
+  carry(*cache_full_, cache.full, seen_.cache_full);
   const PeerNet& net = agent_.peers();
   carry(*frames_in_, net.frames_in(), seen_.frames_in);
   carry(*frames_out_, net.frames_out(), seen_.frames_out);

@@ -134,6 +134,16 @@ class Metrics {
   prometheus::Counter* store_commands_;
   prometheus::Counter* store_body_files_;
 
+  // The node cache (store/node_cache.h).
+  prometheus::Gauge* cache_bytes_;
+  prometheus::Gauge* cache_budget_;
+  prometheus::Gauge* cache_entries_;
+  prometheus::Counter* cache_hits_;
+  prometheus::Counter* cache_misses_;
+  prometheus::Counter* cache_evictions_;
+  prometheus::Counter* cache_refused_;
+  prometheus::Counter* cache_full_;
+
   // Peers: PeerNet's own counts, carried over at each refresh.
   prometheus::Counter* frames_in_;
   prometheus::Counter* frames_out_;
@@ -144,6 +154,7 @@ class Metrics {
     std::uint64_t frames_in = 0, frames_out = 0, dropped = 0, handshakes_failed = 0, strangers_refused = 0;
     std::uint64_t fsyncs = 0, commands = 0, body_files = 0;
     std::uint64_t repair_copies = 0, repair_bytes = 0, repair_profiles = 0, repair_failed = 0;
+    std::uint64_t cache_hits = 0, cache_misses = 0, cache_evictions = 0, cache_refused = 0, cache_full = 0;
   } seen_;
 
   int refreshes_ = 0;

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 // c_api.cc - porcupine_client.h implemented over client::Client. Every
 // entry point catches everything: no exception crosses the C ABI.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +13,7 @@
 
 #include "client/client.h"
 #include "client/porcupine_client.h"
+#include "core/config.h"
 
 namespace pb = porcupine::agentpb;
 
@@ -247,6 +250,8 @@ int porcupine_folder_list(porcupine_client* c, const char* user, const char* fol
       out->messages[i].flags = m.flags();
       out->messages[i].size = m.size();
       out->messages[i].internal_date_ms = m.internal_date_ms();
+      out->messages[i].vsize = m.vsize();
+      out->messages[i].hdr_size = m.hdr_size();
       if (m.keywords_size() > 0) {
         auto n = static_cast<size_t>(m.keywords_size());
         out->messages[i].keywords = static_cast<char**>(std::calloc(n, sizeof(char*)));
@@ -364,6 +369,66 @@ int porcupine_fetch_many(porcupine_client* c, const char* user, const char* fold
 }
 
 void porcupine_body_free(char* body) { std::free(body); }
+
+int porcupine_open_many(porcupine_client* c, const char* user, const char* folder, porcupine_opened* items,
+                        size_t n) {
+  // The most one Open takes (the agent's limit).
+  constexpr size_t kBatch = 128;
+  return guarded(c, [&]() -> int {
+    if (!user || (n > 0 && !items)) return fail(c, PORCUPINE_BAD_REQUEST, "user and items are required");
+    for (size_t i = 0; i < n; ++i) {
+      items[i].result = PORCUPINE_UNREACHABLE;
+      items[i].size = 0;
+      items[i].fd = -1;
+    }
+    std::string first_error;
+    for (size_t start = 0; start < n; start += kBatch) {
+      const size_t end = std::min(n, start + kBatch);
+      pb::Request req;
+      auto* o = req.mutable_open();
+      o->set_pass_fds(true);
+      std::uint64_t bytes = 0;
+      for (size_t i = start; i < end; ++i) {
+        from_ref(items[i].ref, user, folder, o->add_refs());
+        o->add_sizes(items[i].size_hint);
+        bytes += items[i].size_hint;
+      }
+      std::vector<int> fds;
+      auto r = c->client.call_fds(req, porcupine::transfer_time(porcupine::CoreConfig{}, bytes), fds);
+      if (!r) return fail(c, PORCUPINE_UNREACHABLE, c->client.error());
+      if (r->code() != pb::OK || r->opened_size() != static_cast<int>(end - start)) {
+        for (int fd : fds) ::close(fd);
+        const int code = r->code() != pb::OK ? static_cast<int>(r->code()) : PORCUPINE_INTERNAL;
+        for (size_t i = start; i < n; ++i) items[i].result = code;
+        return fail(c, code,
+                    std::string(porcupine::client::code_name(r->code())) + (r->detail().empty() ? "" : ": " + r->detail()));
+      }
+      std::vector<bool> taken(fds.size(), false);
+      for (size_t i = start; i < end; ++i) {
+        const auto& op = r->opened(static_cast<int>(i - start));
+        items[i].result = static_cast<int>(op.code());
+        if (op.code() != pb::OK) {
+          if (first_error.empty())
+            first_error = std::string(porcupine::client::code_name(op.code())) +
+                          (op.detail().empty() ? "" : ": " + op.detail());
+          continue;
+        }
+        if (op.fd_index() >= fds.size() || taken[op.fd_index()]) {
+          items[i].result = PORCUPINE_INTERNAL;
+          if (first_error.empty()) first_error = "an answer named no file descriptor of its frame";
+          continue;
+        }
+        taken[op.fd_index()] = true;
+        items[i].fd = fds[op.fd_index()];
+        items[i].size = op.size();
+      }
+      for (size_t k = 0; k < fds.size(); ++k)
+        if (!taken[k]) ::close(fds[k]);
+    }
+    c->error = first_error;
+    return PORCUPINE_OK;
+  });
+}
 
 int porcupine_set_flags(porcupine_client* c, const char* user, const char* folder, const porcupine_msgref* ref,
                         uint32_t flags) {

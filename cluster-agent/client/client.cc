@@ -10,8 +10,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <map>
 
@@ -24,6 +26,7 @@ std::int64_t now_ms() {
       .count();
 }
 constexpr std::uint32_t kMaxResponse = 256u << 20;
+constexpr std::size_t kMaxFds = 253;  // SCM_MAX_FD: the most one message carries
 }  // namespace
 
 const char* code_name(agentpb::Code c) {
@@ -35,6 +38,13 @@ Client::Client(std::string socket_path, int timeout_ms) : path_(std::move(socket
 
 Client::~Client() {
   if (fd_ >= 0) ::close(fd_);
+  close_fds(fds_);
+  close_fds(response_fds_);
+}
+
+void Client::close_fds(std::vector<int>& fds) {
+  for (int fd : fds) ::close(fd);
+  fds.clear();
 }
 
 bool Client::connect() {
@@ -86,8 +96,25 @@ bool Client::read_exact(char* p, std::size_t n) {
     int r = ::poll(&pfd, 1, static_cast<int>(left));
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) continue;
-    ssize_t got = ::recv(fd_, p, n, 0);
+    // Descriptors the agent passes come with a frame's first bytes.
+    iovec iov{p, n};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    ssize_t got = ::recvmsg(fd_, &msg, MSG_CMSG_CLOEXEC);
     if (got < 0 && errno == EINTR) continue;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); got > 0 && c; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (std::size_t i = 0; i < count; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+        fds_.push_back(fd);
+      }
+    }
     if (got <= 0) {
       error_ = "the agent closed the connection";
       ::close(fd_);
@@ -101,6 +128,8 @@ bool Client::read_exact(char* p, std::size_t n) {
 }
 
 std::optional<agentpb::Response> Client::read_response() {
+  close_fds(fds_);
+  close_fds(response_fds_);
   unsigned char h[4];
   if (!read_exact(reinterpret_cast<char*>(h), 4)) return std::nullopt;
   std::uint32_t len = frame::length(h);
@@ -119,6 +148,7 @@ std::optional<agentpb::Response> Client::read_response() {
     fd_ = -1;
     return std::nullopt;
   }
+  response_fds_.swap(fds_);
   return r;
 }
 
@@ -154,6 +184,28 @@ std::vector<std::optional<agentpb::Response>> Client::call_many(std::vector<agen
     ++answered;
   }
   return out;
+}
+
+std::optional<agentpb::Response> Client::call_fds(agentpb::Request& req, std::int64_t extra_ms,
+                                                  std::vector<int>& fds) {
+  fds.clear();
+  if (!connect()) return std::nullopt;
+  req.set_id(next_id_++);
+  const std::int64_t wait = timeout_ms_ + std::max<std::int64_t>(extra_ms, 0);
+  if (req.timeout_ms() == 0) req.set_timeout_ms(static_cast<std::uint32_t>(std::min<std::int64_t>(wait * 9 / 10, UINT32_MAX)));
+  deadline_ = now_ms() + wait;
+  if (!send_frame(req.SerializeAsString())) return std::nullopt;
+  auto r = wait_response(req.id());
+  if (!r) return r;
+  if (response_fds_.size() != r->fd_count()) {
+    close_fds(response_fds_);
+    error_ = "the agent's answer came without its file descriptors";
+    ::close(fd_);
+    fd_ = -1;
+    return std::nullopt;
+  }
+  fds.swap(response_fds_);
+  return r;
 }
 
 std::optional<agentpb::Response> Client::call(agentpb::Request& req) {

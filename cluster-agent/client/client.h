@@ -26,6 +26,11 @@ class Client {
   bool connect();
   // Sends `req` (its id is set here) and waits for its Response.
   std::optional<agentpb::Response> call(agentpb::Request& req);
+  // call() for a request answered with file descriptors (Open): they come
+  // in `fds` (the caller owns them), fd_count of the response; the wait
+  // is longer by `extra_ms`. Descriptors that came with any other answer
+  // are closed.
+  std::optional<agentpb::Response> call_fds(agentpb::Request& req, std::int64_t extra_ms, std::vector<int>& fds);
   // Sends every request (ids set here), at most `window` unanswered at a
   // time, and collects the answers, which the agent gives in any order;
   // one deadline for the whole batch. An entry stays empty when the
@@ -46,6 +51,7 @@ class Client {
   std::optional<agentpb::Response> read_response();
   std::optional<agentpb::Response> wait_response(std::uint64_t id);
   bool read_exact(char* p, std::size_t n);
+  void close_fds(std::vector<int>& fds);
 
   std::string path_;
   int timeout_ms_;
@@ -53,6 +59,10 @@ class Client {
   std::int64_t deadline_ = 0;
   std::uint64_t next_id_ = 1;
   std::string error_;
+  // Descriptors that came with the frame being read (SCM_RIGHTS), then
+  // with the last response read.
+  std::vector<int> fds_;
+  std::vector<int> response_fds_;
 };
 
 // "OK", "TEMPFAIL", ... for messages and exit codes.

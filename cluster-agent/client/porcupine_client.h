@@ -61,6 +61,12 @@ struct porcupine_message {
   int64_t internal_date_ms;
   size_t nkeywords;
   char** keywords; /* IMAP keywords, sorted; freed by porcupine_folder_free */
+  /* The size with CRLF line ends (every bare LF counts 2: IMAP's
+     RFC822.SIZE) and the header's bytes up to and including the blank
+     line; 0 when the cluster does not know them (a message stored before
+     they were counted): read the body then. */
+  uint64_t vsize;
+  uint32_t hdr_size;
 };
 
 struct porcupine_folder {
@@ -148,6 +154,27 @@ struct porcupine_fetched {
  * answer have that code as their result. */
 int porcupine_fetch_many(porcupine_client* c, const char* user, const char* folder,
                          struct porcupine_fetched* items, size_t n);
+
+/* One message of a porcupine_open_many batch. */
+struct porcupine_opened {
+  struct porcupine_msgref ref; /* in */
+  uint64_t size_hint;          /* in: the size expected (a listing's), 0 if unknown */
+  int result;                  /* out: this open's porcupine_code */
+  uint64_t size;               /* out, on PORCUPINE_OK: the body's bytes */
+  int fd;                      /* out: the body, read-only, at offset 0 (the caller closes it), or -1 */
+};
+
+/* Opens the bodies of many messages of one folder of `user` at once: each
+ * comes as a file descriptor (close-on-exec) of the node's own copy or of
+ * a copy it fetched from a holder, so a large body is never in memory. The
+ * wait is the client's timeout and the time the sizes hinted take to cross
+ * at the default transfer rate. Returns PORCUPINE_OK when every open got
+ * an answer (each in its `result`; PORCUPINE_NOT_FOUND for a message that
+ * is gone or not the user's, PORCUPINE_TEMPFAIL when no holder gave it),
+ * otherwise the failure that stopped the batch; opens it left without an
+ * answer have that code as their result. */
+int porcupine_open_many(porcupine_client* c, const char* user, const char* folder,
+                        struct porcupine_opened* items, size_t n);
 
 /* Sets the message's whole flag state: the system flags and (the _keywords
  * form) its IMAP keywords; porcupine_set_flags leaves it with none. Last

@@ -198,6 +198,8 @@ void to_pb(const MessageRecord& r, pb::MessageRecord& p, Bodies bodies = Bodies:
   p.set_size(r.size);
   to_pb(r.folder_version, *p.mutable_folder_version());
   if (!r.replicas_version.is_null()) to_pb(r.replicas_version, *p.mutable_replicas_version());
+  p.set_vsize(r.vsize);
+  p.set_hdr_size(r.hdr_size);
 }
 bool from_pb(const pb::MessageRecord& p, MessageRecord& r, Check& c) {
   r.user = p.user();
@@ -218,6 +220,8 @@ bool from_pb(const pb::MessageRecord& p, MessageRecord& r, Check& c) {
   r.expunged = p.expunged();
   r.expunged_at = p.expunged_at();
   r.size = p.size();
+  r.vsize = p.vsize();
+  r.hdr_size = p.hdr_size();
   r.flag_marks.clear();
   for (const auto& f : p.flag_marks()) {
     FlagMark m;
@@ -412,6 +416,11 @@ void to_pb(const ReportEntry& e, pb::ReportEntry& p) {
   p.set_folder(e.folder);
   for (const UidRange& r : e.ranges) to_pb(r, *p.add_ranges());
   p.set_count(e.count);
+  for (const ReplicaBytes& b : e.bytes) {
+    pb::ReplicaBytes& q = *p.add_bytes();
+    put(b.replicas, q.mutable_replicas());
+    q.set_bytes(b.bytes);
+  }
 }
 bool from_pb(const pb::ReportEntry& p, ReportEntry& e, Check& c) {
   e.user = p.user();
@@ -419,6 +428,11 @@ bool from_pb(const pb::ReportEntry& p, ReportEntry& e, Check& c) {
   e.count = p.count();
   for (const pb::UidRange& r : p.ranges())
     if (!from_pb(r, e.ranges.emplace_back(), c)) return false;
+  for (const pb::ReplicaBytes& q : p.bytes()) {
+    ReplicaBytes& b = e.bytes.emplace_back();
+    b.bytes = q.bytes();
+    if (!get_nodes(q.replicas(), b.replicas, "ReplicaBytes.replicas", c)) return false;
+  }
   return true;
 }
 
@@ -520,12 +534,14 @@ void to_pb(const AllocReply& m, pb::AllocReply& p) {
   p.set_quota_bytes(m.quota_bytes);
   to_pb(m.gen, *p.mutable_gen());
   put_view(m.seen, p.mutable_seen());
+  p.set_quota_checked(m.quota_checked);
 }
 bool from_pb(const pb::AllocReply& p, AllocReply& m, Check& c) {
   m.req = p.req();
   m.uidvalidity = p.uidvalidity();
   m.uid = p.uid();
   m.quota_bytes = p.quota_bytes();
+  m.quota_checked = p.quota_checked();
   if (!get_view(p.seen(), m.seen, c)) return false;
   return from_pb(p.gen(), m.gen, c) &&
          get_enum(p.status(), pb::Status_IsValid, m.status, "AllocReply.status", c) &&
@@ -648,9 +664,11 @@ bool from_pb(const pb::ListReply& p, ListReply& m, Check& c) {
 void to_pb(const FetchRequest& m, pb::FetchRequest& p) {
   p.set_req(m.req);
   to_pb(m.id, *p.mutable_id());
+  p.set_user(m.user);
 }
 bool from_pb(const pb::FetchRequest& p, FetchRequest& m, Check& c) {
   m.req = p.req();
+  m.user = p.user();
   return from_pb(p.id(), m.id, c);
 }
 
@@ -692,9 +710,13 @@ void to_pb(const ProfileReply& m, pb::ProfileReply& p) {
   p.set_req(m.req);
   p.set_status(pb::Status(m.status));
   to_pb(m.profile, *p.mutable_profile());
+  p.set_has_usage(m.has_usage);
+  p.set_used_bytes(m.used_bytes);
 }
 bool from_pb(const pb::ProfileReply& p, ProfileReply& m, Check& c) {
   m.req = p.req();
+  m.has_usage = p.has_usage();
+  m.used_bytes = p.used_bytes();
   return get_enum(p.status(), pb::Status_IsValid, m.status, "ProfileReply.status", c) &&
          from_pb(p.profile(), m.profile, c);
 }

@@ -15,6 +15,7 @@
 #include <charconv>
 #include <climits>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -36,6 +37,7 @@ namespace {
 constexpr std::int64_t kSecond = 1000;  // in ms
 constexpr std::int64_t kDay = 86400;    // in s
 constexpr std::int64_t kNodeMin = 1, kNodeMax = 255;
+constexpr std::int64_t kSizeMax = std::int64_t{64} << 40;  // 64T
 
 constexpr Param P(std::string_view name, Type type, std::string_view fallback, std::int64_t min,
                   std::int64_t max, std::string_view doc, Field field) {
@@ -72,6 +74,25 @@ constexpr std::array kTable{
       "elsewhere); it takes copies again once a quarter more than this is free. 0: no reserve (only bodies that "
       "cannot be written are refused).",
       &Params::spool_reserve_bytes),
+    P("cache_size", Type::kSize, "1G", 0, kSizeMax,
+      "Budget of the node cache: bodies of messages this node holds no replica of, kept after a read so that "
+      "the next one is local, the least recently used evicted first. It counts the blocks its files take; "
+      "Dovecot's indexes are not in it. 0: no cache (every read of such a message fetches it from a holder).",
+      &Params::cache_size),
+    P("cache_dir", Type::kString, "",
+      "Directory of the node cache (mode 0700); empty: the directory cache in spool_directory. Keep it on the "
+      "spool's filesystem, where a body the node receives is linked into it instead of copied. It is "
+      "disposable: what it holds may be deleted while the agent is stopped.",
+      &Params::cache_dir),
+    P("cache_entry_max", Type::kSize, "0", 0, kSizeMax,
+      "Largest body the node cache keeps; a larger one is fetched from a holder at every read. 0: an eighth of "
+      "cache_size.",
+      &Params::cache_entry_max),
+    P("cache_reserve_bytes", Type::kSize, "2G", 0, kSizeMax,
+      "Free space the node cache leaves on its filesystem: below it the cache evicts and keeps nothing new. "
+      "On the spool's filesystem it leaves at least a quarter more than spool_reserve_bytes whatever this says, "
+      "so the cache gives way before the node stops taking message copies. 0: no reserve of its own.",
+      &Params::cache_reserve_bytes),
     P("redis_socket", Type::kPath, "/run/porcupine/redis.sock",
       "Unix socket of the node-local Redis that holds the agent's metadata.",
       &Params::redis_socket),
@@ -214,7 +235,8 @@ constexpr std::size_t field_index(Type t) {
     case Type::kChoice: return 0;
     case Type::kCount: return 1;
     case Type::kMillis:
-    case Type::kSeconds: return 2;
+    case Type::kSeconds:
+    case Type::kSize: return 2;
     case Type::kBool: return 3;
     case Type::kAddress: return 4;
     case Type::kNodeList: return 5;
@@ -382,6 +404,39 @@ std::string format_seconds(std::int64_t s) {
   return std::to_string(s) + "s";
 }
 
+// Bytes with an optional unit, as Dovecot writes sizes: k, M, G or T
+// (powers of 1024, any case, an optional B after them), or B alone.
+std::optional<std::string> parse_size(std::string_view text, std::int64_t min, std::int64_t max,
+                                      std::int64_t& out) {
+  std::size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  std::string unit = boost::algorithm::to_lower_copy(std::string(text.substr(digits)));
+  if (unit.size() == 2 && unit[1] == 'b') unit.pop_back();
+  int shift = 0;
+  if (unit == "k") shift = 10;
+  else if (unit == "m") shift = 20;
+  else if (unit == "g") shift = 30;
+  else if (unit == "t") shift = 40;
+  else if (!unit.empty() && unit != "b") return "expected a number of bytes with an optional unit k, M, G or T";
+  std::uint64_t n = 0;
+  if (auto why = parse_unsigned(text.substr(0, digits), n)) {
+    if (*why != kOutOfRange) return "expected a number of bytes with an optional unit k, M, G or T";
+    return why;
+  }
+  if (n > (static_cast<std::uint64_t>(max) >> shift)) return kOutOfRange;
+  std::int64_t v = static_cast<std::int64_t>(n << shift);
+  if (v < min) return kOutOfRange;
+  out = v;
+  return std::nullopt;
+}
+
+// Bytes written with the largest unit that divides them: 1073741824 -> "1G".
+std::string format_size(std::int64_t bytes) {
+  for (auto [suffix, shift] : {std::pair{"T", 40}, {"G", 30}, {"M", 20}, {"k", 10}})
+    if (bytes != 0 && bytes % (std::int64_t{1} << shift) == 0) return std::to_string(bytes >> shift) + suffix;
+  return std::to_string(bytes);
+}
+
 std::optional<std::string> parse_address(std::string_view text, Address& out) {
   std::string_view host, port;
   if (text.starts_with('[')) {
@@ -437,6 +492,7 @@ std::string range_text(const Param& p) {
     case Type::kCount: return std::to_string(p.min) + ".." + std::to_string(p.max);
     case Type::kMillis: return std::to_string(p.min) + ".." + std::to_string(p.max) + " ms";
     case Type::kSeconds: return format_seconds(p.min) + ".." + format_seconds(p.max);
+    case Type::kSize: return format_size(p.min) + ".." + format_size(p.max);
     case Type::kChoice: {
       std::string s(p.choices);
       for (std::size_t i = 0; (i = s.find('|', i)) != std::string::npos; i += 3) s.replace(i, 1, " | ");
@@ -482,6 +538,12 @@ std::optional<std::string> set_value(Params& params, const Param& p, std::string
       if (!why) params.*std::get<std::int64_t Params::*>(p.field) = v;
       break;
     }
+    case Type::kSize: {
+      std::int64_t v = 0;
+      why = parse_size(text, p.min, p.max, v);
+      if (!why) params.*std::get<std::int64_t Params::*>(p.field) = v;
+      break;
+    }
     case Type::kBool:
       if (boost::algorithm::iequals(text, "yes")) params.*std::get<bool Params::*>(p.field) = true;
       else if (boost::algorithm::iequals(text, "no")) params.*std::get<bool Params::*>(p.field) = false;
@@ -513,6 +575,7 @@ std::string format_value(const Params& params, const Param& p, bool escape) {
     case Type::kCount: return std::to_string(params.*std::get<std::uint32_t Params::*>(p.field));
     case Type::kMillis: return std::to_string(params.*std::get<std::int64_t Params::*>(p.field));
     case Type::kSeconds: return format_seconds(params.*std::get<std::int64_t Params::*>(p.field));
+    case Type::kSize: return format_size(params.*std::get<std::int64_t Params::*>(p.field));
     case Type::kBool: return params.*std::get<bool Params::*>(p.field) ? "yes" : "no";
     case Type::kAddress: return text((params.*std::get<Address Params::*>(p.field)).str());
     case Type::kNodeList: {
@@ -736,6 +799,26 @@ void cross_check(const Params& params, const std::set<std::string_view>& bad, co
                                   " (or empty: no metrics endpoint)");
   }
 
+  // The cache's directory is the cache's alone: its scan would take
+  // <origin>/<seq> files for entries and evict them, so it must not be the
+  // spool or hold it.
+  if (!bad.contains("cache_dir") && !params.cache_dir.empty()) {
+    if (!params.cache_dir.starts_with('/')) {
+      error("cache_dir", "bad value for cache_dir = '" + params.cache_dir +
+                             "': expected an absolute path (or empty: the directory cache in spool_directory)");
+    } else if (!bad.contains("spool_directory")) {
+      const std::filesystem::path cache = std::filesystem::path(params.cache_dir).lexically_normal();
+      const std::filesystem::path spool = std::filesystem::path(params.spool_directory).lexically_normal();
+      auto within = [](const std::filesystem::path& inner, const std::filesystem::path& outer) {
+        auto [a, b] = std::mismatch(outer.begin(), outer.end(), inner.begin(), inner.end());
+        return a == outer.end() || (std::next(a) == outer.end() && a->empty());
+      };
+      if (within(spool, cache) || within(cache, spool / "msg") || within(cache, spool / "incoming"))
+        error("cache_dir", "cache_dir = " + params.cache_dir + " would hold the spool's bodies (spool_directory = " +
+                               params.spool_directory + "): give the cache a directory of its own");
+    }
+  }
+
   // A shared peers list may name this node, but only with the address it
   // listens on (any address of the host when it listens on all of them).
   if (!bad.contains("peers") && !bad.contains("node_id") && !bad.contains("listen_address")) {
@@ -943,8 +1026,9 @@ std::string print_docs_markdown() {
 }
 
 std::string_view type_name(Type type) {
-  static constexpr std::string_view kTypeNames[] = {"string", "path",     "choice",    "count", "time (ms)",
-                                                    "time (s)", "yes/no", "host:port", "node list", "list"};
+  static constexpr std::string_view kTypeNames[] = {"string",    "path",      "choice", "count",
+                                                    "time (ms)", "time (s)",  "yes/no", "host:port",
+                                                    "node list", "list",      "size"};
   return kTypeNames[static_cast<int>(type)];
 }
 

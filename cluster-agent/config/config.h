@@ -75,6 +75,11 @@ struct Params {
   std::string secret_file;
   std::string spool_directory;
   std::uint32_t spool_reserve_bytes{};  // below this much free space the node takes no new copies
+  // The node cache (store/node_cache.h): bodies this node holds no replica of.
+  std::int64_t cache_size{};            // bytes; 0: no cache
+  std::string cache_dir;                // empty: <spool_directory>/cache
+  std::int64_t cache_entry_max{};       // bytes; 0: cache_size / 8
+  std::int64_t cache_reserve_bytes{};   // free space the cache leaves on its filesystem
   std::string redis_socket;
   std::string local_socket;
   std::string local_socket_group;
@@ -133,6 +138,7 @@ enum class Type {
   kAddress,   // host:port
   kNodeList,  // id@host:port, separated by commas or whitespace
   kList,      // words separated by commas or whitespace
+  kSize,      // bytes: a number, or with a unit k, M, G or T (powers of 1024)
 };
 
 using Field = std::variant<std::string Params::*, std::uint32_t Params::*, std::int64_t Params::*,

@@ -173,6 +173,18 @@ Seconds, or a number with a unit:
 or
 .BR d .
 .TP
+.B size
+Bytes, or a number with a unit:
+.BR k ,
+.BR M ,
+.B G
+or
+.B T
+in powers of 1024, in any case and optionally followed by
+.B B
+(e.g.\&
+.BR "cache_size = 2G" ).
+.TP
 .B yes/no
 .B yes
 or
@@ -205,6 +217,18 @@ must be the same on every node of a cluster.
 .B probe_timeout_ms
 must be greater than
 .BR probe_interval_ms .
+.IP \(bu 2
+.B cache_dir
+is empty (the directory
+.I cache
+in
+.BR spool_directory )
+or an absolute path that is neither
+.B spool_directory
+(nor above it) nor inside its
+.I msg
+or
+.IR incoming .
 .SS Errors
 A program that reads the file reports every problem at once, one line each
 on standard error, as

@@ -37,7 +37,8 @@ struct ClientReply {
   std::optional<Profile> profile;      // get_user
   NodeId manager = kNoNode;            // get_user: the node that answered as the user's manager
   std::vector<std::string> users;      // list_users, sorted
-  std::optional<std::uint64_t> used_bytes;  // user_usage
+  // user_usage; get_user: the manager's count, when it has one
+  std::optional<std::uint64_t> used_bytes;
 };
 
 class Env {

@@ -303,8 +303,11 @@ void Node::fetch(Time now, std::uint64_t req, const MessageRecord& target) {
   Pending& p = pending_[id];
   p.kind = Pending::Kind::Fetch;
   p.client_req = req;
-  p.deadline = now + cfg_.request_timeout;
+  // A body the reader expects to be large is given the time to cross.
+  p.deadline = now + cfg_.request_timeout + transfer_time(cfg_, target.size);
   p.update.record.id = target.id;
+  p.update.record.user = target.user;
+  p.update.record.size = target.size;
   // This node first (no network), then the other replicas.
   if (std::find(target.replicas.begin(), target.replicas.end(), cfg_.self) != target.replicas.end())
     p.candidates.push_back(cfg_.self);
@@ -319,8 +322,8 @@ bool Node::fe_fetch_next(Pending& p, std::uint64_t id) {
   p.peer = p.candidates.front();
   p.candidates.erase(p.candidates.begin());
   p.awaiting.insert(p.peer);
-  p.retry_at = now_ + cfg_.push_retry;
-  send(p.peer, FetchRequest{id, p.update.record.id});
+  p.retry_at = now_ + cfg_.push_retry + transfer_time(cfg_, p.update.record.size);
+  send(p.peer, FetchRequest{id, p.update.record.id, p.update.record.user});
   return true;
 }
 
@@ -329,6 +332,11 @@ void Node::serve_fetch(NodeId from, const FetchRequest& f) {
   rep.req = f.req;
   auto r = repl_.records().find(f.id);
   std::optional<Body> body;
+  if (r != repl_.records().end() && !f.user.empty() && r->second.user != f.user) {
+    rep.status = Status::NotFound;  // not the asker's: as if there were no such message
+    send(from, std::move(rep));
+    return;
+  }
   if (r != repl_.records().end() && r->second.has_body && !r->second.expunged) body = disk_.body_ref(f.id);
   if (body) rep.body = std::move(*body);
   else rep.status = (r != repl_.records().end() && r->second.expunged) ? Status::NoSuchUser : Status::Failed;
@@ -350,6 +358,8 @@ void Node::fe_reply(NodeId from, const Message& m) {
       env_.reply(std::move(r));
     } else if (f->status == Status::NoSuchUser) {
       fe_fail(f->req, Status::NoSuchUser, "message expunged");
+    } else if (f->status == Status::NotFound) {
+      fe_fail(f->req, Status::NotFound, "no such message of that user");
     } else {
       // This holder cannot give it: the next one, or wait for those asked.
       p->awaiting.erase(from);
@@ -400,11 +410,17 @@ void Node::fe_reply(NodeId from, const Message& m) {
     }
     if (!p || p->kind != Pending::Kind::Alloc) return;
     if (a->status == Status::NoSuchUser) return fe_fail(a->req, Status::NoSuchUser, "no such user");
+    if (a->status == Status::OverQuota)
+      return fe_fail(a->req, Status::OverQuota,
+                     "mailbox over quota (" + std::to_string(a->quota_bytes) + " bytes)");
     if (a->status != Status::Ok) {
       p->retry_at = now_ + kRetry;
       return;
     }
-    if (a->quota_bytes > 0) {  // count the user's mail first
+    // The manager checks the quota as it hands out the UID. One that did
+    // not (an older one, or one that an older member's reports leave
+    // without a count) leaves it to this node, which counts first.
+    if (a->quota_bytes > 0 && !a->quota_checked) {
       p->kind = Pending::Kind::Quota;
       p->alloc = *a;
       p->quota_bytes = a->quota_bytes;
@@ -486,6 +502,8 @@ void Node::fe_store(std::uint64_t id, const AllocReply& a) {
   u.record.user = p.user;
   u.record.folder = p.folder;
   u.record.size = p.body.size();
+  u.record.vsize = p.deliver.vsize;
+  u.record.hdr_size = p.deliver.hdr_size;
   u.record.body = std::move(p.body);
   u.record.internal_date = p.deliver.internal_date != 0 ? p.deliver.internal_date : now_;
   u.record.flags = p.deliver.flags;

@@ -7,6 +7,14 @@
 // members' reports (report.cc). A bucket that moved here serves nothing
 // until every member has reported it ("ready").
 //
+// Quota. The reports also say the bytes of each user's live mail, by
+// replica list, so the manager counts the user's usage (the largest
+// report of each list, plus deliveries it gave a UID that no report shows
+// yet) and refuses a delivery over the quota when it hands out the UID:
+// no delivery asks every node. While a member has not reported the bucket
+// (after a takeover) the count is not known; the front end then gathers it
+// from the nodes as before.
+//
 // UIDs. Each folder has one lineage at a time: a UIDVALIDITY and a next
 // UID, and only one manager hands out UIDs under it. A manager that loses
 // a bucket hands each folder's lineage to the new manager in its report,
@@ -40,6 +48,55 @@ const Node::MgrUser* Node::managed_user(const std::string& user) const {
 
 bool Node::bucket_ready(Bucket b) const {
   return membership_.in_group() && membership_.manager_of(b) == cfg_.self && !awaiting_.count(b);
+}
+
+std::optional<std::uint64_t> Node::usage_of(const MgrUser& u) const {
+  if (!u.unsized.empty()) return std::nullopt;
+  // Every replica of a message reports it under the same list: the
+  // largest report of a list is its bytes, counted once however many
+  // copies there are, and whichever of them is down or still waits for
+  // its body. (A replica behind on an expunge makes it briefly more; a
+  // copy left under a list a repair or drain replaced, on a node that
+  // missed the new list, is counted under both lists until anti-entropy
+  // tells that node and it drops the copy.)
+  std::map<std::vector<NodeId>, std::uint64_t> most;
+  for (const auto& [n, lists] : u.held)
+    for (const auto& [list, bytes] : lists) most[list] = std::max(most[list], bytes);
+  std::uint64_t sum = 0;
+  for (const auto& [list, bytes] : most) sum += bytes;
+  for (const auto& g : u.granted)
+    if (g.until > now_) sum += g.size;
+  return sum;
+}
+
+std::optional<std::uint64_t> Node::managed_usage(const std::string& user) const {
+  Bucket b = bucket(user);
+  if (!bucket_ready(b) || expected_.count(b)) return std::nullopt;
+  const MgrUser* u = managed_user(user);
+  return u ? usage_of(*u) : std::optional<std::uint64_t>(0);
+}
+
+void Node::absorb_usage(const std::string& user, MgrUser& u, NodeId from, const std::vector<ReportEntry>& entries) {
+  std::map<std::vector<NodeId>, std::uint64_t> held;
+  bool sized = true;
+  for (const auto& e : entries) {
+    if (e.user != user) continue;
+    if (e.count > 0 && e.bytes.empty()) sized = false;
+    for (const auto& b : e.bytes) held[b.replicas] += b.bytes;
+    // A delivery is in the report once a node it went to reports its UID
+    // (a UID below another it holds while its own store is still on the
+    // way goes uncounted until that store is reported too).
+    std::erase_if(u.granted, [&](const MgrUser::Grant& g) {
+      if (g.folder != e.folder || std::find(g.nodes.begin(), g.nodes.end(), from) == g.nodes.end()) return false;
+      for (const auto& r : e.ranges)
+        if (r.uidvalidity == g.uidvalidity && r.min_uid <= g.uid && g.uid <= r.max_uid) return true;
+      return false;
+    });
+  }
+  if (held.empty()) u.held.erase(from);
+  else u.held[from] = std::move(held);
+  if (sized) u.unsized.erase(from);
+  else u.unsized.insert(from);
 }
 
 std::uint32_t Node::MgrFolder::visible_below(Time now) const {
@@ -102,9 +159,14 @@ void Node::mgr_on_change(Time now, const Membership::Change& ch) {
     } else {
       // Kept: forget what departed nodes held; they report again on return.
       auto& users = managed_[b];
-      for (auto& [name, u] : users)
+      for (auto& [name, u] : users) {
         for (auto& [fname, f] : u.folders)
           for (NodeId d : departed) f.nodes.erase(d);
+        for (NodeId d : departed) {
+          u.held.erase(d);  // its copies are counted by the replicas still here
+          u.unsized.erase(d);
+        }
+      }
       for (NodeId d : departed) reported_[b].erase(d);
       // A member new to this manager may hold fragments of the bucket while
       // its own view says nothing moved (or have been in another group that
@@ -179,7 +241,9 @@ FolderMeta* Node::lineage_meta(Time now, MgrUser& u, const std::string& folder, 
   // were kept in the profile, or a delivery into a folder never created):
   // its UIDVALIDITY is fixed now, for good.
   FolderMeta& m = u.profile->folders[folder];
-  if (m.version.is_null()) m.version = next_version(now);
+  if (m.version.is_null() || m.deleted) m.version = next_version(now);
+  m.deleted = false;  // new mail into a deleted folder makes it again
+  m.renamed_to.clear();
   m.uidvalidity = fresh_uidvalidity(now, m.uidvalidity);
   m.uid_reserved = 0;
   m.takeovers.clear();
@@ -201,7 +265,7 @@ Version Node::write_profile(Time now, MgrUser& u, const std::vector<NodeId>& als
 }
 
 bool Node::settle_lineage(Time now, const std::string& user, const std::string& folder,
-                          MgrFolder& f) {
+                          MgrFolder& f, bool for_new_mail) {
   if (f.uidvalidity != 0) return true;
   MgrUser& u = managed_[bucket(user)][user];
   // The lineage is the profile's: decided only once a holder of it is
@@ -214,6 +278,9 @@ bool Node::settle_lineage(Time now, const std::string& user, const std::string& 
   if (auto gone = u.profile->folders.find(folder);
       gone != u.profile->folders.end() && gone->second.deleted && !gone->second.renamed_to.empty())
     return false;  // renamed: its mail goes to the new name, it gets no lineage of its own
+  if (auto gone = u.profile->folders.find(folder);
+      !for_new_mail && gone != u.profile->folders.end() && gone->second.deleted)
+    return false;  // deleted: what is still reported of it is on its way out, and a listing has no folder
   FolderMeta* m = lineage_meta(now, u, folder, false);
   if (!m && !u.profile->folders.count(folder) && (!f.handed.empty() || !f.seen.empty())) {
     // No lineage in the profile (mail from before lineages were kept
@@ -345,7 +412,7 @@ void Node::decide_lineages(Time now, Bucket b) {
 
 std::uint32_t Node::take_uid(Time now, const std::string& user, const std::string& folder,
                              MgrFolder& f) {
-  if (!settle_lineage(now, user, folder, f) || !current_generation(now, user, folder, f)) return 0;
+  if (!settle_lineage(now, user, folder, f, true) || !current_generation(now, user, folder, f)) return 0;
   if (f.next_uid > f.reserved) {
     reserve_uids(now, user, folder, f, 1);
     return 0;
@@ -448,6 +515,7 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
       if (e.user == user && e.count > 0) holding.insert(e.folder);
     for (auto& [fname, f] : mu.folders)
       if (!holding.count(fname)) f.nodes.erase(from);
+    absorb_usage(user, mu, from, r.entries);
     for (const auto& p : r.profiles) {
       if (p.user != user) continue;
       if (!mu.profile) mu.profile = p;
@@ -556,9 +624,11 @@ void Node::mgr_tick(Time now) {
   if (now - last_inflight_prune_ >= 1000) {
     last_inflight_prune_ = now;
     for (auto& [b, users] : managed_)
-      for (auto& [name, u] : users)
+      for (auto& [name, u] : users) {
         for (auto& [fname, f] : u.folders)
           std::erase_if(f.inflight, [now](const auto& e) { return e.second <= now; });
+        std::erase_if(u.granted, [now](const MgrUser::Grant& g) { return g.until <= now; });
+      }
   }
   // A renumbering may end at once (no holder to ask) and be due again: the
   // set is walked on a copy, and an entry leaves it only before its start.
@@ -630,6 +700,16 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
         grant(rep, f, a.move_nodes, now + cfg_.request_timeout + cfg_.push_retry);
       }
     } else {
+      const std::uint64_t quota = it->second.profile->quota_bytes;
+      const std::optional<std::uint64_t> used = usage_of(it->second);
+      if (quota > 0 && used && *used + a.size > quota) {
+        // Refused with the UID's answer: no front end asks every node.
+        rep.status = Status::OverQuota;
+        rep.quota_bytes = quota;
+        rep.quota_checked = true;
+        send(from, std::move(rep));
+        return;
+      }
       MgrFolder& f = it->second.folders[a.folder];
       PlacementInput in;
       in.mail_map.assign(f.nodes.begin(), f.nodes.end());
@@ -650,10 +730,15 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
       } else if ((rep.uid = take_uid(now, a.user, a.folder, f)) == 0) {
         rep.status = Status::TryAgain;  // its reservation is on its way
       } else {
-        rep.quota_bytes = it->second.profile->quota_bytes;
+        rep.quota_bytes = quota;
+        rep.quota_checked = used.has_value();  // else the front end counts (an older member's reports)
         // In flight until the front end's deadline for this store (and the
         // quota count before it) has passed, at the latest.
-        grant(rep, f, pl.nodes, now + cfg_.request_timeout + store_crossing(cfg_, a.size) + cfg_.push_retry);
+        const Time until = now + cfg_.request_timeout + store_crossing(cfg_, a.size) + cfg_.push_retry;
+        grant(rep, f, pl.nodes, until);
+        auto& granted = it->second.granted;
+        std::erase_if(granted, [&](const MgrUser::Grant& g) { return g.front_end == from && g.req == a.req; });
+        granted.push_back({from, a.req, a.folder, rep.uidvalidity, rep.uid, a.size, pl.nodes, until});
       }
     }
   }

@@ -38,6 +38,10 @@ struct DeliverOptions {
   Time internal_date = 0;
   std::uint32_t flags = 0;
   std::vector<std::string> keywords;
+  // The body's sizes as the receiver counted them (MessageRecord::vsize,
+  // hdr_size; 0: not counted).
+  std::uint64_t vsize = 0;
+  std::uint32_t hdr_size = 0;
 };
 
 class Node {
@@ -81,13 +85,17 @@ class Node {
   void list(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
             bool digest_only = false);
   // `target` needs id and replicas; tries this node first, then each replica.
+  // With a user (canonical), only that user's message is given (NotFound
+  // otherwise); with a size (what the reader expects), the deadline is
+  // longer by its crossing time.
   void fetch(Time now, std::uint64_t req, const MessageRecord& target);
   // The user database (users.cc), answered by each user's manager.
   void get_user(Time now, std::uint64_t req, const std::string& user);
   void update_user(Time now, std::uint64_t req, const UserUpdateRequest& change);
   void list_users(Time now, std::uint64_t req);
-  // The bytes of the user's live mail, summed over every live node (the
-  // quota's measure; a reply's used_bytes).
+  // The bytes of the user's live mail, gathered from every live node (a
+  // reply's used_bytes). The manager counts them too (get_user's
+  // used_bytes, managed_usage); this is the fallback while it cannot.
   void user_usage(Time now, std::uint64_t req, const std::string& user);
   // Operators (repair.cc): drain a node (Draining), take it back (Active),
   // or declare it lost for good (Gone: it must not be a live member).
@@ -143,6 +151,24 @@ class Node {
   struct MgrUser {
     std::optional<Profile> profile;
     std::map<std::string, MgrFolder> folders;
+    // The quota's usage, soft state like the mail map: per member, the
+    // bytes of the user's live mail it last reported, by replica list
+    // (summed over folders). Each list counts once, at its largest report.
+    std::map<NodeId, std::map<std::vector<NodeId>, std::uint64_t>> held;
+    std::set<NodeId> unsized;  // members whose reports say no bytes (older nodes)
+    // Deliveries given a UID that no report of their nodes shows yet:
+    // counted until one does, or until their store's deadline, so racing
+    // deliveries count each other.
+    struct Grant {
+      NodeId front_end = kNoNode;
+      std::uint64_t req = 0;  // a request asked again replaces its grant
+      std::string folder;
+      std::uint32_t uidvalidity = 0, uid = 0;
+      std::uint64_t size = 0;
+      std::vector<NodeId> nodes;
+      Time until = 0;
+    };
+    std::vector<Grant> granted;
   };
   NodeId id() const { return cfg_.self; }
   const CoreConfig& config() const { return cfg_; }
@@ -169,6 +195,10 @@ class Node {
   // The answer for a user this manager has no live profile of.
   Status missing_user_status(Bucket b, const MgrUser* u) const;
   bool bucket_ready(Bucket b) const;
+  // The bytes of the user's live mail as this node, its manager, counts
+  // them; nothing while it cannot: not the manager, the bucket not ready,
+  // a member yet to report it, or a member that does not say (older).
+  std::optional<std::uint64_t> managed_usage(const std::string& user) const;
   std::size_t pending_reports() const { return report_buckets_.size() + dirty_users_.size(); }
   // Anti-entropy (sync.cc): what this node has asked of its peers and got.
   struct SyncProgress {
@@ -264,11 +294,16 @@ class Node {
   void mgr_map(NodeId from, const MapRequest& m);
   void mgr_tick(Time now);
   void absorb_entry(const std::string& user, MgrFolder& f, const ReportEntry& e);
+  // A member's report of the user (all its mail of the user) replaces what
+  // it said of the user's bytes before.
+  void absorb_usage(const std::string& user, MgrUser& u, NodeId from, const std::vector<ReportEntry>& entries);
+  std::optional<std::uint64_t> usage_of(const MgrUser& u) const;
   void decide_lineages(Time now, Bucket b);
   // To the profile's holders, and to `also` (old holders a new holder
   // list leaves out, so they drop their copies).
   Version write_profile(Time now, MgrUser& u, const std::vector<NodeId>& also = {});
-  bool settle_lineage(Time now, const std::string& user, const std::string& folder, MgrFolder& f);
+  bool settle_lineage(Time now, const std::string& user, const std::string& folder, MgrFolder& f,
+                      bool for_new_mail = false);
   FolderMeta* lineage_meta(Time now, MgrUser& u, const std::string& folder, bool create);
   std::uint32_t fresh_uidvalidity(Time now, std::uint32_t before) const;
   // The next UID of the folder's lineage, or 0 while none is reserved (a

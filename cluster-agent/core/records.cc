@@ -191,6 +191,13 @@ bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now) {
     cur.internal_date = in.internal_date;
     changed = true;
   }
+  // Sizes worked out from the body are the same wherever they were; a
+  // copy that lacks them (an older node's) learns them from one that has.
+  if (cur.vsize == 0 && in.vsize != 0 && !cur.expunged) {
+    cur.vsize = in.vsize;
+    cur.hdr_size = in.hdr_size;
+    changed = true;
+  }
   // A UID belongs to the folder it was given in: the newer placement (a
   // Move) brings its own, and a UID given for an older placement (a
   // renumbering that crossed a Move) is ignored.

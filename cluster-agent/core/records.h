@@ -55,6 +55,13 @@ struct MessageRecord {
   bool has_body = false;
   Body body;  // memory, a file, or (on the wire) a transfer: body.h
   std::uint64_t size = 0;  // body bytes (kept when the body is not in memory)
+  // Worked out once from the body where it is delivered, immutable like it
+  // (0: not known, a record from before they were kept): the size with CRLF
+  // line ends (every bare LF counts 2; IMAP's RFC822.SIZE, Dovecot's virtual
+  // size) and the header's bytes up to and including the blank line (the
+  // whole body when it has none).
+  std::uint64_t vsize = 0;
+  std::uint32_t hdr_size = 0;
   Time internal_date = 0;
 
   std::uint32_t uidvalidity = 0;

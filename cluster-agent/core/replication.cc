@@ -109,6 +109,7 @@ void Replicator::apply(Time now, const Update& u) {
     by_user_[in.user].insert(in.id);
   }
   bool was_live = !fresh && it->second.has_body && !it->second.expunged;
+  const std::vector<NodeId> was_listed = fresh ? std::vector<NodeId>{} : it->second.replicas;
   bool changed = merge_record(it->second, in, now);
   if (auto o = unindexed_.find(in.id); o != unindexed_.end()) {
     // A body this node has on disk, now named by a record: it is the
@@ -151,7 +152,9 @@ void Replicator::apply(Time now, const Update& u) {
 
   bool is_live = it->second.has_body && !it->second.expunged;
   bool renamed = u.kind == Update::Kind::SetUid || u.kind == Update::Kind::Move;
-  if ((fresh || was_live != is_live || renamed) && on_user_changed)
+  // The manager counts usage by replica list: a new list is reported too.
+  bool relisted = !fresh && was_listed != it->second.replicas;
+  if ((fresh || was_live != is_live || renamed || relisted) && on_user_changed)
     on_user_changed(in.user);
 }
 

@@ -59,7 +59,7 @@ class Replicator {
   void tick(Time now, const LiveFn& live);
 
   // Called when a user's local records or profile appear, change count or
-  // disappear (the mail-map reporter listens).
+  // replica list, or disappear (the mail-map reporter listens).
   std::function<void(const std::string& user)> on_user_changed;
   // Called when an update is known to be held by every replica.
   std::function<void(const Version& id)> on_complete;

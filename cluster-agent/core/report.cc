@@ -1,16 +1,17 @@
 // SPDX-License-Identifier: MIT
 // report.cc - the reporter role: tell each user's manager which fragments
-// and profile replicas this node holds, so managers can rebuild their soft
-// state (ARCHITECTURE.md 4, "Mail map").
+// and profile replicas this node holds, and the bytes of the live mail in
+// them (the quota's usage), so managers can rebuild their soft state
+// (ARCHITECTURE.md 4, "Mail map").
 //
 // What is owed is kept as two sets: buckets whose manager changed in this
 // node's view of the user map (reported in full, marked complete), and
 // single users whose local state changed since the last acknowledged
-// report (a delivery, an expunge, a death certificate that expired). Both
-// are resent every report_retry until the manager acknowledges them, and
-// a manager still waiting for a bucket can poll for it. The cost of a
-// membership change is proportional to the data in the moved buckets, not
-// to the size of the cluster.
+// report (a delivery, an expunge, a new replica list, a death certificate
+// that expired). Both are resent every report_retry until the manager
+// acknowledges them, and a manager still waiting for a bucket can poll
+// for it. The cost of a membership change is proportional to the data in
+// the moved buckets, not to the size of the cluster.
 #include <algorithm>
 
 #include "hash.h"
@@ -41,10 +42,19 @@ ReportEntry Node::summarize(const std::string& user, const std::string& folder) 
   e.user = user;
   e.folder = folder;
   std::map<std::pair<std::uint32_t, Version>, UidRange> ranges;  // by (UIDVALIDITY, generation)
+  std::map<std::vector<NodeId>, std::uint64_t> bytes;             // by replica list, sorted
   for (const MsgId& id : repl_.user_records(user)) {
     const MessageRecord& r = repl_.records().at(id);
     if (r.folder != folder) continue;
-    if (r.has_body && !r.expunged) ++e.count;
+    if (r.has_body && !r.expunged) {
+      ++e.count;
+      // By the whole list, not its first node: with spread above R, the
+      // messages one node leads have different second replicas, and while
+      // that node is away no other holds all of them.
+      std::vector<NodeId> list = r.replicas;
+      std::sort(list.begin(), list.end());
+      bytes[list] += r.size;
+    }
     if (r.uid == 0 && !(r.has_body && !r.expunged)) continue;  // a moved-in message still needs a UID
     auto [it, fresh] =
         ranges.try_emplace(std::pair(r.uidvalidity, r.uid_gen), UidRange{r.uidvalidity, r.uid, r.uid, 0, r.uid_gen, r.uid_seen});
@@ -55,6 +65,7 @@ ReportEntry Node::summarize(const std::string& user, const std::string& folder) 
     if (r.has_body && !r.expunged) ++it->second.live;
   }
   for (auto& [k, r] : ranges) e.ranges.push_back(r);
+  for (auto& [list, n] : bytes) e.bytes.push_back({list, n});
   return e;
 }
 

@@ -61,6 +61,7 @@ bool Node::fe_user_reply(NodeId from, const Message& m) {
       out.req = p->client_req;
       out.profile = r->profile;
       out.manager = from;
+      if (r->has_usage) out.used_bytes = r->used_bytes;
       pending_.erase(r->req);
       env_.reply(std::move(out));
     } else if (r->status == Status::NoSuchUser) {
@@ -139,6 +140,12 @@ void Node::mgr_profile(NodeId from, const ProfileRequest& r) {
     if (u && u->profile) rep.profile = *u->profile;
   } else {
     rep.profile = *u->profile;
+    // The usage too, once this manager can count it (the milter's RCPT
+    // check and `user show` then ask no other node).
+    if (auto used = managed_usage(r.user)) {
+      rep.has_usage = true;
+      rep.used_bytes = *used;
+    }
   }
   send(from, std::move(rep));
 }

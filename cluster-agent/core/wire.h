@@ -61,11 +61,22 @@ struct Handoff {
   UidView seen;
   bool operator==(const Handoff&) const = default;
 };
+// The bytes of the live messages a node holds under one replica list
+// (sorted). Every replica of a message puts it under the same list, so the
+// manager counts each list once (Node::usage_of), however many copies.
+struct ReplicaBytes {
+  std::vector<NodeId> replicas;
+  std::uint64_t bytes = 0;
+  bool operator==(const ReplicaBytes&) const = default;
+};
 struct ReportEntry {
   std::string user;
   std::string folder;
   std::vector<UidRange> ranges;  // expunged messages included: their UIDs were used
   std::uint32_t count = 0;       // live (not expunged) messages held
+  // The live messages' bytes by replica list (the quota's usage, kept by
+  // the manager); none with count > 0: an older node, which does not say.
+  std::vector<ReplicaBytes> bytes;
   bool operator==(const ReportEntry&) const = default;
 };
 struct Report {
@@ -133,7 +144,11 @@ struct AllocReply {
   std::uint32_t uidvalidity = 0;
   std::uint32_t uid = 0;
   std::vector<NodeId> nodes;  // [0] primary, then replicas
-  std::uint64_t quota_bytes = 0;  // the user's quota (0: none), checked by the front end
+  std::uint64_t quota_bytes = 0;  // the user's quota (0: none)
+  // The manager checked the quota (refusing OverQuota). Not set by an
+  // older manager, or one that cannot count the user's usage (an older
+  // node's report): the front end then gathers the usage itself.
+  bool quota_checked = false;
   Version gen;                    // the manager's generation in the folder (stamped with the UID)
   UidView seen;                   // and what it had been shown when it began
   bool operator==(const AllocReply&) const = default;
@@ -196,6 +211,9 @@ struct ListReply {
 struct FetchRequest {
   std::uint64_t req = 0;
   MsgId id;
+  // The user the asker takes the message for (empty: anyone's): a holder
+  // whose record is another user's answers NotFound.
+  std::string user;
   bool operator==(const FetchRequest&) const = default;
 };
 struct FetchReply {
@@ -215,6 +233,11 @@ struct ProfileReply {
   std::uint64_t req = 0;
   Status status = Status::Ok;
   Profile profile;
+  // The bytes of the user's live mail as the manager counts them, once it
+  // can (has_usage: every member has reported the bucket); not from an
+  // older manager.
+  bool has_usage = false;
+  std::uint64_t used_bytes = 0;
   bool operator==(const ProfileReply&) const = default;
 };
 struct UserUpdateRequest {
@@ -241,9 +264,11 @@ struct UserListReply {
   bool operator==(const UserListReply&) const = default;
 };
 
-// Quota: the bytes of the user's live messages this node counts, i.e. those
-// for which it is the first live replica in its view (so that, with one
-// view, every message is counted once).
+// Quota, gathered from every member (only while the manager cannot count
+// it, and for an older manager's deliveries): the bytes of the user's live
+// messages this node counts, i.e. those for which it is the first live
+// replica in its view (so that, with one view, every message is counted
+// once).
 struct UsageRequest {
   std::uint64_t req = 0;
   std::string user;

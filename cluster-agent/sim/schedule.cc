@@ -224,6 +224,42 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
     }
   }
 
+  // (g) the quota's usage, as each user's manager counts it, is the bytes
+  // of the user's live messages on the running nodes, each counted once;
+  // a message whose live copies name different replica lists (one left
+  // under a list a repair or drain replaced, on a node that missed the
+  // new one, until anti-entropy drops it) may be counted once per list.
+  {
+    std::map<std::string, std::map<MsgId, std::pair<std::uint64_t, std::set<std::vector<NodeId>>>>> live;
+    for (NodeId n : up) {
+      for (const auto& [id, r] : c.node(n)->replicator().records()) {
+        auto& mine = live[r.user];
+        if (!r.has_body || r.expunged) continue;
+        std::vector<NodeId> list = r.replicas;
+        std::sort(list.begin(), list.end());
+        mine[id].first = r.size;
+        mine[id].second.insert(list);
+      }
+      for (const auto& [user, p] : c.node(n)->replicator().profiles()) live[user];
+    }
+    for (const auto& [user, msgs] : live) {
+      std::uint64_t least = 0, most = 0;
+      for (const auto& [id, m] : msgs) {
+        least += m.first;
+        most += m.first * m.second.size();
+      }
+      NodeId mgr = mem.manager_of(bucket_of(user, mem.map().size()));
+      if (!upset.count(mgr)) continue;  // (b)
+      std::optional<std::uint64_t> got = c.node(mgr)->managed_usage(user);
+      if (!got)
+        fail("(g) " + user + " usage not known at its manager n" + std::to_string(mgr));
+      else if (*got < least || *got > most)
+        fail("(g) " + user + " usage " + std::to_string(*got) + " at its manager n" + std::to_string(mgr) +
+             ", its live mail " + std::to_string(least) + " bytes in " + std::to_string(msgs.size()) + " messages" +
+             (most != least ? " (" + std::to_string(most) + " with copies under replaced lists)" : ""));
+    }
+  }
+
   // (e) UIDs unique per folder; in allocation order within one UIDVALIDITY.
   std::map<std::pair<std::string, std::string>, std::map<MsgId, MessageRecord>> folders;
   for (NodeId n : up)

@@ -622,6 +622,12 @@ std::optional<Body> RedisStore::body_ref(const MsgId& id) {
   return Body::in_file(std::make_shared<SpoolFile>(path, false), size);
 }
 
+int RedisStore::open_body(const MsgId& id) const {
+  if (auto it = q_bodies_.find(id); it != q_bodies_.end()) return store::open_body(it->second);
+  if (q_unlinks_.count(id) || (loaded_ && !bodies_.count(id))) return -1;
+  return ::open(body_path(id).c_str(), O_RDONLY | O_CLOEXEC);
+}
+
 bool RedisStore::dirty() const {
   return !q_records_.empty() || !q_profiles_.empty() || !q_log_.empty() || q_counters_ || q_admin_ ||
          !q_bodies_.empty() || !q_unlinks_.empty();

@@ -3,11 +3,13 @@
 #include "store/spool_file.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <stdexcept>
 
@@ -93,6 +95,58 @@ std::optional<Body> BodyBuilder::finish() {
   if (!b) error_ = file_->error();
   file_.reset();
   return b;
+}
+
+void MessageSizes::add(std::string_view data) {
+  for (char c : data) {
+    if (c == '\n' && !after_cr_) ++bare_lf_;
+    after_cr_ = c == '\r';
+    ++size_;
+    if (hdr_end_ != 0) continue;
+    if (c == '\n') {
+      if (line_ < 2) hdr_end_ = size_;
+      line_ = 0;
+    } else {
+      line_ = (c == '\r' && line_ == 0) ? 1 : 2;
+    }
+  }
+}
+
+std::uint32_t MessageSizes::hdr_size() const {
+  std::uint64_t h = hdr_end_ != 0 ? hdr_end_ : size_;
+  return h > UINT32_MAX ? UINT32_MAX : static_cast<std::uint32_t>(h);
+}
+
+int open_body(const Body& b) {
+  switch (b.where()) {
+    case Body::Where::File:
+      return ::open(b.file()->path().c_str(), O_RDONLY | O_CLOEXEC);
+    case Body::Where::Memory: {
+      int fd = ::memfd_create("porcupine-body", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+      if (fd < 0) return -1;
+      std::string_view data = b.bytes();
+      while (!data.empty()) {
+        ssize_t n = ::write(fd, data.data(), data.size());
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          int e = n < 0 ? errno : EIO;
+          ::close(fd);
+          errno = e;
+          return -1;
+        }
+        data.remove_prefix(static_cast<std::size_t>(n));
+      }
+      // The reader gets the bytes as they are: it can neither change nor
+      // grow them, and reads from the start.
+      ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+      ::lseek(fd, 0, SEEK_SET);
+      return fd;
+    }
+    case Body::Where::Transfer:
+      break;
+  }
+  errno = EINVAL;
+  return -1;
 }
 
 std::optional<std::string> read_file(const std::string& path) {

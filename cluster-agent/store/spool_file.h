@@ -78,6 +78,28 @@ class BodyBuilder {
   std::string error_;
 };
 
+// The sizes a MessageRecord keeps of its body (vsize, hdr_size), worked
+// out from the body's bytes as they come, in pieces of any size.
+class MessageSizes {
+ public:
+  void add(std::string_view data);
+  // The size with every bare LF counted as CRLF.
+  std::uint64_t vsize() const { return size_ + bare_lf_; }
+  // The header up to and including its blank line (LF or CRLF); the whole
+  // body while no blank line has come.
+  std::uint32_t hdr_size() const;
+
+ private:
+  std::uint64_t size_ = 0, bare_lf_ = 0, hdr_end_ = 0;
+  bool after_cr_ = false;
+  int line_ = 0;  // the header line so far: 0 empty, 1 a CR only, 2 more
+};
+
+// A read-only descriptor (close-on-exec) of the body's bytes: its file, or
+// for a body in memory an anonymous file (memfd) holding them; -1 (errno
+// set) if neither can be had.
+int open_body(const Body& b);
+
 // A whole file; nothing if it cannot be read.
 std::optional<std::string> read_file(const std::string& path);
 // The whole body, read from wherever it is; nothing if a file is unreadable.

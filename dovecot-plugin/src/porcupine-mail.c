@@ -4,10 +4,10 @@
  * each changed message's whole resulting state goes to the cluster, all
  * in one pipelined batch; a change the cluster does not take is put back
  * locally and fails the commit (IMAP NO). Expunges go to the cluster
- * first, then locally. A placeholder (a message cached without its body)
- * has its content fetched from the cluster at each read: get_stream,
- * sizes, dates and get_special are overridden for it. The sync's own
- * changes (in_sync) stay local. */
+ * first, then locally. A bodiless record (every record the sync adds) has
+ * its content from the node's agent at each read, its sizes and dates from
+ * the index: get_stream, sizes, dates and get_special are overridden for
+ * it. The sync's own changes (in_sync) stay local. */
 #include "porcupine-plugin.h"
 
 #include <string.h>
@@ -357,12 +357,12 @@ static void pcp_mail_expunge(struct mail *_mail)
 	pmail->module_ctx.super.expunge(_mail);
 }
 
-/* ---- placeholders: content from the cluster at each read ------------------ */
+/* ---- bodiless records: content from the cluster at each read ------------- */
 
-/* The body of a placeholder, fetched now; a temporary error (for this
+/* The body of a bodiless record, fetched now; a temporary error (for this
    message only: IMAP FETCH goes on with the others) while no holder gives
    it. */
-static int pcp_placeholder_stream(struct mail *_mail, const struct pcp_ext_rec *rec,
+static int pcp_bodiless_stream(struct mail *_mail, const struct pcp_ext_rec *rec,
 				  struct message_size *hdr_size,
 				  struct message_size *body_size,
 				  struct istream **stream_r)
@@ -376,30 +376,27 @@ static int pcp_placeholder_stream(struct mail *_mail, const struct pcp_ext_rec *
 	}
 	_mail->mail_stream_accessed = TRUE;
 	if (imail->data.stream == NULL) {
-		porcupine_client *c = pcp_connect(box->storage->user);
-		struct porcupine_msgref ref;
-		char *body = NULL;
-		size_t len = 0;
-		int code = PORCUPINE_UNREACHABLE;
+		const char *error;
+		int fd = -1;
+		int code = pcp_open_body(_mail, rec, &fd, &error);
 
-		pcp_ref_from_ext(&ref, rec);
-		if (c != NULL)
-			code = porcupine_fetch(c, box->storage->user->username,
-					       box->vname, &ref, &body, &len);
 		if (code == PORCUPINE_NOT_FOUND) {
 			mail_set_expunged(_mail);
 			return -1;
 		}
-		if (code != PORCUPINE_OK) {
+		if (code != PORCUPINE_OK || fd < 0) {
+			if (fd >= 0)
+				i_close_fd(&fd);
 			e_warning(box->event, "porcupine: UID %u of %s: no holder "
 				  "gave its body: %s", _mail->uid, pcp_log_name(box->vname),
-				  c == NULL ? "no client" : porcupine_error(c));
+				  error);
 			mail_storage_set_error(box->storage, MAIL_ERROR_UNAVAILABLE,
 					       PCP_UNAVAILABLE_REASON);
 			return -1;
 		}
-		imail->data.stream = i_stream_create_copy_from_data(body, len);
-		porcupine_body_free(body);
+		imail->data.stream = i_stream_create_fd_autoclose(&fd, MAIL_READ_FULL_BLOCK_SIZE);
+		i_stream_set_name(imail->data.stream, t_strdup_printf(
+			"porcupine %u:%llu", rec->origin, (unsigned long long)rec->seq));
 	}
 	return index_mail_init_stream(imail, hdr_size, body_size, stream_r);
 }
@@ -410,38 +407,50 @@ static int pcp_mail_get_stream(struct mail *_mail, bool get_body,
 			       struct istream **stream_r)
 {
 	struct pcp_mail *pmail = PCP_MAIL((struct mail_private *)_mail);
-	const struct pcp_ext_rec *rec = pcp_placeholder(_mail);
+	const struct pcp_ext_rec *rec = pcp_bodiless(_mail);
 
 	if (rec == NULL)
 		return pmail->module_ctx.super.get_stream(_mail, get_body, hdr_size,
 							  body_size, stream_r);
-	return pcp_placeholder_stream(_mail, rec, hdr_size, body_size, stream_r);
+	return pcp_bodiless_stream(_mail, rec, hdr_size, body_size, stream_r);
 }
 
-/* Sizes of a placeholder: from Dovecot's cache, or its content. */
+/* Sizes of a bodiless record: as the cluster listed them; for a record
+   that lacks them (from an older version), Dovecot's cache or the
+   content. */
 static int pcp_mail_get_physical_size(struct mail *_mail, uoff_t *size_r)
 {
 	struct pcp_mail *pmail = PCP_MAIL((struct mail_private *)_mail);
+	struct pcp_size_rec sizes;
 
-	if (pcp_placeholder(_mail) == NULL)
+	if (pcp_bodiless(_mail) == NULL)
 		return pmail->module_ctx.super.get_physical_size(_mail, size_r);
+	if (pcp_sizes(_mail, &sizes)) {
+		*size_r = sizes.psize;
+		return 0;
+	}
 	return index_mail_get_physical_size(_mail, size_r);
 }
 
 static int pcp_mail_get_virtual_size(struct mail *_mail, uoff_t *size_r)
 {
 	struct pcp_mail *pmail = PCP_MAIL((struct mail_private *)_mail);
+	struct pcp_size_rec sizes;
 
-	if (pcp_placeholder(_mail) == NULL)
+	if (pcp_bodiless(_mail) == NULL)
 		return pmail->module_ctx.super.get_virtual_size(_mail, size_r);
+	if (pcp_sizes(_mail, &sizes) && sizes.vsize != 0) {
+		*size_r = sizes.vsize;
+		return 0;
+	}
 	return index_mail_get_virtual_size(_mail, size_r);
 }
 
-/* The internal date of a placeholder (the cluster's, from its stamp) into
+/* The internal date of a bodiless record (the cluster's, from its stamp) into
    *date_r; FALSE for any other message. */
-static bool pcp_placeholder_date(struct mail *mail, time_t *date_r)
+static bool pcp_bodiless_date(struct mail *mail, time_t *date_r)
 {
-	const struct pcp_ext_rec *rec = pcp_placeholder(mail);
+	const struct pcp_ext_rec *rec = pcp_bodiless(mail);
 
 	if (rec == NULL)
 		return FALSE;
@@ -453,7 +462,7 @@ static int pcp_mail_get_received_date(struct mail *_mail, time_t *date_r)
 {
 	struct pcp_mail *pmail = PCP_MAIL((struct mail_private *)_mail);
 
-	return pcp_placeholder_date(_mail, date_r) ? 0 :
+	return pcp_bodiless_date(_mail, date_r) ? 0 :
 		pmail->module_ctx.super.get_received_date(_mail, date_r);
 }
 
@@ -461,17 +470,17 @@ static int pcp_mail_get_save_date(struct mail *_mail, time_t *date_r)
 {
 	struct pcp_mail *pmail = PCP_MAIL((struct mail_private *)_mail);
 
-	return pcp_placeholder_date(_mail, date_r) ? 1 :
+	return pcp_bodiless_date(_mail, date_r) ? 1 :
 		pmail->module_ctx.super.get_save_date(_mail, date_r);
 }
 
-/* What the local storage would read from its own file, for a placeholder
+/* What the local storage would read from its own file, for a bodiless record
    (which has none); the rest Dovecot derives from the content. */
 static int pcp_mail_get_special(struct mail *_mail, enum mail_fetch_field field,
 				const char **value_r)
 {
 	struct pcp_mail *pmail = PCP_MAIL((struct mail_private *)_mail);
-	const struct pcp_ext_rec *rec = pcp_placeholder(_mail);
+	const struct pcp_ext_rec *rec = pcp_bodiless(_mail);
 
 	if (rec == NULL)
 		return pmail->module_ctx.super.get_special(_mail, field, value_r);

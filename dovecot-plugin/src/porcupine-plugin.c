@@ -14,7 +14,7 @@
  *                            saves (porcupine-save.c), folders
  *                            (porcupine-list.c), transactions
  *                            (porcupine-mail.c)
- *   mail_allocated           flags, keywords, expunges, placeholders
+ *   mail_allocated           flags, keywords, expunges, bodies on demand
  *                            (porcupine-mail.c)
  *   LMTP's client_created    over-size messages get 552 5.3.4, in the
  *                            LMTP process only (porcupine-lmtp.c)

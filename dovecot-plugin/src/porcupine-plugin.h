@@ -4,22 +4,26 @@
  * dovecot-plugin/src includes it): module contexts, the per-user,
  * per-mailbox and per-mail state, and what each part gives the others.
  *
- * The plugin makes Dovecot's own storage (sdbox, mdbox or maildir) a cache
- * of the cluster, which is the authority for which messages exist, their
- * UIDs, UIDVALIDITY and flags (system flags and IMAP keywords). The parts:
+ * The plugin makes Dovecot's own storage (sdbox) an index of the cluster,
+ * which is the authority for which messages exist, their UIDs, UIDVALIDITY
+ * and flags (system flags and IMAP keywords): the local index holds a
+ * record per message and what Dovecot caches about it (header fields,
+ * sizes, BODYSTRUCTURE), never a body; bodies come from the node's agent
+ * when they are read (its own copy, its bounded cache, or a holder). The
+ * parts:
  *
  *   porcupine-plugin.c    module init/deinit and the storage hooks
  *   porcupine-settings.c  the plugin { } settings, checked at login
  *   porcupine-storage.c   the mail user (agent connection), mailbox
  *                         allocation (its vfuncs), and what the parts
- *                         share: cluster references in the index,
- *                         placeholders' stamps, keyword lists
+ *                         share: cluster references and sizes in the
+ *                         index, keyword lists
  *   porcupine-sync.c      mailbox sync: the cluster's listing onto the
- *                         local cache (under a lock), STATUS, IDLE's poll
+ *                         local index (under a lock), STATUS, IDLE's poll
  *   porcupine-decide.c    the sync's decisions, apart from Dovecot
  *   porcupine-save.c      saves, COPY and MOVE: into the cluster
  *   porcupine-mail.c      the mail vfuncs: flags, keywords and expunges
- *                         to the cluster first; placeholders' content
+ *                         to the cluster first; content and sizes
  *   porcupine-list.c      the folder list: create/delete/rename to the
  *                         cluster first; the local list follows the
  *                         cluster's at login and LIST
@@ -59,8 +63,8 @@
    (porcupine_client.h: more is PORCUPINE_BAD_REQUEST). */
 #define PCP_MAX_KEYWORDS 64
 
-/* A sync fetches the bodies it lacks this many at a time (pipelined), and
-   about this many bytes: a batch must come within one call's deadline. */
+/* Reading bodies in order opens this many ahead at a time, and about this
+   many bytes of them (porcupine-read.c). */
 #define PCP_FETCH_BATCH 16
 #define PCP_FETCH_BATCH_BYTES (8 * 1024 * 1024)
 /* LIST follows the cluster's folder list at most this often. */
@@ -112,6 +116,14 @@ struct pcp_user {
 struct pcp_save_context;
 struct pcp_change_set;
 
+/* A body opened ahead of its reading: the agent's answer for `uid`. */
+struct pcp_ahead {
+	uint32_t uid;
+	int fd;
+	int result;
+	uint64_t size;
+};
+
 struct pcp_mailbox {
 	union mailbox_module_context module_ctx;
 	/* TRUE while the plugin itself changes the local cache: saves,
@@ -162,6 +174,9 @@ struct pcp_mailbox {
 	   (struct pcp_ext_rec). */
 	uint32_t ext_id;
 	bool ext_registered;
+	/* Extension "porcupine2" (struct pcp_index_hdr, struct pcp_size_rec). */
+	uint32_t size_ext_id;
+	bool size_ext_registered;
 	/* UIDs this process moved away in the cluster (IMAP MOVE): their
 	   expunge that follows stays local. */
 	ARRAY_TYPE(seq_range) moved;
@@ -171,6 +186,10 @@ struct pcp_mailbox {
 	ARRAY(struct pcp_save_context *) saves;
 	/* The flag changes of open transactions (struct pcp_change_set). */
 	ARRAY(struct pcp_change_set) change_sets;
+	/* Bodies opened ahead of their reading (porcupine-read.c), and the
+	   sequence of the last body read, to tell reading in order. */
+	ARRAY(struct pcp_ahead) ahead;
+	uint32_t last_read_seq;
 };
 
 /* Per message in the local index (extension "porcupine"): where the
@@ -187,11 +206,28 @@ struct pcp_ext_rec {
 	uint32_t replicas[PORCUPINE_MAX_REPLICAS];
 };
 
-/* The message is in the local index only: its body could not be fetched
-   when it was cached (no holder answered). Its content is fetched from the
-   cluster each time Dovecot needs it; while that fails, reading it is a
-   temporary error for that message alone. */
-#define PCP_EXT_PLACEHOLDER 0x1
+/* The record has no body in the local storage (every record the sync
+   adds): its content comes from the node's agent each time Dovecot needs
+   it; while no copy can be had, reading it is a temporary error for that
+   message alone. A record without it is one of an older layout, read
+   from the local storage (the sync replaces those: PCP_INDEX_LAYOUT). */
+#define PCP_EXT_BODILESS 0x1
+
+/* Extension "porcupine2": a header saying the index holds bodiless records
+   only (layout PCP_INDEX_LAYOUT), and each message's sizes, so RFC822.SIZE,
+   POP3 LIST and quota never read a body. An index without the header was
+   written by an older version (records with bodies) or rebuilt by the
+   local storage (which keeps the next UID and drops every bodiless
+   record): the sync empties it and adds the cluster's records again. */
+#define PCP_INDEX_LAYOUT 2
+struct pcp_index_hdr {
+	uint32_t layout;
+	uint32_t unused;
+};
+struct pcp_size_rec {
+	uint64_t psize; /* the body's bytes, as the agent serves them */
+	uint64_t vsize; /* with CRLF line ends; 0: not known */
+};
 
 struct pcp_mail {
 	union mail_module_context module_ctx;
@@ -253,7 +289,10 @@ uint32_t pcp_ext_id(struct mailbox *box);
 void pcp_ref_from_ext(struct porcupine_msgref *ref, const struct pcp_ext_rec *rec);
 void pcp_stamp(struct mailbox_transaction_context *t, uint32_t seq,
 	       const struct porcupine_message *m, bool appended, uint32_t pflags);
-const struct pcp_ext_rec *pcp_placeholder(struct mail *mail);
+const struct pcp_ext_rec *pcp_bodiless(struct mail *mail);
+uint32_t pcp_size_ext_id(struct mailbox *box);
+bool pcp_sizes(struct mail *mail, struct pcp_size_rec *sizes_r);
+uint32_t pcp_index_layout(struct mailbox *box, struct mail_index_view *view);
 void pcp_local_holders(struct mailbox *box, struct mail_index_view *view,
 		       uint32_t seq, struct pcp_decide_local *l);
 bool pcp_out_of_reach(struct mailbox *box, struct mail_index_view *view,
@@ -262,6 +301,12 @@ int pcp_lookup_ref(struct mail *mail, porcupine_client *c,
 		   const struct porcupine_message **m_r);
 void pcp_fail_transaction(struct mailbox_transaction_context *t,
 			  enum mail_error error, const char *reason);
+
+/* porcupine-read.c */
+int pcp_open_body(struct mail *mail, const struct pcp_ext_rec *rec, int *fd_r,
+		  const char **error_r);
+void pcp_read_ahead_clear(struct pcp_mailbox *pbox);
+void pcp_read_ahead_free(struct pcp_mailbox *pbox);
 
 /* porcupine-sync.c */
 struct mailbox_sync_context *

@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* porcupine-storage.c - the mail user and the mailbox: the user's agent
  * connection and settings (mail_user_created), the mailbox's vfuncs
- * (mailbox_allocated: only sdbox, mdbox and maildir are used as a cache),
- * and what the other parts share: each cached message's cluster reference
- * in the local index (extension "porcupine", placeholders' stamps
- * included), the last listing of a folder (UID -> message reference), and
- * keyword lists between Dovecot and the cluster. */
+ * (mailbox_allocated: the user's mail must be in sdbox, used as an index
+ * of bodiless records), and what the other parts share: each message's
+ * cluster reference in the local index (extension "porcupine"), its sizes
+ * and the index's layout (extension "porcupine2"), the last listing of a
+ * folder (UID -> message reference), and keyword lists between Dovecot and
+ * the cluster. */
 #include "porcupine-plugin.h"
 #include "ioloop.h"
 
@@ -69,14 +70,27 @@ static void pcp_mailbox_free(struct mailbox *box)
 	array_free(&pbox->moved);
 	array_free(&pbox->out_of_reach);
 	array_free(&pbox->change_sets);
+	pcp_read_ahead_free(pbox);
 }
 
-/* Only the local storages the plugin knows how to use as a cache. */
+/* The local storage that can hold the cluster's index: sdbox keeps a
+   record whose file is missing (its sync only replays the index's log, and
+   expunging one is silent), where maildir's sync drops it and mdbox's
+   rebuilds the storage. */
 static bool pcp_storage_supported(const struct mail_storage *storage)
 {
-	return strcmp(storage->name, "sdbox") == 0 ||
-		strcmp(storage->name, "mdbox") == 0 ||
-		strcmp(storage->name, "maildir") == 0;
+	return strcmp(storage->name, "sdbox") == 0;
+}
+
+/* A mailbox of the user's own mail in a storage the cluster cannot use:
+   opening it fails, with the reason in the log, rather than serving mail
+   the cluster never sees. */
+static int pcp_open_unsupported(struct mailbox *box)
+{
+	mail_storage_set_critical(box->storage, "porcupine: mail_location uses "
+		"%s; the cluster needs sdbox (mail_location = sdbox:...)",
+		box->storage->name);
+	return -1;
 }
 
 void pcp_mailbox_allocated(struct mailbox *box)
@@ -84,9 +98,15 @@ void pcp_mailbox_allocated(struct mailbox *box)
 	struct mailbox_vfuncs *v = box->vlast;
 	struct pcp_mailbox *pbox;
 
-	if (PCP_USER(box->storage->user) == NULL ||
-	    !pcp_storage_supported(box->storage))
+	if (PCP_USER(box->storage->user) == NULL)
 		return;
+	if (!pcp_storage_supported(box->storage)) {
+		/* LMTP's raw mailbox of the incoming mail is not the user's. */
+		if ((box->list->ns->flags & NAMESPACE_FLAG_INBOX_USER) != 0 &&
+		    strcmp(box->storage->name, "raw") != 0)
+			v->open = pcp_open_unsupported;
+		return;
+	}
 	pbox = p_new(box->pool, struct pcp_mailbox, 1);
 	pbox->module_ctx.super = *v;
 	box->vlast = &pbox->module_ctx.super;
@@ -227,14 +247,42 @@ static void pcp_ext_from_ref(struct pcp_ext_rec *rec, const struct porcupine_msg
 	memcpy(rec->replicas, ref->replicas, rec->nreplicas * sizeof(rec->replicas[0]));
 }
 
-/* Records where the cluster keeps message `m`, cached at `seq` (of the
-   transaction's view, or one it appended); `pflags` for a new record, an
-   existing one keeps its own. */
+uint32_t pcp_size_ext_id(struct mailbox *box)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+
+	if (!pbox->size_ext_registered) {
+		pbox->size_ext_id = mail_index_ext_register(box->index, "porcupine2",
+							    sizeof(struct pcp_index_hdr),
+							    sizeof(struct pcp_size_rec),
+							    sizeof(uint64_t));
+		pbox->size_ext_registered = TRUE;
+	}
+	return pbox->size_ext_id;
+}
+
+/* The layout of the index `view` shows (PCP_INDEX_LAYOUT, or 0 for an
+   index of an older version or one the local storage rebuilt). */
+uint32_t pcp_index_layout(struct mailbox *box, struct mail_index_view *view)
+{
+	const void *data = NULL;
+	size_t size = 0;
+
+	mail_index_get_header_ext(view, pcp_size_ext_id(box), &data, &size);
+	if (data == NULL || size < sizeof(struct pcp_index_hdr))
+		return 0;
+	return ((const struct pcp_index_hdr *)data)->layout;
+}
+
+/* Records where the cluster keeps message `m`, and its sizes, at `seq` (of
+   the transaction's view, or one it appended); `pflags` for a new record,
+   an existing one keeps its own. */
 void pcp_stamp(struct mailbox_transaction_context *t, uint32_t seq,
 	       const struct porcupine_message *m, bool appended, uint32_t pflags)
 {
-	uint32_t ext_id = pcp_ext_id(t->box);
+	uint32_t ext_id = pcp_ext_id(t->box), size_ext_id = pcp_size_ext_id(t->box);
 	struct pcp_ext_rec rec;
+	struct pcp_size_rec sizes;
 	const void *data = NULL;
 	bool expunged;
 
@@ -243,16 +291,24 @@ void pcp_stamp(struct mailbox_transaction_context *t, uint32_t seq,
 	rec.pflags = pflags;
 	if (!appended)
 		mail_index_lookup_ext(t->view, seq, ext_id, &data, &expunged);
-	if (data != NULL) {
+	if (data != NULL)
 		rec.pflags = ((const struct pcp_ext_rec *)data)->pflags;
-		if (memcmp(data, &rec, sizeof(rec)) == 0)
-			return;
-	}
-	mail_index_update_ext(t->itrans, seq, ext_id, &rec, NULL);
+	if (data == NULL || memcmp(data, &rec, sizeof(rec)) != 0)
+		mail_index_update_ext(t->itrans, seq, ext_id, &rec, NULL);
+
+	i_zero(&sizes);
+	sizes.psize = m->size;
+	sizes.vsize = m->vsize;
+	data = NULL;
+	if (!appended)
+		mail_index_lookup_ext(t->view, seq, size_ext_id, &data, &expunged);
+	if (data == NULL || memcmp(data, &sizes, sizeof(sizes)) != 0)
+		mail_index_update_ext(t->itrans, seq, size_ext_id, &sizes, NULL);
 }
 
-/* The stamp of `mail` if it is a placeholder (PCP_EXT_PLACEHOLDER). */
-const struct pcp_ext_rec *pcp_placeholder(struct mail *mail)
+/* The stamp of `mail` if it has no body in the local storage
+   (PCP_EXT_BODILESS). */
+const struct pcp_ext_rec *pcp_bodiless(struct mail *mail)
 {
 	const struct pcp_ext_rec *rec;
 	const void *data = NULL;
@@ -263,7 +319,25 @@ const struct pcp_ext_rec *pcp_placeholder(struct mail *mail)
 	mail_index_lookup_ext(mail->transaction->view, mail->seq,
 			      pcp_ext_id(mail->box), &data, &expunged);
 	rec = data;
-	return rec != NULL && (rec->pflags & PCP_EXT_PLACEHOLDER) != 0 ? rec : NULL;
+	return rec != NULL && (rec->pflags & PCP_EXT_BODILESS) != 0 ? rec : NULL;
+}
+
+/* The sizes the sync recorded for `mail` into *sizes_r; FALSE when it has
+   none (a record of an older version). */
+bool pcp_sizes(struct mail *mail, struct pcp_size_rec *sizes_r)
+{
+	const void *data = NULL;
+	bool expunged;
+
+	i_zero(sizes_r);
+	if (PCP_BOX(mail->box) == NULL || mail->seq == 0 || mail->saving)
+		return FALSE;
+	mail_index_lookup_ext(mail->transaction->view, mail->seq,
+			      pcp_size_ext_id(mail->box), &data, &expunged);
+	if (data == NULL)
+		return FALSE;
+	memcpy(sizes_r, data, sizeof(*sizes_r));
+	return sizes_r->psize != 0;
 }
 
 /* Where the cluster keeps the local message at `seq` of `view`, from its

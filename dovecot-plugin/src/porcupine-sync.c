@@ -2,17 +2,19 @@
 /* porcupine-sync.c - mailbox sync with the cluster: every sync of a
  * mailbox (SELECT, EXAMINE, NOOP, CHECK, IDLE's wake-ups, POP3 login, any
  * mailbox_sync) first lists the folder in the cluster and makes the local
- * cache match it, then lets the local storage sync as before. What to
+ * index match it, then lets the local storage sync as before. What to
  * change is decided by porcupine-decide.c on the listing and the index's
- * records: a new UIDVALIDITY empties the cache; listed messages the cache
- * lacks are fetched (pipelined, in batches) and saved with the cluster's
- * UID, flags, keywords and internal date, or cached as placeholders when
- * no holder gives the body; cached ones get the cluster's flags and
+ * records: a new UIDVALIDITY empties the index; listed messages the index
+ * lacks are added as records only (UID, flags, keywords, internal date,
+ * sizes; no body moves: porcupine-mail.c reads it through the node's agent
+ * when a client asks for it); indexed ones get the cluster's flags and
  * keywords; ones the cluster no longer lists are expunged unless their
- * holders are out of reach. The sync of one mailbox holds a lock
- * (dovecot-porcupine.lock beside its index, Dovecot's lock helpers) so two
- * processes of a node never both cache the same message; a sync that
- * cannot take it in time fails with a temporary error.
+ * holders are out of reach. An index of an older layout (records with
+ * bodies) or one the local storage rebuilt is emptied and filled again.
+ * The sync of one mailbox holds a lock (dovecot-porcupine.lock beside its
+ * index, Dovecot's lock helpers) so two processes of a node never both add
+ * the same message; a sync that cannot take it in time fails with a
+ * temporary error.
  *
  * Also here: STATUS of a mailbox that is not open syncs it first, and
  * IDLE polls the cluster's digest of the selected folder. */
@@ -21,12 +23,14 @@
 #include "file-lock.h"
 
 #include <sys/stat.h>
+#include <dirent.h>
+#include <unistd.h>
 
 #include <string.h>
 
-/* Logs a failed change of the local cache. A mailbox deleted meanwhile by
+/* Logs a failed change of the local index. A mailbox deleted meanwhile by
    another process of this node (DELETE, RENAME, or the folder list
-   following the cluster) is not an error of the cache: Dovecot's own sync
+   following the cluster) is not an error of the index: Dovecot's own sync
    reports it to the client as for a stock mailbox. */
 static void pcp_local_failed(struct mailbox *box, const char *what)
 {
@@ -44,7 +48,7 @@ static int pcp_commit(struct mailbox_transaction_context **t)
 	struct mailbox *box = (*t)->box;
 
 	if (mailbox_transaction_commit(t) < 0) {
-		pcp_local_failed(box, "committing the local cache");
+		pcp_local_failed(box, "committing the local index");
 		return -1;
 	}
 	return 0;
@@ -63,7 +67,7 @@ static int pcp_reset(struct mailbox *box, const struct mail_index_header *hdr,
 
 	if (hdr->messages_count > 0) {
 		e_warning(box->event, "porcupine: UIDVALIDITY %u -> %u: "
-			  "emptying the local cache of %s",
+			  "emptying the local index of %s",
 			  hdr->uid_validity, uid_validity, pcp_log_name(box->vname));
 		view = mail_index_view_open(box->index);
 		t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
@@ -90,85 +94,105 @@ static int pcp_reset(struct mailbox *box, const struct mail_index_header *hdr,
 	return 0;
 }
 
-/* Saves message `m`, whose body is `body`, in the local cache with the
-   cluster's UID, flags and internal date. -1 if the local save failed. */
-static int pcp_save_body(struct mailbox_transaction_context *t,
-			 const struct porcupine_message *m,
-			 const char *body, size_t len)
+/* Copies the header of extension `name` (when the index has it) from
+   `view` into `t`, after its reset. */
+static void pcp_keep_header(struct mail_index_view *view,
+			    struct mail_index_transaction *t, const char *name)
 {
-	struct mailbox *box = t->box;
-	struct mail_save_context *save;
-	struct istream *input;
-	int ret;
+	const void *data = NULL;
+	size_t size = 0;
+	uint32_t ext_id;
 
-	save = mailbox_save_alloc(t);
-	mailbox_save_set_uid(save, m->uid);
-	if (m->nkeywords > 0) {
-		struct mail_keywords *kw = pcp_cluster_keywords(box, m);
-		mailbox_save_set_flags(save, pcp_flags_from_cluster(m->flags), kw);
-		mailbox_keywords_unref(&kw);
-	} else {
-		mailbox_save_set_flags(save, pcp_flags_from_cluster(m->flags), NULL);
+	if (!mail_index_ext_lookup(mail_index_view_get_index(view), name, &ext_id))
+		return;
+	mail_index_get_header_ext(view, ext_id, &data, &size);
+	if (size > 0)
+		mail_index_update_header_ext(t, ext_id, 0, data, size);
+}
+
+/* Removes the message files an older version kept in the local storage
+   (sdbox's u.<UID>); what fails is logged and left. */
+static void pcp_unlink_old_bodies(struct mailbox *box)
+{
+	const char *dir;
+	struct dirent *d;
+	DIR *dirp;
+	unsigned int removed = 0;
+
+	if (mailbox_get_path_to(box, MAILBOX_LIST_PATH_TYPE_MAILBOX, &dir) <= 0 ||
+	    (dirp = opendir(dir)) == NULL)
+		return;
+	while ((d = readdir(dirp)) != NULL) {
+		const char *p = d->d_name;
+
+		if (p[0] != 'u' || p[1] != '.' || p[2] < '0' || p[2] > '9' ||
+		    strspn(p + 2, "0123456789") != strlen(p + 2))
+			continue;
+		if (unlinkat(dirfd(dirp), p, 0) == 0)
+			removed++;
+		else if (errno != ENOENT)
+			e_warning(box->event, "porcupine: removing %s/%s failed: %m", dir, p);
 	}
-	mailbox_save_set_received_date(save, (time_t)(m->internal_date_ms / 1000), 0);
-	input = i_stream_create_from_data(body, len);
-	if (mailbox_save_begin(&save, input) < 0) {
-		ret = -1;
-	} else {
-		pcp_stamp(t, mailbox_save_get_dest_mail(save)->seq, m, TRUE, 0);
-		do {
-			if (mailbox_save_continue(save) < 0)
-				break;
-		} while (i_stream_read(input) > 0);
-		ret = mailbox_save_finish(&save);
+	(void)closedir(dirp);
+	if (removed > 0) {
+		e_info(box->event, "porcupine: removed %u message files of an older "
+		       "version from %s (their bodies are the cluster's)", removed,
+		       pcp_log_name(box->vname));
 	}
-	i_stream_unref(&input);
-	if (ret < 0) {
-		pcp_local_failed(box, t_strdup_printf("saving UID %u of %s locally",
-						      m->uid, pcp_log_name(box->vname)));
+}
+
+/* The index is not of this layout (PCP_INDEX_LAYOUT): written by an older
+   version, with bodies in the local storage, or rebuilt by the local
+   storage, which keeps the next UID and drops every bodiless record. Its
+   records cannot simply be added again (UIDs below the next one), and
+   renumbering them in the cluster would change every client's UIDs: the
+   index is emptied (as the storage's own rebuild does it, keeping its
+   header) with the cluster's UIDVALIDITY, and the sync fills it again. */
+static int pcp_relayout(struct mailbox *box, struct mail_index_view *view,
+			uint32_t uid_validity)
+{
+	const struct mail_index_header *hdr = mail_index_get_header(view);
+	struct mailbox_transaction_context *t;
+	struct pcp_index_hdr layout;
+
+	e_warning(box->event, "porcupine: the index of %s is of an older "
+		  "layout or was rebuilt (%u messages, next UID %u): emptying it "
+		  "and adding the cluster's records again", pcp_log_name(box->vname),
+		  hdr->messages_count, hdr->next_uid);
+	t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL, __func__);
+	mail_index_reset(t->itrans);
+	pcp_keep_header(view, t->itrans, "dbox-hdr");
+	mail_index_update_header(t->itrans,
+		offsetof(struct mail_index_header, uid_validity),
+		&uid_validity, sizeof(uid_validity), TRUE);
+	i_zero(&layout);
+	layout.layout = PCP_INDEX_LAYOUT;
+	mail_index_update_header_ext(t->itrans, pcp_size_ext_id(box), 0,
+				     &layout, sizeof(layout));
+	if (pcp_commit(&t) < 0)
 		return -1;
-	}
+	pcp_unlink_old_bodies(box);
 	return 0;
 }
 
-/* Caches message `m` without its body (no holder gave it): an index record
-   with the cluster's UID, flags and keywords, stamped as a placeholder.
-   Committed on its own, after what `*t` saved before it. */
-static int pcp_save_placeholder(struct mailbox_transaction_context **t,
-				const struct porcupine_message *m)
+/* Adds message `m` to the local index: a record with the cluster's UID,
+   flags, keywords, internal date and sizes, stamped with where the cluster
+   keeps it. No body is written here: the node's agent gives it when it is
+   read (porcupine-mail.c), from its own copy, its cache or a holder. */
+static void pcp_append_record(struct mailbox_transaction_context *t,
+			      const struct porcupine_message *m)
 {
-	struct mailbox *box = (*t)->box;
-	struct mailbox_transaction_context *pt;
 	uint32_t seq;
 
-	int ret = 0;
-
-	if (pcp_commit(t) < 0) {
-		*t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
-					       __func__);
-		return -1;
-	}
-	pt = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
-				       __func__);
-	mail_index_append(pt->itrans, m->uid, &seq);
-	mail_index_update_flags(pt->itrans, seq, MODIFY_REPLACE,
+	mail_index_append(t->itrans, m->uid, &seq);
+	mail_index_update_flags(t->itrans, seq, MODIFY_REPLACE,
 				pcp_flags_from_cluster(m->flags));
 	if (m->nkeywords > 0) {
-		struct mail_keywords *kw = pcp_cluster_keywords(box, m);
-		mail_index_update_keywords(pt->itrans, seq, MODIFY_REPLACE, kw);
+		struct mail_keywords *kw = pcp_cluster_keywords(t->box, m);
+		mail_index_update_keywords(t->itrans, seq, MODIFY_REPLACE, kw);
 		mailbox_keywords_unref(&kw);
 	}
-	pcp_stamp(pt, seq, m, TRUE, PCP_EXT_PLACEHOLDER);
-	if (pcp_commit(&pt) < 0) {
-		ret = -1;
-	} else {
-		e_warning(box->event, "porcupine: UID %u of %s cached without its "
-			  "body (no holder answered); reading it fails until one does",
-			  m->uid, pcp_log_name(box->vname));
-	}
-	*t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
-				       __func__);
-	return ret;
+	pcp_stamp(t, seq, m, TRUE, PCP_EXT_BODILESS);
 }
 
 /* Makes the local keywords of `mail` the cluster's (`m`). */
@@ -185,9 +209,9 @@ static void pcp_sync_keywords(struct mail *mail, const struct porcupine_message 
 	mailbox_keywords_unref(&kw);
 }
 
-/* Makes the local cache of `box` match the cluster's listing `folder`, as
+/* Makes the local index of `box` match the cluster's listing `folder`, as
    porcupine-decide.c decides: reset, flags and keywords, expunges, and the
-   missing messages fetched and saved. */
+   missing messages' records added. */
 static int pcp_apply(struct mailbox *box, porcupine_client *c,
 		     const struct porcupine_folder *folder)
 {
@@ -198,11 +222,10 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 	struct pcp_decide_listing listing;
 	struct pcp_decide_local *local;
 	struct pcp_decide_result res;
-	const struct porcupine_message **mp;
 	uint32_t *uids, *origins, *tseqs;
 	uint64_t *seqs;
-	uint64_t *sizes;
-	unsigned int i, ntodo;
+	unsigned int i;
+	uint32_t layout;
 	uint32_t seq, count, next_uid;
 	struct pcp_mailbox *pbox = PCP_BOX(box);
 	size_t li, ci;
@@ -211,7 +234,7 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 	array_clear(&pbox->out_of_reach);
 	if (folder->uidvalidity == 0) {
 		/* The cluster has no such folder (deleted or renamed on another
-		   node): the cache stays as it is, the sync fails (sync_deinit)
+		   node): the index stays as it is, the sync fails (sync_deinit)
 		   and the folder list's next follow deletes it here. INBOX
 		   always exists. */
 		pbox->gone = !box->inbox_user && strcmp(box->vname, "INBOX") != 0;
@@ -220,6 +243,17 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 	(void)mail_index_refresh(box->index);
 	view = mail_index_view_open(box->index);
 	hdr = mail_index_get_header(view);
+	layout = pcp_index_layout(box, view);
+	if (layout != PCP_INDEX_LAYOUT && (hdr->messages_count > 0 || hdr->next_uid > 1)) {
+		ret = pcp_relayout(box, view, folder->uidvalidity);
+		mail_index_view_close(&view);
+		if (ret < 0)
+			return -1;
+		(void)mail_index_refresh(box->index);
+		view = mail_index_view_open(box->index);
+		hdr = mail_index_get_header(view);
+		layout = pcp_index_layout(box, view);
+	}
 	if (pcp_decide_reset(hdr->uid_validity, folder->uidvalidity)) {
 		struct mail_index_header copy = *hdr;
 		mail_index_view_close(&view);
@@ -235,7 +269,7 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 	t = mailbox_transaction_begin(box, MAILBOX_TRANSACTION_FLAG_EXTERNAL,
 				      __func__);
 	mail = mail_alloc(t, MAIL_FETCH_FLAGS, NULL);
-	/* The cached messages in UID order: still there (not expunged
+	/* The indexed messages in UID order: still there (not expunged
 	   meanwhile by another process), and where the cluster keeps them. */
 	local = t_new(struct pcp_decide_local, count + 1);
 	tseqs = t_new(uint32_t, count + 1);
@@ -288,8 +322,9 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 			pcp_stamp(t, mail->seq, m, FALSE, 0);
 			break;
 		case PCP_KEEP_OUT_OF_REACH:
-			/* Its nodes are down or silent: not gone. Served from
-			   the cache until they answer again. */
+			/* Its nodes are down or silent: not gone. Listed, and
+			   read from the node's cache while it has the body,
+			   until they answer again. */
 			seq_range_array_add(&pbox->out_of_reach, local[li].uid);
 			break;
 		case PCP_EXPUNGE:
@@ -303,13 +338,11 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 	mail_index_view_close(&view);
 	if (array_count(&pbox->out_of_reach) > 0) {
 		e_warning(box->event, "porcupine: %u messages of %s are on nodes "
-			  "out of reach; serving them from the cache",
+			  "out of reach; keeping them listed",
 			  seq_range_count(&pbox->out_of_reach), pcp_log_name(box->vname));
 	}
 
-	/* The missing messages in UID order, fetched a batch at a time
-	   (pipelined), each batch at most PCP_FETCH_BATCH messages and about
-	   PCP_FETCH_BATCH_BYTES. */
+	/* UIDs the index already passed. */
 	for (ci = 0; ci < res.nbelow; ci++) {
 		/* The local index already used this UID (a store that
 		   completed after its delivery was given up, one on its way
@@ -323,65 +356,29 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 					    m->uid, next_uid - 1);
 		if (rc == PORCUPINE_OK) {
 			e_info(box->event, "porcupine: UID %u of %s is below the "
-			       "local next UID %u and not cached: the cluster moves it "
+			       "local next UID %u and not indexed: the cluster moves it "
 			       "to a new UID if it is still there", m->uid, pcp_log_name(box->vname),
 			       next_uid);
 		} else {
 			e_warning(box->event, "porcupine: UID %u of %s is below the "
-				  "local next UID %u; not cached, and moving it "
+				  "local next UID %u; not indexed, and moving it "
 				  "failed: %s", m->uid, pcp_log_name(box->vname), next_uid,
 				  porcupine_error(c));
 		}
 	}
-	ntodo = res.nadd;
-	mp = t_new(const struct porcupine_message *, ntodo + 1);
-	sizes = t_new(uint64_t, ntodo + 1);
-	for (i = 0; i < ntodo; i++) {
-		mp[i] = &folder->messages[res.add[i]];
-		sizes[i] = mp[i]->size;
-	}
-	for (i = 0; i < ntodo && ret == 0; ) {
-		struct porcupine_fetched items[PCP_FETCH_BATCH];
-		unsigned int n, k;
+	/* The missing messages, in UID order: their records only. */
+	for (i = 0; i < res.nadd; i++)
+		pcp_append_record(t, &folder->messages[res.add[i]]);
+	if (layout != PCP_INDEX_LAYOUT) {
+		/* A new index: bodiless records from its start. */
+		struct pcp_index_hdr ihdr;
 
-		n = pcp_decide_batch(sizes + i, ntodo - i, PCP_FETCH_BATCH,
-				     PCP_FETCH_BATCH_BYTES);
-		for (k = 0; k < n; k++) {
-			i_zero(&items[k]);
-			items[k].ref = mp[i + k]->ref;
-		}
-		(void)porcupine_fetch_many(c, box->storage->user->username,
-					   box->vname, items, n);
-		for (k = 0; k < n; k++) {
-			const struct porcupine_message *m = mp[i + k];
-			int saved = 0;
-
-			if (ret != 0) {
-				/* an earlier local save failed: later syncs */
-			} else if (items[k].result == PORCUPINE_OK) {
-				saved = pcp_save_body(t, m, items[k].body, items[k].len);
-			} else if (items[k].result != PORCUPINE_NOT_FOUND) {
-				/* No holder gave the body: a placeholder keeps
-				   the message's place (UIDs are cached in
-				   order), the later ones are cached too. */
-				e_warning(box->event, "porcupine: fetching UID %u of %s "
-					  "failed: code %d (%s)", m->uid, pcp_log_name(box->vname),
-					  items[k].result, porcupine_error(c));
-				saved = pcp_save_placeholder(&t, m);
-			} /* NOT_FOUND: expunged since the listing */
-			if (saved < 0) {
-				/* The local save failed: the messages before it
-				   are kept; this one and the later ones come at
-				   a later sync. */
-				ret = -1;
-			}
-			porcupine_body_free(items[k].body);
-		}
-		i += n;
+		i_zero(&ihdr);
+		ihdr.layout = PCP_INDEX_LAYOUT;
+		mail_index_update_header_ext(t->itrans, pcp_size_ext_id(box), 0,
+					     &ihdr, sizeof(ihdr));
 	}
-	if (pcp_commit(&t) < 0)
-		return -1;
-	return ret;
+	return pcp_commit(&t);
 }
 
 static int pcp_index_dir_stat(struct mailbox *box, struct stat *st_r)
@@ -458,8 +455,8 @@ int pcp_lock(struct mailbox *box, struct file_lock **lock_r)
 	return ret;
 }
 
-/* Makes the local cache of `box` match the cluster. On failure the local
-   cache is served as it is. */
+/* Makes the local index of `box` match the cluster. On failure the local
+   index is served as it is. */
 static int pcp_sync_from_cluster(struct mailbox *box)
 {
 	struct pcp_mailbox *pbox = PCP_BOX(box);
@@ -474,7 +471,7 @@ static int pcp_sync_from_cluster(struct mailbox *box)
 	code = porcupine_folder_list(c, user->username, box->vname, &folder);
 	if (code != PORCUPINE_OK) {
 		e_warning(box->event, "porcupine: listing %s failed (serving the "
-			  "local cache): %s", pcp_log_name(box->vname), porcupine_error(c));
+			  "local index): %s", pcp_log_name(box->vname), porcupine_error(c));
 		return -1;
 	}
 	pbox->in_sync = TRUE;
@@ -509,6 +506,9 @@ static int pcp_sync_from_cluster(struct mailbox *box)
 	pbox->in_sync = FALSE;
 	pbox->synced_digest = ret == 0 ? folder.digest : 0;
 	pcp_set_refs(pbox, &folder);
+	/* Sequences may have moved: nothing opened ahead is kept. */
+	pcp_read_ahead_clear(pbox);
+	pbox->last_read_seq = 0;
 	return ret;
 }
 
@@ -531,7 +531,7 @@ pcp_sync_init(struct mailbox *box, enum mailbox_sync_flags flags)
 
 /* The local storage's sync, then the failure of a sync that could not take
    the mailbox's lock in time: a temporary error (IMAP NO), while the
-   local cache stays as it was. */
+   local index stays as it was. */
 int pcp_sync_deinit(struct mailbox_sync_context *ctx,
 		    struct mailbox_sync_status *status_r)
 {
@@ -568,7 +568,7 @@ int pcp_sync_deinit(struct mailbox_sync_context *ctx,
 
 /* IMAP STATUS (and LIST-STATUS) of a mailbox that is not open: Dovecot
    would answer from the mailbox list index, which knows only what this
-   node has cached. Open it and sync it from the cluster first. Other
+   node has indexed. Open it and sync it from the cluster first. Other
    services (LMTP above all) do not need it and skip the cost. */
 int pcp_get_status(struct mailbox *box, enum mailbox_status_items items,
 		   struct mailbox_status *status_r)

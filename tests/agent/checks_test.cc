@@ -150,6 +150,41 @@ TEST(LocalRequest, NodeAdministrationNamesANodeAndAKnownState) {
   EXPECT_EQ(request_problem(q), "unknown node state");
 }
 
+TEST(LocalRequest, AnOpenNamesOneUsersMessagesAtMost128AndTakesDescriptors) {
+  pb::Request q;
+  auto* o = q.mutable_open();
+  EXPECT_EQ(request_problem(q), "no message references");
+  auto add = [o](const char* user, std::uint32_t origin) {
+    auto* r = o->add_refs();
+    r->set_user(user);
+    r->set_origin(origin);
+    r->set_seq(1);
+    r->add_replicas(1);
+  };
+  add("<Ann@example.org>", 1);
+  EXPECT_EQ(request_problem(q), "Open answers with file descriptors only: set pass_fds");
+  o->set_pass_fds(true);
+  EXPECT_EQ(request_problem(q), std::nullopt);
+  add("ann@example.org", 2);  // the same user, however spelled
+  EXPECT_EQ(request_problem(q), std::nullopt);
+  add("ann@example.org", 0);
+  EXPECT_EQ(request_problem(q), "message reference is empty");
+  o->mutable_refs()->RemoveLast();
+  add("bob@example.org", 3);
+  EXPECT_EQ(request_problem(q), "an Open names one user's messages");
+  o->mutable_refs()->RemoveLast();
+  o->set_part(pb::Open::HEADER);
+  EXPECT_EQ(request_problem(q), "only whole bodies can be opened");
+  o->set_part(pb::Open::WHOLE);
+  while (o->refs_size() < 128) add("ann@example.org", 4);
+  EXPECT_EQ(request_problem(q), std::nullopt);
+  add("ann@example.org", 5);
+  EXPECT_EQ(request_problem(q), "more than 128 messages in one Open");
+  o->clear_refs();
+  add("", 1);
+  EXPECT_EQ(request_problem(q), "user is empty");
+}
+
 TEST(LocalRequest, BytesThatAreNotARequestAreNotDecoded) {
   pb::Request q;
   EXPECT_FALSE(decode_request("\x07", q));

@@ -76,6 +76,8 @@ MessageRecord full_record(std::uint64_t seq) {
   r.has_body = true;
   r.body = kBody;
   r.size = kBody.size();
+  r.vsize = kBody.size() + 3;
+  r.hdr_size = 40;
   r.folder_version = {1'700'000'000'700, 3};
   r.internal_date = 1'700'000'000'123;
   r.uidvalidity = 42;
@@ -141,7 +143,8 @@ std::vector<Message> every_message() {
              .complete = {0, 5, 1023},
              .users = {kUser, "bob@example.com"},
              .generations = {7, std::numeric_limits<std::uint64_t>::max()},
-             .entries = {{kUser, kFolder, {{42, 1, 17, 12, {1'700'000'000'900, 3}, {{{1'700'000'000'100, 1}, 9}}}, {43, 1, 3, 0, {}, {}}}, 12}},
+             .entries = {{kUser, kFolder, {{42, 1, 17, 12, {1'700'000'000'900, 3}, {{{1'700'000'000'100, 1}, 9}}}, {43, 1, 3, 0, {}, {}}}, 12,
+                          {{{2, 3}, 40'000}, {{3, 5}, std::uint64_t{1} << 40}}}},
              .profiles = {full_profile()},
              .handoffs = {{kUser, kFolder, 42, 18, {16, 17}, {1'700'000'000'900, 3}, {{{1'700'000'000'100, 1}, 9}}}}},
       ReportAck{.epoch = epoch, .complete = {5}, .users = {kUser}, .generations = {7}},
@@ -153,6 +156,8 @@ std::vector<Message> every_message() {
       AllocReply{
           .req = 102, .status = Status::TryAgain, .uidvalidity = 42, .uid = 17, .nodes = {3, 5},
           .quota_bytes = 4096, .gen = {1'700'000'000'900, 3}, .seen = {{{1'700'000'000'100, 1}, 9}}},
+      AllocReply{.req = 102, .status = Status::OverQuota, .uidvalidity = 0, .uid = 0, .nodes = {},
+                 .quota_bytes = 4096, .quota_checked = true, .gen = {}, .seen = {}},
       CreateUserRequest{103, kUser, "{PLAIN}secret"},
       MapRequest{104, kUser, kFolder},
       MapReply{.req = 105,
@@ -172,10 +177,11 @@ std::vector<Message> every_message() {
       ListRequest{109, kUser, kFolder, true},
       ListReply{110, {full_record(1), full_record(2)}},
       ListReply{110, {}, true, 0xfedcba9876543210ULL},
-      FetchRequest{111, {3, 99}},
+      FetchRequest{111, {3, 99}, kUser},
       FetchReply{112, Status::Exists, kBody},
       ProfileRequest{113, kUser},
       ProfileReply{114, Status::NoSuchUser, full_profile()},
+      ProfileReply{114, Status::Ok, full_profile(), true, 123456789},
       UserUpdateRequest{.req = 115,
                         .user = kUser,
                         .op = UserUpdateRequest::Op::DeleteFolder,
@@ -271,6 +277,33 @@ TEST(Codec, AFullSpoolTravelsWithTheLoadAndAnOlderSenderIsNotFull) {
   EXPECT_FALSE(out.full);
 }
 
+// What an older agent sends without the quota fields: a report entry
+// without bytes, an AllocReply whose quota the front end must check, a
+// ProfileReply without a count.
+TEST(Codec, QuotaFieldsFromAnOlderAgentDecodeAsAbsent) {
+  pb::Envelope old = frame_header();
+  pb::ReportEntry* e = old.mutable_report()->add_entries();
+  e->set_user(kUser);
+  e->set_count(3);
+  Envelope out;
+  ASSERT_TRUE(decode_envelope(frame(old), out));
+  const auto& r = std::get<Report>(out.body);
+  ASSERT_EQ(r.entries.size(), 1u);
+  EXPECT_EQ(r.entries[0].count, 3u);
+  EXPECT_TRUE(r.entries[0].bytes.empty());
+
+  old = frame_header();
+  old.mutable_alloc_reply()->set_quota_bytes(100);
+  ASSERT_TRUE(decode_envelope(frame(old), out));
+  EXPECT_EQ(std::get<AllocReply>(out.body).quota_bytes, 100u);
+  EXPECT_FALSE(std::get<AllocReply>(out.body).quota_checked);
+
+  old = frame_header();
+  old.mutable_profile_reply();
+  ASSERT_TRUE(decode_envelope(frame(old), out));
+  EXPECT_FALSE(std::get<ProfileReply>(out.body).has_usage);
+}
+
 TEST(Codec, EveryStatusKindAndOpSurvivesTheWire) {
   for (Status s : {Status::Ok, Status::TryAgain, Status::NoSuchUser, Status::Exists,
                    Status::NotManager, Status::Failed}) {
@@ -348,6 +381,33 @@ TEST(Codec, RecordAtRestRoundTripsWithoutItsBody) {
   want.body.clear();
   EXPECT_EQ(out, want);
   EXPECT_TRUE(out.has_body);
+}
+
+TEST(Codec, BodySizesTravelAndAreKeptAtRestAndARecordWithoutThemHasZero) {
+  const MessageRecord r = full_record(9);
+  MessageRecord out;
+  std::string error;
+  ASSERT_TRUE(decode_record(encode_record(r), out, &error)) << error;
+  EXPECT_EQ(out.vsize, kBody.size() + 3);
+  EXPECT_EQ(out.hdr_size, 40u);
+
+  Envelope e = envelope(ListReply{5, {r}, false, 0});
+  Envelope got;
+  ASSERT_TRUE(decode_envelope(encode_envelope(e), got, &error)) << error;
+  const auto& listed = std::get<ListReply>(got.body).records.at(0);
+  EXPECT_EQ(listed.vsize, kBody.size() + 3);
+  EXPECT_EQ(listed.hdr_size, 40u);
+
+  // What a node from before these fields writes: the same record without
+  // them (fields 23 and 24).
+  pb::MessageRecord old;
+  ASSERT_TRUE(old.ParseFromString(encode_record(r)));
+  old.clear_vsize();
+  old.clear_hdr_size();
+  ASSERT_TRUE(decode_record(old.SerializeAsString(), out, &error)) << error;
+  EXPECT_EQ(out.vsize, 0u);
+  EXPECT_EQ(out.hdr_size, 0u);
+  EXPECT_EQ(out.size, r.size);
 }
 
 TEST(Codec, ProfileAtRestRoundTrips) {
@@ -521,6 +581,10 @@ TEST(Codec, NodeIdZeroIsRejectedWhereANodeIsNamed) {
   p = frame_header();
   p.mutable_commit()->add_members()->set_weight(1);
   expect_rejected(decode_envelope, frame(p), "Commit member 0");
+
+  p = frame_header();
+  p.mutable_report()->add_entries()->add_bytes()->add_replicas(0);
+  expect_rejected(decode_envelope, frame(p), "ReplicaBytes.replicas");
 
   pb::LogEntry l;
   l.mutable_update()->mutable_record()->add_replicas(0);

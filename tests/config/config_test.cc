@@ -634,6 +634,85 @@ TEST(ConfigCore, ToCoreMapsEveryValue) {
   EXPECT_EQ(c.request_timeout, 1011);
 }
 
+// ---- Sizes and the node cache ---------------------------------------------------------------
+
+TEST(ConfigSizes, CacheDefaults) {
+  const Params p = with_node(1);
+  EXPECT_EQ(p.cache_size, std::int64_t{1} << 30);
+  EXPECT_EQ(p.cache_dir, "");
+  EXPECT_EQ(p.cache_entry_max, 0);
+  EXPECT_EQ(p.cache_reserve_bytes, std::int64_t{2} << 30);
+  auto lines = lines_of(print_defaults());
+  EXPECT_NE(std::find(lines.begin(), lines.end(), "cache_size = 1G"), lines.end());
+  EXPECT_NE(std::find(lines.begin(), lines.end(), "cache_dir ="), lines.end());
+}
+
+TEST(ConfigSizes, UnitsArePowersOf1024InAnyCase) {
+  for (auto [text, bytes] : std::vector<std::pair<std::string, std::int64_t>>{
+           {"0", 0},
+           {"12345", 12345},
+           {"100B", 100},
+           {"64k", 64 << 10},
+           {"64K", 64 << 10},
+           {"64kB", 64 << 10},
+           {"3M", 3 << 20},
+           {"3mb", 3 << 20},
+           {"2G", std::int64_t{2} << 30},
+           {"1T", std::int64_t{1} << 40},
+           {"64T", std::int64_t{64} << 40}}) {
+    std::vector<Error> errors;
+    auto params = parse("node_id = 1\ncache_size = " + text + "\n", errors);
+    ASSERT_TRUE(params) << text << ": " << dump(errors);
+    EXPECT_EQ(params->cache_size, bytes) << text;
+  }
+  EXPECT_TRUE(has(only_error("node_id = 1\ncache_size = 65T\n").message, "out of range; allowed: 0..64T"));
+  EXPECT_TRUE(has(only_error("node_id = 1\ncache_size = 99999999999999999999\n").message, "out of range"));
+  for (const char* bad : {"1.5G", "1 G", "G", "-1", "1P", "1Gi", "1GBB"})
+    EXPECT_TRUE(has(only_error("node_id = 1\ncache_size = " + std::string(bad) + "\n").message,
+                    "expected a number of bytes with an optional unit k, M, G or T"))
+        << bad;
+}
+
+TEST(ConfigSizes, EffectiveListingWritesTheLargestUnitAndParsesBack) {
+  std::vector<Error> errors;
+  auto params = parse("node_id = 1\ncache_size = 3072M\ncache_entry_max = 1000\ncache_reserve_bytes = 1536k\n"
+                      "cache_dir = /srv/cache\n",
+                      errors);
+  ASSERT_TRUE(params) << dump(errors);
+  const std::string text = print_effective(*params);
+  EXPECT_TRUE(has(text, "cache_size = 3G\n")) << text;
+  EXPECT_TRUE(has(text, "cache_entry_max = 1000\n")) << text;
+  EXPECT_TRUE(has(text, "cache_reserve_bytes = 1536k\n")) << text;
+  auto again = parse(text, errors);
+  ASSERT_TRUE(again) << dump(errors);
+  EXPECT_EQ(*again, *params);
+  auto lines = lines_of(print_docs_markdown());
+  EXPECT_TRUE(std::any_of(lines.begin(), lines.end(), [](const std::string& l) {
+    return l.starts_with("| `cache_size` | size | `1G` | 0..64T |");
+  }));
+}
+
+TEST(ConfigSizes, CacheDirMustBeTheCachesOwn) {
+  std::vector<Error> errors;
+  auto params = parse("node_id = 1\nspool_directory = /srv/spool\ncache_dir = /srv/spool/cache\n", errors);
+  ASSERT_TRUE(params) << dump(errors);
+  params = parse("node_id = 1\ncache_dir = /var/cache/porcupine\n", errors);
+  ASSERT_TRUE(params) << dump(errors);
+  EXPECT_TRUE(has(only_error("node_id = 1\ncache_dir = cache\n").message, "expected an absolute path"));
+  for (const char* bad : {"/srv/spool", "/srv/spool/", "/srv", "/srv/spool/msg", "/srv/spool/msg/",
+                          "/srv/spool/msg/x", "/srv/spool/./incoming", "/srv/spool/incoming/c"}) {
+    Error e = only_error("node_id = 1\nspool_directory = /srv/spool\ncache_dir = " + std::string(bad) + "\n");
+    EXPECT_EQ(e.line, 3) << bad;
+    EXPECT_TRUE(has(e.message, "would hold the spool's bodies")) << bad << ": " << e.message;
+  }
+  // The spool set by -o counts as much as the file's.
+  errors.clear();
+  params = parse("node_id = 1\ncache_dir = /srv/c\n", errors, {"spool_directory=/srv/c/spool"});
+  EXPECT_FALSE(params);
+  ASSERT_EQ(errors.size(), 1u) << dump(errors);
+  EXPECT_TRUE(has(errors[0].message, "would hold the spool's bodies")) << dump(errors);
+}
+
 TEST(ConfigFile, LoadFileReadsAFile) {
   char path[] = "/tmp/porcupine-config-test-XXXXXX";
   int fd = mkstemp(path);

@@ -1091,7 +1091,7 @@ class FullDisk(ClusterCase):
         # Completely full: a large body node 3 must stage (a read of a message
         # it does not hold) is refused alone; its connections stay.
         filler = os.path.join(self.spool, "filler")
-        with open(filler, "wb") as f:
+        with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to flush at close
             try:
                 while True:
                     f.write(b"\0" * (1 << 20))
@@ -1131,6 +1131,70 @@ class FullDisk(ClusterCase):
               "0 after; %d of %d placed on it once it had room; 0 peer connections closed"
               % (len(work), load_s, tempfails[0], (full_at / 1000) - began, on3, in_grace, self.GRACE_MS,
                  back, len(again)), file=sys.stderr)
+
+
+class NodeCache(ClusterCase):
+    """The agent's node cache (store/node_cache.h) as the agent runs it: its
+    directory in the spool (0700), its figures in status and the metrics,
+    the entries a restart finds (and the unfinished fills it removes), and
+    an expunge made through a node that holds no replica dropping that
+    node's entry at once."""
+
+    def test_entries_survive_a_restart_and_an_expunge_drops_its_entry(self):
+        self.add_user(1, "cat@example.org")
+        data = message(1, 5000)
+        d = self.deliver(1, "cat@example.org", data)
+        self.assertEqual(d["code"], "OK")
+        [m] = self.ctl_json(1, "mail", "list", "cat@example.org")["messages"]
+        origin, seq = m["id"].split(":")
+        outsider = next(i for i in (1, 2, 3) if i not in m["replicas"])
+        cache = os.path.join(self.cl.ndir(outsider), "spool", "cache")
+        self.assertEqual(os.stat(cache).st_mode & 0o777, 0o700)
+        status = self.ctl_json(outsider, "status")["cache"]
+        self.assertEqual(status, {"bytes": 0, "budget": 1 << 30, "entries": 0, "hits": 0, "misses": 0,
+                                  "evictions": 0, "refused": 0})
+
+        # The body as a read on that node would have kept it, a fill cut
+        # off by a crash, and a name the cache does not own.
+        self.cl.stop_pid(outsider, "agent")
+        os.makedirs(os.path.join(cache, origin), exist_ok=True)
+        entry = os.path.join(cache, origin, seq)
+        with open(entry, "wb") as f:
+            f.write(data)
+        with open(os.path.join(cache, origin, "999999.tmp"), "wb") as f:
+            f.write(b"half")
+        with open(os.path.join(cache, "README"), "w") as f:
+            f.write("not an entry\n")
+        self.cl.start_agent(outsider)
+        self.assertTrue(self.wait_converged(30), "node %d did not rejoin" % outsider)
+        status = self.ctl_json(outsider, "status")["cache"]
+        self.assertEqual(status["entries"], 1)
+        self.assertEqual(status["bytes"], os.stat(entry).st_blocks * 512)
+        self.assertFalse(os.path.exists(os.path.join(cache, origin, "999999.tmp")))
+        self.assertTrue(os.path.exists(os.path.join(cache, "README")))
+        self.assertIn("names that are not cache entries", self.log_of(outsider))
+        text = self.ctl(outsider, "status").stdout.decode()
+        self.assertIn("cache: %d KiB of %d KiB, 1 bodies" % (status["bytes"] // 1024, (1 << 30) // 1024), text)
+
+        # Expunged through the node without a replica: its entry goes now.
+        self.ctl(outsider, "mail", "expunge", "cat@example.org", str(d["uid"]))
+        self.assertFalse(os.path.exists(entry))
+        status = self.ctl_json(outsider, "status")["cache"]
+        self.assertEqual((status["entries"], status["bytes"], status["evictions"]), (0, 0, 0))
+        self.assertEqual(self.ctl_json(1, "mail", "list", "cat@example.org")["messages"], [])
+
+        # The gauges follow within a refresh (a second).
+        url = "http://%s:%d/metrics" % (self.cl.address(outsider), local.METRICS_PORT)
+        deadline = time.time() + 10
+        while True:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                metrics = r.read().decode()
+            if re.search(r"(?m)^porcupine_cache_entries 0$", metrics) or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertRegex(metrics, r"(?m)^porcupine_cache_entries 0$")
+        self.assertRegex(metrics, r"(?m)^porcupine_cache_budget_bytes 1073741824$")
+        self.assertRegex(metrics, r"(?m)^porcupine_cache_evictions_total 0$")
 
 
 class Metrics(ClusterCase):

@@ -57,6 +57,7 @@ class DovecotCase(unittest.TestCase):
     nodes = 3
     replicas = 2
     spread = 2
+    extra_config = None  # agent settings of every node (porcupine-local's extra_config)
     user = USER  # the user the helpers below speak for
 
     def setUp(self):
@@ -67,7 +68,8 @@ class DovecotCase(unittest.TestCase):
         self.cl = local.Cluster(os.path.join(self.dir, "c"), BUILD)
         self.addCleanup(self.stop_all)
         try:
-            self.cl.start(self.nodes, self.replicas, self.spread, SUBNET, services=["dovecot"])
+            self.cl.start(self.nodes, self.replicas, self.spread, SUBNET, services=["dovecot"],
+                          extra_config=self.extra_config)
         except SystemExit:
             self.fail("the cluster did not start (see %s)" % self.cl.base)
         self.assertTrue(self.wait_for(self.cl.converged, 30), "cluster did not form")

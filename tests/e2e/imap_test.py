@@ -14,7 +14,8 @@ Classes (each gets its own subnet from CMake):
                 UIDs, an open session sees new mail with no BYE; its
                 restart changes no UID
   ImapOutOfReach  every node holding some messages down (R=2): the node
-                that cached them keeps listing and serving them, changes
+                that read them keeps listing them and serving them from
+                its node cache, changes
                 to them get NO [UNAVAILABLE], new mail and changes to it
                 work; nothing is renumbered when the nodes return
   ImapConformance  what IMAP promises across nodes: INTERNALDATE kept
@@ -29,6 +30,9 @@ Classes (each gets its own subnet from CMake):
   ImapBadInput  wrong password, unknown user, odd folder names, a 50 MB
                 message, a message over the limit, an APPEND cut off, a
                 STORE and an APPEND over the cluster's 64 keywords
+  ImapTinyCache  node caches far smaller than the mail: every message read
+                whole through every node over IMAP and POP3, twice, every
+                cache within its budget, no message file in any Dovecot
 
 Usage: imap_test.py --build BUILD_DIR [--subnet K] [unittest args]
 The cluster helpers are dovecot_test.py's (DovecotCase).
@@ -413,8 +417,8 @@ class ImapOutOfReach(dt.DovecotCase):
         self.assertEqual(len(listing["messages"]), 6)
         self.assertTrue(all(keeper not in m["replicas"] for m in listing["messages"]), listing)
 
-        # The keeper's Dovecot caches every message; a client stays logged
-        # in there; then every node holding a copy dies.
+        # The keeper reads every message (its node cache keeps them); a
+        # client stays logged in there; then every node holding a copy dies.
         before = self.imap_state(keeper)
         self.assertEqual(len(before[1]), 6, self.dovecot_log(keeper))
         session = self.imap(keeper)
@@ -431,7 +435,7 @@ class ImapOutOfReach(dt.DovecotCase):
         self.assertEqual(listing["uidvalidity"], before[0])
 
         # A new session and the open one: the 6 are still listed, with the
-        # same UIDs and bytes (served from the cache), and the new one.
+        # same UIDs and bytes (served from the node cache), and the new one.
         uv, now = self.imap_state(keeper)
         self.assertEqual(uv, before[0])
         self.assertEqual(sorted(now), sorted(list(before[1]) + [new_uid]), self.dovecot_log(keeper))
@@ -524,16 +528,18 @@ class ImapOutOfReach(dt.DovecotCase):
         got = {int(re.search(rb"UID (\d+)", d[0]).group(1)) for d in fetched if isinstance(d, tuple)}
         self.assertEqual(got, {x["uid"] for x in listing} - {target["uid"]})
         self.assertEqual(m.noop()[0], "OK")
+        # Its size is the index's (the listing's), no body needed.
         other = self.imap(3)
         self.assertEqual(other.select("INBOX", readonly=True)[0], "OK")
         typ, data = other.uid("FETCH", str(target["uid"]), "(RFC822.SIZE)")
-        self.assertEqual(typ, "NO", data)
+        self.assertEqual(typ, "OK", data)
+        self.assertIn(b"RFC822.SIZE %d" % target["size"], data[0])
         self.assertEqual(other.noop()[0], "OK")
         other.logout()
         # Its flags are the cluster's to change as ever.
         typ, data = m.uid("STORE", str(target["uid"]), "+FLAGS", "(\\Flagged)")
         self.assertEqual(typ, "OK", data)
-        self.assertIn("cached without its body", self.dovecot_log(3))
+        self.assertIn("no holder gave its body", self.dovecot_log(3))
 
         # A holder gives it again: the same session reads it, byte for byte
         # what node 1 serves under that UID.
@@ -554,6 +560,78 @@ class ImapOutOfReach(dt.DovecotCase):
         self.assertNotIn(target["uid"], [x["uid"] for x in self.cluster_listing(1)["messages"]])
         self.assertNotIn(target["uid"], self.imap_state(3)[1])
         self.assertNotRegex(self.dovecot_log(3, whole=True), r"imap\(.*(Error|Panic)")
+
+
+def lines_message(n, size):
+    """A message of about `size` bytes in lines of 78 (POP3 clients take
+    lines of at most 2048)."""
+    head = ("From: sender@example.org\r\nTo: %s\r\nSubject: message %d\r\nMessage-Id: <l%d@test>\r\n\r\n"
+            % (USER, n, n)).encode()
+    line = (b"%04d " % n + b"abcdefghijklmnopqrstuvwxyz" * 3)[:76] + b"\r\n"
+    return head + line * (size // len(line) + 1)
+
+
+class ImapTinyCache(dt.DovecotCase):
+    """Bodies on demand with a node cache far smaller than the mail: every
+    message stays readable byte for byte through every node, over IMAP and
+    POP3, every cache stays within its budget, and no node's Dovecot keeps
+    a message body (its storage is an index)."""
+    extra_config = {"cache_size": "96k"}  # entries over 12 KiB are never kept
+
+    def status(self, i):
+        import json
+        return json.loads(self.ctl(i, "--json", "status"))
+
+    def test_every_message_is_read_whole_everywhere_through_a_tiny_cache(self):
+        sizes = [300, 2000, 9000, 20000, 70000, 400000, 1500, 11000, 5000, 300000, 800, 60000]
+        sent = {}
+        for n, size in enumerate(sizes):
+            data = lines_message(n, size)
+            self.deliver(1 + n % 3, data)
+            sent[hashlib.sha256(data).hexdigest()] = data
+        listing = self.cluster_listing(1)["messages"]
+        self.assertEqual(len(listing), len(sizes))
+        # What the cluster keeps is what was sent behind the trace headers
+        # LMTP adds: the bodies as node 1 first reads them are checked
+        # against that, every later read against them.
+        _, first = self.imap_state(1)
+        stored = sorted(body for _, body in first.values())
+        self.assertEqual(sorted(len(b) for b in stored), sorted(m["size"] for m in listing))
+        for data in sent.values():
+            self.assertEqual(len([b for b in stored if b.endswith(data) and len(b) - len(data) < 2000]), 1)
+        want = sorted(hashlib.sha256(b).hexdigest() for b in stored)
+        for rounds in range(2):  # the second round reads what the first left in the caches
+            for i in (1, 2, 3):
+                uv, state = self.imap_state(i)
+                got = sorted(hashlib.sha256(body).hexdigest() for _, body in state.values())
+                self.assertEqual(got, want, "IMAP on node %d, round %d" % (i, rounds))
+                p = poplib.POP3(self.addr(i), dt.POP3_PORT, timeout=30)
+                try:
+                    p.user(self.user)
+                    p.pass_(PASSWORD)
+                    count, _ = p.stat()
+                    self.assertEqual(count, len(sizes))
+                    bodies = []
+                    for k in range(1, count + 1):
+                        lines = p.retr(k)[1]
+                        bodies.append(b"\r\n".join(lines) + b"\r\n")
+                    got = sorted(hashlib.sha256(b).hexdigest() for b in bodies)
+                    self.assertEqual(got, want, "POP3 on node %d, round %d" % (i, rounds))
+                finally:
+                    p.quit()
+        evicted = 0
+        for i in (1, 2, 3):
+            cache = self.status(i)["cache"]
+            self.assertLessEqual(cache["bytes"], cache["budget"], "node %d: %s" % (i, cache))
+            self.assertEqual(cache["budget"], 96 * 1024)
+            evicted += cache["evictions"] + cache["refused"]
+            # Dovecot's storage holds indexes only: no message file (u.N).
+            mail = os.path.join(self.ddir(i), "mail")
+            files = [f for _, _, fs in os.walk(mail) for f in fs if re.fullmatch(r"u\.\d+", f)]
+            self.assertEqual(files, [], "node %d" % i)
+        self.assertGreater(evicted, 0, "the mail never outgrew a cache")
+        self.assertNotRegex(self.dovecot_log(1, whole=True) + self.dovecot_log(2, whole=True) +
+                            self.dovecot_log(3, whole=True), r" (Error|Panic|Fatal): ")
 
 
 DOVEADM = dt.shutil.which("doveadm") or "/usr/bin/doveadm"

@@ -488,6 +488,67 @@ TEST(Uids, AFoldersUidValidityIsFixedAtCreationThroughItsFirstMessageAndAColdRes
   h.expect_invariants();
 }
 
+// A deleted folder whose messages are still held and reported (their
+// expunges not yet everywhere) stays deleted: the reports that reach its
+// manager afterwards give it no new lineage, and a listing has no folder
+// (UIDVALIDITY 0), on every node and after a change of manager. Once they
+// are expunged (as DELETE does first), new mail into it makes it again,
+// with a greater UIDVALIDITY and only the new message.
+TEST(Uids, AFolderDeletedWhileItsMailIsStillReportedStaysDeleted) {
+  Harness h(3);
+  const std::string u = "del@example.org";
+  h.user(u);
+  auto change = [&](NodeId via, UserUpdateRequest::Op op) {
+    UserUpdateRequest c;
+    c.user = u;
+    c.op = op;
+    c.folder = "Doomed";
+    return h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, c); })->status;
+  };
+  auto list_doomed = [&](NodeId via) { return h.c.wait(h.c.list(via, u, "Doomed")); };
+  ASSERT_EQ(change(1, UserUpdateRequest::Op::CreateFolder), Status::Ok);
+  const std::uint32_t first = list_doomed(2)->uidvalidity;
+  ASSERT_NE(first, 0u);
+  std::vector<MessageRecord> held;
+  for (int k = 0; k < 3; ++k) {
+    const ClientReply* d = h.deliver(1 + k % 3, u, "Doomed");
+    ASSERT_EQ(d->status, Status::Ok);
+    held.push_back(Harness::target(*d, u));
+    held.back().folder = "Doomed";
+  }
+  h.c.run_for(2000);
+  ASSERT_EQ(list_doomed(3)->records.size(), 3u);
+  ASSERT_EQ(change(2, UserUpdateRequest::Op::DeleteFolder), Status::Ok);
+  h.c.run_for(10000);  // several report rounds of the holders of its 3 messages
+  for (NodeId via = 1; via <= 3; ++via) EXPECT_EQ(list_doomed(via)->uidvalidity, 0u) << "via n" << via;
+  NodeId mgr = h.c.node(1)->membership().manager_of(bucket_of(u, 1024));
+  h.c.crash(mgr);
+  ASSERT_TRUE(h.settle());
+  h.c.run_for(5000);
+  for (NodeId via = 1; via <= 3; ++via) {
+    if (via == mgr) continue;
+    EXPECT_EQ(list_doomed(via)->uidvalidity, 0u) << "via n" << via << " after n" << mgr << " died";
+  }
+  h.c.restart(mgr);
+  ASSERT_TRUE(h.settle());
+  for (const MessageRecord& t : held)
+    ASSERT_EQ(h.run(1, [&](Node& n, Time now, std::uint64_t req) { n.expunge(now, req, t); })->status, Status::Ok);
+  h.c.run_for(2000);
+  EXPECT_EQ(list_doomed(2)->uidvalidity, 0u);
+  const ClientReply* d = h.deliver(mgr == 1 ? 2 : 1, u, "Doomed");
+  ASSERT_EQ(d->status, Status::Ok);
+  EXPECT_GT(d->uidvalidity, first);
+  h.c.run_for(2000);
+  const ClientReply* again = list_doomed(3);
+  EXPECT_EQ(again->uidvalidity, d->uidvalidity);
+  ASSERT_EQ(again->records.size(), 1u);
+  EXPECT_EQ(again->records[0].id, d->msg);
+  const ClientReply* r = h.run(2, [&](Node& n, Time now, std::uint64_t req) { n.get_user(now, req, u); });
+  ASSERT_TRUE(r->profile);
+  EXPECT_FALSE(r->profile->folders.at("Doomed").deleted);
+  h.expect_invariants();
+}
+
 // Both sides of a partition deliver into one folder, each with its own
 // manager. The folder keeps its UIDVALIDITY; after the heal no UID names
 // two messages, and what the side that was not taken over handed out is

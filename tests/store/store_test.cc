@@ -775,5 +775,84 @@ TEST_F(RedisStoreTest, ASmallBodyStaysInMemoryAndStagingLeftByACrashIsRemovedAtS
   EXPECT_TRUE(logged("1 temp files")) << all_logs();
 }
 
+// What a reader (Open) gets: a descriptor of the body while it is queued
+// and once it is in its file, none for a body the node does not keep; and
+// the sizes worked out at delivery stay with the record.
+TEST_F(RedisStoreTest, ABodyOpensForAReaderQueuedOrFlushedAndItsSizesAreKept) {
+  auto read_fd = [](int fd) {
+    std::string out;
+    char buf[4096];
+    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.append(buf, static_cast<std::size_t>(n));
+    ::close(fd);
+    return out;
+  };
+  auto s = open_store();
+  s->load();
+  MessageRecord r = record(3, 51, "Subject: open\n\nme\n");
+  r.vsize = 21;
+  r.hdr_size = 15;
+  s->put_record(r);
+  int fd = s->open_body(r.id);  // queued: from memory
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(read_fd(fd), "Subject: open\n\nme\n");
+  ASSERT_TRUE(s->flush());
+  fd = s->open_body(r.id);  // its file now
+  ASSERT_GE(fd, 0);
+  struct stat a {}, b {};
+  ASSERT_EQ(::fstat(fd, &a), 0);
+  ASSERT_EQ(::stat(body_file(r.id).c_str(), &b), 0);
+  EXPECT_EQ(a.st_ino, b.st_ino);
+  EXPECT_EQ(read_fd(fd), "Subject: open\n\nme\n");
+  EXPECT_EQ(s->open_body(MsgId{3, 52}), -1);
+  s.reset();
+  auto again = open_store();
+  DurableSnapshot snap = again->load();
+  ASSERT_TRUE(snap.records.count(r.id));
+  EXPECT_EQ(snap.records.at(r.id).vsize, 21u);
+  EXPECT_EQ(snap.records.at(r.id).hdr_size, 15u);
+}
+
+// The sizes come out the same however the body is cut into chunks: a CR
+// and its LF, or the blank line, split between two.
+TEST(MessageSizes, CountBareLineFeedsAndTheHeaderWhateverTheChunks) {
+  struct Case {
+    std::string body;
+    std::uint64_t vsize;
+    std::uint32_t hdr;
+  };
+  const Case cases[] = {
+      {"A: b\r\n\r\nbody\r\n", 14, 8},
+      {"A: b\n\nbody\n", 14, 6},
+      {"A: b\r\nC: d\n\r\nx\ny", 18, 13},
+      {"\r\nbody", 6, 2},  // no header at all: the blank line only
+      {"\nbody", 6, 1},
+      {"A: b\r\n", 6, 6},  // no blank line: all header
+      {"A: b\r\r\n\r\n", 9, 9},  // "\r\r\n" is not a blank line
+  };
+  for (const Case& c : cases) {
+    for (std::size_t cut = 1; cut <= c.body.size(); ++cut) {
+      MessageSizes m;
+      for (std::size_t at = 0; at < c.body.size(); at += cut) m.add(std::string_view(c.body).substr(at, cut));
+      EXPECT_EQ(m.vsize(), c.vsize) << c.body << " in pieces of " << cut;
+      EXPECT_EQ(m.hdr_size(), c.hdr) << c.body << " in pieces of " << cut;
+    }
+  }
+}
+
+// A body in memory opens as an anonymous file with its bytes, sealed.
+TEST(OpenBody, ABodyInMemoryOpensAsASealedAnonymousFile) {
+  const std::string bytes = std::string("Subject: m\r\n\r\n") + std::string(1000, '\0') + "end";
+  int fd = open_body(Body(bytes));
+  ASSERT_GE(fd, 0);
+  EXPECT_NE(::fcntl(fd, F_GETFD) & FD_CLOEXEC, 0);
+  EXPECT_EQ(::write(fd, "x", 1), -1);  // sealed against writes
+  std::string got(bytes.size() + 10, '\0');
+  EXPECT_EQ(::pread(fd, got.data(), got.size(), 0), static_cast<ssize_t>(bytes.size()));
+  got.resize(bytes.size());
+  EXPECT_EQ(got, bytes);
+  ::close(fd);
+  EXPECT_EQ(open_body(Body::in_transfer(7, 10)), -1);
+}
+
 }  // namespace
 }  // namespace porcupine::store
