@@ -320,6 +320,30 @@ class ImapFailover(dt.DovecotCase):
         import json
         return json.loads(self.ctl(i, "--json", "user", "show", self.user))
 
+    def test_an_index_the_storage_rebuilt_is_filled_again_without_renumbering(self):
+        """sdbox's own rebuild (doveadm force-resync, as after a damaged
+        index) keeps the next UID and drops every record without a file:
+        every record here. The next sync empties the index and adds the
+        cluster's records again, under the same UIDs and UIDVALIDITY; the
+        cluster renumbers nothing."""
+        for n in range(6):
+            self.deliver(1 + n % 3, message(n, 1500))
+        listing = self.cluster_listing(1)
+        before = self.imap_state(2)
+        self.assertEqual(sorted(before[1]), sorted(m["uid"] for m in listing["messages"]))
+        conf = os.path.join(self.ddir(2), "dovecot.conf")
+        r = dt.subprocess.run([DOVEADM, "-c", conf, "force-resync", "-u", self.user, "INBOX"],
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.imap_state(2), before)
+        self.assertEqual(self.imap_state(2), self.imap_state(1))
+        after = self.cluster_listing(1)
+        self.assertEqual([(m["id"], m["uid"]) for m in after["messages"]],
+                         [(m["id"], m["uid"]) for m in listing["messages"]])
+        log = self.dovecot_log(2, whole=True)
+        self.assertNotIn("below the local next UID", log)
+        self.assertNotRegex(log, r" (Panic|Fatal): ")
+
     def test_node_killed_messages_readable_elsewhere_and_nodes_agree_after_restart(self):
         for n in range(12):
             self.deliver(1 + n % 3, message(n, 2000))
