@@ -173,6 +173,10 @@ json status_json(const pb::Status& s) {
                 {"entries", s.cache_entries()},     {"hits", s.cache_hits()},
                 {"misses", s.cache_misses()},       {"evictions", s.cache_evictions()},
                 {"refused", s.cache_refused()}};
+  j["fetched"] = {{"whole", s.fetches()},
+                  {"whole_bytes", s.fetched_bytes()},
+                  {"headers", s.header_fetches()},
+                  {"header_bytes", s.header_bytes()}};
   j["sync"] = {{"rounds", s.sync_rounds()},
                {"users_pulled", s.sync_users_pulled()},
                {"bodies_copied", s.sync_bodies_copied()},

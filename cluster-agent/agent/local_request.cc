@@ -112,7 +112,7 @@ std::optional<std::string> request_problem(const pb::Request& q) {
       const auto& o = q.open();
       if (o.refs().empty()) return "no message references";
       if (o.refs_size() > kMaxOpen) return "more than " + std::to_string(kMaxOpen) + " messages in one Open";
-      if (o.part() != pb::Open::WHOLE) return "only whole bodies can be opened";
+      if (o.part() != pb::Open::WHOLE && o.part() != pb::Open::HEADER) return "unknown part";
       if (!o.pass_fds()) return "Open answers with file descriptors only: set pass_fds";
       // One user's messages: the descriptors go to a reader acting for one user.
       const std::string user = canonical_user(o.refs(0).user());

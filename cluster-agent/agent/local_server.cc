@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <chrono>
@@ -422,6 +423,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         d.options.internal_date = b.internal_date_ms();
         d.options.flags = b.flags() & kAllFlags;
         d.options.keywords.assign(b.keywords().begin(), b.keywords().end());
+        if (b.meta().size() <= kMaxRecordMeta) d.options.meta = b.meta();  // larger: not kept
         d.body = std::make_unique<store::BodyBuilder>(agent_.store().incoming_dir());
         if (b.size_hint() > agent_.options().deliver_size_limit()) d.too_large = true;
         return;
@@ -482,8 +484,9 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         const auto& l = q.folder_list();
         std::string folder = l.folder().empty() ? "INBOX" : l.folder();
         return run(id,
-                   [u = l.user(), folder, digest_only = l.digest_only()](Node& n, Time t, std::uint64_t r) {
-                     n.list(t, r, u, folder, digest_only);
+                   [u = l.user(), folder, digest_only = l.digest_only(),
+                    meta_from = l.meta_from_uid()](Node& n, Time t, std::uint64_t r) {
+                     n.list(t, r, u, folder, digest_only, meta_from);
                    },
                    [](const ClientReply& c, pb::Response& r) {
                      r.set_uidvalidity(c.uidvalidity);
@@ -500,6 +503,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
                        info->set_internal_date_ms(m.internal_date);
                        info->set_vsize(m.vsize);
                        info->set_hdr_size(m.hdr_size);
+                       if (!m.meta.empty()) info->set_meta(m.meta);
                      }
                    });
       }
@@ -639,7 +643,10 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
   // memfd of the bytes, when the cache refuses it). Only the named user's
   // messages are opened: a holder checks the user (its record says whose
   // the message is), and a cache entry is found only for the user it was
-  // fetched for (NodeCache owners).
+  // fetched for (NodeCache owners). HEADER: the node's own copy or cache
+  // entry still answers whole (no network); otherwise the holder sends the
+  // header part only, answered from a memfd and not cached (a holder that
+  // sends the whole body, an older one, is answered as WHOLE).
   void open_bodies(std::uint64_t id, const pb::Open& o) {
     auto op = std::make_shared<Opening>();
     op->out.set_id(id);
@@ -651,7 +658,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     for (std::size_t i = 0; i < n; ++i) {
       MessageRecord t = target_of(o.refs(static_cast<int>(i)));
       if (i < static_cast<std::size_t>(o.sizes_size())) t.size = o.sizes(static_cast<int>(i));
-      open_one(op, i, t);
+      open_one(op, i, t, o.part() == pb::Open::HEADER ? FetchPart::Header : FetchPart::Whole);
     }
   }
 
@@ -660,7 +667,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     return h == 0 ? 1 : h;
   }
 
-  void open_one(const std::shared_ptr<Opening>& op, std::size_t i, const MessageRecord& t) {
+  void open_one(const std::shared_ptr<Opening>& op, std::size_t i, const MessageRecord& t, FetchPart part) {
     const auto& records = agent_.node().replicator().records();
     if (auto r = records.find(t.id); r != records.end() && r->second.has_body && !r->second.expunged) {
       if (r->second.user != t.user) return opened(op, i, pb::NOT_FOUND, "no such message of that user", -1);
@@ -672,11 +679,22 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     const std::uint64_t owner = cache_owner(t.user);
     if (auto fd = agent_.cache().open(t.id, owner)) return opened(op, i, pb::OK, "", *fd);
     auto self = shared_from_this();
-    agent_.op([t](Node& n, Time now, std::uint64_t r) { n.fetch(now, r, t); },
+    agent_.op([t, part](Node& n, Time now, std::uint64_t r) { n.fetch(now, r, t, part); },
               [this, self, op, i, id = t.id, owner](const ClientReply& c) {
                 if (c.status != Status::Ok)
                   return opened(op, i, c.status == Status::NoSuchUser ? pb::NOT_FOUND : code_of(c.status), c.detail,
                                 -1);
+                server_.count_fetch(c.part, c.body.size());
+                agent_.metrics().fetched(c.part == FetchPart::Header, c.body.size());
+                if (c.part == FetchPart::Header) {
+                  // A header part is not the message: never a cache entry.
+                  int fd = store::open_body(c.body);
+                  if (fd < 0) {
+                    agent_.log(std::string("local: cannot open a fetched header: ") + std::strerror(errno));
+                    return opened(op, i, pb::TEMPFAIL, "the message could not be opened here; try again", -1);
+                  }
+                  return opened(op, i, pb::OK, "", fd, true, c.cut);
+                }
                 store::NodeCache& cache = agent_.cache();
                 const bool kept = c.body.where() == Body::Where::File     ? cache.admit_link(id, c.body.file()->path(), owner)
                                   : c.body.where() == Body::Where::Memory ? cache.admit_bytes(id, c.body.bytes(), owner)
@@ -692,10 +710,13 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
   }
 
   // Item `i` of `op` is done; the answer goes once every item is.
-  void opened(const std::shared_ptr<Opening>& op, std::size_t i, pb::Code code, const std::string& detail, int fd) {
+  void opened(const std::shared_ptr<Opening>& op, std::size_t i, pb::Code code, const std::string& detail, int fd,
+              bool header_only = false, bool header_cut = false) {
     auto* item = op->out.mutable_opened(static_cast<int>(i));
     item->set_code(code);
     item->set_detail(detail);
+    item->set_header_only(header_only);
+    item->set_header_cut(header_cut);
     if (fd >= 0) {
       struct stat st {};
       if (::fstat(fd, &st) != 0) {
@@ -773,11 +794,18 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         if (rr.code() != pb::OK && (worst == pb::OK || rr.code() == pb::TEMPFAIL)) worst = rr.code();
       out->set_code(worst);
       respond(*out);
+      // After the answer, off the acknowledged path: the bodies this node
+      // holds no replica of go into its node cache, so a read here right
+      // after delivery finds them instead of fetching them back.
+      if (agent_.cache().enabled())
+        asio::post(sock_.get_executor(), [self = shared_from_this(), d, out] { self->cache_delivered(*d, *out); });
       return;
     }
     auto self = shared_from_this();
     const std::string rcpt = d->recipients[i];
-    Body body = (i + 1 == d->recipients.size()) ? std::move(d->whole) : d->whole;  // a file is shared
+    // A file is shared, bytes are copied: the body stays for the cache
+    // fill after the answer, unless there is no cache.
+    Body body = (i + 1 == d->recipients.size() && !agent_.cache().enabled()) ? std::move(d->whole) : d->whole;
     const std::uint64_t size = body.size();
     agent_.op([rcpt, folder = d->folder, opts = d->options, body = std::move(body)](Node& n, Time t,
                                                                                    std::uint64_t r) mutable {
@@ -801,6 +829,26 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
                 }
                 deliver_next(d, i + 1, out);
               });
+  }
+
+  // The accepting node's cache fill: each recipient's message delivered
+  // here whose replicas do not include this node becomes a cache entry of
+  // that user (a link of the staging file, or the bytes written out). A
+  // refusal is only a later fetch.
+  void cache_delivered(const Delivery& d, const pb::Response& out) {
+    const NodeId self_id = agent_.node().id();
+    store::NodeCache& cache = agent_.cache();
+    for (const auto& rr : out.delivered()) {
+      if (rr.code() != pb::OK || !rr.has_message()) continue;
+      const pb::MessageRef& ref = rr.message().ref();
+      if (std::find(ref.replicas().begin(), ref.replicas().end(), self_id) != ref.replicas().end()) continue;
+      const MsgId id{ref.origin(), ref.seq()};
+      const std::uint64_t owner = cache_owner(ref.user());
+      if (d.whole.where() == Body::Where::File)
+        cache.admit_link(id, d.whole.file()->path(), owner);
+      else if (d.whole.where() == Body::Where::Memory)
+        cache.admit_bytes(id, d.whole.bytes(), owner);
+    }
   }
 
   void fill_status(pb::Status& s) {
@@ -872,6 +920,11 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     s.set_cache_misses(cache.misses);
     s.set_cache_evictions(cache.evictions);
     s.set_cache_refused(cache.refused);
+    const LocalServer::Fetched& f = server_.fetched();
+    s.set_fetches(f.whole);
+    s.set_fetched_bytes(f.whole_bytes);
+    s.set_header_fetches(f.headers);
+    s.set_header_bytes(f.header_bytes);
     s.set_version(PORCUPINE_VERSION);
     std::string bytes;
     for (NodeId owner : m.map()) bytes.append(reinterpret_cast<const char*>(&owner), sizeof owner);

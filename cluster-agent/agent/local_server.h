@@ -20,6 +20,7 @@
 #include <set>
 
 #include "core/throttle.h"
+#include "core/wire.h"
 
 namespace porcupine::agent {
 
@@ -35,6 +36,21 @@ class LocalServer {
   void closed(const std::shared_ptr<LocalConnection>& c) { conns_.erase(c); }
   // Failed UserAuth checks per user (auth_failures_per_user).
   FailureThrottle& auth_throttle() { return auth_throttle_; }
+  // What Open fetched from holders since the start (Status): whole
+  // bodies and header parts, and their bytes.
+  struct Fetched {
+    std::uint64_t whole = 0, whole_bytes = 0, headers = 0, header_bytes = 0;
+  };
+  const Fetched& fetched() const { return fetched_; }
+  void count_fetch(FetchPart part, std::uint64_t bytes) {
+    if (part == FetchPart::Header) {
+      ++fetched_.headers;
+      fetched_.header_bytes += bytes;
+    } else {
+      ++fetched_.whole;
+      fetched_.whole_bytes += bytes;
+    }
+  }
 
  private:
   void accept();
@@ -43,6 +59,7 @@ class LocalServer {
   boost::asio::local::stream_protocol::acceptor acceptor_;
   std::set<std::shared_ptr<LocalConnection>> conns_;
   FailureThrottle auth_throttle_;
+  Fetched fetched_;
   bool stopped_ = false;
 };
 

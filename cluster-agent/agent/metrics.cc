@@ -215,6 +215,21 @@ Metrics::Metrics(asio::io_context& io, Agent& agent)
                               "its filesystem's reserve");
   cache_refused_ = &counter(r, "porcupine_cache_refused_total",
                             "Bodies the node cache did not keep: over cache_entry_max, or no room on its disk");
+  auto& fetches = pm::BuildCounter()
+                      .Name("porcupine_fetches_total")
+                      .Help("Bodies (part=whole) and header parts (part=header) fetched from a holder for this "
+                            "node's readers")
+                      .Register(r);
+  auto& fetch_bytes = pm::BuildCounter()
+                          .Name("porcupine_fetch_bytes_total")
+                          .Help("Bytes of the bodies (part=whole) and header parts (part=header) fetched from a "
+                                "holder for this node's readers")
+                          .Register(r);
+  for (int k = 0; k < 2; ++k) {
+    const std::string part = k == 0 ? "whole" : "header";
+    fetches_[k] = &fetches.Add({{"part", part}});
+    fetch_bytes_[k] = &fetch_bytes.Add({{"part", part}});
+  }
   cache_full_ = &counter(r, "porcupine_cache_full_total",
                          "Of those, bodies not kept for want of room (the disk refused a write, or its free space "
                          "is below cache_reserve_bytes)");
@@ -300,6 +315,11 @@ void Metrics::delivered(agentpb::Code code, std::uint64_t bytes) {
     it = delivered_.emplace(code, &delivered_family_->Add({{"code", agentpb::Code_Name(code)}})).first;
   it->second->Increment();
   if (code == agentpb::OK) delivered_bytes_->Increment(static_cast<double>(bytes));
+}
+
+void Metrics::fetched(bool header, std::uint64_t bytes) {
+  fetches_[header ? 1 : 0]->Increment();
+  fetch_bytes_[header ? 1 : 0]->Increment(static_cast<double>(bytes));
 }
 
 void Metrics::flushed(std::chrono::steady_clock::duration took) {

@@ -61,6 +61,8 @@ class Metrics {
   void delivered(agentpb::Code code, std::uint64_t bytes);
   // A flush of the store (group commit) and how long it took.
   void flushed(std::chrono::steady_clock::duration took);
+  // A body (or, `header`, a header part) fetched from a holder for Open.
+  void fetched(bool header, std::uint64_t bytes);
 
  private:
   void schedule();
@@ -143,6 +145,9 @@ class Metrics {
   prometheus::Counter* cache_evictions_;
   prometheus::Counter* cache_refused_;
   prometheus::Counter* cache_full_;
+  // Fetches from holders for readers (Open), by part: whole, header.
+  prometheus::Counter* fetches_[2];
+  prometheus::Counter* fetch_bytes_[2];
 
   // Peers: PeerNet's own counts, carried over at each refresh.
   prometheus::Counter* frames_in_;

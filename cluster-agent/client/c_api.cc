@@ -194,6 +194,8 @@ int porcupine_deliver_with(porcupine_client* c, const char* user, const char* fo
         if (!options->keywords[k]) return fail(c, PORCUPINE_BAD_REQUEST, "a keyword is null");
         begin.add_keywords(options->keywords[k]);
       }
+      if (options->meta && options->meta_len > 0 && options->meta_len <= PORCUPINE_MAX_META)
+        begin.set_meta(options->meta, options->meta_len);
     }
     ReadBuf buf(read, context);
     std::istream in(&buf);
@@ -216,12 +218,18 @@ int porcupine_deliver_with(porcupine_client* c, const char* user, const char* fo
 }
 
 int porcupine_folder_list(porcupine_client* c, const char* user, const char* folder, porcupine_folder* out) {
+  return porcupine_folder_list_meta(c, user, folder, 0, out);
+}
+
+int porcupine_folder_list_meta(porcupine_client* c, const char* user, const char* folder, uint32_t meta_from_uid,
+                               porcupine_folder* out) {
   return guarded(c, [&]() -> int {
     if (!user || !out) return fail(c, PORCUPINE_BAD_REQUEST, "user and out are required");
     std::memset(out, 0, sizeof *out);
     pb::Request req;
     req.mutable_folder_list()->set_user(user);
     req.mutable_folder_list()->set_folder(folder && *folder ? folder : "INBOX");
+    req.mutable_folder_list()->set_meta_from_uid(meta_from_uid);
     pb::Response r;
     int code = call(c, req, r);
     if (code != PORCUPINE_OK) return code;
@@ -252,6 +260,15 @@ int porcupine_folder_list(porcupine_client* c, const char* user, const char* fol
       out->messages[i].internal_date_ms = m.internal_date_ms();
       out->messages[i].vsize = m.vsize();
       out->messages[i].hdr_size = m.hdr_size();
+      if (!m.meta().empty()) {
+        out->messages[i].meta = static_cast<char*>(std::malloc(m.meta().size()));
+        if (!out->messages[i].meta) {
+          porcupine_folder_free(out);
+          return fail(c, PORCUPINE_INTERNAL, "out of memory");
+        }
+        std::memcpy(out->messages[i].meta, m.meta().data(), m.meta().size());
+        out->messages[i].meta_len = m.meta().size();
+      }
       if (m.keywords_size() > 0) {
         auto n = static_cast<size_t>(m.keywords_size());
         out->messages[i].keywords = static_cast<char**>(std::calloc(n, sizeof(char*)));
@@ -301,6 +318,7 @@ void porcupine_folder_free(porcupine_folder* f) {
   for (size_t i = 0; f->messages && i < f->count; ++i) {
     for (size_t k = 0; k < f->messages[i].nkeywords; ++k) std::free(f->messages[i].keywords[k]);
     std::free(f->messages[i].keywords);
+    std::free(f->messages[i].meta);
   }
   std::free(f->messages);
   f->messages = nullptr;
@@ -370,8 +388,10 @@ int porcupine_fetch_many(porcupine_client* c, const char* user, const char* fold
 
 void porcupine_body_free(char* body) { std::free(body); }
 
-int porcupine_open_many(porcupine_client* c, const char* user, const char* folder, porcupine_opened* items,
-                        size_t n) {
+// porcupine_open_many and porcupine_open_headers: Opens of `part`, in
+// batches of what one Open takes.
+static int open_parts(porcupine_client* c, const char* user, const char* folder, pb::Open::Part part,
+               porcupine_opened* items, size_t n) {
   // The most one Open takes (the agent's limit).
   constexpr size_t kBatch = 128;
   return guarded(c, [&]() -> int {
@@ -380,6 +400,7 @@ int porcupine_open_many(porcupine_client* c, const char* user, const char* folde
       items[i].result = PORCUPINE_UNREACHABLE;
       items[i].size = 0;
       items[i].fd = -1;
+      items[i].part = PORCUPINE_PART_WHOLE;
     }
     std::string first_error;
     for (size_t start = 0; start < n; start += kBatch) {
@@ -387,6 +408,7 @@ int porcupine_open_many(porcupine_client* c, const char* user, const char* folde
       pb::Request req;
       auto* o = req.mutable_open();
       o->set_pass_fds(true);
+      o->set_part(part);
       std::uint64_t bytes = 0;
       for (size_t i = start; i < end; ++i) {
         from_ref(items[i].ref, user, folder, o->add_refs());
@@ -421,6 +443,9 @@ int porcupine_open_many(porcupine_client* c, const char* user, const char* folde
         taken[op.fd_index()] = true;
         items[i].fd = fds[op.fd_index()];
         items[i].size = op.size();
+        items[i].part = !op.header_only() ? PORCUPINE_PART_WHOLE
+                        : op.header_cut() ? PORCUPINE_PART_HEADER_CUT
+                                          : PORCUPINE_PART_HEADER;
       }
       for (size_t k = 0; k < fds.size(); ++k)
         if (!taken[k]) ::close(fds[k]);
@@ -428,6 +453,16 @@ int porcupine_open_many(porcupine_client* c, const char* user, const char* folde
     c->error = first_error;
     return PORCUPINE_OK;
   });
+}
+
+int porcupine_open_many(porcupine_client* c, const char* user, const char* folder, porcupine_opened* items,
+                        size_t n) {
+  return open_parts(c, user, folder, pb::Open::WHOLE, items, n);
+}
+
+int porcupine_open_headers(porcupine_client* c, const char* user, const char* folder, porcupine_opened* items,
+                           size_t n) {
+  return open_parts(c, user, folder, pb::Open::HEADER, items, n);
 }
 
 int porcupine_set_flags(porcupine_client* c, const char* user, const char* folder, const porcupine_msgref* ref,

@@ -182,6 +182,7 @@ std::vector<std::optional<agentpb::Response>> Client::call_many(std::vector<agen
     out[it->second] = std::move(*r);
     outstanding.erase(it);
     ++answered;
+    deadline_ = now_ms() + timeout_ms_;  // the wait is per answer: a long batch that moves is not late
   }
   return out;
 }

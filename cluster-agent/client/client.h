@@ -33,8 +33,9 @@ class Client {
   std::optional<agentpb::Response> call_fds(agentpb::Request& req, std::int64_t extra_ms, std::vector<int>& fds);
   // Sends every request (ids set here), at most `window` unanswered at a
   // time, and collects the answers, which the agent gives in any order;
-  // one deadline for the whole batch. An entry stays empty when the
-  // connection failed or the deadline passed before its answer (error()).
+  // the timeout is the longest wait for the next answer (a batch of
+  // thousands may take longer in all). An entry stays empty when the
+  // connection failed or the wait passed before its answer (error()).
   std::vector<std::optional<agentpb::Response>> call_many(std::vector<agentpb::Request>& reqs,
                                                           std::size_t window = 64);
   // Streams the body in chunks of `chunk` bytes. `begin` may carry the

@@ -67,6 +67,11 @@ struct porcupine_message {
      they were counted): read the body then. */
   uint64_t vsize;
   uint32_t hdr_size;
+  /* The meta its delivery carried (porcupine_deliver_options.meta), given
+     only by porcupine_folder_list_meta for UIDs from its meta_from_uid on;
+     NULL otherwise. Freed by porcupine_folder_free. */
+  char* meta;
+  size_t meta_len;
 };
 
 struct porcupine_folder {
@@ -119,7 +124,13 @@ struct porcupine_deliver_options {
   uint32_t flags;
   const char* const* keywords;
   size_t nkeywords;
+  /* Opaque bytes kept with the message and given back in listings (the
+     plugin's IMAP BODYSTRUCTURE); NULL or 0: none. Over
+     PORCUPINE_MAX_META bytes they are not kept. */
+  const void* meta;
+  size_t meta_len;
 };
+#define PORCUPINE_MAX_META 8192
 /* porcupine_deliver with options (NULL: none). PORCUPINE_BAD_REQUEST for
  * more than 64 keywords, one that is not an IMAP atom, or a date before
  * 1970; nothing is delivered then. */
@@ -130,6 +141,10 @@ int porcupine_deliver_with(porcupine_client* c, const char* user, const char* fo
 int porcupine_folder_list(porcupine_client* c, const char* user, const char* folder,
                           struct porcupine_folder* out);
 void porcupine_folder_free(struct porcupine_folder* f);
+/* porcupine_folder_list whose messages from UID meta_from_uid on (0: none)
+ * carry their meta: a reader passes the first UID it has not indexed. */
+int porcupine_folder_list_meta(porcupine_client* c, const char* user, const char* folder,
+                               uint32_t meta_from_uid, struct porcupine_folder* out);
 
 /* Only the digest porcupine_folder_list would give (porcupine_folder.digest),
  * without the messages: a cheap "has anything changed?". */
@@ -147,21 +162,29 @@ struct porcupine_fetched {
   int result;                  /* out: this fetch's porcupine_code */
 };
 
-/* Fetches many messages of one folder at once (pipelined; one deadline for
- * the batch, so keep batches to what can come within it). Returns
+/* Fetches many messages of one folder at once (pipelined; the timeout is
+ * the longest wait for the next answer, not for the batch). Returns
  * PORCUPINE_OK when every fetch got an answer (each in its `result`),
  * otherwise the failure that stopped the batch; fetches it left without an
  * answer have that code as their result. */
 int porcupine_fetch_many(porcupine_client* c, const char* user, const char* folder,
                          struct porcupine_fetched* items, size_t n);
 
-/* One message of a porcupine_open_many batch. */
+/* What a descriptor of porcupine_opened holds. */
+enum porcupine_part {
+  PORCUPINE_PART_WHOLE = 0,     /* the whole message */
+  PORCUPINE_PART_HEADER = 1,    /* its header, up to and including the blank line */
+  PORCUPINE_PART_HEADER_CUT = 2 /* its first 256 KiB, which have no blank line: the header is longer */
+};
+
+/* One message of a porcupine_open_many or porcupine_open_headers batch. */
 struct porcupine_opened {
   struct porcupine_msgref ref; /* in */
   uint64_t size_hint;          /* in: the size expected (a listing's), 0 if unknown */
   int result;                  /* out: this open's porcupine_code */
-  uint64_t size;               /* out, on PORCUPINE_OK: the body's bytes */
+  uint64_t size;               /* out, on PORCUPINE_OK: the bytes of what fd holds */
   int fd;                      /* out: the body, read-only, at offset 0 (the caller closes it), or -1 */
+  int part;                    /* out, on PORCUPINE_OK: an enum porcupine_part, what fd holds */
 };
 
 /* Opens the bodies of many messages of one folder of `user` at once: each
@@ -175,6 +198,14 @@ struct porcupine_opened {
  * answer have that code as their result. */
 int porcupine_open_many(porcupine_client* c, const char* user, const char* folder,
                         struct porcupine_opened* items, size_t n);
+
+/* As porcupine_open_many, for readers of headers (IMAP ENVELOPE, header
+ * fields, header SEARCH): a message the node has (its own copy, its cache)
+ * still comes whole (part PORCUPINE_PART_WHOLE); one it would fetch comes
+ * as its header only (PORCUPINE_PART_HEADER, an anonymous file, not kept
+ * in the node cache), or whole from an older holder. */
+int porcupine_open_headers(porcupine_client* c, const char* user, const char* folder,
+                           struct porcupine_opened* items, size_t n);
 
 /* Sets the message's whole flag state: the system flags and (the _keywords
  * form) its IMAP keywords; porcupine_set_flags leaves it with none. Last

@@ -200,6 +200,7 @@ void to_pb(const MessageRecord& r, pb::MessageRecord& p, Bodies bodies = Bodies:
   if (!r.replicas_version.is_null()) to_pb(r.replicas_version, *p.mutable_replicas_version());
   p.set_vsize(r.vsize);
   p.set_hdr_size(r.hdr_size);
+  p.set_meta(r.meta);
 }
 bool from_pb(const pb::MessageRecord& p, MessageRecord& r, Check& c) {
   r.user = p.user();
@@ -222,6 +223,8 @@ bool from_pb(const pb::MessageRecord& p, MessageRecord& r, Check& c) {
   r.size = p.size();
   r.vsize = p.vsize();
   r.hdr_size = p.hdr_size();
+  r.meta = p.meta();
+  if (r.meta.size() > kMaxRecordMeta) r.meta.clear();  // never made so: not kept
   r.flag_marks.clear();
   for (const auto& f : p.flag_marks()) {
     FlagMark m;
@@ -640,9 +643,10 @@ void to_pb(const ListRequest& m, pb::ListRequest& p) {
   p.set_user(m.user);
   p.set_folder(m.folder);
   p.set_digest_only(m.digest_only);
+  p.set_meta_from_uid(m.meta_from_uid);
 }
 bool from_pb(const pb::ListRequest& p, ListRequest& m, Check&) {
-  m = {p.req(), p.user(), p.folder(), p.digest_only()};
+  m = {p.req(), p.user(), p.folder(), p.digest_only(), p.meta_from_uid()};
   return true;
 }
 
@@ -665,16 +669,21 @@ void to_pb(const FetchRequest& m, pb::FetchRequest& p) {
   p.set_req(m.req);
   to_pb(m.id, *p.mutable_id());
   p.set_user(m.user);
+  p.set_part(m.part == FetchPart::Header ? pb::FetchRequest::HEADER : pb::FetchRequest::WHOLE);
 }
 bool from_pb(const pb::FetchRequest& p, FetchRequest& m, Check& c) {
   m.req = p.req();
   m.user = p.user();
+  // A part this node does not know (a newer asker's) is answered whole.
+  m.part = p.part() == pb::FetchRequest::HEADER ? FetchPart::Header : FetchPart::Whole;
   return from_pb(p.id(), m.id, c);
 }
 
 void to_pb(const FetchReply& m, pb::FetchReply& p) {
   p.set_req(m.req);
   p.set_status(pb::Status(m.status));
+  p.set_part(m.part == FetchPart::Header ? pb::FetchRequest::HEADER : pb::FetchRequest::WHOLE);
+  p.set_header_cut(m.cut);
   switch (m.body.where()) {
     case Body::Where::Memory: p.set_body(m.body.bytes()); break;
     case Body::Where::Transfer:
@@ -692,7 +701,9 @@ bool from_pb(const pb::FetchReply& p, FetchReply& m, Check& c) {
   } else {
     m.body = p.body();
   }
-  return get_enum(p.status(), pb::Status_IsValid, m.status, "FetchReply.status", c);
+  m.cut = p.header_cut();
+  return get_enum(p.part(), pb::FetchRequest_Part_IsValid, m.part, "FetchReply.part", c) &&
+         get_enum(p.status(), pb::Status_IsValid, m.status, "FetchReply.status", c);
 }
 
 // ---- the user database ---------------------------------------------------------------------

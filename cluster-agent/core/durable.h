@@ -62,6 +62,13 @@ class DurableStore {
     if (auto b = get_body(id)) return Body(std::move(*b));
     return std::nullopt;
   }
+  // The first `max` bytes of the stored body (all of it if shorter), or
+  // nothing if this node holds none: a header part read without the body.
+  virtual std::optional<std::string> body_head(const MsgId& id, std::uint64_t max) {
+    auto b = get_body(id);
+    if (b && b->size() > max) b->resize(max);
+    return b;
+  }
   virtual void erase_record(const MsgId& id) = 0;
   virtual void put_profile(const Profile& p) = 0;
   virtual void erase_profile(const std::string& user) = 0;

@@ -34,6 +34,8 @@ struct ClientReply {
   // records are not sent.
   std::uint64_t folder_digest = 0;
   Body body;                           // fetch (a large one: in its spool file)
+  FetchPart part = FetchPart::Whole;   // fetch: what `body` is (FetchReply::part)
+  bool cut = false;                    // fetch, Header: the first kHeaderPartMax bytes only
   std::optional<Profile> profile;      // get_user
   NodeId manager = kNoNode;            // get_user: the node that answered as the user's manager
   std::vector<std::string> users;      // list_users, sorted

@@ -79,11 +79,12 @@ void Node::deliver(Time now, std::uint64_t req, const std::string& user, const s
 }
 
 void Node::list(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
-                bool digest_only) {
+                bool digest_only, std::uint32_t meta_from_uid) {
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
   p.kind = Pending::Kind::Map;
   p.digest_only = digest_only;
+  p.meta_from_uid = meta_from_uid;
   p.client_req = req;
   p.deadline = now + cfg_.request_timeout;
   p.user = canonical_user(user);
@@ -199,7 +200,7 @@ void Node::fe_tick(Time now) {
       }
       case Pending::Kind::List:
       case Pending::Kind::Renumber:
-        for (NodeId n : p.awaiting) send(n, ListRequest{id, p.user, p.folder, p.digest_only});
+        for (NodeId n : p.awaiting) send(n, ListRequest{id, p.user, p.folder, p.digest_only, p.meta_from_uid});
         break;
       case Pending::Kind::Fetch:
         // The holders asked have not answered yet: ask the next one too.
@@ -251,7 +252,7 @@ void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& node
     return;
   }
   p.retry_at = now + cfg_.push_retry;
-  for (NodeId n : p.awaiting) send(n, ListRequest{id, p.user, p.folder, p.digest_only});
+  for (NodeId n : p.awaiting) send(n, ListRequest{id, p.user, p.folder, p.digest_only, p.meta_from_uid});
 }
 
 void Node::fe_finish_list(std::uint64_t id) {
@@ -298,16 +299,20 @@ void Node::fe_finish_list(std::uint64_t id) {
   env_.reply(std::move(r));
 }
 
-void Node::fetch(Time now, std::uint64_t req, const MessageRecord& target) {
+void Node::fetch(Time now, std::uint64_t req, const MessageRecord& target, FetchPart part) {
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
   p.kind = Pending::Kind::Fetch;
   p.client_req = req;
-  // A body the reader expects to be large is given the time to cross.
-  p.deadline = now + cfg_.request_timeout + transfer_time(cfg_, target.size);
+  p.part = part;
+  // A body the reader expects to be large is given the time to cross (a
+  // header part: at most kHeaderPartMax; an older holder's whole body
+  // then has the time of the retries).
+  const std::uint64_t expect = part == FetchPart::Header ? std::min(target.size, kHeaderPartMax) : target.size;
+  p.deadline = now + cfg_.request_timeout + transfer_time(cfg_, expect);
   p.update.record.id = target.id;
   p.update.record.user = target.user;
-  p.update.record.size = target.size;
+  p.update.record.size = expect;
   // This node first (no network), then the other replicas.
   if (std::find(target.replicas.begin(), target.replicas.end(), cfg_.self) != target.replicas.end())
     p.candidates.push_back(cfg_.self);
@@ -323,8 +328,35 @@ bool Node::fe_fetch_next(Pending& p, std::uint64_t id) {
   p.candidates.erase(p.candidates.begin());
   p.awaiting.insert(p.peer);
   p.retry_at = now_ + cfg_.push_retry + transfer_time(cfg_, p.update.record.size);
-  send(p.peer, FetchRequest{id, p.update.record.id, p.update.record.user});
+  send(p.peer, FetchRequest{id, p.update.record.id, p.update.record.user, p.part});
   return true;
+}
+
+// The header part of record `r`, whose body this node holds: the bytes up
+// to and including the blank line (hdr_size, or found in the first
+// kHeaderPartMax bytes of an older record that lacks it), read without
+// the body. The whole message when that is all of it; its first
+// kHeaderPartMax bytes, cut, when no blank line comes within them.
+static std::optional<FetchReply> header_part(DurableStore& disk, const MessageRecord& r) {
+  if (r.size == 0) return std::nullopt;  // a record that does not say: the whole body
+  const std::uint64_t want = std::min<std::uint64_t>(r.hdr_size != 0 ? r.hdr_size : r.size, kHeaderPartMax);
+  auto head = disk.body_head(r.id, want);
+  if (!head) return std::nullopt;
+  // A body shorter than the record says: what was read is the message.
+  const bool short_read = head->size() < want;
+  bool complete = r.hdr_size != 0 && r.hdr_size <= kHeaderPartMax && head->size() == r.hdr_size;
+  if (r.hdr_size == 0) {
+    if (std::size_t end = header_end(*head); end != 0) {
+      head->resize(end);
+      complete = true;
+    }
+  }
+  FetchReply rep;
+  const bool whole = short_read || head->size() == r.size;  // or all of it is header
+  rep.part = whole ? FetchPart::Whole : FetchPart::Header;
+  rep.cut = !whole && !complete;
+  rep.body = Body(std::move(*head));
+  return rep;
 }
 
 void Node::serve_fetch(NodeId from, const FetchRequest& f) {
@@ -337,7 +369,15 @@ void Node::serve_fetch(NodeId from, const FetchRequest& f) {
     send(from, std::move(rep));
     return;
   }
-  if (r != repl_.records().end() && r->second.has_body && !r->second.expunged) body = disk_.body_ref(f.id);
+  const bool held = r != repl_.records().end() && r->second.has_body && !r->second.expunged;
+  if (held && f.part == FetchPart::Header) {
+    if (auto part = header_part(disk_, r->second)) {
+      part->req = f.req;
+      send(from, std::move(*part));
+      return;
+    }
+  }
+  if (held) body = disk_.body_ref(f.id);
   if (body) rep.body = std::move(*body);
   else rep.status = (r != repl_.records().end() && r->second.expunged) ? Status::NoSuchUser : Status::Failed;
   send(from, std::move(rep));
@@ -354,6 +394,8 @@ void Node::fe_reply(NodeId from, const Message& m) {
       ClientReply r;
       r.req = p->client_req;
       r.body = f->body;
+      r.part = f->part;
+      r.cut = f->cut;
       pending_.erase(f->req);
       env_.reply(std::move(r));
     } else if (f->status == Status::NoSuchUser) {
@@ -504,6 +546,7 @@ void Node::fe_store(std::uint64_t id, const AllocReply& a) {
   u.record.size = p.body.size();
   u.record.vsize = p.deliver.vsize;
   u.record.hdr_size = p.deliver.hdr_size;
+  u.record.meta = p.deliver.meta;
   u.record.body = std::move(p.body);
   u.record.internal_date = p.deliver.internal_date != 0 ? p.deliver.internal_date : now_;
   u.record.flags = p.deliver.flags;
@@ -586,6 +629,9 @@ void Node::serve_list(NodeId from, const ListRequest& l) {
     }
     MessageRecord copy = r;
     copy.body.clear();  // has_body stays: the list says the body is here
+    // The meta only where the reader asked for it: the UIDs it has not
+    // indexed yet.
+    if (l.meta_from_uid == 0 || r.uid < l.meta_from_uid) copy.meta.clear();
     rep.records.push_back(std::move(copy));
   }
   send(from, std::move(rep));

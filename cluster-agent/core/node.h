@@ -42,6 +42,7 @@ struct DeliverOptions {
   // hdr_size; 0: not counted).
   std::uint64_t vsize = 0;
   std::uint32_t hdr_size = 0;
+  std::string meta;  // MessageRecord::meta (empty: none)
 };
 
 class Node {
@@ -81,14 +82,17 @@ class Node {
   void move(Time now, std::uint64_t req, const MessageRecord& target, const std::string& to_folder);
   // The folder's messages, gathered from every node of its mail map; with
   // digest_only, only a digest of them (ClientReply::folder_digest), which
-  // changes whenever what a listing would show changes.
+  // changes whenever what a listing would show changes. Records carry
+  // their meta only from UID meta_from_uid on (0: none), so a reader that
+  // has indexed the lower UIDs is not sent theirs again.
   void list(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
-            bool digest_only = false);
+            bool digest_only = false, std::uint32_t meta_from_uid = 0);
   // `target` needs id and replicas; tries this node first, then each replica.
   // With a user (canonical), only that user's message is given (NotFound
   // otherwise); with a size (what the reader expects), the deadline is
-  // longer by its crossing time.
-  void fetch(Time now, std::uint64_t req, const MessageRecord& target);
+  // longer by its crossing time. Header: the holder sends the header part
+  // only (ClientReply::part says what came: an older holder sends Whole).
+  void fetch(Time now, std::uint64_t req, const MessageRecord& target, FetchPart part = FetchPart::Whole);
   // The user database (users.cc), answered by each user's manager.
   void get_user(Time now, std::uint64_t req, const std::string& user);
   void update_user(Time now, std::uint64_t req, const UserUpdateRequest& change);
@@ -260,9 +264,11 @@ class Node {
     std::set<NodeId> answered;                    // List/Renumber: nodes that answered
     std::map<MsgId, MessageRecord> gathered;      // List/Renumber: merged records
     bool digest_only = false;                     // List: the digest alone
+    std::uint32_t meta_from_uid = 0;              // List: records' meta from this UID on (0: none)
     std::string rename_to;                        // Renumber: a rename's move of every message
     std::map<NodeId, std::uint64_t> digests;      // List: each answering node's folder digest
     std::vector<NodeId> candidates;               // Fetch: holders still to try
+    FetchPart part = FetchPart::Whole;            // Fetch: what is asked for
     UserUpdateRequest change;                     // UserUpdate
     std::set<std::string> users;                  // UserList: gathered
     std::uint64_t used_bytes = 0;                 // Usage, Quota: summed so far
@@ -412,7 +418,7 @@ class Node {
   void drain_check_profiles(Time now);
   bool drain_profile_reply(const ProfileReply& r);
   std::vector<NodeId> repair_targets(const std::string& user, const std::vector<NodeId>& exclude, std::size_t want,
-                                     bool for_profile) const;
+                                     bool for_profile, bool draining = false) const;
 
   // users.cc
   std::uint64_t fe_start(Time now, Pending::Kind kind, std::uint64_t req, const std::string& user);

@@ -198,6 +198,10 @@ bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now) {
     cur.hdr_size = in.hdr_size;
     changed = true;
   }
+  if (cur.meta.empty() && !in.meta.empty() && !cur.expunged) {
+    cur.meta = in.meta;
+    changed = true;
+  }
   // A UID belongs to the folder it was given in: the newer placement (a
   // Move) brings its own, and a UID given for an older placement (a
   // renumbering that crossed a Move) is ignored.

@@ -62,6 +62,11 @@ struct MessageRecord {
   // whole body when it has none).
   std::uint64_t vsize = 0;
   std::uint32_t hdr_size = 0;
+  // What the reader's mail server worked out from the body where it was
+  // delivered (Dovecot: its IMAP BODYSTRUCTURE), opaque to the cluster and
+  // immutable like the body; at most kMaxRecordMeta bytes; empty: none.
+  // Listings carry it only for the UIDs the reader asks for.
+  std::string meta;
   Time internal_date = 0;
 
   std::uint32_t uidvalidity = 0;
@@ -90,6 +95,9 @@ struct MessageRecord {
 
   bool operator==(const MessageRecord&) const = default;
 };
+
+// The largest MessageRecord::meta kept; a larger one is dropped at delivery.
+inline constexpr std::size_t kMaxRecordMeta = 8 * 1024;
 
 // The IMAP names of the system flags, bit i of `flags` for name i.
 extern const char* const kFlagNames[5];

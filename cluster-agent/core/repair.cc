@@ -98,10 +98,12 @@ void Node::admin_tick(Time now) {
 }
 
 std::vector<NodeId> Node::repair_targets(const std::string& user, const std::vector<NodeId>& exclude,
-                                         std::size_t want, bool for_profile) const {
+                                         std::size_t want, bool for_profile, bool draining) const {
   std::vector<NodeLoad> c;
-  for (const NodeLoad& l : live_loads())
-    if (admin_active(l.id) && (for_profile || !l.full) && !has(exclude, l.id)) c.push_back(l);
+  for (const NodeLoad& l : live_loads(draining))
+    if ((draining ? membership_.admin_state(l.id) == AdminState::Draining : admin_active(l.id)) &&
+        (for_profile || !l.full) && !has(exclude, l.id))
+      c.push_back(l);
   std::uint64_t salt = user_hash(user);
   std::sort(c.begin(), c.end(), [&](const NodeLoad& a, const NodeLoad& b) {
     if (a.load != b.load) return a.load < b.load;
@@ -239,22 +241,37 @@ void Node::repair_start(Time now, const MessageRecord& r) {
     for (NodeId x : e.update.replicas)
       if (!e.have.count(x) && x != cfg_.self && live(x)) return;
   }
-  std::vector<NodeId> out;  // the replicas to replace
+  // The replicas to replace: gone ones first (a copy fewer), then
+  // draining ones (a copy to move).
+  std::vector<NodeId> out;
   for (NodeId x : r.replicas)
-    if (!admin_active(x)) out.push_back(x);
+    if (!admin_active(x) && membership_.admin_state(x) != AdminState::Draining) out.push_back(x);
+  const std::size_t gone = out.size();
+  for (NodeId x : r.replicas)
+    if (membership_.admin_state(x) == AdminState::Draining) out.push_back(x);
   std::vector<NodeId> to = repair_targets(r.user, r.replicas, out.size(), false);
+  if (to.size() < gone) {
+    // Fewer Active nodes than copies lost: a draining node makes up the
+    // copy rather than the message keeping fewer than R (as a delivery
+    // does); it moves off with the rest of the drain once a node is free.
+    std::vector<NodeId> exclude = r.replicas;
+    exclude.insert(exclude.end(), to.begin(), to.end());
+    std::vector<NodeId> more = repair_targets(r.user, exclude, gone - to.size(), false, true);
+    to.insert(to.end(), more.begin(), more.end());
+  }
   if (to.empty()) return;  // nowhere to put it now: the next pass tries again
   RepairCopy c;
   c.rec = r;
   c.rec.body.clear();
   c.old = r.replicas;
-  std::size_t k = 0;
   std::vector<NodeId> list;
-  for (NodeId x : r.replicas) {
+  for (NodeId x : r.replicas)
     if (admin_active(x)) list.push_back(x);
-    else if (k < to.size()) list.push_back(to[k++]);
-    else if (membership_.admin_state(x) == AdminState::Draining) list.push_back(x);  // kept until a node is free
+  for (std::size_t k = 0; k < out.size(); ++k) {
+    if (k < to.size()) list.push_back(to[k]);
+    else if (membership_.admin_state(out[k]) == AdminState::Draining) list.push_back(out[k]);  // kept until a node is free
   }
+  const std::size_t k = std::min(to.size(), out.size());
   c.rec.replicas = list;
   c.rec.replicas_version = next_version(now);
   c.waiting.insert(to.begin(), to.begin() + static_cast<std::ptrdiff_t>(k));

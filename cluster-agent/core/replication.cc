@@ -109,7 +109,10 @@ void Replicator::apply(Time now, const Update& u) {
     by_user_[in.user].insert(in.id);
   }
   bool was_live = !fresh && it->second.has_body && !it->second.expunged;
+  const std::uint64_t state_before = fresh ? 0 : state_digest(it->second);
   const std::vector<NodeId> was_listed = fresh ? std::vector<NodeId>{} : it->second.replicas;
+  const std::string was_folder = it->second.folder;
+  const std::uint32_t was_uid = it->second.uid;
   bool changed = merge_record(it->second, in, now);
   if (auto o = unindexed_.find(in.id); o != unindexed_.end()) {
     // A body this node has on disk, now named by a record: it is the
@@ -143,6 +146,10 @@ void Replicator::apply(Time now, const Update& u) {
       MessageRecord seen = in;
       seen.has_body = it->second.has_body;
       forward = record_digest(seen) != record_digest(it->second);
+      // Or its sender knew more than this copy did, and may not be on the
+      // list (a sync with a holder of the replaced list): the list's
+      // others may not know it either.
+      forward |= u.kind == Update::Kind::Copy && !fresh && state_digest(it->second) != state_before;
     } else if (changed) {
       // A change from a holder of the old list (a Copy: a sync with it).
       for (NodeId x : it->second.replicas) forward |= !contains(in.replicas, x);
@@ -151,7 +158,9 @@ void Replicator::apply(Time now, const Update& u) {
   }
 
   bool is_live = it->second.has_body && !it->second.expunged;
-  bool renamed = u.kind == Update::Kind::SetUid || u.kind == Update::Kind::Move;
+  // (A Move or renumbering this copy missed comes as a Copy from a sync.)
+  bool renamed = u.kind == Update::Kind::SetUid || u.kind == Update::Kind::Move ||
+                 it->second.folder != was_folder || it->second.uid != was_uid;
   // The manager counts usage by replica list: a new list is reported too.
   bool relisted = !fresh && was_listed != it->second.replicas;
   if ((fresh || was_live != is_live || renamed || relisted) && on_user_changed)
@@ -200,6 +209,12 @@ void Replicator::disown_profile(const std::string& user) {
   if (!profiles_.erase(user)) return;
   disk_.erase_profile(user);
   if (on_user_changed) on_user_changed(user);
+}
+
+std::uint64_t Replicator::state_digest(const MessageRecord& r) {
+  MessageRecord s = r;
+  s.has_body = false;
+  return record_digest(s);
 }
 
 bool Replicator::absorb(Time now, const MessageRecord& r) {

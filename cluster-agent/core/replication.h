@@ -73,6 +73,9 @@ class Replicator {
 
   const std::map<MsgId, MessageRecord>& records() const { return records_; }
   const std::map<std::string, Profile>& profiles() const { return profiles_; }
+  // A record's state apart from its body (record_digest with has_body
+  // cleared): what a copy knows that the list's others need to know too.
+  static std::uint64_t state_digest(const MessageRecord& r);
   const std::map<Version, LogEntry>& log() const { return log_; }
   const std::set<MsgId>& user_records(const std::string& user) const;
   std::set<std::string> local_users() const;

@@ -165,10 +165,15 @@ void Node::on_sync_records(Time now, NodeId from, const SyncRecords& r) {
     }
     // The peer holds a copy under a list a repair or drain has since
     // replaced, one that leaves it out (it was away, declared gone, and is
-    // back): it is sent the record as it is here (the peer's merged in first),
-    // and drops its copy.
+    // back), or the bodiless record a dropped copy keeps under the new list
+    // (which no change reaches any more): it is sent the record as it is
+    // here (the peer's merged in first), drops its copy and stops naming
+    // this node with a stale state at every round.
     if (auto cur = repl_.records().find(rec.id); cur != repl_.records().end() &&
-        newer(cur->second.replicas_version, rec.replicas_version) && !names(cur->second.replicas, from)) {
+        !names(cur->second.replicas, from) &&
+        (newer(cur->second.replicas_version, rec.replicas_version) ||
+         (cur->second.replicas_version == rec.replicas_version &&
+          Replicator::state_digest(cur->second) != Replicator::state_digest(rec)))) {
       MessageRecord bare = cur->second;
       bare.body.clear();
       bare.has_body = false;

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -199,6 +200,7 @@ struct ListRequest {
   std::string user;
   std::string folder;
   bool digest_only = false;  // answer the digest, not the records
+  std::uint32_t meta_from_uid = 0;  // records' meta from this UID on (0: none)
   bool operator==(const ListRequest&) const = default;
 };
 struct ListReply {
@@ -208,20 +210,54 @@ struct ListReply {
   std::uint64_t digest = 0;            // sum of record_digest over the folder's records here
   bool operator==(const ListReply&) const = default;
 };
+// What a fetch asks for: the whole message, or its header (the bytes up to
+// and including the blank line that ends it), read by the holder from the
+// start of its file without reading the body.
+enum class FetchPart : std::uint8_t { Whole = 0, Header = 1 };
+// The most a header part holds: a message with no blank line within its
+// first kHeaderPartMax bytes is answered with those bytes, marked cut.
+constexpr std::uint64_t kHeaderPartMax = 256u << 10;
+
 struct FetchRequest {
   std::uint64_t req = 0;
   MsgId id;
   // The user the asker takes the message for (empty: anyone's): a holder
   // whose record is another user's answers NotFound.
   std::string user;
+  // An older holder does not know the field and answers Whole.
+  FetchPart part = FetchPart::Whole;
   bool operator==(const FetchRequest&) const = default;
 };
 struct FetchReply {
   std::uint64_t req = 0;
   Status status = Status::Ok;
   Body body;  // a large one by reference to its spool file (streamed by the transport)
+  // What `body` is. Whole: the message (what an older holder always
+  // sends, and the answer to Header when the header is the whole
+  // message). Header: the header up to and including its blank line, or
+  // with `cut` the first kHeaderPartMax bytes of a message with no blank
+  // line in them (its header is longer: read the whole to parse it).
+  FetchPart part = FetchPart::Whole;
+  bool cut = false;
   bool operator==(const FetchReply&) const = default;
 };
+
+// The length of the header at the start of `head`, up to and including
+// the blank line (LF or CRLF line ends) that ends it; 0 if `head` has no
+// blank line. As MessageSizes (store/spool_file.h) counts hdr_size.
+inline std::size_t header_end(std::string_view head) {
+  int line = 0;  // the line so far: 0 empty, 1 a CR only, 2 more
+  for (std::size_t i = 0; i < head.size(); ++i) {
+    const char c = head[i];
+    if (c == '\n') {
+      if (line < 2) return i + 1;
+      line = 0;
+    } else {
+      line = (c == '\r' && line == 0) ? 1 : 2;
+    }
+  }
+  return 0;
+}
 
 // ---- the user database (profiles, at the user's manager) ------------------
 struct ProfileRequest {

@@ -5,6 +5,9 @@
 //   porcupine-sim check  [--schedules N] [--seed-base S] [--min-nodes A] [--max-nodes B]
 //   porcupine-sim replay --seed S                      one schedule with its full trace
 //
+// check and replay take --no-partitions and --drains (a node is drained
+// in some schedules); a replay needs the options its check had.
+//
 // Exit status: 0 when every schedule held every invariant, 1 when one
 // failed (its seed and the replay command are printed), 2 on bad usage.
 #include <chrono>
@@ -24,7 +27,8 @@ namespace {
 int usage() {
   std::cerr << "usage: porcupine-sim demo [--nodes N] [--seed S]\n"
                "       porcupine-sim check [--schedules N] [--seed-base S] [--min-nodes A] [--max-nodes B]\n"
-               "       porcupine-sim replay --seed S\n";
+               "                           [--no-partitions] [--drains]\n"
+               "       porcupine-sim replay --seed S [--min-nodes A] [--max-nodes B] [--no-partitions] [--drains]\n";
   return 2;
 }
 
@@ -143,7 +147,8 @@ int check(std::uint64_t schedules, std::uint64_t base, const ScheduleOptions& op
       ++failed;
       std::cout << r.summary << "\n";
       for (const auto& f : r.failures) std::cout << "  " << f << "\n";
-      std::cout << "  replay: porcupine-sim replay --seed " << r.seed << "\n";
+      std::cout << "  replay: porcupine-sim replay --seed " << r.seed << (opt.partitions ? "" : " --no-partitions")
+                << (opt.drains ? " --drains" : "") << "\n";
     }
     if ((i + 1) % 1000 == 0)
       std::cout << (i + 1) << " schedules, " << failed << " failed\n" << std::flush;

@@ -622,6 +622,12 @@ std::optional<Body> RedisStore::body_ref(const MsgId& id) {
   return Body::in_file(std::make_shared<SpoolFile>(path, false), size);
 }
 
+std::optional<std::string> RedisStore::body_head(const MsgId& id, std::uint64_t max) {
+  auto b = body_ref(id);
+  if (!b) return std::nullopt;
+  return read_head(*b, max);
+}
+
 int RedisStore::open_body(const MsgId& id) const {
   if (auto it = q_bodies_.find(id); it != q_bodies_.end()) return store::open_body(it->second);
   if (q_unlinks_.count(id) || (loaded_ && !bodies_.count(id))) return -1;

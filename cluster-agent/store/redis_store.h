@@ -70,6 +70,7 @@ class RedisStore final : public DurableStore {
   void put_record(const MessageRecord& r) override;
   std::optional<std::string> get_body(const MsgId& id) override;
   std::optional<Body> body_ref(const MsgId& id) override;
+  std::optional<std::string> body_head(const MsgId& id, std::uint64_t max) override;
   // A read-only descriptor of the body this node keeps for `id` (its spool
   // file, or what is queued for it), or -1: for a reader (the local API's
   // Open), which keeps reading it even if the file is unlinked meanwhile.

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
@@ -149,15 +150,16 @@ int open_body(const Body& b) {
   return -1;
 }
 
-std::optional<std::string> read_file(const std::string& path) {
+std::optional<std::string> read_file(const std::string& path, std::uint64_t max) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return std::nullopt;
   std::string out;
   struct stat st {};
-  if (::fstat(fd, &st) == 0 && st.st_size > 0) out.reserve(static_cast<std::size_t>(st.st_size));
+  if (::fstat(fd, &st) == 0 && st.st_size > 0)
+    out.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(static_cast<std::uint64_t>(st.st_size), max)));
   char buf[1 << 16];
-  for (;;) {
-    ssize_t n = ::read(fd, buf, sizeof buf);
+  while (out.size() < max) {
+    ssize_t n = ::read(fd, buf, static_cast<std::size_t>(std::min<std::uint64_t>(sizeof buf, max - out.size())));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       ::close(fd);
@@ -175,6 +177,16 @@ std::optional<std::string> read_body(const Body& b) {
     case Body::Where::Memory: return b.bytes();
     case Body::Where::Transfer: return std::nullopt;
     case Body::Where::File: return read_file(b.file()->path());
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> read_head(const Body& b, std::uint64_t max) {
+  switch (b.where()) {
+    case Body::Where::Memory:
+      return b.bytes().substr(0, static_cast<std::size_t>(std::min<std::uint64_t>(max, b.size())));
+    case Body::Where::Transfer: return std::nullopt;
+    case Body::Where::File: return read_file(b.file()->path(), max);
   }
   return std::nullopt;
 }

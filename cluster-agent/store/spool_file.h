@@ -100,9 +100,11 @@ class MessageSizes {
 // set) if neither can be had.
 int open_body(const Body& b);
 
-// A whole file; nothing if it cannot be read.
-std::optional<std::string> read_file(const std::string& path);
+// A whole file (at most its first `max` bytes); nothing if it cannot be read.
+std::optional<std::string> read_file(const std::string& path, std::uint64_t max = UINT64_MAX);
 // The whole body, read from wherever it is; nothing if a file is unreadable.
 std::optional<std::string> read_body(const Body& b);
+// The body's first `max` bytes (all of it if shorter), without reading the rest.
+std::optional<std::string> read_head(const Body& b, std::uint64_t max);
 
 }  // namespace porcupine::store

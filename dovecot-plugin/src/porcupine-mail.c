@@ -359,15 +359,19 @@ static void pcp_mail_expunge(struct mail *_mail)
 
 /* ---- bodiless records: content from the cluster at each read ------------- */
 
-/* The body of a bodiless record, fetched now; a temporary error (for this
-   message only: IMAP FETCH goes on with the others) while no holder gives
-   it. */
+/* The content of a bodiless record, opened now; a temporary error (for
+   this message only: IMAP FETCH goes on with the others) while no holder
+   gives it. A reader of headers only (get_body=FALSE, and nothing of the
+   body wanted: ENVELOPE, header fields, header SEARCH) may get a stream of
+   the header alone, marked stream_has_only_header as imapc does; a later
+   reader of the body closes it and opens the whole. */
 static int pcp_bodiless_stream(struct mail *_mail, const struct pcp_ext_rec *rec,
-				  struct message_size *hdr_size,
-				  struct message_size *body_size,
-				  struct istream **stream_r)
+			       bool get_body, struct message_size *hdr_size,
+			       struct message_size *body_size,
+			       struct istream **stream_r)
 {
 	struct index_mail *imail = (struct index_mail *)_mail;
+	struct index_mail_data *data = &imail->data;
 	struct mailbox *box = _mail->box;
 
 	if (_mail->lookup_abort != MAIL_LOOKUP_ABORT_NEVER) {
@@ -375,10 +379,19 @@ static int pcp_bodiless_stream(struct mail *_mail, const struct pcp_ext_rec *rec
 		return -1;
 	}
 	_mail->mail_stream_accessed = TRUE;
-	if (imail->data.stream == NULL) {
+	if (get_body && data->stream != NULL && data->stream_has_only_header) {
+		/* The header was read; the body is wanted now. Its cached
+		   header size is not reused (imapc_mail_get_stream). */
+		index_mail_close_streams(imail);
+		data->hdr_size_set = FALSE;
+	}
+	if (data->stream == NULL) {
 		const char *error;
 		int fd = -1;
-		int code = pcp_open_body(_mail, rec, &fd, &error);
+		bool header_only;
+		bool header = !get_body &&
+			(data->access_part & (READ_BODY | PARSE_BODY)) == 0;
+		int code = pcp_open_body(_mail, rec, header, &fd, &header_only, &error);
 
 		if (code == PORCUPINE_NOT_FOUND) {
 			mail_set_expunged(_mail);
@@ -394,9 +407,13 @@ static int pcp_bodiless_stream(struct mail *_mail, const struct pcp_ext_rec *rec
 					       PCP_UNAVAILABLE_REASON);
 			return -1;
 		}
-		imail->data.stream = i_stream_create_fd_autoclose(&fd, MAIL_READ_FULL_BLOCK_SIZE);
-		i_stream_set_name(imail->data.stream, t_strdup_printf(
-			"porcupine %u:%llu", rec->origin, (unsigned long long)rec->seq));
+		data->stream = i_stream_create_fd_autoclose(&fd, MAIL_READ_FULL_BLOCK_SIZE);
+		i_stream_set_name(data->stream, t_strdup_printf(
+			"porcupine %u:%llu%s", rec->origin, (unsigned long long)rec->seq,
+			header_only ? " header" : ""));
+		/* istream-mail checks the size read against the physical
+		   size only for a stream with the body. */
+		data->stream_has_only_header = header_only;
 	}
 	return index_mail_init_stream(imail, hdr_size, body_size, stream_r);
 }
@@ -412,7 +429,22 @@ static int pcp_mail_get_stream(struct mail *_mail, bool get_body,
 	if (rec == NULL)
 		return pmail->module_ctx.super.get_stream(_mail, get_body, hdr_size,
 							  body_size, stream_r);
-	return pcp_bodiless_stream(_mail, rec, hdr_size, body_size, stream_r);
+	return pcp_bodiless_stream(_mail, rec, get_body, hdr_size, body_size,
+				   stream_r);
+}
+
+/* Dovecot's prefetch (index_mail_prefetch) opens the whole stream of a
+   mail it is about to read, only to tell the kernel to read it ahead
+   (posix_fadvise), even for a reader of headers. A bodiless record is
+   opened when it is read (porcupine-read.c opens ahead itself), with the
+   part the reader wants: nothing to do here, as imapc's prefetch. */
+static bool pcp_mail_prefetch(struct mail *_mail)
+{
+	struct pcp_mail *pmail = PCP_MAIL((struct mail_private *)_mail);
+
+	if (pcp_bodiless(_mail) == NULL)
+		return pmail->module_ctx.super.prefetch(_mail);
+	return TRUE;
 }
 
 /* Sizes of a bodiless record: as the cluster listed them; for a record
@@ -517,6 +549,7 @@ void pcp_mail_allocated(struct mail *_mail)
 	v->update_keywords = pcp_mail_update_keywords;
 	v->expunge = pcp_mail_expunge;
 	v->get_stream = pcp_mail_get_stream;
+	v->prefetch = pcp_mail_prefetch;
 	v->get_physical_size = pcp_mail_get_physical_size;
 	v->get_virtual_size = pcp_mail_get_virtual_size;
 	v->get_received_date = pcp_mail_get_received_date;

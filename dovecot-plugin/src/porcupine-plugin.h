@@ -22,6 +22,8 @@
  *                         local index (under a lock), STATUS, IDLE's poll
  *   porcupine-decide.c    the sync's decisions, apart from Dovecot
  *   porcupine-save.c      saves, COPY and MOVE: into the cluster
+ *   porcupine-meta.c      the IMAP BODYSTRUCTURE kept with a message in
+ *                         the cluster, made at save, cached at sync
  *   porcupine-mail.c      the mail vfuncs: flags, keywords and expunges
  *                         to the cluster first; content and sizes
  *   porcupine-list.c      the folder list: create/delete/rename to the
@@ -67,6 +69,9 @@
    many bytes of them (porcupine-read.c). */
 #define PCP_FETCH_BATCH 16
 #define PCP_FETCH_BATCH_BYTES (8 * 1024 * 1024)
+/* Reading headers in order (ENVELOPE, header fields) opens this many
+   ahead at a time: header parts are small. */
+#define PCP_HEADER_BATCH 64
 /* LIST follows the cluster's folder list at most this often. */
 #define PCP_FOLLOW_INTERVAL_MS 1000
 /* A sync waits at most this long for another process's sync of the same
@@ -116,12 +121,14 @@ struct pcp_user {
 struct pcp_save_context;
 struct pcp_change_set;
 
-/* A body opened ahead of its reading: the agent's answer for `uid`. */
+/* A body opened ahead of its reading: the agent's answer for `uid`;
+   `part` (enum porcupine_part) says whether fd holds the header only. */
 struct pcp_ahead {
 	uint32_t uid;
 	int fd;
 	int result;
 	uint64_t size;
+	int part;
 };
 
 struct pcp_mailbox {
@@ -237,7 +244,13 @@ struct pcp_save_context {
 	struct mail_save_context ctx;
 	struct mailbox *box;
 	struct istream *input;
-	buffer_t *body;
+	/* APPEND: the message as it comes, in memory up to
+	   PCP_SAVE_MEMORY, then in a temporary file (iostream-temp). */
+	struct ostream *spill;
+	/* What is delivered: the spill's contents, or (a COPY's or LMTP's
+	   seekable source, not copied) `input` read again from `start`. */
+	struct istream *body;
+	uoff_t start;
 	ARRAY_TYPE(seq_range) uids;
 	uint32_t uid_validity;
 	bool failed;
@@ -303,8 +316,8 @@ void pcp_fail_transaction(struct mailbox_transaction_context *t,
 			  enum mail_error error, const char *reason);
 
 /* porcupine-read.c */
-int pcp_open_body(struct mail *mail, const struct pcp_ext_rec *rec, int *fd_r,
-		  const char **error_r);
+int pcp_open_body(struct mail *mail, const struct pcp_ext_rec *rec, bool header,
+		  int *fd_r, bool *header_only_r, const char **error_r);
 void pcp_read_ahead_clear(struct pcp_mailbox *pbox);
 void pcp_read_ahead_free(struct pcp_mailbox *pbox);
 
@@ -341,7 +354,23 @@ int pcp_get_status(struct mailbox *box, enum mailbox_status_items items,
 		   struct mailbox_status *status_r);
 void pcp_notify_changes(struct mailbox *box);
 
+/* porcupine-meta.c: the IMAP metadata kept with a message in the cluster. */
+/* The meta of the message `input` gives from its offset on (src: a COPY's
+   or LMTP's source mail, whose cached BODYSTRUCTURE is taken when it has
+   one), into `meta`. FALSE with *error_r when there is none to keep. */
+bool pcp_meta_make(struct mail *src, struct istream *input, buffer_t *meta,
+		   const char **error_r);
+/* The BODYSTRUCTURE in a meta from a Dovecot of this major and minor
+   version (data stack), or NULL. */
+const char *pcp_meta_bodystructure(const void *data, size_t size);
+/* Writes the BODYSTRUCTURE of a meta into the cache of the record `seq`
+   that `t` appends (nothing for a foreign or absent meta). */
+void pcp_meta_cache(struct mailbox_transaction_context *t, uint32_t seq,
+		    const void *data, size_t size);
+
 /* porcupine-save.c */
+/* An APPEND is kept in memory up to this size, then in a temporary file. */
+#define PCP_SAVE_MEMORY (256 * 1024)
 struct mail_save_context *pcp_save_alloc(struct mailbox_transaction_context *t);
 int pcp_save_begin(struct mail_save_context *_ctx, struct istream *input);
 int pcp_save_continue(struct mail_save_context *_ctx);

@@ -8,9 +8,19 @@
  * keywords (COPY's: the source's) go with the delivery. IMAP MOVE between
  * two folders of the user is the cluster's Move (the body stays where it
  * is; COPYUID gives its new UID). The sync's own saves (in_sync) go to the
- * local storage as before. */
+ * local storage as before.
+ *
+ * A message is never whole in the process's memory: an APPEND is kept in
+ * memory up to PCP_SAVE_MEMORY, then in a temporary file (iostream-temp,
+ * in mail_temp_dir); LMTP's and COPY's source stream (a file: LMTP's
+ * temporary file of the DATA, or the source message) is read again
+ * instead of copied. Before it is delivered, its IMAP BODYSTRUCTURE is
+ * worked out (porcupine-meta.c) and goes with it as its meta. */
 #include "porcupine-plugin.h"
 #include "mail-copy.h"
+#include "ostream.h"
+#include "iostream-temp.h"
+#include "str.h"
 
 #include <string.h>
 
@@ -27,9 +37,9 @@ static bool pcp_is_ours(struct pcp_mailbox *pbox, struct mail_save_context *ctx)
 
 static void pcp_save_release(struct pcp_save_context *ctx)
 {
+	o_stream_destroy(&ctx->spill);
+	i_stream_unref(&ctx->body);
 	i_stream_unref(&ctx->input);
-	if (ctx->body != NULL)
-		buffer_free(&ctx->body);
 }
 
 static void pcp_save_destroy(struct pcp_save_context *ctx)
@@ -80,7 +90,17 @@ int pcp_save_begin(struct mail_save_context *_ctx, struct istream *input)
 	ctx->failed = FALSE;
 	ctx->input = input;
 	i_stream_ref(input);
-	ctx->body = buffer_create_dynamic(default_pool, 8192);
+	if (_ctx->copying_via_save && input->seekable) {
+		/* LMTP's and COPY's source: read again at the end. */
+		ctx->start = input->v_offset;
+	} else {
+		struct mail_user *user = _ctx->transaction->box->storage->user;
+		string_t *prefix = t_str_new(256);
+
+		mail_user_set_get_temp_prefix(prefix, user->set);
+		ctx->spill = iostream_temp_create_sized(str_c(prefix), 0,
+			"porcupine save", PCP_SAVE_MEMORY);
+	}
 	return 0;
 }
 
@@ -97,7 +117,15 @@ int pcp_save_continue(struct mail_save_context *_ctx)
 	if (ctx->failed)
 		return -1;
 	while ((ret = i_stream_read_more(ctx->input, &data, &size)) > 0) {
-		buffer_append(ctx->body, data, size);
+		if (ctx->spill != NULL &&
+		    o_stream_send(ctx->spill, data, size) != (ssize_t)size) {
+			mail_storage_set_critical(_ctx->transaction->box->storage,
+				"porcupine: write(%s) failed: %s",
+				o_stream_get_name(ctx->spill),
+				o_stream_get_error(ctx->spill));
+			ctx->failed = TRUE;
+			return -1;
+		}
 		i_stream_skip(ctx->input, size);
 	}
 	if (ret == -1 && ctx->input->stream_errno != 0) {
@@ -111,19 +139,65 @@ int pcp_save_continue(struct mail_save_context *_ctx)
 	return 0;
 }
 
-struct pcp_reader {
-	const unsigned char *data;
-	size_t size, pos;
-};
-
+/* The delivery's reader: the message from `ctx->body`, to its end. Its
+   streams are files or memory (blocking): a read that gives nothing
+   before the end is an error, never the end. */
 static ssize_t pcp_read(void *context, char *buf, size_t len)
 {
-	struct pcp_reader *r = context;
-	size_t n = I_MIN(len, r->size - r->pos);
+	struct pcp_save_context *ctx = context;
+	const unsigned char *data;
+	size_t size;
+	ssize_t ret;
 
-	memcpy(buf, r->data + r->pos, n);
-	r->pos += n;
-	return (ssize_t)n;
+	ret = i_stream_read_more(ctx->body, &data, &size);
+	if (ret == -1 && ctx->body->stream_errno == 0)
+		return 0;
+	if (ret <= 0) {
+		e_error(ctx->box->event, "porcupine: read(%s) failed: %s",
+			i_stream_get_name(ctx->body), ret == -1 ?
+			i_stream_get_error(ctx->body) : "no data before its end");
+		return -1;
+	}
+	size = I_MIN(size, len);
+	memcpy(buf, data, size);
+	i_stream_skip(ctx->body, size);
+	return (ssize_t)size;
+}
+
+/* The stream to deliver (ctx->body), at the message's start: the spill's
+   contents, or the source read again. */
+static int pcp_body_stream(struct pcp_save_context *ctx)
+{
+	if (ctx->spill != NULL) {
+		if (o_stream_finish(ctx->spill) < 0) {
+			mail_storage_set_critical(ctx->box->storage,
+				"porcupine: write(%s) failed: %s",
+				o_stream_get_name(ctx->spill),
+				o_stream_get_error(ctx->spill));
+			return -1;
+		}
+		ctx->body = iostream_temp_finish(&ctx->spill, IO_BLOCK_SIZE);
+		ctx->start = 0;
+	} else {
+		ctx->body = ctx->input;
+		i_stream_ref(ctx->body);
+	}
+	i_stream_seek(ctx->body, ctx->start);
+	return 0;
+}
+
+/* The message's meta (its BODYSTRUCTURE) into `meta`; empty when there is
+   none to keep (logged: Dovecot then parses the body when asked). */
+static void pcp_save_meta(struct pcp_save_context *ctx, buffer_t *meta)
+{
+	const char *error;
+
+	if (!pcp_meta_make(ctx->ctx.copy_src_mail, ctx->body, meta, &error)) {
+		buffer_set_used_size(meta, 0);
+		e_debug(ctx->box->event, "porcupine: no BODYSTRUCTURE kept with "
+			"the message: %s", error);
+	}
+	i_stream_seek(ctx->body, ctx->start);
 }
 
 /* Delivers the saved message into the cluster's folder. */
@@ -131,7 +205,7 @@ static int pcp_deliver(struct pcp_save_context *ctx)
 {
 	struct mailbox *box = ctx->box;
 	struct mail_user *user = box->storage->user;
-	struct pcp_reader r = { ctx->body->data, ctx->body->used, 0 };
+	buffer_t *meta = t_buffer_create(1024);
 	struct porcupine_delivered out;
 	struct porcupine_deliver_options opts;
 	enum mail_flags flags = ctx->ctx.data.flags & MAIL_FLAGS_NONRECENT;
@@ -150,7 +224,15 @@ static int pcp_deliver(struct pcp_save_context *ctx)
 				       "Too many keywords (at most 64 per message)");
 		return -1;
 	}
+	if (pcp_body_stream(ctx) < 0) {
+		mail_storage_set_error(box->storage, MAIL_ERROR_TEMP,
+				       MAIL_ERRSTR_CRITICAL_MSG);
+		return -1;
+	}
+	pcp_save_meta(ctx, meta);
 	i_zero(&opts);
+	opts.meta = meta->data;
+	opts.meta_len = meta->used;
 	if (ctx->ctx.data.received_date > 0)
 		opts.internal_date_ms = (int64_t)ctx->ctx.data.received_date * 1000;
 	opts.flags = pcp_flags_to_cluster(flags);
@@ -159,7 +241,7 @@ static int pcp_deliver(struct pcp_save_context *ctx)
 	c = pcp_connect(user);
 	code = c == NULL ? PORCUPINE_UNREACHABLE :
 		porcupine_deliver_with(c, user->username, box->vname, &opts,
-				       pcp_read, &r, &out);
+				       pcp_read, ctx, &out);
 	if (code != PORCUPINE_OK) {
 		enum mail_error error = MAIL_ERROR_TEMP;
 		if (code == PORCUPINE_NO_SUCH_USER || code == PORCUPINE_BAD_REQUEST)

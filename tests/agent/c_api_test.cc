@@ -210,7 +210,7 @@ ssize_t read_source(void* context, char* buf, size_t len) {
 TEST_F(CApi, DeliverWithDateAndFlagsChangeSomeFlagsAndMoveWithItsNewUid) {
   const char* msg = "Subject: appended\r\n\r\nold mail\r\n";
   const char* kws[] = {"Work", "$Label2"};
-  porcupine_deliver_options o{1'500'000'000'000, 1 /* \Seen */, kws, 2};
+  porcupine_deliver_options o{1'500'000'000'000, 1 /* \Seen */, kws, 2, nullptr, 0};
   Source src{msg, std::strlen(msg)};
   porcupine_delivered d{};
   ASSERT_EQ(porcupine_deliver_with(client_, "ann@example.org", "INBOX", &o, read_source, &src, &d), PORCUPINE_OK)
@@ -246,7 +246,7 @@ TEST_F(CApi, DeliverWithDateAndFlagsChangeSomeFlagsAndMoveWithItsNewUid) {
   EXPECT_EQ(x.result, PORCUPINE_BAD_REQUEST);
 
   // A bad date or keyword refuses the delivery before anything is stored.
-  porcupine_deliver_options neg{-5, 0, nullptr, 0};
+  porcupine_deliver_options neg{-5, 0, nullptr, 0, nullptr, 0};
   Source src2{msg, std::strlen(msg)};
   EXPECT_EQ(porcupine_deliver_with(client_, "ann@example.org", "INBOX", &neg, read_source, &src2, nullptr),
             PORCUPINE_BAD_REQUEST);
@@ -267,5 +267,40 @@ TEST_F(CApi, DeliverWithDateAndFlagsChangeSomeFlagsAndMoveWithItsNewUid) {
   porcupine_folder_free(&f);
   ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "INBOX", &f), PORCUPINE_OK);
   EXPECT_EQ(f.count, 0u);
+  porcupine_folder_free(&f);
+}
+
+// A delivery's meta is kept with the message and given back only for the
+// UIDs the reader asks for; one over PORCUPINE_MAX_META is not kept (the
+// message is).
+TEST_F(CApi, MetaIsKeptWithTheMessageAndListedOnlyFromTheUidAskedFor) {
+  const char* msg = "Subject: meta\r\n\r\nbody\r\n";
+  const std::string small = "\x01structure";
+  const std::string big(PORCUPINE_MAX_META + 1, 'x');
+  for (const std::string* meta : {&small, &small, &big}) {
+    porcupine_deliver_options o{};
+    o.meta = meta->data();
+    o.meta_len = meta->size();
+    Source src{msg, std::strlen(msg)};
+    ASSERT_EQ(porcupine_deliver_with(client_, "ann@example.org", "INBOX", &o, read_source, &src, nullptr),
+              PORCUPINE_OK)
+        << porcupine_error(client_);
+  }
+  porcupine_folder f;
+  ASSERT_EQ(porcupine_folder_list_meta(client_, "ann@example.org", "INBOX", 2, &f), PORCUPINE_OK);
+  ASSERT_EQ(f.count, 3u);
+  EXPECT_EQ(f.messages[0].meta, nullptr);  // UID 1: below the UID asked for
+  ASSERT_NE(f.messages[1].meta, nullptr);
+  EXPECT_EQ(std::string(f.messages[1].meta, f.messages[1].meta_len), small);
+  EXPECT_EQ(f.messages[2].meta, nullptr);  // over the limit: not kept
+  porcupine_folder_free(&f);
+  ASSERT_EQ(porcupine_folder_list_meta(client_, "ann@example.org", "INBOX", 1, &f), PORCUPINE_OK);
+  ASSERT_EQ(f.count, 3u);
+  ASSERT_NE(f.messages[0].meta, nullptr);
+  EXPECT_EQ(std::string(f.messages[0].meta, f.messages[0].meta_len), small);
+  porcupine_folder_free(&f);
+  ASSERT_EQ(porcupine_folder_list(client_, "ann@example.org", "INBOX", &f), PORCUPINE_OK);
+  ASSERT_EQ(f.count, 3u);
+  for (size_t i = 0; i < f.count; ++i) EXPECT_EQ(f.messages[i].meta, nullptr);
   porcupine_folder_free(&f);
 }

@@ -174,7 +174,9 @@ TEST(LocalRequest, AnOpenNamesOneUsersMessagesAtMost128AndTakesDescriptors) {
   EXPECT_EQ(request_problem(q), "an Open names one user's messages");
   o->mutable_refs()->RemoveLast();
   o->set_part(pb::Open::HEADER);
-  EXPECT_EQ(request_problem(q), "only whole bodies can be opened");
+  EXPECT_EQ(request_problem(q), std::nullopt);
+  o->set_part(static_cast<pb::Open::Part>(7));
+  EXPECT_EQ(request_problem(q), "unknown part");
   o->set_part(pb::Open::WHOLE);
   while (o->refs_size() < 128) add("ann@example.org", 4);
   EXPECT_EQ(request_problem(q), std::nullopt);

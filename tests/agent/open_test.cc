@@ -247,4 +247,106 @@ TEST_F(Open, BodiesComeAsDescriptorsFromAHolderAndThroughANodeHoldingNone) {
   EXPECT_EQ(porcupine_open_many(clients_[1], nullptr, "INBOX", many.data(), 1), PORCUPINE_BAD_REQUEST);
 }
 
+// Headers for a reader of headers (porcupine_open_headers): a node
+// holding a copy gives the whole (its own file, no network); one holding
+// none fetches the header part alone (up to and including the blank line,
+// as the listing's hdr_size) and keeps nothing in its node cache; a
+// message with no blank line comes whole (that is its header), or, longer
+// than 256 KiB, as its first 256 KiB marked cut. Another user gets no descriptor.
+TEST_F(Open, HeadersComeWholeFromAHolderAndAsTheHeaderAloneThroughANodeHoldingNone) {
+  const std::string big_header = "Subject: big\r\nFrom: a@example.org\r\n\r\n";
+  const std::string lf_header = "Subject: bare\nTo: b@example.org\n\n";
+  std::vector<std::string> bodies = {big_header + std::string(300 * 1024, 'x') + "\r\n",
+                                     lf_header + "line\n\nafter a blank line\n",
+                                     "no blank line at all\n",
+                                     std::string(300 * 1024, 'h')};
+  const std::vector<std::string> parts = {big_header, lf_header, bodies[2], bodies[3].substr(0, 256 * 1024)};
+  const std::vector<int> kinds = {PORCUPINE_PART_HEADER, PORCUPINE_PART_HEADER, PORCUPINE_PART_WHOLE,
+                                  PORCUPINE_PART_HEADER_CUT};
+  // Each body delivered through a node that keeps a copy of it: the node
+  // holding none then has no cache entry from the delivery (a node
+  // accepting a message it holds no copy of keeps it in its cache).
+  std::vector<porcupine_msgref> refs;
+  for (const auto& b : bodies) {
+    for (int tries = 0;; ++tries) {
+      ASSERT_LT(tries, 12) << "no delivery landed on the node it went through";
+      const int via = 1 + tries % 3;
+      Reader r{&b};
+      porcupine_delivered d;
+      ASSERT_EQ(porcupine_deliver(clients_[via], "ann@example.org", "INBOX", read_chunk, &r, &d), PORCUPINE_OK)
+          << porcupine_error(clients_[via]);
+      if (holds(d.ref, static_cast<uint32_t>(via))) {
+        refs.push_back(d.ref);
+        break;
+      }
+    }
+  }
+
+  bool through_holder = false, through_other = false;
+  for (uint32_t node = 1; node <= 3; ++node) {
+    std::vector<porcupine_opened> items(refs.size());
+    for (size_t k = 0; k < refs.size(); ++k) {
+      items[k].ref = refs[k];
+      items[k].size_hint = bodies[k].size();
+    }
+    ASSERT_EQ(porcupine_open_headers(clients_[node], "ann@example.org", "INBOX", items.data(), items.size()),
+              PORCUPINE_OK)
+        << porcupine_error(clients_[node]);
+    for (size_t k = 0; k < refs.size(); ++k) {
+      SCOPED_TRACE("node " + std::to_string(node) + " message " + std::to_string(k));
+      ASSERT_EQ(items[k].result, PORCUPINE_OK);
+      ASSERT_GE(items[k].fd, 0);
+      const std::string got = read_all(items[k].fd);
+      ::close(items[k].fd);
+      const std::string& want = holds(refs[k], node) ? bodies[k] : parts[k];
+      EXPECT_EQ(items[k].part, holds(refs[k], node) ? PORCUPINE_PART_WHOLE : kinds[k]);
+      EXPECT_EQ(items[k].size, want.size());
+      EXPECT_EQ(got.size(), want.size());
+      EXPECT_TRUE(got == want) << "not the expected bytes";
+      if (holds(refs[k], node)) {
+        through_holder = true;
+        continue;
+      }
+      through_other = true;
+      if (kinds[k] == PORCUPINE_PART_WHOLE) continue;
+      // A header part is not the message: the node cache keeps none.
+      const std::string entry = node_dir(static_cast<int>(node)) + "/spool/cache/" +
+                                std::to_string(refs[k].origin) + "/" + std::to_string(refs[k].seq);
+      struct stat st {};
+      EXPECT_NE(::stat(entry.c_str(), &st), 0) << entry;
+    }
+
+    // Ann's messages are not Bob's, header or not.
+    std::vector<porcupine_opened> foreign(refs.size());
+    for (size_t k = 0; k < refs.size(); ++k) foreign[k].ref = refs[k];
+    ASSERT_EQ(porcupine_open_headers(clients_[node], "bob@example.org", "INBOX", foreign.data(), foreign.size()),
+              PORCUPINE_OK);
+    for (size_t k = 0; k < refs.size(); ++k) {
+      EXPECT_EQ(foreign[k].result, PORCUPINE_NOT_FOUND) << "node " << node << " message " << k;
+      EXPECT_EQ(foreign[k].fd, -1);
+    }
+
+    // The whole bodies are still whole, and once in the node cache a
+    // reader of headers gets the entry, whole.
+    for (bool headers : {false, true}) {
+      std::vector<porcupine_opened> again(refs.size());
+      for (size_t k = 0; k < refs.size(); ++k) again[k].ref = refs[k];
+      ASSERT_EQ(headers ? porcupine_open_headers(clients_[node], "ann@example.org", "INBOX", again.data(), again.size())
+                        : porcupine_open_many(clients_[node], "ann@example.org", "INBOX", again.data(), again.size()),
+                PORCUPINE_OK);
+      for (size_t k = 0; k < refs.size(); ++k) {
+        SCOPED_TRACE("node " + std::to_string(node) + " message " + std::to_string(k) +
+                     (headers ? " headers" : " whole"));
+        ASSERT_EQ(again[k].result, PORCUPINE_OK);
+        EXPECT_EQ(again[k].part, PORCUPINE_PART_WHOLE);
+        EXPECT_EQ(again[k].size, bodies[k].size());
+        EXPECT_TRUE(read_all(again[k].fd) == bodies[k]) << "not the whole body";
+        ::close(again[k].fd);
+      }
+    }
+  }
+  EXPECT_TRUE(through_holder);
+  EXPECT_TRUE(through_other);
+}
+
 }  // namespace

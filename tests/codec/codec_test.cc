@@ -78,6 +78,7 @@ MessageRecord full_record(std::uint64_t seq) {
   r.size = kBody.size();
   r.vsize = kBody.size() + 3;
   r.hdr_size = 40;
+  r.meta = std::string("\x01\x01\x00\x03" "abc", 7);
   r.folder_version = {1'700'000'000'700, 3};
   r.internal_date = 1'700'000'000'123;
   r.uidvalidity = 42;
@@ -175,10 +176,14 @@ std::vector<Message> every_message() {
       Retire{{1'700'000'005'000, 6}},
       ListRequest{109, kUser, kFolder},
       ListRequest{109, kUser, kFolder, true},
+      ListRequest{109, kUser, kFolder, false, 12},
       ListReply{110, {full_record(1), full_record(2)}},
       ListReply{110, {}, true, 0xfedcba9876543210ULL},
       FetchRequest{111, {3, 99}, kUser},
+      FetchRequest{111, {3, 99}, kUser, FetchPart::Header},
       FetchReply{112, Status::Exists, kBody},
+      FetchReply{112, Status::Ok, "Subject: x\r\n\r\n", FetchPart::Header},
+      FetchReply{112, Status::Ok, std::string(300, 'h'), FetchPart::Header, true},
       ProfileRequest{113, kUser},
       ProfileReply{114, Status::NoSuchUser, full_profile()},
       ProfileReply{114, Status::Ok, full_profile(), true, 123456789},
@@ -304,6 +309,32 @@ TEST(Codec, QuotaFieldsFromAnOlderAgentDecodeAsAbsent) {
   EXPECT_FALSE(std::get<ProfileReply>(out.body).has_usage);
 }
 
+// A holder before header parts answers a fetch without saying which part
+// it sent: the whole body. A part the receiver does not know (a newer
+// asker's) is asked as the whole; a reply naming one is refused.
+TEST(Codec, AFetchPartFromOrToAnOlderAgentIsTheWholeBody) {
+  pb::Envelope old = frame_header();
+  old.mutable_fetch_reply()->set_body("Subject: x\r\n\r\nbody\r\n");
+  Envelope out;
+  ASSERT_TRUE(decode_envelope(frame(old), out));
+  EXPECT_EQ(std::get<FetchReply>(out.body).part, FetchPart::Whole);
+  EXPECT_FALSE(std::get<FetchReply>(out.body).cut);
+
+  old = frame_header();
+  old.mutable_fetch_request()->set_req(7);
+  ASSERT_TRUE(decode_envelope(frame(old), out));
+  EXPECT_EQ(std::get<FetchRequest>(out.body).part, FetchPart::Whole);
+
+  old = frame_header();
+  old.mutable_fetch_request()->set_part(static_cast<pb::FetchRequest::Part>(9));
+  ASSERT_TRUE(decode_envelope(frame(old), out));
+  EXPECT_EQ(std::get<FetchRequest>(out.body).part, FetchPart::Whole);
+
+  old = frame_header();
+  old.mutable_fetch_reply()->set_part(static_cast<pb::FetchRequest::Part>(9));
+  expect_rejected(decode_envelope, frame(old), "a reply of an unknown part");
+}
+
 TEST(Codec, EveryStatusKindAndOpSurvivesTheWire) {
   for (Status s : {Status::Ok, Status::TryAgain, Status::NoSuchUser, Status::Exists,
                    Status::NotManager, Status::Failed}) {
@@ -408,6 +439,31 @@ TEST(Codec, BodySizesTravelAndAreKeptAtRestAndARecordWithoutThemHasZero) {
   EXPECT_EQ(out.vsize, 0u);
   EXPECT_EQ(out.hdr_size, 0u);
   EXPECT_EQ(out.size, r.size);
+}
+
+TEST(Codec, MetaIsKeptAtRestTravelsInListingsAndOneOver8KiBIsDropped) {
+  MessageRecord r = full_record(9);
+  MessageRecord out;
+  std::string error;
+  ASSERT_TRUE(decode_record(encode_record(r), out, &error)) << error;
+  EXPECT_EQ(out.meta, r.meta);
+  Envelope got;
+  ASSERT_TRUE(decode_envelope(encode_envelope(envelope(ListReply{5, {r}, false, 0})), got, &error)) << error;
+  EXPECT_EQ(std::get<ListReply>(got.body).records.at(0).meta, r.meta);
+
+  // No node makes one larger; one that comes anyway is not kept, and the
+  // record still decodes.
+  r.meta.assign(kMaxRecordMeta + 1, 'x');
+  ASSERT_TRUE(decode_record(encode_record(r), out, &error)) << error;
+  EXPECT_EQ(out.meta, "");
+  EXPECT_EQ(out.uid, r.uid);
+
+  // A node from before the field (25) writes none: the record has none.
+  pb::MessageRecord old;
+  ASSERT_TRUE(old.ParseFromString(encode_record(full_record(9))));
+  old.clear_meta();
+  ASSERT_TRUE(decode_record(old.SerializeAsString(), out, &error)) << error;
+  EXPECT_EQ(out.meta, "");
 }
 
 TEST(Codec, ProfileAtRestRoundTrips) {

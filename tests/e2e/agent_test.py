@@ -1136,9 +1136,10 @@ class FullDisk(ClusterCase):
 class NodeCache(ClusterCase):
     """The agent's node cache (store/node_cache.h) as the agent runs it: its
     directory in the spool (0700), its figures in status and the metrics,
-    the entries a restart finds (and the unfinished fills it removes), and
-    an expunge made through a node that holds no replica dropping that
-    node's entry at once."""
+    the entries a restart finds (and the unfinished fills it removes), an
+    expunge made through a node that holds no replica dropping that node's
+    entry at once, and a delivery through such a node filling its cache, so
+    a read there is a hit."""
 
     def test_entries_survive_a_restart_and_an_expunge_drops_its_entry(self):
         self.add_user(1, "cat@example.org")
@@ -1150,9 +1151,13 @@ class NodeCache(ClusterCase):
         outsider = next(i for i in (1, 2, 3) if i not in m["replicas"])
         cache = os.path.join(self.cl.ndir(outsider), "spool", "cache")
         self.assertEqual(os.stat(cache).st_mode & 0o777, 0o700)
+        # The accepting node keeps the body of a message it holds no
+        # replica of: node 1 has it in its cache when it is the outsider.
         status = self.ctl_json(outsider, "status")["cache"]
-        self.assertEqual(status, {"bytes": 0, "budget": 1 << 30, "entries": 0, "hits": 0, "misses": 0,
-                                  "evictions": 0, "refused": 0})
+        accepted = 1 if outsider == 1 else 0
+        self.assertEqual(status["entries"], accepted)
+        self.assertEqual(status["bytes"] > 0, bool(accepted))
+        self.assertEqual(status, dict(status, budget=1 << 30, hits=0, misses=0, evictions=0, refused=0))
 
         # The body as a read on that node would have kept it, a fill cut
         # off by a crash, and a name the cache does not own.
@@ -1195,6 +1200,88 @@ class NodeCache(ClusterCase):
         self.assertRegex(metrics, r"(?m)^porcupine_cache_entries 0$")
         self.assertRegex(metrics, r"(?m)^porcupine_cache_budget_bytes 1073741824$")
         self.assertRegex(metrics, r"(?m)^porcupine_cache_evictions_total 0$")
+
+
+    def test_a_delivery_through_a_node_holding_no_replica_fills_its_cache_and_a_read_there_is_a_hit(self):
+        self.add_user(1, "dan@example.org")
+        self.assertEqual(self.deliver(1, "dan@example.org", message(1, 2000))["code"], "OK")
+        [first] = self.ctl_json(1, "mail", "list", "dan@example.org")["messages"]
+        outsider = next(i for i in (1, 2, 3) if i not in first["replicas"])
+        before = self.ctl_json(outsider, "status")["cache"]
+        # Spread 2 of 3 nodes, R=2: the user's next messages go to the same
+        # two nodes. A small body (bytes) and a large one (a staging file).
+        bodies = {}
+        for n, size in ((2, 5000), (3, 700 << 10)):
+            data = message(n, size)
+            d = self.deliver(outsider, "dan@example.org", data)
+            self.assertEqual(d["code"], "OK")
+            bodies[d["uid"]] = data
+        listed = {m["uid"]: m for m in self.ctl_json(outsider, "mail", "list", "dan@example.org")["messages"]}
+        for uid in bodies:
+            self.assertNotIn(outsider, listed[uid]["replicas"])
+            origin, seq = listed[uid]["id"].split(":")
+            with open(os.path.join(self.cl.ndir(outsider), "spool", "cache", origin, seq), "rb") as f:
+                self.assertEqual(f.read(), bodies[uid])
+        status = self.ctl_json(outsider, "status")["cache"]
+        self.assertEqual(status["entries"], before["entries"] + 2)
+        self.assertEqual((status["hits"], status["misses"]), (before["hits"], before["misses"]))
+        # No staging file stays behind the links.
+        self.assertEqual(os.listdir(os.path.join(self.cl.ndir(outsider), "spool", "incoming")), [])
+
+        # A read there right after (Open, as the Dovecot plugin reads) is
+        # answered from the cache: hits, no miss (a miss fetches from a holder).
+        got = open_bodies(self.cl, outsider, "dan@example.org", [listed[uid] for uid in bodies])
+        self.assertEqual(got, list(bodies.values()))
+        status = self.ctl_json(outsider, "status")["cache"]
+        self.assertEqual(status["hits"], before["hits"] + 2)
+        self.assertEqual(status["misses"], before["misses"])
+
+        # A holder keeps nothing in its cache: Open finds its own copy.
+        holder = listed[min(bodies)]["replicas"][0]
+        self.assertEqual(self.ctl_json(holder, "status")["cache"]["entries"], 0)
+
+
+def open_bodies(cl, node, user, listed):
+    """The bodies of the listed messages through node's Open (porcupine_open_many
+    of libporcupine-client.so), as the Dovecot plugin reads them."""
+    import ctypes
+    lib = ctypes.CDLL(os.path.join(BUILD, "cluster-agent", "agent", "libporcupine-client.so"))
+
+    class MsgRef(ctypes.Structure):
+        _fields_ = [("origin", ctypes.c_uint32), ("seq", ctypes.c_uint64), ("nreplicas", ctypes.c_uint32),
+                    ("replicas", ctypes.c_uint32 * 8)]  # PORCUPINE_MAX_REPLICAS
+
+    class Opened(ctypes.Structure):
+        # struct porcupine_opened up to fd; the room after it (zeroed) takes
+        # the fields the header adds after fd, one item per call.
+        _fields_ = [("ref", MsgRef), ("size_hint", ctypes.c_uint64), ("result", ctypes.c_int),
+                    ("size", ctypes.c_uint64), ("fd", ctypes.c_int), ("room", ctypes.c_char * 256)]
+
+    lib.porcupine_open.restype = ctypes.c_void_p
+    lib.porcupine_open.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    lib.porcupine_open_many.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p,
+                                        ctypes.c_size_t]
+    lib.porcupine_close.argtypes = [ctypes.c_void_p]
+    c = lib.porcupine_open(os.path.join(cl.ndir(node), "agent.sock").encode(), 15000)
+    assert c, "no connection to node %d" % node
+    out = []
+    try:
+        for m in listed:
+            item = Opened()
+            origin, seq = m["id"].split(":")
+            item.ref.origin, item.ref.seq = int(origin), int(seq)
+            item.ref.nreplicas = len(m["replicas"])
+            for k, r in enumerate(m["replicas"]):
+                item.ref.replicas[k] = r
+            item.size_hint = m["size"]
+            item.fd = -1
+            code = lib.porcupine_open_many(c, user.encode(), b"INBOX", ctypes.byref(item), 1)
+            assert code == 0 and item.result == 0 and item.fd >= 0, (code, item.result, item.fd)
+            with os.fdopen(item.fd, "rb") as f:
+                out.append(f.read())
+    finally:
+        lib.porcupine_close(c)
+    return out
 
 
 class Metrics(ClusterCase):

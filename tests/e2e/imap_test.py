@@ -33,6 +33,10 @@ Classes (each gets its own subnet from CMake):
   ImapTinyCache  node caches far smaller than the mail: every message read
                 whole through every node over IMAP and POP3, twice, every
                 cache within its budget, no message file in any Dovecot
+  ImapHeaders   header fields, ENVELOPE and header SEARCH on a node holding
+                none of the mail answer as a holder does while only header
+                parts cross (nothing in the node cache); a body read after
+                is whole
 
 Usage: imap_test.py --build BUILD_DIR [--subnet K] [unittest args]
 The cluster helpers are dovecot_test.py's (DovecotCase).
@@ -656,6 +660,152 @@ class ImapTinyCache(dt.DovecotCase):
         self.assertGreater(evicted, 0, "the mail never outgrew a cache")
         self.assertNotRegex(self.dovecot_log(1, whole=True) + self.dovecot_log(2, whole=True) +
                             self.dovecot_log(3, whole=True), r" (Error|Panic|Fatal): ")
+
+
+def header_message(n, size):
+    """A message of about `size` bytes with the header a desktop client
+    lists (From, To, Subject, Date, Message-Id) and an X-Tag to search."""
+    head = ("From: Sender %d <sender%d@example.org>\r\nTo: %s\r\nSubject: header test %d\r\n"
+            "Date: Mon, %d Jan 2024 10:00:00 +0000\r\nMessage-Id: <h%d@test>\r\nX-Tag: tag-%d\r\n\r\n"
+            % (n, n, USER, n, 1 + n, n, n)).encode()
+    line = (b"%04d " % n + b"0123456789" * 8)[:76] + b"\r\n"
+    return head + line * (size // len(line) + 1)
+
+
+def without_recent(data):
+    """imaplib FETCH data with \\Recent taken out (each node's first session gets it)."""
+    out = []
+    for item in data:
+        if isinstance(item, tuple):
+            out.append((item[0].replace(b"\\Recent ", b"").replace(b" \\Recent", b"").replace(b"\\Recent", b""),
+                        item[1]))
+        elif isinstance(item, bytes):
+            out.append(item.replace(b"\\Recent ", b"").replace(b" \\Recent", b"").replace(b"\\Recent", b""))
+        else:
+            out.append(item)
+    return out
+
+
+class ImapHeaders(dt.DovecotCase):
+    """A desktop client's first look at a folder (header fields, ENVELOPE,
+    header SEARCH) on a node holding none of its mail moves header parts,
+    not bodies: answered as a holding node answers, while the node's agent
+    fetched header bytes only and its node cache stays empty; a body read
+    after is whole, byte for byte."""
+
+    count, size = 10, 200 * 1000
+
+    def setUp(self):
+        super().setUp()
+        # A user whose mail node 1 holds, so deliveries through the holders
+        # leave nothing in the third node's cache (a delivery through a
+        # node holding no copy fills its cache).
+        for k in range(20):
+            self.user = "hdr%d@example.com" % k
+            self.ctl(1, "user", "add", self.user, "--password", PASSWORD)
+            self.deliver(1, header_message(0, self.size))
+            self.holders = self.cluster_listing(1)["messages"][0]["replicas"]
+            if 1 in self.holders:
+                return
+        self.fail("node 1 holds the mail of none of 20 users")
+
+    def status(self, i):
+        import json
+        return json.loads(self.ctl(i, "--json", "status"))
+
+    def fetch(self, i, query, uids="1:*"):
+        m = self.imap(i)
+        try:
+            self.assertEqual(m.select("INBOX", readonly=True)[0], "OK")
+            typ, data = m.uid("FETCH", uids, query)
+            self.assertEqual(typ, "OK", data)
+            return without_recent(data)
+        finally:
+            m.logout()
+
+    def search(self, i, *criteria):
+        m = self.imap(i)
+        try:
+            self.assertEqual(m.select("INBOX", readonly=True)[0], "OK")
+            typ, data = m.uid("SEARCH", *criteria)
+            self.assertEqual(typ, "OK", data)
+            return data[0].split()
+        finally:
+            m.logout()
+
+    def test_headers_envelopes_and_header_search_move_no_body_to_a_node_holding_none(self):
+        count, size = self.count, self.size
+        for n in range(1, count):
+            self.deliver(self.holders[n % 2], header_message(n, size))
+        listing = self.cluster_listing(1)["messages"]
+        self.assertEqual(len(listing), count)
+        holders = {r for msg in listing for r in msg["replicas"]}
+        self.assertEqual(len(holders), 2, "the user's mail is on two nodes (spread 2): %s" % holders)
+        reader = ({1, 2, 3} - holders).pop()
+        holder = min(holders)
+        total = sum(msg["size"] for msg in listing)
+
+        before = self.status(reader)
+        lookup = "(FLAGS RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE)])"
+        got = self.fetch(reader, lookup)
+        self.assertEqual(got, self.fetch(holder, lookup))
+        self.assertEqual(len([x for x in got if isinstance(x, tuple)]), count)
+        self.assertIn(b"Subject: header test 3\r\n", b"".join(x[1] for x in got if isinstance(x, tuple)))
+        envelopes = self.fetch(reader, "(ENVELOPE)")
+        self.assertEqual(envelopes, self.fetch(holder, "(ENVELOPE)"))
+        self.assertIn(b'"header test 7"', b"".join(x if isinstance(x, bytes) else x[0] for x in envelopes))
+        tagged = self.search(reader, "HEADER", "X-Tag", "tag-4")
+        self.assertEqual(tagged, self.search(holder, "HEADER", "X-Tag", "tag-4"))
+        self.assertEqual(len(tagged), 1)
+
+        after = self.status(reader)
+        fetched = {k: after["fetched"][k] - before["fetched"][k] for k in after["fetched"]}
+        self.assertEqual(fetched["whole"], 0, fetched)
+        self.assertEqual(fetched["whole_bytes"], 0, fetched)
+        self.assertGreaterEqual(fetched["headers"], count, fetched)
+        self.assertGreater(fetched["header_bytes"], 0, fetched)
+        self.assertLess(fetched["header_bytes"], total // 50, fetched)
+        self.assertEqual(after["cache"]["bytes"], 0, after["cache"])
+        self.assertEqual(after["cache"]["entries"], 0, after["cache"])
+        print("\n  header look on a node holding none: %d header parts, %d bytes, for %d messages of %d bytes"
+              % (fetched["headers"], fetched["header_bytes"], count, total), file=sys.stderr)
+
+        # Dovecot keeps the header fields it was asked for in its index
+        # cache: the same look again asks the agent for nothing.
+        again = self.fetch(reader, lookup)
+        self.assertEqual(again, got)
+        self.assertEqual(self.status(reader)["fetched"], after["fetched"])
+
+        # A body read after the headers is the whole message, byte for byte
+        # what the holder serves, its RFC822.SIZE exact.
+        items = [x for x in got if isinstance(x, tuple)]
+        uid = int(re.search(rb"UID (\d+)", items[3][0]).group(1))
+        whole = self.fetch(reader, "(RFC822.SIZE BODY.PEEK[])", str(uid))
+        self.assertEqual(whole, self.fetch(holder, "(RFC822.SIZE BODY.PEEK[])", str(uid)))
+        body = whole[0][1]
+        self.assertTrue(body.endswith(header_message(3, size)), "not message 3 whole")
+        self.assertEqual(int(re.search(rb"RFC822.SIZE (\d+)", whole[0][0]).group(1)), len(body))
+        final = self.status(reader)["fetched"]
+        self.assertEqual(final["whole"] - before["fetched"]["whole"], 1, final)
+        self.assertEqual(final["whole_bytes"] - before["fetched"]["whole_bytes"], len(body), final)
+        # In one session: the whole header first, then the body.
+        other = int(re.search(rb"UID (\d+)", items[5][0]).group(1))
+        m = self.imap(reader)
+        try:
+            self.assertEqual(m.select("INBOX", readonly=True)[0], "OK")
+            typ, head = m.uid("FETCH", str(other), "(BODY.PEEK[HEADER])")
+            self.assertEqual(typ, "OK", head)
+            self.assertEqual(without_recent(head), self.fetch(holder, "(BODY.PEEK[HEADER])", str(other)))
+            self.assertTrue(head[0][1].endswith(b"X-Tag: tag-5\r\n\r\n"), head[0][1])
+            typ, data = m.uid("FETCH", str(other), "(BODY.PEEK[])")
+            self.assertEqual(typ, "OK", data)
+            self.assertTrue(data[0][1].endswith(header_message(5, size)))
+        finally:
+            m.logout()
+        self.assertEqual(self.status(reader)["fetched"]["whole"] - before["fetched"]["whole"], 2)
+        log = "".join(self.dovecot_log(i, whole=True) for i in (1, 2, 3))
+        self.assertNotRegex(log, r" (Error|Panic|Fatal): ")
+        self.assertNotIn("Cached message size", log)
 
 
 DOVEADM = dt.shutil.which("doveadm") or "/usr/bin/doveadm"
@@ -1349,18 +1499,5 @@ class ImapBadInput(dt.DovecotCase):
         self.assertNotIn(" Panic: ", self.dovecot_log(1))
 
 
-def main():
-    argv = [sys.argv[0]]
-    args = iter(sys.argv[1:])
-    for a in args:
-        if a == "--build":
-            dt.BUILD = os.path.abspath(next(args))
-        elif a == "--subnet":
-            dt.SUBNET = int(next(args))
-        else:
-            argv.append(a)
-    unittest.main(argv=argv, verbosity=2)
-
-
 if __name__ == "__main__":
-    main()
+    dt.main()  # --build, --subnet, then unittest's own arguments

@@ -97,6 +97,8 @@ std::vector<std::pair<std::string, Message>> messages() {
       {"push_profile", Push{update(Update::Kind::Profile), {3, 5}}},
       {"list_reply", ListReply{110, {record(1), record(2)}}},
       {"fetch_reply_transfer", FetchReply{112, Status::Ok, Body::in_transfer(4, 51)}},
+      {"fetch_request_header", FetchRequest{111, {3, 99}, "alice@example.org", FetchPart::Header}},
+      {"fetch_reply_header", FetchReply{112, Status::Ok, "Subject: x\r\n\r\n", FetchPart::Header}},
       {"user_update", UserUpdateRequest{.req = 115, .user = "alice@example.org",
                                         .op = UserUpdateRequest::Op::RenameFolder, .password_hash = "",
                                         .quota_bytes = 0, .folder = "Old", .to_folder = "New"}},

@@ -4,9 +4,11 @@
 // of docs/protocols.md once faults stop and the cluster settles.
 //
 // 1000 schedules in four ctest cases of 250, so CI spreads them over its
-// cores. A failing seed is printed with the command that replays it. The
-// soak (100,000 schedules or more) runs from the same code:
-//   porcupine-sim check --schedules 100000 --seed-base 1000000
+// cores, and 120 more with drains (a node drained in some schedules, with
+// the drain checked to finish). A failing seed is printed with the command
+// that replays it. The soak (100,000 schedules or more) runs from the same
+// code:
+//   porcupine-sim check --schedules 100000 --seed-base 1000000 [--drains]
 #include <gtest/gtest.h>
 
 #include <string>
@@ -17,9 +19,10 @@ using namespace porcupine::sim;
 
 namespace {
 
-void run_range(std::uint64_t first, int count, bool partitions) {
+void run_range(std::uint64_t first, int count, bool partitions, bool drains = false) {
   ScheduleOptions opt;
   opt.partitions = partitions;
+  opt.drains = drains;
   int failed = 0;
   for (int i = 0; i < count; ++i) {
     ScheduleResult r = run_schedule(first + static_cast<std::uint64_t>(i), opt);
@@ -27,7 +30,8 @@ void run_range(std::uint64_t first, int count, bool partitions) {
     ++failed;
     std::string why;
     for (const auto& f : r.failures) why += "\n  " + f;
-    ADD_FAILURE() << r.summary << why << "\n  replay: porcupine-sim replay --seed " << r.seed;
+    ADD_FAILURE() << r.summary << why << "\n  replay: porcupine-sim replay --seed " << r.seed
+                  << (partitions ? "" : " --no-partitions") << (drains ? " --drains" : "");
   }
   EXPECT_EQ(failed, 0) << failed << " of " << count << " schedules failed";
 }
@@ -38,3 +42,4 @@ TEST(Randomized, CrashesRestartsJoinsLossSeeds1To250) { run_range(1, 250, false)
 TEST(Randomized, WithPartitionsSeeds251To500) { run_range(251, 250, true); }
 TEST(Randomized, WithPartitionsSeeds501To750) { run_range(501, 250, true); }
 TEST(Randomized, WithPartitionsSeeds751To1000) { run_range(751, 250, true); }
+TEST(Randomized, WithDrainsAndPartitionsSeeds1To120) { run_range(1, 120, true, true); }

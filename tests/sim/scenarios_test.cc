@@ -716,6 +716,63 @@ TEST(Reads, FetchComesFromAReplicaWhenTheFirstHolderIsDown) {
   h.expect_invariants();
 }
 
+// A header fetch brings the bytes up to and including the blank line,
+// read by a holder from the start of its copy (found there: these records
+// do not carry hdr_size); a message that is all header comes whole, and
+// one with no blank line in its first kHeaderPartMax bytes comes as those
+// bytes, marked cut. A whole fetch is unchanged.
+TEST(Reads, AHeaderFetchBringsTheHeaderOnly) {
+  Harness h(4);
+  const std::string u = "ivy@example.org";
+  MessageRecord t;
+  ASSERT_NO_FATAL_FAILURE(h.first_message(u, t));
+  const NodeId via = Harness::non_holder(t);
+  auto header_of = [&](const MessageRecord& m) {
+    return h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.fetch(now, req, m, FetchPart::Header); });
+  };
+  auto deliver = [&](const std::string& body) {
+    const ClientReply* d = h.c.wait(h.c.deliver(1, u, "INBOX", body));
+    EXPECT_TRUE(d && d->status == Status::Ok);
+    return d ? Harness::target(*d, u) : MessageRecord{};
+  };
+  const ClientReply* f = header_of(t);
+  ASSERT_EQ(f->status, Status::Ok) << f->detail;
+  EXPECT_EQ(f->part, FetchPart::Header);
+  EXPECT_FALSE(f->cut);
+  EXPECT_EQ(f->body, "Subject: t\r\n\r\n");
+  f = h.fetch(via, t);
+  ASSERT_EQ(f->status, Status::Ok) << f->detail;
+  EXPECT_EQ(f->part, FetchPart::Whole);
+  EXPECT_EQ(f->body, "Subject: t\r\n\r\nx\r\n");
+
+  const MessageRecord lf = deliver("Subject: lf\nFrom: a@example.org\n\nbody\n\nmore\n");
+  f = header_of(lf);
+  ASSERT_EQ(f->status, Status::Ok) << f->detail;
+  EXPECT_EQ(f->part, FetchPart::Header);
+  EXPECT_EQ(f->body, "Subject: lf\nFrom: a@example.org\n\n");
+
+  const MessageRecord headless = deliver("Subject: no blank line\r\n");
+  f = header_of(headless);
+  ASSERT_EQ(f->status, Status::Ok) << f->detail;
+  EXPECT_EQ(f->part, FetchPart::Whole);
+  EXPECT_EQ(f->body, "Subject: no blank line\r\n");
+
+  const std::string long_line(kHeaderPartMax + 100, 'h');
+  const MessageRecord cut = deliver(long_line);
+  f = header_of(cut);
+  ASSERT_EQ(f->status, Status::Ok) << f->detail;
+  EXPECT_EQ(f->part, FetchPart::Header);
+  EXPECT_TRUE(f->cut);
+  EXPECT_EQ(f->body, long_line.substr(0, kHeaderPartMax));
+
+  // Not the asker's message: refused, header or not.
+  MessageRecord other = t;
+  other.user = "eve@example.org";
+  f = header_of(other);
+  EXPECT_EQ(f->status, Status::NotFound);
+  h.expect_invariants();
+}
+
 // A large body takes longer to arrive than the retry interval: the fetch
 // asks the next holder as well but still takes the first holder's answer,
 // and asks no holder twice (each ask is a whole body sent again).
