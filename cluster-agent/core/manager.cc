@@ -668,6 +668,16 @@ void Node::mgr_tick(Time now) {
   for (auto& [n, bs] : ask) send(n, ReportPoll{membership_.epoch(), std::move(bs)});
 }
 
+const Node::MgrUser::Grant* Node::regrant(const MgrUser& u, NodeId from, const AllocRequest& a, Time now) const {
+  auto f = u.folders.find(a.folder);
+  if (f == u.folders.end()) return nullptr;
+  for (const auto& g : u.granted)
+    if (g.front_end == from && g.req == a.req && g.folder == a.folder && g.until > now &&
+        g.uidvalidity == f->second.uidvalidity)
+      return &g;
+  return nullptr;
+}
+
 void Node::grant(AllocReply& rep, MgrFolder& f, const std::vector<NodeId>& nodes, Time until) {
   rep.uidvalidity = f.uidvalidity;
   rep.gen = f.gen;
@@ -699,6 +709,18 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
       } else {
         grant(rep, f, a.move_nodes, now + cfg_.request_timeout + cfg_.push_retry);
       }
+    } else if (const MgrUser::Grant* again = regrant(it->second, from, a, now)) {
+      // The same request again (sent before its answer came): the same
+      // UID. A second one would stay in flight, unused, and hide every
+      // message after it from listings until its time ran out.
+      MgrFolder& f = it->second.folders[a.folder];
+      rep.uid = again->uid;
+      rep.uidvalidity = f.uidvalidity;
+      rep.gen = f.gen;
+      rep.seen = f.start_seen;
+      rep.nodes = again->nodes;
+      rep.quota_bytes = it->second.profile->quota_bytes;
+      rep.quota_checked = true;  // counted with its grant
     } else {
       const std::uint64_t quota = it->second.profile->quota_bytes;
       const std::optional<std::uint64_t> used = usage_of(it->second);

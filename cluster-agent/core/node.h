@@ -294,6 +294,9 @@ class Node {
   void mgr_alloc_done(const AllocDone& d);
   // Fills an allocation's answer (rep.uid taken) and notes its nodes in
   // the mail map and its UID in flight until `until`.
+  // The grant of an AllocRequest asked again (same front end and request)
+  // before its time ran out; null if none.
+  const MgrUser::Grant* regrant(const MgrUser& u, NodeId from, const AllocRequest& a, Time now) const;
   void grant(AllocReply& rep, MgrFolder& f, const std::vector<NodeId>& nodes, Time until);
   void mgr_renumber(Time now, NodeId from, const RenumberRequest& r);
   void mgr_create_user(Time now, NodeId from, const CreateUserRequest& c);
