@@ -72,7 +72,9 @@ class ImapBoundedSaves(dt.DovecotCase):
     """A 50 MB APPEND and a 50 MB LMTP delivery are never whole in the
     memory of the Dovecot process that takes them (the APPEND goes to a
     temporary file above 256 KiB, LMTP's source is read again from
-    LMTP's own temporary file), nor in an agent's."""
+    LMTP's own temporary file), nor in an agent's; nor is a 50 MB message
+    read through a node that holds none of it (its agent fetches it into
+    a staging file, the imap process reads the descriptor it is given)."""
 
     def big(self, tag):
         line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+/0123456789abcdef\r\n"
@@ -137,6 +139,39 @@ class ImapBoundedSaves(dt.DovecotCase):
         finally:
             m.logout()
         self.assertNotRegex(self.dovecot_log(1, whole=True), r" (Error|Panic|Fatal): ")
+
+    def test_a_50_mb_message_read_through_a_node_holding_none_is_never_whole_in_memory(self):
+        want = self.big(b"read")
+        self.deliver(1, want)
+        listing = self.cluster_listing(1)["messages"]
+        self.assertEqual(len(listing), 1)
+        outside = sorted(set((1, 2, 3)) - set(listing[0]["replicas"]))
+        self.assertEqual(len(outside), 1, listing[0]["replicas"])
+        reader = outside[0]
+        agent = self.cl.pid(reader, "agent")
+        agent_before = vmhwm(agent)
+        m = self.imap(reader)
+        try:
+            imaps = children(self.cl.pid(reader, "dovecot"), "imap")
+            self.assertEqual(len(imaps), 1, imaps)
+            before = vmhwm(imaps[0])
+            self.assertEqual(m.select("INBOX", readonly=True), ("OK", [b"1"]))
+            typ, got = m.fetch("1", "(BODY.PEEK[])")
+            self.assertEqual(typ, "OK")
+            body = got[0][1]
+            # LMTP puts its trace headers before what was sent.
+            self.assertTrue(body.endswith(want) and len(body) - len(want) < 2000, len(body))
+            grew = vmhwm(imaps[0]) - before
+            print("\nnode %d (holding none): imap process VmHWM %d -> %d bytes for a %d-byte FETCH"
+                  % (reader, before, before + grew, len(body)))
+            self.assertLess(grew, 16 << 20, "the imap process grew by %d bytes reading %d" % (grew, len(body)))
+        finally:
+            m.logout()
+        if not sanitized(agent):
+            grew = vmhwm(agent) - agent_before
+            print("node %d agent: VmHWM %d -> %d bytes" % (reader, agent_before, agent_before + grew))
+            self.assertLess(grew, 16 << 20, "the reading node's agent grew by %d bytes" % grew)
+        self.assertNotRegex(self.dovecot_log(reader, whole=True), r" (Error|Panic|Fatal): ")
 
 
 def multipart(n, size=200 * 1000, lf=False):

@@ -49,6 +49,7 @@ import poplib
 import re
 import smtplib
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -597,6 +598,74 @@ def lines_message(n, size):
             % (USER, n, n)).encode()
     line = (b"%04d " % n + b"abcdefghijklmnopqrstuvwxyz" * 3)[:76] + b"\r\n"
     return head + line * (size // len(line) + 1)
+
+
+class ImapCacheDiskFull(dt.DovecotCase):
+    """The cache directory of the node that holds none of a user's mail on
+    a small tmpfs of its own that is full: every message stays readable
+    byte for byte through that node, over IMAP and POP3 (a body the cache
+    cannot take is read from the staging file it was fetched into), its
+    cache refuses what does not fit, and no Dovecot logs an error."""
+    extra_config = {"cache_reserve_bytes": "1m"}
+
+    def setUp(self):
+        if os.geteuid() != 0:
+            self.skipTest("mounting a tmpfs needs root")
+        super().setUp()
+        self.cache = None
+
+    def fill_cache_disk(self, i):
+        """Node i's cache directory on a 4 MiB tmpfs with less room left than
+        the reserve; its agent restarted on it."""
+        self.cache = os.path.join(self.cl.ndir(i), "spool", "cache")
+        self.cl.kill(i, redis=False)  # the agent: nothing of it may hold the old directory
+        os.makedirs(self.cache, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", self.cache], check=True)
+        self.addCleanup(self.unmount)
+        with open(os.path.join(self.cache, "filler"), "wb") as f:
+            f.write(b"\0" * ((3 << 20) + (512 << 10)))
+        self.cl.start_agent(i)
+        self.assertTrue(self.wait_for(self.cl.converged, 30), "node %d did not rejoin" % i)
+
+    def unmount(self):
+        self.cl.stop()  # nothing may hold the mount
+        if subprocess.run(["umount", self.cache]).returncode != 0:
+            subprocess.run(["umount", "-l", self.cache])
+
+    def status(self, i):
+        import json
+        return json.loads(self.ctl(i, "--json", "status"))
+
+    def test_a_full_cache_disk_degrades_to_fetches_never_to_errors(self):
+        sizes = [300, 9000, 70000, 400000, 1500, 300000, 60000, 2000]
+        for n, size in enumerate(sizes):
+            self.deliver(1 + n % 3, lines_message(n, size))
+        listing = self.cluster_listing(1)["messages"]
+        self.assertEqual(len(listing), len(sizes))
+        holders = set(r for m in listing for r in m["replicas"])
+        others = sorted(set((1, 2, 3)) - holders)
+        self.assertEqual(len(others), 1, "spread 2 of 3 nodes: %s" % holders)
+        reader = others[0]
+        _, first = self.imap_state(min(holders))
+        want = sorted(hashlib.sha256(body).hexdigest() for _, body in first.values())
+        self.fill_cache_disk(reader)
+        for rounds in range(2):
+            _, state = self.imap_state(reader)
+            got = sorted(hashlib.sha256(body).hexdigest() for _, body in state.values())
+            self.assertEqual(got, want, "IMAP on node %d, round %d" % (reader, rounds))
+            p = poplib.POP3(self.addr(reader), dt.POP3_PORT, timeout=30)
+            try:
+                p.user(self.user)
+                p.pass_(PASSWORD)
+                bodies = [b"\r\n".join(p.retr(k)[1]) + b"\r\n" for k in range(1, p.stat()[0] + 1)]
+            finally:
+                p.quit()
+            self.assertEqual(sorted(hashlib.sha256(b).hexdigest() for b in bodies), want,
+                             "POP3 on node %d, round %d" % (reader, rounds))
+        cache = self.status(reader)["cache"]
+        self.assertGreater(cache["refused"], 0, cache)
+        self.assertEqual(cache["entries"], 0, cache)
+        self.assertNotRegex(self.dovecot_log(reader, whole=True), r" (Error|Panic|Fatal): ")
 
 
 class ImapTinyCache(dt.DovecotCase):
