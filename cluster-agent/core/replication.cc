@@ -130,7 +130,11 @@ void Replicator::apply(Time now, const Update& u) {
     if (cur.has_body || cur.expunged) unindexed_.erase(o);
   }
   if (!fresh && !it->second.replicas_version.is_null() && !contains(it->second.replicas, cfg_.self)) {
+    // (A copy that was live here and is not any more, expunged by the
+    // same merge, is reported too: the manager counts it no more.)
+    const bool was_counted = was_live && !(it->second.has_body && !it->second.expunged);
     disown_record(in.id);
+    if (was_counted && on_user_changed) on_user_changed(in.user);
     return;
   }
   if (changed || fresh) disk_.put_record(it->second);

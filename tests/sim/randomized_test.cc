@@ -4,7 +4,7 @@
 // of docs/protocols.md once faults stop and the cluster settles.
 //
 // 1000 schedules in four ctest cases of 250, so CI spreads them over its
-// cores, and 120 more with drains (a node drained in some schedules, with
+// cores, and 250 more with drains (a node drained in some schedules, with
 // the drain checked to finish). A failing seed is printed with the command
 // that replays it. The soak (100,000 schedules or more) runs from the same
 // code:
@@ -42,4 +42,4 @@ TEST(Randomized, CrashesRestartsJoinsLossSeeds1To250) { run_range(1, 250, false)
 TEST(Randomized, WithPartitionsSeeds251To500) { run_range(251, 250, true); }
 TEST(Randomized, WithPartitionsSeeds501To750) { run_range(501, 250, true); }
 TEST(Randomized, WithPartitionsSeeds751To1000) { run_range(751, 250, true); }
-TEST(Randomized, WithDrainsAndPartitionsSeeds1To120) { run_range(1, 120, true, true); }
+TEST(Randomized, WithDrainsAndPartitionsSeeds1To250) { run_range(1, 250, true, true); }
