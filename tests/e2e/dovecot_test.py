@@ -145,6 +145,16 @@ class DovecotCase(unittest.TestCase):
         m.login(self.user, PASSWORD)
         return m
 
+    def pop3_bodies(self, i):
+        """Every message of the maildrop on node i, RETR in order, as bytes."""
+        p = poplib.POP3(self.addr(i), POP3_PORT, timeout=30)
+        try:
+            p.user(self.user)
+            p.pass_(PASSWORD)
+            return [b"\r\n".join(p.retr(k)[1]) + b"\r\n" for k in range(1, p.stat()[0] + 1)]
+        finally:
+            p.quit()
+
     def imap_state(self, i):
         """(uidvalidity, {uid: (flags, bytes)}) of INBOX on node i."""
         m = self.imap(i)

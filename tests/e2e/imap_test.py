@@ -653,13 +653,7 @@ class ImapCacheDiskFull(dt.DovecotCase):
             _, state = self.imap_state(reader)
             got = sorted(hashlib.sha256(body).hexdigest() for _, body in state.values())
             self.assertEqual(got, want, "IMAP on node %d, round %d" % (reader, rounds))
-            p = poplib.POP3(self.addr(reader), dt.POP3_PORT, timeout=30)
-            try:
-                p.user(self.user)
-                p.pass_(PASSWORD)
-                bodies = [b"\r\n".join(p.retr(k)[1]) + b"\r\n" for k in range(1, p.stat()[0] + 1)]
-            finally:
-                p.quit()
+            bodies = self.pop3_bodies(reader)
             self.assertEqual(sorted(hashlib.sha256(b).hexdigest() for b in bodies), want,
                              "POP3 on node %d, round %d" % (reader, rounds))
         cache = self.status(reader)["cache"]
@@ -702,20 +696,10 @@ class ImapTinyCache(dt.DovecotCase):
                 uv, state = self.imap_state(i)
                 got = sorted(hashlib.sha256(body).hexdigest() for _, body in state.values())
                 self.assertEqual(got, want, "IMAP on node %d, round %d" % (i, rounds))
-                p = poplib.POP3(self.addr(i), dt.POP3_PORT, timeout=30)
-                try:
-                    p.user(self.user)
-                    p.pass_(PASSWORD)
-                    count, _ = p.stat()
-                    self.assertEqual(count, len(sizes))
-                    bodies = []
-                    for k in range(1, count + 1):
-                        lines = p.retr(k)[1]
-                        bodies.append(b"\r\n".join(lines) + b"\r\n")
-                    got = sorted(hashlib.sha256(b).hexdigest() for b in bodies)
-                    self.assertEqual(got, want, "POP3 on node %d, round %d" % (i, rounds))
-                finally:
-                    p.quit()
+                bodies = self.pop3_bodies(i)
+                self.assertEqual(len(bodies), len(sizes))
+                got = sorted(hashlib.sha256(b).hexdigest() for b in bodies)
+                self.assertEqual(got, want, "POP3 on node %d, round %d" % (i, rounds))
         evicted = 0
         for i in (1, 2, 3):
             cache = self.status(i)["cache"]
