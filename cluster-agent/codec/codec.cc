@@ -579,12 +579,14 @@ void to_pb(const MapReply& m, pb::MapReply& p) {
   p.set_next_uid(m.next_uid);
   p.set_visible_below(m.visible_below);
   for (const auto& t : m.takeovers) to_pb(t, *p.add_takeovers());
+  put(m.inflight, p.mutable_inflight());
 }
 bool from_pb(const pb::MapReply& p, MapReply& m, Check& c) {
   m.req = p.req();
   m.uidvalidity = p.uidvalidity();
   m.next_uid = p.next_uid();
   m.visible_below = p.visible_below();
+  get(p.inflight(), m.inflight);
   for (const auto& q : p.takeovers()) {
     UidTakeover t;
     if (!from_pb(q, t, c)) return false;

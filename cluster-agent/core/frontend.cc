@@ -273,11 +273,25 @@ void Node::fe_finish_list(std::uint64_t id) {
   // One whose UID is at or above the first still in flight waits for it,
   // so UIDs become visible in order; one a takeover made stale (its own
   // copies name the takeovers too) waits for its new UID.
+  // An in-flight UID whose message a holder lists is stored (the manager
+  // has not heard so yet): the limit moves to the next one none lists.
+  std::uint32_t below = p.visible_below;
+  if (below != 0 && !p.inflight.empty()) {
+    std::set<std::uint32_t> listed;
+    for (const auto& [mid, rec] : p.gathered)
+      if (rec.has_body && rec.uidvalidity == p.uidvalidity) listed.insert(rec.uid);
+    below = p.next_uid;
+    for (std::uint32_t uid : p.inflight)
+      if (!listed.count(uid)) {
+        below = uid;
+        break;
+      }
+  }
   for (const auto& [mid, rec] : p.gathered)
     if (rec.uidvalidity == p.uidvalidity) add_takeover(p.takeovers, UidTakeover{rec.uid_gen, rec.uid_seen});
   for (auto& [mid, rec] : p.gathered)
     if (rec.has_body && !rec.expunged && rec.uidvalidity == p.uidvalidity &&
-        (p.visible_below == 0 || rec.uid < p.visible_below) && !uid_stale(p.takeovers, rec.uid_gen, rec.uid))
+        (below == 0 || rec.uid < below) && !uid_stale(p.takeovers, rec.uid_gen, rec.uid))
       r.records.push_back(rec);
   std::sort(r.records.begin(), r.records.end(),
             [](const MessageRecord& a, const MessageRecord& b) { return a.uid < b.uid; });
@@ -511,6 +525,7 @@ void Node::fe_reply(NodeId from, const Message& m) {
     p->uidvalidity = mr->uidvalidity;
     p->next_uid = mr->next_uid;
     p->visible_below = mr->visible_below;
+    p->inflight = mr->inflight;
     p->takeovers = mr->takeovers;
     fe_gather(now_, mr->req, mr->nodes);
   } else if (const auto* l = std::get_if<ListReply>(&m)) {

@@ -882,6 +882,8 @@ void Node::mgr_map(NodeId from, const MapRequest& m) {
         rep.uidvalidity = f.uidvalidity;
         rep.next_uid = f.next_uid;
         rep.visible_below = f.visible_below(now_);
+        for (const auto& [uid, until] : f.inflight)
+          if (until > now_ && uid >= rep.visible_below) rep.inflight.push_back(uid);
         rep.takeovers = takeovers_of(m.user, m.folder, f);
       }
     }

@@ -257,6 +257,7 @@ class Node {
     Body body;                                    // Alloc/Quota: the message; CreateUser: the password hash
     std::uint32_t uidvalidity = 0, next_uid = 1;  // List: the folder's lineage
     std::uint32_t visible_below = 0;              // List: show only UIDs below (0: all)
+    std::vector<std::uint32_t> inflight;          // List: in flight from visible_below up
     std::uint32_t above = 0;                      // Renum: the reader's highest UID
     std::vector<UidTakeover> takeovers;           // List: hide the UIDs these make stale
     Update update;

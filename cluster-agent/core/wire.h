@@ -179,6 +179,12 @@ struct MapReply {
   // The lineage's takeovers: a listing hides messages they make stale
   // (uid_stale) until the manager has moved them.
   std::vector<UidTakeover> takeovers;
+  // The UIDs from visible_below up that are still in flight, ascending.
+  // One whose message a holder already lists is stored: the reader shows
+  // it and what follows, up to the next one no holder lists. (The front
+  // end's AllocDone and its answer to its client race the next reader's
+  // MapRequest: an acknowledged message is listed at once all the same.)
+  std::vector<std::uint32_t> inflight;
   bool operator==(const MapReply&) const = default;
 };
 

@@ -1319,6 +1319,59 @@ TEST(Uids, AListingShowsNoUidBeforeAnEarlierOneStillBeingStored) {
   h.expect_invariants();
 }
 
+// An acknowledged message is listed at once through any node, even while
+// the front end's word that its UID is used (AllocDone) is still on its
+// way to the manager: the holders list it, and so does the reader. A UID
+// in flight that no holder lists still holds back the ones after it.
+TEST(Uids, AnAcknowledgedMessageIsListedBeforeTheManagerHearsItIsStored) {
+  Harness h(3);
+  const std::string u = "ack@example.org";
+  h.user(u);
+  const NodeId mgr = h.c.node(1)->membership().manager_of(bucket_of(u, 1024));
+  const NodeId fe = mgr == 2 ? 3 : 2;
+  const NodeId reader = 6 - mgr - fe;
+  bool held = false;
+  h.c.on_arrival = [&](const Envelope& e, Time arrival) {
+    if (e.from == fe && e.to == mgr && std::holds_alternative<AllocDone>(e.body)) {
+      held = true;
+      return arrival + 3000;
+    }
+    return arrival;
+  };
+  const ClientReply* a = h.deliver(fe, u);
+  ASSERT_EQ(a->status, Status::Ok);
+  const ClientReply* b = h.deliver(fe, u);
+  ASSERT_EQ(b->status, Status::Ok);
+  ASSERT_TRUE(held);
+  const ClientReply* l = h.list(reader, u);
+  ASSERT_EQ(l->status, Status::Ok);
+  ASSERT_EQ(l->records.size(), 2u) << "an acknowledged message is missing from the listing";
+  EXPECT_EQ(l->records[0].uid, a->uid);
+  EXPECT_EQ(l->records[1].uid, b->uid);
+  // A store held up between them: b's successor waits for it, a and b not.
+  bool delayed = false;
+  h.c.on_arrival = [&](const Envelope& e, Time arrival) {
+    if (!delayed && e.from == fe && std::holds_alternative<StoreRequest>(e.body)) {
+      delayed = true;
+      return arrival + 2000;
+    }
+    return arrival;
+  };
+  std::uint64_t c = h.c.deliver(fe, u, "INBOX", "Subject: c\r\n\r\nx\r\n");
+  h.c.run_for(100);
+  ASSERT_TRUE(delayed);
+  const ClientReply* d = h.deliver(reader, u);
+  ASSERT_EQ(d->status, Status::Ok);
+  l = h.list(reader, u);
+  ASSERT_EQ(l->records.size(), 2u) << "UID " << d->uid << " shown while an earlier UID is being stored";
+  ASSERT_EQ(h.c.wait(c)->status, Status::Ok);
+  h.c.on_arrival = nullptr;
+  l = h.list(reader, u);
+  ASSERT_EQ(l->records.size(), 4u);
+  EXPECT_EQ(l->records[3].uid, d->uid);
+  h.expect_invariants();
+}
+
 // RENAME keeps the folder: its UIDVALIDITY, and every message its UID; the
 // old name shows nothing, and a folder made again under it gets a greater
 // UIDVALIDITY.
