@@ -297,7 +297,9 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
            std::function<void(const ClientReply&, pb::Response&)> fill = nullptr) {
     auto self = shared_from_this();
     agent_.op(call, [this, self, id, fill](const ClientReply& c) {
-      pb::Response r;
+      // On an arena: a listing's thousands of messages go at once.
+      google::protobuf::Arena arena;
+      pb::Response& r = *google::protobuf::Arena::CreateMessage<pb::Response>(&arena);
       r.set_id(id);
       r.set_code(code_of(c.status));
       r.set_detail(c.detail);

@@ -16,6 +16,8 @@
 #include <utility>
 #include <variant>
 
+#include <google/protobuf/arena.h>
+
 #include "proto/porcupine.pb.h"
 
 namespace porcupine::codec {
@@ -657,11 +659,13 @@ void to_pb(const ListReply& m, pb::ListReply& p) {
   for (const MessageRecord& r : m.records) to_pb(r, *p.add_records());
   p.set_has_digest(m.has_digest);
   p.set_digest(m.digest);
+  p.set_full(m.full);
 }
 bool from_pb(const pb::ListReply& p, ListReply& m, Check& c) {
   m.req = p.req();
   m.has_digest = p.has_digest();
   m.digest = p.digest();
+  m.full = p.full();
   for (const pb::MessageRecord& r : p.records())
     if (!from_pb(r, m.records.emplace_back(), c)) return false;
   return true;
@@ -930,7 +934,10 @@ bool decode(std::string_view bytes, T& out, const char* what, std::string* error
   if (bytes.empty()) return c.fail(std::string(what) + ": empty");
   if (bytes.size() > static_cast<std::size_t>(std::numeric_limits<int>::max()))
     return c.fail(std::string(what) + ": too large");
-  P p;
+  // One arena for the message and its parts (a listing's thousands of
+  // records), freed at once.
+  google::protobuf::Arena arena;
+  P& p = *google::protobuf::Arena::CreateMessage<P>(&arena);
   if (!p.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
     return c.fail(std::string(what) + ": not a valid protobuf message");
   T value;
@@ -942,7 +949,8 @@ bool decode(std::string_view bytes, T& out, const char* what, std::string* error
 }  // namespace
 
 std::string encode_envelope(const Envelope& e) {
-  pb::Envelope p;
+  google::protobuf::Arena arena;
+  pb::Envelope& p = *google::protobuf::Arena::CreateMessage<pb::Envelope>(&arena);
   p.set_protocol_version(kProtocolVersion);
   p.set_from(e.from);
   p.set_to(e.to);
@@ -972,7 +980,8 @@ bool decode_frame(std::string_view bytes, Envelope& out, BodyChunk& chunk, bool&
   Check c(error);
   if (bytes.empty()) return c.fail("Envelope: empty");
   if (bytes.size() > static_cast<std::size_t>(std::numeric_limits<int>::max())) return c.fail("Envelope: too large");
-  pb::Envelope p;
+  google::protobuf::Arena arena;
+  pb::Envelope& p = *google::protobuf::Arena::CreateMessage<pb::Envelope>(&arena);
   if (!p.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())))
     return c.fail("Envelope: not a valid protobuf message");
   if (p.has_body_chunk()) {

@@ -200,7 +200,17 @@ void Node::fe_tick(Time now) {
       }
       case Pending::Kind::List:
       case Pending::Kind::Renumber:
-        for (NodeId n : p.awaiting) send(n, ListRequest{id, p.user, p.folder, p.digest_only, p.meta_from_uid});
+        // A node asked for its records that has not answered by now: every
+        // node is asked for its records (the listing no longer waits on it
+        // for what the others hold).
+        if (!p.digest_only && std::any_of(p.awaiting.begin(), p.awaiting.end(),
+                                          [&](NodeId n) { return p.full_from.count(n) > 0; }))
+          for (const auto& [n, d] : p.digests)
+            if (!p.with_records.count(n) && p.full_from.insert(n).second) p.awaiting.insert(n);
+        for (NodeId n : p.awaiting) {
+          if (!p.digest_only) p.full_from.insert(n);
+          send(n, list_request(p, id, n));
+        }
         break;
       case Pending::Kind::Fetch:
         // The holders asked have not answered yet: ask the next one too.
@@ -242,17 +252,54 @@ void Node::fe_tick(Time now) {
   }
 }
 
+ListRequest Node::list_request(const Pending& p, std::uint64_t id, NodeId n) const {
+  const bool records = !p.digest_only && p.full_from.count(n);
+  return ListRequest{id, p.user, p.folder, !records, records ? p.meta_from_uid : 0};
+}
+
 void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& nodes) {
   Pending& p = pending_[id];
   p.awaiting.clear();
+  p.full_from.clear();
+  p.with_records.clear();
   for (NodeId n : nodes)
     if (live(n)) p.awaiting.insert(n);
   if (p.awaiting.empty()) {
     fe_finish_list(id);
     return;
   }
+  if (p.kind == Pending::Kind::List) {
+    // One node's records (this node's if it holds some: no network), the
+    // others' digests: a node whose digest is that node's holds the same
+    // records. Those that differ are asked for theirs next (fe_list_more).
+    p.full_from.insert(p.awaiting.count(cfg_.self) ? cfg_.self : *p.awaiting.begin());
+  } else {
+    p.full_from = p.awaiting;  // a renumbering reads every copy
+  }
   p.retry_at = now + cfg_.push_retry;
-  for (NodeId n : p.awaiting) send(n, ListRequest{id, p.user, p.folder, p.digest_only, p.meta_from_uid});
+  for (NodeId n : p.awaiting) send(n, list_request(p, id, n));
+}
+
+std::set<NodeId> Node::fe_list_uncovered(const Pending& p) const {
+  std::set<NodeId> out;
+  if (p.digest_only) return out;
+  std::set<std::uint64_t> have;
+  for (NodeId n : p.with_records) have.insert(p.digests.at(n));
+  for (const auto& [n, d] : p.digests)
+    if (!p.with_records.count(n) && !p.awaiting.count(n) && !have.count(d)) out.insert(n);
+  return out;
+}
+
+bool Node::fe_list_more(std::uint64_t id, Pending& p) {
+  std::set<NodeId> more = fe_list_uncovered(p);
+  if (more.empty()) return false;
+  p.retry_at = now_ + cfg_.push_retry;
+  for (NodeId n : more) {
+    p.full_from.insert(n);
+    p.awaiting.insert(n);
+    send(n, list_request(p, id, n));
+  }
+  return true;
 }
 
 void Node::fe_finish_list(std::uint64_t id) {
@@ -309,6 +356,12 @@ void Node::fe_finish_list(std::uint64_t id) {
   for (const auto& m : membership_.members())
     if (live(m.id)) reachable.insert(m.id);
   for (NodeId n : p.awaiting) reachable.erase(n);
+  // A node that gave its digest alone, unlike every node whose records
+  // came: what it holds is not in the listing.
+  for (NodeId n : fe_list_uncovered(p)) {
+    reachable.erase(n);
+    r.detail = "some fragments unreachable";
+  }
   r.reachable.assign(reachable.begin(), reachable.end());
   env_.reply(std::move(r));
 }
@@ -531,20 +584,27 @@ void Node::fe_reply(NodeId from, const Message& m) {
   } else if (const auto* l = std::get_if<ListReply>(&m)) {
     Pending* p = find(l->req);
     if (!p || (p->kind != Pending::Kind::List && p->kind != Pending::Kind::Renumber)) return;
-    if (!p->awaiting.erase(from)) return;
-    p->answered.insert(from);
+    if (!p->awaiting.count(from)) return;
     std::uint64_t digest = l->digest;
-    if (!l->has_digest) {  // records (a full listing, or an older node)
+    if (!l->has_digest) {  // an older node's records
       digest = 0;
-      for (const auto& rec : l->records) digest += record_digest(rec);
+      for (const auto& rec : l->records) digest += copy_digest(rec);
     }
     p->digests[from] = digest;
-    if (!p->digest_only)
+    const bool with_records = !l->has_digest || l->full;
+    // The digest alone, from before its records were asked for: they
+    // are still awaited.
+    if (!p->digest_only && p->full_from.count(from) && !with_records) return;
+    p->awaiting.erase(from);
+    p->answered.insert(from);
+    if (!p->digest_only && with_records) {
+      p->with_records.insert(from);
       for (const auto& rec : l->records) {
         auto [it, fresh] = p->gathered.try_emplace(rec.id, rec);
         if (!fresh) merge_record(it->second, rec, now_);
       }
-    if (p->awaiting.empty()) fe_finish_list(l->req);
+    }
+    if (p->awaiting.empty() && !fe_list_more(l->req, *p)) fe_finish_list(l->req);
   }
 }
 
@@ -634,14 +694,16 @@ void Node::serve_usage(NodeId from, const UsageRequest& r) {
 void Node::serve_list(NodeId from, const ListRequest& l) {
   ListReply rep;
   rep.req = l.req;
-  rep.has_digest = l.digest_only;
+  rep.has_digest = true;
+  rep.digest = repl_.folder_digest(l.user, l.folder);
+  if (l.digest_only) {
+    send(from, std::move(rep));
+    return;
+  }
+  rep.full = true;
   for (const MsgId& id : repl_.user_records(l.user)) {
     const MessageRecord& r = repl_.records().at(id);
     if (r.folder != l.folder) continue;
-    if (l.digest_only) {
-      rep.digest += record_digest(r);
-      continue;
-    }
     MessageRecord copy = r;
     copy.body.clear();  // has_body stays: the list says the body is here
     // The meta only where the reader asked for it: the UIDs it has not

@@ -862,7 +862,11 @@ void Node::mgr_map(NodeId from, const MapRequest& m) {
   Bucket b = bucket(m.user);
   if (!membership_.in_group() || membership_.manager_of(b) != cfg_.self) {
     rep.status = Status::NotManager;
-  } else if (!bucket_ready(b)) {
+  } else if (!bucket_ready(b) || expected_.count(b)) {
+    // A member back in the group has not reported the bucket yet: the
+    // mail map may lack the nodes its fragments are on, and a listing
+    // without them would claim to cover them (an absent message taken
+    // for expunged).
     rep.status = Status::TryAgain;
   } else if (const MgrUser* u = managed_user(m.user); !u || !u->profile || u->profile->deleted) {
     rep.status = missing_user_status(b, u);

@@ -264,6 +264,8 @@ class Node {
     std::set<NodeId> awaiting;                    // List/Renumber: nodes still to answer; Fetch: holders asked
     std::set<NodeId> answered;                    // List/Renumber: nodes that answered
     std::map<MsgId, MessageRecord> gathered;      // List/Renumber: merged records
+    std::set<NodeId> full_from;                   // List/Renumber: nodes asked for their records
+    std::set<NodeId> with_records;                // List/Renumber: nodes whose records came
     bool digest_only = false;                     // List: the digest alone
     std::uint32_t meta_from_uid = 0;              // List: records' meta from this UID on (0: none)
     std::string rename_to;                        // Renumber: a rename's move of every message
@@ -358,6 +360,12 @@ class Node {
   void fe_fail(std::uint64_t id, Status s, const std::string& why);
   void fe_send_alloc(Time now, Pending& p, std::uint64_t id);
   void fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& nodes);
+  ListRequest list_request(const Pending& p, std::uint64_t id, NodeId n) const;
+  // Nodes that answered their digest alone, equal to no digest of a node
+  // whose records came: the records they hold are not gathered.
+  std::set<NodeId> fe_list_uncovered(const Pending& p) const;
+  // Asks those for their records; false when there are none.
+  bool fe_list_more(std::uint64_t id, Pending& p);
   void fe_finish_list(std::uint64_t id);
   void serve_list(NodeId from, const ListRequest& l);
   void serve_store(Time now, NodeId from, const StoreRequest& s);
@@ -457,7 +465,7 @@ class Node {
   Time full_told_until_ = 0, full_told_at_ = 0;    // announcing spool_full_ to every member
   std::map<Bucket, std::set<NodeId>> awaiting_;   // bucket -> members yet to report
   std::map<Bucket, std::set<NodeId>> reported_;   // bucket -> members that have reported
-  std::map<Bucket, std::set<NodeId>> expected_;   // kept bucket -> new members yet to report (not blocking)
+  std::map<Bucket, std::set<NodeId>> expected_;   // kept bucket -> members back that have not reported it (allocations and listings wait)
   std::set<std::pair<std::string, std::string>> renumbers_due_;  // (user, folder)
   std::set<std::pair<std::string, std::string>> reserving_;      // (user, folder): reservation on its way
   std::set<std::pair<std::string, std::string>> renames_due_;    // (user, new name): messages to move over

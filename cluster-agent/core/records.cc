@@ -151,6 +151,11 @@ std::uint64_t record_digest(const MessageRecord& r) {
   return d.digest();
 }
 
+std::uint64_t copy_digest(const MessageRecord& r) {
+  return record_digest(r) + static_cast<std::uint64_t>(r.replicas_version.time) * 0x9e3779b97f4a7c15ULL +
+         r.replicas_version.node;
+}
+
 std::uint64_t profile_digest(const Profile& p) {
   DigestInput d;
   d.put(p.user);

@@ -125,6 +125,11 @@ bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now);
 // XXH64 of a fixed encoding, the same on every node. A node's digest of a
 // folder is the sum of its records' digests (any order).
 std::uint64_t record_digest(const MessageRecord& r);
+// record_digest and the version of the record's replica list: two copies
+// equal in it are the same to a listing's reader and to anti-entropy
+// (two replicas that hold different lists differ). A folder digest, what
+// a listing compares to know that two nodes hold the same, sums these.
+std::uint64_t copy_digest(const MessageRecord& r);
 
 // A manager took a folder's lineage over without a handoff (its
 // predecessor crashed, or sits behind a partition and may still hand out

@@ -22,6 +22,7 @@ void Replicator::load(const DurableSnapshot& snap, Time now) {
   log_ = snap.log;
   unindexed_ = snap.unindexed;
   by_user_.clear();
+  folder_digests_.clear();
   for (const auto& [id, r] : records_) by_user_[r.user].insert(id);
   for (const auto& [id, e] : log_) {
     next_push_[id] = now;  // resume pushing at once after a restart
@@ -33,6 +34,21 @@ const std::set<MsgId>& Replicator::user_records(const std::string& user) const {
   static const std::set<MsgId> none;
   auto it = by_user_.find(user);
   return it == by_user_.end() ? none : it->second;
+}
+
+std::uint64_t Replicator::folder_digest(const std::string& user, const std::string& folder) const {
+  auto [it, fresh] = folder_digests_.try_emplace({user, folder}, 0);
+  if (fresh)
+    for (const MsgId& id : user_records(user)) {
+      const MessageRecord& r = records_.at(id);
+      if (r.folder == folder) it->second += copy_digest(r);
+    }
+  return it->second;
+}
+
+void Replicator::touched(const std::string& user) {
+  auto it = folder_digests_.lower_bound({user, std::string()});
+  while (it != folder_digests_.end() && it->first.first == user) it = folder_digests_.erase(it);
 }
 
 std::set<std::string> Replicator::local_users() const {
@@ -114,6 +130,7 @@ void Replicator::apply(Time now, const Update& u) {
   const std::string was_folder = it->second.folder;
   const std::uint32_t was_uid = it->second.uid;
   bool changed = merge_record(it->second, in, now);
+  touched(in.user);
   if (auto o = unindexed_.find(in.id); o != unindexed_.end()) {
     // A body this node has on disk, now named by a record: it is the
     // message's (bodies never change), kept unless the message is gone.
@@ -197,6 +214,7 @@ void Replicator::disown_record(const MsgId& id) {
   // has not heard of the new list yet) does not bring the copy back.
   r.has_body = false;
   r.body.clear();
+  touched(user);
   disk_.put_record(r);
   if (on_user_changed) on_user_changed(user);
 }
@@ -385,6 +403,7 @@ void Replicator::tick(Time now, const LiveFn& live) {
     if (r.expunged && now - r.expunged_at >= cfg_.death_ttl && !pending.count(r.id)) {
       std::string user = r.user;
       disk_.erase_record(r.id);
+      touched(user);
       auto& ids = by_user_[user];
       ids.erase(r.id);
       if (ids.empty()) by_user_.erase(user);

@@ -78,6 +78,10 @@ class Replicator {
   static std::uint64_t state_digest(const MessageRecord& r);
   const std::map<Version, LogEntry>& log() const { return log_; }
   const std::set<MsgId>& user_records(const std::string& user) const;
+  // The sum of copy_digest over the user's records in `folder` (a
+  // listing's digest): kept until one of the user's records changes, so
+  // the polls of a large folder that nothing changed cost a lookup.
+  std::uint64_t folder_digest(const std::string& user, const std::string& folder) const;
   std::set<std::string> local_users() const;
   std::size_t backlog() const { return log_.size(); }
 
@@ -92,6 +96,8 @@ class Replicator {
   void push_missing(const LogEntry& e, const LiveFn* live);
   void complete(const Version& id);
   bool is_complete(const LogEntry& e) const;
+  // One of the user's records changed: its folder digests are computed again.
+  void touched(const std::string& user);
 
   const CoreConfig& cfg_;
   DurableStore& disk_;
@@ -100,6 +106,7 @@ class Replicator {
 
   std::map<MsgId, MessageRecord> records_;
   std::map<std::string, std::set<MsgId>> by_user_;
+  mutable std::map<std::pair<std::string, std::string>, std::uint64_t> folder_digests_;  // soft
   std::map<std::string, Profile> profiles_;
   std::map<Version, LogEntry> log_;
   std::map<Version, Time> next_push_;  // soft: when to push an entry again

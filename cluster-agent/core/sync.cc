@@ -48,8 +48,7 @@ std::uint64_t Node::sync_digest(const std::string& user, NodeId node) const {
     // (And its replica list's version, so two replicas that hold different
     // lists differ.)
     if (names(r.replicas, node) && (!r.expunged || now_ - r.expunge_version.time < cfg_.death_ttl))
-      sum += record_digest(r) + static_cast<std::uint64_t>(r.replicas_version.time) * 0x9e3779b97f4a7c15ULL +
-             r.replicas_version.node;
+      sum += copy_digest(r);
   }
   auto p = repl_.profiles().find(user);
   if (p != repl_.profiles().end() && names(p->second.holders, node)) sum += profile_digest(p->second);

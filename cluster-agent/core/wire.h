@@ -212,8 +212,9 @@ struct ListRequest {
 struct ListReply {
   std::uint64_t req = 0;
   std::vector<MessageRecord> records;  // bodies stripped; none when digest_only
-  bool has_digest = false;             // digest_only answered (older nodes send records)
-  std::uint64_t digest = 0;            // sum of record_digest over the folder's records here
+  bool has_digest = false;             // digest set (older nodes: only when digest_only)
+  std::uint64_t digest = 0;            // sum of copy_digest over the folder's records here
+  bool full = false;                   // records asked for and included (older nodes: !has_digest)
   bool operator==(const ListReply&) const = default;
 };
 // What a fetch asks for: the whole message, or its header (the bytes up to

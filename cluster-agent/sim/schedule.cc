@@ -185,11 +185,14 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
     for (std::size_t k = 0; k < copies.size(); ++k) {
       const MessageRecord* r = copies[k];
       // (The only copy's certificate lost with a damaged index, a late
-      // update for the message leaves a bodiless record: hidden, not back.)
-      bool lone_lost_cert = a.expunge_acked && replicas.size() == 1 && c.is_damaged(holders[k]);
+      // update for the message leaves a bodiless record: hidden, not back.
+      // The only copy: its other replicas destroyed, as in the case above.)
+      std::size_t undestroyed = 0;
+      for (NodeId x : replicas) undestroyed += !c.is_destroyed(x);
+      bool lone_lost_cert = a.expunge_acked && undestroyed == 1 && c.is_damaged(holders[k]);
       if (!r->expunged && !r->has_body && !lone_lost_cert)
         fail("(c) message " + a.target.id.str() + " has no body on n" + std::to_string(holders[k]) + " (replicas" +
-             reps + ")");
+             reps + ")" + (a.expunge_acked ? " expunge acked" : a.expunge_issued ? " expunge issued" : "") + (c.is_damaged(holders[k]) ? " damaged" : ""));
       if (a.expunge_acked && !destroyed_any && !r->expunged)
         fail("(c) message " + a.target.id.str() + " expunge acknowledged but not applied");
       const MessageRecord* f = copies.front();
@@ -258,6 +261,20 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
              ", its live mail " + std::to_string(least) + " bytes in " + std::to_string(msgs.size()) + " messages" +
              (most != least ? " (" + std::to_string(most) + " with copies under replaced lists)" : ""));
     }
+  }
+
+  // (h) every folder digest a node keeps is its records' (none went stale).
+  for (NodeId n : up) {
+    const Replicator& repl = c.node(n)->replicator();
+    std::set<std::pair<std::string, std::string>> seen;
+    for (const auto& [id, r] : repl.records())
+      if (seen.insert({r.user, r.folder}).second) {
+        std::uint64_t fresh = 0;
+        for (const MsgId& m : repl.user_records(r.user))
+          if (repl.records().at(m).folder == r.folder) fresh += copy_digest(repl.records().at(m));
+        if (repl.folder_digest(r.user, r.folder) != fresh)
+          fail("(h) n" + std::to_string(n) + " keeps a stale digest of " + r.user + "/" + r.folder);
+      }
   }
 
   // (e) UIDs unique per folder; in allocation order within one UIDVALIDITY.
@@ -653,6 +670,9 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
       std::string folder = folders[pick(0, 1)];
       out[c.list(via, user, folder)] = {Outstanding::List, 0, t, via, user, folder};
       ++w.lists;
+      // Every running node's kept digest of the folder (a poll's): check
+      // (h) compares them with their records at the end.
+      for (NodeId up : c.up()) (void)c.node(up)->replicator().folder_digest(user, folder);
     } else {
       std::size_t i = static_cast<std::size_t>(pick(0, static_cast<int>(w.delivered.size()) - 1));
       const MessageRecord& t0 = w.delivered[i].target;

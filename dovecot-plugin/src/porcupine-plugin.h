@@ -167,6 +167,17 @@ struct pcp_mailbox {
 	/* The digest of the last listing a sync applied in full (0: none):
 	   IDLE's poll compares the cluster's digest with it. */
 	uint64_t synced_digest;
+	/* This sync applied a listing: sync_deinit records its digest
+	   (record_digest; 0 when something was out of reach or left for the
+	   cluster to renumber) with the index's state (pcp_synced_hdr). */
+	bool record_due;
+	uint64_t record_digest;
+	/* The last listing applied had messages below the index's next UID,
+	   which the cluster was asked to renumber. */
+	bool renumber_asked;
+	/* Extension "porcupine-synced" (struct pcp_synced_hdr). */
+	uint32_t synced_ext_id;
+	bool synced_ext_registered;
 	/* A transaction with a flag, keyword or expunge change the cluster
 	   refused (BAD_REQUEST) or could not make (the message's nodes are
 	   out of reach): its commit fails with this error (IMAP NO). */
@@ -229,6 +240,19 @@ struct pcp_ext_rec {
 #define PCP_INDEX_LAYOUT 2
 struct pcp_index_hdr {
 	uint32_t layout;
+	uint32_t unused;
+};
+/* The header of extension "porcupine-synced": the digest of the cluster's
+   listing the index last took in full, and the index's state just after
+   (its UIDVALIDITY, messages, next UID and highest modseq). While the
+   index is still in that state and the cluster's digest is the same, a
+   sync has nothing to take: it asks the digest, not the listing. */
+struct pcp_synced_hdr {
+	uint64_t digest;
+	uint64_t highest_modseq;
+	uint32_t uid_validity;
+	uint32_t messages_count;
+	uint32_t next_uid;
 	uint32_t unused;
 };
 struct pcp_size_rec {

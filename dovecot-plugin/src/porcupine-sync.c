@@ -16,11 +16,19 @@
  * the same message; a sync that cannot take it in time fails with a
  * temporary error.
  *
+ * A sync that finds the index as the last full one left it (extension
+ * "porcupine-synced": its UIDVALIDITY, messages, next UID and highest
+ * modseq, which every append, expunge, flag and keyword change moves)
+ * asks the cluster only for the folder's digest: the same digest as that
+ * sync's listing, nothing to take. A warm SELECT or a NOOP of a large
+ * folder moves one number per holder instead of every record.
+ *
  * Also here: STATUS of a mailbox that is not open syncs it first, and
  * IDLE polls the cluster's digest of the selected folder. */
 #include "porcupine-plugin.h"
 #include "ioloop.h"
 #include "file-lock.h"
+#include "mail-index-modseq.h"
 
 #include <sys/stat.h>
 #include <dirent.h>
@@ -235,6 +243,7 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 	int ret = 0;
 
 	array_clear(&pbox->out_of_reach);
+	pbox->renumber_asked = FALSE;
 	if (folder->uidvalidity == 0) {
 		/* The cluster has no such folder (deleted or renamed on another
 		   node): the index stays as it is, the sync fails (sync_deinit)
@@ -346,6 +355,7 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 	}
 
 	/* UIDs the index already passed. */
+	pbox->renumber_asked = res.nbelow > 0;
 	for (ci = 0; ci < res.nbelow; ci++) {
 		/* The local index already used this UID (a store that
 		   completed after its delivery was given up, one on its way
@@ -458,6 +468,84 @@ int pcp_lock(struct mailbox *box, struct file_lock **lock_r)
 	return ret;
 }
 
+static uint32_t pcp_synced_ext_id(struct mailbox *box)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+
+	if (!pbox->synced_ext_registered) {
+		pbox->synced_ext_id = mail_index_ext_register(box->index, "porcupine-synced",
+							      sizeof(struct pcp_synced_hdr), 0, 0);
+		pbox->synced_ext_registered = TRUE;
+	}
+	return pbox->synced_ext_id;
+}
+
+/* The state of the index `view` shows, as pcp_synced_hdr keeps it. */
+static void pcp_index_state(struct mail_index_view *view, uint64_t digest,
+			    struct pcp_synced_hdr *state_r)
+{
+	const struct mail_index_header *hdr = mail_index_get_header(view);
+
+	i_zero(state_r);
+	state_r->digest = digest;
+	state_r->highest_modseq = mail_index_modseq_get_highest(view);
+	state_r->uid_validity = hdr->uid_validity;
+	state_r->messages_count = hdr->messages_count;
+	state_r->next_uid = hdr->next_uid;
+}
+
+/* TRUE when the index of `box` is as the last full sync left it and the
+   cluster's digest of the folder (*digest_r) is still that sync's. */
+static bool pcp_synced_still(struct mailbox *box, porcupine_client *c,
+			     uint64_t *digest_r)
+{
+	struct mail_index_view *view;
+	struct pcp_synced_hdr kept, now;
+	const void *data = NULL;
+	size_t size = 0;
+	bool same = FALSE;
+
+	if (mail_index_refresh(box->index) < 0)
+		return FALSE;
+	view = mail_index_view_open(box->index);
+	mail_index_get_header_ext(view, pcp_synced_ext_id(box), &data, &size);
+	if (data != NULL && size >= sizeof(kept)) {
+		memcpy(&kept, data, sizeof(kept));
+		pcp_index_state(view, kept.digest, &now);
+		same = kept.digest != 0 && kept.highest_modseq != 0 &&
+			memcmp(&kept, &now, sizeof(kept)) == 0;
+	}
+	mail_index_view_close(&view);
+	if (!same)
+		return FALSE;
+	if (porcupine_folder_digest(c, box->storage->user->username, box->vname,
+				    digest_r) != PORCUPINE_OK)
+		return FALSE;
+	return *digest_r == kept.digest;
+}
+
+/* Records `digest` (0: none to trust) with the index's state now. */
+static void pcp_synced_record(struct mailbox *box, uint64_t digest)
+{
+	struct mail_index_transaction *trans;
+	struct mail_index_view *view;
+	struct pcp_synced_hdr state;
+
+	/* Every change of a message moves the highest modseq from now on. */
+	mail_index_modseq_enable(box->index);
+	if (mail_index_refresh(box->index) < 0)
+		return;
+	view = mail_index_view_open(box->index);
+	pcp_index_state(view, digest, &state);
+	trans = mail_index_transaction_begin(view, MAIL_INDEX_TRANSACTION_FLAG_EXTERNAL);
+	mail_index_update_header_ext(trans, pcp_synced_ext_id(box), 0,
+				     &state, sizeof(state));
+	if (mail_index_transaction_commit(&trans) < 0)
+		e_debug(box->event, "porcupine: recording the sync of %s failed",
+			pcp_log_name(box->vname));
+	mail_index_view_close(&view);
+}
+
 /* The first UID the local index has not taken, and its UIDVALIDITY: the
    listing carries the meta of the messages from that UID on, the ones
    this sync appends. An index of another layout is emptied by the sync
@@ -491,6 +579,10 @@ static int pcp_sync_from_cluster(struct mailbox *box)
 	c = pcp_connect(user);
 	if (c == NULL)
 		return -1;
+	if (pcp_synced_still(box, c, &pbox->synced_digest)) {
+		array_clear(&pbox->out_of_reach);
+		return 0;
+	}
 	meta_from = pcp_meta_from_uid(box, &uid_validity);
 	code = porcupine_folder_list_meta(c, user->username, box->vname,
 					  meta_from, &folder);
@@ -538,6 +630,9 @@ static int pcp_sync_from_cluster(struct mailbox *box)
 	} T_END;
 	pbox->in_sync = FALSE;
 	pbox->synced_digest = ret == 0 ? folder.digest : 0;
+	pbox->record_due = ret == 0;
+	pbox->record_digest = array_count(&pbox->out_of_reach) == 0 &&
+		!pbox->renumber_asked ? folder.digest : 0;
 	/* The metas are in the cache now: the kept listing goes without. */
 	for (size_t i = 0; i < folder.count; i++) {
 		free(folder.messages[i].meta);
@@ -582,6 +677,9 @@ int pcp_sync_deinit(struct mailbox_sync_context *ctx,
 	pbox->sync_lock_timed_out = FALSE;
 	pbox->gone = FALSE;
 	ret = pbox->module_ctx.super.sync_deinit(ctx, status_r);
+	if (pbox->record_due && ret == 0 && !timed_out && !gone)
+		pcp_synced_record(box, pbox->record_digest);
+	pbox->record_due = FALSE;
 	if (ret < 0)
 		return ret;
 	if (gone) {

@@ -180,6 +180,7 @@ std::vector<Message> every_message() {
       ListRequest{109, kUser, kFolder, false, 12},
       ListReply{110, {full_record(1), full_record(2)}},
       ListReply{110, {}, true, 0xfedcba9876543210ULL},
+      ListReply{110, {full_record(1)}, true, 0x0123456789abcdefULL, true},
       FetchRequest{111, {3, 99}, kUser},
       FetchRequest{111, {3, 99}, kUser, FetchPart::Header},
       FetchReply{112, Status::Exists, kBody},

@@ -219,6 +219,68 @@ class ImapSessions(dt.DovecotCase):
         other.logout()
         watcher.logout()
 
+    def listings(self, i):
+        """(full listings, digest-only listings) node i's agent answered."""
+        import urllib.request
+        url = "http://%s:%d/metrics" % (self.cl.address(i), dt.local.METRICS_PORT)
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+
+        def count(op):
+            m = re.search(r'^porcupine_local_requests_total\{(?=[^}]*code="OK")(?=[^}]*operation="%s")[^}]*\} (\S+)$'
+                          % op, text, re.M)
+            return float(m.group(1)) if m else 0.0
+        return count("folder_list"), count("folder_digest")
+
+    def test_a_warm_select_asks_the_cluster_for_the_digest_only(self):
+        """A new session's SELECT and a NOOP of a folder this node's index
+        took in full ask the cluster for its digest only; a change made on
+        another node, or one in this node's index, brings the listing
+        again, and the view shows it."""
+        for n in range(4):
+            self.deliver(1, message(n))
+        self.assertTrue(self.wait_for(lambda: len(self.cluster_listing(1)["messages"]) == 4, 10))
+        m = self.imap(2)
+        self.assertEqual(m.select("INBOX")[0], "OK")
+        uids = sorted(flags_of(m))
+        self.assertEqual(len(uids), 4)
+        m.logout()
+        full, digests = self.listings(2)
+        m = self.imap(2)
+        self.assertEqual(m.select("INBOX")[0], "OK")
+        self.assertEqual(m.noop()[0], "OK")
+        self.assertEqual(sorted(flags_of(m)), uids)
+        m.logout()
+        full2, digests2 = self.listings(2)
+        self.assertEqual(full2, full, "a warm SELECT listed the whole folder")
+        self.assertGreaterEqual(digests2, digests + 2)
+        # Another node changes a flag and a message comes: the next SELECT
+        # here lists, and shows both.
+        other = self.imap(3)
+        self.assertEqual(other.select("INBOX")[0], "OK")
+        self.assertEqual(other.uid("STORE", str(uids[0]), "+FLAGS", "(\\Flagged)")[0], "OK")
+        other.logout()
+        self.deliver(1, message(10))
+        m = self.imap(2)
+        self.assertEqual(m.select("INBOX")[0], "OK")
+        got = flags_of(m)
+        self.assertEqual(len(got), 5)
+        self.assertIn("\\Flagged", got[uids[0]])
+        full3, _ = self.listings(2)
+        self.assertGreater(full3, full2)
+        # A change here (its index's modseq moves): the sync after it lists
+        # again (the STORE's own, or the next session's).
+        self.assertEqual(m.uid("STORE", str(uids[1]), "+FLAGS", "(\\Answered)")[0], "OK")
+        m.logout()
+        m = self.imap(2)
+        self.assertEqual(m.select("INBOX")[0], "OK")
+        got = flags_of(m)
+        self.assertIn("\\Answered", got[uids[1]])
+        m.logout()
+        self.assertGreater(self.listings(2)[0], full3)
+        answered = [msg["flags"] & 2 for msg in self.cluster_listing(1)["messages"] if msg["uid"] == uids[1]]
+        self.assertEqual(answered, [2])  # \Answered, in the cluster
+
     def test_keywords_stored_on_node2_seen_on_nodes_1_and_3_and_in_the_cluster(self):
         self.deliver(1, message(1))
         m2 = self.imap(2)
