@@ -67,7 +67,7 @@
 
 /* Reading bodies in order opens this many ahead at a time, and about this
    many bytes of them (porcupine-read.c). */
-#define PCP_FETCH_BATCH 16
+#define PCP_FETCH_BATCH 64
 #define PCP_FETCH_BATCH_BYTES (8 * 1024 * 1024)
 /* Reading headers in order (ENVELOPE, header fields) opens this many
    ahead at a time: header parts are small. */
