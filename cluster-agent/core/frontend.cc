@@ -203,10 +203,13 @@ void Node::fe_tick(Time now) {
         // A node asked for its records that has not answered by now: every
         // node is asked for its records (the listing no longer waits on it
         // for what the others hold).
-        if (!p.digest_only && std::any_of(p.awaiting.begin(), p.awaiting.end(),
-                                          [&](NodeId n) { return p.full_from.count(n) > 0; }))
-          for (const auto& [n, d] : p.digests)
-            if (!p.with_records.count(n) && p.full_from.insert(n).second) p.awaiting.insert(n);
+        if (!p.digest_only) {
+          bool records_late = false;
+          for (NodeId n : p.awaiting) records_late |= p.full_from.count(n) > 0;
+          if (records_late)
+            for (const auto& [n, d] : p.digests)
+              if (!p.with_records.count(n) && p.full_from.insert(n).second) p.awaiting.insert(n);
+        }
         for (NodeId n : p.awaiting) {
           if (!p.digest_only) p.full_from.insert(n);
           send(n, list_request(p, id, n));

@@ -28,6 +28,8 @@ rounds, each on stock, the holding node and the none node in turn:
   headers  in the same session, a desktop client's first header fetch:
            UID FETCH 1:* (FLAGS RFC822.SIZE INTERNALDATE
            BODY.PEEK[HEADER.FIELDS (From To Subject Date)])
+  search   a new session: SELECT + UID SEARCH BODY "line 00000007" (one
+           message matches), which reads every body (no full-text index)
   warm     a new session's SELECT of the folder its Dovecot has indexed
            (porcupine: the cluster's digest of it, compared with the one
            the index took)
@@ -37,7 +39,8 @@ Times are seconds, rates messages per second of wall time; ratios are
 porcupine/stock of the same round (times: at most 2 is the goal; rates: at
 least 0.8), then their median and range. The none node's first round reads
 what its node cache does not hold yet (fetched from the holders); its later
-rounds read its cache: the first round is shown apart too.
+rounds read its cache: its first round is shown apart too (its SEARCH
+reads bodies no node cache has; FETCH then reads what SEARCH brought).
 
 Usage: imap_bench.py --build BUILD_DIR [--subnet K] [--messages N]
                      [--size BYTES] [--rounds R] [--quick] [--check]
@@ -220,6 +223,23 @@ def cold_round(addr):
     return int(data[0]), selected - started, done - selected, headers
 
 
+SEARCH_FOR = "line 00000007"
+
+
+def search_round(addr):
+    """UID SEARCH BODY over the folder in a new session: the UIDs found and
+    the SEARCH's time."""
+    m = imap_session(addr)
+    m.select("INBOX", readonly=True)
+    started = time.time()
+    typ, data = m.uid("SEARCH", "BODY", '"%s"' % SEARCH_FOR)
+    done = time.time()
+    m.logout()
+    if typ != "OK":
+        raise RuntimeError("SEARCH BODY on %s: %s" % (addr, data))
+    return data[0].split(), done - started
+
+
 def fetch_round(addr):
     """A warm SELECT's time, then the bodies of UID FETCH 1:* BODY.PEEK[]
     and the FETCH's time."""
@@ -256,7 +276,8 @@ class Side:
 
     def __init__(self, name, addr, forget):
         self.name, self.addr, self.forget = name, addr, forget
-        self.cold, self.headers, self.warm, self.fetch, self.retr = [], [], [], [], []
+        self.cold, self.headers, self.search, self.warm, self.fetch, self.retr = [], [], [], [], [], []
+        self.found = []
         self.selected, self.header_answers, self.fetched, self.retrieved, self.bad = [], [], 0, 0, 0
         self.quit_errors = []
 
@@ -267,6 +288,9 @@ class Side:
         self.header_answers.append(answers)
         self.cold.append(cold_s)
         self.headers.append(headers_s)
+        found, search_s = search_round(self.addr)
+        self.found.append(len(found))
+        self.search.append(search_s)
         warm_s, bodies, fetch_s = fetch_round(self.addr)
         self.warm.append(warm_s)
         self.fetch.append(len(bodies) / max(fetch_s, 1e-9))
@@ -406,7 +430,8 @@ def main():
               "LMTP through n%d (a holder) and n%d (holding none)" %
               (replicas[0], replicas[1], on_holding, len(placed), holding, on_none, none, other_holder, accepting))
         rows = [("cold SELECT s", "cold", "%.3f"), ("headers s", "headers", "%.3f"),
-                ("warm SELECT s", "warm", "%.4f"), ("FETCH msg/s", "fetch", "%.0f"), ("RETR msg/s", "retr", "%.0f")]
+                ("SEARCH BODY s", "search", "%.3f"), ("warm SELECT s", "warm", "%.4f"),
+                ("FETCH msg/s", "fetch", "%.0f"), ("RETR msg/s", "retr", "%.0f")]
         print("  %-15s %-24s %-24s %-20s %-24s %-20s" %
               ("", "stock", hold.name, "ratio", nothing.name, "ratio"))
         figures = {}
@@ -424,27 +449,29 @@ def main():
               ("LMTP msg/s", spread(lmtp["stock"], "%.0f"), "via holder " + spread(lmtp["holder"], "%.0f"),
                spread(lm_h, "%.2f"), "via none " + spread(lmtp["other"], "%.0f"), spread(lm_o, "%.2f")))
         print("  %s first round (its node cache empty but for nothing it accepted): headers %.3f s, "
-              "FETCH %.0f msg/s, RETR %.0f msg/s" % (nothing.name, nothing.headers[0], nothing.fetch[0],
-                                                    nothing.retr[0]))
-        print("  ratio porcupine/stock (medians): cold %.2f/%.2f, headers %.2f/%.2f, warm %.2f/%.2f, "
-              "FETCH %.2f/%.2f, RETR %.2f/%.2f (holding/none), LMTP %.2f" %
-              (figures["cold"] + figures["headers"] + figures["warm"] + figures["fetch"] + figures["retr"] +
-               (figures["lmtp"],)))
+              "SEARCH BODY %.3f s, FETCH %.0f msg/s, RETR %.0f msg/s" %
+              (nothing.name, nothing.headers[0], nothing.search[0], nothing.fetch[0], nothing.retr[0]))
+        print("  ratio porcupine/stock (medians): cold %.2f/%.2f, headers %.2f/%.2f, SEARCH BODY %.2f/%.2f, "
+              "warm %.2f/%.2f, FETCH %.2f/%.2f, RETR %.2f/%.2f (holding/none), LMTP %.2f" %
+              (figures["cold"] + figures["headers"] + figures["search"] + figures["warm"] + figures["fetch"] +
+               figures["retr"] + (figures["lmtp"],)))
 
         ok = True
         want = a.messages * a.rounds
         for side in sides:
             if (any(n != a.messages for n in side.selected) or any(n != a.messages for n in side.header_answers)
-                    or side.fetched != want or side.retrieved != want or side.bad):
+                    or side.fetched != want or side.retrieved != want or side.bad
+                    or any(n != 1 for n in side.found)):
                 print("imap_bench: %s: selected %s, header answers %s, %d fetched, %d retrieved (want %d, %d), "
-                      "%d bad bodies" % (side.name, side.selected, side.header_answers, side.fetched,
-                                         side.retrieved, a.messages, want, side.bad), file=sys.stderr)
+                      "%d bad bodies, SEARCH found %s (want 1 each)" %
+                      (side.name, side.selected, side.header_answers, side.fetched, side.retrieved, a.messages,
+                       want, side.bad, side.found), file=sys.stderr)
                 ok = False
             if side.quit_errors:
                 print("imap_bench: %s: %d POP3 QUITs failed: %s" %
                       (side.name, len(side.quit_errors), side.quit_errors[0]), file=sys.stderr)
                 ok = False
-            if not all(x > 0 for x in side.cold + side.headers + side.warm + side.fetch + side.retr):
+            if not all(x > 0 for x in side.cold + side.headers + side.search + side.warm + side.fetch + side.retr):
                 print("imap_bench: %s: a figure is missing" % side.name, file=sys.stderr)
                 ok = False
         if len(placed) != a.messages or on_none:
