@@ -574,12 +574,16 @@ static int pcp_sync_from_cluster(struct mailbox *box)
 	struct porcupine_folder folder;
 	porcupine_client *c;
 	uint32_t meta_from, uid_validity;
+	uint64_t digest;
 	int code, ret;
 
 	c = pcp_connect(user);
 	if (c == NULL)
 		return -1;
-	if (pcp_synced_still(box, c, &pbox->synced_digest)) {
+	if (pcp_synced_still(box, c, &digest)) {
+		/* (Only then: IDLE's poll compares with the digest the index
+		   reflects, never with one a failed listing did not bring.) */
+		pbox->synced_digest = digest;
 		array_clear(&pbox->out_of_reach);
 		return 0;
 	}
