@@ -123,7 +123,7 @@ void Agent::on_peer(Envelope e) {
   if (stopped_) return;
   if (refuse_body(e)) return;
   drop_expunged(e);
-  node_->receive(now(), e);
+  node_->receive(now(), std::move(e));
   commit();
 }
 

@@ -510,9 +510,13 @@ int main(int argc, char** argv) {
       std::cerr << "porcupinectl: no message with UID " << uid << " in " << args[2] << "/" << folder << "\n";
       return kRefused;
     }
+    // A listing's references leave out the user and folder: the request's.
+    pb::MessageRef ref = msg->ref();
+    ref.set_user(args[2]);
+    ref.set_folder(folder);
     pb::Request r;
     if (sub == "fetch") {
-      *r.mutable_fetch()->mutable_ref() = msg->ref();
+      *r.mutable_fetch()->mutable_ref() = ref;
       auto resp = ctl.call(r, status);
       if (!resp) return status;
       std::cout << resp->body();
@@ -526,14 +530,14 @@ int main(int argc, char** argv) {
         std::cerr << "porcupinectl: flags are seen,answered,flagged,deleted,draft, none, or keywords\n";
         return kUsage;
       }
-      *r.mutable_set_flags()->mutable_ref() = msg->ref();
+      *r.mutable_set_flags()->mutable_ref() = ref;
       r.mutable_set_flags()->set_flags(f);
       for (const auto& k : kws) r.mutable_set_flags()->add_keywords(k);
     } else if (sub == "expunge") {
-      *r.mutable_expunge()->mutable_ref() = msg->ref();
+      *r.mutable_expunge()->mutable_ref() = ref;
     } else if (sub == "move") {
       if (!need(5)) return usage();
-      *r.mutable_move()->mutable_ref() = msg->ref();
+      *r.mutable_move()->mutable_ref() = ref;
       r.mutable_move()->set_to_folder(args[4]);
     } else {
       return usage();

@@ -79,10 +79,12 @@ MessageRecord target_of(const pb::MessageRef& r) {
   return t;
 }
 
-void fill_ref(pb::MessageRef* out, const MessageRecord& r) {
+// with_names false: a listing's, whose user and folder are the request's.
+void fill_ref(pb::MessageRef* out, const MessageRecord& r, bool with_names = true) {
   out->set_origin(r.id.origin);
   out->set_seq(r.id.seq);
   for (NodeId n : r.replicas) out->add_replicas(n);
+  if (!with_names) return;
   out->set_user(r.user);
   out->set_folder(r.folder);
 }
@@ -495,9 +497,10 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
                      r.set_next_uid(c.uid);
                      r.set_folder_digest(c.folder_digest);
                      for (NodeId n : c.reachable) r.add_reachable_nodes(n);
+                     r.mutable_messages()->Reserve(static_cast<int>(c.records.size()));
                      for (const auto& m : c.records) {
                        auto* info = r.add_messages();
-                       fill_ref(info->mutable_ref(), m);
+                       fill_ref(info->mutable_ref(), m, false);
                        info->set_uid(m.uid);
                        info->set_flags(m.flags);
                        for (const auto& k : m.keywords) info->add_keywords(k);

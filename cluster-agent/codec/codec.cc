@@ -115,6 +115,12 @@ bool from_pb(const pb::Stamp& p, Stamp& s, Check&) {
   return true;
 }
 
+// A null stamp is left out: absent, it decodes as null (Stamp{0, kNoNode}),
+// and a listing of many records parses no empty messages.
+void put_stamp(const Stamp& s, pb::Stamp* (pb::MessageRecord::*field)(), pb::MessageRecord& p) {
+  if (!s.is_null()) to_pb(s, *(p.*field)());
+}
+
 void to_pb(const MsgId& m, pb::MsgId& p) {
   p.set_origin(m.origin);
   p.set_seq(m.seq);
@@ -182,12 +188,12 @@ void to_pb(const MessageRecord& r, pb::MessageRecord& p, Bodies bodies = Bodies:
   p.set_internal_date(r.internal_date);
   p.set_uidvalidity(r.uidvalidity);
   p.set_uid(r.uid);
-  to_pb(r.uid_version, *p.mutable_uid_version());
-  to_pb(r.uid_gen, *p.mutable_uid_gen());
+  put_stamp(r.uid_version, &pb::MessageRecord::mutable_uid_version, p);
+  put_stamp(r.uid_gen, &pb::MessageRecord::mutable_uid_gen, p);
   put_view(r.uid_seen, p.mutable_uid_seen());
   p.set_flags(r.flags);
   put(r.keywords, p.mutable_keywords());
-  to_pb(r.flags_version, *p.mutable_flags_version());
+  put_stamp(r.flags_version, &pb::MessageRecord::mutable_flags_version, p);
   for (const auto& m : r.flag_marks) {
     pb::FlagMark& f = *p.add_flag_marks();
     f.set_name(m.name);
@@ -195,11 +201,11 @@ void to_pb(const MessageRecord& r, pb::MessageRecord& p, Bodies bodies = Bodies:
     to_pb(m.version, *f.mutable_version());
   }
   p.set_expunged(r.expunged);
-  to_pb(r.expunge_version, *p.mutable_expunge_version());
+  put_stamp(r.expunge_version, &pb::MessageRecord::mutable_expunge_version, p);
   p.set_expunged_at(r.expunged_at);
   p.set_size(r.size);
-  to_pb(r.folder_version, *p.mutable_folder_version());
-  if (!r.replicas_version.is_null()) to_pb(r.replicas_version, *p.mutable_replicas_version());
+  put_stamp(r.folder_version, &pb::MessageRecord::mutable_folder_version, p);
+  put_stamp(r.replicas_version, &pb::MessageRecord::mutable_replicas_version, p);
   p.set_vsize(r.vsize);
   p.set_hdr_size(r.hdr_size);
   p.set_meta(r.meta);
@@ -656,6 +662,7 @@ bool from_pb(const pb::ListRequest& p, ListRequest& m, Check&) {
 
 void to_pb(const ListReply& m, pb::ListReply& p) {
   p.set_req(m.req);
+  p.mutable_records()->Reserve(static_cast<int>(m.records.size()));
   for (const MessageRecord& r : m.records) to_pb(r, *p.add_records());
   p.set_has_digest(m.has_digest);
   p.set_digest(m.digest);
@@ -666,6 +673,7 @@ bool from_pb(const pb::ListReply& p, ListReply& m, Check& c) {
   m.has_digest = p.has_digest();
   m.digest = p.digest();
   m.full = p.full();
+  m.records.reserve(static_cast<std::size_t>(p.records_size()));
   for (const pb::MessageRecord& r : p.records())
     if (!from_pb(r, m.records.emplace_back(), c)) return false;
   return true;

@@ -338,13 +338,20 @@ void Node::fe_finish_list(std::uint64_t id) {
       }
   }
   for (const auto& [mid, rec] : p.gathered)
-    if (rec.uidvalidity == p.uidvalidity) add_takeover(p.takeovers, UidTakeover{rec.uid_gen, rec.uid_seen});
+    if (rec.uidvalidity == p.uidvalidity) add_takeover(p.takeovers, rec.uid_gen, rec.uid_seen);
+  // In UID order: the shown records are sorted by reference, then moved
+  // once (p is this function's own).
+  std::vector<MessageRecord*> shown;
+  shown.reserve(p.gathered.size());
   for (auto& [mid, rec] : p.gathered)
     if (rec.has_body && !rec.expunged && rec.uidvalidity == p.uidvalidity &&
         (below == 0 || rec.uid < below) && !uid_stale(p.takeovers, rec.uid_gen, rec.uid))
-      r.records.push_back(rec);
-  std::sort(r.records.begin(), r.records.end(),
-            [](const MessageRecord& a, const MessageRecord& b) { return a.uid < b.uid; });
+      shown.push_back(&rec);
+  std::sort(shown.begin(), shown.end(), [](const MessageRecord* a, const MessageRecord* b) {
+    return std::tie(a->uid, a->id) < std::tie(b->uid, b->id);
+  });
+  r.records.reserve(shown.size());
+  for (MessageRecord* rec : shown) r.records.push_back(std::move(*rec));
   if (!p.awaiting.empty()) r.detail = "some fragments unreachable";
   std::string d;
   for (const auto& [n, digest] : p.digests) {
@@ -453,7 +460,7 @@ void Node::serve_fetch(NodeId from, const FetchRequest& f) {
   send(from, std::move(rep));
 }
 
-void Node::fe_reply(NodeId from, const Message& m) {
+void Node::fe_reply(NodeId from, Message& m) {
   if (fe_user_reply(from, m)) return;
   if (const auto* u = std::get_if<UsageReply>(&m)) return fe_usage_reply(from, *u);
   if (const auto* f = std::get_if<FetchReply>(&m)) {
@@ -584,7 +591,7 @@ void Node::fe_reply(NodeId from, const Message& m) {
     p->inflight = mr->inflight;
     p->takeovers = mr->takeovers;
     fe_gather(now_, mr->req, mr->nodes);
-  } else if (const auto* l = std::get_if<ListReply>(&m)) {
+  } else if (auto* l = std::get_if<ListReply>(&m)) {
     Pending* p = find(l->req);
     if (!p || (p->kind != Pending::Kind::List && p->kind != Pending::Kind::Renumber)) return;
     if (!p->awaiting.count(from)) return;
@@ -602,8 +609,16 @@ void Node::fe_reply(NodeId from, const Message& m) {
     p->answered.insert(from);
     if (!p->digest_only && with_records) {
       p->with_records.insert(from);
-      for (const auto& rec : l->records) {
-        auto [it, fresh] = p->gathered.try_emplace(rec.id, rec);
+      // In MsgId order from a node of this version: each goes at the end.
+      // Its user and folder are the request's (serve_list leaves them out).
+      for (auto& rec : l->records) {
+        if (rec.user.empty()) rec.user = p->user;
+        if (rec.folder.empty()) rec.folder = p->folder;
+        if (p->gathered.empty() || p->gathered.rbegin()->first < rec.id) {
+          p->gathered.emplace_hint(p->gathered.end(), rec.id, std::move(rec));
+          continue;
+        }
+        auto [it, fresh] = p->gathered.try_emplace(rec.id, std::move(rec));
         if (!fresh) merge_record(it->second, rec, now_);
       }
     }
@@ -707,12 +722,10 @@ void Node::serve_list(NodeId from, const ListRequest& l) {
   for (const MsgId& id : repl_.user_records(l.user)) {
     const MessageRecord& r = repl_.records().at(id);
     if (r.folder != l.folder) continue;
-    MessageRecord copy = r;
-    copy.body.clear();  // has_body stays: the list says the body is here
-    // The meta only where the reader asked for it: the UIDs it has not
-    // indexed yet.
-    if (l.meta_from_uid == 0 || r.uid < l.meta_from_uid) copy.meta.clear();
-    rep.records.push_back(std::move(copy));
+    // No body (has_body says it is here), no user or folder (the
+    // request's: fe_reply puts them back), and the meta only where
+    // the reader asked for it: the UIDs it has not indexed yet.
+    rep.records.push_back(listing_copy(r, l.meta_from_uid != 0 && r.uid >= l.meta_from_uid));
   }
   send(from, std::move(rep));
 }

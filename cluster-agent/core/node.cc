@@ -136,16 +136,16 @@ void Node::tick(Time now) {
   repair_tick(now);
 }
 
-void Node::receive(Time now, const Envelope& e) {
+void Node::receive(Time now, Envelope e) {
   now_ = std::max(now_, now);
   if (e.from != cfg_.self) {
     loads_[e.from] = e.load;
     if (e.full) full_peers_.insert(e.from);
     else full_peers_.erase(e.from);
   }
-  const Message& m = e.body;
+  Message& m = e.body;
   std::visit(
-      [&](const auto& msg) {
+      [&](auto& msg) {
         using T = std::decay_t<decltype(msg)>;
         if constexpr (std::is_same_v<T, Probe> || std::is_same_v<T, ProbeAck> ||
                       std::is_same_v<T, NewGroup> || std::is_same_v<T, Accept> ||

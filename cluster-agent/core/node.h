@@ -51,7 +51,8 @@ class Node {
 
   void start(Time now);
   void tick(Time now);
-  void receive(Time now, const Envelope& e);
+  // By value: a reply's records move into what the node keeps.
+  void receive(Time now, Envelope e);
 
   // ---- local client operations; each ends in exactly one Env::reply ----
   void create_user(Time now, std::uint64_t req, const std::string& user,
@@ -355,7 +356,7 @@ class Node {
   ReportEntry summarize(const std::string& user, const std::string& folder) const;
 
   std::uint64_t new_req() { return next_req_++; }
-  void fe_reply(NodeId from, const Message& m);
+  void fe_reply(NodeId from, Message& m);
   void fe_tick(Time now);
   void fe_fail(std::uint64_t id, Status s, const std::string& why);
   void fe_send_alloc(Time now, Pending& p, std::uint64_t id);

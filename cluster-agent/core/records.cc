@@ -266,11 +266,40 @@ void merge_lineage(FolderMeta& m, const FolderMeta& in) {
 }
 }  // namespace
 
-void add_takeover(std::vector<UidTakeover>& list, const UidTakeover& t) {
-  if (t.gen.is_null()) return;
+void add_takeover(std::vector<UidTakeover>& list, const UidTakeover& t) { add_takeover(list, t.gen, t.seen); }
+
+void add_takeover(std::vector<UidTakeover>& list, const Version& gen, const UidView& seen) {
+  if (gen.is_null()) return;
   for (const auto& x : list)
-    if (x.gen == t.gen) return;
-  list.push_back(t);
+    if (x.gen == gen) return;
+  list.push_back(UidTakeover{gen, seen});
+}
+
+MessageRecord listing_copy(const MessageRecord& r, bool with_meta) {
+  MessageRecord c;
+  c.id = r.id;
+  c.folder_version = r.folder_version;
+  c.replicas = r.replicas;
+  c.replicas_version = r.replicas_version;
+  c.has_body = r.has_body;
+  c.size = r.size;
+  c.vsize = r.vsize;
+  c.hdr_size = r.hdr_size;
+  if (with_meta) c.meta = r.meta;
+  c.internal_date = r.internal_date;
+  c.uidvalidity = r.uidvalidity;
+  c.uid = r.uid;
+  c.uid_version = r.uid_version;
+  c.uid_gen = r.uid_gen;
+  c.uid_seen = r.uid_seen;
+  c.flags = r.flags;
+  c.keywords = r.keywords;
+  c.flags_version = r.flags_version;
+  c.flag_marks = r.flag_marks;
+  c.expunged = r.expunged;
+  c.expunge_version = r.expunge_version;
+  c.expunged_at = r.expunged_at;
+  return c;
 }
 
 bool uid_stale(const std::vector<UidTakeover>& takeovers, const Version& gen, std::uint32_t uid) {

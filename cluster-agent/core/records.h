@@ -99,6 +99,13 @@ struct MessageRecord {
 // The largest MessageRecord::meta kept; a larger one is dropped at delivery.
 inline constexpr std::size_t kMaxRecordMeta = 8 * 1024;
 
+// `r` as a listing carries it: every field but the user and folder (the
+// listing's), the body (named by has_body) and, unless `with_meta`, the
+// meta. Built field by field: a listing of a large folder copies no string
+// it does not send. A field added to MessageRecord that listings merge on
+// belongs here too.
+MessageRecord listing_copy(const MessageRecord& r, bool with_meta);
+
 // The IMAP names of the system flags, bit i of `flags` for name i.
 extern const char* const kFlagNames[5];
 
@@ -166,6 +173,8 @@ struct FolderMeta {
 bool uid_stale(const std::vector<UidTakeover>& takeovers, const Version& gen, std::uint32_t uid);
 // Adds `t` to `list` (by generation) unless it is there.
 void add_takeover(std::vector<UidTakeover>& list, const UidTakeover& t);
+// The same, copying `seen` only when the generation is new to `list`.
+void add_takeover(std::vector<UidTakeover>& list, const Version& gen, const UidView& seen);
 
 // A subscription (IMAP SUBSCRIBE/UNSUBSCRIBE) of one name: about names,
 // not folders, as in IMAP: a name may be subscribed with no folder of

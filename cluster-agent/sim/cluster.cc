@@ -134,9 +134,9 @@ void Cluster::transmit(Envelope e) {
   std::uniform_real_distribution<double> coin(0.0, 1.0);
   std::uniform_int_distribution<Time> lat(net_.latency_min, net_.latency_max);
   if (e.from == e.to) {  // loopback: never lost, next in line
-    schedule(on_arrival ? on_arrival(e, now_) : now_, [this, e] {
+    schedule(on_arrival ? on_arrival(e, now_) : now_, [this, e]() mutable {
       auto it = nodes_.find(e.to);
-      if (it != nodes_.end() && it->second->node) it->second->node->receive(now_, e);
+      if (it != nodes_.end() && it->second->node) it->second->node->receive(now_, std::move(e));
     });
     return;
   }
@@ -145,12 +145,12 @@ void Cluster::transmit(Envelope e) {
   for (int i = 0; i < copies; ++i) {
     Time at = now_ + lat(rng_);
     Time handled = on_arrival ? on_arrival(e, at) : at;
-    schedule(handled, [this, e, handled] {
+    schedule(handled, [this, e, handled]() mutable {
       // A partition that starts while a message is in flight drops it too.
       if (!connected(e.from, e.to)) return;
       auto it = nodes_.find(e.to);
       if (it == nodes_.end() || !it->second->node) return;
-      it->second->node->receive(handled, e);
+      it->second->node->receive(handled, std::move(e));
     });
   }
 }

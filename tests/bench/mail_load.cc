@@ -146,8 +146,11 @@ int main(int argc, char** argv) {
           std::this_thread::sleep_for(std::chrono::milliseconds(5));
           continue;
         }
+        porcupine::agentpb::MessageRef ref = l->messages(0).ref();  // a listing's: no names
+        ref.set_user(list.folder_list().user());
+        ref.set_folder("INBOX");
         porcupine::agentpb::Request fetch;
-        *fetch.mutable_fetch()->mutable_ref() = l->messages(0).ref();
+        *fetch.mutable_fetch()->mutable_ref() = ref;
         auto f = w.cl().call(fetch);
         if (!f || f->code() != porcupine::agentpb::OK) {
           // Another reader may have deleted it first: not a failure of the cluster.
@@ -156,7 +159,7 @@ int main(int argc, char** argv) {
           continue;
         }
         porcupine::agentpb::Request del;
-        *del.mutable_expunge()->mutable_ref() = l->messages(0).ref();
+        *del.mutable_expunge()->mutable_ref() = ref;
         auto e = w.cl().call(del);
         if (!e || (e->code() != porcupine::agentpb::OK && e->code() != porcupine::agentpb::NOT_FOUND)) { fail(w); continue; }
         std::lock_guard<std::mutex> g(st.mu);

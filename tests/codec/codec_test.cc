@@ -443,6 +443,52 @@ TEST(Codec, BodySizesTravelAndAreKeptAtRestAndARecordWithoutThemHasZero) {
   EXPECT_EQ(out.size, r.size);
 }
 
+TEST(Codec, NullStampsAreLeftOutAndDecodeAsNull) {
+  MessageRecord r = full_record(9);
+  r.expunged = false;
+  r.expunge_version = {};
+  r.folder_version = {};
+  r.replicas_version = {};
+  pb::MessageRecord p;
+  ASSERT_TRUE(p.ParseFromString(encode_record(r)));
+  EXPECT_FALSE(p.has_expunge_version());
+  EXPECT_FALSE(p.has_folder_version());
+  EXPECT_FALSE(p.has_replicas_version());
+  EXPECT_TRUE(p.has_uid_version());
+  MessageRecord out;
+  std::string error;
+  ASSERT_TRUE(decode_record(p.SerializeAsString(), out, &error)) << error;
+  MessageRecord want = r;
+  want.body.clear();
+  EXPECT_EQ(out, want);
+  EXPECT_TRUE(out.expunge_version.is_null());
+
+  // What a node from before writes: the empty stamps present. The same record.
+  p.mutable_expunge_version();
+  p.mutable_folder_version();
+  ASSERT_TRUE(decode_record(p.SerializeAsString(), out, &error)) << error;
+  EXPECT_EQ(out, want);
+}
+
+TEST(Codec, AListingCopyLeavesOutTheUserFolderBodyAndUnaskedMeta) {
+  const MessageRecord r = full_record(9);
+  MessageRecord want = r;
+  want.user.clear();
+  want.folder.clear();
+  want.body.clear();
+  EXPECT_EQ(listing_copy(r, true), want);
+  want.meta.clear();
+  EXPECT_EQ(listing_copy(r, false), want);
+  // Through the wire as a listing: what was copied, nothing more.
+  Envelope got;
+  std::string error;
+  ASSERT_TRUE(decode_envelope(encode_envelope(envelope(ListReply{5, {listing_copy(r, true)}, true, 1, true})), got,
+                              &error))
+      << error;
+  want.meta = r.meta;
+  EXPECT_EQ(std::get<ListReply>(got.body).records.at(0), want);
+}
+
 TEST(Codec, MetaIsKeptAtRestTravelsInListingsAndOneOver8KiBIsDropped) {
   MessageRecord r = full_record(9);
   MessageRecord out;
