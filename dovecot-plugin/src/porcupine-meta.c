@@ -10,10 +10,13 @@
  * one a stock Dovecot caches for these bytes). It goes to the agent as
  * the delivery's meta (porcupine_deliver_options.meta) and is kept with
  * the message. A sync that appends the message's record (porcupine-sync.c)
- * gets it back in the listing and writes it into dovecot.index.cache
- * (field imap.bodystructure), so FETCH BODYSTRUCTURE, and BODY, which
- * Dovecot derives from a cached BODYSTRUCTURE, are answered from the cache
- * by Dovecot itself with no read of the body.
+ * does not take it (a first SELECT moves UIDs, flags, sizes and dates
+ * only); it notes that the metas from that UID on are owed, and the first
+ * FETCH that wants BODYSTRUCTURE or BODY takes them in one listing and
+ * writes them into dovecot.index.cache (field imap.bodystructure) before
+ * Dovecot looks (end of this file). FETCH BODYSTRUCTURE, and BODY, which
+ * Dovecot derives from a cached BODYSTRUCTURE, are then answered from the
+ * cache by Dovecot itself with no read of the body.
  *
  * The meta is the plugin's, opaque to the cluster: a format byte, then
  * items of one type byte, a 16-bit big-endian length and the bytes:
@@ -29,6 +32,7 @@
 #include "message-parser.h"
 #include "message-part-data.h"
 #include "imap-bodystructure.h"
+#include "mail-cache.h"
 
 #include <string.h>
 
@@ -195,4 +199,114 @@ void pcp_meta_cache(struct mailbox_transaction_context *t, uint32_t seq,
 	mail_cache_add(t->cache_trans, seq,
 		       ibox->cache_fields[MAIL_CACHE_IMAP_BODYSTRUCTURE].idx,
 		       bodystructure, strlen(bodystructure));
+}
+
+/* ---- metas taken later: a sync lists no metas -------------------------------
+ *
+ * A sync appends records without their metas (a cold SELECT of a large
+ * folder moves UIDs, flags, sizes and dates only) and notes in the index
+ * header (extension "porcupine-meta") the first UID whose meta it did not
+ * take. The first search that wants BODYSTRUCTURE or BODY (FETCH) asks the
+ * cluster for the metas from that UID, one listing for the folder, and
+ * writes them into the cache through the search's own transaction: Dovecot
+ * finds them there before it decides to read a body, as it would after
+ * the sync had written them, and the FETCH's commit keeps them. A message
+ * without a meta in the cluster, or whose metas could not be listed, is
+ * parsed from its body as before. */
+
+static uint32_t pcp_meta_ext_id(struct mailbox *box)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(box);
+
+	if (!pbox->meta_ext_registered) {
+		pbox->meta_ext_id = mail_index_ext_register(box->index, "porcupine-meta",
+							    sizeof(struct pcp_meta_hdr), 0, 0);
+		pbox->meta_ext_registered = TRUE;
+	}
+	return pbox->meta_ext_id;
+}
+
+static uint32_t pcp_meta_owed_from(struct mail_index_view *view, uint32_t ext_id)
+{
+	const void *data = NULL;
+	size_t size = 0;
+	struct pcp_meta_hdr hdr;
+
+	mail_index_get_header_ext(view, ext_id, &data, &size);
+	if (data == NULL || size < sizeof(hdr))
+		return 0;
+	memcpy(&hdr, data, sizeof(hdr));
+	return hdr.owed_from;
+}
+
+void pcp_meta_owe(struct mailbox_transaction_context *t, uint32_t uid)
+{
+	uint32_t ext_id = pcp_meta_ext_id(t->box);
+	uint32_t owed = pcp_meta_owed_from(t->view, ext_id);
+	struct pcp_meta_hdr hdr;
+
+	if (owed != 0 && owed <= uid)
+		return;
+	i_zero(&hdr);
+	hdr.owed_from = uid;
+	mail_index_update_header_ext(t->itrans, ext_id, 0, &hdr, sizeof(hdr));
+}
+
+void pcp_meta_fill(struct mailbox_transaction_context *t)
+{
+	struct mailbox *box = t->box;
+	struct index_mailbox_context *ibox = INDEX_STORAGE_CONTEXT(box);
+	struct mail_user *user = box->storage->user;
+	uint32_t ext_id, owed, seq, field;
+	struct porcupine_folder folder;
+	struct pcp_meta_hdr none;
+	unsigned int added = 0;
+	porcupine_client *c;
+
+	if (ibox->cache_fields == NULL || t->cache_trans == NULL)
+		return;
+	ext_id = pcp_meta_ext_id(box);
+	owed = pcp_meta_owed_from(t->view, ext_id);
+	if (owed == 0 || (c = pcp_connect(user)) == NULL)
+		return;
+	if (porcupine_folder_list_meta(c, user->username, box->vname, owed,
+				       &folder) != PORCUPINE_OK) {
+		e_warning(box->event, "porcupine: listing the metas of %s failed "
+			  "(BODYSTRUCTURE is read from the bodies): %s",
+			  pcp_log_name(box->vname), porcupine_error(c));
+		return;
+	}
+	field = ibox->cache_fields[MAIL_CACHE_IMAP_BODYSTRUCTURE].idx;
+	for (size_t i = 0; i < folder.count; i++) {
+		const struct porcupine_message *m = &folder.messages[i];
+
+		if (m->uid < owed || m->meta == NULL ||
+		    !mail_index_lookup_seq(t->view, m->uid, &seq) ||
+		    mail_cache_field_exists(t->cache_view, seq, field) > 0)
+			continue;
+		T_BEGIN {
+			pcp_meta_cache(t, seq, m->meta, m->meta_len);
+		} T_END;
+		added++;
+	}
+	porcupine_folder_free(&folder);
+	i_zero(&none);
+	mail_index_update_header_ext(t->itrans, ext_id, 0, &none, sizeof(none));
+	e_debug(box->event, "porcupine: %u BODYSTRUCTUREs of %s from UID %u "
+		"taken from the cluster", added, pcp_log_name(box->vname), owed);
+}
+
+struct mail_search_context *
+pcp_search_init(struct mailbox_transaction_context *t,
+		struct mail_search_args *args,
+		const enum mail_sort_type *sort_program,
+		enum mail_fetch_field wanted_fields,
+		struct mailbox_header_lookup_ctx *wanted_headers)
+{
+	struct pcp_mailbox *pbox = PCP_BOX(t->box);
+
+	if ((wanted_fields & (MAIL_FETCH_IMAP_BODYSTRUCTURE | MAIL_FETCH_IMAP_BODY)) != 0)
+		pcp_meta_fill(t);
+	return pbox->module_ctx.super.search_init(t, args, sort_program,
+						  wanted_fields, wanted_headers);
 }

@@ -178,6 +178,9 @@ struct pcp_mailbox {
 	/* Extension "porcupine-synced" (struct pcp_synced_hdr). */
 	uint32_t synced_ext_id;
 	bool synced_ext_registered;
+	/* Extension "porcupine-meta" (struct pcp_meta_hdr). */
+	uint32_t meta_ext_id;
+	bool meta_ext_registered;
 	/* A transaction with a flag, keyword or expunge change the cluster
 	   refused (BAD_REQUEST) or could not make (the message's nodes are
 	   out of reach): its commit fails with this error (IMAP NO). */
@@ -388,9 +391,25 @@ bool pcp_meta_make(struct mail *src, struct istream *input, buffer_t *meta,
    version (data stack), or NULL. */
 const char *pcp_meta_bodystructure(const void *data, size_t size);
 /* Writes the BODYSTRUCTURE of a meta into the cache of the record `seq`
-   that `t` appends (nothing for a foreign or absent meta). */
+   of `t` (nothing for a foreign or absent meta). */
 void pcp_meta_cache(struct mailbox_transaction_context *t, uint32_t seq,
 		    const void *data, size_t size);
+/* The index header extension "porcupine-meta": the first UID whose meta
+   the sync did not take with the record (0: none owed). */
+struct pcp_meta_hdr {
+	uint32_t owed_from;
+};
+/* The sync that `t` is appended record `uid` without its meta. */
+void pcp_meta_owe(struct mailbox_transaction_context *t, uint32_t uid);
+/* Before a search (FETCH) that wants BODYSTRUCTURE or BODY: the metas
+   owed, from the cluster, into the cache through `t`. */
+void pcp_meta_fill(struct mailbox_transaction_context *t);
+struct mail_search_context *
+pcp_search_init(struct mailbox_transaction_context *t,
+		struct mail_search_args *args,
+		const enum mail_sort_type *sort_program,
+		enum mail_fetch_field wanted_fields,
+		struct mailbox_header_lookup_ctx *wanted_headers);
 
 /* porcupine-save.c */
 /* An APPEND is kept in memory up to this size, then in a temporary file. */

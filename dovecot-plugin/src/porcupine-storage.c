@@ -126,6 +126,7 @@ void pcp_mailbox_allocated(struct mailbox *box)
 	v->notify_changes = pcp_notify_changes;
 	v->sync_init = pcp_sync_init;
 	v->sync_deinit = pcp_sync_deinit;
+	v->search_init = pcp_search_init;
 	v->save_alloc = pcp_save_alloc;
 	v->save_begin = pcp_save_begin;
 	v->save_continue = pcp_save_continue;

@@ -185,25 +185,26 @@ static int pcp_relayout(struct mailbox *box, struct mail_index_view *view,
 
 /* Adds message `m` to the local index: a record with the cluster's UID,
    flags, keywords, internal date and sizes, stamped with where the cluster
-   keeps it, and the BODYSTRUCTURE kept with it in the cluster in
-   dovecot.index.cache (porcupine-meta.c). No body is written here: the
-   node's agent gives it when it is read (porcupine-mail.c), from its own
-   copy, its cache or a holder. */
+   keeps it. No body is written here: the node's agent gives it when it is
+   read (porcupine-mail.c), from its own copy, its cache or a holder. Its
+   BODYSTRUCTURE comes into the cache when a FETCH first wants it
+   (porcupine-meta.c). */
 static void pcp_append_record(struct mailbox_transaction_context *t,
 			      const struct porcupine_message *m)
 {
 	uint32_t seq;
 
 	mail_index_append(t->itrans, m->uid, &seq);
-	mail_index_update_flags(t->itrans, seq, MODIFY_REPLACE,
-				pcp_flags_from_cluster(m->flags));
+	if (m->flags != 0) {
+		mail_index_update_flags(t->itrans, seq, MODIFY_REPLACE,
+					pcp_flags_from_cluster(m->flags));
+	}
 	if (m->nkeywords > 0) {
 		struct mail_keywords *kw = pcp_cluster_keywords(t->box, m);
 		mail_index_update_keywords(t->itrans, seq, MODIFY_REPLACE, kw);
 		mailbox_keywords_unref(&kw);
 	}
 	pcp_stamp(t, seq, m, TRUE, PCP_EXT_BODILESS);
-	pcp_meta_cache(t, seq, m->meta, m->meta_len);
 }
 
 /* Makes the local keywords of `mail` the cluster's (`m`). */
@@ -379,9 +380,12 @@ static int pcp_apply(struct mailbox *box, porcupine_client *c,
 				  porcupine_error(c));
 		}
 	}
-	/* The missing messages, in UID order: their records only. */
+	/* The missing messages, in UID order: their records only, and their
+	   metas owed. */
 	for (i = 0; i < res.nadd; i++)
 		pcp_append_record(t, &folder->messages[res.add[i]]);
+	if (res.nadd > 0)
+		pcp_meta_owe(t, folder->messages[res.add[0]].uid);
 	if (layout != PCP_INDEX_LAYOUT) {
 		/* A new index: bodiless records from its start. */
 		struct pcp_index_hdr ihdr;
@@ -546,25 +550,6 @@ static void pcp_synced_record(struct mailbox *box, uint64_t digest)
 	mail_index_view_close(&view);
 }
 
-/* The first UID the local index has not taken, and its UIDVALIDITY: the
-   listing carries the meta of the messages from that UID on, the ones
-   this sync appends. An index of another layout is emptied by the sync
-   and takes every message again: 1. */
-static uint32_t pcp_meta_from_uid(struct mailbox *box, uint32_t *uid_validity_r)
-{
-	struct mail_index_view *view;
-	const struct mail_index_header *hdr;
-	uint32_t from;
-
-	(void)mail_index_refresh(box->index);
-	view = mail_index_view_open(box->index);
-	hdr = mail_index_get_header(view);
-	*uid_validity_r = hdr->uid_validity;
-	from = pcp_index_layout(box, view) == PCP_INDEX_LAYOUT ? hdr->next_uid : 1;
-	mail_index_view_close(&view);
-	return I_MAX(from, 1);
-}
-
 /* Makes the local index of `box` match the cluster. On failure the local
    index is served as it is. */
 static int pcp_sync_from_cluster(struct mailbox *box)
@@ -573,7 +558,6 @@ static int pcp_sync_from_cluster(struct mailbox *box)
 	struct mail_user *user = box->storage->user;
 	struct porcupine_folder folder;
 	porcupine_client *c;
-	uint32_t meta_from, uid_validity;
 	uint64_t digest;
 	int code, ret;
 
@@ -587,17 +571,8 @@ static int pcp_sync_from_cluster(struct mailbox *box)
 		array_clear(&pbox->out_of_reach);
 		return 0;
 	}
-	meta_from = pcp_meta_from_uid(box, &uid_validity);
-	code = porcupine_folder_list_meta(c, user->username, box->vname,
-					  meta_from, &folder);
-	if (code == PORCUPINE_OK && meta_from > 1 && folder.uidvalidity != 0 &&
-	    folder.uidvalidity != uid_validity) {
-		/* A new UIDVALIDITY empties the index: every message is
-		   appended again, each with its meta. */
-		porcupine_folder_free(&folder);
-		code = porcupine_folder_list_meta(c, user->username, box->vname,
-						  1, &folder);
-	}
+	/* Without metas: a FETCH that wants them takes them later. */
+	code = porcupine_folder_list(c, user->username, box->vname, &folder);
 	if (code != PORCUPINE_OK) {
 		e_warning(box->event, "porcupine: listing %s failed (serving the "
 			  "local index): %s", pcp_log_name(box->vname), porcupine_error(c));
@@ -637,12 +612,6 @@ static int pcp_sync_from_cluster(struct mailbox *box)
 	pbox->record_due = ret == 0;
 	pbox->record_digest = array_count(&pbox->out_of_reach) == 0 &&
 		!pbox->renumber_asked ? folder.digest : 0;
-	/* The metas are in the cache now: the kept listing goes without. */
-	for (size_t i = 0; i < folder.count; i++) {
-		free(folder.messages[i].meta);
-		folder.messages[i].meta = NULL;
-		folder.messages[i].meta_len = 0;
-	}
 	pcp_set_refs(pbox, &folder);
 	/* Sequences may have moved: nothing opened ahead is kept. */
 	pcp_read_ahead_clear(pbox);
