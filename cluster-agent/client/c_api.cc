@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <google/protobuf/arena.h>
+
 #include "client/client.h"
 #include "client/porcupine_client.h"
 #include "core/config.h"
@@ -32,9 +34,7 @@ int fail(porcupine_client* c, int code, const std::string& why) {
 
 // Runs a request; on success leaves the response in `out`.
 int call(porcupine_client* c, pb::Request& req, pb::Response& out) {
-  auto r = c->client.call(req);
-  if (!r) return fail(c, PORCUPINE_UNREACHABLE, c->client.error());
-  out = std::move(*r);
+  if (!c->client.call_into(req, out)) return fail(c, PORCUPINE_UNREACHABLE, c->client.error());
   if (out.code() != pb::OK)
     return fail(c, static_cast<int>(out.code()),
                 std::string(porcupine::client::code_name(out.code())) + (out.detail().empty() ? "" : ": " + out.detail()));
@@ -230,7 +230,8 @@ int porcupine_folder_list_meta(porcupine_client* c, const char* user, const char
     req.mutable_folder_list()->set_user(user);
     req.mutable_folder_list()->set_folder(folder && *folder ? folder : "INBOX");
     req.mutable_folder_list()->set_meta_from_uid(meta_from_uid);
-    pb::Response r;
+    google::protobuf::Arena arena;  // thousands of messages, freed at once
+    pb::Response& r = *google::protobuf::Arena::CreateMessage<pb::Response>(&arena);
     int code = call(c, req, r);
     if (code != PORCUPINE_OK) return code;
     out->uidvalidity = r.uidvalidity();

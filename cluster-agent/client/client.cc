@@ -128,28 +128,33 @@ bool Client::read_exact(char* p, std::size_t n) {
 }
 
 std::optional<agentpb::Response> Client::read_response() {
+  agentpb::Response r;
+  if (!read_response_into(r)) return std::nullopt;
+  return r;
+}
+
+bool Client::read_response_into(agentpb::Response& r) {
   close_fds(fds_);
   close_fds(response_fds_);
   unsigned char h[4];
-  if (!read_exact(reinterpret_cast<char*>(h), 4)) return std::nullopt;
+  if (!read_exact(reinterpret_cast<char*>(h), 4)) return false;
   std::uint32_t len = frame::length(h);
   if (len > kMaxResponse) {
     error_ = "response too large";
     ::close(fd_);
     fd_ = -1;
-    return std::nullopt;
+    return false;
   }
   std::string buf(len, '\0');
-  if (!read_exact(buf.data(), len)) return std::nullopt;
-  agentpb::Response r;
+  if (!read_exact(buf.data(), len)) return false;
   if (!r.ParseFromString(buf)) {
     error_ = "malformed response from the agent";
     ::close(fd_);
     fd_ = -1;
-    return std::nullopt;
+    return false;
   }
   response_fds_.swap(fds_);
-  return r;
+  return true;
 }
 
 std::optional<agentpb::Response> Client::wait_response(std::uint64_t id) {
@@ -210,14 +215,23 @@ std::optional<agentpb::Response> Client::call_fds(agentpb::Request& req, std::in
 }
 
 std::optional<agentpb::Response> Client::call(agentpb::Request& req) {
-  if (!connect()) return std::nullopt;
+  agentpb::Response r;
+  if (!call_into(req, r)) return std::nullopt;
+  return r;
+}
+
+bool Client::call_into(agentpb::Request& req, agentpb::Response& out) {
+  if (!connect()) return false;
   req.set_id(next_id_++);
   // The agent answers TEMPFAIL a little before this client would give up,
   // so the connection stays in step and usable.
   if (req.timeout_ms() == 0) req.set_timeout_ms(static_cast<std::uint32_t>(timeout_ms_) * 9 / 10);
   deadline_ = now_ms() + timeout_ms_;
-  if (!send_frame(req.SerializeAsString())) return std::nullopt;
-  return wait_response(req.id());
+  if (!send_frame(req.SerializeAsString())) return false;
+  for (;;) {
+    if (!read_response_into(out)) return false;
+    if (out.id() == req.id()) return true;  // a stale answer to an abandoned request is skipped
+  }
 }
 
 std::optional<agentpb::Response> Client::deliver(const std::vector<std::string>& recipients,

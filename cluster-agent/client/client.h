@@ -26,6 +26,10 @@ class Client {
   bool connect();
   // Sends `req` (its id is set here) and waits for its Response.
   std::optional<agentpb::Response> call(agentpb::Request& req);
+  // call() answered into `out` (which may be on an arena: a listing of
+  // thousands of messages parses without an allocation each); false on
+  // failure (error()).
+  bool call_into(agentpb::Request& req, agentpb::Response& out);
   // call() for a request answered with file descriptors (Open): they come
   // in `fds` (the caller owns them), fd_count of the response; the wait
   // is longer by `extra_ms`. Descriptors that came with any other answer
@@ -50,6 +54,7 @@ class Client {
  private:
   bool send_frame(const std::string& bytes);
   std::optional<agentpb::Response> read_response();
+  bool read_response_into(agentpb::Response& r);
   std::optional<agentpb::Response> wait_response(std::uint64_t id);
   bool read_exact(char* p, std::size_t n);
   void close_fds(std::vector<int>& fds);

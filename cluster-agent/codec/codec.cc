@@ -654,9 +654,10 @@ void to_pb(const ListRequest& m, pb::ListRequest& p) {
   p.set_folder(m.folder);
   p.set_digest_only(m.digest_only);
   p.set_meta_from_uid(m.meta_from_uid);
+  p.set_in_parts(m.in_parts);
 }
 bool from_pb(const pb::ListRequest& p, ListRequest& m, Check&) {
-  m = {p.req(), p.user(), p.folder(), p.digest_only(), p.meta_from_uid()};
+  m = {p.req(), p.user(), p.folder(), p.digest_only(), p.meta_from_uid(), p.in_parts()};
   return true;
 }
 
@@ -667,12 +668,18 @@ void to_pb(const ListReply& m, pb::ListReply& p) {
   p.set_has_digest(m.has_digest);
   p.set_digest(m.digest);
   p.set_full(m.full);
+  p.set_part(m.part);
+  p.set_parts(m.parts);
 }
 bool from_pb(const pb::ListReply& p, ListReply& m, Check& c) {
   m.req = p.req();
   m.has_digest = p.has_digest();
   m.digest = p.digest();
   m.full = p.full();
+  m.part = p.part();
+  m.parts = p.parts();
+  if (m.parts > 0 && m.part >= m.parts) return c.fail("ListReply: part " + std::to_string(m.part) + " of " +
+                                                      std::to_string(m.parts));
   m.records.reserve(static_cast<std::size_t>(p.records_size()));
   for (const pb::MessageRecord& r : p.records())
     if (!from_pb(r, m.records.emplace_back(), c)) return false;

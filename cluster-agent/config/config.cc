@@ -181,6 +181,10 @@ constexpr std::array kTable{
       "Messages one node copies at a time when it repairs (a node gone) or drains (porcupinectl drain): the "
       "bound on repair traffic, so it does not crowd out mail.",
       &Params::repair_inflight),
+    P("listing_part_records", Type::kCount, "1000", 1, 1 << 20,
+      "Records one reply of a folder listing carries between nodes: a larger folder goes in several replies, "
+      "which the asking node merges while the holder makes the next, and no frame carries a whole large folder.",
+      &Params::listing_part_records),
     P("request_timeout_ms", Type::kMillis, "5000", 100, 600 * kSecond,
       "Deadline of one client operation (a delivery, a fetch, a flag change).",
       &Params::request_timeout_ms),
@@ -1060,6 +1064,7 @@ CoreConfig to_core(const Params& p) {
   c.sync_bodies_inflight = p.sync_bodies_inflight;
   c.node_dead_timeout = p.node_dead_timeout * kSecond;
   c.repair_inflight = p.repair_inflight;
+  c.list_part = p.listing_part_records;
   return c;
 }
 

@@ -111,6 +111,7 @@ struct Params {
   std::uint32_t sync_bodies_inflight{};
   std::int64_t node_dead_timeout{};      // seconds
   std::uint32_t repair_inflight{};
+  std::uint32_t listing_part_records{};
 
   std::string peer_security;    // "tls", "both" or "legacy"
   std::string log_to;           // "syslog" or "stderr"

@@ -50,6 +50,10 @@ struct CoreConfig {
   // later by its size at this rate: a large body still on its way is not
   // sent again behind itself.
   std::uint64_t transfer_rate = 8u << 20;
+  // A listing's records go in replies of at most this many (when the
+  // asker takes parts): the asker merges one while the holder makes the
+  // next, and no frame carries a whole large folder.
+  std::uint32_t list_part = 1000;
 };
 
 // How long a body of `bytes` is given to arrive, at the configured rate.

@@ -257,7 +257,8 @@ void Node::fe_tick(Time now) {
 
 ListRequest Node::list_request(const Pending& p, std::uint64_t id, NodeId n) const {
   const bool records = !p.digest_only && p.full_from.count(n);
-  return ListRequest{id, p.user, p.folder, !records, records ? p.meta_from_uid : 0};
+  // In parts from another node (this node's own come with no encoding).
+  return ListRequest{id, p.user, p.folder, !records, records ? p.meta_from_uid : 0, records && n != cfg_.self};
 }
 
 void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& nodes) {
@@ -265,6 +266,7 @@ void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& node
   p.awaiting.clear();
   p.full_from.clear();
   p.with_records.clear();
+  p.parts_seen.clear();
   for (NodeId n : nodes)
     if (live(n)) p.awaiting.insert(n);
   if (p.awaiting.empty()) {
@@ -600,8 +602,18 @@ void Node::fe_reply(NodeId from, Message& m) {
       digest = 0;
       for (const auto& rec : l->records) digest += copy_digest(rec);
     }
-    p->digests[from] = digest;
     const bool with_records = !l->has_digest || l->full;
+    if (l->parts > 1 && with_records && !p->digest_only) {
+      // A reply in parts, which may come in any order and more than once
+      // (the request is resent): each part's records are taken as they
+      // come, and the node has answered once every part has.
+      auto& seen = p->parts_seen[from];
+      seen.insert(l->part);
+      fe_take_records(*p, l->records);
+      if (seen.size() < l->parts) return;
+      l->records.clear();
+    }
+    p->digests[from] = digest;
     // The digest alone, from before its records were asked for: they
     // are still awaited.
     if (!p->digest_only && p->full_from.count(from) && !with_records) return;
@@ -609,20 +621,24 @@ void Node::fe_reply(NodeId from, Message& m) {
     p->answered.insert(from);
     if (!p->digest_only && with_records) {
       p->with_records.insert(from);
-      // In MsgId order from a node of this version: each goes at the end.
-      // Its user and folder are the request's (serve_list leaves them out).
-      for (auto& rec : l->records) {
-        if (rec.user.empty()) rec.user = p->user;
-        if (rec.folder.empty()) rec.folder = p->folder;
-        if (p->gathered.empty() || p->gathered.rbegin()->first < rec.id) {
-          p->gathered.emplace_hint(p->gathered.end(), rec.id, std::move(rec));
-          continue;
-        }
-        auto [it, fresh] = p->gathered.try_emplace(rec.id, std::move(rec));
-        if (!fresh) merge_record(it->second, rec, now_);
-      }
+      fe_take_records(*p, l->records);
     }
     if (p->awaiting.empty() && !fe_list_more(l->req, *p)) fe_finish_list(l->req);
+  }
+}
+
+void Node::fe_take_records(Pending& p, std::vector<MessageRecord>& records) {
+  // In MsgId order from a node of this version: each goes at the end. Its
+  // user and folder are the request's (serve_list leaves them out).
+  for (auto& rec : records) {
+    if (rec.user.empty()) rec.user = p.user;
+    if (rec.folder.empty()) rec.folder = p.folder;
+    if (p.gathered.empty() || p.gathered.rbegin()->first < rec.id) {
+      p.gathered.emplace_hint(p.gathered.end(), rec.id, std::move(rec));
+      continue;
+    }
+    auto [it, fresh] = p.gathered.try_emplace(rec.id, std::move(rec));
+    if (!fresh) merge_record(it->second, rec, now_);
   }
 }
 
@@ -727,7 +743,28 @@ void Node::serve_list(NodeId from, const ListRequest& l) {
     // the reader asked for it: the UIDs it has not indexed yet.
     rep.records.push_back(listing_copy(r, l.meta_from_uid != 0 && r.uid >= l.meta_from_uid));
   }
-  send(from, std::move(rep));
+  const std::size_t part = std::max<std::size_t>(cfg_.list_part, 1);
+  if (!l.in_parts || rep.records.size() <= part) {
+    send(from, std::move(rep));
+    return;
+  }
+  // In parts, each sent as it is cut: the asker merges one while the next
+  // is encoded.
+  const std::size_t n = rep.records.size();
+  const auto parts = static_cast<std::uint32_t>((n + part - 1) / part);
+  for (std::uint32_t i = 0; i < parts; ++i) {
+    ListReply one;
+    one.req = rep.req;
+    one.has_digest = true;
+    one.digest = rep.digest;
+    one.full = true;
+    one.part = i;
+    one.parts = parts;
+    const std::size_t from_i = i * part, to_i = std::min(n, from_i + part);
+    one.records.assign(std::make_move_iterator(rep.records.begin() + static_cast<std::ptrdiff_t>(from_i)),
+                       std::make_move_iterator(rep.records.begin() + static_cast<std::ptrdiff_t>(to_i)));
+    send(from, std::move(one));
+  }
 }
 
 void Node::serve_store(Time now, NodeId from, const StoreRequest& s) {

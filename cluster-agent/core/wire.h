@@ -207,6 +207,7 @@ struct ListRequest {
   std::string folder;
   bool digest_only = false;  // answer the digest, not the records
   std::uint32_t meta_from_uid = 0;  // records' meta from this UID on (0: none)
+  bool in_parts = false;  // the asker takes the records in several replies
   bool operator==(const ListRequest&) const = default;
 };
 struct ListReply {
@@ -215,6 +216,10 @@ struct ListReply {
   bool has_digest = false;             // digest set (older nodes: only when digest_only)
   std::uint64_t digest = 0;            // sum of copy_digest over the folder's records here
   bool full = false;                   // records asked for and included (older nodes: !has_digest)
+  // In parts (asked with in_parts): reply `part` of `parts` (each with the
+  // digest); 0 parts: one reply has every record.
+  std::uint32_t part = 0;
+  std::uint32_t parts = 0;
   bool operator==(const ListReply&) const = default;
 };
 // What a fetch asks for: the whole message, or its header (the bytes up to

@@ -428,6 +428,9 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
   // repairs (a copy that lost an acknowledged change with a damaged index,
   // while its peers learned it later) is checked as converged too.
   cfg.sync_interval = 20 * 1000;
+  // Listings in parts of 3 records: a folder of a few messages comes in
+  // several replies, lost, duplicated and reordered like any other.
+  cfg.list_part = 3;
   Cluster c(seed, cfg);
   c.keep_trace = opt.trace;
 

@@ -178,9 +178,11 @@ std::vector<Message> every_message() {
       ListRequest{109, kUser, kFolder},
       ListRequest{109, kUser, kFolder, true},
       ListRequest{109, kUser, kFolder, false, 12},
+      ListRequest{109, kUser, kFolder, false, 12, true},
       ListReply{110, {full_record(1), full_record(2)}},
       ListReply{110, {}, true, 0xfedcba9876543210ULL},
       ListReply{110, {full_record(1)}, true, 0x0123456789abcdefULL, true},
+      ListReply{110, {full_record(1)}, true, 0x0123456789abcdefULL, true, 2, 3},
       FetchRequest{111, {3, 99}, kUser},
       FetchRequest{111, {3, 99}, kUser, FetchPart::Header},
       FetchReply{112, Status::Exists, kBody},
@@ -441,6 +443,19 @@ TEST(Codec, BodySizesTravelAndAreKeptAtRestAndARecordWithoutThemHasZero) {
   EXPECT_EQ(out.vsize, 0u);
   EXPECT_EQ(out.hdr_size, 0u);
   EXPECT_EQ(out.size, r.size);
+}
+
+TEST(Codec, AListingPartOutOfRangeIsRefused) {
+  pb::Envelope p = frame_header();
+  p.mutable_list_reply()->set_req(3);
+  p.mutable_list_reply()->set_part(3);
+  p.mutable_list_reply()->set_parts(3);
+  Envelope got;
+  std::string error;
+  EXPECT_FALSE(decode_envelope(frame(p), got, &error));
+  EXPECT_NE(error.find("part 3 of 3"), std::string::npos) << error;
+  p.mutable_list_reply()->set_part(2);
+  EXPECT_TRUE(decode_envelope(frame(p), got, &error)) << error;
 }
 
 TEST(Codec, NullStampsAreLeftOutAndDecodeAsNull) {

@@ -1456,6 +1456,45 @@ TEST(Uids, ARenameFinishesAfterItsManagerDies) {
   h.expect_invariants();
 }
 
+// A large folder's listing comes from its holder in parts (list_part
+// records each), merged by the asker as they come; a part that comes last,
+// or twice, changes nothing: the listing through a node holding none is
+// the holder's own.
+TEST(Uids, AListingInPartsOutOfOrderIsWhole) {
+  CoreConfig cfg;
+  cfg.list_part = 2;
+  Harness h(4, 7, cfg);
+  const std::string u = "parts@example.org";
+  h.user(u);
+  for (int i = 0; i < 7; ++i) ASSERT_EQ(h.deliver(1, u)->status, Status::Ok);
+  const ClientReply* own = h.list(1, u);
+  ASSERT_EQ(own->records.size(), 7u);
+  const NodeId via = Harness::non_holder(own->records.front());
+  int parted = 0;
+  h.c.on_send = [&](Envelope& e) {
+    if (const auto* l = std::get_if<ListReply>(&e.body); l && l->parts > 1) ++parted;
+  };
+  // The first part of every reply comes last.
+  h.c.on_arrival = [&](const Envelope& e, Time arrival) {
+    const auto* l = std::get_if<ListReply>(&e.body);
+    return l && l->parts > 1 && l->part == 0 ? arrival + 300 : arrival;
+  };
+  const ClientReply* far = h.list(via, u);
+  h.c.on_send = nullptr;
+  h.c.on_arrival = nullptr;
+  EXPECT_GE(parted, 4);  // 7 records in parts of 2
+  ASSERT_EQ(far->status, Status::Ok);
+  ASSERT_EQ(far->records.size(), 7u);
+  for (std::size_t i = 0; i < 7; ++i) {
+    EXPECT_EQ(far->records[i].id, own->records[i].id);
+    EXPECT_EQ(far->records[i].uid, own->records[i].uid);
+    EXPECT_EQ(far->records[i].user, canonical_user(u));  // put back by the asker
+    EXPECT_EQ(far->records[i].folder, "INBOX");
+  }
+  EXPECT_EQ(far->folder_digest, own->folder_digest);
+  h.expect_invariants();
+}
+
 TEST(Placement, AFullNodeGetsNoNewCopiesNothingIsLostAndItIsUsedAgainWithRoom) {
   Harness h(4);
   std::vector<std::string> users;
