@@ -655,9 +655,10 @@ void to_pb(const ListRequest& m, pb::ListRequest& p) {
   p.set_digest_only(m.digest_only);
   p.set_meta_from_uid(m.meta_from_uid);
   p.set_in_parts(m.in_parts);
+  p.set_without_names(m.without_names);
 }
 bool from_pb(const pb::ListRequest& p, ListRequest& m, Check&) {
-  m = {p.req(), p.user(), p.folder(), p.digest_only(), p.meta_from_uid(), p.in_parts()};
+  m = {p.req(), p.user(), p.folder(), p.digest_only(), p.meta_from_uid(), p.in_parts(), p.without_names()};
   return true;
 }
 

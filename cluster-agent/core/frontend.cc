@@ -257,8 +257,10 @@ void Node::fe_tick(Time now) {
 
 ListRequest Node::list_request(const Pending& p, std::uint64_t id, NodeId n) const {
   const bool records = !p.digest_only && p.full_from.count(n);
-  // In parts from another node (this node's own come with no encoding).
-  return ListRequest{id, p.user, p.folder, !records, records ? p.meta_from_uid : 0, records && n != cfg_.self};
+  // In parts from another node (this node's own come with no encoding);
+  // without names, which fe_take_records puts back.
+  return ListRequest{id, p.user, p.folder, !records, records ? p.meta_from_uid : 0, records && n != cfg_.self,
+                     records};
 }
 
 void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& nodes) {
@@ -738,10 +740,11 @@ void Node::serve_list(NodeId from, const ListRequest& l) {
   for (const MsgId& id : repl_.user_records(l.user)) {
     const MessageRecord& r = repl_.records().at(id);
     if (r.folder != l.folder) continue;
-    // No body (has_body says it is here), no user or folder (the
-    // request's: fe_reply puts them back), and the meta only where
-    // the reader asked for it: the UIDs it has not indexed yet.
-    rep.records.push_back(listing_copy(r, l.meta_from_uid != 0 && r.uid >= l.meta_from_uid));
+    // No body (has_body says it is here), no user or folder when the
+    // asker puts them back (an asker of an earlier version does not), and
+    // the meta only where the reader asked for it.
+    rep.records.push_back(
+        listing_copy(r, !l.without_names, l.meta_from_uid != 0 && r.uid >= l.meta_from_uid));
   }
   const std::size_t part = std::max<std::size_t>(cfg_.list_part, 1);
   if (!l.in_parts || rep.records.size() <= part) {

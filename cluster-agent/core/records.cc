@@ -275,9 +275,13 @@ void add_takeover(std::vector<UidTakeover>& list, const Version& gen, const UidV
   list.push_back(UidTakeover{gen, seen});
 }
 
-MessageRecord listing_copy(const MessageRecord& r, bool with_meta) {
+MessageRecord listing_copy(const MessageRecord& r, bool with_names, bool with_meta) {
   MessageRecord c;
   c.id = r.id;
+  if (with_names) {
+    c.user = r.user;
+    c.folder = r.folder;
+  }
   c.folder_version = r.folder_version;
   c.replicas = r.replicas;
   c.replicas_version = r.replicas_version;

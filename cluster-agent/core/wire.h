@@ -208,6 +208,7 @@ struct ListRequest {
   bool digest_only = false;  // answer the digest, not the records
   std::uint32_t meta_from_uid = 0;  // records' meta from this UID on (0: none)
   bool in_parts = false;  // the asker takes the records in several replies
+  bool without_names = false;  // the asker puts back each record's user and folder
   bool operator==(const ListRequest&) const = default;
 };
 struct ListReply {

@@ -179,6 +179,7 @@ std::vector<Message> every_message() {
       ListRequest{109, kUser, kFolder, true},
       ListRequest{109, kUser, kFolder, false, 12},
       ListRequest{109, kUser, kFolder, false, 12, true},
+      ListRequest{109, kUser, kFolder, false, 12, false, true},
       ListReply{110, {full_record(1), full_record(2)}},
       ListReply{110, {}, true, 0xfedcba9876543210ULL},
       ListReply{110, {full_record(1)}, true, 0x0123456789abcdefULL, true},
@@ -485,20 +486,21 @@ TEST(Codec, NullStampsAreLeftOutAndDecodeAsNull) {
   EXPECT_EQ(out, want);
 }
 
-TEST(Codec, AListingCopyLeavesOutTheUserFolderBodyAndUnaskedMeta) {
+TEST(Codec, AListingCopyLeavesOutTheBodyAndWhatTheAskerDoesNotNeed) {
   const MessageRecord r = full_record(9);
   MessageRecord want = r;
+  want.body.clear();
+  EXPECT_EQ(listing_copy(r, true, true), want);  // for an asker of an earlier version
   want.user.clear();
   want.folder.clear();
-  want.body.clear();
-  EXPECT_EQ(listing_copy(r, true), want);
+  EXPECT_EQ(listing_copy(r, false, true), want);
   want.meta.clear();
-  EXPECT_EQ(listing_copy(r, false), want);
+  EXPECT_EQ(listing_copy(r, false, false), want);
   // Through the wire as a listing: what was copied, nothing more.
   Envelope got;
   std::string error;
-  ASSERT_TRUE(decode_envelope(encode_envelope(envelope(ListReply{5, {listing_copy(r, true)}, true, 1, true})), got,
-                              &error))
+  ASSERT_TRUE(decode_envelope(encode_envelope(envelope(ListReply{5, {listing_copy(r, false, true)}, true, 1, true})),
+                              got, &error))
       << error;
   want.meta = r.meta;
   EXPECT_EQ(std::get<ListReply>(got.body).records.at(0), want);
