@@ -218,12 +218,8 @@ static uint32_t pcp_meta_ext_id(struct mailbox *box)
 {
 	struct pcp_mailbox *pbox = PCP_BOX(box);
 
-	if (!pbox->meta_ext_registered) {
-		pbox->meta_ext_id = mail_index_ext_register(box->index, "porcupine-meta",
-							    sizeof(struct pcp_meta_hdr), 0, 0);
-		pbox->meta_ext_registered = TRUE;
-	}
-	return pbox->meta_ext_id;
+	return pcp_ext_register(box, &pbox->meta_ext, "porcupine-meta",
+				sizeof(struct pcp_meta_hdr), 0, 0);
 }
 
 static uint32_t pcp_meta_owed_from(struct mail_index_view *view, uint32_t ext_id)

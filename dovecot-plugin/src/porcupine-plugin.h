@@ -131,6 +131,13 @@ struct pcp_ahead {
 	int part;
 };
 
+/* An index extension of the mailbox, registered at its first use
+   (pcp_ext_register). */
+struct pcp_ext_slot {
+	uint32_t id;
+	bool registered;
+};
+
 struct pcp_mailbox {
 	union mailbox_module_context module_ctx;
 	/* TRUE while the plugin itself changes the local cache: saves,
@@ -176,11 +183,9 @@ struct pcp_mailbox {
 	   which the cluster was asked to renumber. */
 	bool renumber_asked;
 	/* Extension "porcupine-synced" (struct pcp_synced_hdr). */
-	uint32_t synced_ext_id;
-	bool synced_ext_registered;
+	struct pcp_ext_slot synced_ext;
 	/* Extension "porcupine-meta" (struct pcp_meta_hdr). */
-	uint32_t meta_ext_id;
-	bool meta_ext_registered;
+	struct pcp_ext_slot meta_ext;
 	/* A transaction with a flag, keyword or expunge change the cluster
 	   refused (BAD_REQUEST) or could not make (the message's nodes are
 	   out of reach): its commit fails with this error (IMAP NO). */
@@ -193,11 +198,9 @@ struct pcp_mailbox {
 	ARRAY_TYPE(seq_range) out_of_reach;
 	/* The index extension with each cached message's cluster reference
 	   (struct pcp_ext_rec). */
-	uint32_t ext_id;
-	bool ext_registered;
+	struct pcp_ext_slot ext;
 	/* Extension "porcupine2" (struct pcp_index_hdr, struct pcp_size_rec). */
-	uint32_t size_ext_id;
-	bool size_ext_registered;
+	struct pcp_ext_slot size_ext;
 	/* UIDs this process moved away in the cluster (IMAP MOVE): their
 	   expunge that follows stays local. */
 	ARRAY_TYPE(seq_range) moved;
@@ -325,6 +328,11 @@ pcp_cluster_keywords(struct mailbox *box, const struct porcupine_message *m);
 void pcp_set_refs(struct pcp_mailbox *pbox, struct porcupine_folder *folder);
 const struct porcupine_message *
 pcp_find_ref(const struct pcp_mailbox *pbox, uint32_t uid);
+/* The index extension `name` of `box`, registered at the mailbox's first
+   use of it (the index is open then) and remembered in `slot`. */
+uint32_t pcp_ext_register(struct mailbox *box, struct pcp_ext_slot *slot,
+			  const char *name, uint32_t hdr_size,
+			  uint16_t record_size, uint16_t record_align);
 uint32_t pcp_ext_id(struct mailbox *box);
 void pcp_ref_from_ext(struct porcupine_msgref *ref, const struct pcp_ext_rec *rec);
 void pcp_stamp(struct mailbox_transaction_context *t, uint32_t seq,

@@ -215,19 +215,25 @@ pcp_find_ref(const struct pcp_mailbox *pbox, uint32_t uid)
 	return NULL;
 }
 
-/* The index extension holding each cached message's cluster reference;
-   registered at the mailbox's first use of it (the index is open then). */
+uint32_t pcp_ext_register(struct mailbox *box, struct pcp_ext_slot *slot,
+			  const char *name, uint32_t hdr_size,
+			  uint16_t record_size, uint16_t record_align)
+{
+	if (!slot->registered) {
+		slot->id = mail_index_ext_register(box->index, name, hdr_size,
+						   record_size, record_align);
+		slot->registered = TRUE;
+	}
+	return slot->id;
+}
+
+/* The index extension holding each cached message's cluster reference. */
 uint32_t pcp_ext_id(struct mailbox *box)
 {
 	struct pcp_mailbox *pbox = PCP_BOX(box);
 
-	if (!pbox->ext_registered) {
-		pbox->ext_id = mail_index_ext_register(box->index, "porcupine", 0,
-						       sizeof(struct pcp_ext_rec),
-						       sizeof(uint64_t));
-		pbox->ext_registered = TRUE;
-	}
-	return pbox->ext_id;
+	return pcp_ext_register(box, &pbox->ext, "porcupine", 0,
+				sizeof(struct pcp_ext_rec), sizeof(uint64_t));
 }
 
 void pcp_ref_from_ext(struct porcupine_msgref *ref, const struct pcp_ext_rec *rec)
@@ -252,14 +258,9 @@ uint32_t pcp_size_ext_id(struct mailbox *box)
 {
 	struct pcp_mailbox *pbox = PCP_BOX(box);
 
-	if (!pbox->size_ext_registered) {
-		pbox->size_ext_id = mail_index_ext_register(box->index, "porcupine2",
-							    sizeof(struct pcp_index_hdr),
-							    sizeof(struct pcp_size_rec),
-							    sizeof(uint64_t));
-		pbox->size_ext_registered = TRUE;
-	}
-	return pbox->size_ext_id;
+	return pcp_ext_register(box, &pbox->size_ext, "porcupine2",
+				sizeof(struct pcp_index_hdr),
+				sizeof(struct pcp_size_rec), sizeof(uint64_t));
 }
 
 /* The layout of the index `view` shows (PCP_INDEX_LAYOUT, or 0 for an

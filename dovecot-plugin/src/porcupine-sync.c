@@ -476,12 +476,8 @@ static uint32_t pcp_synced_ext_id(struct mailbox *box)
 {
 	struct pcp_mailbox *pbox = PCP_BOX(box);
 
-	if (!pbox->synced_ext_registered) {
-		pbox->synced_ext_id = mail_index_ext_register(box->index, "porcupine-synced",
-							      sizeof(struct pcp_synced_hdr), 0, 0);
-		pbox->synced_ext_registered = TRUE;
-	}
-	return pbox->synced_ext_id;
+	return pcp_ext_register(box, &pbox->synced_ext, "porcupine-synced",
+				sizeof(struct pcp_synced_hdr), 0, 0);
 }
 
 /* The state of the index `view` shows, as pcp_synced_hdr keeps it. */
