@@ -223,7 +223,7 @@ void Agent::commit() {
       // To self: asynchronously, like any message, never re-entrantly.
       asio::post(io_, [this, e = std::move(e)]() mutable { on_peer(std::move(e)); });
     } else {
-      net_->send(e);
+      net_->send(std::move(e));
     }
   }
   for (auto& r : replies) {

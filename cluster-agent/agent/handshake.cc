@@ -7,6 +7,7 @@
 #include <openssl/hmac.h>
 
 #include <limits>
+#include <memory>
 
 #include "agent.pb.h"
 #include "client/frame.h"
@@ -98,9 +99,27 @@ std::string session_key(std::string_view secret, std::string_view initiator_nonc
 }
 
 std::string frame_tag(std::string_view session, bool from_initiator, std::uint64_t seq, std::string_view payload) {
-  std::string data = role(from_initiator) + be64(seq);
-  data.append(payload);
-  return hmac_sha256(session, data);
+  // HMAC(session, role ‖ seq ‖ payload), the payload read where it is: a
+  // listing's frames are a few hundred kilobytes each.
+  static EVP_MAC* const hmac = EVP_MAC_fetch(nullptr, "HMAC", nullptr);
+  std::unique_ptr<EVP_MAC_CTX, decltype(&EVP_MAC_CTX_free)> ctx(hmac ? EVP_MAC_CTX_new(hmac) : nullptr,
+                                                                 &EVP_MAC_CTX_free);
+  char digest[] = "SHA256";
+  const OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", digest, 0), OSSL_PARAM_construct_end()};
+  const std::string head = role(from_initiator) + be64(seq);
+  unsigned char out[EVP_MAX_MD_SIZE];
+  std::size_t len = 0;
+  if (!ctx || session.empty() ||
+      !EVP_MAC_init(ctx.get(), reinterpret_cast<const unsigned char*>(session.data()), session.size(), params) ||
+      !EVP_MAC_update(ctx.get(), reinterpret_cast<const unsigned char*>(head.data()), head.size()) ||
+      !EVP_MAC_update(ctx.get(), reinterpret_cast<const unsigned char*>(payload.data()), payload.size()) ||
+      !EVP_MAC_final(ctx.get(), out, &len, sizeof out)) {
+    // Not expected (the session key is never empty): the one-shot form.
+    std::string data = head;
+    data.append(payload);
+    return hmac_sha256(session, data);
+  }
+  return std::string(reinterpret_cast<char*>(out), len);
 }
 
 std::string check_tag(std::string_view frame, std::string_view session, bool from_initiator, std::uint64_t seq,

@@ -199,8 +199,18 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
 
   // A body in a file goes first, in chunk frames read from the file as the
   // socket drains (never whole in memory); the frame then names its transfer.
-  void send_envelope(const Envelope& e) {
+  void send_envelope(Envelope&& e) {
     if (!ready_ || closed_) return;
+    // A listing's part behind others waits as it is, encoded when its turn
+    // comes: the first parts are on their way (and being read) while the
+    // next are encoded. Counted in the queue at an estimate until then.
+    if (const auto* l = std::get_if<ListReply>(&e.body); l && !out_.empty()) {
+      Out o;
+      o.estimate = 64 + 256 * l->records.size();
+      o.envelope = std::make_unique<Envelope>(std::move(e));
+      queue(std::move(o));
+      return;
+    }
     Envelope copy;
     const Envelope* out = &e;
     bool has_file = false;
@@ -298,6 +308,8 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
     std::string payload;
     bool tagged = false;
     std::shared_ptr<FileJob> file;
+    std::unique_ptr<Envelope> envelope;  // to be encoded (tagged) when it comes to the front
+    std::size_t estimate = 0;            // its size in queued_bytes_ until then
   };
 
   void write_raw(std::string payload) {
@@ -308,21 +320,45 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
 
   void queue(Out o) {
     if (closed_) return;
-    if (queued_bytes_ + o.payload.size() > net_.options().max_frame * 2) {
+    const std::size_t size = o.envelope ? o.estimate : o.payload.size();
+    if (queued_bytes_ + size > net_.options().max_frame * 2) {
       close("peer not reading; output queue full");
       return;
     }
-    queued_bytes_ += o.payload.size();
+    queued_bytes_ += size;
     out_.push_back(std::move(o));
     if (out_.size() == 1) write_next();
   }
 
+  // length ‖ tag ‖ payload, built once.
   std::string tag_and_wrap(const std::string& payload) {
-    return frame::wrap(handshake::frame_tag(session_, initiator_, out_seq_++, payload) + payload);
+    const std::string tag = handshake::frame_tag(session_, initiator_, out_seq_++, payload);
+    std::string wire;
+    wire.reserve(4 + tag.size() + payload.size());
+    wire += frame::be32(static_cast<std::uint32_t>(tag.size() + payload.size()));
+    wire += tag;
+    wire += payload;
+    return wire;
   }
 
   void write_next() {
     Out& front = out_.front();
+    if (front.envelope) {
+      try {
+        front.payload = codec::encode_envelope(*front.envelope);
+      } catch (const std::exception& ex) {
+        net_.log(std::string("peer: frame not sent: ") + ex.what());
+      }
+      front.envelope.reset();
+      front.tagged = true;
+      queued_bytes_ = queued_bytes_ - front.estimate + front.payload.size();
+      front.estimate = 0;
+      if (front.payload.empty()) {  // not encoded: the next
+        out_.pop_front();
+        if (!out_.empty()) write_next();
+        return;
+      }
+    }
     if (front.file) {
       FileJob& j = *front.file;
       std::string data(static_cast<std::size_t>(std::min<std::uint64_t>(j.left, kChunk)), '\0');
@@ -713,7 +749,7 @@ bool PeerNet::connected(NodeId n) const {
   return it != ready_.end() && !it->second.empty();
 }
 
-void PeerNet::send(const Envelope& e) {
+void PeerNet::send(Envelope e) {
   auto it = ready_.find(e.to);
   if (it == ready_.end() || it->second.empty()) {
     ++dropped_;
@@ -721,7 +757,7 @@ void PeerNet::send(const Envelope& e) {
     return;
   }
   ++frames_out_;
-  (*it->second.begin())->send_envelope(e);
+  (*it->second.begin())->send_envelope(std::move(e));
 }
 
 void PeerNet::dial(NodeId n) {

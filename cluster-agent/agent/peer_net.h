@@ -91,7 +91,7 @@ class PeerNet {
   void start();
   void stop();
   // Sends to e.to (never self); dropped if no authenticated connection yet.
-  void send(const Envelope& e);
+  void send(Envelope e);
 
   bool connected(NodeId n) const;
   const std::map<NodeId, std::string>& addresses() const { return book_; }

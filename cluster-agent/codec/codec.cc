@@ -656,9 +656,11 @@ void to_pb(const ListRequest& m, pb::ListRequest& p) {
   p.set_meta_from_uid(m.meta_from_uid);
   p.set_in_parts(m.in_parts);
   p.set_without_names(m.without_names);
+  p.set_light(m.light);
 }
 bool from_pb(const pb::ListRequest& p, ListRequest& m, Check&) {
-  m = {p.req(), p.user(), p.folder(), p.digest_only(), p.meta_from_uid(), p.in_parts(), p.without_names()};
+  m = {p.req(),         p.user(),          p.folder(), p.digest_only(), p.meta_from_uid(), p.in_parts(),
+       p.without_names(), p.light()};
   return true;
 }
 
@@ -671,6 +673,7 @@ void to_pb(const ListReply& m, pb::ListReply& p) {
   p.set_full(m.full);
   p.set_part(m.part);
   p.set_parts(m.parts);
+  p.set_light(m.light);
 }
 bool from_pb(const pb::ListReply& p, ListReply& m, Check& c) {
   m.req = p.req();
@@ -679,6 +682,7 @@ bool from_pb(const pb::ListReply& p, ListReply& m, Check& c) {
   m.full = p.full();
   m.part = p.part();
   m.parts = p.parts();
+  m.light = p.light();
   if (m.parts > 0 && m.part >= m.parts) return c.fail("ListReply: part " + std::to_string(m.part) + " of " +
                                                       std::to_string(m.parts));
   m.records.reserve(static_cast<std::size_t>(p.records_size()));

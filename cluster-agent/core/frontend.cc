@@ -206,9 +206,11 @@ void Node::fe_tick(Time now) {
         if (!p.digest_only) {
           bool records_late = false;
           for (NodeId n : p.awaiting) records_late |= p.full_from.count(n) > 0;
-          if (records_late)
+          if (records_late) {
+            fe_list_unlight(id, p);
             for (const auto& [n, d] : p.digests)
               if (!p.with_records.count(n) && p.full_from.insert(n).second) p.awaiting.insert(n);
+          }
         }
         for (NodeId n : p.awaiting) {
           if (!p.digest_only) p.full_from.insert(n);
@@ -258,9 +260,10 @@ void Node::fe_tick(Time now) {
 ListRequest Node::list_request(const Pending& p, std::uint64_t id, NodeId n) const {
   const bool records = !p.digest_only && p.full_from.count(n);
   // In parts from another node (this node's own come with no encoding);
-  // without names, which fe_take_records puts back.
-  return ListRequest{id, p.user, p.folder, !records, records ? p.meta_from_uid : 0, records && n != cfg_.self,
-                     records};
+  // without names, which fe_take_records puts back; light from the one node
+  // asked so.
+  return ListRequest{id,      p.user, p.folder, !records, records ? p.meta_from_uid : 0, records && n != cfg_.self,
+                     records, records && n == p.light_from};
 }
 
 void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& nodes) {
@@ -269,6 +272,7 @@ void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& node
   p.full_from.clear();
   p.with_records.clear();
   p.parts_seen.clear();
+  p.light_from = kNoNode;
   for (NodeId n : nodes)
     if (live(n)) p.awaiting.insert(n);
   if (p.awaiting.empty()) {
@@ -279,7 +283,11 @@ void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& node
     // One node's records (this node's if it holds some: no network), the
     // others' digests: a node whose digest is that node's holds the same
     // records. Those that differ are asked for theirs next (fe_list_more).
-    p.full_from.insert(p.awaiting.count(cfg_.self) ? cfg_.self : *p.awaiting.begin());
+    // Another node's come light: shown as they are unless another's differ
+    // (fe_list_unlight asks for them whole then).
+    const NodeId first = p.awaiting.count(cfg_.self) ? cfg_.self : *p.awaiting.begin();
+    p.full_from.insert(first);
+    if (first != cfg_.self && !p.digest_only) p.light_from = first;
   } else {
     p.full_from = p.awaiting;  // a renumbering reads every copy
   }
@@ -300,6 +308,7 @@ std::set<NodeId> Node::fe_list_uncovered(const Pending& p) const {
 bool Node::fe_list_more(std::uint64_t id, Pending& p) {
   std::set<NodeId> more = fe_list_uncovered(p);
   if (more.empty()) return false;
+  fe_list_unlight(id, p);
   p.retry_at = now_ + cfg_.push_retry;
   for (NodeId n : more) {
     p.full_from.insert(n);
@@ -307,6 +316,20 @@ bool Node::fe_list_more(std::uint64_t id, Pending& p) {
     send(n, list_request(p, id, n));
   }
   return true;
+}
+
+// Records are merged by their versions: once a second node's are asked
+// for, the light node's are dropped and asked for again whole (its light
+// parts still on their way are not taken: they say they are light).
+void Node::fe_list_unlight(std::uint64_t id, Pending& p) {
+  const NodeId n = p.light_from;
+  if (n == kNoNode) return;
+  p.light_from = kNoNode;
+  p.gathered.clear();  // its records, the only ones taken so far
+  p.with_records.erase(n);
+  p.parts_seen.erase(n);
+  p.awaiting.insert(n);
+  send(n, list_request(p, id, n));
 }
 
 void Node::fe_finish_list(std::uint64_t id) {
@@ -599,6 +622,7 @@ void Node::fe_reply(NodeId from, Message& m) {
     Pending* p = find(l->req);
     if (!p || (p->kind != Pending::Kind::List && p->kind != Pending::Kind::Renumber)) return;
     if (!p->awaiting.count(from)) return;
+    if (l->light && from != p->light_from) return;  // asked whole since
     std::uint64_t digest = l->digest;
     if (!l->has_digest) {  // an older node's records
       digest = 0;
@@ -728,44 +752,50 @@ void Node::serve_usage(NodeId from, const UsageRequest& r) {
 }
 
 void Node::serve_list(NodeId from, const ListRequest& l) {
-  ListReply rep;
-  rep.req = l.req;
-  rep.has_digest = true;
-  rep.digest = repl_.folder_digest(l.user, l.folder);
+  ListReply head;
+  head.req = l.req;
+  head.has_digest = true;
+  head.digest = repl_.folder_digest(l.user, l.folder);
   if (l.digest_only) {
-    send(from, std::move(rep));
+    send(from, std::move(head));
     return;
   }
-  rep.full = true;
-  for (const MsgId& id : repl_.user_records(l.user)) {
-    const MessageRecord& r = repl_.records().at(id);
-    if (r.folder != l.folder) continue;
-    // No body (has_body says it is here), no user or folder when the
-    // asker puts them back (an asker of an earlier version does not), and
-    // the meta only where the reader asked for it.
-    rep.records.push_back(
-        listing_copy(r, !l.without_names, l.meta_from_uid != 0 && r.uid >= l.meta_from_uid));
+  head.full = true;
+  head.light = l.light;
+  // The user's records in MsgId order, found in the node's (also in MsgId
+  // order) by stepping to the next where that is the one: one hop for a
+  // user whose mail is most of the node's, a lookup otherwise.
+  const auto& all = repl_.records();
+  const auto& ids = repl_.user_records(l.user);
+  std::vector<const MessageRecord*> listed;
+  listed.reserve(ids.size());
+  auto at = all.end();
+  for (const MsgId& id : ids) {
+    if (at != all.end()) ++at;
+    if (at == all.end() || at->first != id) at = all.find(id);
+    if (at != all.end() && at->second.folder == l.folder) listed.push_back(&at->second);
   }
-  const std::size_t part = std::max<std::size_t>(cfg_.list_part, 1);
-  if (!l.in_parts || rep.records.size() <= part) {
-    send(from, std::move(rep));
-    return;
-  }
-  // In parts, each sent as it is cut: the asker merges one while the next
-  // is encoded.
-  const std::size_t n = rep.records.size();
-  const auto parts = static_cast<std::uint32_t>((n + part - 1) / part);
+  // Cut into parts when asked so (each sent as it is cut: the asker merges
+  // one while the next is encoded). No body (has_body says it is here), no
+  // user or folder when the asker puts them back (an asker of an earlier
+  // version does not), the meta only where the reader asked for it, the
+  // versions only when not asked light.
+  const std::size_t n = listed.size();
+  const std::size_t part = l.in_parts ? std::max<std::size_t>(cfg_.list_part, 1) : std::max<std::size_t>(n, 1);
+  const auto parts = static_cast<std::uint32_t>(std::max<std::size_t>((n + part - 1) / part, 1));
   for (std::uint32_t i = 0; i < parts; ++i) {
-    ListReply one;
-    one.req = rep.req;
-    one.has_digest = true;
-    one.digest = rep.digest;
-    one.full = true;
-    one.part = i;
-    one.parts = parts;
+    ListReply one = head;
+    if (parts > 1) {
+      one.part = i;
+      one.parts = parts;
+    }
     const std::size_t from_i = i * part, to_i = std::min(n, from_i + part);
-    one.records.assign(std::make_move_iterator(rep.records.begin() + static_cast<std::ptrdiff_t>(from_i)),
-                       std::make_move_iterator(rep.records.begin() + static_cast<std::ptrdiff_t>(to_i)));
+    one.records.reserve(to_i - from_i);
+    for (std::size_t k = from_i; k < to_i; ++k) {
+      const MessageRecord& r = *listed[k];
+      one.records.push_back(
+          listing_copy(r, !l.without_names, l.meta_from_uid != 0 && r.uid >= l.meta_from_uid, !l.light));
+    }
     send(from, std::move(one));
   }
 }

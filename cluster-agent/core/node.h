@@ -268,6 +268,9 @@ class Node {
     std::set<NodeId> full_from;                   // List/Renumber: nodes asked for their records
     std::set<NodeId> with_records;                // List/Renumber: nodes whose records came
     std::map<NodeId, std::set<std::uint32_t>> parts_seen;  // List/Renumber: parts of a reply in parts
+    // List: the one node whose records are asked light (no versions), while
+    // they are the only records asked for; kNoNode once a merge needs them whole.
+    NodeId light_from = kNoNode;
     bool digest_only = false;                     // List: the digest alone
     std::uint32_t meta_from_uid = 0;              // List: records' meta from this UID on (0: none)
     std::string rename_to;                        // Renumber: a rename's move of every message
@@ -368,6 +371,7 @@ class Node {
   std::set<NodeId> fe_list_uncovered(const Pending& p) const;
   // Asks those for their records; false when there are none.
   bool fe_list_more(std::uint64_t id, Pending& p);
+  void fe_list_unlight(std::uint64_t id, Pending& p);
   void fe_finish_list(std::uint64_t id);
   void fe_take_records(Pending& p, std::vector<MessageRecord>& records);
   void serve_list(NodeId from, const ListRequest& l);

@@ -275,16 +275,14 @@ void add_takeover(std::vector<UidTakeover>& list, const Version& gen, const UidV
   list.push_back(UidTakeover{gen, seen});
 }
 
-MessageRecord listing_copy(const MessageRecord& r, bool with_names, bool with_meta) {
+MessageRecord listing_copy(const MessageRecord& r, bool with_names, bool with_meta, bool with_versions) {
   MessageRecord c;
   c.id = r.id;
   if (with_names) {
     c.user = r.user;
     c.folder = r.folder;
   }
-  c.folder_version = r.folder_version;
   c.replicas = r.replicas;
-  c.replicas_version = r.replicas_version;
   c.has_body = r.has_body;
   c.size = r.size;
   c.vsize = r.vsize;
@@ -293,16 +291,20 @@ MessageRecord listing_copy(const MessageRecord& r, bool with_names, bool with_me
   c.internal_date = r.internal_date;
   c.uidvalidity = r.uidvalidity;
   c.uid = r.uid;
-  c.uid_version = r.uid_version;
   c.uid_gen = r.uid_gen;
   c.uid_seen = r.uid_seen;
   c.flags = r.flags;
   c.keywords = r.keywords;
-  c.flags_version = r.flags_version;
-  c.flag_marks = r.flag_marks;
   c.expunged = r.expunged;
-  c.expunge_version = r.expunge_version;
   c.expunged_at = r.expunged_at;
+  if (with_versions) {
+    c.folder_version = r.folder_version;
+    c.replicas_version = r.replicas_version;
+    c.uid_version = r.uid_version;
+    c.flags_version = r.flags_version;
+    c.flag_marks = r.flag_marks;
+    c.expunge_version = r.expunge_version;
+  }
   return c;
 }
 

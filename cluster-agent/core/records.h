@@ -101,11 +101,12 @@ inline constexpr std::size_t kMaxRecordMeta = 8 * 1024;
 
 // `r` as a listing carries it: every field but the body (named by
 // has_body), the user and folder unless `with_names` (the listing's, for
-// an asker that puts them back) and the meta unless `with_meta`. Built
-// field by field: a listing of a large folder copies no string it does not
-// send. A field added to MessageRecord that listings merge on belongs here
-// too.
-MessageRecord listing_copy(const MessageRecord& r, bool with_names, bool with_meta);
+// an asker that puts them back), the meta unless `with_meta`, and the
+// versions and flag marks unless `with_versions` (a light listing: shown
+// as it is, merged with no other). Built field by field: a listing of a
+// large folder copies no string it does not send. A field added to
+// MessageRecord that listings merge on belongs here too.
+MessageRecord listing_copy(const MessageRecord& r, bool with_names, bool with_meta, bool with_versions = true);
 
 // The IMAP names of the system flags, bit i of `flags` for name i.
 extern const char* const kFlagNames[5];

@@ -209,6 +209,10 @@ struct ListRequest {
   std::uint32_t meta_from_uid = 0;  // records' meta from this UID on (0: none)
   bool in_parts = false;  // the asker takes the records in several replies
   bool without_names = false;  // the asker puts back each record's user and folder
+  // Without the versions (of the UID, flags, folder, replicas, expunge) or
+  // flag marks: the asker shows the records as they are and merges none
+  // into them. An older holder does not look and sends them whole.
+  bool light = false;
   bool operator==(const ListRequest&) const = default;
 };
 struct ListReply {
@@ -221,6 +225,7 @@ struct ListReply {
   // digest); 0 parts: one reply has every record.
   std::uint32_t part = 0;
   std::uint32_t parts = 0;
+  bool light = false;  // the records came without their versions (asked light)
   bool operator==(const ListReply&) const = default;
 };
 // What a fetch asks for: the whole message, or its header (the bytes up to

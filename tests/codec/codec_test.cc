@@ -180,10 +180,12 @@ std::vector<Message> every_message() {
       ListRequest{109, kUser, kFolder, false, 12},
       ListRequest{109, kUser, kFolder, false, 12, true},
       ListRequest{109, kUser, kFolder, false, 12, false, true},
+      ListRequest{109, kUser, kFolder, false, 12, true, true, true},
       ListReply{110, {full_record(1), full_record(2)}},
       ListReply{110, {}, true, 0xfedcba9876543210ULL},
       ListReply{110, {full_record(1)}, true, 0x0123456789abcdefULL, true},
       ListReply{110, {full_record(1)}, true, 0x0123456789abcdefULL, true, 2, 3},
+      ListReply{110, {full_record(1)}, true, 0x0123456789abcdefULL, true, 2, 3, true},
       FetchRequest{111, {3, 99}, kUser},
       FetchRequest{111, {3, 99}, kUser, FetchPart::Header},
       FetchReply{112, Status::Exists, kBody},
@@ -496,6 +498,15 @@ TEST(Codec, AListingCopyLeavesOutTheBodyAndWhatTheAskerDoesNotNeed) {
   EXPECT_EQ(listing_copy(r, false, true), want);
   want.meta.clear();
   EXPECT_EQ(listing_copy(r, false, false), want);
+  // Light: no versions or flag marks either; what is shown stays.
+  MessageRecord light = want;
+  light.folder_version = light.replicas_version = light.uid_version = light.flags_version =
+      light.expunge_version = Stamp{};
+  light.flag_marks.clear();
+  EXPECT_EQ(listing_copy(r, false, false, false), light);
+  EXPECT_EQ(light.flags, r.flags);
+  EXPECT_EQ(light.keywords, r.keywords);
+  EXPECT_EQ(light.uid_seen, r.uid_seen);
   // Through the wire as a listing: what was copied, nothing more.
   Envelope got;
   std::string error;

@@ -1495,6 +1495,62 @@ TEST(Uids, AListingInPartsOutOfOrderIsWhole) {
   h.expect_invariants();
 }
 
+// Through a node holding none, one holder's records come light (without
+// their versions) and the others' digests: the same digests, the light
+// records are the listing. A holder that differs (a flag change has not
+// reached it) makes the asker merge: the light holder is asked again for
+// its records whole, so the newer flags win whichever copy has them.
+TEST(Uids, ALightListingIsAskedWholeWhenHoldersDiffer) {
+  Harness h(4);
+  const std::string u = "light@example.org";
+  h.user(u);
+  ASSERT_EQ(h.deliver(1, u)->status, Status::Ok);
+  const ClientReply* own = h.list(1, u);
+  ASSERT_EQ(own->records.size(), 1u);
+  MessageRecord t = own->records.front();
+  ASSERT_EQ(t.replicas.size(), 2u);
+  const NodeId lo = std::min(t.replicas[0], t.replicas[1]), hi = std::max(t.replicas[0], t.replicas[1]);
+  const NodeId via = Harness::non_holder(t);
+  int light_asks = 0, whole_asks = 0;
+  h.c.on_send = [&](Envelope& e) {
+    const auto* l = std::get_if<ListRequest>(&e.body);
+    if (!l || l->digest_only || e.from != via) return;
+    EXPECT_EQ(l->light && e.to != lo, false) << "only the first holder is asked light";
+    ++(l->light ? light_asks : whole_asks);
+  };
+
+  const ClientReply* same = h.list(via, u);
+  ASSERT_EQ(same->status, Status::Ok);
+  ASSERT_EQ(same->records.size(), 1u);
+  EXPECT_EQ(same->records[0].uid, t.uid);
+  EXPECT_EQ(same->records[0].flags, t.flags);
+  EXPECT_EQ(light_asks, 1);
+  EXPECT_EQ(whole_asks, 0);  // the digests agreed: nothing merged
+
+  // The light holder coordinates a flag change the other does not hear.
+  h.c.on_arrival = [&](const Envelope& e, Time arrival) {
+    const bool repl = std::holds_alternative<Push>(e.body) || std::holds_alternative<SyncRequest>(e.body) ||
+                      std::holds_alternative<SyncDigest>(e.body) || std::holds_alternative<SyncPull>(e.body) ||
+                      std::holds_alternative<SyncRecords>(e.body);
+    return repl && e.to == hi ? arrival + 600'000 : arrival;
+  };
+  MessageRecord by_lo = t;
+  by_lo.replicas = {lo, hi};
+  ASSERT_EQ(h.c.wait(h.c.set_flags(lo, by_lo, kSeen | kFlagged))->status, Status::Ok);
+  light_asks = whole_asks = 0;
+  const ClientReply* merged = h.list(via, u);
+  ASSERT_EQ(merged->status, Status::Ok);
+  ASSERT_EQ(merged->records.size(), 1u);
+  EXPECT_EQ(merged->records[0].flags, kSeen | kFlagged);
+  EXPECT_EQ(light_asks, 1);
+  EXPECT_EQ(whole_asks, 2);  // the light holder again, and the other
+  h.c.on_send = nullptr;
+  h.c.on_arrival = nullptr;
+  ASSERT_TRUE(h.settle());
+  EXPECT_EQ(h.list(via, u)->records.at(0).flags, kSeen | kFlagged);
+  h.expect_invariants();
+}
+
 TEST(Placement, AFullNodeGetsNoNewCopiesNothingIsLostAndItIsUsedAgainWithRoom) {
   Harness h(4);
   std::vector<std::string> users;
