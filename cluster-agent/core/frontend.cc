@@ -273,6 +273,7 @@ void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& node
   p.with_records.clear();
   p.parts_seen.clear();
   p.light_from = kNoNode;
+  p.light_parts.clear();
   for (NodeId n : nodes)
     if (live(n)) p.awaiting.insert(n);
   if (p.awaiting.empty()) {
@@ -283,11 +284,11 @@ void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& node
     // One node's records (this node's if it holds some: no network), the
     // others' digests: a node whose digest is that node's holds the same
     // records. Those that differ are asked for theirs next (fe_list_more).
-    // Another node's come light: shown as they are unless another's differ
+    // They come light: shown as they are unless another's differ
     // (fe_list_unlight asks for them whole then).
     const NodeId first = p.awaiting.count(cfg_.self) ? cfg_.self : *p.awaiting.begin();
     p.full_from.insert(first);
-    if (first != cfg_.self && !p.digest_only) p.light_from = first;
+    if (!p.digest_only) p.light_from = first;
   } else {
     p.full_from = p.awaiting;  // a renumbering reads every copy
   }
@@ -326,6 +327,7 @@ void Node::fe_list_unlight(std::uint64_t id, Pending& p) {
   if (n == kNoNode) return;
   p.light_from = kNoNode;
   p.gathered.clear();  // its records, the only ones taken so far
+  p.light_parts.clear();
   p.with_records.erase(n);
   p.parts_seen.erase(n);
   p.awaiting.insert(n);
@@ -352,11 +354,25 @@ void Node::fe_finish_list(std::uint64_t id) {
   // copies name the takeovers too) waits for its new UID.
   // An in-flight UID whose message a holder lists is stored (the manager
   // has not heard so yet): the limit moves to the next one none lists.
+  // Every record taken: the light node's as they came, or those merged.
+  if (!p.gathered.empty())
+    for (auto& part : p.light_parts) fe_take_records(p, part);  // not expected: merged rather than shown twice
+  std::vector<MessageRecord*> taken;
+  if (p.gathered.empty()) {
+    std::size_t n = 0;
+    for (const auto& part : p.light_parts) n += part.size();
+    taken.reserve(n);
+    for (auto& part : p.light_parts)
+      for (auto& rec : part) taken.push_back(&rec);
+  } else {
+    taken.reserve(p.gathered.size());
+    for (auto& [mid, rec] : p.gathered) taken.push_back(&rec);
+  }
   std::uint32_t below = p.visible_below;
   if (below != 0 && !p.inflight.empty()) {
     std::set<std::uint32_t> listed;
-    for (const auto& [mid, rec] : p.gathered)
-      if (rec.has_body && rec.uidvalidity == p.uidvalidity) listed.insert(rec.uid);
+    for (const MessageRecord* rec : taken)
+      if (rec->has_body && rec->uidvalidity == p.uidvalidity) listed.insert(rec->uid);
     below = p.next_uid;
     for (std::uint32_t uid : p.inflight)
       if (!listed.count(uid)) {
@@ -364,19 +380,20 @@ void Node::fe_finish_list(std::uint64_t id) {
         break;
       }
   }
-  for (const auto& [mid, rec] : p.gathered)
-    if (rec.uidvalidity == p.uidvalidity) add_takeover(p.takeovers, rec.uid_gen, rec.uid_seen);
-  // In UID order: the shown records are sorted by reference, then moved
-  // once (p is this function's own).
+  for (const MessageRecord* rec : taken)
+    if (rec->uidvalidity == p.uidvalidity) add_takeover(p.takeovers, rec->uid_gen, rec->uid_seen);
+  // In UID order (most often already so): the shown records are sorted by
+  // reference, then moved once (p is this function's own).
   std::vector<MessageRecord*> shown;
-  shown.reserve(p.gathered.size());
-  for (auto& [mid, rec] : p.gathered)
-    if (rec.has_body && !rec.expunged && rec.uidvalidity == p.uidvalidity &&
-        (below == 0 || rec.uid < below) && !uid_stale(p.takeovers, rec.uid_gen, rec.uid))
-      shown.push_back(&rec);
-  std::sort(shown.begin(), shown.end(), [](const MessageRecord* a, const MessageRecord* b) {
+  shown.reserve(taken.size());
+  for (MessageRecord* rec : taken)
+    if (rec->has_body && !rec->expunged && rec->uidvalidity == p.uidvalidity &&
+        (below == 0 || rec->uid < below) && !uid_stale(p.takeovers, rec->uid_gen, rec->uid))
+      shown.push_back(rec);
+  const auto by_uid = [](const MessageRecord* a, const MessageRecord* b) {
     return std::tie(a->uid, a->id) < std::tie(b->uid, b->id);
-  });
+  };
+  if (!std::is_sorted(shown.begin(), shown.end(), by_uid)) std::sort(shown.begin(), shown.end(), by_uid);
   r.records.reserve(shown.size());
   for (MessageRecord* rec : shown) r.records.push_back(std::move(*rec));
   if (!p.awaiting.empty()) r.detail = "some fragments unreachable";
@@ -634,8 +651,12 @@ void Node::fe_reply(NodeId from, Message& m) {
       // (the request is resent): each part's records are taken as they
       // come, and the node has answered once every part has.
       auto& seen = p->parts_seen[from];
-      seen.insert(l->part);
-      fe_take_records(*p, l->records);
+      const bool fresh = seen.insert(l->part).second;
+      if (l->light) {
+        if (fresh) fe_take_light(*p, *l);
+      } else {
+        fe_take_records(*p, l->records);
+      }
       if (seen.size() < l->parts) return;
       l->records.clear();
     }
@@ -647,7 +668,8 @@ void Node::fe_reply(NodeId from, Message& m) {
     p->answered.insert(from);
     if (!p->digest_only && with_records) {
       p->with_records.insert(from);
-      fe_take_records(*p, l->records);
+      if (l->light) fe_take_light(*p, *l);
+      else fe_take_records(*p, l->records);
     }
     if (p->awaiting.empty() && !fe_list_more(l->req, *p)) fe_finish_list(l->req);
   }
@@ -666,6 +688,18 @@ void Node::fe_take_records(Pending& p, std::vector<MessageRecord>& records) {
     auto [it, fresh] = p.gathered.try_emplace(rec.id, std::move(rec));
     if (!fresh) merge_record(it->second, rec, now_);
   }
+}
+
+void Node::fe_take_light(Pending& p, ListReply& l) {
+  if (l.records.empty()) return;  // an empty folder, or a reply in parts whose parts were taken
+  for (auto& rec : l.records) {
+    if (rec.user.empty()) rec.user = p.user;
+    if (rec.folder.empty()) rec.folder = p.folder;
+  }
+  const std::size_t part = l.parts > 1 ? l.part : 0;
+  if (p.light_parts.size() <= part) p.light_parts.resize(std::max<std::size_t>(part + 1, l.parts));
+  p.light_parts[part] = std::move(l.records);
+  l.records.clear();
 }
 
 void Node::fe_store(std::uint64_t id, const AllocReply& a) {

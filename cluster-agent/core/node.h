@@ -271,6 +271,9 @@ class Node {
     // List: the one node whose records are asked light (no versions), while
     // they are the only records asked for; kNoNode once a merge needs them whole.
     NodeId light_from = kNoNode;
+    // List: the light node's records, by part, taken as they are: nothing
+    // is merged into them, so they go to no map (gathered stays empty).
+    std::vector<std::vector<MessageRecord>> light_parts;
     bool digest_only = false;                     // List: the digest alone
     std::uint32_t meta_from_uid = 0;              // List: records' meta from this UID on (0: none)
     std::string rename_to;                        // Renumber: a rename's move of every message
@@ -372,6 +375,7 @@ class Node {
   // Asks those for their records; false when there are none.
   bool fe_list_more(std::uint64_t id, Pending& p);
   void fe_list_unlight(std::uint64_t id, Pending& p);
+  void fe_take_light(Pending& p, ListReply& l);
   void fe_finish_list(std::uint64_t id);
   void fe_take_records(Pending& p, std::vector<MessageRecord>& records);
   void serve_list(NodeId from, const ListRequest& l);
