@@ -206,7 +206,8 @@ class PeerConnection : public std::enable_shared_from_this<PeerConnection> {
     // next are encoded. Counted in the queue at an estimate until then.
     if (const auto* l = std::get_if<ListReply>(&e.body); l && !out_.empty()) {
       Out o;
-      o.estimate = 64 + 256 * l->records.size();
+      o.estimate = 64;
+      for (const MessageRecord& r : l->records) o.estimate += 128 + r.meta.size() + r.user.size() + r.folder.size();
       o.envelope = std::make_unique<Envelope>(std::move(e));
       queue(std::move(o));
       return;
