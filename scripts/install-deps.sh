@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # install-deps.sh - install everything needed to build, test and run the
-# project on Debian 12 (bookworm). The one place the dependency list lives.
+# project on Debian 12 (bookworm) or 13 (trixie). The one place the
+# dependency list lives.
 #
 # Run as root. Idempotent and non-interactive: safe to run again and again.
 # apt-get's own output goes to a log file under /tmp; this script prints one
@@ -30,8 +31,12 @@ PACKAGES+=(
 # The agent's Prometheus metrics endpoint (docs/monitoring.md).
 PACKAGES+=(prometheus-cpp-dev)
 # The Dovecot plugin (dovecot-plugin/) and its end-to-end test.
+# On Dovecot 2.4 (Debian 13) users are checked through Dovecot's Lua
+# passdb and userdb (dovecot-auth-lua) and the project's Lua module, built
+# with Lua 5.4's headers; Debian 12 has both packages too.
 PACKAGES+=(
   dovecot-dev dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
+  dovecot-auth-lua liblua5.4-dev
 )
 # The evaluation (tests/bench/evaluate.py): plots, and CPU time and fsync
 # counts of the measured processes.
@@ -60,7 +65,7 @@ if [[ $(id -u) -ne 0 ]]; then
   die "must run as root (try: sudo bash scripts/install-deps.sh)"
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-  die "apt-get not found: this script supports Debian 12 (or a Debian-like system) only"
+  die "apt-get not found: this script supports Debian 12 and 13 (or a Debian-like system) only"
 fi
 
 LOG=$(mktemp /tmp/porcupine-install-deps.XXXXXX.log)

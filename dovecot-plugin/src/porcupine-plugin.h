@@ -13,7 +13,12 @@
  * parts:
  *
  *   porcupine-plugin.c    module init/deinit and the storage hooks
- *   porcupine-settings.c  the plugin { } settings, checked at login
+ *   porcupine-settings.c  the settings, checked at login; read by
+ *                         porcupine-dovecot23.c (plugin { }) or
+ *                         porcupine-dovecot24.c (typed settings,
+ *                         porcupine-settings24.c, whose settings module
+ *                         porcupine-settings-module.c makes them known
+ *                         to Dovecot 2.4's config process)
  *   porcupine-storage.c   the mail user (agent connection), mailbox
  *                         allocation (its vfuncs), and what the parts
  *                         share: cluster references and sizes in the
@@ -55,6 +60,7 @@
 
 #include "porcupine_client.h"
 #include "porcupine-decide.h"
+#include "porcupine-settings.h"
 
 #define PCP_USER(obj) MODULE_CONTEXT(obj, pcp_user_module)
 #define PCP_BOX(obj) MODULE_CONTEXT(obj, pcp_storage_module)
@@ -91,16 +97,6 @@ _Static_assert(PCP_MAIL_ANSWERED == MAIL_ANSWERED && PCP_MAIL_FLAGGED == MAIL_FL
 	       "porcupine-decide.h's flags are Dovecot's");
 _Static_assert(PCP_DECIDE_MAX_REPLICAS == PORCUPINE_MAX_REPLICAS,
 	       "porcupine-decide.h's replica count is the client's");
-
-/* The plugin { } settings of a user (porcupine-settings.c). */
-struct pcp_settings {
-	/* The agent's local socket; the plugin is inactive without it. */
-	const char *socket_path;
-	/* Deadline of each call to the agent. */
-	unsigned int timeout_ms;
-	/* How often IDLE asks the cluster for changes of the selected folder. */
-	unsigned int idle_poll_ms;
-};
 
 struct pcp_user {
 	union mail_user_module_context module_ctx;
@@ -310,7 +306,7 @@ extern MODULE_CONTEXT_DEFINE(pcp_storage_module, &mail_storage_module_register);
 extern MODULE_CONTEXT_DEFINE(pcp_mail_module, &mail_module_register);
 extern MODULE_CONTEXT_DEFINE(pcp_list_module, &mailbox_list_module_register);
 
-/* porcupine-settings.c */
+/* porcupine-dovecot23.c or porcupine-dovecot24.c */
 /* Reads the user's plugin settings into *set_r: 1 with the plugin active,
    0 when porcupine_socket is unset (inactive), -1 with *error_r naming
    the setting and its value when one is not valid. */
