@@ -8,6 +8,7 @@
 #   agent    porcupine-agent    the agent, its Redis unit, porcupinectl
 #   milter   porcupine-milter   Postfix's milter
 #   dovecot  dovecot-porcupine  the Dovecot plugin and porcupine-checkpassword
+#                               (2.4: the settings module, the Lua passdb)
 #
 # Paths the system fixes are absolute (Debian 12: /etc, /lib/systemd/system,
 # /usr/lib/tmpfiles.d); the rest follow the prefix. The packages are made
@@ -82,8 +83,14 @@ install(FILES ${PORCUPINE_PACKAGING_DIR}/postfix/main.cf.porcupine
 install(FILES ${PROJECT_SOURCE_DIR}/milter/README.md
         DESTINATION ${CMAKE_INSTALL_DATADIR}/doc/porcupine-milter COMPONENT milter)
 
-# dovecot-porcupine: the conf.d snippet is an example, not enabled.
-install(FILES ${PROJECT_SOURCE_DIR}/dovecot-plugin/conf.d/90-porcupine.conf
+# dovecot-porcupine: the conf.d snippet is an example, not enabled; the
+# one for the Dovecot release the plugin is built for (2.3 when none is).
+if(PORCUPINE_DOVECOT_RELEASE)
+  set(pcp_conf_release ${PORCUPINE_DOVECOT_RELEASE})
+else()
+  set(pcp_conf_release 2.3)
+endif()
+install(FILES ${PROJECT_SOURCE_DIR}/dovecot-plugin/conf.d/dovecot-${pcp_conf_release}/90-porcupine.conf
         DESTINATION ${CMAKE_INSTALL_DATADIR}/dovecot-porcupine COMPONENT dovecot)
 install(FILES ${PROJECT_SOURCE_DIR}/dovecot-plugin/README.md
         DESTINATION ${CMAKE_INSTALL_DATADIR}/doc/dovecot-porcupine COMPONENT dovecot)

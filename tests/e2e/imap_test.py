@@ -1462,19 +1462,26 @@ class ImapRestarts(dt.DovecotCase):
 
 class ImapBadInput(dt.DovecotCase):
     def use_cluster_userdb(self, i):
-        """Node i's Dovecot asks the cluster whether a user exists
-        (porcupine-checkpassword as a userdb, as conf.d/90-porcupine.conf
-        does; porcupine-local writes only the static userdb), then reloads."""
+        """Node i's Dovecot asks the cluster whether a user exists (the
+        passdb's porcupine-checkpassword on Dovecot 2.3, its Lua script on
+        2.4, as a userdb, as conf.d/dovecot-2.*/90-porcupine.conf do;
+        porcupine-local writes only the static userdb), then reloads."""
         conf = os.path.join(self.ddir(i), "dovecot.conf")
         with open(conf) as f:
             text = f.read()
-        passdb_args = re.search(r"passdb \{\n  driver = checkpassword\n  args = (.*)\n", text).group(1)
-        static = re.search(r"userdb \{\n  driver = static\n  args = (.*)\n\}\n", text)
-        chain = ("userdb {\n  driver = checkpassword\n  args = %s\n  result_success = continue-ok\n"
-                 "  result_failure = return-fail\n  result_internalfail = return-fail\n}\n"
-                 "userdb {\n  driver = static\n  args = %s\n}\n" % (passdb_args, static.group(1)))
+        results = "  result_success = continue-ok\n  result_failure = return-fail\n  result_internalfail = return-fail\n"
+        lua = re.search(r"passdb lua \{\n((?:  .*\n)*)\}\n", text)
+        if lua:  # Dovecot 2.4
+            static = text.index("userdb static {")
+            text = text[:static] + "userdb lua {\n" + lua.group(1) + results + "}\n" + text[static:]
+        else:
+            passdb_args = re.search(r"passdb \{\n  driver = checkpassword\n  args = (.*)\n", text).group(1)
+            static = re.search(r"userdb \{\n  driver = static\n  args = (.*)\n\}\n", text)
+            chain = ("userdb {\n  driver = checkpassword\n  args = %s\n%s}\n"
+                     "userdb {\n  driver = static\n  args = %s\n}\n" % (passdb_args, results, static.group(1)))
+            text = text[:static.start()] + chain + text[static.end():]
         with open(conf, "w") as f:
-            f.write(text[:static.start()] + chain + text[static.end():])
+            f.write(text)
         os.kill(self.cl.pid(i, "dovecot"), dt.signal.SIGHUP)
 
         def looked_up(user):

@@ -60,11 +60,29 @@ EXPECTED_FILES = {
     },
     DOVECOT: {
         "./usr/lib/dovecot/modules/lib20_porcupine_plugin.so": 0o644,
-        "./usr/lib/porcupine/porcupine-checkpassword": 0o755,
         "./usr/share/dovecot-porcupine/90-porcupine.conf": 0o644,
         "./usr/share/doc/dovecot-porcupine/README.md": 0o644,
     },
 }
+
+
+def dovecot_release():
+    """The Dovecot series the packages were built against ("2.3", "2.4"):
+    dovecot-dev's, the same as the build's."""
+    with open("/usr/include/dovecot/config.h") as f:
+        return re.search(r'#define DOVECOT_ABI_VERSION "(\d+\.\d+)\.', f.read()).group(1)
+
+
+# How users log in differs: 2.3's checkpassword program, 2.4's Lua passdb
+# with its module, and the settings module 2.4's config process loads.
+if dovecot_release() == "2.3":
+    EXPECTED_FILES[DOVECOT]["./usr/lib/porcupine/porcupine-checkpassword"] = 0o755
+else:
+    EXPECTED_FILES[DOVECOT].update({
+        "./usr/lib/dovecot/modules/settings/libporcupine_settings.so": 0o644,
+        "./usr/lib/porcupine/porcupine_auth.so": 0o644,
+        "./usr/share/porcupine/porcupine-auth.lua": 0o644,
+    })
 # What debhelper adds to each package (not in `cmake --install`): the
 # machine-readable copyright and the changelog.
 for _name, _files in EXPECTED_FILES.items():
@@ -312,10 +330,16 @@ class Packages(unittest.TestCase):
         self.assertIn("postfix", milter)
         self.assertTrue(any(d.startswith("libmilter") for d in milter), milter)
         dovecot = depends(self.fields[DOVECOT])
-        for d in ("dovecot-core (>= 1:2.3)", "dovecot-core (<< 1:2.4)", "porcupine-agent (= %s)" % version):
+        release = dovecot_release()
+        major, minor = release.split(".")
+        wanted = ["dovecot-core (>= 1:%s)" % release, "dovecot-core (<< 1:%s.%d)" % (major, int(minor) + 1),
+                  "porcupine-agent (= %s)" % version]
+        if release != "2.3":
+            wanted.append("dovecot-auth-lua")  # the passdb of porcupine-auth.lua
+        for d in wanted:
             self.assertIn(d, dovecot)
         # The plugin loads only into the Dovecot ABI it was built for.
-        abi = re.search(r'#define DOVECOT_ABI_VERSION "([0-9.]+)\.ABIv(\d+)\(', read("/usr/include/dovecot/config.h"))
+        abi = re.search(r'#define DOVECOT_ABI_VERSION "([0-9.]+)\.ABIv(\d+)[("]', read("/usr/include/dovecot/config.h"))
         self.assertIn("dovecot-abi-%s.abiv%s" % abi.groups(), [d.lower() for d in dovecot])
 
     def test_Depends_SatisfiedBesideThisMachinesPostfixAndDovecot(self):
@@ -378,7 +402,20 @@ class Packages(unittest.TestCase):
         abi = re.search(r'#define DOVECOT_ABI_VERSION "([^"]+)"', read("/usr/include/dovecot/config.h")).group(1)
         self.assertIn(abi.encode(), read(so, "rb"))
         conf = read(os.path.join(self.roots[DOVECOT], "usr/share/dovecot-porcupine/90-porcupine.conf"))
-        self.assertIn("args = /usr/lib/porcupine/porcupine-checkpassword", conf)
+        if dovecot_release() == "2.3":
+            self.assertIn("args = /usr/lib/porcupine/porcupine-checkpassword", conf)
+        else:
+            # The example names what this package installs, where it does.
+            for path in ("/usr/share/porcupine/porcupine-auth.lua", "/usr/lib/porcupine/porcupine_auth.so"):
+                self.assertIn(path, conf)
+                self.assertIn("." + path, self.contents[DOVECOT])
+            settings = os.path.join(self.roots[DOVECOT], "usr/lib/dovecot/modules/settings/libporcupine_settings.so")
+            symbols = run("nm", "-D", "--defined-only", settings).split()
+            for sym in ("porcupine_settings_set_infos", "porcupine_settings_version"):
+                self.assertIn(sym, symbols)
+            self.assertIn(abi.encode(), read(settings, "rb"))
+            auth = os.path.join(self.roots[DOVECOT], "usr/lib/porcupine/porcupine_auth.so")
+            self.assertIn("luaopen_porcupine_auth", run("nm", "-D", "--defined-only", auth).split())
         # Not enabled: nothing under /etc/dovecot.
         self.assertFalse(any(p.startswith("./etc/") for p in self.contents[DOVECOT]), self.contents[DOVECOT].keys())
 
