@@ -57,6 +57,12 @@ PACKAGES+=(groff-base man-db)
 PACKAGES+=(clang libclang-rt-dev)
 # The end-to-end check that nothing crosses between nodes in clear.
 PACKAGES+=(tcpdump)
+# mount(8), for the tests that give a node a small disk of its own (tmpfs);
+# a minimal Debian 13 root lacks it.
+PACKAGES+=(mount)
+# The Debian 13 part of the test suite (tests/debian13/run.sh) makes a
+# trixie root filesystem from Debian's packages.
+PACKAGES+=(mmdebstrap)
 
 say() { echo "install-deps: $*"; }
 die() { echo "install-deps: error: $*" >&2; exit 1; }

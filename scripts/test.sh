@@ -15,7 +15,8 @@
 # Environment: BUILD_DIR, ASAN_BUILD_DIR (as for build.sh);
 # PORCUPINE_TEST_TIMEOUT seconds per test (default 600; tests that set
 # their own TIMEOUT keep it); PORCUPINE_SKIP_DEPS=1 skips install-deps.sh;
-# PORCUPINE_FUZZ_SECONDS per fuzz target (default 30), FUZZ_BUILD_DIR.
+# PORCUPINE_FUZZ_SECONDS per fuzz target (default 30), FUZZ_BUILD_DIR;
+# PORCUPINE_SKIP_DEBIAN13=1 skips the Debian 13 part (tests/debian13/run.sh).
 set -euo pipefail
 # SPDX-License-Identifier: MIT
 
@@ -102,6 +103,19 @@ if ! bash tests/packaging/build_packages.sh "$build_dir/packages"; then
   packaging_failed=1
 fi
 
+# The same product on Debian 13 (Dovecot 2.4, Postfix 3.10), in a trixie
+# root filesystem: its build, its Dovecot, IMAP and SMTP end-to-end tests
+# and its packages (tests/debian13/run.sh). Not beside the main run: both
+# use the same test subnets. A failure is remembered, not fatal.
+debian13_failed=0
+if [[ ${PORCUPINE_SKIP_DEBIAN13:-0} != 1 ]]; then
+  echo "test: Debian 13 (tests/debian13/run.sh)"
+  if ! bash tests/debian13/run.sh; then
+    echo "test: Debian 13 FAILED; running the main suite anyway" >&2
+    debian13_failed=1
+  fi
+fi
+
 # Main run, last. ctest prints its summary line before the total time and
 # the list of failed tests, so repeat the summary as the final line.
 log="$build_dir/ctest-output.log"
@@ -111,7 +125,7 @@ rc=${PIPESTATUS[0]}
 set -e
 
 summary=$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1 || true)
-if [[ ($sanitizer_failed == 1 || $packaging_failed == 1) && $rc == 0 ]]; then
+if [[ ($sanitizer_failed == 1 || $packaging_failed == 1 || $debian13_failed == 1) && $rc == 0 ]]; then
   rc=1
 fi
 if [[ -n $summary ]]; then

@@ -38,6 +38,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 local = importlib.machinery.SourceFileLoader("porcupine_local", os.path.join(ROOT, "scripts", "porcupine-local")).load_module()
+stock_dovecot = importlib.machinery.SourceFileLoader("stock_dovecot", os.path.join(HERE, "stock_dovecot.py")).load_module()
 
 # The message size table of mail_load.cc (bytes, weight): median 4 KiB,
 # mean about 22.6 KiB, a tail to 1 MiB.
@@ -162,48 +163,6 @@ def pct(xs, p):
 
 # ---------------------------------------------------------------------------
 # (1a) The stock stack: Postfix -> Dovecot LMTP -> Maildir, one node.
-DOVECOT_CONF = """instance_name = porcupine-eval-stock
-base_dir = {d}/run
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-listen = {addr}
-protocols = pop3 lmtp
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-first_valid_uid = 1
-mail_location = maildir:{d}/mail/%d/%n
-passdb {{
-  driver = static
-  args = password=secret
-}}
-userdb {{
-  driver = static
-  args = uid=65534 gid=65534 home={d}/home/%d/%n allow_all_users=yes
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = 0
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service pop3-login {{
-  inet_listener pop3 {{
-    port = 10110
-  }}
-  inet_listener pop3s {{
-    port = 0
-  }}
-}}
-service lmtp {{
-  inet_listener lmtp {{
-    address = {addr}
-    port = 10024
-  }}
-}}
-"""
 
 
 def postfix_conf(d, addr):
@@ -267,7 +226,9 @@ class StockStack:
             f.write(master)
         conf = os.path.join(self.dv, "dovecot.conf")
         with open(conf, "w") as f:
-            f.write(DOVECOT_CONF.format(d=self.dv, addr=self.ADDR))
+            f.write(stock_dovecot.conf(self.dv, self.ADDR, "porcupine-eval-stock", ["pop3", "lmtp"],
+                                       {"pop3": 10110, "lmtp": 10024}, home="domain/name",
+                                       passdb=("password", "secret")))
         with open(os.path.join(self.dv, "dovecot.out"), "w") as out:
             if subprocess.call(["dovecot", "-c", conf], stdout=out, stderr=subprocess.STDOUT, timeout=30) != 0:
                 raise RuntimeError("stock dovecot did not start: see " + self.dv)

@@ -68,53 +68,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 local = importlib.machinery.SourceFileLoader("porcupine_local", os.path.join(ROOT, "scripts", "porcupine-local")).load_module()
+stock_dovecot = importlib.machinery.SourceFileLoader(
+    "stock_dovecot", os.path.join(os.path.dirname(os.path.abspath(__file__)), "stock_dovecot.py")).load_module()
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 USER, PASSWORD = "bench@example.com", "secret"
 
-STOCK_CONF = """# stock Dovecot for imap_bench.py
-instance_name = porcupine-bench-stock-{subnet}
-base_dir = {d}/run
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-listen = {addr}
-protocols = imap pop3 lmtp
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-first_valid_uid = 1
-mail_location = maildir:{d}/mail/%u
-lmtp_rcpt_check_quota = no
-passdb {{
-  driver = passwd-file
-  args = {d}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid=65534 gid=65534 home={d}/home/%u allow_all_users=yes
-}}
-service imap-login {{
-  inet_listener imap {{
-    port = {imap}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service pop3-login {{
-  inet_listener pop3 {{
-    port = {pop3}
-  }}
-  inet_listener pop3s {{
-    port = 0
-  }}
-}}
-service lmtp {{
-  inet_listener lmtp {{
-    address = {addr}
-    port = {lmtp}
-  }}
-}}
-"""
 
 
 def message(n, size):
@@ -143,10 +101,11 @@ def wait_listening(addr, ports, timeout=15):
 class Stock:
     """A stock Dovecot (Maildir, passwd-file); stopped by its master's PID."""
 
-    def __init__(self, base, addr, subnet):
+    def __init__(self, base, addr, subnet, mail="maildir"):
         self.d = os.path.join(base, "stock")
         self.addr = addr
         self.subnet = subnet
+        self.mail = mail
         self.pid = None
 
     def start(self):
@@ -160,8 +119,9 @@ class Stock:
             f.write("%s:{PLAIN}%s::::::\n" % (USER, PASSWORD))
         conf = os.path.join(d, "dovecot.conf")
         with open(conf, "w") as f:
-            f.write(STOCK_CONF.format(d=d, addr=self.addr, subnet=self.subnet, imap=local.IMAP_PORT,
-                                      pop3=local.POP3_PORT, lmtp=local.LMTP_PORT))
+            f.write(stock_dovecot.conf(d, self.addr, "porcupine-bench-stock-%d" % self.subnet, ["imap", "pop3", "lmtp"],
+                                       {"imap": local.IMAP_PORT, "pop3": local.POP3_PORT, "lmtp": local.LMTP_PORT},
+                                       mail=self.mail, passdb=("passwd-file", os.path.join(d, "passwd"))))
         with open(os.path.join(d, "dovecot.out"), "w") as out:
             rc = subprocess.call([DOVECOT, "-c", conf], stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, timeout=30)

@@ -35,32 +35,9 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 local = importlib.machinery.SourceFileLoader("porcupine_local", os.path.join(ROOT, "scripts", "porcupine-local")).load_module()
 SMTP_SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 DOVECOT = local.DOVECOT
+stock_dovecot = importlib.machinery.SourceFileLoader(
+    "stock_dovecot", os.path.join(os.path.dirname(os.path.abspath(__file__)), "stock_dovecot.py")).load_module()
 
-STOCK_DOVECOT = """# stock Dovecot of smtp_bench.py: LMTP into Maildir
-instance_name = porcupine-bench-stock
-base_dir = {d}/run
-state_dir = {d}/state
-log_path = {d}/dovecot.log
-listen = {addr}
-protocols = lmtp
-ssl = no
-first_valid_uid = 1
-mail_location = maildir:{d}/mail/%u
-passdb {{
-  driver = static
-  args = nopassword=y
-}}
-userdb {{
-  driver = static
-  args = uid=65534 gid=65534 home={d}/home/%u allow_all_users=yes
-}}
-service lmtp {{
-  inet_listener lmtp {{
-    address = {addr}
-    port = {lmtp}
-  }}
-}}
-"""
 
 
 def log(msg):
@@ -109,7 +86,8 @@ class Stock:
             os.chmod(os.path.join(self.dd, sub), 0o777)
         conf = os.path.join(self.dd, "dovecot.conf")
         with open(conf, "w") as f:
-            f.write(STOCK_DOVECOT.format(d=self.dd, addr=self.addr(), lmtp=local.LMTP_PORT))
+            f.write(stock_dovecot.conf(self.dd, self.addr(), "porcupine-bench-stock", ["lmtp"],
+                                       {"lmtp": local.LMTP_PORT}))
         if subprocess.call([DOVECOT, "-c", conf], stdin=subprocess.DEVNULL) != 0:
             raise RuntimeError("stock dovecot did not start: see %s/dovecot.log" % self.dd)
         if not wait_for(lambda: self.cl.listening(1, local.LMTP_PORT), 15):

@@ -30,11 +30,10 @@ def main():
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--subnet", type=int, default=88)
     args = ap.parse_args()
-    bench.STOCK_CONF = bench.STOCK_CONF.replace("mail_location = maildir:", "mail_location = sdbox:")
     base = tempfile.mkdtemp(prefix="stock-churn-")
     os.chmod(base, 0o755)
     addr = "127.0.%d.9" % args.subnet
-    stock = bench.Stock(base, addr, args.subnet)
+    stock = bench.Stock(base, addr, args.subnet, mail="sdbox")
 
     def imap():
         m = imaplib.IMAP4(addr, bench.local.IMAP_PORT, timeout=30)

@@ -31,7 +31,13 @@ die() { echo "build_packages: error: $*" >&2; exit 1; }
 
 cd "$ROOT"
 start=$(date +%s)
-if ! git cat-file -e "$PREVIOUS_COMMIT^{commit}" 2>/dev/null; then
+# The previous release supports Dovecot 2.3 (Debian 12) only: on Dovecot
+# 2.4 (Debian 13) there is nothing to upgrade from yet.
+dovecot_series=$(sed -n 's/^#define DOVECOT_ABI_VERSION "\([0-9]*\.[0-9]*\)\..*/\1/p' /usr/include/dovecot/config.h 2>/dev/null || true)
+if [[ $dovecot_series != 2.3 ]]; then
+  rm -rf "$out/previous"
+  say "previous release: none for Dovecot ${dovecot_series:-?} (the last release supports Debian 12's 2.3 only): no upgrade test"
+elif ! git cat-file -e "$PREVIOUS_COMMIT^{commit}" 2>/dev/null; then
   # packaging.upgrade then says it was skipped, and why.
   rm -rf "$out/previous"
   echo "build_packages: WARNING: commit $PREVIOUS_COMMIT (the previous release) is not in this clone" \
