@@ -10,12 +10,22 @@
 #   dovecot  dovecot-porcupine  the Dovecot plugin and porcupine-checkpassword
 #                               (2.4: the settings module, the Lua passdb)
 #
-# Paths the system fixes are absolute (Debian 12: /etc, /lib/systemd/system,
+# Paths the system fixes are absolute (Debian 12: /etc, /lib/systemd/system
+# (Debian 13: /usr/lib/systemd/system),
 # /usr/lib/tmpfiles.d); the rest follow the prefix. The packages are made
 # with the prefix /usr (debian/rules: dh_auto_configure), and
 # `cmake --install BUILD --prefix /usr` gives the packages' tree.
 set(PORCUPINE_SYSCONFDIR /etc/porcupine CACHE PATH "Where porcupine.conf and the cluster secret live")
-set(PORCUPINE_SYSTEMD_UNITDIR /lib/systemd/system CACHE PATH "systemd unit directory")
+# systemd's unit directory for packaged units, as systemd's pkg-config file
+# gives it (Debian 12: /lib/systemd/system; 13: /usr/lib/systemd/system).
+find_package(PkgConfig QUIET)
+if(PkgConfig_FOUND)
+  pkg_get_variable(pcp_systemd_unitdir systemd systemdsystemunitdir)
+endif()
+if(NOT pcp_systemd_unitdir)
+  set(pcp_systemd_unitdir /lib/systemd/system)
+endif()
+set(PORCUPINE_SYSTEMD_UNITDIR ${pcp_systemd_unitdir} CACHE PATH "systemd unit directory")
 set(PORCUPINE_TMPFILESDIR /usr/lib/tmpfiles.d CACHE PATH "tmpfiles.d directory")
 set(PORCUPINE_PACKAGING_DIR ${CMAKE_CURRENT_LIST_DIR})
 

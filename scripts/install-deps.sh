@@ -33,10 +33,11 @@ PACKAGES+=(prometheus-cpp-dev)
 # The Dovecot plugin (dovecot-plugin/) and its end-to-end test.
 # On Dovecot 2.4 (Debian 13) users are checked through Dovecot's Lua
 # passdb and userdb (dovecot-auth-lua) and the project's Lua module, built
-# with Lua 5.4's headers; Debian 12 has both packages too.
+# with Lua 5.4's headers (its interpreter for tests/debian13); Debian 12
+# has these packages too.
 PACKAGES+=(
   dovecot-dev dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
-  dovecot-auth-lua liblua5.4-dev
+  dovecot-auth-lua liblua5.4-dev lua5.4
 )
 # The evaluation (tests/bench/evaluate.py): plots, and CPU time and fsync
 # counts of the measured processes.
@@ -58,8 +59,13 @@ PACKAGES+=(clang libclang-rt-dev)
 # The end-to-end check that nothing crosses between nodes in clear.
 PACKAGES+=(tcpdump)
 # mount(8), for the tests that give a node a small disk of its own (tmpfs);
-# a minimal Debian 13 root lacks it.
-PACKAGES+=(mount)
+# a minimal Debian 13 root lacks it. systemd for systemd-analyze (the
+# packages' units are verified) and, with systemd-dev on Debian 13, the
+# unit directory the packages install into (pkg-config systemd).
+PACKAGES+=(mount systemd)
+if [[ -r /etc/os-release ]] && . /etc/os-release && [[ ${VERSION_ID:-0} -ge 13 ]]; then
+  PACKAGES+=(systemd-dev)
+fi
 # The Debian 13 part of the test suite (tests/debian13/run.sh) makes a
 # trixie root filesystem from Debian's packages.
 PACKAGES+=(mmdebstrap)

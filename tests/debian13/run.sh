@@ -19,9 +19,15 @@
 #    programs into /build13, and ctest's Dovecot, IMAP and SMTP
 #    end-to-end tests there (the same tests as on Debian 12, real Dovecot
 #    2.4, Postfix 3.10 and Redis 8 processes on 127.0.K.i).
+#    Then a cluster of both (tests/e2e/mixed_test.py, from this side):
+#    two nodes on this machine's Dovecot 2.3 with $BUILD_DIR's plugin
+#    (default build/), two in the root on Dovecot 2.4 with /build13's.
 # 3. The Debian packages built there (tests/packaging/build_packages.sh)
 #    and ctest's packaging tests (contents, Depends on Dovecot 2.4's ABI,
-#    maintainer scripts, install/remove/purge with dpkg, lintian).
+#    maintainer scripts, install/remove/purge with dpkg, lintian); then
+#    tests/debian13/install_test.py installs them with apt in the root,
+#    checks the example configuration with doveconf, and that apt refuses
+#    the Debian 12 packages ($BUILD_DIR/packages/current) there.
 #
 # The network is the machine's (loopback only is used by the tests; the
 # root needs deb.debian.org, or $PORCUPINE_DEBIAN13_MIRROR, to be made).
@@ -33,6 +39,8 @@ set -euo pipefail
 # SPDX-License-Identifier: MIT
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+host_build=${BUILD_DIR:-build}
+[[ $host_build == /* ]] || host_build="$ROOT/$host_build"
 base=${PORCUPINE_DEBIAN13_BASE:-/var/cache/porcupine/debian13-root}
 mirror=${PORCUPINE_DEBIAN13_MIRROR:-http://deb.debian.org/debian}
 max_age_days=${PORCUPINE_DEBIAN13_MAX_AGE_DAYS:-7}
@@ -151,7 +159,7 @@ mkdir -p "$work/upper" "$work/ovl" "$work/root"
 mount_in "$work/root" -t overlay overlay -o "lowerdir=$base,upperdir=$work/upper,workdir=$work/ovl"
 enter_mounts "$work/root"
 in_root() { chroot "$work/root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"; }
-say "root: $(in_root cat /etc/debian_version), $(in_root dovecot --version | cut -d' ' -f1) Dovecot, $(in_root postconf -h mail_version) Postfix"
+say "root: $(in_root cat /etc/debian_version), $(in_root dovecot --version | cut -d' ' -f1) Dovecot, $(in_root postconf -d -h mail_version) Postfix"
 
 if [[ $shell == 1 ]]; then
   in_root bash -i || true
@@ -180,6 +188,17 @@ grep -E '^[0-9]+% tests passed|tests? failed out of|Failed|\*\*\*' "$work/e2e.lo
 [[ $failed == 0 ]] || { grep -B2 -A60 'Output from these tests are in' "$work/e2e.log" | head -n 200 >&2 || true;
                         tail -n 150 "$work/e2e.log" >&2; }
 
+say "a cluster of Dovecot 2.3 (this machine) and 2.4 (the root) nodes (tests/e2e/mixed_test.py)"
+if [[ ! -f $host_build/dovecot-plugin/lib20_porcupine_plugin.so ]]; then
+  say "no plugin in $host_build: build there first (scripts/build.sh)"
+  failed=1
+elif ! timeout "$timeout" python3 "$ROOT/tests/e2e/mixed_test.py" --build "$host_build" --root "$work/root" \
+       --root-build /build13 --subnet 60 > "$work/mixed.log" 2>&1; then
+  failed=1
+  tail -n 150 "$work/mixed.log" >&2
+fi
+grep -E '^(Ran|OK|FAILED)' "$work/mixed.log" 2>/dev/null || true
+
 say "Debian 13 packages (tests/packaging/build_packages.sh)"
 if ! in_root bash /src/tests/packaging/build_packages.sh /build13/packages; then
   failed=1
@@ -189,5 +208,16 @@ elif ! in_root ctest --test-dir /build13 --output-on-failure --timeout "$timeout
   tail -n 150 "$work/packaging.log" >&2
 fi
 grep -E '^[0-9]+% tests passed|tests? failed out of' "$work/packaging.log" 2>/dev/null || true
+
+say "the packages installed with apt in the root (tests/debian13/install_test.py)"
+mkdir -p "$work/root/tmp/debian12-debs"
+cp "$host_build"/packages/current/*.deb "$work/root/tmp/debian12-debs/" 2>/dev/null ||
+  say "no Debian 12 packages in $host_build/packages/current: the refusal is not checked"
+if ! in_root python3 /src/tests/debian13/install_test.py --debs /build13/packages/current \
+     --foreign /tmp/debian12-debs > "$work/install.log" 2>&1; then
+  failed=1
+  tail -n 80 "$work/install.log" >&2
+fi
+grep -E '^(Ran|OK|FAILED)' "$work/install.log" 2>/dev/null || true
 say "done in $(( $(date +%s) - start )) s: $([[ $failed == 0 ]] && echo passed || echo FAILED)"
 exit "$failed"

@@ -58,6 +58,7 @@ class DovecotCase(unittest.TestCase):
     replicas = 2
     spread = 2
     extra_config = None  # agent settings of every node (porcupine-local's extra_config)
+    roots = None  # nodes in another root filesystem (porcupine-local's roots; mixed_test.py)
     user = USER  # the user the helpers below speak for
 
     def setUp(self):
@@ -69,7 +70,7 @@ class DovecotCase(unittest.TestCase):
         self.addCleanup(self.stop_all)
         try:
             self.cl.start(self.nodes, self.replicas, self.spread, SUBNET, services=["dovecot"],
-                          extra_config=self.extra_config)
+                          extra_config=self.extra_config, roots=self.roots)
         except SystemExit:
             self.fail("the cluster did not start (see %s)" % self.cl.base)
         self.assertTrue(self.wait_for(self.cl.converged, 30), "cluster did not form")

@@ -30,6 +30,10 @@ BUILD = os.path.join(ROOT, "build")
 DEBS = None
 
 AGENT, MILTER, DOVECOT = "porcupine-agent", "porcupine-milter", "dovecot-porcupine"
+# Where this release's packages keep systemd units (debian/rules asks
+# pkg-config the same): /lib/systemd/system on Debian 12, /usr/lib/... on 13.
+UNIT_DIR = (subprocess.run(["pkg-config", "--variable=systemdsystemunitdir", "systemd"], capture_output=True,
+                           text=True).stdout.strip() or "/lib/systemd/system").lstrip("/")
 
 # path in the package -> mode it must have (every entry is root:root).
 EXPECTED_FILES = {
@@ -38,8 +42,8 @@ EXPECTED_FILES = {
         "./usr/bin/porcupinectl": 0o755,
         "./usr/bin/porcupine-config-doc": 0o755,
         "./etc/porcupine/porcupine.conf": 0o644,
-        "./lib/systemd/system/porcupine-agent.service": 0o644,
-        "./lib/systemd/system/porcupine-redis.service": 0o644,
+        "./%s/porcupine-agent.service" % UNIT_DIR: 0o644,
+        "./%s/porcupine-redis.service" % UNIT_DIR: 0o644,
         "./usr/lib/tmpfiles.d/porcupine.conf": 0o644,
         "./usr/share/porcupine-agent/porcupine.conf": 0o644,
         "./usr/share/doc/porcupine-agent/configuration.md": 0o644,
@@ -53,7 +57,7 @@ EXPECTED_FILES = {
     },
     MILTER: {
         "./usr/sbin/porcupine-milter": 0o755,
-        "./lib/systemd/system/porcupine-milter.service": 0o644,
+        "./%s/porcupine-milter.service" % UNIT_DIR: 0o644,
         "./usr/share/porcupine-milter/main.cf.porcupine": 0o644,
         "./usr/share/doc/porcupine-milter/README.md": 0o644,
         "./usr/share/man/man8/porcupine-milter.8.gz": 0o644,
@@ -427,7 +431,7 @@ class Packages(unittest.TestCase):
         os.makedirs(units, exist_ok=True)
         for name, names in UNITS.items():
             for unit in names:
-                text = read(os.path.join(self.roots[name], "lib/systemd/system", unit))
+                text = read(os.path.join(self.roots[name], UNIT_DIR, unit))
                 if unit != "porcupine-redis.service":
                     self.assertIn(" -c /etc/porcupine/porcupine.conf", text)
                 text = text.replace("/usr/sbin/", os.path.join(self.roots[name], "usr/sbin") + "/")
