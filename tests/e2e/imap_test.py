@@ -1512,6 +1512,35 @@ class ImapBadInput(dt.DovecotCase):
         self.assertTrue(all(500 <= c < 600 for c in codes), codes)
         self.assertEqual(self.cluster_listing(1)["messages"], [])
 
+    def test_login_is_refused_while_disabled_and_tempfails_while_the_agent_is_away(self):
+        # The passdb (porcupine-checkpassword on Dovecot 2.3, the Lua
+        # script on 2.4) says why: a disabled user is refused as a wrong
+        # password would be; an agent that does not answer is a temporary
+        # failure (UNAVAILABLE: try again), not a refusal.
+        self.ctl(1, "user", "disable", USER)
+        m = imaplib.IMAP4(self.addr(1), dt.IMAP_PORT, timeout=30)
+        with self.assertRaisesRegex(imaplib.IMAP4.error, "AUTHENTICATIONFAILED"):
+            m.login(USER, PASSWORD)
+        m.logout()
+        self.ctl(1, "user", "enable", USER)
+        pid = self.cl.pid(1, "agent")
+        os.kill(pid, dt.signal.SIGSTOP)
+        try:
+            m = imaplib.IMAP4(self.addr(1), dt.IMAP_PORT, timeout=60)
+            with self.assertRaisesRegex(imaplib.IMAP4.error, "UNAVAILABLE"):
+                m.login(USER, PASSWORD)
+            m.logout()
+        finally:
+            os.kill(pid, dt.signal.SIGCONT)
+        self.assertTrue(self.wait_for(lambda: self.can_login(1), 30), self.dovecot_log(1))
+
+    def can_login(self, i):
+        try:
+            self.imap(i).logout()
+            return True
+        except imaplib.IMAP4.error:
+            return False
+
     def test_odd_folder_names_round_trip(self):
         # IMAP names (modified UTF-7) -> the cluster's names (UTF-8).
         names = {'"R&AOk-sum&AOk- 2024"': "Résumé 2024", '"a b&-c"': "a b&c", '"&ZeVnLIqe-"': "日本語"}
