@@ -71,17 +71,10 @@ static int pcp_auth_result(lua_State *L, const char *status, const char *reason)
 	return 2;
 }
 
-static int pcp_auth_check(lua_State *L)
+/* The status and reason for the agent's answer `code` to a call on `c`. */
+static int pcp_auth_answer(lua_State *L, porcupine_client *c, int code)
 {
-	const char *socket = luaL_checkstring(L, 1);
-	int timeout_ms = pcp_auth_timeout(L, 2);
-	const char *user = luaL_checkstring(L, 3);
-	const char *password = luaL_checkstring(L, 4);
-	porcupine_client *c = pcp_auth_client(socket, timeout_ms);
-
-	if (c == NULL)
-		return pcp_auth_result(L, "tempfail", "cannot create an agent client");
-	switch (porcupine_user_auth(c, user, password)) {
+	switch (code) {
 	case PORCUPINE_OK:
 		return pcp_auth_result(L, "ok", "");
 	case PORCUPINE_AUTH_FAILED:
@@ -95,6 +88,19 @@ static int pcp_auth_check(lua_State *L)
 	}
 }
 
+static int pcp_auth_check(lua_State *L)
+{
+	const char *socket = luaL_checkstring(L, 1);
+	int timeout_ms = pcp_auth_timeout(L, 2);
+	const char *user = luaL_checkstring(L, 3);
+	const char *password = luaL_checkstring(L, 4);
+	porcupine_client *c = pcp_auth_client(socket, timeout_ms);
+
+	if (c == NULL)
+		return pcp_auth_result(L, "tempfail", "cannot create an agent client");
+	return pcp_auth_answer(L, c, porcupine_user_auth(c, user, password));
+}
+
 static int pcp_auth_lookup(lua_State *L)
 {
 	const char *socket = luaL_checkstring(L, 1);
@@ -102,22 +108,15 @@ static int pcp_auth_lookup(lua_State *L)
 	const char *user = luaL_checkstring(L, 3);
 	porcupine_client *c = pcp_auth_client(socket, timeout_ms);
 	struct porcupine_user info;
+	int code;
 
 	if (c == NULL)
 		return pcp_auth_result(L, "tempfail", "cannot create an agent client");
 	memset(&info, 0, sizeof info);
-	switch (porcupine_user_lookup(c, user, &info)) {
-	case PORCUPINE_OK:
-		if (!info.enabled)
-			return pcp_auth_result(L, "unknown", "disabled");
-		return pcp_auth_result(L, "ok", "");
-	case PORCUPINE_NO_SUCH_USER:
-	case PORCUPINE_NOT_FOUND:
-	case PORCUPINE_BAD_REQUEST:
-		return pcp_auth_result(L, "unknown", porcupine_error(c));
-	default:
-		return pcp_auth_result(L, "tempfail", porcupine_error(c));
-	}
+	code = porcupine_user_lookup(c, user, &info);
+	if (code == PORCUPINE_OK && !info.enabled)
+		return pcp_auth_result(L, "unknown", "disabled");
+	return pcp_auth_answer(L, c, code);
 }
 
 static const luaL_Reg pcp_auth_functions[] = {
