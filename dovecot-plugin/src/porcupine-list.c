@@ -59,6 +59,8 @@ int pcp_create_box(struct mailbox *box, const struct mailbox_update *update,
 {
 	struct pcp_mailbox *pbox = PCP_BOX(box);
 	struct pcp_user *puser = PCP_USER(box->storage->user);
+	bool created = FALSE;
+	enum mail_error error;
 
 	if (!directory && !puser->local_only && !box->inbox_user) {
 		porcupine_client *c = pcp_connect(box->storage->user);
@@ -69,8 +71,22 @@ int pcp_create_box(struct mailbox *box, const struct mailbox_update *update,
 		if (code != PORCUPINE_EXISTS &&
 		    pcp_folder_result(box, c, code, "creating") < 0)
 			return -1;
+		created = code == PORCUPINE_OK;
 	}
-	return pbox->module_ctx.super.create_box(box, update, directory);
+	if (pbox->module_ctx.super.create_box(box, update, directory) == 0)
+		return 0;
+	if (created && (mailbox_get_last_error(box, &error), error == MAIL_ERROR_EXISTS)) {
+		/* This CREATE made the folder in the cluster, and another
+		   session of this node opened it between its directory's
+		   creation here and its index's (a SELECT or STATUS of that
+		   name, whose sync gave the index the cluster's UIDVALIDITY):
+		   sdbox then finds an index and says "exists". The folder is
+		   made, in the cluster and here: done. */
+		e_debug(box->event, "porcupine: %s was opened by another session "
+			"while it was created", pcp_log_name(box->vname));
+		return 0;
+	}
+	return -1;
 }
 
 /* DELETE in the cluster (its messages, then the folder); once per
