@@ -25,8 +25,14 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 cmake -S "$ROOT" -B "$BUILD" >/dev/null
+# Dovecot 2.4 builds also have the plugin's settings module and the Lua
+# passdb's module (dovecot-plugin/README.md).
+extra=()
+for t in porcupine_dovecot_settings porcupine_auth_lua; do
+  if cmake --build "$BUILD" --target help | grep -q "^\.\.\. $t\$"; then extra+=("$t"); fi
+done
 nice cmake --build "$BUILD" -j2 --target porcupine-agent porcupinectl porcupine-milter \
-  porcupine-checkpassword porcupine_dovecot_plugin mail_load sim_eval fsync_rate >/dev/null
+  porcupine-checkpassword porcupine_dovecot_plugin mail_load sim_eval fsync_rate "${extra[@]}" >/dev/null
 OUT="$(/usr/bin/python3 "$ROOT/tests/bench/evaluate.py" --build "$BUILD" --out "$ROOT/results" "${ARGS[@]}" | tail -1)"
 echo "report: $OUT/report.md"
 if [[ $PUBLISH == 1 ]]; then
