@@ -20,7 +20,6 @@ Exits 77 (skipped) without --root.
 import imaplib
 import importlib.machinery
 import os
-import re
 import subprocess
 import sys
 import unittest
@@ -40,17 +39,19 @@ class MixedVersions(dt.DovecotCase):
         return ".".join(out.split()[0].split(".")[:2])
 
     def bodystructures(self, i):
+        """{uid: the FETCH BODYSTRUCTURE response of that message on node i,
+        literals included, without its sequence number}."""
         m = self.imap(i)
         try:
             m.select("INBOX", readonly=True)
-            typ, data = m.uid("FETCH", "1:*", "(BODYSTRUCTURE)")
+            typ, data = m.uid("SEARCH", None, "ALL")
             self.assertEqual(typ, "OK")
             out = {}
-            for item in data:
-                line = item.decode() if isinstance(item, bytes) else item[0].decode()
-                uid = re.search(r"UID (\d+)", line)
-                if uid:
-                    out[int(uid.group(1))] = re.sub(r"UID \d+ ?", "", line.split(" FETCH ", 1)[1])
+            for uid in data[0].split():
+                typ, data = m.uid("FETCH", uid, "(BODYSTRUCTURE)")
+                self.assertEqual(typ, "OK")
+                flat = b"".join(b"".join(part) if isinstance(part, tuple) else part for part in data)
+                out[int(uid)] = flat.split(b" ", 1)[1]
             return out
         finally:
             m.logout()
