@@ -8,9 +8,13 @@
 # *Randomized* schedules) and the end-to-end tests that feed agents
 # hostile and ordinary traffic, with sanitized agents; and it builds the
 # fuzz targets with clang and runs each for a bounded time (scripts/fuzz.sh,
-# docs/fuzzing.md). The main ctest run always goes last, and the
+# docs/fuzzing.md). On Debian 12 it then runs the Debian 13 part
+# (tests/debian13/run.sh: Dovecot 2.4 and Postfix 3.10 in a trixie root,
+# a cluster mixing 2.3 and 2.4 nodes, the Debian 13 packages installed
+# with apt). The main ctest run always goes last, and the
 # final line printed is ctest's summary ("N% tests passed, N tests failed
-# out of M"). Exit status: ctest's, or non-zero if the sanitizer pass failed.
+# out of M"). Exit status: ctest's, or non-zero if the sanitizer pass, the
+# packages' build or the Debian 13 part failed.
 #
 # Environment: BUILD_DIR, ASAN_BUILD_DIR (as for build.sh);
 # PORCUPINE_TEST_TIMEOUT seconds per test (default 600; tests that set
@@ -27,7 +31,7 @@ sanitize=${PORCUPINE_CI_SANITIZE:-0}
 for arg in "$@"; do
   case $arg in
     --sanitize) sanitize=1 ;;
-    -h|--help) sed -n '2,18s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "test: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done

@@ -48,7 +48,7 @@ shell=0
 for arg in "$@"; do
   case $arg in
     --shell) shell=1 ;;
-    -h|--help) sed -n '2,32s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,37s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "debian13: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
