@@ -30,7 +30,8 @@
 #    the Debian 12 packages ($BUILD_DIR/packages/current) there.
 #
 # The network is the machine's (loopback only is used by the tests; the
-# root needs deb.debian.org, or $PORCUPINE_DEBIAN13_MIRROR, to be made).
+# root needs the Debian mirror this machine's apt uses, or
+# $PORCUPINE_DEBIAN13_MIRROR, to be made).
 # Processes left in the root are killed and every mount is undone on exit.
 # Prints ctest's summary lines; exit status 0 when every test passed.
 # On a Debian 13 machine it does nothing (exit 0): the main run is there.
@@ -42,7 +43,19 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 host_build=${BUILD_DIR:-build}
 [[ $host_build == /* ]] || host_build="$ROOT/$host_build"
 base=${PORCUPINE_DEBIAN13_BASE:-/var/cache/porcupine/debian13-root}
-mirror=${PORCUPINE_DEBIAN13_MIRROR:-http://deb.debian.org/debian}
+# The Debian mirror this machine's apt uses (its main archive, not the
+# security one), so the root comes from where this machine's packages do.
+host_mirror() {
+  local uri
+  uri=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
+        awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }')
+  if [[ -z $uri ]]; then
+    uri=$(awk '$1 == "deb" && $0 !~ /security/ { for (i = 2; i <= NF; i++) if ($i ~ /^https?:/) { print $i; exit } }' \
+          /etc/apt/sources.list 2>/dev/null | head -n 1)
+  fi
+  echo "${uri:-http://deb.debian.org/debian}"
+}
+mirror=${PORCUPINE_DEBIAN13_MIRROR:-$(host_mirror)}
 max_age_days=${PORCUPINE_DEBIAN13_MAX_AGE_DAYS:-7}
 shell=0
 for arg in "$@"; do
