@@ -98,6 +98,7 @@ std::optional<std::string> request_problem(const pb::Request& q) {
       if (b.recipients().empty()) return "no recipients";
       if (auto why = folder_problem(b.folder().empty() ? "INBOX" : b.folder())) return why;
       if (b.internal_date_ms() < 0) return "internal date before 1970";
+      if (b.delivery_key().size() > kMaxDeliveryKey) return "delivery key over 64 bytes";
       return keyword_problem(b.keywords());
     }
     case pb::Request::kDeliverChunk:  // its delivery was checked at DeliverBegin

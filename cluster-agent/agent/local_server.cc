@@ -330,6 +330,19 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
   void handle(const pb::Request& q) {
     const std::uint64_t id = q.id();
     times_.received(q);
+    if (q.client_deadline_ms() != 0 && static_cast<std::uint64_t>(frame::monotonic_ms()) >= q.client_deadline_ms()) {
+      // Read after its client gave up (this agent was stopped, or far
+      // behind): done now, it would be done behind the client's back (a
+      // delivery its MTA retries).
+      const bool chunk = q.op_case() == pb::Request::kDeliverChunk;
+      if (chunk && expired_.count(id)) return;  // answered already
+      deliveries_.erase(id);
+      if (chunk) expired_.insert(id);
+      if (++late_requests_ == 1 || late_requests_ % 100 == 0)
+        agent_.log("local: " + std::to_string(late_requests_) +
+                   " request(s) read after their client's deadline; not acted on");
+      return fail(id, pb::TEMPFAIL, "read after the client's deadline; not acted on");
+    }
     if (q.op_case() != pb::Request::kDeliverChunk) arm_deadline(id, q.timeout_ms());
     if (administers(q) && !may_administer()) return forbidden(id);
     if (auto bad = request_problem(q)) return fail(id, pb::BAD_REQUEST, *bad);
@@ -428,6 +441,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         d.options.flags = b.flags() & kAllFlags;
         d.options.keywords.assign(b.keywords().begin(), b.keywords().end());
         if (b.meta().size() <= kMaxRecordMeta) d.options.meta = b.meta();  // larger: not kept
+        d.options.key = b.delivery_key();
         d.body = std::make_unique<store::BodyBuilder>(agent_.store().incoming_dir());
         if (b.size_hint() > agent_.options().deliver_size_limit()) d.too_large = true;
         return;
@@ -952,6 +966,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
   std::string buf_;
   std::deque<Outgoing> out_;
   std::map<std::uint64_t, Delivery> deliveries_;
+  std::uint64_t late_requests_ = 0;  // read after their client's deadline
   std::map<std::uint64_t, std::unique_ptr<asio::steady_timer>> deadlines_;
   std::set<std::uint64_t> expired_;
   RequestTimes times_;

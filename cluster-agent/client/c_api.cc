@@ -183,9 +183,19 @@ int porcupine_deliver(porcupine_client* c, const char* user, const char* folder,
 int porcupine_deliver_with(porcupine_client* c, const char* user, const char* folder,
                            const porcupine_deliver_options* options, porcupine_read_fn read, void* context,
                            porcupine_delivered* out) {
+  return porcupine_deliver_keyed(c, user, folder, options, nullptr, 0, read, context, out);
+}
+
+int porcupine_deliver_keyed(porcupine_client* c, const char* user, const char* folder,
+                            const porcupine_deliver_options* options, const void* key, size_t key_len,
+                            porcupine_read_fn read, void* context, porcupine_delivered* out) {
   return guarded(c, [&]() -> int {
     if (!user || !read) return fail(c, PORCUPINE_BAD_REQUEST, "user and read are required");
     pb::DeliverBegin begin;
+    if (key || key_len > 0) {
+      if (!key || key_len == 0 || key_len > 64) return fail(c, PORCUPINE_BAD_REQUEST, "a key is 1 to 64 bytes");
+      begin.set_delivery_key(key, key_len);
+    }
     if (options) {
       if (options->nkeywords > 0 && !options->keywords) return fail(c, PORCUPINE_BAD_REQUEST, "keywords is null");
       begin.set_internal_date_ms(options->internal_date_ms);

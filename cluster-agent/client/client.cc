@@ -20,11 +20,8 @@
 namespace porcupine::client {
 
 namespace {
-std::int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+// The clock of the deadlines, which requests carry (client_deadline_ms).
+std::int64_t now_ms() { return frame::monotonic_ms(); }
 constexpr std::uint32_t kMaxResponse = 256u << 20;
 constexpr std::size_t kMaxFds = 253;  // SCM_MAX_FD: the most one message carries
 }  // namespace
@@ -200,6 +197,7 @@ std::optional<agentpb::Response> Client::call_fds(agentpb::Request& req, std::in
   const std::int64_t wait = timeout_ms_ + std::max<std::int64_t>(extra_ms, 0);
   if (req.timeout_ms() == 0) req.set_timeout_ms(static_cast<std::uint32_t>(std::min<std::int64_t>(wait * 9 / 10, UINT32_MAX)));
   deadline_ = now_ms() + wait;
+  req.set_client_deadline_ms(static_cast<std::uint64_t>(deadline_));
   if (!send_frame(req.SerializeAsString())) return std::nullopt;
   auto r = wait_response(req.id());
   if (!r) return r;
@@ -227,6 +225,7 @@ bool Client::call_into(agentpb::Request& req, agentpb::Response& out) {
   // so the connection stays in step and usable.
   if (req.timeout_ms() == 0) req.set_timeout_ms(static_cast<std::uint32_t>(timeout_ms_) * 9 / 10);
   deadline_ = now_ms() + timeout_ms_;
+  req.set_client_deadline_ms(static_cast<std::uint64_t>(deadline_));
   if (!send_frame(req.SerializeAsString())) return false;
   for (;;) {
     if (!read_response_into(out)) return false;
@@ -243,6 +242,7 @@ std::optional<agentpb::Response> Client::deliver(const std::vector<std::string>&
   agentpb::Request begin;
   begin.set_id(id);
   begin.set_timeout_ms(static_cast<std::uint32_t>(timeout_ms_) * 9 / 10);
+  begin.set_client_deadline_ms(static_cast<std::uint64_t>(deadline_));
   *begin.mutable_deliver_begin() = options;
   begin.mutable_deliver_begin()->clear_recipients();
   for (const auto& r : recipients) begin.mutable_deliver_begin()->add_recipients(r);
@@ -259,14 +259,18 @@ std::optional<agentpb::Response> Client::deliver(const std::vector<std::string>&
     c.set_id(id);
     c.mutable_deliver_chunk()->set_data(data.data(), got);
     c.mutable_deliver_chunk()->set_last(last);
+    if (last) {
+      // The agent's deadline starts again once the message is whole,
+      // longer by its store_crossing per recipient at the agent's rate;
+      // this wait is longer by as much at the default rate. The agent
+      // does not begin the delivery once this has passed.
+      deadline_ = now_ms() + timeout_ms_ +
+                  store_crossing(CoreConfig{}, sent) * static_cast<std::int64_t>(recipients.size());
+      c.set_client_deadline_ms(static_cast<std::uint64_t>(deadline_));
+    }
     if (!send_frame(c.SerializeAsString())) return std::nullopt;
     if (last) break;
   }
-  // The agent's deadline starts again once the message is whole, longer by
-  // its store_crossing per recipient at the agent's rate; this wait is
-  // longer by as much at the default rate.
-  deadline_ = now_ms() + timeout_ms_ +
-              store_crossing(CoreConfig{}, sent) * static_cast<std::int64_t>(recipients.size());
   return wait_response(id);
 }
 

@@ -3,10 +3,20 @@
 // API): a 4-byte big-endian length, then that many bytes.
 #pragma once
 
+#include <time.h>
+
 #include <cstdint>
 #include <string>
 
 namespace porcupine::frame {
+
+// This host's CLOCK_MONOTONIC in ms, the same in every process of the
+// host: the clock of the local API's Request.client_deadline_ms.
+inline std::int64_t monotonic_ms() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
 
 inline std::string be32(std::uint32_t v) {
   std::string s(4, '\0');

@@ -138,6 +138,17 @@ int porcupine_deliver_with(porcupine_client* c, const char* user, const char* fo
                            const struct porcupine_deliver_options* options, porcupine_read_fn read,
                            void* context, struct porcupine_delivered* out);
 
+/* porcupine_deliver_with for a delivery that may be a retry (an MTA's):
+ * `key` (key_len bytes, 1 to 64) names it, the same on every retry of it
+ * (the plugin: a digest of the message as the MTA sent it). A retry within
+ * the cluster's delivery_key_ttl is answered with the message the first
+ * delivery stored, not stored again. PORCUPINE_BAD_REQUEST for a key of 0
+ * or more than 64 bytes. */
+int porcupine_deliver_keyed(porcupine_client* c, const char* user, const char* folder,
+                            const struct porcupine_deliver_options* options, const void* key,
+                            size_t key_len, porcupine_read_fn read, void* context,
+                            struct porcupine_delivered* out);
+
 int porcupine_folder_list(porcupine_client* c, const char* user, const char* folder,
                           struct porcupine_folder* out);
 void porcupine_folder_free(struct porcupine_folder* f);

@@ -209,6 +209,7 @@ void to_pb(const MessageRecord& r, pb::MessageRecord& p, Bodies bodies = Bodies:
   p.set_vsize(r.vsize);
   p.set_hdr_size(r.hdr_size);
   p.set_meta(r.meta);
+  p.set_delivery_key(r.delivery_key);
 }
 bool from_pb(const pb::MessageRecord& p, MessageRecord& r, Check& c) {
   r.user = p.user();
@@ -233,6 +234,8 @@ bool from_pb(const pb::MessageRecord& p, MessageRecord& r, Check& c) {
   r.hdr_size = p.hdr_size();
   r.meta = p.meta();
   if (r.meta.size() > kMaxRecordMeta) r.meta.clear();  // never made so: not kept
+  r.delivery_key = p.delivery_key();
+  if (r.delivery_key.size() > kMaxDeliveryKey) return c.fail("MessageRecord.delivery_key: over 64 bytes");
   r.flag_marks.clear();
   for (const auto& f : p.flag_marks()) {
     FlagMark m;
@@ -407,6 +410,25 @@ bool from_pb(const pb::UidRange& p, UidRange& r, Check& c) {
   return get_view(p.seen(), r.seen, c) && from_pb(p.gen(), r.gen, c);
 }
 
+void to_pb(const KeyedDelivery& k, pb::KeyedDelivery& p) {
+  p.set_key(k.key);
+  to_pb(k.msg, *p.mutable_msg());
+  p.set_uidvalidity(k.uidvalidity);
+  p.set_uid(k.uid);
+  put(k.nodes, p.mutable_nodes());
+  p.set_stored(k.stored);
+  p.set_at(k.at);
+}
+bool from_pb(const pb::KeyedDelivery& p, KeyedDelivery& k, Check& c) {
+  k.key = p.key();
+  if (k.key.empty() || k.key.size() > kMaxDeliveryKey) return c.fail("KeyedDelivery.key: empty or over 64 bytes");
+  k.uidvalidity = p.uidvalidity();
+  k.uid = p.uid();
+  k.stored = p.stored();
+  k.at = p.at();
+  return from_pb(p.msg(), k.msg, c) && get_nodes(p.nodes(), k.nodes, "KeyedDelivery.nodes", c);
+}
+
 void to_pb(const Handoff& h, pb::Handoff& p) {
   p.set_user(h.user);
   p.set_folder(h.folder);
@@ -415,10 +437,13 @@ void to_pb(const Handoff& h, pb::Handoff& p) {
   put(h.inflight, p.mutable_inflight());
   to_pb(h.gen, *p.mutable_gen());
   put_view(h.seen, p.mutable_seen());
+  for (const KeyedDelivery& k : h.keys) to_pb(k, *p.add_keys());
 }
 bool from_pb(const pb::Handoff& p, Handoff& h, Check& c) {
-  h = {p.user(), p.folder(), p.uidvalidity(), p.next_uid(), {}, {}, {}};
+  h = {p.user(), p.folder(), p.uidvalidity(), p.next_uid(), {}, {}, {}, {}};
   get(p.inflight(), h.inflight);
+  for (const pb::KeyedDelivery& k : p.keys())
+    if (!from_pb(k, h.keys.emplace_back(), c)) return false;
   return get_view(p.seen(), h.seen, c) && from_pb(p.gen(), h.gen, c);
 }
 
@@ -432,6 +457,7 @@ void to_pb(const ReportEntry& e, pb::ReportEntry& p) {
     put(b.replicas, q.mutable_replicas());
     q.set_bytes(b.bytes);
   }
+  for (const KeyedDelivery& k : e.keys) to_pb(k, *p.add_keys());
 }
 bool from_pb(const pb::ReportEntry& p, ReportEntry& e, Check& c) {
   e.user = p.user();
@@ -444,6 +470,8 @@ bool from_pb(const pb::ReportEntry& p, ReportEntry& e, Check& c) {
     b.bytes = q.bytes();
     if (!get_nodes(q.replicas(), b.replicas, "ReplicaBytes.replicas", c)) return false;
   }
+  for (const pb::KeyedDelivery& k : p.keys())
+    if (!from_pb(k, e.keys.emplace_back(), c)) return false;
   return true;
 }
 
@@ -499,10 +527,15 @@ void to_pb(const AllocRequest& m, pb::AllocRequest& p) {
   p.set_folder(m.folder);
   p.set_size(m.size);
   put(m.move_nodes, p.mutable_move_nodes());
+  if (!m.key.empty()) {
+    p.set_key(m.key);
+    to_pb(m.msg, *p.mutable_msg());
+  }
 }
 bool from_pb(const pb::AllocRequest& p, AllocRequest& m, Check& c) {
-  m = {p.req(), p.user(), p.folder(), p.size(), {}};
-  return get_nodes(p.move_nodes(), m.move_nodes, "AllocRequest.move_nodes", c);
+  m = {p.req(), p.user(), p.folder(), p.size(), {}, p.key(), {}};
+  if (m.key.size() > kMaxDeliveryKey) return c.fail("AllocRequest.key: over 64 bytes");
+  return get_nodes(p.move_nodes(), m.move_nodes, "AllocRequest.move_nodes", c) && from_pb(p.msg(), m.msg, c);
 }
 
 void to_pb(const AllocDone& m, pb::AllocDone& p) {
@@ -510,9 +543,10 @@ void to_pb(const AllocDone& m, pb::AllocDone& p) {
   p.set_folder(m.folder);
   p.set_uidvalidity(m.uidvalidity);
   p.set_uid(m.uid);
+  p.set_key(m.key);
 }
 bool from_pb(const pb::AllocDone& p, AllocDone& m, Check&) {
-  m = {p.user(), p.folder(), p.uidvalidity(), p.uid()};
+  m = {p.user(), p.folder(), p.uidvalidity(), p.uid(), p.key()};
   return true;
 }
 
@@ -546,9 +580,13 @@ void to_pb(const AllocReply& m, pb::AllocReply& p) {
   to_pb(m.gen, *p.mutable_gen());
   put_view(m.seen, p.mutable_seen());
   p.set_quota_checked(m.quota_checked);
+  if (m.msg != MsgId{}) to_pb(m.msg, *p.mutable_msg());
+  p.set_stored(m.stored);
 }
 bool from_pb(const pb::AllocReply& p, AllocReply& m, Check& c) {
   m.req = p.req();
+  m.stored = p.stored();
+  if (!from_pb(p.msg(), m.msg, c)) return false;
   m.uidvalidity = p.uidvalidity();
   m.uid = p.uid();
   m.quota_bytes = p.quota_bytes();

@@ -185,6 +185,12 @@ constexpr std::array kTable{
       "Records one reply of a folder listing carries between nodes: a larger folder goes in several replies, "
       "which the asking node merges while the holder makes the next, and no frame carries a whole large folder.",
       &Params::listing_part_records),
+    P("delivery_key_ttl", Type::kSeconds, "1d", 60, 30 * kDay,
+      "How long a user's manager remembers each delivery from the MTA (by a digest of the message as Postfix "
+      "sent it), so that a retry of it (after a 4xx or an answer lost in a crash) is answered with the message "
+      "already stored instead of storing a second copy. Longer covers retries that come later (Postfix's "
+      "queue); each remembered delivery costs its manager about 200 bytes of memory.",
+      &Params::delivery_key_ttl),
     P("request_timeout_ms", Type::kMillis, "5000", 100, 600 * kSecond,
       "Deadline of one client operation (a delivery, a fetch, a flag change).",
       &Params::request_timeout_ms),
@@ -1058,6 +1064,7 @@ CoreConfig to_core(const Params& p) {
   c.push_retry = p.push_retry_ms;
   c.takeover_delay = p.takeover_delay_ms;
   c.death_ttl = p.death_certificate_ttl * kSecond;
+  c.delivery_key_ttl = p.delivery_key_ttl * kSecond;
   c.request_timeout = p.request_timeout_ms;
   c.transfer_rate = std::uint64_t{p.body_transfer_rate_kib} << 10;
   c.sync_interval = p.sync_interval * kSecond;

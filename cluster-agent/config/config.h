@@ -107,6 +107,7 @@ struct Params {
   Time reconnect_backoff_max_ms{};
   std::uint32_t message_size_limit{};  // bytes
   std::int64_t death_certificate_ttl{};  // seconds
+  std::int64_t delivery_key_ttl{};       // seconds
   std::int64_t sync_interval{};          // seconds
   std::uint32_t sync_bodies_inflight{};
   std::int64_t node_dead_timeout{};      // seconds

@@ -45,6 +45,10 @@ struct CoreConfig {
   Time node_dead_timeout = 3600LL * 1000;
   std::uint32_t repair_inflight = 8;
   Time request_timeout = 5000;     // deadline of a client operation
+  // A delivery's key (DeliverOptions::key) is kept this long by its
+  // manager (and reported by its holders to a new one): a retry within it
+  // is answered with the message it made, not stored again.
+  Time delivery_key_ttl = 24LL * 3600 * 1000;
   // Bytes/s a body is assumed to cross to a peer and reach its disk at. An
   // update carrying a body is resent, and a delivery's deadline falls,
   // later by its size at this rate: a large body still on its way is not

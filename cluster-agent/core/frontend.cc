@@ -74,6 +74,11 @@ void Node::deliver(Time now, std::uint64_t req, const std::string& user, const s
   p.body = std::move(body);
   p.deliver = std::move(opts);
   p.deliver.keywords = normal_keywords(std::move(p.deliver.keywords));
+  if (!p.deliver.key.empty()) {
+    // Named before the manager is asked: a retry is answered with it.
+    p.msg = MsgId{cfg_.self, next_seq_++};
+    persist_counters();
+  }
   p.retry_at = now;
   fe_tick(now);
 }
@@ -169,10 +174,10 @@ void Node::fe_tick(Time now) {
         send(mgr, CreateUserRequest{id, p.user, p.body.bytes()});
         break;
       case Pending::Kind::Alloc:
-        send(mgr, AllocRequest{id, p.user, p.folder, p.body.size(), {}});
+        send(mgr, AllocRequest{id, p.user, p.folder, p.body.size(), {}, p.deliver.key, p.msg});
         break;
       case Pending::Kind::MoveAlloc:
-        send(mgr, AllocRequest{id, p.user, p.folder, 0, p.update.replicas});
+        send(mgr, AllocRequest{id, p.user, p.folder, 0, p.update.replicas, {}, {}});
         break;
       case Pending::Kind::Renum: {
         const MessageRecord& t = p.update.record;
@@ -580,6 +585,21 @@ void Node::fe_reply(NodeId from, Message& m) {
       p->retry_at = now_ + kRetry;
       return;
     }
+    if (a->stored) {
+      // A retry of a delivery stored whole before (its key): answered
+      // with that message.
+      ClientReply r;
+      r.req = p->client_req;
+      r.msg = a->msg;
+      r.uidvalidity = a->uidvalidity;
+      r.uid = a->uid;
+      r.replicas = a->nodes;
+      env_.log("delivery to " + p->user + "/" + p->folder + " is a retry of message " + a->msg.str() +
+               " (UID " + std::to_string(a->uid) + "): not stored again");
+      pending_.erase(a->req);
+      env_.reply(std::move(r));
+      return;
+    }
     // The manager checks the quota as it hands out the UID. One that did
     // not (an older one, or one that an older member's reports leave
     // without a count) leaves it to this node, which counts first.
@@ -611,7 +631,7 @@ void Node::fe_reply(NodeId from, Message& m) {
         NodeId mgr = membership_.in_group() ? membership_.manager_of(bucket(p->update.record.user)) : kNoNode;
         if (mgr != kNoNode)
           send(mgr, AllocDone{canonical_user(p->update.record.user), p->update.record.folder,
-                              r.uidvalidity, r.uid});
+                              r.uidvalidity, r.uid, p->update.record.delivery_key});
       }
       pending_.erase(o->req);
       env_.reply(std::move(r));
@@ -708,8 +728,17 @@ void Node::fe_store(std::uint64_t id, const AllocReply& a) {
   u.id = next_version(now_);
   u.kind = Update::Kind::Store;
   u.replicas = a.nodes;
-  u.record.id = MsgId{cfg_.self, next_seq_++};
-  persist_counters();
+  if (a.msg != MsgId{}) {
+    u.record.id = a.msg;  // a keyed delivery's message (an earlier try's, on a retry)
+    // Its list wins over an earlier try's, which may have landed somewhere.
+    if (a.msg != p.msg) u.record.replicas_version = u.id;
+  } else if (p.msg != MsgId{}) {
+    u.record.id = p.msg;
+  } else {
+    u.record.id = MsgId{cfg_.self, next_seq_++};
+    persist_counters();
+  }
+  u.record.delivery_key = p.deliver.key;
   u.record.user = p.user;
   u.record.folder = p.folder;
   u.record.size = p.body.size();

@@ -142,9 +142,11 @@ void Node::mgr_on_change(Time now, const Membership::Change& ch) {
           for (const auto& [name, u] : m->second)
             for (const auto& [fname, f] : u.folders)
               if (f.uidvalidity != 0) {
-                Handoff h{name, fname, f.uidvalidity, f.next_uid, {}, f.gen, f.start_seen};
+                Handoff h{name, fname, f.uidvalidity, f.next_uid, {}, f.gen, f.start_seen, {}};
                 for (const auto& [uid, until] : f.inflight)
                   if (until > now) h.inflight.push_back(uid);
+                for (const auto& [key, k] : f.keys)
+                  if (k.at + cfg_.delivery_key_ttl > now) h.keys.push_back(k);
                 handoffs_[b].push_back(std::move(h));
               }
       expected_.erase(b);
@@ -490,6 +492,7 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
     Bucket b = bucket(h.user);
     if (membership_.manager_of(b) != cfg_.self) continue;
     MgrFolder& f = managed_[b][h.user].folders[h.folder];
+    for (const KeyedDelivery& k : h.keys) remember_key(now, f, k);
     if (f.uidvalidity != 0) continue;
     auto& next = f.handed[h.uidvalidity];
     next = std::max(next, h.next_uid);
@@ -526,6 +529,10 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
       MgrFolder& f = mu.folders[e.folder];
       if (e.count > 0) f.nodes.insert(from);
       absorb_entry(user, f, e);
+      for (KeyedDelivery k : e.keys) {
+        k.stored = true;  // a holder has it
+        remember_key(now, f, k);
+      }
 
       // A folder first heard of after the bucket became ready.
       if (f.uidvalidity == 0 && (!f.seen.empty() || !f.seen_live.empty()) && bucket_ready(b))
@@ -721,6 +728,26 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
       rep.nodes = again->nodes;
       rep.quota_bytes = it->second.profile->quota_bytes;
       rep.quota_checked = true;  // counted with its grant
+      if (!a.key.empty())
+        if (auto k = f.keys.find(a.key); k != f.keys.end()) rep.msg = k->second.msg;
+    } else if (const KeyedDelivery* k = retry_of(it->second, a, now)) {
+      // A retry of a keyed delivery: stored whole, its message and nothing
+      // stored again; otherwise the same message at the same UID on the
+      // same nodes, stored again (where a copy landed, the store is
+      // answered at once).
+      MgrFolder& f = it->second.folders[a.folder];
+      rep.uid = k->uid;
+      rep.uidvalidity = k->uidvalidity;
+      rep.nodes = k->nodes;
+      rep.msg = k->msg;
+      rep.stored = k->stored;
+      rep.gen = f.gen;
+      rep.seen = f.start_seen;
+      rep.quota_bytes = it->second.profile->quota_bytes;
+      rep.quota_checked = true;  // counted with its first grant
+      if (!k->stored)
+        if (auto in = f.inflight.find(k->uid); in != f.inflight.end())
+          in->second = std::max(in->second, now + cfg_.request_timeout + store_crossing(cfg_, a.size) + cfg_.push_retry);
     } else {
       const std::uint64_t quota = it->second.profile->quota_bytes;
       const std::optional<std::uint64_t> used = usage_of(it->second);
@@ -761,6 +788,17 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
         auto& granted = it->second.granted;
         std::erase_if(granted, [&](const MgrUser::Grant& g) { return g.front_end == from && g.req == a.req; });
         granted.push_back({from, a.req, a.folder, rep.uidvalidity, rep.uid, a.size, pl.nodes, until});
+        if (!a.key.empty()) {
+          // A retry of one not stored whose UID or nodes cannot serve (a
+          // new lineage, a node gone): a new UID and placement, the same
+          // message (its first store may yet land: one record).
+          auto known = f.keys.find(a.key);
+          rep.msg = known != f.keys.end() ? known->second.msg : a.msg;
+          KeyedDelivery kd{a.key, rep.msg, rep.uidvalidity, rep.uid, pl.nodes, false, now};
+          if (known != f.keys.end()) kd.at = known->second.at;
+          f.keys.erase(a.key);
+          remember_key(now, f, kd);
+        }
       }
     }
   }
@@ -775,6 +813,47 @@ void Node::mgr_alloc_done(const AllocDone& d) {
   auto f = u->second.folders.find(d.folder);
   if (f == u->second.folders.end() || f->second.uidvalidity != d.uidvalidity) return;
   f->second.inflight.erase(d.uid);
+  if (d.key.empty()) return;
+  if (auto k = f->second.keys.find(d.key); k != f->second.keys.end() && k->second.uid == d.uid) {
+    k->second.stored = true;
+  }
+}
+
+const KeyedDelivery* Node::retry_of(MgrUser& u, const AllocRequest& a, Time now) {
+  if (a.key.empty()) return nullptr;
+  auto f = u.folders.find(a.folder);
+  if (f == u.folders.end()) return nullptr;
+  prune_keys(now, f->second);
+  auto k = f->second.keys.find(a.key);
+  if (k == f->second.keys.end()) return nullptr;
+  if (k->second.stored) return &k->second;
+  if (k->second.uidvalidity != f->second.uidvalidity) return nullptr;
+  for (NodeId n : k->second.nodes)
+    if (!live(n)) return nullptr;
+  return &k->second;
+}
+
+void Node::prune_keys(Time now, MgrFolder& f) {
+  while (!f.key_order.empty() && f.key_order.begin()->first + cfg_.delivery_key_ttl <= now) {
+    auto o = f.key_order.begin();
+    if (auto x = f.keys.find(o->second); x != f.keys.end() && x->second.at == o->first) f.keys.erase(x);
+    f.key_order.erase(o);
+  }
+}
+
+void Node::remember_key(Time now, MgrFolder& f, const KeyedDelivery& k) {
+  prune_keys(now, f);
+  if (k.key.empty() || k.at + cfg_.delivery_key_ttl <= now) return;
+  auto [it, fresh] = f.keys.try_emplace(k.key, k);
+  if (fresh) {
+    f.key_order.emplace(k.at, k.key);
+  } else if (k.stored && !it->second.stored) {
+    // Known stored now (a holder's report, the front end's done): the
+    // stored message is the one a retry is answered with.
+    const Time at = it->second.at;
+    it->second = k;
+    it->second.at = at;
+  }
 }
 
 void Node::mgr_renumber(Time now, NodeId from, const RenumberRequest& r) {

@@ -43,6 +43,10 @@ struct DeliverOptions {
   std::uint64_t vsize = 0;
   std::uint32_t hdr_size = 0;
   std::string meta;  // MessageRecord::meta (empty: none)
+  // MessageRecord::delivery_key (empty: none). A delivery with a key its
+  // manager knows is answered with the message it made: stored once,
+  // however often it is retried within delivery_key_ttl.
+  std::string key;
 };
 
 class Node {
@@ -135,6 +139,10 @@ class Node {
     // show nothing from the lowest of them on.
     std::map<std::uint32_t, Time> inflight;
     std::uint32_t visible_below(Time now) const;
+    // Deliveries with a key (KeyedDelivery) of the last delivery_key_ttl,
+    // by key, and their keys by time (pruned as the folder is delivered to).
+    std::map<std::string, KeyedDelivery> keys;
+    std::multimap<Time, std::string> key_order;
     // UIDs up to `reserved` may be handed out: their reservation is in the
     // profile on every live holder. One reservation is written at a time.
     std::uint32_t reserved = 0;
@@ -286,6 +294,7 @@ class Node {
     std::uint64_t quota_bytes = 0;                // Quota: the user's quota
     AllocReply alloc;                             // Quota: the allocation to store with
     DeliverOptions deliver;                       // Alloc/Quota: date and flags to store with
+    MsgId msg;                                    // Alloc/Quota with a key: the message's id, chosen first
   };
 
   // frontend.cc
@@ -303,6 +312,13 @@ class Node {
   void mgr_report(Time now, NodeId from, const Report& r);
   void mgr_alloc(Time now, NodeId from, const AllocRequest& a);
   void mgr_alloc_done(const AllocDone& d);
+  // Notes a keyed delivery in `f` (a stored one stays stored), after
+  // dropping those older than delivery_key_ttl (prune_keys).
+  void remember_key(Time now, MgrFolder& f, const KeyedDelivery& k);
+  void prune_keys(Time now, MgrFolder& f);
+  // The keyed delivery an AllocRequest retries, when it is answered with
+  // it: stored, or in the folder's lineage on live nodes.
+  const KeyedDelivery* retry_of(MgrUser& u, const AllocRequest& a, Time now);
   // Fills an allocation's answer (rep.uid taken) and notes its nodes in
   // the mail map and its UID in flight until `until`.
   // The grant of an AllocRequest asked again (same front end and request)
@@ -360,7 +376,8 @@ class Node {
   void rep_tick(Time now);
   void rep_ack(Time now, NodeId from, const ReportAck& a);
   void rep_poll(const ReportPoll& p);
-  ReportEntry summarize(const std::string& user, const std::string& folder) const;
+  // `with_keys`: the keyed deliveries of the last delivery_key_ttl too.
+  ReportEntry summarize(const std::string& user, const std::string& folder, bool with_keys) const;
 
   std::uint64_t new_req() { return next_req_++; }
   void fe_reply(NodeId from, Message& m);

@@ -207,6 +207,10 @@ bool merge_record(MessageRecord& cur, const MessageRecord& in, Time now) {
     cur.meta = in.meta;
     changed = true;
   }
+  if (cur.delivery_key.empty() && !in.delivery_key.empty()) {
+    cur.delivery_key = in.delivery_key;
+    changed = true;
+  }
   // A UID belongs to the folder it was given in: the newer placement (a
   // Move) brings its own, and a UID given for an older placement (a
   // renumbering that crossed a Move) is ignored.

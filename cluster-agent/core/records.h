@@ -68,6 +68,11 @@ struct MessageRecord {
   // Listings carry it only for the UIDs the reader asks for.
   std::string meta;
   Time internal_date = 0;
+  // What identifies the delivery that made this message, the same for
+  // every retry of it (an MTA's, after a 4xx or a lost answer): empty for
+  // none (IMAP APPEND, COPY). Immutable like the body; its manager answers
+  // a retry with this message (docs/architecture.md, "Exactly once").
+  std::string delivery_key;
 
   std::uint32_t uidvalidity = 0;
   std::uint32_t uid = 0;
@@ -98,6 +103,8 @@ struct MessageRecord {
 
 // The largest MessageRecord::meta kept; a larger one is dropped at delivery.
 inline constexpr std::size_t kMaxRecordMeta = 8 * 1024;
+// The largest delivery key taken (a SHA-256 is 32 bytes).
+inline constexpr std::size_t kMaxDeliveryKey = 64;
 
 // `r` as a listing carries it: every field but the body (named by
 // has_body), the user and folder unless `with_names` (the listing's, for

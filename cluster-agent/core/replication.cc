@@ -77,7 +77,9 @@ void Replicator::apply(Time now, const Update& u) {
   // replicas as their sender knew them, and never change a list.
   if (u.kind != Update::Kind::Copy && u.kind != Update::Kind::Replicas) {
     in.replicas = u.replicas;
-    in.replicas_version = {};
+    // A store's list has no version, but a keyed delivery's retry (its
+    // list wins over an earlier try's: Node::fe_store).
+    if (u.kind != Update::Kind::Store) in.replicas_version = {};
   }
   switch (u.kind) {
     case Update::Kind::Replicas:

@@ -37,7 +37,7 @@ void Node::rep_poll(const ReportPoll& p) {
   next_report_ = now_;
 }
 
-ReportEntry Node::summarize(const std::string& user, const std::string& folder) const {
+ReportEntry Node::summarize(const std::string& user, const std::string& folder, bool with_keys) const {
   ReportEntry e;
   e.user = user;
   e.folder = folder;
@@ -55,6 +55,9 @@ ReportEntry Node::summarize(const std::string& user, const std::string& folder) 
       std::sort(list.begin(), list.end());
       bytes[list] += r.size;
     }
+    // A new manager learns the keyed deliveries it may be asked again.
+    if (with_keys && !r.delivery_key.empty() && r.internal_date + cfg_.delivery_key_ttl > now_)
+      e.keys.push_back({r.delivery_key, r.id, r.uidvalidity, r.uid, r.replicas, true, r.internal_date});
     if (r.uid == 0 && !(r.has_body && !r.expunged)) continue;  // a moved-in message still needs a UID
     auto [it, fresh] =
         ranges.try_emplace(std::pair(r.uidvalidity, r.uid_gen), UidRange{r.uidvalidity, r.uid, r.uid, 0, r.uid_gen, r.uid_seen});
@@ -83,7 +86,8 @@ void Node::rep_tick(Time now) {
     r.generations.push_back(d == dirty_users_.end() ? 0 : d->second);
     std::set<std::string> folders;
     for (const MsgId& id : repl_.user_records(user)) folders.insert(repl_.records().at(id).folder);
-    for (const auto& f : folders) r.entries.push_back(summarize(user, f));
+    const bool full = report_buckets_.count(bucket(user)) > 0;
+    for (const auto& f : folders) r.entries.push_back(summarize(user, f, full));
     if (auto p = repl_.profiles().find(user); p != repl_.profiles().end())
       r.profiles.push_back(p->second);
   };

@@ -50,6 +50,17 @@ struct UidRange {
   UidView seen;            // what that generation had been shown when it began
   bool operator==(const UidRange&) const = default;
 };
+// A delivery that carried a key (MessageRecord::delivery_key), as its
+// manager knows it: a retry of it is answered with this message.
+struct KeyedDelivery {
+  std::string key;
+  MsgId msg;
+  std::uint32_t uidvalidity = 0, uid = 0;
+  std::vector<NodeId> nodes;  // its replicas
+  bool stored = false;        // a replica acknowledged the whole store
+  Time at = 0;                // when it was delivered (its key is kept delivery_key_ttl after)
+  bool operator==(const KeyedDelivery&) const = default;
+};
 // A manager that lost a bucket hands each folder's UID lineage to the new
 // manager, once, in the epoch that moved the bucket.
 struct Handoff {
@@ -60,6 +71,7 @@ struct Handoff {
   std::vector<std::uint32_t> inflight;  // UIDs handed out whose messages may not be stored yet
   Version gen;                          // its generation, which the successor continues
   UidView seen;
+  std::vector<KeyedDelivery> keys;      // the folder's keyed deliveries still kept
   bool operator==(const Handoff&) const = default;
 };
 // The bytes of the live messages a node holds under one replica list
@@ -78,6 +90,9 @@ struct ReportEntry {
   // The live messages' bytes by replica list (the quota's usage, kept by
   // the manager); none with count > 0: an older node, which does not say.
   std::vector<ReplicaBytes> bytes;
+  // In a bucket's full report: the keyed deliveries held, of the last
+  // delivery_key_ttl (their manager may be new and not know them).
+  std::vector<KeyedDelivery> keys;
   bool operator==(const ReportEntry&) const = default;
 };
 struct Report {
@@ -113,6 +128,11 @@ struct AllocRequest {
   std::string folder;
   std::uint64_t size = 0;              // the body's bytes (how long its store may take)
   std::vector<NodeId> move_nodes;      // a Move's UID: the message's replicas, no placement
+  // A delivery's key (MessageRecord::delivery_key) and the id the front
+  // end gives its message: a key the manager knows is answered with the
+  // message it names instead of a new UID.
+  std::string key;
+  MsgId msg;
   bool operator==(const AllocRequest&) const = default;
 };
 // A reader found the message under a UID below one it had already shown
@@ -137,6 +157,7 @@ struct AllocDone {
   std::string folder;
   std::uint32_t uidvalidity = 0;
   std::uint32_t uid = 0;
+  std::string key;  // the delivery's key, now stored
   bool operator==(const AllocDone&) const = default;
 };
 struct AllocReply {
@@ -152,6 +173,10 @@ struct AllocReply {
   bool quota_checked = false;
   Version gen;                    // the manager's generation in the folder (stamped with the UID)
   UidView seen;                   // and what it had been shown when it began
+  // A key the manager knew: the message it names (stored: acknowledged
+  // whole, so the delivery is answered without storing it again).
+  MsgId msg;
+  bool stored = false;
   bool operator==(const AllocReply&) const = default;
 };
 struct CreateUserRequest {

@@ -1,9 +1,17 @@
 /* SPDX-License-Identifier: MIT */
-/* porcupine-lmtp.c - in Dovecot's LMTP only: a message larger than the
- * cluster takes gets a permanent 552 5.3.4 for each recipient, before any
- * delivery is tried. Without it the cluster's refusal reached LMTP as a
- * failed save, which LMTP answers 451 (temporary), and Postfix retried the
- * message for days.
+/* porcupine-lmtp.c - in Dovecot's LMTP only:
+ *
+ * - a message larger than the cluster takes gets a permanent 552 5.3.4 for
+ *   each recipient, before any delivery is tried. Without it the cluster's
+ *   refusal reached LMTP as a failed save, which LMTP answers 451
+ *   (temporary), and Postfix retried the message for days;
+ * - each recipient's delivery carries a key, the SHA-256 of the message as
+ *   the MTA sent it (before the headers LMTP adds, whose Received line
+ *   differs on every try). Postfix sends the same bytes again when it
+ *   retries (after a 4xx, or an answer lost in a crash), so the cluster
+ *   answers the retry with the message it already stored instead of
+ *   storing a second copy; two different messages always differ (Postfix's
+ *   own Received line names its queue id).
  *
  * The LMTP process exports its client hook (lmtp_client_created_hook_set)
  * and loads the mail plugins before it creates a client; in every other
@@ -14,6 +22,9 @@
 #include "lmtp-common.h"
 #include "lmtp-client.h"
 #include "lmtp-recipient.h"
+
+#include "istream.h"
+#include "sha2.h"
 
 #include <inttypes.h>
 
@@ -26,6 +37,44 @@ static struct lmtp_client_vfuncs pcp_lmtp_super;
 /* The agent's limit (0: not known yet, or the agent does not say). */
 static uint64_t pcp_lmtp_limit;
 
+/* The key of the recipient being delivered (set around the delivery). */
+static unsigned char pcp_lmtp_key[SHA256_RESULTLEN];
+static bool pcp_lmtp_key_set;
+
+const unsigned char *pcp_lmtp_delivery_key(size_t *len_r)
+{
+	*len_r = pcp_lmtp_key_set ? sizeof(pcp_lmtp_key) : 0;
+	return pcp_lmtp_key_set ? pcp_lmtp_key : NULL;
+}
+
+/* The SHA-256 of the DATA as the client sent it, read through a stream of
+   its own (the delivery's stream is left where it is). FALSE when it cannot
+   be read: the delivery then goes without a key. */
+static bool pcp_lmtp_digest(struct client *client, unsigned char digest[SHA256_RESULTLEN])
+{
+	struct sha256_ctx sha;
+	struct istream *input;
+	const unsigned char *data;
+	size_t size;
+	bool ok;
+
+	if (client->state.data_input == NULL)
+		return FALSE;
+	input = i_stream_create_limit(client->state.data_input, UOFF_T_MAX);
+	sha256_init(&sha);
+	while (i_stream_read_more(input, &data, &size) > 0) {
+		sha256_loop(&sha, data, size);
+		i_stream_skip(input, size);
+	}
+	ok = input->stream_errno == 0 && input->eof;
+	if (!ok)
+		e_error(client->event, "porcupine: read(%s) failed: %s; delivered without a key",
+			i_stream_get_name(input), i_stream_get_error(input));
+	i_stream_unref(&input);
+	sha256_result(&sha, digest);
+	return ok;
+}
+
 static int
 pcp_lmtp_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 		       struct smtp_server_cmd_ctx *cmd,
@@ -34,6 +83,7 @@ pcp_lmtp_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 {
 	struct mail_user *user = lldctx->rcpt_user;
 	uoff_t size;
+	int ret;
 
 	if (pcp_lmtp_limit == 0 && user != NULL && PCP_USER(user) != NULL) {
 		porcupine_client *c = pcp_connect(user);
@@ -52,7 +102,10 @@ pcp_lmtp_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 			pcp_lmtp_limit);
 		return -1;
 	}
-	return pcp_lmtp_super.local_deliver(client, lrcpt, cmd, trans, lldctx);
+	pcp_lmtp_key_set = pcp_lmtp_digest(client, pcp_lmtp_key);
+	ret = pcp_lmtp_super.local_deliver(client, lrcpt, cmd, trans, lldctx);
+	pcp_lmtp_key_set = FALSE;
+	return ret;
 }
 
 static void pcp_lmtp_client_created(struct client **clientp)

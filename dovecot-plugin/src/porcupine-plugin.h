@@ -364,6 +364,9 @@ int pcp_lock(struct mailbox *box, struct file_lock **lock_r);
 int pcp_set_subscribed(struct mailbox *box, bool set);
 void pcp_lmtp_init(void);
 void pcp_lmtp_deinit(void);
+/* In LMTP, while a recipient is delivered: the delivery's key (the
+   digest of the message as the MTA sent it); NULL elsewhere. */
+const unsigned char *pcp_lmtp_delivery_key(size_t *len_r);
 
 /* A name a client chose (a folder), for a log line: control characters
    replaced (a name cannot forge a line), at most 256 characters. */

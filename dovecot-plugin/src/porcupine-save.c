@@ -213,6 +213,8 @@ static int pcp_deliver(struct pcp_save_context *ctx)
 	const char *const *names;
 	unsigned int nnames;
 	porcupine_client *c;
+	const unsigned char *key;
+	size_t key_len;
 	int code;
 
 	t_array_init(&keywords, 8);
@@ -238,10 +240,11 @@ static int pcp_deliver(struct pcp_save_context *ctx)
 	opts.flags = pcp_flags_to_cluster(flags);
 	opts.keywords = names;
 	opts.nkeywords = nnames;
+	key = pcp_lmtp_delivery_key(&key_len);
 	c = pcp_connect(user);
 	code = c == NULL ? PORCUPINE_UNREACHABLE :
-		porcupine_deliver_with(c, user->username, box->vname, &opts,
-				       pcp_read, ctx, &out);
+		porcupine_deliver_keyed(c, user->username, box->vname, &opts,
+					key, key_len, pcp_read, ctx, &out);
 	if (code != PORCUPINE_OK) {
 		enum mail_error error = MAIL_ERROR_TEMP;
 		if (code == PORCUPINE_NO_SUCH_USER || code == PORCUPINE_BAD_REQUEST)

@@ -79,6 +79,7 @@ MessageRecord full_record(std::uint64_t seq) {
   r.vsize = kBody.size() + 3;
   r.hdr_size = 40;
   r.meta = std::string("\x01\x01\x00\x03" "abc", 7);
+  r.delivery_key = std::string(32, '\x5a');
   r.folder_version = {1'700'000'000'700, 3};
   r.internal_date = 1'700'000'000'123;
   r.uidvalidity = 42;
@@ -145,20 +146,26 @@ std::vector<Message> every_message() {
              .users = {kUser, "bob@example.com"},
              .generations = {7, std::numeric_limits<std::uint64_t>::max()},
              .entries = {{kUser, kFolder, {{42, 1, 17, 12, {1'700'000'000'900, 3}, {{{1'700'000'000'100, 1}, 9}}}, {43, 1, 3, 0, {}, {}}}, 12,
-                          {{{2, 3}, 40'000}, {{3, 5}, std::uint64_t{1} << 40}}}},
+                          {{{2, 3}, 40'000}, {{3, 5}, std::uint64_t{1} << 40}},
+                          {{std::string(32, '\xab'), {2, 77}, 42, 16, {2, 3}, true, 1'700'000'000'500}}}},
              .profiles = {full_profile()},
-             .handoffs = {{kUser, kFolder, 42, 18, {16, 17}, {1'700'000'000'900, 3}, {{{1'700'000'000'100, 1}, 9}}}}},
+             .handoffs = {{kUser, kFolder, 42, 18, {16, 17}, {1'700'000'000'900, 3}, {{{1'700'000'000'100, 1}, 9}},
+                           {{"k1", {3, 5}, 42, 17, {3, 5}, false, 1'700'000'000'600}}}}},
       ReportAck{.epoch = epoch, .complete = {5}, .users = {kUser}, .generations = {7}},
       ReportPoll{.epoch = epoch, .buckets = {1, 2, 3}},
-      AllocRequest{101, kUser, kFolder, 4096, {}},
-      AllocRequest{101, kUser, kFolder, 0, {2, 3}},
-      AllocDone{kUser, kFolder, 42, 17},
+      AllocRequest{101, kUser, kFolder, 4096, {}, {}, {}},
+      AllocRequest{101, kUser, kFolder, 4096, {}, std::string(32, '\x01'), {3, 1'000'001}},
+      AllocRequest{101, kUser, kFolder, 0, {2, 3}, {}, {}},
+      AllocDone{kUser, kFolder, 42, 17, {}},
+      AllocDone{kUser, kFolder, 42, 17, "key"},
       RenumberRequest{120, kUser, kFolder, {3, 99}, {3, 5}, 42, 16, 30},
       AllocReply{
           .req = 102, .status = Status::TryAgain, .uidvalidity = 42, .uid = 17, .nodes = {3, 5},
-          .quota_bytes = 4096, .gen = {1'700'000'000'900, 3}, .seen = {{{1'700'000'000'100, 1}, 9}}},
+          .quota_bytes = 4096, .gen = {1'700'000'000'900, 3}, .seen = {{{1'700'000'000'100, 1}, 9}}, .msg = {}},
       AllocReply{.req = 102, .status = Status::OverQuota, .uidvalidity = 0, .uid = 0, .nodes = {},
-                 .quota_bytes = 4096, .quota_checked = true, .gen = {}, .seen = {}},
+                 .quota_bytes = 4096, .quota_checked = true, .gen = {}, .seen = {}, .msg = {}},
+      AllocReply{.req = 102, .status = Status::Ok, .uidvalidity = 42, .uid = 9, .nodes = {2, 3},
+                 .quota_bytes = 0, .quota_checked = true, .gen = {}, .seen = {}, .msg = {2, 8}, .stored = true},
       CreateUserRequest{103, kUser, "{PLAIN}secret"},
       MapRequest{104, kUser, kFolder},
       MapReply{.req = 105,
@@ -492,6 +499,7 @@ TEST(Codec, AListingCopyLeavesOutTheBodyAndWhatTheAskerDoesNotNeed) {
   const MessageRecord r = full_record(9);
   MessageRecord want = r;
   want.body.clear();
+  want.delivery_key.clear();  // only its manager asks for it
   EXPECT_EQ(listing_copy(r, true, true), want);  // for an asker of an earlier version
   want.user.clear();
   want.folder.clear();
@@ -515,6 +523,20 @@ TEST(Codec, AListingCopyLeavesOutTheBodyAndWhatTheAskerDoesNotNeed) {
       << error;
   want.meta = r.meta;
   EXPECT_EQ(std::get<ListReply>(got.body).records.at(0), want);
+}
+
+TEST(Codec, DeliveryKeyIsKeptAtRestAndOneOver64BytesIsRefused) {
+  MessageRecord r = full_record(9);
+  MessageRecord out;
+  std::string error;
+  ASSERT_TRUE(decode_record(encode_record(r), out, &error)) << error;
+  EXPECT_EQ(out.delivery_key, r.delivery_key);
+  r.delivery_key.assign(kMaxDeliveryKey + 1, 'k');
+  EXPECT_FALSE(decode_record(encode_record(r), out, &error));
+  EXPECT_NE(error.find("delivery_key"), std::string::npos) << error;
+  Envelope got;
+  AllocRequest a{1, "u@x", "INBOX", 10, {}, std::string(kMaxDeliveryKey + 1, 'k'), {1, 2}};
+  EXPECT_FALSE(decode_envelope(encode_envelope(envelope(a)), got, &error));
 }
 
 TEST(Codec, MetaIsKeptAtRestTravelsInListingsAndOneOver8KiBIsDropped) {

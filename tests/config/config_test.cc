@@ -74,7 +74,7 @@ TEST(Config, DefaultsOfCoreTunablesEqualCoreConfig) {
   // Fails to compile when CoreConfig gains or loses a field: map it in to_core
   // (and give it a parameter), then update this count.
   [[maybe_unused]] const auto& [f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17,
-                                f18, f19, f20, f21, f22, f23, f24] = want;
+                                f18, f19, f20, f21, f22, f23, f24, f25] = want;
   EXPECT_EQ(core.self, 1u);
   EXPECT_TRUE(core.seeds.empty());
   EXPECT_EQ(core.weight, want.weight);
@@ -93,6 +93,7 @@ TEST(Config, DefaultsOfCoreTunablesEqualCoreConfig) {
   EXPECT_EQ(core.takeover_delay, want.takeover_delay);
   EXPECT_EQ(core.death_ttl, want.death_ttl);
   EXPECT_EQ(core.request_timeout, want.request_timeout);
+  EXPECT_EQ(core.delivery_key_ttl, want.delivery_key_ttl);
   EXPECT_EQ(core.transfer_rate, want.transfer_rate);
   EXPECT_EQ(core.sync_interval, want.sync_interval);
   EXPECT_EQ(core.sync_bodies_inflight, want.sync_bodies_inflight);

@@ -52,6 +52,39 @@ struct Harness {
     }
     return r;
   }
+  // A delivery with a key (DeliverOptions::key), as an MTA's retry
+  // carries; the acknowledgement recorded like deliver's.
+  const ClientReply* deliver_keyed(NodeId via, const std::string& u, const std::string& key,
+                                   const std::string& folder = "INBOX") {
+    Time issued = c.now();
+    DeliverOptions o;
+    o.key = key;
+    std::uint64_t req = c.call(via, [&](Node& n, Time now, std::uint64_t r) {
+      n.deliver(now, r, u, folder, std::string("Subject: keyed\r\n\r\n" + key + "\r\n"), o);
+    });
+    const ClientReply* r = c.wait(req);
+    const bool known = r && std::any_of(log.delivered.begin(), log.delivered.end(),
+                                        [&](const Acked& a) { return a.target.id == r->msg; });
+    if (r && r->status == Status::Ok && !known) {  // a retry's answer is its first's
+      Acked a;
+      a.target.id = r->msg;
+      a.target.user = canonical_user(u);
+      a.target.folder = folder;
+      a.target.replicas = r->replicas;
+      a.uidvalidity = r->uidvalidity;
+      a.uid = r->uid;
+      a.issued = issued;
+      a.acked = c.reply_time(req);
+      log.delivered.push_back(a);
+    }
+    return r;
+  }
+  // The messages of `u`'s folder through node `via`.
+  std::size_t count(NodeId via, const std::string& u) {
+    const ClientReply* l = list(via, u);
+    EXPECT_TRUE(l && l->status == Status::Ok);
+    return l ? l->records.size() : 0;
+  }
   void expect_invariants(bool destroyed = false) {
     c.run_for(15'000);
     auto bad = check_invariants(c, log, destroyed);
@@ -1891,5 +1924,112 @@ TEST(Repair, ForgettingALiveMemberIsRefused) {
   }
   EXPECT_TRUE(h.c.converged());
   EXPECT_EQ(h.c.up().size(), 3u);
+  h.expect_invariants();
+}
+
+// ---- Exactly once: a delivery's key (docs/architecture.md, "Exactly once") ----
+
+TEST(ExactlyOnce, ARetryOfAStoredDeliveryIsAnsweredWithItsMessage) {
+  Harness h(3);
+  const std::string u = "eo@example.org";
+  h.user(u);
+  const ClientReply* first = h.deliver_keyed(2, u, "key-1");
+  ASSERT_EQ(first->status, Status::Ok);
+  const MsgId msg = first->msg;
+  const std::uint32_t uid = first->uid;
+  // The MTA's retry, through another node: the same message, nothing new.
+  const ClientReply* again = h.deliver_keyed(3, u, "key-1");
+  ASSERT_EQ(again->status, Status::Ok);
+  EXPECT_EQ(again->msg, msg);
+  EXPECT_EQ(again->uid, uid);
+  EXPECT_EQ(h.count(1, u), 1u);
+  // Another key, and the same key in another folder, are other deliveries.
+  ASSERT_EQ(h.deliver_keyed(1, u, "key-2")->status, Status::Ok);
+  EXPECT_EQ(h.count(1, u), 2u);
+  const ClientReply* other = h.deliver_keyed(1, u, "key-1", "Archive");
+  ASSERT_EQ(other->status, Status::Ok);
+  EXPECT_NE(other->msg, msg);
+  // A delivery without a key is never taken for a retry.
+  ASSERT_EQ(h.deliver(1, u)->status, Status::Ok);
+  ASSERT_EQ(h.deliver(1, u)->status, Status::Ok);
+  EXPECT_EQ(h.count(2, u), 4u);
+  h.expect_invariants();
+}
+
+// The store completed on its replicas but its answer came too late: the
+// client was told to try again (the MTA's 4xx). The retry stores the same
+// message again, not a second one.
+TEST(ExactlyOnce, ARetryOfADeliveryWhoseAnswerWasLostStoresNoSecondCopy) {
+  Harness h(3);
+  const std::string u = "late@example.org";
+  h.user(u);
+  const Time late = CoreConfig{}.request_timeout * 2;
+  bool delaying = true;
+  h.c.on_arrival = [&](const Envelope& e, Time arrival) {
+    return delaying && e.to == 1 && std::holds_alternative<OpReply>(e.body) ? arrival + late : arrival;
+  };
+  const ClientReply* lost = h.deliver_keyed(1, u, "key-late");
+  ASSERT_TRUE(lost);
+  EXPECT_EQ(lost->status, Status::TryAgain);
+  delaying = false;
+  h.c.on_arrival = nullptr;
+  h.c.run_for(late);
+  EXPECT_EQ(h.count(2, u), 1u);  // it was stored, though its client was told otherwise
+  const ClientReply* retry = h.deliver_keyed(2, u, "key-late");
+  ASSERT_EQ(retry->status, Status::Ok);
+  h.c.run_for(5'000);
+  const ClientReply* l = h.list(3, u);
+  ASSERT_EQ(l->records.size(), 1u);
+  EXPECT_EQ(l->records[0].id, retry->msg);
+  EXPECT_EQ(l->records[0].uid, retry->uid);
+  h.expect_invariants();
+}
+
+// The user's manager dies after the delivery: its successor learns the key
+// from the holders' reports; when it comes back, from the handoff and the
+// reports again. The retry is answered with the message each time.
+TEST(ExactlyOnce, AKeyOutlivesItsManager) {
+  Harness h(4);
+  const std::string u = "mgr@example.org";
+  h.user(u);
+  const NodeId mgr = h.c.node(1)->membership().manager_of(
+      bucket_of(canonical_user(u), CoreConfig{}.buckets));
+  const NodeId via = mgr == 1 ? 2 : 1;
+  const ClientReply* first = h.deliver_keyed(via, u, "key-m");
+  ASSERT_EQ(first->status, Status::Ok);
+  const MsgId msg = first->msg;
+  h.c.crash(mgr);
+  ASSERT_TRUE(h.settle());
+  const NodeId via2 = via == 3 || mgr == 3 ? (via == 4 || mgr == 4 ? 2 : 4) : 3;
+  const ClientReply* again = h.deliver_keyed(via2, u, "key-m");
+  ASSERT_EQ(again->status, Status::Ok) << again->detail;
+  EXPECT_EQ(again->msg, msg);
+  EXPECT_EQ(h.count(via, u), 1u);
+  h.c.restart(mgr);
+  ASSERT_TRUE(h.settle());
+  ASSERT_EQ(h.c.node(1)->membership().manager_of(
+                bucket_of(canonical_user(u), CoreConfig{}.buckets)),
+            mgr);
+  const ClientReply* third = h.deliver_keyed(mgr, u, "key-m");
+  ASSERT_EQ(third->status, Status::Ok) << third->detail;
+  EXPECT_EQ(third->msg, msg);
+  EXPECT_EQ(h.count(mgr, u), 1u);
+  h.expect_invariants();
+}
+
+// A key is kept delivery_key_ttl: after it, the same key is a new delivery.
+TEST(ExactlyOnce, AKeyIsForgottenAfterItsTime) {
+  CoreConfig cfg;
+  cfg.delivery_key_ttl = 60'000;
+  Harness h(3, 7, cfg);
+  const std::string u = "ttl@example.org";
+  h.user(u);
+  ASSERT_EQ(h.deliver_keyed(1, u, "key-t")->status, Status::Ok);
+  h.c.run_for(30'000);
+  ASSERT_EQ(h.deliver_keyed(2, u, "key-t")->status, Status::Ok);
+  EXPECT_EQ(h.count(1, u), 1u);
+  h.c.run_for(cfg.delivery_key_ttl);
+  ASSERT_EQ(h.deliver_keyed(2, u, "key-t")->status, Status::Ok);
+  EXPECT_EQ(h.count(1, u), 2u);
   h.expect_invariants();
 }
