@@ -334,14 +334,15 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
       // Read after its client gave up (this agent was stopped, or far
       // behind): done now, it would be done behind the client's back (a
       // delivery its MTA retries).
-      const bool chunk = q.op_case() == pb::Request::kDeliverChunk;
-      if (chunk && expired_.count(id)) return;  // answered already
+      const bool delivery = q.op_case() == pb::Request::kDeliverBegin || q.op_case() == pb::Request::kDeliverChunk;
+      if (delivery && expired_.count(id)) return;  // answered already
       deliveries_.erase(id);
-      if (chunk) expired_.insert(id);
       if (++late_requests_ == 1 || late_requests_ % 100 == 0)
         agent_.log("local: " + std::to_string(late_requests_) +
                    " request(s) read after their client's deadline; not acted on");
-      return fail(id, pb::TEMPFAIL, "read after the client's deadline; not acted on");
+      fail(id, pb::TEMPFAIL, "read after the client's deadline; not acted on");
+      if (delivery) expired_.insert(id);  // its other chunks are dropped
+      return;
     }
     if (q.op_case() != pb::Request::kDeliverChunk) arm_deadline(id, q.timeout_ms());
     if (administers(q) && !may_administer()) return forbidden(id);

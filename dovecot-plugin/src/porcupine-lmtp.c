@@ -37,9 +37,12 @@ static struct lmtp_client_vfuncs pcp_lmtp_super;
 /* The agent's limit (0: not known yet, or the agent does not say). */
 static uint64_t pcp_lmtp_limit;
 
-/* The key of the recipient being delivered (set around the delivery). */
+/* The key of the recipient being delivered (set around the delivery), and
+   the transaction it was worked out for: every recipient of one
+   transaction has the same. */
 static unsigned char pcp_lmtp_key[SHA256_RESULTLEN];
-static bool pcp_lmtp_key_set;
+static bool pcp_lmtp_key_set, pcp_lmtp_key_valid;
+static char *pcp_lmtp_key_trans;
 
 const unsigned char *pcp_lmtp_delivery_key(size_t *len_r)
 {
@@ -47,20 +50,28 @@ const unsigned char *pcp_lmtp_delivery_key(size_t *len_r)
 	return pcp_lmtp_key_set ? pcp_lmtp_key : NULL;
 }
 
-/* The SHA-256 of the DATA as the client sent it, read through a stream of
-   its own (the delivery's stream is left where it is). FALSE when it cannot
-   be read: the delivery then goes without a key. */
-static bool pcp_lmtp_digest(struct client *client, unsigned char digest[SHA256_RESULTLEN])
+/* The SHA-256 of the DATA as the client sent it: the message LMTP hands
+   over (its raw mail for the transaction's first recipient) after the
+   headers LMTP put before it (client->state.added_headers_local), read
+   through a stream of its own so the delivery's is left where it is.
+   FALSE when it cannot be read: the delivery then goes without a key. */
+static bool pcp_lmtp_digest(struct client *client, struct mail *src_mail,
+			    unsigned char digest[SHA256_RESULTLEN])
 {
+	const char *added = client->state.added_headers_local;
 	struct sha256_ctx sha;
-	struct istream *input;
+	struct istream *mail_input, *input;
 	const unsigned char *data;
 	size_t size;
 	bool ok;
 
-	if (client->state.data_input == NULL)
+	if (src_mail == NULL || mail_get_stream(src_mail, NULL, NULL, &mail_input) < 0) {
+		e_error(client->event, "porcupine: the message cannot be read: %s; delivered without a key",
+			src_mail == NULL ? "no mail" : mailbox_get_last_internal_error(src_mail->box, NULL));
 		return FALSE;
-	input = i_stream_create_limit(client->state.data_input, UOFF_T_MAX);
+	}
+	input = i_stream_create_limit(mail_input, UOFF_T_MAX);
+	i_stream_seek(input, added == NULL ? 0 : strlen(added));
 	sha256_init(&sha);
 	while (i_stream_read_more(input, &data, &size) > 0) {
 		sha256_loop(&sha, data, size);
@@ -102,7 +113,15 @@ pcp_lmtp_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 			pcp_lmtp_limit);
 		return -1;
 	}
-	pcp_lmtp_key_set = pcp_lmtp_digest(client, pcp_lmtp_key);
+	/* The transaction's first recipient is delivered from the message as
+	   LMTP received it; the others may be copies of the first saved one. */
+	if (pcp_lmtp_key_trans == NULL || trans->id == NULL ||
+	    strcmp(pcp_lmtp_key_trans, trans->id) != 0) {
+		i_free(pcp_lmtp_key_trans);
+		pcp_lmtp_key_trans = i_strdup(trans->id);
+		pcp_lmtp_key_valid = pcp_lmtp_digest(client, lldctx->src_mail, pcp_lmtp_key);
+	}
+	pcp_lmtp_key_set = pcp_lmtp_key_valid && trans->id != NULL;
 	ret = pcp_lmtp_super.local_deliver(client, lrcpt, cmd, trans, lldctx);
 	pcp_lmtp_key_set = FALSE;
 	return ret;
@@ -133,4 +152,5 @@ void pcp_lmtp_deinit(void)
 		return;
 	(void)lmtp_client_created_hook_set(pcp_lmtp_next_hook);
 	pcp_lmtp_hooked = FALSE;
+	i_free(pcp_lmtp_key_trans);
 }

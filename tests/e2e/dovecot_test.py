@@ -130,8 +130,23 @@ class DovecotCase(unittest.TestCase):
             s.sendmail("sender@example.org", [self.user], data)
 
     def cluster_listing(self, i):
+        return self.cluster_listing_of(i, self.user)
+
+    def cluster_listing_of(self, i, user):
         import json
-        return json.loads(self.ctl(i, "--json", "mail", "list", self.user))
+        return json.loads(self.ctl(i, "--json", "mail", "list", user))
+
+    def agent_log(self, i):
+        try:
+            with open(os.path.join(self.cl.ndir(i), "agent.log"), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def subjects(self, i):
+        """The Subject of every message in INBOX on node i, in UID order."""
+        return [re.search(rb"Subject: ([^\r\n]*)", body).group(1)
+                for _, (_, body) in sorted(self.imap_state(i)[1].items())]
 
     def assert_lmtp_4xx(self, i, data):
         with self.assertRaises((smtplib.SMTPDataError, smtplib.SMTPRecipientsRefused)) as cm:
@@ -384,7 +399,7 @@ class Dovecot(DovecotCase):
             return all(any(b"Subject: message %d\r\n" % n in b for b in bodies) for n in (1, 3))
         self.assertTrue(self.wait_for(both, 30), "node 3: %s" % self.imap_state(3)[1].keys())
 
-    def test_agent_not_answering_gives_lmtp_4xx(self):
+    def test_agent_not_answering_gives_lmtp_4xx_and_does_not_deliver_later(self):
         self.lmtp_deliver(1, message(1))
         pid = self.cl.pid(1, "agent")
         os.kill(pid, signal.SIGSTOP)  # the agent hangs: the plugin's deadline (5 s) ends the call
@@ -394,8 +409,39 @@ class Dovecot(DovecotCase):
             print("LMTP 4xx after %.1f s" % (time.time() - started), file=sys.stderr)
         finally:
             os.kill(pid, signal.SIGCONT)
-        # A node whose agent runs alone still takes mail (the cluster stays
-        # available); that is not a failure.
+        # The agent reads the request its client gave up on, and does not
+        # act on it: the MTA was told 4xx and will send the message again.
+        time.sleep(3)
+        self.assertEqual(self.subjects(2), [b"message 1"])
+        self.assertIn("read after their client's deadline", self.agent_log(1))
+        # The MTA's retry is delivered, once.
+        self.deliver(1, message(2))
+        self.assertEqual(sorted(self.subjects(2)), [b"message 1", b"message 2"])
+
+    def test_an_mta_retry_of_a_delivered_message_is_not_stored_twice(self):
+        # Postfix sends a message again when its answer was lost (a crash,
+        # a timeout after the store): the same bytes, through any node.
+        self.deliver(1, message(1))
+        self.deliver(2, message(1))
+        self.deliver(3, message(1))
+        self.assertEqual(self.subjects(1), [b"message 1"])
+        self.assertIn("not stored again", self.agent_log(2) + self.agent_log(3))
+        # Other bytes are another message, and so is the same message to
+        # another user (each user's own delivery).
+        self.deliver(2, message(2))
+        self.assertEqual(sorted(self.subjects(3)), [b"message 1", b"message 2"])
+        self.ctl(1, "user", "add", "bob@example.com", "--password", PASSWORD)
+        with smtplib.LMTP(self.addr(3), LMTP_PORT, timeout=30, source_address=(self.addr(3), 0)) as s:
+            s.sendmail("sender@example.org", ["bob@example.com"], message(1))
+        bob = self.cluster_listing_of(1, "bob@example.com")["messages"]
+        self.assertEqual(len(bob), 1, bob)
+        # An IMAP APPEND of the same bytes is the user's own copy, kept.
+        m = self.imap(2)
+        try:
+            self.assertEqual(m.append("INBOX", None, None, message(1))[0], "OK")
+        finally:
+            m.logout()
+        self.assertEqual(sorted(self.subjects(1)), [b"message 1", b"message 1", b"message 2"])
 
 
 def main():
