@@ -5,13 +5,16 @@
  *   each recipient, before any delivery is tried. Without it the cluster's
  *   refusal reached LMTP as a failed save, which LMTP answers 451
  *   (temporary), and Postfix retried the message for days;
- * - each recipient's delivery carries a key, the SHA-256 of the message as
- *   the MTA sent it (before the headers LMTP adds, whose Received line
- *   differs on every try). Postfix sends the same bytes again when it
- *   retries (after a 4xx, or an answer lost in a crash), so the cluster
- *   answers the retry with the message it already stored instead of
- *   storing a second copy; two different messages always differ (Postfix's
- *   own Received line names its queue id).
+ * - each recipient's delivery carries a key: the SHA-256 of the envelope
+ *   sender and of the message from its first header field that is not a
+ *   trace field (Return-Path, Received, Delivered-To, X-Original-To,
+ *   X-Porcupine-*: what MTAs, LMTP and porcupine-milter put on top, which
+ *   differ on every try). A message sent again, by Postfix after a 4xx or
+ *   an answer lost in a crash, or by the sending client after a broken
+ *   session through another node, has the same key; the cluster answers it
+ *   with the message it already stored instead of storing a second copy.
+ *   Two different messages differ in their own headers (Date,
+ *   Message-ID) or their body.
  *
  * The LMTP process exports its client hook (lmtp_client_created_hook_set)
  * and loads the mail plugins before it creates a client; in every other
@@ -25,6 +28,7 @@
 
 #include "istream.h"
 #include "sha2.h"
+#include "smtp-address.h"
 
 #include <inttypes.h>
 
@@ -50,19 +54,44 @@ const unsigned char *pcp_lmtp_delivery_key(size_t *len_r)
 	return pcp_lmtp_key_set ? pcp_lmtp_key : NULL;
 }
 
-/* The SHA-256 of the DATA as the client sent it: the message LMTP hands
-   over (its raw mail for the transaction's first recipient) after the
-   headers LMTP put before it (client->state.added_headers_local), read
-   through a stream of its own so the delivery's is left where it is.
+/* A header line that begins a trace field, which each MTA on the way (and
+   LMTP, and porcupine-milter) puts on top of the message and which
+   differs on every try. */
+static bool pcp_is_trace_field(const char *line)
+{
+	static const char *const names[] = {
+		"Return-Path", "Received", "Delivered-To", "X-Original-To"
+	};
+	const char *colon = strchr(line, ':');
+	size_t len, i;
+
+	if (colon == NULL)
+		return FALSE;
+	len = (size_t)(colon - line);
+	while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t'))
+		len--;
+	for (i = 0; i < N_ELEMENTS(names); i++) {
+		if (len == strlen(names[i]) && strncasecmp(line, names[i], len) == 0)
+			return TRUE;
+	}
+	return len > 12 && strncasecmp(line, "X-Porcupine-", 12) == 0;
+}
+
+/* The delivery's key (see the top of this file), from the message LMTP
+   hands over (its raw mail for the transaction's first recipient) after
+   the headers LMTP itself put before it (client->state.added_headers_local),
+   read through a stream of its own so the delivery's is left where it is.
    FALSE when it cannot be read: the delivery then goes without a key. */
-static bool pcp_lmtp_digest(struct client *client, struct mail *src_mail,
-			    unsigned char digest[SHA256_RESULTLEN])
+static bool pcp_lmtp_digest(struct client *client, struct smtp_server_transaction *trans,
+			    struct mail *src_mail, unsigned char digest[SHA256_RESULTLEN])
 {
 	const char *added = client->state.added_headers_local;
+	const char *sender, *line;
 	struct sha256_ctx sha;
 	struct istream *mail_input, *input;
 	const unsigned char *data;
 	size_t size;
+	uoff_t from;
 	bool ok;
 
 	if (src_mail == NULL || mail_get_stream(src_mail, NULL, NULL, &mail_input) < 0) {
@@ -70,9 +99,19 @@ static bool pcp_lmtp_digest(struct client *client, struct mail *src_mail,
 			src_mail == NULL ? "no mail" : mailbox_get_last_internal_error(src_mail->box, NULL));
 		return FALSE;
 	}
-	input = i_stream_create_limit(mail_input, UOFF_T_MAX);
-	i_stream_seek(input, added == NULL ? 0 : strlen(added));
 	sha256_init(&sha);
+	sender = trans->mail_from == NULL ? "" : smtp_address_encode(trans->mail_from);
+	sha256_loop(&sha, sender, strlen(sender) + 1);
+	input = i_stream_create_limit(mail_input, UOFF_T_MAX);
+	from = added == NULL ? 0 : strlen(added);
+	i_stream_seek(input, from);
+	/* Past the trace fields on top, with their continuation lines. */
+	while ((line = i_stream_read_next_line(input)) != NULL) {
+		if (line[0] != ' ' && line[0] != '\t' && !pcp_is_trace_field(line))
+			break;
+		from = input->v_offset;
+	}
+	i_stream_seek(input, from);
 	while (i_stream_read_more(input, &data, &size) > 0) {
 		sha256_loop(&sha, data, size);
 		i_stream_skip(input, size);
@@ -119,7 +158,7 @@ pcp_lmtp_local_deliver(struct client *client, struct lmtp_recipient *lrcpt,
 	    strcmp(pcp_lmtp_key_trans, trans->id) != 0) {
 		i_free(pcp_lmtp_key_trans);
 		pcp_lmtp_key_trans = i_strdup(trans->id);
-		pcp_lmtp_key_valid = pcp_lmtp_digest(client, lldctx->src_mail, pcp_lmtp_key);
+		pcp_lmtp_key_valid = pcp_lmtp_digest(client, trans, lldctx->src_mail, pcp_lmtp_key);
 	}
 	pcp_lmtp_key_set = pcp_lmtp_key_valid && trans->id != NULL;
 	ret = pcp_lmtp_super.local_deliver(client, lrcpt, cmd, trans, lldctx);

@@ -424,12 +424,19 @@ class Dovecot(DovecotCase):
         self.deliver(1, message(1))
         self.deliver(2, message(1))
         self.deliver(3, message(1))
+        # The sending client's own resend through another MTA: the same
+        # message under other trace fields.
+        self.deliver(2, b"Received: from client.example by mx2.example (Postfix) with ESMTP id 4AbC;\r\n"
+                        b"\tMon, 7 Dec 2026 09:00:00 +0000\r\nX-Porcupine-Accepted-By: n2 id 4AbC\r\n" + message(1))
         self.assertEqual(self.subjects(1), [b"message 1"])
         self.assertIn("not stored again", self.agent_log(2) + self.agent_log(3))
         # Other bytes are another message, and so is the same message to
-        # another user (each user's own delivery).
+        # another user (each user's own delivery) or from another sender.
         self.deliver(2, message(2))
         self.assertEqual(sorted(self.subjects(3)), [b"message 1", b"message 2"])
+        with smtplib.LMTP(self.addr(1), LMTP_PORT, timeout=30, source_address=(self.addr(1), 0)) as s:
+            s.sendmail("list-bounces@example.net", [self.user], message(2))
+        self.assertEqual(sorted(self.subjects(3)), [b"message 1", b"message 2", b"message 2"])
         self.ctl(1, "user", "add", "bob@example.com", "--password", PASSWORD)
         with smtplib.LMTP(self.addr(3), LMTP_PORT, timeout=30, source_address=(self.addr(3), 0)) as s:
             s.sendmail("sender@example.org", ["bob@example.com"], message(1))
@@ -441,7 +448,7 @@ class Dovecot(DovecotCase):
             self.assertEqual(m.append("INBOX", None, None, message(1))[0], "OK")
         finally:
             m.logout()
-        self.assertEqual(sorted(self.subjects(1)), [b"message 1", b"message 1", b"message 2"])
+        self.assertEqual(sorted(self.subjects(1)), [b"message 1", b"message 1", b"message 2", b"message 2"])
 
 
 def main():
