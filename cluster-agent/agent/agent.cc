@@ -70,6 +70,7 @@ void Agent::start() {
   PeerNet::Options po;
   po.self = opt_.core.self;
   po.listen = opt_.listen;
+  po.source_address = opt_.source_address;
   po.secret = opt_.secret;
   po.security = opt_.peer_security == "legacy" ? PeerNet::Security::Legacy
                 : opt_.peer_security == "both" ? PeerNet::Security::Both

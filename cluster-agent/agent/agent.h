@@ -30,6 +30,7 @@ namespace porcupine::agent {
 struct AgentOptions {
   CoreConfig core;
   std::string listen;
+  std::string source_address;  // outgoing peer connections' (config: source_address resolved; empty: none)
   std::map<NodeId, std::string> peers;
   std::string secret;
   std::string spool_dir;

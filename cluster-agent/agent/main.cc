@@ -178,6 +178,15 @@ int main(int argc, char** argv) {
   agent::AgentOptions opt;
   opt.core = config::to_core(*params);
   opt.listen = params->listen_address.str();
+  // Outgoing peer connections leave from the node's own address.
+  if (params->source_address == "any") {
+    opt.source_address.clear();
+  } else if (!params->source_address.empty()) {
+    opt.source_address = params->source_address;
+  } else {
+    const std::string& h = params->listen_address.host;
+    if (h != "0.0.0.0" && h != "::" && h != "*") opt.source_address = h;
+  }
   for (const auto& p : params->peers) opt.peers[p.id] = p.address.str();
   opt.secret = read_secret(params->secret_file, why);
   if (opt.secret.empty()) {

@@ -782,7 +782,7 @@ void PeerNet::dial(NodeId n) {
       return;
     }
     auto sock = std::make_shared<tcp::socket>(io_);
-    asio::async_connect(*sock, eps, [this, n, sock](boost::system::error_code ec2, const tcp::endpoint&) {
+    auto connected = [this, n, sock](boost::system::error_code ec2) {
       if (stopped_) return;
       dials_[n].in_progress = false;
       if (ec2) {
@@ -793,7 +793,36 @@ void PeerNet::dial(NodeId n) {
       auto c = std::make_shared<PeerConnection>(*this, std::move(*sock), true, n);
       all_.insert(c);
       c->start();
-    });
+    };
+    if (opt_.source_address.empty()) {
+      asio::async_connect(*sock, eps, [connected](boost::system::error_code e, const tcp::endpoint&) { connected(e); });
+      return;
+    }
+    // From the node's own address: the first of the peer's addresses of the
+    // same family.
+    boost::system::error_code bec;
+    const auto from = asio::ip::make_address(opt_.source_address, bec);
+    std::optional<tcp::endpoint> to;
+    for (const auto& r : eps)
+      if (!bec && r.endpoint().address().is_v4() == from.is_v4()) {
+        to = r.endpoint();
+        break;
+      }
+    if (!to) {
+      log_("peer n" + std::to_string(n) + ": no address of the family of source_address " + opt_.source_address);
+      dials_[n].in_progress = false;
+      schedule_dial(n);
+      return;
+    }
+    sock->open(to->protocol(), bec);
+    if (!bec) sock->bind(tcp::endpoint(from, 0), bec);
+    if (bec) {
+      log_("peer n" + std::to_string(n) + ": cannot connect from " + opt_.source_address + ": " + bec.message());
+      dials_[n].in_progress = false;
+      schedule_dial(n);
+      return;
+    }
+    sock->async_connect(*to, connected);
   });
 }
 

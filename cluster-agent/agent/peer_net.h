@@ -70,6 +70,7 @@ class PeerNet {
     NodeId self = kNoNode;
     Security security = Security::Tls;
     std::string listen;                   // host:port
+    std::string source_address;           // connections to peers leave from it (empty: the kernel's choice)
     std::string secret;                   // the cluster secret (bytes)
     std::map<NodeId, std::string> seeds;  // id -> host:port
     std::int64_t backoff_max_ms = 5000;

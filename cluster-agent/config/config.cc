@@ -8,6 +8,8 @@
 // here keeps state between calls.
 #include "config/config.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <array>
 #include <cassert>
@@ -60,6 +62,11 @@ constexpr std::array kTable{
     P("listen_address", Type::kAddress, "127.0.0.1:7400",
       "Address and port on which the agent accepts connections from other agents.",
       &Params::listen_address),
+    P("source_address", Type::kString, "",
+      "Address this agent's connections to other agents leave from (as Postfix's smtp_bind_address), so per-node "
+      "firewall rules can tell nodes apart. Empty: the host of listen_address, unless that is a wildcard "
+      "(0.0.0.0, ::), when the kernel chooses; 'any': the kernel chooses.",
+      &Params::source_address),
     P("peers", Type::kNodeList, "",
       "The cluster's nodes as id@host:port, contacted when joining; may list this node with its own address.",
       &Params::peers),
@@ -800,6 +807,14 @@ void cross_check(const Params& params, const std::set<std::string_view>& bad, co
                "probe_timeout_ms (" + std::to_string(params.probe_timeout_ms) +
                    ") must be greater than probe_interval_ms (" + std::to_string(params.probe_interval_ms) +
                    ")");
+  }
+
+  if (!bad.contains("source_address") && !params.source_address.empty() && params.source_address != "any") {
+    unsigned char buf[sizeof(in6_addr)];
+    if (inet_pton(AF_INET, params.source_address.c_str(), buf) != 1 &&
+        inet_pton(AF_INET6, params.source_address.c_str(), buf) != 1)
+      error("source_address", "bad value for source_address = '" + params.source_address +
+                                  "': not an IP address (or empty: listen_address's host; any: the kernel's choice)");
   }
 
   if (!bad.contains("metrics_listen") && !params.metrics_listen.empty()) {

@@ -87,6 +87,7 @@ struct Params {
   std::uint32_t auth_failures_per_user{};
   Time auth_failure_window_ms{};
   std::string metrics_listen;  // host:port of the Prometheus endpoint; empty: none
+  std::string source_address;  // outgoing peer connections' address; empty: listen's host; "any": none
 
   std::uint32_t buckets{};
   std::uint32_t spread{};

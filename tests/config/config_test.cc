@@ -198,6 +198,21 @@ TEST(ConfigErrors, BadChoicePathAddressAndUnitAreExplained) {
   EXPECT_TRUE(has(e.message, "unit ms, s, m, h or d")) << e.message;
 }
 
+TEST(ConfigValues, SourceAddressIsAnIpAddressOrEmptyOrAny) {
+  EXPECT_EQ(with_node(1).source_address, "");
+  std::vector<Error> errors;
+  for (const char* good : {"127.0.1.2", "::1", "any", ""}) {
+    auto params = parse("node_id = 1\nsource_address = " + std::string(good) + "\n", errors);
+    ASSERT_TRUE(params) << good << ": " << dump(errors);
+    EXPECT_EQ(params->source_address, good);
+  }
+  Error e = only_error("node_id = 1\nsource_address = mail.example.com\n");
+  EXPECT_EQ(e.line, 2);
+  EXPECT_TRUE(has(e.message, "source_address") && has(e.message, "not an IP address")) << e.message;
+  e = only_error("node_id = 1\nsource_address = 127.0.0.1:7400\n");
+  EXPECT_TRUE(has(e.message, "not an IP address")) << e.message;
+}
+
 TEST(ConfigValues, MetricsListenIsOffByDefaultAndElseHostPort) {
   EXPECT_EQ(with_node(1).metrics_listen, "");
   std::vector<Error> errors;

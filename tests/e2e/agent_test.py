@@ -116,6 +116,22 @@ class Formation(ClusterCase):
             self.assertEqual(sum(m["buckets"] for m in v["members"]), v["buckets"])
             self.assertTrue(all(m["connected"] for m in v["members"]))
 
+    def test_each_node_connects_to_its_peers_from_its_own_address(self):
+        # So that a firewall rule (or a test's cut) can tell nodes apart.
+        import subprocess
+        out = subprocess.run(["ss", "-Htn", "state", "established"], capture_output=True, text=True, check=True).stdout
+        prefix = "127.0.%d." % SUBNET
+        links = set()
+        for line in out.splitlines():
+            fields = line.split()
+            local_addr, peer = fields[-2], fields[-1]
+            if peer.startswith(prefix) and peer.endswith(":%d" % local.PORT):
+                self.assertTrue(local_addr.startswith(prefix), "a connection to %s leaves from %s" % (peer, local_addr))
+                links.add((local_addr.rsplit(":", 1)[0], peer.rsplit(":", 1)[0]))
+        # Every node reaches every other (one side dials each pair).
+        pairs = {frozenset(p) for p in links if p[0] != p[1]}
+        self.assertEqual(len(pairs), self.nodes * (self.nodes - 1) // 2, sorted(links))
+
 
 class MailAcrossNodes(ClusterCase):
     def test_deliver_on_one_node_list_and_fetch_on_another(self):

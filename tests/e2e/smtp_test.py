@@ -372,8 +372,12 @@ def crash_run(stack, messages, sessions, victim, crash_after, down_s, log=print)
     seen = seen or {}
     dup = sorted(t for t, c in seen.items() if c > 1)
     retried_lost = sorted(t for t in load.retried if t not in load.accepted and t not in load.rejected)
+    # LMTP deliveries Postfix had to put back in its queue (a 4xx from the
+    # cluster, or no answer): each waits for Postfix's next queue run.
+    deferred = sum(stack.postfix_log(i).count("status=deferred") for i in range(1, stack.nodes + 1))
     summary = {
         "messages": messages, "sessions": sessions, "victim": victim, "crashed_after": crashed_at,
+        "lmtp_deferred": deferred,
         "sessions_finished": finished, "accepted_250": len(load.accepted), "retried_after_4xx_or_break":
         len(load.retried), "retried_then_accepted": len(load.retried & set(load.accepted)),
         "unanswered_data": len(load.unanswered), "rejected_5xx": len(load.rejected), "gave_up": len(load.gave_up),
