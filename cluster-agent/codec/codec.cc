@@ -665,10 +665,12 @@ bool from_pb(const pb::MutateRequest& p, MutateRequest& m, Check& c) {
 void to_pb(const OpReply& m, pb::OpReply& p) {
   p.set_req(m.req);
   p.set_status(pb::Status(m.status));
+  put(m.replicas, p.mutable_replicas());
 }
 bool from_pb(const pb::OpReply& p, OpReply& m, Check& c) {
   m.req = p.req();
-  return get_enum(p.status(), pb::Status_IsValid, m.status, "OpReply.status", c);
+  return get_enum(p.status(), pb::Status_IsValid, m.status, "OpReply.status", c) &&
+         get_nodes(p.replicas(), m.replicas, "OpReply.replicas", c);
 }
 
 void to_pb(const Push& m, pb::Push& p) {

@@ -187,10 +187,26 @@ void Node::fe_tick(Time now) {
       case Pending::Kind::Map:
         send(mgr, MapRequest{id, p.user, p.folder});
         break;
-      case Pending::Kind::Store:
+      case Pending::Kind::Store: {
+        // Not answered, and nothing at all heard from the node asked: the
+        // next replica is asked (any can coordinate, and one that is
+        // alive replaces a silent one), so a primary that died does not
+        // hold the delivery to its deadline. One that talks is waited for.
         p.retry_at = now + cfg_.push_retry + store_crossing(cfg_, p.update.record.body.size());
+        const auto& list = p.update.replicas;
+        if (p.peer != cfg_.self && silent_for(p.peer, cfg_.push_retry)) {
+          auto at = std::find(list.begin(), list.end(), p.peer);
+          for (std::size_t k = 1; k < list.size(); ++k) {
+            NodeId next = list[(static_cast<std::size_t>(at - list.begin()) + k) % list.size()];
+            if (live(next) && (next == cfg_.self || !silent_for(next, cfg_.push_retry))) {
+              p.peer = next;
+              break;
+            }
+          }
+        }
         send(p.peer, StoreRequest{id, p.update});
         break;
+      }
       case Pending::Kind::Mutate: {
         // Any live replica can coordinate; rotate through them on retries.
         NodeId to = kNoNode;
@@ -617,6 +633,7 @@ void Node::fe_reply(NodeId from, Message& m) {
                p->kind != Pending::Kind::CreateUser))
       return;
     if (o->status == Status::Ok) {
+      if (p->kind == Pending::Kind::Store && !o->replicas.empty()) p->update.replicas = o->replicas;
       ClientReply r;
       r.req = p->client_req;
       const bool placed = p->kind == Pending::Kind::Store ||
@@ -868,11 +885,98 @@ void Node::serve_store(Time now, NodeId from, const StoreRequest& s) {
   auto rec = repl_.records().find(s.update.record.id);
   bool held = rec != repl_.records().end() && (rec->second.has_body || rec->second.expunged);
   if (held && !repl_.log().count(id)) {
-    send(from, OpReply{s.req, Status::Ok});  // a resend of a store already complete
+    // A resend of a store already complete (or a keyed retry of one held
+    // here): under the list the record has now.
+    OpReply r{s.req, Status::Ok, {}};
+    if (!rec->second.replicas_version.is_null()) r.replicas = rec->second.replicas;
+    send(from, std::move(r));
     return;
   }
-  stores_[id] = StoreWaiter{from, s.req};
-  if (!held) repl_.coordinate(now, s.update);
+  auto [w, fresh] =
+      stores_.try_emplace(id, StoreWaiter{from, s.req, now, s.update.record.body.size(), s.update.record.id, {}, {}});
+  if (!fresh) {
+    w->second.peer = from;  // the front end asked again (through this node)
+    w->second.req = s.req;
+  }
+  // Coordinated here unless an entry for it is here already (a push, or
+  // an earlier ask): its coordinator finishes it.
+  if (!held && !repl_.log().count(id)) repl_.coordinate(now, s.update);
+}
+
+Time Node::store_patience(std::uint64_t size) const {
+  // As TCP's retransmission timeout: the smoothed time plus four mean
+  // deviations, at least 300 ms and at most half a client's deadline, and
+  // longer by the body's crossing.
+  const double t = store_srtt_ + 4 * store_rttvar_;
+  const Time patience = std::clamp<Time>(static_cast<Time>(t), 300, std::max<Time>(cfg_.request_timeout / 2, 300));
+  return patience + transfer_time(cfg_, size);
+}
+
+void Node::store_failover(Time now) {
+  for (auto& [id, w] : stores_) {
+    if (now - w.since < store_patience(w.size)) continue;
+    auto e = repl_.log().find(id);
+    if (e == repl_.log().end() || e->second.update.kind != Update::Kind::Store ||
+        e->second.update.coordinator != cfg_.self)
+      continue;
+    const Update& u = e->second.update;
+    // Replicas that have not acknowledged it and have said nothing at all
+    // for as long (one that talks is slow, not gone: it is waited for).
+    const Time patience = store_patience(w.size);
+    std::vector<NodeId> silent;
+    for (NodeId r : u.replicas)
+      if (r != cfg_.self && !e->second.have.count(r) && silent_for(r, patience)) silent.push_back(r);
+    if (silent.empty()) continue;
+    std::vector<NodeId> exclude = u.replicas;
+    exclude.insert(exclude.end(), w.replaced.begin(), w.replaced.end());
+    std::vector<NodeId> to = repair_targets(u.record.user, exclude, silent.size(), false);
+    w.since = now;  // the next look after another patience
+    if (to.empty()) continue;  // nowhere else: wait for the silent ones, until the deadline
+    std::vector<NodeId> list = u.replicas;
+    std::string told;
+    for (std::size_t k = 0; k < to.size(); ++k) {
+      std::replace(list.begin(), list.end(), silent[k], to[k]);
+      w.replaced.push_back(silent[k]);
+      told += (told.empty() ? "" : ", ") + std::string("n") + std::to_string(silent[k]) + " by n" + std::to_string(to[k]);
+    }
+    const MsgId msg = u.record.id;
+    const std::string user = u.record.user;
+    if (!repl_.retarget(now, id, list, next_version(now))) continue;
+    w.replicas = list;
+    ++store_failovers_;
+    env_.log("store of " + msg.str() + " (" + user + "): replaced silent " + told + " after " +
+             std::to_string(patience) + " ms");
+  }
+}
+
+void Node::store_done(const Version& id) {
+  auto it = stores_.find(id);
+  if (it == stores_.end()) return;
+  StoreWaiter w = std::move(it->second);
+  stores_.erase(it);
+  if (w.replaced.empty()) {
+    // How long a whole store takes here, for store_patience.
+    const double sample = static_cast<double>(std::max<Time>(now_ - w.since - transfer_time(cfg_, w.size), 0));
+    store_rttvar_ = 0.75 * store_rttvar_ + 0.25 * std::abs(sample - store_srtt_);
+    store_srtt_ = 0.875 * store_srtt_ + 0.125 * sample;
+  } else if (auto cur = repl_.records().find(w.msg); cur != repl_.records().end()) {
+    // Retargeted: the new list goes to every replica, the replaced ones
+    // too (waited for until they are back or gone), so a copy a silent
+    // one may hold is dropped and no replica keeps the old list.
+    Update u;
+    u.id = next_version(now_);
+    u.kind = Update::Kind::Replicas;
+    u.replicas = cur->second.replicas;
+    for (NodeId x : w.replaced)
+      if (std::find(u.replicas.begin(), u.replicas.end(), x) == u.replicas.end() &&
+          membership_.admin_state(x) != AdminState::Gone)
+        u.replicas.push_back(x);
+    u.record = cur->second;
+    u.record.body.clear();
+    u.record.has_body = false;
+    repl_.coordinate(now_, std::move(u));
+  }
+  send(w.peer, OpReply{w.req, Status::Ok, w.replicas});
 }
 
 void Node::serve_mutate(Time now, NodeId from, const MutateRequest& m) {
@@ -881,11 +985,11 @@ void Node::serve_mutate(Time now, NodeId from, const MutateRequest& m) {
   if (!repl_.records().count(m.update.record.id))
     for (NodeId r : m.update.replicas)
       if (r != cfg_.self && live(r)) {
-        send(from, OpReply{m.req, Status::TryAgain});
+        send(from, OpReply{m.req, Status::TryAgain, {}});
         return;
       }
   repl_.coordinate(now, m.update);
-  send(from, OpReply{m.req, Status::Ok});
+  send(from, OpReply{m.req, Status::Ok, {}});
 }
 
 }  // namespace porcupine

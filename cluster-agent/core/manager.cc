@@ -893,7 +893,7 @@ void Node::mgr_renumber(Time now, NodeId from, const RenumberRequest& r) {
 }
 
 void Node::mgr_create_user(Time now, NodeId from, const CreateUserRequest& c) {
-  OpReply rep{c.req, Status::Ok};
+  OpReply rep{c.req, Status::Ok, {}};
   Bucket b = bucket(c.user);
   if (!membership_.in_group() || membership_.manager_of(b) != cfg_.self) {
     rep.status = Status::NotManager;

@@ -23,13 +23,7 @@ Node::Node(CoreConfig cfg, Env& env, DurableStore& disk)
   repl_.gone = [this](NodeId n) { return membership_.admin_state(n) == AdminState::Gone; };
   repl_.on_list_outdated = [this](const MsgId& id) { repair_forward_.insert(id); };
   membership_.on_admin = [this](const AdminMap& a) { disk_.put_admin(a); };
-  repl_.on_complete = [this](const Version& id) {
-    auto it = stores_.find(id);
-    if (it == stores_.end()) return;
-    StoreWaiter w = it->second;
-    stores_.erase(it);
-    send(w.peer, OpReply{w.req, Status::Ok});
-  };
+  repl_.on_complete = [this](const Version& id) { store_done(id); };
 }
 
 void Node::start(Time now) {
@@ -131,6 +125,7 @@ void Node::tick(Time now) {
   mgr_tick(now);
   rep_tick(now);
   fe_tick(now);
+  store_failover(now);
   sync_tick(now);
   admin_tick(now);
   repair_tick(now);
@@ -139,6 +134,7 @@ void Node::tick(Time now) {
 void Node::receive(Time now, Envelope e) {
   now_ = std::max(now_, now);
   if (e.from != cfg_.self) {
+    heard_[e.from] = now_;
     loads_[e.from] = e.load;
     if (e.full) full_peers_.insert(e.from);
     else full_peers_.erase(e.from);

@@ -184,6 +184,8 @@ class Node {
     std::vector<Grant> granted;
   };
   NodeId id() const { return cfg_.self; }
+  // Stores of this node's that replaced a silent replica (store_failover).
+  std::uint64_t store_failovers() const { return store_failovers_; }
   const CoreConfig& config() const { return cfg_; }
   const Membership& membership() const { return membership_; }
   const Replicator& replicator() const { return repl_; }
@@ -397,6 +399,11 @@ class Node {
   void fe_take_records(Pending& p, std::vector<MessageRecord>& records);
   void serve_list(NodeId from, const ListRequest& l);
   void serve_store(Time now, NodeId from, const StoreRequest& s);
+  // Stores waiting on a replica silent beyond store_patience: it is
+  // replaced by another live node, and the store completes on live nodes.
+  void store_failover(Time now);
+  Time store_patience(std::uint64_t size) const;
+  void store_done(const Version& id);
   void serve_mutate(Time now, NodeId from, const MutateRequest& m);
   void serve_fetch(NodeId from, const FetchRequest& f);
   void mutate(Time now, std::uint64_t req, Update::Kind kind, const MessageRecord& target,
@@ -529,8 +536,30 @@ class Node {
 
   // front-end role (soft state)
   std::map<std::uint64_t, Pending> pending_;
-  struct StoreWaiter { NodeId peer; std::uint64_t req; };
+  // A store this node coordinates for a front end (serve_store), answered
+  // when every replica holds it (on_complete).
+  struct StoreWaiter {
+    NodeId peer;
+    std::uint64_t req;
+    Time since = 0;                 // asked, or last retargeted
+    std::uint64_t size = 0;         // the body's bytes
+    MsgId msg;
+    std::vector<NodeId> replaced;   // replicas a retarget left out
+    std::vector<NodeId> replicas;   // the list after a retarget (empty: as asked)
+  };
   std::map<Version, StoreWaiter> stores_;
+  // How long the stores this node coordinates take to be held by every
+  // replica (smoothed, and its mean deviation, in ms): a replica silent
+  // well beyond it is replaced (store_failover).
+  double store_srtt_ = 200, store_rttvar_ = 100;
+  // When each peer was last heard from (any message): a replica is taken
+  // for silent only when it has said nothing at all for a while.
+  std::map<NodeId, Time> heard_;
+  bool silent_for(NodeId n, Time t) const {
+    auto h = heard_.find(n);
+    return h == heard_.end() || now_ - h->second >= t;
+  }
+  std::uint64_t store_failovers_ = 0;  // silent replicas replaced
 };
 
 }  // namespace porcupine

@@ -358,6 +358,26 @@ void Replicator::on_push(Time now, NodeId from, const Push& p) {
   send_(from, PushAck{id});
 }
 
+bool Replicator::retarget(Time now, const Version& id, const std::vector<NodeId>& list, const Version& v) {
+  auto it = log_.find(id);
+  if (it == log_.end() || it->second.update.kind != Update::Kind::Store || it->second.update.coordinator != cfg_.self)
+    return false;
+  LogEntry& e = it->second;
+  e.update.replicas = list;
+  e.update.record.replicas = list;
+  e.update.record.replicas_version = v;
+  if (auto r = records_.find(e.update.record.id); r != records_.end() && newer(v, r->second.replicas_version)) {
+    r->second.replicas = list;
+    r->second.replicas_version = v;
+    disk_.put_record(r->second);
+    if (on_user_changed) on_user_changed(r->second.user);
+  }
+  disk_.put_log(e);
+  push_missing(e, nullptr);
+  next_push_[id] = now + cfg_.push_retry + transfer_time(cfg_, e.update.record.body.size());
+  return true;
+}
+
 void Replicator::on_ack(Time, NodeId from, const PushAck& a) {
   auto it = log_.find(a.id);
   if (it == log_.end()) return;

@@ -151,7 +151,7 @@ void Node::mgr_profile(NodeId from, const ProfileRequest& r) {
 }
 
 void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
-  OpReply rep{r.req, Status::Ok};
+  OpReply rep{r.req, Status::Ok, {}};
   Bucket b = bucket(r.user);
   MgrUser* u = managed_user(r.user);
   if (!membership_.in_group() || membership_.manager_of(b) != cfg_.self) {

@@ -219,6 +219,9 @@ struct MutateRequest { std::uint64_t req = 0; Update update; };
 struct OpReply {
   std::uint64_t req = 0;
   Status status = Status::Ok;
+  // A store that completed under another replica list than it was asked
+  // with (a silent replica replaced): that list. Empty: as asked.
+  std::vector<NodeId> replicas;
   bool operator==(const OpReply&) const = default;
 };
 struct Push { Update update; std::vector<NodeId> have; };

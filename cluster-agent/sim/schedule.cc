@@ -209,9 +209,14 @@ std::vector<std::string> check_invariants(Cluster& c, const WorkloadLog& w, bool
       bool blocked = false;
       for (NodeId r : e.update.replicas)
         if (c.is_destroyed(r) && !e.have.count(r)) blocked = true;
-      if (!blocked)
+      if (!blocked) {
+        std::string lists, have;
+        for (NodeId r : e.update.replicas) lists += (lists.empty() ? "" : ",") + std::to_string(r);
+        for (NodeId r : e.have) have += (have.empty() ? "" : ",") + std::to_string(r);
         fail("(c) n" + std::to_string(n) + " still holds update " + id.str() + " (" +
-             kind_name(e.update.kind) + ")");
+             kind_name(e.update.kind) + " of " + e.update.record.id.str() + " by n" +
+             std::to_string(e.update.coordinator) + ", replicas " + lists + ", held by " + have + ")");
+      }
     }
 
   // (d) every fragment on a running node is in its user's mail map.

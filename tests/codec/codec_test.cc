@@ -178,7 +178,8 @@ std::vector<Message> every_message() {
                .inflight = {16, 17}},
       StoreRequest{106, full_update(Update::Kind::Store)},
       MutateRequest{107, full_update(Update::Kind::Flags)},
-      OpReply{108, Status::Failed},
+      OpReply{108, Status::Failed, {}},
+      OpReply{108, Status::Ok, {3, 7}},
       Push{full_update(Update::Kind::Store), {3, 5}},
       PushAck{{1'700'000'004'000, 5}},
       Retire{{1'700'000'005'000, 6}},
@@ -353,7 +354,7 @@ TEST(Codec, EveryStatusKindAndOpSurvivesTheWire) {
   for (Status s : {Status::Ok, Status::TryAgain, Status::NoSuchUser, Status::Exists,
                    Status::NotManager, Status::Failed}) {
     Envelope out;
-    ASSERT_TRUE(decode_envelope(encode_envelope(envelope(OpReply{1, s})), out));
+    ASSERT_TRUE(decode_envelope(encode_envelope(envelope(OpReply{1, s, {}})), out));
     EXPECT_EQ(std::get<OpReply>(out.body).status, s) << status_name(s);
   }
   for (Update::Kind k : {Update::Kind::Store, Update::Kind::Flags, Update::Kind::Expunge,
