@@ -177,6 +177,8 @@ Metrics::Metrics(asio::io_context& io, Agent& agent)
   repair_bytes_ = &counter(r, "porcupine_repair_bytes_total", "Bytes of those copies");
   repair_profiles_ = &counter(r, "porcupine_repair_profiles_total",
                               "Profiles this node (as their manager) gave new holders (repair and drain)");
+  store_failovers_ = &counter(r, "porcupine_store_failovers_total",
+                              "Stores this node coordinated that replaced a silent replica by another live node");
   repair_failed_ = &counter(r, "porcupine_repair_copies_failed_total",
                             "Copies given up after their attempts (tried again in a later pass)");
   repair_pending_ = &gauge(r, "porcupine_repair_pending_messages",
@@ -391,6 +393,7 @@ void Metrics::refresh() {
   carry(*repair_bytes_, rp.bytes, seen_.repair_bytes);
   carry(*repair_profiles_, rp.profiles, seen_.repair_profiles);
   carry(*repair_failed_, rp.copies_failed, seen_.repair_failed);
+  carry(*store_failovers_, n.store_failovers(), seen_.store_failovers);
   repair_pending_->Set(static_cast<double>(rp.pending));
   repair_inflight_->Set(static_cast<double>(rp.inflight));
 

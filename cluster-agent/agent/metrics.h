@@ -118,6 +118,7 @@ class Metrics {
   // Repair and drain.
   prometheus::Family<prometheus::Gauge>* node_admin_;
   prometheus::Counter* repair_copies_;
+  prometheus::Counter* store_failovers_;
   prometheus::Counter* repair_bytes_;
   prometheus::Counter* repair_profiles_;
   prometheus::Counter* repair_failed_;
@@ -159,6 +160,7 @@ class Metrics {
     std::uint64_t frames_in = 0, frames_out = 0, dropped = 0, handshakes_failed = 0, strangers_refused = 0;
     std::uint64_t fsyncs = 0, commands = 0, body_files = 0;
     std::uint64_t repair_copies = 0, repair_bytes = 0, repair_profiles = 0, repair_failed = 0;
+    std::uint64_t store_failovers = 0;
     std::uint64_t cache_hits = 0, cache_misses = 0, cache_evictions = 0, cache_refused = 0, cache_full = 0;
   } seen_;
 

@@ -7,12 +7,14 @@ redis-server, all real processes started by scripts/porcupine-local.
 
 Usage:
   smtp_test.py --build BUILD_DIR [--subnet K] [unittest args]
-  smtp_test.py --build BUILD_DIR --subnet K --soak [--messages M]
-               [--sessions S] [--runs R] [--only-run N]
+  smtp_test.py --build BUILD_DIR --subnet K --soak [--messages M] [--sessions S] [--runs R]
+               [--only-run N] [--stop] [--down SECONDS]
       the no-loss run outside ctest: R runs of M messages over S SMTP
       sessions spread over the three nodes, one node killed with SIGKILL
       (every process of it) at a different moment of each run, then
-      restarted; prints per run what was accepted, lost and duplicated.
+      restarted SECONDS (3) later; with --stop, its agent SIGSTOPped for
+      SECONDS instead. Prints per run what was accepted, lost, duplicated
+      and how many LMTP deliveries Postfix deferred.
       Exit status 1 if any accepted message was lost (or could not be
       read). --only-run N repeats only the Nth run (its node and moment).
 
@@ -331,19 +333,28 @@ def census(stack, reader):
     return seen
 
 
-def crash_run(stack, messages, sessions, victim, crash_after, down_s, log=print):
+def crash_run(stack, messages, sessions, victim, crash_after, down_s, log=print, fault="kill"):
     """One run of the load with node `victim` SIGKILLed (all its processes)
-    once `crash_after` messages are through, restarted down_s later.
+    once `crash_after` messages are through, restarted down_s later; with
+    fault "stop", its agent SIGSTOPped for down_s instead.
     Returns a summary dict."""
     load = Load(stack, messages, sessions)
     load.start()
     wait_for(lambda: load.done >= crash_after, 120, 0.02)
     crashed_at = load.done
-    stack.cl.kill(victim, redis=True, everything=True)
-    log("  killed node %d (every process, Redis too) after %d messages" % (victim, crashed_at))
-    time.sleep(down_s)
-    stack.cl.restart(victim)
-    log("  restarted node %d after %.1f s" % (victim, down_s))
+    if fault == "stop":
+        pid = stack.cl.pid(victim, "agent")
+        os.kill(pid, signal.SIGSTOP)
+        log("  stopped node %d's agent after %d messages" % (victim, crashed_at))
+        time.sleep(down_s)
+        os.kill(pid, signal.SIGCONT)
+        log("  resumed node %d's agent after %.1f s" % (victim, down_s))
+    else:
+        stack.cl.kill(victim, redis=True, everything=True)
+        log("  killed node %d (every process, Redis too) after %d messages" % (victim, crashed_at))
+        time.sleep(down_s)
+        stack.cl.restart(victim)
+        log("  restarted node %d after %.1f s" % (victim, down_s))
     finished = load.join()
     # Wait for every queue to drain and the cluster to show every accepted
     # message, read over IMAP on a node that was not killed (or, if that
@@ -845,7 +856,7 @@ class Drain(StackCase):
             crashed, len(load.accepted), readers, time.time() - started))
 
 
-def soak(messages, sessions, runs, only_run=0):
+def soak(messages, sessions, runs, only_run=0, fault="kill", down_s=3.0):
     lost = 0
     moments = [0.1, 0.5, 0.8, 0.3, 0.65]
     for run in range(runs):
@@ -862,10 +873,12 @@ def soak(messages, sessions, runs, only_run=0):
                 st.ctl(1, "user", "add", user, "--password", pw)
             victim = run % 3 + 1
             after = int(messages * moments[run % len(moments)])
-            print("run %d: %d messages over %d sessions, node %d killed after %d" %
-                  (run + 1, messages, sessions, victim, after), flush=True)
+            print("run %d: %d messages over %d sessions, node %d %s after %d" %
+                  (run + 1, messages, sessions, victim, "stopped" if fault == "stop" else "killed", after),
+                  flush=True)
             started = time.time()
-            s = crash_run(st, messages, sessions, victim, after, 3.0, log=lambda m: print(m, flush=True))
+            s = crash_run(st, messages, sessions, victim, after, down_s, log=lambda m: print(m, flush=True),
+                          fault=fault)
             s["seconds"] = round(time.time() - started, 1)
             print(json.dumps(s, indent=1), flush=True)
             lost += s["messages"] if s["lost"] is None else s["lost"]
@@ -894,6 +907,10 @@ def main():
             soak_args = {"messages": 2000, "sessions": 20, "runs": 3}
         elif a in ("--messages", "--sessions", "--runs", "--only-run"):
             soak_args[a[2:].replace("-", "_")] = int(next(args))
+        elif a == "--down":
+            soak_args["down_s"] = float(next(args))
+        elif a == "--stop":  # SIGSTOP the victim's agent instead of killing the node
+            soak_args["fault"] = "stop"
         else:
             argv.append(a)
     signal.signal(signal.SIGTERM, on_sigterm)
