@@ -385,7 +385,7 @@ def crash_run(stack, messages, sessions, victim, crash_after, down_s, log=print,
     retried_lost = sorted(t for t in load.retried if t not in load.accepted and t not in load.rejected)
     # LMTP deliveries Postfix had to put back in its queue (a 4xx from the
     # cluster, or no answer): each waits for Postfix's next queue run.
-    deferred = sum(stack.postfix_log(i).count("status=deferred") for i in range(1, stack.nodes + 1))
+    deferred = {i: stack.postfix_log(i).count("status=deferred") for i in range(1, stack.nodes + 1)}
     summary = {
         "messages": messages, "sessions": sessions, "victim": victim, "crashed_after": crashed_at,
         "lmtp_deferred": deferred,
