@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,8 @@ class CApi : public ::testing::Test {
   void TearDown() override {
     porcupine_close(client_);
     std::system((local_ + "stop").c_str());
+    std::error_code ec;  // the cluster's files go with it
+    std::filesystem::remove_all(dir_, ec);
   }
   std::string dir_, local_;
   porcupine_client* client_ = nullptr;

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -87,6 +88,8 @@ class Open : public ::testing::Test {
   void TearDown() override {
     for (auto* c : clients_) porcupine_close(c);
     std::system((local_ + "stop").c_str());
+    std::error_code ec;  // the cluster's files go with it
+    std::filesystem::remove_all(dir_, ec);
   }
   std::string node_dir(int i) const { return dir_ + "/n" + std::to_string(i); }
   int agent_pid(int i) const {
