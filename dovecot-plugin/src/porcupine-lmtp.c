@@ -54,27 +54,71 @@ const unsigned char *pcp_lmtp_delivery_key(size_t *len_r)
 	return pcp_lmtp_key_set ? pcp_lmtp_key : NULL;
 }
 
-/* A header line that begins a trace field, which each MTA on the way (and
+/* A header field name of a trace field, which each MTA on the way (and
    LMTP, and porcupine-milter) puts on top of the message and which
    differs on every try. */
-static bool pcp_is_trace_field(const char *line)
+static bool pcp_is_trace_name(const char *name, size_t len)
 {
 	static const char *const names[] = {
 		"Return-Path", "Received", "Delivered-To", "X-Original-To"
 	};
-	const char *colon = strchr(line, ':');
-	size_t len, i;
+	size_t i;
 
-	if (colon == NULL)
-		return FALSE;
-	len = (size_t)(colon - line);
-	while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t'))
+	while (len > 0 && (name[len - 1] == ' ' || name[len - 1] == '\t'))
 		len--;
 	for (i = 0; i < N_ELEMENTS(names); i++) {
-		if (len == strlen(names[i]) && strncasecmp(line, names[i], len) == 0)
+		if (len == strlen(names[i]) && strncasecmp(name, names[i], len) == 0)
 			return TRUE;
 	}
-	return len > 12 && strncasecmp(line, "X-Porcupine-", 12) == 0;
+	return len > 12 && strncasecmp(name, "X-Porcupine-", 12) == 0;
+}
+
+/* The offset of the first line from `start` on that is not part of a trace
+   field on top of the message (its continuation lines included). Reads
+   byte by byte, never a whole line: a header line of any length is fine. */
+static uoff_t pcp_skip_trace_fields(struct istream *input, uoff_t start)
+{
+	enum { LINE_START, NAME, REST } state = LINE_START;
+	char name[64];
+	size_t name_len = 0, i, size;
+	const unsigned char *data;
+	uoff_t line_start = start;
+
+	i_stream_seek(input, start);
+	while (i_stream_read_more(input, &data, &size) > 0) {
+		for (i = 0; i < size; i++) {
+			const unsigned char c = data[i];
+
+			if (state == LINE_START) {
+				line_start = input->v_offset + i;
+				if (c == ' ' || c == '\t') {
+					/* continues the trace field before it */
+					if (line_start == start)
+						return start;
+					state = REST;
+					continue;
+				}
+				name_len = 0;
+				state = NAME;
+			}
+			if (state == NAME) {
+				if (c == ':') {
+					if (!pcp_is_trace_name(name, name_len))
+						return line_start;
+					state = REST;
+				} else if (c == '\n' || name_len == sizeof(name)) {
+					return line_start;
+				} else {
+					name[name_len++] = (char)c;
+				}
+			} else if (c == '\n') {
+				state = LINE_START;
+			}
+		}
+		i_stream_skip(input, size);
+	}
+	/* Only trace fields to the end (or a read error, seen by the caller). */
+	return state == LINE_START ? input->v_offset : line_start;
 }
 
 /* The delivery's key (see the top of this file), from the message LMTP
@@ -86,7 +130,7 @@ static bool pcp_lmtp_digest(struct client *client, struct smtp_server_transactio
 			    struct mail *src_mail, unsigned char digest[SHA256_RESULTLEN])
 {
 	const char *added = client->state.added_headers_local;
-	const char *sender, *line;
+	const char *sender;
 	struct sha256_ctx sha;
 	struct istream *mail_input, *input;
 	const unsigned char *data;
@@ -102,15 +146,11 @@ static bool pcp_lmtp_digest(struct client *client, struct smtp_server_transactio
 	sha256_init(&sha);
 	sender = trans->mail_from == NULL ? "" : smtp_address_encode(trans->mail_from);
 	sha256_loop(&sha, sender, strlen(sender) + 1);
+	/* Past the trace fields on top; the same stream then reads on to the
+	   end (two streams over LMTP's concat stream, one left half-read,
+	   trip its assertion when it closes). */
 	input = i_stream_create_limit(mail_input, UOFF_T_MAX);
-	from = added == NULL ? 0 : strlen(added);
-	i_stream_seek(input, from);
-	/* Past the trace fields on top, with their continuation lines. */
-	while ((line = i_stream_read_next_line(input)) != NULL) {
-		if (line[0] != ' ' && line[0] != '\t' && !pcp_is_trace_field(line))
-			break;
-		from = input->v_offset;
-	}
+	from = pcp_skip_trace_fields(input, added == NULL ? 0 : strlen(added));
 	i_stream_seek(input, from);
 	while (i_stream_read_more(input, &data, &size) > 0) {
 		sha256_loop(&sha, data, size);

@@ -418,6 +418,15 @@ class Dovecot(DovecotCase):
         self.deliver(1, message(2))
         self.assertEqual(sorted(self.subjects(2)), [b"message 1", b"message 2"])
 
+    def test_a_retry_of_a_message_with_a_300_kb_header_line_is_stored_once(self):
+        # The key's scan of the header is not by whole lines.
+        data = b"Received: from a by b with ESMTP id 1;\r\n\tMon, 7 Dec 2026\r\nX-Long: " + b"a" * 300000 + \
+            b"\r\n" + message(7)
+        self.deliver(1, data)
+        self.deliver(3, data)
+        self.assertEqual(self.subjects(2), [b"message 7"])
+        self.assertNotIn("delivered without a key", self.dovecot_log(1, whole=True) + self.dovecot_log(3, whole=True))
+
     def test_an_mta_retry_of_a_delivered_message_is_not_stored_twice(self):
         # Postfix sends a message again when its answer was lost (a crash,
         # a timeout after the store): the same bytes, through any node.
