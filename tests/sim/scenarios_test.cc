@@ -37,8 +37,15 @@ struct Harness {
   const ClientReply* deliver(NodeId via, const std::string& u, const std::string& folder = "INBOX") {
     Time issued = c.now();
     std::uint64_t req = c.deliver(via, u, folder, "Subject: t\r\n\r\nx\r\n");
+    return acked(req, u, folder, issued);
+  }
+  // The answer to delivery `req`, waited for; an acknowledgement is
+  // recorded for the invariant checker (a retry's only once: its first's).
+  const ClientReply* acked(std::uint64_t req, const std::string& u, const std::string& folder, Time issued) {
     const ClientReply* r = c.wait(req);
-    if (r && r->status == Status::Ok) {
+    const bool known = r && std::any_of(log.delivered.begin(), log.delivered.end(),
+                                        [&](const Acked& a) { return a.target.id == r->msg; });
+    if (r && r->status == Status::Ok && !known) {
       Acked a;
       a.target.id = r->msg;
       a.target.user = canonical_user(u);
@@ -62,22 +69,7 @@ struct Harness {
     std::uint64_t req = c.call(via, [&](Node& n, Time now, std::uint64_t r) {
       n.deliver(now, r, u, folder, std::string("Subject: keyed\r\n\r\n" + key + "\r\n"), o);
     });
-    const ClientReply* r = c.wait(req);
-    const bool known = r && std::any_of(log.delivered.begin(), log.delivered.end(),
-                                        [&](const Acked& a) { return a.target.id == r->msg; });
-    if (r && r->status == Status::Ok && !known) {  // a retry's answer is its first's
-      Acked a;
-      a.target.id = r->msg;
-      a.target.user = canonical_user(u);
-      a.target.folder = folder;
-      a.target.replicas = r->replicas;
-      a.uidvalidity = r->uidvalidity;
-      a.uid = r->uid;
-      a.issued = issued;
-      a.acked = c.reply_time(req);
-      log.delivered.push_back(a);
-    }
-    return r;
+    return acked(req, u, folder, issued);
   }
   // The messages of `u`'s folder through node `via`.
   std::size_t count(NodeId via, const std::string& u) {
