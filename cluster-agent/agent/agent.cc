@@ -80,6 +80,11 @@ void Agent::start() {
   po.max_frame = opt_.message_size_limit + (1u << 20);
   po.staging_dir = store_->incoming_dir();
   po.on_staging_failed = [this] { measure_spool(); };  // the disk may have filled since the last measure
+  po.on_refused = [this](NodeId n) {
+    if (stopped_ || !node_) return;
+    node_->peer_unreachable(now(), n);
+    commit();
+  };
   net_ = std::make_unique<PeerNet>(io_, po, [this](Envelope e) { on_peer(std::move(e)); },
                                    [this](const std::string& l) { log_(l); });
   net_->start();

@@ -786,6 +786,7 @@ void PeerNet::dial(NodeId n) {
       if (stopped_) return;
       dials_[n].in_progress = false;
       if (ec2) {
+        if (ec2 == asio::error::connection_refused && opt_.on_refused) opt_.on_refused(n);
         schedule_dial(n);
         return;
       }
@@ -859,6 +860,8 @@ void PeerNet::on_closed(const std::shared_ptr<PeerConnection>& c) {
     it->second.erase(c);
     if (it->second.empty()) {
       ready_.erase(it);
+      // Soon: if the peer went down, the dial is refused and says so.
+      dials_[n].backoff_ms = opt_.dial_after_close_ms;
       if (!stopped_) schedule_dial(n);
     }
   } else if (c->initiator() && !stopped_) {

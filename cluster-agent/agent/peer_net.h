@@ -38,7 +38,9 @@
 // spinning; and lines about unauthenticated connections are rate-limited
 // (stranger_log_burst per 10 s, then one line counting what was left out).
 // Messages to a peer with no connection are dropped (the core resends)
-// while the connection is dialled again with exponential backoff.
+// while the connection is dialled again with exponential backoff. A dial
+// refused (no process listens at the peer's address) is told to the
+// owner at once: it is the quickest sign that a peer went down.
 #pragma once
 
 #include <utility>  // before Asio: Boost 1.74's awaitable.hpp needs std::exchange
@@ -77,6 +79,11 @@ class PeerNet {
     std::size_t max_frame = 64u << 20;    // largest frame (and body in transfer) accepted
     std::string staging_dir;              // where bodies in transfer are written (spool/incoming)
     std::function<void()> on_staging_failed;  // a body could not be staged (the disk may be full)
+    // A dial to a peer was refused (nothing listens at its address: the
+    // process is not running). A connection that closes is dialled again
+    // within dial_after_close_ms, so a killed peer is known in that time.
+    std::function<void(NodeId)> on_refused;
+    std::int64_t dial_after_close_ms = 50;
     std::int64_t handshake_timeout_ms = 10000;
     std::size_t max_unauthenticated = 64;
     std::size_t max_unauthenticated_per_address = 8;

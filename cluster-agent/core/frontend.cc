@@ -914,23 +914,30 @@ Time Node::store_patience(std::uint64_t size) const {
 
 void Node::store_failover(Time now) {
   for (auto& [id, w] : stores_) {
-    if (now - w.since < store_patience(w.size)) continue;
     auto e = repl_.log().find(id);
     if (e == repl_.log().end() || e->second.update.kind != Update::Kind::Store ||
         e->second.update.coordinator != cfg_.self)
       continue;
     const Update& u = e->second.update;
     // Replicas that have not acknowledged it and have said nothing at all
-    // for as long (one that talks is slow, not gone: it is waited for).
+    // for as long (one that talks is slow, not gone: it is waited for),
+    // or that refuse connections (down: not waited for at all).
     const Time patience = store_patience(w.size);
+    const Time waited = now - w.since;
     std::vector<NodeId> silent;
     for (NodeId r : u.replicas)
-      if (r != cfg_.self && !e->second.have.count(r) && silent_for(r, patience)) silent.push_back(r);
+      if (r != cfg_.self && !e->second.have.count(r) &&
+          ((membership_.refuses(r) && !w.nowhere) || (waited >= patience && silent_for(r, patience))))
+        silent.push_back(r);
     if (silent.empty()) continue;
+    // Not this node when it is not a replica (a coordinator whose copy a
+    // newer list dropped): the replacement must be pushed to.
     std::vector<NodeId> exclude = u.replicas;
     exclude.insert(exclude.end(), w.replaced.begin(), w.replaced.end());
+    exclude.push_back(cfg_.self);
     std::vector<NodeId> to = repair_targets(u.record.user, exclude, silent.size(), false);
     w.since = now;  // the next look after another patience
+    w.nowhere = to.empty();
     if (to.empty()) continue;  // nowhere else: wait for the silent ones, until the deadline
     std::vector<NodeId> list = u.replicas;
     std::string told;
@@ -941,11 +948,13 @@ void Node::store_failover(Time now) {
     }
     const MsgId msg = u.record.id;
     const std::string user = u.record.user;
-    if (!repl_.retarget(now, id, list, next_version(now))) continue;
+    const Version relisted = next_version(now);
+    if (!repl_.retarget(now, id, list, relisted)) continue;
     w.replicas = list;
+    w.relisted = relisted;
     ++store_failovers_;
-    env_.log("store of " + msg.str() + " (" + user + "): replaced silent " + told + " after " +
-             std::to_string(patience) + " ms");
+    env_.log("store of " + msg.str() + " (" + user + "): replaced silent or down " + told + " after " +
+             std::to_string(waited) + " ms");
   }
 }
 
@@ -966,7 +975,7 @@ void Node::store_done(const Version& id) {
     Update u;
     u.id = next_version(now_);
     u.kind = Update::Kind::Replicas;
-    u.replicas = cur->second.replicas;
+    u.replicas = w.replicas;
     for (NodeId x : w.replaced)
       if (std::find(u.replicas.begin(), u.replicas.end(), x) == u.replicas.end() &&
           membership_.admin_state(x) != AdminState::Gone)
@@ -974,6 +983,10 @@ void Node::store_done(const Version& id) {
     u.record = cur->second;
     u.record.body.clear();
     u.record.has_body = false;
+    if (newer(w.relisted, u.record.replicas_version)) {  // this node's record: still the list it had
+      u.record.replicas = w.replicas;
+      u.record.replicas_version = w.relisted;
+    }
     repl_.coordinate(now_, std::move(u));
   }
   send(w.peer, OpReply{w.req, Status::Ok, w.replicas});

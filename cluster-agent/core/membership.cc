@@ -30,6 +30,32 @@ Time Membership::silent_since(NodeId n) const {
   return it == last_heard_.end() ? 0 : it->second;
 }
 
+void Membership::unreachable(Time now, NodeId n) {
+  if (n == cfg_.self || n == kNoNode) return;
+  refused_[n] = now;
+  if (coord_ && round_complete()) finish_round(now);
+  else drop_refused(now);
+}
+
+void Membership::drop_refused(Time now) {
+  if (coord_ || (promised_ > epoch_ && now - promised_at_ <= cfg_.commit_timeout)) return;
+  for (const auto& [n, at] : refused_)
+    if (is_member(n)) {
+      // Not held back by reconfig_backoff: the round cannot end with the
+      // node in it (it cannot accept), so it does not repeat.
+      coordinate(now, ("node " + std::to_string(n) + " refuses connections").c_str());
+      return;
+    }
+}
+
+bool Membership::round_complete() const {
+  for (NodeId n : known_)
+    if (!coord_->invited.count(n)) return false;
+  for (NodeId n : coord_->invited)
+    if (!coord_->accepted.count(n) && !refuses(n)) return false;
+  return true;
+}
+
 void Membership::merge_admin_in(const AdminMap& a) {
   if (!merge_admin(admin_, a)) return;
   // A node declared gone is no longer invited to rounds nor waited for.
@@ -119,7 +145,8 @@ void Membership::finish_round(Time now) {
     bool slow = false;
     for (NodeId n : coord_->invited) {
       auto h = last_heard_.find(n);
-      slow |= !coord_->accepted.count(n) && h != last_heard_.end() && now - h->second < cfg_.probe_timeout;
+      slow |= !coord_->accepted.count(n) && !refuses(n) && h != last_heard_.end() &&
+              now - h->second < cfg_.probe_timeout;
     }
     if (slow) {
       ++coord_->waits;
@@ -141,6 +168,7 @@ void Membership::finish_round(Time now) {
   c.admin = admin_;  // with what this node was told while the round was open
   for (const auto& [id, a] : r.accepted) merge_admin(c.admin, a.admin);
   for (const auto& [id, a] : r.accepted) {
+    if (refuses(id)) continue;  // accepted, then its process went away
     c.members.push_back({id, std::max(1u, a.weight)});
     // A node that answers is not gone: it is back (the epoch is newer
     // than any version the table holds for it).
@@ -190,7 +218,8 @@ void Membership::install(Time now, const Commit& c) {
 }
 
 void Membership::tick(Time now) {
-  if (coord_ && now >= coord_->deadline) finish_round(now);
+  if (coord_ && (now >= coord_->deadline || round_complete())) finish_round(now);
+  drop_refused(now);
   // Invitations are resent while the round is open: a NewGroup can be lost,
   // or (a restarting node) sent before the connections to its peers are
   // up; without this a recovered node forms a group of one, manages every
@@ -225,7 +254,10 @@ void Membership::tick(Time now) {
 }
 
 void Membership::on_message(Time now, NodeId from, const Message& m) {
-  if (from != cfg_.self) last_heard_[from] = now;  // any word from a node says it is alive
+  if (from != cfg_.self) {  // any word from a node says it is alive
+    last_heard_[from] = now;
+    refused_.erase(from);
+  }
   if (const auto* p = std::get_if<Probe>(&m)) {
     learn_alive(from);
     send_(from, ProbeAck{epoch_});
@@ -262,6 +294,7 @@ void Membership::on_message(Time now, NodeId from, const Message& m) {
       coord_->accepted[from] = *acc;
       merge_admin_in(acc->admin);
       for (NodeId n : acc->known) learn(n);
+      if (round_complete()) finish_round(now);
     }
   } else if (const auto* c = std::get_if<Commit>(&m)) {
     bool included = std::any_of(c->members.begin(), c->members.end(),

@@ -11,6 +11,8 @@
 //  * the lowest-id member also probes known non-members (discovery), so a
 //    recovered node or the other side of a healed partition is found;
 //  * a probe or ack carrying another epoch also means a change;
+//  * a node whose address refuses connections (unreachable(): its process
+//    is not running) is a change at once, without waiting for silence;
 //  * on a change the node becomes coordinator: round 1 NewGroup(epoch =
 //    (time, id)) to every known node; round 2 each node that has promised
 //    nothing higher answers Accept (with its weight and user map); round 3
@@ -79,6 +81,13 @@ class Membership {
   // When each known node that is not a member was last a member or heard
   // from (for node_dead_timeout).
   Time silent_since(NodeId n) const;
+  // The transport could not connect to `n`: its address refused (nothing
+  // listens there: the process was killed, crashed or stopped; a host
+  // that is lost or cut off refuses nothing and is found by silence). A
+  // member that refuses is taken out by a round at once, and no round
+  // waits for a node that refuses, until it is heard from again.
+  void unreachable(Time now, NodeId n);
+  bool refuses(NodeId n) const { return refused_.count(n) > 0; }
 
  private:
   static constexpr Time kReinvite = 100;  // ms between NewGroup resends of an open round
@@ -98,6 +107,11 @@ class Membership {
   void merge_admin_in(const AdminMap& a);
   void maybe_coordinate(Time now, const char* why);  // rate-limited by reconfig_backoff
   void finish_round(Time now);
+  // Every known node invited, and each either accepted or refuses.
+  bool round_complete() const;
+  // A member refuses connections: a round without it, unless this node has
+  // promised a round that may still commit.
+  void drop_refused(Time now);
   void install(Time now, const Commit& c);
   Epoch next_epoch(Time now) const;
   NodeId successor() const;
@@ -119,6 +133,7 @@ class Membership {
   Time last_probe_ = 0;
   Time last_discovery_ = 0;
   std::map<NodeId, Time> last_heard_;
+  std::map<NodeId, Time> refused_;  // refused since last heard from (when)
   AdminMap admin_;
 };
 

@@ -131,6 +131,17 @@ void Node::tick(Time now) {
   repair_tick(now);
 }
 
+void Node::peer_unreachable(Time now, NodeId n) {
+  now_ = std::max(now_, now);
+  const bool known = membership_.refuses(n);
+  membership_.unreachable(now_, n);
+  if (known) return;  // told already (the transport dials again and again)
+  env_.log("peer n" + std::to_string(n) + " refuses connections: taken for down");
+  for (auto& [id, p] : pending_)
+    if (p.retry_at != 0 && (p.peer == n || p.awaiting.count(n))) p.retry_at = now_;
+  store_failover(now_);
+}
+
 void Node::receive(Time now, Envelope e) {
   now_ = std::max(now_, now);
   if (e.from != cfg_.self) {

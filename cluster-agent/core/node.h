@@ -57,6 +57,12 @@ class Node {
   void tick(Time now);
   // By value: a reply's records move into what the node keeps.
   void receive(Time now, Envelope e);
+  // The transport could not connect to `n`: its address refused (no
+  // process listens there). Membership takes it out at once
+  // (Membership::unreachable), a store waiting for it is failed over
+  // without waiting out its patience, and requests waiting on it are sent
+  // again (elsewhere, where they can be) at once.
+  void peer_unreachable(Time now, NodeId n);
 
   // ---- local client operations; each ends in exactly one Env::reply ----
   void create_user(Time now, std::uint64_t req, const std::string& user,
@@ -546,6 +552,8 @@ class Node {
     MsgId msg;
     std::vector<NodeId> replaced;   // replicas a retarget left out
     std::vector<NodeId> replicas;   // the list after a retarget (empty: as asked)
+    Version relisted;               // that list's version
+    bool nowhere = false;           // the last look found no node to replace one with
   };
   std::map<Version, StoreWaiter> stores_;
   // How long the stores this node coordinates take to be held by every
@@ -556,6 +564,7 @@ class Node {
   // for silent only when it has said nothing at all for a while.
   std::map<NodeId, Time> heard_;
   bool silent_for(NodeId n, Time t) const {
+    if (membership_.refuses(n)) return true;
     auto h = heard_.find(n);
     return h == heard_.end() || now_ - h->second >= t;
   }

@@ -150,10 +150,13 @@ void Replicator::apply(Time now, const Update& u) {
   }
   if (!fresh && !it->second.replicas_version.is_null() && !contains(it->second.replicas, cfg_.self)) {
     // (A copy that was live here and is not any more, expunged by the
-    // same merge, is reported too: the manager counts it no more.)
+    // same merge, is reported too: the manager counts it no more. So is
+    // one under its new list while it stays, for a store this node still
+    // hands on: the manager counts it under that list, not the old one.)
     const bool was_counted = was_live && !(it->second.has_body && !it->second.expunged);
+    const bool relisted = was_listed != it->second.replicas;
     disown_record(in.id);
-    if (was_counted && on_user_changed) on_user_changed(in.user);
+    if ((was_counted || relisted) && on_user_changed) on_user_changed(in.user);
     return;
   }
   if (changed || fresh) disk_.put_record(it->second);
@@ -366,12 +369,10 @@ bool Replicator::retarget(Time now, const Version& id, const std::vector<NodeId>
   e.update.replicas = list;
   e.update.record.replicas = list;
   e.update.record.replicas_version = v;
-  if (auto r = records_.find(e.update.record.id); r != records_.end() && newer(v, r->second.replicas_version)) {
-    r->second.replicas = list;
-    r->second.replicas_version = v;
-    disk_.put_record(r->second);
-    if (on_user_changed) on_user_changed(r->second.user);
-  }
+  // This node's own record keeps the list it had until the store is held
+  // by the new one (the caller then spreads the new list): a sync would
+  // otherwise show a replaced node a list without it, and that node drop
+  // its copy, while the new replica does not hold one yet.
   disk_.put_log(e);
   push_missing(e, nullptr);
   next_push_[id] = now + cfg_.push_retry + transfer_time(cfg_, e.update.record.body.size());

@@ -56,9 +56,11 @@ class Replicator {
   const std::map<MsgId, UnindexedBody>& unindexed() const { return unindexed_; }
   // A store this node coordinates whose replicas did not all acknowledge
   // in time: its replica list becomes `list` (the silent ones replaced),
-  // versioned `v` so that it wins over the old one in every merge, on this
-  // node's copy too. The entry then waits for the new list's replicas,
-  // which it is pushed to at once. False if there is no such entry.
+  // versioned `v` so that it wins over the old one in every merge. The
+  // entry then waits for the new list's replicas, which it is pushed to at
+  // once; this node's own record keeps its list until the caller spreads
+  // the new one, once the new replicas hold the store (Node::store_done).
+  // False if there is no such entry.
   bool retarget(Time now, const Version& id, const std::vector<NodeId>& list, const Version& v);
   void on_ack(Time now, NodeId from, const PushAck& a);
   void on_retire(const Retire& r);

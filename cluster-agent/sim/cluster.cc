@@ -33,6 +33,7 @@ struct Cluster::SimNode {
   std::unique_ptr<Node> node;  // null while crashed
   std::uint64_t incarnation = 0;
   bool destroyed = false;
+  bool refuses = false;  // down, and its host answers connections with a refusal
 };
 
 Cluster::Cluster(std::uint64_t seed, CoreConfig base) : base_(std::move(base)), rng_(seed) {}
@@ -85,13 +86,27 @@ void Cluster::crash(NodeId id) {
   if (it == nodes_.end() || !it->second->node) return;
   record(id, "sim: crash");
   it->second->node.reset();
+  it->second->refuses = true;
   ++it->second->incarnation;
+  // Its connections close (the kernel resets them) and each peer dials
+  // again at once, to a refusal.
+  for (const auto& [peer, sn] : nodes_)
+    if (peer != id && sn->node && connected(peer, id)) tell_refused(peer, id);
+}
+
+void Cluster::power_off(NodeId id) {
+  auto it = nodes_.find(id);
+  if (it == nodes_.end() || !it->second->node) return;
+  crash(id);
+  it->second->refuses = false;
+  record(id, "sim: host lost (silent)");
 }
 
 void Cluster::destroy(NodeId id) {
   crash(id);
   auto it = nodes_.find(id);
   if (it == nodes_.end()) return;
+  it->second->refuses = false;
   it->second->destroyed = true;
   it->second->disk = MemoryStore{};
   record(id, "sim: destroyed for good");
@@ -140,6 +155,7 @@ void Cluster::transmit(Envelope e) {
     });
     return;
   }
+  if (connected(e.from, e.to)) tell_refused(e.from, e.to);
   if (!connected(e.from, e.to) || coin(rng_) < net_.loss) return;
   int copies = coin(rng_) < net_.duplicate ? 2 : 1;
   for (int i = 0; i < copies; ++i) {
@@ -153,6 +169,26 @@ void Cluster::transmit(Envelope e) {
       it->second->node->receive(handled, std::move(e));
     });
   }
+}
+
+void Cluster::tell_refused(NodeId from, NodeId to) {
+  auto it = nodes_.find(to);
+  if (it == nodes_.end() || it->second->node || !it->second->refuses) return;
+  // As a transport dials again (at most one refusal per 100 ms per peer),
+  // the refusal comes back after the slowest message from before the
+  // crash could have arrived, and after the dial's pause.
+  Time& told = refused_told_[{from, to}];
+  if (told != 0 && now_ - told < 100) return;
+  told = now_;
+  const std::uint64_t inc = nodes_.at(from)->incarnation;
+  schedule(now_ + 2 * net_.latency_max + 50, [this, from, to, inc] {
+    auto f = nodes_.find(from);
+    auto t = nodes_.find(to);
+    if (f == nodes_.end() || !f->second->node || f->second->incarnation != inc || t->second->node ||
+        !t->second->refuses || !connected(from, to))
+      return;
+    f->second->node->peer_unreachable(now_, to);
+  });
 }
 
 void Cluster::run_until(Time t) {

@@ -38,7 +38,13 @@ class Cluster {
 
   // ---- topology and faults ----
   void add_node(NodeId id, std::vector<NodeId> seeds, std::uint32_t weight = 1);
-  void crash(NodeId id);              // process dies: soft state lost, disk kept
+  // The process dies (kill -9): soft state lost, disk kept; its address
+  // refuses connections, which a peer that sends to it learns one round
+  // trip later (Node::peer_unreachable), as over TCP.
+  void crash(NodeId id);
+  // The host is lost (power, kernel): as crash(), but nothing answers at
+  // all; peers find it only by silence.
+  void power_off(NodeId id);
   void restart(NodeId id);
   void destroy(NodeId id);            // crashed for good, disk lost
   // A crashed node's index loses every `every`-th record and every log
@@ -107,6 +113,7 @@ class Cluster {
   void schedule(Time at, std::function<void()> fn);
   void schedule_tick(NodeId id, std::uint64_t incarnation, Time at);
   void transmit(Envelope e);
+  void tell_refused(NodeId from, NodeId to);
   bool connected(NodeId a, NodeId b) const;
   void record(NodeId id, const std::string& line);
   template <class F> std::uint64_t client_op(NodeId via, F&& f);
@@ -125,6 +132,7 @@ class Cluster {
   std::map<std::uint64_t, std::pair<ClientReply, Time>> replies_;
   std::vector<std::string> trace_;
   std::set<NodeId> damaged_;  // nodes whose index was damaged (damage_index)
+  std::map<std::pair<NodeId, NodeId>, Time> refused_told_;  // (from, to): last refusal told
 };
 
 }  // namespace porcupine::sim

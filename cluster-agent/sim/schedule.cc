@@ -591,7 +591,14 @@ ScheduleResult run_schedule(std::uint64_t seed, const ScheduleOptions& opt) {
       switch (pick(0, 7)) {
         case 0:
         case 1:
-          if (up.size() > 1) { c.crash(random_up()); ++crashes; }
+          // A process killed (peers are refused at once) or a host lost
+          // (peers hear nothing): both ways of finding a node down.
+          if (up.size() > 1) {
+            const NodeId v = random_up();
+            if (chance(0.5)) c.crash(v);
+            else c.power_off(v);
+            ++crashes;
+          }
           break;
         case 2:
           for (NodeId id : c.ids())

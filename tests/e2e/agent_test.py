@@ -290,6 +290,34 @@ class Crash(ClusterCase):
                 if m["id"] in old:
                     self.assertEqual(m["uid"], old[m["id"]])
 
+    def test_a_killed_agent_is_taken_out_as_its_address_refuses_a_frozen_one_after_its_silence(self):
+        members = lambda i: sorted(m["id"] for m in self.ctl_json(i, "status")["members"])
+        # Killed: its peers' connections close, their next dial is refused,
+        # and a round runs at once (not after probe_timeout of silence).
+        self.cl.kill(2, redis=False)
+        self.assertTrue(self.wait_converged(20), "survivors did not reconfigure")
+        self.assertEqual(members(1), [1, 3])
+        logs = self.log_of(1) + self.log_of(3)
+        self.assertRegex(logs, r"coordinating epoch \S+ \(node 2 refuses connections\)")
+        self.assertNotIn("successor 2 silent", logs)
+        self.cl.restart(2)
+        self.assertTrue(self.wait_converged(30), "node 2 did not rejoin")
+        # Frozen (SIGSTOP): its connections stay open and nothing refuses;
+        # only silence shows it.
+        pid = self.cl.pid(3, "agent")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.time() + 20
+            while time.time() < deadline and members(1) != [1, 2]:
+                time.sleep(0.2)
+            self.assertEqual(members(1), [1, 2])
+            logs = self.log_of(1) + self.log_of(2)
+            self.assertIn("successor 3 silent", logs)
+            self.assertNotIn("node 3 refuses", logs)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        self.assertTrue(self.wait_converged(30), "node 3 did not come back")
+
     def test_kill9_agent_and_redis_mid_stream_loses_nothing_acknowledged(self):
         self.add_user(1, "dan@example.org")
         acked, failed, stop = {}, [], threading.Event()
