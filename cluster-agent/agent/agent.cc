@@ -85,6 +85,9 @@ void Agent::start() {
     node_->peer_unreachable(now(), n);
     commit();
   };
+  po.on_connected = [this](NodeId n) {
+    if (!stopped_ && node_) node_->peer_reachable(n);
+  };
   net_ = std::make_unique<PeerNet>(io_, po, [this](Envelope e) { on_peer(std::move(e)); },
                                    [this](const std::string& l) { log_(l); });
   net_->start();

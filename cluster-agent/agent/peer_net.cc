@@ -849,7 +849,10 @@ void PeerNet::on_ready(const std::shared_ptr<PeerConnection>& c) {
   bool first = !connected(n);
   ready_[n].insert(c);
   dials_[n].backoff_ms = 100;
-  if (first) log_("peer n" + std::to_string(n) + ": connected");
+  if (first) {
+    log_("peer n" + std::to_string(n) + ": connected");
+    if (opt_.on_connected) opt_.on_connected(n);
+  }
 }
 
 void PeerNet::on_closed(const std::shared_ptr<PeerConnection>& c) {

@@ -83,6 +83,7 @@ class PeerNet {
     // process is not running). A connection that closes is dialled again
     // within dial_after_close_ms, so a killed peer is known in that time.
     std::function<void(NodeId)> on_refused;
+    std::function<void(NodeId)> on_connected;  // the first authenticated connection with a peer is up
     std::int64_t dial_after_close_ms = 50;
     std::int64_t handshake_timeout_ms = 10000;
     std::size_t max_unauthenticated = 64;

@@ -166,6 +166,16 @@ void Node::fe_tick(Time now) {
       expired.push_back(id);
       continue;
     }
+    // A listing that waits only for nodes that refuse connections (their
+    // processes are down: they will not answer) ends now with what the
+    // others gave, as it would at its deadline.
+    if ((p.kind == Pending::Kind::List || p.kind == Pending::Kind::Renumber) && p.retry_at != 0 &&
+        !p.awaiting.empty() && std::all_of(p.awaiting.begin(), p.awaiting.end(), [this](NodeId n) {
+          return n != cfg_.self && membership_.refuses(n);
+        })) {
+      expired.push_back(id);
+      continue;
+    }
     if (p.retry_at == 0 || now < p.retry_at) continue;
     p.retry_at = now + kRetry;
     NodeId mgr = membership_.in_group() ? membership_.manager_of(bucket(p.user)) : kNoNode;
@@ -429,7 +439,7 @@ void Node::fe_finish_list(std::uint64_t id) {
   if (p.digest_only) r.records.clear();
   std::set<NodeId> reachable{cfg_.self};
   for (const auto& m : membership_.members())
-    if (live(m.id)) reachable.insert(m.id);
+    if (live(m.id) && !membership_.refuses(m.id)) reachable.insert(m.id);
   for (NodeId n : p.awaiting) reachable.erase(n);
   // A node that gave its digest alone, unlike every node whose records
   // came: what it holds is not in the listing.
@@ -893,7 +903,7 @@ void Node::serve_store(Time now, NodeId from, const StoreRequest& s) {
     return;
   }
   auto [w, fresh] =
-      stores_.try_emplace(id, StoreWaiter{from, s.req, now, s.update.record.body.size(), s.update.record.id, {}, {}});
+      stores_.try_emplace(id, StoreWaiter{from, s.req, now, s.update.record.body.size(), s.update.record.id, {}, {}, {}, false});
   if (!fresh) {
     w->second.peer = from;  // the front end asked again (through this node)
     w->second.req = s.req;

@@ -766,6 +766,7 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
       in.spread = cfg_.spread;
       in.replicas = cfg_.replicas;
       in.salt = user_hash(a.user);
+      in.grow_when_busy = true;
       Placement pl = choose_placement(in);
       if (pl.nodes.size() < cfg_.replicas) {
         // Fewer than R active nodes with room: draining ones (with room)

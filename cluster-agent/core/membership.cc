@@ -37,6 +37,8 @@ void Membership::unreachable(Time now, NodeId n) {
   else drop_refused(now);
 }
 
+void Membership::reachable(NodeId n) { refused_.erase(n); }
+
 void Membership::drop_refused(Time now) {
   if (coord_ || (promised_ > epoch_ && now - promised_at_ <= cfg_.commit_timeout)) return;
   for (const auto& [n, at] : refused_)
@@ -256,7 +258,10 @@ void Membership::tick(Time now) {
 void Membership::on_message(Time now, NodeId from, const Message& m) {
   if (from != cfg_.self) {  // any word from a node says it is alive
     last_heard_[from] = now;
-    refused_.erase(from);
+    // ... but a message can be older than the refusal (sent before the
+    // process died, read after): a refusal stands until the node is
+    // connected again (reachable()), or it is still heard from well after.
+    if (auto r = refused_.find(from); r != refused_.end() && now - r->second >= cfg_.probe_timeout) refused_.erase(r);
   }
   if (const auto* p = std::get_if<Probe>(&m)) {
     learn_alive(from);

@@ -85,8 +85,11 @@ class Membership {
   // listens there: the process was killed, crashed or stopped; a host
   // that is lost or cut off refuses nothing and is found by silence). A
   // member that refuses is taken out by a round at once, and no round
-  // waits for a node that refuses, until it is heard from again.
+  // waits for a node that refuses, until it is connected again
+  // (reachable()) or still heard from probe_timeout after the refusal (a
+  // message read after a refusal may have been sent before the death).
   void unreachable(Time now, NodeId n);
+  void reachable(NodeId n);
   bool refuses(NodeId n) const { return refused_.count(n) > 0; }
 
  private:

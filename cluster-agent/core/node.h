@@ -63,6 +63,8 @@ class Node {
   // without waiting out its patience, and requests waiting on it are sent
   // again (elsewhere, where they can be) at once.
   void peer_unreachable(Time now, NodeId n);
+  // A connection with `n` is up (again): a refusal no longer stands.
+  void peer_reachable(NodeId n) { membership_.reachable(n); }
 
   // ---- local client operations; each ends in exactly one Env::reply ----
   void create_user(Time now, std::uint64_t req, const std::string& user,

@@ -58,6 +58,23 @@ Placement choose_placement(const PlacementInput& in) {
       ++candidates;
     }
   }
+  // A busy user's nodes: when a node the message would go to has at least
+  // kBusyFactor times the load of the least-loaded other node, plus
+  // kBusyMargin, that other node takes its place and joins the user's
+  // nodes. A user whose own arrivals queue on its few disks (a hot user)
+  // so spreads over more nodes, one at a time and only while its nodes
+  // are busier than the rest; a user with little mail stays on `spread`.
+  bool grown = false;
+  if (in.grow_when_busy) {
+    std::vector<Ranked*> cands, others;
+    for (Ranked& r : ranked) (r.candidate ? cands : others).push_back(&r);
+    std::size_t o = 0;
+    for (std::size_t i = std::min<std::size_t>(in.replicas, cands.size()); i-- > 0 && o < others.size();) {
+      if (cands[i]->load < kBusyFactor * others[o]->load + kBusyMargin) break;
+      others[o++]->candidate = true;
+      grown = true;
+    }
+  }
   std::stable_partition(ranked.begin(), ranked.end(), [](const Ranked& r) { return r.candidate; });
 
   // Spread is exceeded when an outsider is taken although the map already
@@ -68,6 +85,7 @@ Placement choose_placement(const PlacementInput& in) {
   const bool map_degraded = in_map.size() >= in.spread && usable_in_map < in_map.size();
 
   Placement out;
+  out.spread_grown = grown;
   const std::size_t count = std::min<std::size_t>(in.replicas, ranked.size());
   for (std::size_t i = 0; i < count; ++i) {
     out.nodes.push_back(ranked[i].id);

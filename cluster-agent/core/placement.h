@@ -25,6 +25,7 @@ struct PlacementInput {
   std::uint32_t spread = 2;      // soft limit on how many nodes hold one user's mail
   std::uint32_t replicas = 2;    // R: copies of each message
   std::uint64_t salt = 0;        // tie-break salt (the user's hash), so equal loads spread users
+  bool grow_when_busy = false;   // a busy user's nodes give way to idle others (kBusyFactor)
 };
 
 struct Placement {
@@ -34,10 +35,22 @@ struct Placement {
   // True when a node outside the mail map had to be taken although the
   // mail map already held `spread` nodes (some were down or full).
   bool spread_exceeded = false;
+  // True when a node outside the user's was taken because the user's own
+  // were busy (see kBusyFactor).
+  bool spread_grown = false;
 };
+
+// A node the message would go to is busy when its load is at least
+// kBusyFactor times the least-loaded other node's plus kBusyMargin.
+constexpr std::uint32_t kBusyFactor = 2;
+constexpr std::uint32_t kBusyMargin = 8;
 
 // Candidates = mail-map nodes that are live and not full; if fewer than
 // `spread`, topped up with the least-loaded other live non-full nodes.
+// With grow_when_busy, a candidate among the R it would take that is busy
+// (kBusyFactor) gives
+// its place to the least-loaded other node, which becomes a candidate
+// (the spread of a user whose own arrivals load its nodes grows).
 // The primary is the least-loaded candidate; replicas are the next
 // least-loaded candidates, then the least-loaded other live non-full nodes.
 // Ties in load are broken by a hash of (salt, node id), then node id.

@@ -16,6 +16,7 @@ class Cluster::NodeEnv final : public Env {
   void send(Envelope e) override { c_.transmit(std::move(e)); }
   void reply(ClientReply r) override {
     std::uint64_t req = r.req;
+    c_.open_.erase(req);
     if (c_.on_reply) c_.on_reply(r);
     c_.replies_[req] = {std::move(r), c_.now_};
   }
@@ -75,6 +76,9 @@ void Cluster::restart(NodeId id) {
   sn.env = std::make_unique<NodeEnv>(*this, id);
   sn.node = std::make_unique<Node>(sn.cfg, *sn.env, sn.disk);
   record(id, "sim: start");
+  // Its peers' connections with it come up before any message of its own.
+  for (const auto& [peer, other] : nodes_)
+    if (peer != id && other->node && connected(peer, id)) other->node->peer_reachable(id);
   sn.node->start(now_);
   // Ticks start at a per-node phase so nodes do not move in lock step.
   std::uniform_int_distribution<Time> phase(1, kTick);
@@ -88,6 +92,21 @@ void Cluster::crash(NodeId id) {
   it->second->node.reset();
   it->second->refuses = true;
   ++it->second->incarnation;
+  // Its clients' connections are reset: each request it had not answered
+  // fails now (a lost host's clients wait instead: power_off).
+  for (auto o = open_.begin(); o != open_.end();) {
+    if (o->second != id) {
+      ++o;
+      continue;
+    }
+    ClientReply r;
+    r.req = o->first;
+    r.status = Status::Failed;
+    r.detail = "connection to the node reset";
+    o = open_.erase(o);
+    if (on_reply) on_reply(r);
+    replies_[r.req] = {std::move(r), now_};
+  }
   // Its connections close (the kernel resets them) and each peer dials
   // again at once, to a refusal.
   for (const auto& [peer, sn] : nodes_)
@@ -97,6 +116,10 @@ void Cluster::crash(NodeId id) {
 void Cluster::power_off(NodeId id) {
   auto it = nodes_.find(id);
   if (it == nodes_.end() || !it->second->node) return;
+  std::map<std::uint64_t, NodeId> open;
+  for (const auto& [req, via] : open_)
+    if (via == id) open.emplace(req, via);
+  for (const auto& [req, via] : open) open_.erase(req);  // never answered
   crash(id);
   it->second->refuses = false;
   record(id, "sim: host lost (silent)");
@@ -222,6 +245,7 @@ std::uint64_t Cluster::client_op(NodeId via, F&& f) {
     replies_[req] = {std::move(r), now_};
     return req;
   }
+  open_[req] = via;
   f(*n, req);
   return req;
 }

@@ -40,7 +40,8 @@ class Cluster {
   void add_node(NodeId id, std::vector<NodeId> seeds, std::uint32_t weight = 1);
   // The process dies (kill -9): soft state lost, disk kept; its address
   // refuses connections, which a peer that sends to it learns one round
-  // trip later (Node::peer_unreachable), as over TCP.
+  // trip later (Node::peer_unreachable), as over TCP, and the client
+  // requests it had not answered fail at once (their connections reset).
   void crash(NodeId id);
   // The host is lost (power, kernel): as crash(), but nothing answers at
   // all; peers find it only by silence.
@@ -133,6 +134,7 @@ class Cluster {
   std::vector<std::string> trace_;
   std::set<NodeId> damaged_;  // nodes whose index was damaged (damage_index)
   std::map<std::pair<NodeId, NodeId>, Time> refused_told_;  // (from, to): last refusal told
+  std::map<std::uint64_t, NodeId> open_;  // client requests not answered yet, and the node asked
 };
 
 }  // namespace porcupine::sim

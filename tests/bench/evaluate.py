@@ -574,8 +574,9 @@ def real_timeline(build, quick, seed, outdir):
         cl.stop()
         shutil.rmtree(d, ignore_errors=True)
     # The last second is partial (the load stops inside it): left out.
-    series = [(int(kv(l)["t"]), kv(l)["deliveries"]) for l in out.splitlines()
-              if l.startswith("second ") and kv(l)["t"] < total]
+    seconds = [kv(l) for l in out.splitlines() if l.startswith("second ") and kv(l)["t"] < total]
+    series = [(int(x["t"]), x["deliveries"]) for x in seconds]
+    p99s = [(int(x["t"]), x.get("p99_ms", 0)) for x in seconds]
     summary = kv(out.strip().splitlines()[-1]) if out.strip() else {}
     if not series or summary.get("deliveries", 0) <= 0:
         raise RuntimeError("timeline load failed: " + err[-500:])
@@ -589,8 +590,43 @@ def real_timeline(build, quick, seed, outdir):
                 break
         e["reconfig_s"] = want["t"] - e["t"] if want else None
         e["steady_s"] = steady_after(series, e["t"], [x["t"] for x in events if x["t"] > e["t"]] + [total])
-    return {"nodes": nodes, "series": series, "events": events, "changes": changes, "summary": summary,
-            "total": total}
+    crash_effects(events, series, p99s, nodes)
+    return {"nodes": nodes, "series": series, "p99s": p99s, "events": events, "changes": changes,
+            "summary": summary, "total": total}
+
+
+def crash_effects(events, series, p99s, nodes):
+    """Per kill: the throughput level before it (median of the 5 whole
+    seconds before), the level the live nodes' share of it makes (live
+    after / live before), the lowest second in the 3 after it against the
+    level before (dip), the seconds from the kill to the end of the first
+    second at or above 90 % of that share (back_s), and the highest
+    per-second p99 delivery latency in those 3 seconds beside the median
+    per-second p99 of the 10 seconds before the first event."""
+    per = dict(series)
+    lat = dict(p99s)
+    first = int(min(e["t"] for e in events)) if events else 0
+    steady = [lat[s] for s in range(max(1, first - 10), first) if s in lat]
+    live = nodes
+    for e in events:
+        before_live = live
+        live += -len(e["nodes"]) if e["what"] == "kill" else len(e["nodes"])
+        if e["what"] != "kill":
+            continue
+        at = int(e["t"])
+        pre = [per[s] for s in range(at - 5, at) if s in per]
+        if not pre or not steady:
+            continue
+        level = statistics.median(pre)
+        share = level * live / before_live
+        after = [s for s in range(at, at + 3) if s in per]
+        e["level_before"] = level
+        e["share_level"] = share
+        e["dip"] = min(per[s] for s in after) / level if after and level else None
+        back = next((s for s in sorted(per) if s >= at and per[s] >= 0.9 * share), None)
+        e["back_s"] = max(0.0, back + 1 - e["t"]) if back is not None else None
+        e["p99_through_ms"] = max(lat[s] for s in after if s in lat) if after else None
+        e["p99_steady_ms"] = statistics.median(steady)
 
 
 def steady_after(series, t, later):
@@ -763,7 +799,11 @@ def main():
                     help="measure section 1 (real processes) again into RESULTS_DIR, then rewrite its report")
     ap.add_argument("--redo-hetero", metavar="RESULTS_DIR",
                     help="run the heterogeneity part again with RESULTS_DIR's calibration, then rewrite its report")
+    ap.add_argument("--redo-timeline", metavar="RESULTS_DIR",
+                    help="measure section 2 (the real failure timeline) again into RESULTS_DIR, then rewrite its report")
     args = ap.parse_args()
+    if args.redo_timeline:
+        return redo_timeline(os.path.abspath(args.build), args.redo_timeline, args.runs)
     if args.report_only:
         return report_only(args.report_only)
     if args.redo_real:
@@ -789,8 +829,7 @@ def main():
     for run in range(1, 1 if quick else min(runs, 2)):
         log("real failure timeline, run %d" % (run + 1))
         tls.append(real_timeline(build, quick, run + 1, outdir))
-    R["timeline_runs"] = [[{"what": e["what"], "nodes": e["nodes"], "reconfig_s": e["reconfig_s"],
-                            "steady_s": e["steady_s"]} for e in t["events"]] for t in tls]
+    R["timeline_runs"] = timeline_runs(tls)
 
     # (3) calibration of the cost model from (1), then the simulator.
     stock = R["real"]["stock Postfix+Dovecot"]
@@ -825,18 +864,7 @@ def main():
                            "--clients-per-node", 16, "--users-per-node", 5, "--cost", cs]))
         R["sim_big"][n] = dict(f, sim_seconds=float(sec))
         R["sim_scale"][2].setdefault(n, []).append(f["msgs_per_s"])
-    tl_nodes = 6 if quick else 30
-    crashes = [1] if quick else [1, 3, 6]
-    crash_at, restart_at, tl_secs = (2, 5, 8) if quick else (8, 20, 30)
-    for k in crashes:
-        log("sim timeline: %d of %d crashed" % (k, tl_nodes))
-        out = sim(build, ["timeline", "--nodes", tl_nodes, "--crash", k, "--replicas", 2, "--crash-at", crash_at,
-                          "--restart-at", restart_at, "--seconds", tl_secs, "--cost", cs])
-        series = [(int(kv(l)["t_s"]), kv(l)["msgs"]) for l in out.splitlines() if l.startswith("second ")]
-        ev = [kv(l) for l in out.splitlines() if "what=converged" in l]
-        R["sim_timeline"][k] = {"nodes": tl_nodes, "series": series, "crash_at": crash_at, "restart_at": restart_at,
-                                "reconfig_ms": [e["reconfig_ms"] for e in ev]}
-    R["hetero_nodes"] = tl_nodes
+    R["hetero_nodes"] = sim_timelines(build, R, quick, cs)
     run_hetero(build, R, quick, sim_runs)
     rec_ns = [3, 10, 30] if quick else [3, 10, 30, 100, 300, 1000]
     for n in rec_ns:
@@ -886,6 +914,55 @@ def run_real(build, R, runs, seconds, quick=False):
                 R["real"][name].append(run_cluster_smtp(build, c[0], c[1], c[2], seconds, run + 1))
 
 
+def sim_timelines(build, R, quick, cs):
+    """The simulated failure timelines (k of 30 nodes killed, then
+    restarted), with the same figures per crash as the real one."""
+    tl_nodes = 6 if quick else 30
+    crashes = [1] if quick else [1, 3, 6]
+    crash_at, restart_at, tl_secs = (2, 5, 8) if quick else (8, 20, 30)
+    R["sim_timeline"] = {}
+    for k in crashes:
+        log("sim timeline: %d of %d crashed" % (k, tl_nodes))
+        out = sim(build, ["timeline", "--nodes", tl_nodes, "--crash", k, "--replicas", 2, "--crash-at", crash_at,
+                          "--restart-at", restart_at, "--seconds", tl_secs, "--cost", cs])
+        series = [(int(kv(l)["t_s"]), kv(l)["msgs"]) for l in out.splitlines() if l.startswith("second ")]
+        ev = [kv(l) for l in out.splitlines() if "what=converged" in l]
+        per = dict(series)
+        pre = [per[x] for x in range(crash_at - 5, crash_at) if x in per]
+        level = statistics.median(pre) if pre else 0
+        share = level * (tl_nodes - k) / tl_nodes
+        after = [per[x] for x in range(crash_at, crash_at + 3) if x in per]
+        back = next((x for x in sorted(per) if x >= crash_at and per[x] >= 0.9 * share), None)
+        R["sim_timeline"][k] = {"nodes": tl_nodes, "series": series, "crash_at": crash_at, "restart_at": restart_at,
+                                "reconfig_ms": [e["reconfig_ms"] for e in ev],
+                                "dip": min(after) / level if after and level else None,
+                                "back_s": back + 1 - crash_at if back is not None else None}
+    return tl_nodes
+
+
+def timeline_runs(tls):
+    keep = ("what", "nodes", "reconfig_s", "steady_s", "dip", "back_s", "p99_through_ms", "p99_steady_ms")
+    return [[{k: e.get(k) for k in keep} for e in t["events"]] for t in tls]
+
+
+def redo_timeline(build, d, runs):
+    with open(os.path.join(d, "results.json")) as f:
+        R = int_keys(json.load(f))
+    quick = os.path.basename(os.path.normpath(d)).endswith("-quick")
+    t0 = time.time()
+    tls = [real_timeline(build, quick, run + 1, d) for run in range(1 if quick else min(runs, 2))]
+    R["timeline"] = tls[0]
+    R["timeline_runs"] = timeline_runs(tls)
+    sim_timelines(build, R, quick, cost_spec(R["calibration"]))
+    R.setdefault("notes", []).append(
+        "Section 2 (the failure timeline) and the simulated failure timelines of section 3 were measured again at "
+        "%s UTC (%.0f s) with `--redo-timeline`." % (
+            datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), time.time() - t0))
+    with open(os.path.join(d, "results.json"), "w") as f:
+        json.dump(R, f, indent=1, default=str)
+    return report_only(d)
+
+
 def redo_real(build, d, runs):
     with open(os.path.join(d, "results.json")) as f:
         R = int_keys(json.load(f))
@@ -928,7 +1005,11 @@ def redo_hetero(build, d):
         R = int_keys(json.load(f))
     quick = os.path.basename(os.path.normpath(d)).endswith("-quick")
     scale_ns = sorted(R["sim_scale"][1])
+    t0 = time.time()
     run_hetero(build, R, quick, len(R["sim_scale"][1][scale_ns[0]]))
+    R.setdefault("notes", []).append(
+        "The heterogeneity part of section 3 was measured again at %s UTC (%.0f s) with `--redo-hetero`, the same "
+        "calibration." % (datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), time.time() - t0))
     with open(os.path.join(d, "results.json"), "w") as f:
         json.dump(R, f, indent=1, default=str)
     return report_only(d)
@@ -1026,17 +1107,28 @@ def report(R, quick, runs, sim_runs, scale_ns, stamp):
     w("%d agents (each with its Redis) on 127.0.81.x, R=2, the same workload through the local API; node 1 is "
       "polled (`porcupinectl --json status`) every 0.2 s and each change of its view is marked." % tl["nodes"])
     w("")
-    w("| event | time to reconfigure (s) | time to steady throughput (s) |")
-    w("|---|---|---|")
+    w("| event | time to reconfigure (s) | time to steady throughput (s) | lowest second / level before | "
+      "back at the live nodes' share (s) | p99 delivery ms through it (steady) |")
+    w("|---|---|---|---|---|---|")
     for k, e in enumerate(tl["events"]):
-        rc = [t[k]["reconfig_s"] for t in R["timeline_runs"]]
-        sd = [t[k]["steady_s"] for t in R["timeline_runs"]]
-        w("| %s node %s at t=%.0f s | %s | %s |" % (e["what"], ",".join(map(str, e["nodes"])), e["t"], fmt(rc, 2),
-                                                   fmt(sd, 0)))
+        col = lambda key: [t[k].get(key) for t in R["timeline_runs"] if t[k].get(key) is not None]
+        kill = e["what"] == "kill"
+        w("| %s node %s at t=%.0f s | %s | %s | %s | %s | %s |" % (
+            e["what"], ",".join(map(str, e["nodes"])), e["t"], fmt(col("reconfig_s"), 2), fmt(col("steady_s"), 0),
+            fmt(col("dip"), 2) if kill and col("dip") else "",
+            fmt(col("back_s"), 1) if kill and col("back_s") else "",
+            "%s (%s)" % (fmt(col("p99_through_ms"), 0), fmt(col("p99_steady_ms"), 0)) if kill and col("p99_through_ms")
+            else ""))
     w("")
     w("Runs: %d. Time to reconfigure: from the kill or restart to node 1's first view with the new members. Time to "
       "steady throughput: from the event to the first second from which two seconds stay within 10 %% of the "
-      "level the throughput settles at before the next event." % len(R["timeline_runs"]))
+      "level the throughput settles at before the next event. Lowest second: the fewest deliveries in one of the "
+      "3 seconds from the kill, over the median of the 5 seconds before. Back at the live nodes' share: from the "
+      "kill to the end of the first second with at least 90 %% of the level before times live nodes after over "
+      "live nodes before. p99 through it: the highest per-second p99 delivery latency of the deliveries begun in "
+      "those 3 seconds (failed ones included); steady: the median per-second p99 of the 10 seconds before the "
+      "first kill. On this 2-core machine fewer live agents leave more CPU to the rest, so throughput can rise "
+      "after a kill." % len(R["timeline_runs"]))
     w("")
     w("![timeline](real_failure_timeline.png)")
     w("")
@@ -1074,8 +1166,12 @@ def report(R, quick, runs, sim_runs, scale_ns, stamp):
     w("### Simulated failures (%d nodes, R=2)" % R["hetero_nodes"])
     w("")
     for k, t in sorted(R["sim_timeline"].items()):
-        w("* %d crashed at t=%d s, restarted at t=%d s: reconfigured in %s ms" % (
-            k, t["crash_at"], t["restart_at"], " and ".join("%.0f" % x for x in t["reconfig_ms"]) or "n/a"))
+        w("* %d crashed at t=%d s, restarted at t=%d s: reconfigured in %s ms%s" % (
+            k, t["crash_at"], t["restart_at"], " and ".join("%.0f" % x for x in t["reconfig_ms"]) or "n/a",
+            "; lowest second after the crash %.2f of the level before (the live nodes' share: %.2f); back at 90 %% "
+            "of that share %d s after the crash (per-second figures)" % (
+                t["dip"], (t["nodes"] - k) / t["nodes"], t["back_s"]) if t.get("dip") is not None and
+            t.get("back_s") is not None else ""))
     w("")
     w("![sim timeline](sim_failure_timeline.png)")
     w("")
@@ -1083,11 +1179,13 @@ def report(R, quick, runs, sim_runs, scale_ns, stamp):
     w("")
     w("%d nodes, R=1; 0/3/7/10 %% of nodes with 3× faster disks (as in the paper). The same cost queues "
       "with no protocol traffic: `static` stores a user's mail on hash(user) mod N, `random` on any node, `spread` "
-      "calls the core's `choose_placement` with each node's queued disk operations as its load. Three regimes: the "
+      "calls the core's `choose_placement` as a manager does, with each node's stores in flight (CPU and disk) as "
+      "its load: a user's own nodes first, and while they are busy (twice the least-loaded other node's load plus "
+      "8) the least-loaded others, which then join the user's nodes. Three regimes: the "
       "calibrated costs (this machine: CPU-bound, the front end dominates) and the same with 10× the disk time per "
       "store (the paper's disk-bound regime); users drawn by Zipf(1) over %d users (skewed: the top user gets "
-      "about 14 %% of all mail) or uniformly. Spread is 2; the mail map of a user only grows here (nothing is "
-      "read)." % (R["hetero_nodes"], 20 * R["hetero_nodes"]))
+      "about 14 %% of all mail) or uniformly. Spread is 2 (as it grows for busy users above); the mail map of a "
+      "user only grows here (nothing is read, so what a wider spread costs reads is not in these figures)." % (R["hetero_nodes"], 20 * R["hetero_nodes"]))
     w("")
     w("| regime | policy | 0 % | 3 % | 7 % | 10 % |")
     w("|---|---|---|---|---|---|")

@@ -8,9 +8,11 @@
 //   mail_load --socket S [--socket S2 ...] --users U [--users ...]
 //             [--seconds D] [--senders N] [--readers M] [--seed X] [--per-second]
 //
-// Prints, with --per-second, one line per second
-// ("second t=<s> deliveries=<n> reads=<n> failures=<n>"), then one summary
-// line of key=value figures. Exit 1 when nothing was delivered.
+// Prints, with --per-second, one line per second ("second t=<s>
+// deliveries=<n> reads=<n> failures=<n> p99_ms=<ms>": p99 of the latency
+// of the deliveries that began in that second, failed ones included), then
+// one summary line of key=value figures. Exit 1 when nothing was
+// delivered.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -50,6 +52,7 @@ struct Stats {
   std::mutex mu;
   std::map<long, long> deliveries, reads, failures;  // per second since start
   std::vector<double> lat_deliver, lat_read;
+  std::map<long, std::vector<double>> lat_by_start;  // every delivery's latency (answered or not), by the second it began
   long bytes = 0;
 };
 
@@ -121,7 +124,12 @@ int main(int argc, char** argv) {
         long size = kSizes[size_of(rng)].bytes;
         std::istringstream in(make_body(size, counter++));
         auto t = Clock::now();
+        const long began = sec();
         auto r = w.cl().deliver({users[user_of(rng)]}, "INBOX", in);
+        {
+          std::lock_guard<std::mutex> g(st.mu);
+          st.lat_by_start[began].push_back(ms_since(t));
+        }
         if (!r || r->code() != porcupine::agentpb::OK) { fail(w); continue; }
         std::lock_guard<std::mutex> g(st.mu);
         ++st.deliveries[sec()];
@@ -178,7 +186,8 @@ int main(int argc, char** argv) {
   };
   if (per_second)
     for (long s = 0; s <= static_cast<long>(seconds); ++s)
-      std::printf("second t=%ld deliveries=%ld reads=%ld failures=%ld\n", s, st.deliveries[s], st.reads[s], st.failures[s]);
+      std::printf("second t=%ld deliveries=%ld reads=%ld failures=%ld p99_ms=%.1f\n", s, st.deliveries[s], st.reads[s],
+                  st.failures[s], pct(st.lat_by_start[s], 0.99));
   long d = total(st.deliveries), r = total(st.reads);
   std::printf("deliveries=%ld reads=%ld failures=%ld seconds=%.3f per_second=%.1f reads_per_second=%.1f "
               "mean_bytes=%.0f p50_ms=%.2f p99_ms=%.2f read_p50_ms=%.2f read_p99_ms=%.2f\n",

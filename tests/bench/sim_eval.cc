@@ -385,8 +385,9 @@ int reconfig(const Options& o) {
 }
 
 // Heterogeneity: the same cost queues, placement decided by one policy, no
-// protocol traffic (the core's choose_placement for `spread`, with each
-// node's queued disk operations as its load).
+// protocol traffic (the core's choose_placement for `spread`, as its
+// manager calls it, with each node's stores in flight, CPU and disk, as its
+// load).
 int hetero(const Options& o) {
   auto w0 = std::chrono::steady_clock::now();
   Cluster c(o.seed, CoreConfig{});
@@ -399,6 +400,9 @@ int hetero(const Options& o) {
   int users = std::max(10, o.users_per_node * o.nodes);
   UserPick pick(users, o.zipf);
   std::vector<std::vector<NodeId>> mail_map(static_cast<std::size_t>(users));
+  // Stores each node has taken and not finished (CPU and disk): the load
+  // the core piggybacks (Node::load: its stores in flight and its backlog).
+  std::vector<std::uint32_t> in_flight(static_cast<std::size_t>(o.nodes) + 1, 0);
   std::uint64_t delivered = 0;
   std::vector<double> lat;
   Time measure_from = static_cast<Time>(o.warmup * 1000);
@@ -422,16 +426,22 @@ int hetero(const Options& o) {
     } else {
       PlacementInput in;
       in.mail_map = mail_map[static_cast<std::size_t>(u)];
-      for (NodeId n = 1; n <= static_cast<NodeId>(o.nodes); ++n) in.live.push_back(NodeLoad{n, cost.disk_queued(n), false});
+      for (NodeId n = 1; n <= static_cast<NodeId>(o.nodes); ++n) in.live.push_back(NodeLoad{n, in_flight[n], false});
       in.replicas = static_cast<std::uint32_t>(o.replicas);
       in.salt = h;
+      in.grow_when_busy = true;  // as the manager places
       chosen = choose_placement(in).nodes;
       auto& mm = mail_map[static_cast<std::size_t>(u)];
       for (NodeId n : chosen)
         if (std::find(mm.begin(), mm.end(), n) == mm.end()) mm.push_back(n);
     }
     double done = t;
-    for (NodeId n : chosen) done = std::max(done, cost.serve_disk(n, cost.serve_cpu(n, t, m.store_cpu), m.store_disk));
+    for (NodeId n : chosen) {
+      const double stored = cost.serve_disk(n, cost.serve_cpu(n, t, m.store_cpu), m.store_disk);
+      done = std::max(done, stored);
+      ++in_flight[n];
+      c.at(static_cast<Time>(std::ceil(stored)), [&in_flight, n] { --in_flight[n]; });
+    }
     done += static_cast<double>(m.net_latency);
     c.at(static_cast<Time>(std::ceil(done)), [&, t0] {
       if (t0 >= measure_from && c.now() < end) {

@@ -65,6 +65,37 @@ TEST(Placement, DownMailMapNodeIsSkippedAndSpreadExceededWhenMapWasFull) {
   for (const Row& r : rows) check(r);
 }
 
+// A hot user: the nodes a message would go to are busy (at least twice the
+// load of the least-loaded other node, plus 8) and give way to idle others,
+// which join the user's nodes; one that is not busy keeps its place.
+TEST(Placement, ABusyUsersNodesGiveWayToIdleOnes) {
+  auto grow = [](PlacementInput in) {
+    in.grow_when_busy = true;
+    return in;
+  };
+  struct GrowRow {
+    std::string name;
+    PlacementInput in;
+    Nodes want;
+    bool grown;
+  };
+  const GrowRow rows[] = {
+      {"both busy: two others take their places", grow({{1, 2}, {{1, 10}, {2, 12}, {3, 0}, {4, 1}}, 2, 2, 0}), {3, 4}, true},
+      {"one busy: the idle one and the other map node", grow({{1, 2}, {{1, 1}, {2, 12}, {3, 0}}, 2, 2, 0}), {3, 1}, true},
+      {"below the margin: the user's own", grow({{1, 2}, {{1, 8}, {2, 9}, {3, 1}}, 2, 2, 0}), {1, 2}, false},
+      {"at the margin: busy", grow({{1, 2}, {{1, 9}, {2, 10}, {3, 1}, {4, 13}}, 2, 2, 0}), {3, 1}, true},
+      {"all about as loaded: the user's own", grow({{1, 2}, {{1, 20}, {2, 21}, {3, 22}}, 2, 2, 0}), {1, 2}, false},
+      {"without grow_when_busy: the user's own", {{1, 2}, {{1, 10}, {2, 12}, {3, 0}, {4, 1}}, 2, 2, 0}, {1, 2}, false},
+  };
+  for (const auto& r : rows) {
+    SCOPED_TRACE(r.name);
+    const Placement p = choose_placement(r.in);
+    EXPECT_EQ(p.nodes, r.want);
+    EXPECT_EQ(p.spread_grown, r.grown);
+    EXPECT_FALSE(p.spread_exceeded);
+  }
+}
+
 TEST(Placement, FullNodesAreNeverChosen) {
   const Row rows[] = {
       {"full map node", {{1, 2}, {{1, 0, true}, {2, 5}, {3, 9}}, 2, 2, 0}, {2, 3}, true},
