@@ -322,9 +322,18 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
       deadlines_.erase(id);
       deliveries_.erase(id);
       fail(id, pb::TEMPFAIL, "deadline of the request passed");
-      expired_.insert(id);
+      expire(id);
     });
     deadlines_[id] = std::move(t);
+  }
+
+  // A request answered at its deadline: later chunks of it are dropped and
+  // it gets no second answer. The oldest are forgotten past kExpiredKept (a
+  // client's ids grow; one that old is done).
+  static constexpr std::size_t kExpiredKept = 4096;
+  void expire(std::uint64_t id) {
+    expired_.insert(id);
+    while (expired_.size() > kExpiredKept) expired_.erase(expired_.begin());
   }
 
   void handle(const pb::Request& q) {
@@ -341,7 +350,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         agent_.log("local: " + std::to_string(late_requests_) +
                    " request(s) read after their client's deadline; not acted on");
       fail(id, pb::TEMPFAIL, "read after the client's deadline; not acted on");
-      if (delivery) expired_.insert(id);  // its other chunks are dropped
+      if (delivery) expire(id);  // its other chunks are dropped
       return;
     }
     if (q.op_case() != pb::Request::kDeliverChunk) arm_deadline(id, q.timeout_ms());

@@ -847,7 +847,10 @@ void Node::remember_key(Time now, MgrFolder& f, const KeyedDelivery& k) {
   if (k.key.empty() || k.at + cfg_.delivery_key_ttl <= now) return;
   auto [it, fresh] = f.keys.try_emplace(k.key, k);
   if (fresh) {
-    f.key_order.emplace(k.at, k.key);
+    // (A key put back after a retry keeps its first time, which may still
+    // be in the order.)
+    auto [lo, hi] = f.key_order.equal_range(k.at);
+    if (std::none_of(lo, hi, [&](const auto& o) { return o.second == k.key; })) f.key_order.emplace(k.at, k.key);
   } else if (k.stored && !it->second.stored) {
     // Known stored now (a holder's report, the front end's done): the
     // stored message is the one a retry is answered with.

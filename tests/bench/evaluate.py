@@ -945,37 +945,35 @@ def timeline_runs(tls):
     return [[{k: e.get(k) for k in keep} for e in t["events"]] for t in tls]
 
 
-def redo_timeline(build, d, runs):
+def redo(d, measure, what):
+    """Measures one part again into results directory d (measure(R, quick)
+    fills R), notes it with `what`, and rewrites the report."""
     with open(os.path.join(d, "results.json")) as f:
         R = int_keys(json.load(f))
     quick = os.path.basename(os.path.normpath(d)).endswith("-quick")
     t0 = time.time()
-    tls = [real_timeline(build, quick, run + 1, d) for run in range(1 if quick else min(runs, 2))]
-    R["timeline"] = tls[0]
-    R["timeline_runs"] = timeline_runs(tls)
-    sim_timelines(build, R, quick, cost_spec(R["calibration"]))
-    R.setdefault("notes", []).append(
-        "Section 2 (the failure timeline) and the simulated failure timelines of section 3 were measured again at "
-        "%s UTC (%.0f s) with `--redo-timeline`." % (
-            datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), time.time() - t0))
+    measure(R, quick)
+    stamp = datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M")
+    R.setdefault("notes", []).append(what % ("at %s UTC (%.0f s)" % (stamp, time.time() - t0)))
     with open(os.path.join(d, "results.json"), "w") as f:
         json.dump(R, f, indent=1, default=str)
     return report_only(d)
+
+
+def redo_timeline(build, d, runs):
+    def measure(R, quick):
+        tls = [real_timeline(build, quick, run + 1, d) for run in range(1 if quick else min(runs, 2))]
+        R["timeline"] = tls[0]
+        R["timeline_runs"] = timeline_runs(tls)
+        sim_timelines(build, R, quick, cost_spec(R["calibration"]))
+    return redo(d, measure, "Section 2 (the failure timeline) and the simulated failure timelines of section 3 were "
+                            "measured again %s with `--redo-timeline`.")
 
 
 def redo_real(build, d, runs):
-    with open(os.path.join(d, "results.json")) as f:
-        R = int_keys(json.load(f))
-    quick = os.path.basename(os.path.normpath(d)).endswith("-quick")
-    t0 = time.time()
-    run_real(build, R, 1 if quick else runs, 3 if quick else 20, quick)
-    R.setdefault("notes", []).append(
-        "Section 1 was measured again at %s UTC (%.0f s) with `--redo-real`; the simulator's calibration (section 3) "
-        "is still the one taken from the first run's section 1." % (
-            datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), time.time() - t0))
-    with open(os.path.join(d, "results.json"), "w") as f:
-        json.dump(R, f, indent=1, default=str)
-    return report_only(d)
+    return redo(d, lambda R, quick: run_real(build, R, 1 if quick else runs, 3 if quick else 20, quick),
+                "Section 1 was measured again %s with `--redo-real`; the simulator's calibration (section 3) is "
+                "still the one taken from the first run's section 1.")
 
 
 def run_hetero(build, R, quick, sim_runs):
@@ -1001,18 +999,11 @@ def run_hetero(build, R, quick, sim_runs):
 
 
 def redo_hetero(build, d):
-    with open(os.path.join(d, "results.json")) as f:
-        R = int_keys(json.load(f))
-    quick = os.path.basename(os.path.normpath(d)).endswith("-quick")
-    scale_ns = sorted(R["sim_scale"][1])
-    t0 = time.time()
-    run_hetero(build, R, quick, len(R["sim_scale"][1][scale_ns[0]]))
-    R.setdefault("notes", []).append(
-        "The heterogeneity part of section 3 was measured again at %s UTC (%.0f s) with `--redo-hetero`, the same "
-        "calibration." % (datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), time.time() - t0))
-    with open(os.path.join(d, "results.json"), "w") as f:
-        json.dump(R, f, indent=1, default=str)
-    return report_only(d)
+    def measure(R, quick):
+        scale_ns = sorted(R["sim_scale"][1])
+        run_hetero(build, R, quick, len(R["sim_scale"][1][scale_ns[0]]))
+    return redo(d, measure, "The heterogeneity part of section 3 was measured again %s with `--redo-hetero`, the "
+                            "same calibration.")
 
 
 def int_keys(x):

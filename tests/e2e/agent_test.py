@@ -1416,8 +1416,14 @@ class Metrics(ClusterCase):
         for i in (1, 2, 3):
             version = self.ctl_json(i, "status")["version"]
             self.assertEqual(v(m[i], "porcupine_agent_info", node=str(i), version=version), 1)
-            self.assertGreater(v(m[i], "porcupine_store_flush_duration_seconds_count"), 0)
-            self.assertGreater(v(m[i], "porcupine_peer_frames_total", direction="in"), 0)
+
+        # What the agent carries from its parts' own counts, once a second.
+        def carried():
+            m = {i: self.scrape(i) for i in (1, 2, 3)}
+            got = {i: (v(m[i], "porcupine_store_flush_duration_seconds_count") > 0,
+                       v(m[i], "porcupine_peer_frames_total", direction="in") > 0) for i in (1, 2, 3)}
+            return all(all(x) for x in got.values()) or got
+        self.wait_for("store flushes and peer frames counted on every node", carried)
 
         # Gauges are refreshed every second: each view has 3 members, all
         # connected, and each bucket has exactly one manager.
