@@ -362,9 +362,14 @@ void to_pb(const ProbeAck& m, pb::ProbeAck& p) { to_pb(m.epoch, *p.mutable_epoch
 bool from_pb(const pb::ProbeAck& p, ProbeAck& m, Check& c) {
   return from_pb(p.epoch(), m.epoch, c);
 }
-void to_pb(const NewGroup& m, pb::NewGroup& p) { to_pb(m.epoch, *p.mutable_epoch()); }
+void to_pb(const NewGroup& m, pb::NewGroup& p) {
+  to_pb(m.epoch, *p.mutable_epoch());
+  if (!m.map_epoch.is_null()) to_pb(m.map_epoch, *p.mutable_map_epoch());
+  p.set_known_digest(m.known_digest);
+}
 bool from_pb(const pb::NewGroup& p, NewGroup& m, Check& c) {
-  return from_pb(p.epoch(), m.epoch, c);
+  m.known_digest = p.known_digest();
+  return from_pb(p.epoch(), m.epoch, c) && from_pb(p.map_epoch(), m.map_epoch, c);
 }
 
 void to_pb(const Accept& m, pb::Accept& p) {
@@ -374,12 +379,16 @@ void to_pb(const Accept& m, pb::Accept& p) {
   put(m.map, p.mutable_map());
   put(m.known, p.mutable_known());
   put_admin(m.admin, p.mutable_admin());
+  p.set_known_same(m.known_same);
+  if (!m.installed.is_null()) to_pb(m.installed, *p.mutable_installed());
 }
 bool from_pb(const pb::Accept& p, Accept& m, Check& c) {
   m.weight = p.weight();
+  m.known_same = p.known_same();
   get(p.map(), m.map);  // 0 is a bucket without a manager
   return from_pb(p.epoch(), m.epoch, c) && from_pb(p.map_epoch(), m.map_epoch, c) &&
-         get_nodes(p.known(), m.known, "Accept.known", c) && get_admin(p.admin(), m.admin, c);
+         get_nodes(p.known(), m.known, "Accept.known", c) && get_admin(p.admin(), m.admin, c) &&
+         from_pb(p.installed(), m.installed, c);
 }
 
 void to_pb(const Commit& m, pb::Commit& p) {
@@ -387,12 +396,21 @@ void to_pb(const Commit& m, pb::Commit& p) {
   for (const MemberWeight& w : m.members) to_pb(w, *p.add_members());
   put(m.map, p.mutable_map());
   put_admin(m.admin, p.mutable_admin());
+  if (!m.base.is_null()) to_pb(m.base, *p.mutable_base());
+  put(m.removed, p.mutable_removed());
+  for (const auto& [b, n] : m.moves) {
+    pb::BucketMove& mv = *p.add_moves();
+    mv.set_bucket(b);
+    mv.set_node(n);
+  }
 }
 bool from_pb(const pb::Commit& p, Commit& m, Check& c) {
   get(p.map(), m.map);
   for (const pb::MemberWeight& w : p.members())
     if (!from_pb(w, m.members.emplace_back(), c)) return false;
-  return from_pb(p.epoch(), m.epoch, c) && get_admin(p.admin(), m.admin, c);
+  for (const pb::BucketMove& mv : p.moves()) m.moves.emplace_back(mv.bucket(), mv.node());
+  return from_pb(p.epoch(), m.epoch, c) && get_admin(p.admin(), m.admin, c) && from_pb(p.base(), m.base, c) &&
+         get_nodes(p.removed(), m.removed, "Commit.removed", c);
 }
 
 // ---- mail map and profile reconstruction ------------------------------------------
@@ -418,6 +436,7 @@ void to_pb(const KeyedDelivery& k, pb::KeyedDelivery& p) {
   put(k.nodes, p.mutable_nodes());
   p.set_stored(k.stored);
   p.set_at(k.at);
+  if (!k.gen.is_null()) to_pb(k.gen, *p.mutable_gen());
 }
 bool from_pb(const pb::KeyedDelivery& p, KeyedDelivery& k, Check& c) {
   k.key = p.key();
@@ -426,7 +445,8 @@ bool from_pb(const pb::KeyedDelivery& p, KeyedDelivery& k, Check& c) {
   k.uid = p.uid();
   k.stored = p.stored();
   k.at = p.at();
-  return from_pb(p.msg(), k.msg, c) && get_nodes(p.nodes(), k.nodes, "KeyedDelivery.nodes", c);
+  return from_pb(p.msg(), k.msg, c) && get_nodes(p.nodes(), k.nodes, "KeyedDelivery.nodes", c) &&
+         from_pb(p.gen(), k.gen, c);
 }
 
 void to_pb(const Handoff& h, pb::Handoff& p) {

@@ -38,7 +38,9 @@ namespace {
 
 constexpr std::int64_t kSecond = 1000;  // in ms
 constexpr std::int64_t kDay = 86400;    // in s
-constexpr std::int64_t kNodeMin = 1, kNodeMax = 255;
+// Node ids are 32 bits on the wire and at rest; the configuration takes
+// 16 of them, enough for any cluster the bucket count serves.
+constexpr std::int64_t kNodeMin = 1, kNodeMax = 65535;
 constexpr std::int64_t kSizeMax = std::int64_t{64} << 40;  // 64T
 
 constexpr Param P(std::string_view name, Type type, std::string_view fallback, std::int64_t min,

@@ -199,7 +199,7 @@ Nodes written as
 .IR id @ host : port ,
 separated by commas, whitespace or both, e.g.\&
 .BR "1@10.0.0.1:7400, 2@10.0.0.2:7400, 3@[fd00::3]:7400" .
-The id is 1..255; no id and no address may appear twice.
+The id is 1..65535; no id and no address may appear twice.
 .TP
 .B list
 Words separated by commas, whitespace or both.

@@ -25,4 +25,17 @@ Bucket bucket_of(std::string_view address, std::uint32_t buckets) {
   return static_cast<Bucket>(user_hash(canonical_user(address)) % buckets);
 }
 
+std::uint64_t nodes_digest(const std::set<NodeId>& ids) {
+  XXH64_state_t* st = XXH64_createState();
+  XXH64_reset(st, 0);
+  for (NodeId n : ids) {
+    const unsigned char w[4] = {static_cast<unsigned char>(n), static_cast<unsigned char>(n >> 8),
+                                static_cast<unsigned char>(n >> 16), static_cast<unsigned char>(n >> 24)};
+    XXH64_update(st, w, sizeof w);
+  }
+  const std::uint64_t d = XXH64_digest(st);
+  XXH64_freeState(st);
+  return d;
+}
+
 }  // namespace porcupine

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <set>
 #include <string_view>
 
 #include "types.h"
@@ -23,5 +24,9 @@ std::uint64_t user_hash(std::string_view canonical);
 
 // bucket = user_hash(canonical_user(address)) mod buckets.
 Bucket bucket_of(std::string_view address, std::uint32_t buckets);
+
+// XXH64 of a set of node ids (32-bit little-endian words, ascending): the
+// same set gives the same digest on every node (NewGroup.known_digest).
+std::uint64_t nodes_digest(const std::set<NodeId>& ids);
 
 }  // namespace porcupine

@@ -680,7 +680,7 @@ const Node::MgrUser::Grant* Node::regrant(const MgrUser& u, NodeId from, const A
   if (f == u.folders.end()) return nullptr;
   for (const auto& g : u.granted)
     if (g.front_end == from && g.req == a.req && g.folder == a.folder && g.until > now &&
-        g.uidvalidity == f->second.uidvalidity)
+        g.uidvalidity == f->second.uidvalidity && g.gen == f->second.gen)
       return &g;
   return nullptr;
 }
@@ -718,7 +718,7 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
       }
     } else if (const MgrUser::Grant* again = regrant(it->second, from, a, now)) {
       // The same request again (sent before its answer came): the same
-      // UID. A second one would stay in flight, unused, and hide every
+      // UID, while the folder is in the generation that gave it. A second one would stay in flight, unused, and hide every
       // message after it from listings until its time ran out.
       MgrFolder& f = it->second.folders[a.folder];
       rep.uid = again->uid;
@@ -788,14 +788,14 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
         grant(rep, f, pl.nodes, until);
         auto& granted = it->second.granted;
         std::erase_if(granted, [&](const MgrUser::Grant& g) { return g.front_end == from && g.req == a.req; });
-        granted.push_back({from, a.req, a.folder, rep.uidvalidity, rep.uid, a.size, pl.nodes, until});
+        granted.push_back({from, a.req, a.folder, rep.uidvalidity, rep.uid, a.size, pl.nodes, until, rep.gen});
         if (!a.key.empty()) {
           // A retry of one not stored whose UID or nodes cannot serve (a
           // new lineage, a node gone): a new UID and placement, the same
           // message (its first store may yet land: one record).
           auto known = f.keys.find(a.key);
           rep.msg = known != f.keys.end() ? known->second.msg : a.msg;
-          KeyedDelivery kd{a.key, rep.msg, rep.uidvalidity, rep.uid, pl.nodes, false, now};
+          KeyedDelivery kd{a.key, rep.msg, rep.uidvalidity, rep.uid, pl.nodes, false, now, rep.gen};
           if (known != f.keys.end()) kd.at = known->second.at;
           f.keys.erase(a.key);
           remember_key(now, f, kd);
@@ -828,7 +828,8 @@ const KeyedDelivery* Node::retry_of(MgrUser& u, const AllocRequest& a, Time now)
   auto k = f->second.keys.find(a.key);
   if (k == f->second.keys.end()) return nullptr;
   if (k->second.stored) return &k->second;
-  if (k->second.uidvalidity != f->second.uidvalidity) return nullptr;
+  // Its UID only in the generation it was given in (wire.h, KeyedDelivery).
+  if (k->second.uidvalidity != f->second.uidvalidity || k->second.gen != f->second.gen) return nullptr;
   for (NodeId n : k->second.nodes)
     if (!live(n)) return nullptr;
   return &k->second;

@@ -95,6 +95,7 @@ class Membership {
  private:
   static constexpr Time kReinvite = 100;  // ms between NewGroup resends of an open round
   static constexpr int kMaxWaits = 3;     // extra accept windows for slow but live nodes
+  static constexpr Time kRejoinProbe = 250;  // ms between a starting node's join probes
   struct Round {
     Epoch epoch;
     Time deadline = 0;
@@ -103,9 +104,15 @@ class Membership {
     bool extended = false;
     int waits = 0;        // windows added for live nodes that have not answered yet
     Time invited_at = 0;  // last (re)sending of NewGroup to those yet to accept
+    NewGroup invitation;
   };
 
   void coordinate(Time now, const char* why);
+  // A started node waiting for a group's round to take it in (start()).
+  bool joining() const;
+  void ask_to_join(Time now);
+  bool lowest_known() const;  // no known node has a lower id
+  void admit_joiners(Time now);  // the leader's round for nodes that asked to join
   void learn_alive(NodeId n);
   void merge_admin_in(const AdminMap& a);
   void maybe_coordinate(Time now, const char* why);  // rate-limited by reconfig_backoff
@@ -116,6 +123,11 @@ class Membership {
   // promised a round that may still commit.
   void drop_refused(Time now);
   void install(Time now, const Commit& c);
+  // The node that coordinates at once when member n refuses connections.
+  NodeId watcher_of(NodeId n) const;
+  // A whole commit as a change to the installed group (Commit.base), and back.
+  Commit change_from_installed(const Commit& whole) const;
+  bool apply_change(const Commit& change, Commit& whole) const;
   Epoch next_epoch(Time now) const;
   NodeId successor() const;
 
@@ -137,6 +149,9 @@ class Membership {
   Time last_discovery_ = 0;
   std::map<NodeId, Time> last_heard_;
   std::map<NodeId, Time> refused_;  // refused since last heard from (when)
+  Time join_until_ = 0;       // joining: coordinate itself at this time
+  Time last_join_probe_ = 0;
+  std::set<NodeId> join_askers_;  // nodes that asked this leader to let them in
   AdminMap admin_;
 };
 

@@ -188,6 +188,7 @@ class Node {
       std::uint64_t size = 0;
       std::vector<NodeId> nodes;
       Time until = 0;
+      Version gen;  // the folder's generation when granted
     };
     std::vector<Grant> granted;
   };

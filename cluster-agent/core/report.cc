@@ -57,7 +57,7 @@ ReportEntry Node::summarize(const std::string& user, const std::string& folder, 
     }
     // A new manager learns the keyed deliveries it may be asked again.
     if (with_keys && !r.delivery_key.empty() && r.internal_date + cfg_.delivery_key_ttl > now_)
-      e.keys.push_back({r.delivery_key, r.id, r.uidvalidity, r.uid, r.replicas, true, r.internal_date});
+      e.keys.push_back({r.delivery_key, r.id, r.uidvalidity, r.uid, r.replicas, true, r.internal_date, r.uid_gen});
     if (r.uid == 0 && !(r.has_body && !r.expunged)) continue;  // a moved-in message still needs a UID
     auto [it, fresh] =
         ranges.try_emplace(std::pair(r.uidvalidity, r.uid_gen), UidRange{r.uidvalidity, r.uid, r.uid, 0, r.uid_gen, r.uid_seen});

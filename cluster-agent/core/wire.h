@@ -23,21 +23,41 @@ namespace porcupine {
 // ---- membership --------------------------------------------------------
 struct Probe { Epoch epoch; bool operator==(const Probe&) const = default; };
 struct ProbeAck { Epoch epoch; bool operator==(const ProbeAck&) const = default; };
-struct NewGroup { Epoch epoch; bool operator==(const NewGroup&) const = default; };
+// Round 1. What the coordinator holds, so an accepter leaves out what it
+// would only repeat (docs/protocols.md, "Membership", deltas): its user
+// map when not newer than map_epoch, its known nodes when their digest is
+// known_digest. An older coordinator sends neither (null, 0): it is told
+// everything.
+struct NewGroup {
+  Epoch epoch;
+  Epoch map_epoch;                 // the coordinator's user map
+  std::uint64_t known_digest = 0;  // known_digest() of the coordinator's known nodes and itself
+  bool operator==(const NewGroup&) const = default;
+};
 struct Accept {
   Epoch epoch;
   std::uint32_t weight = 1;
   Epoch map_epoch;  // the epoch of the user map the accepter holds
-  UserMap map;
+  UserMap map;      // empty when not newer than the NewGroup's map_epoch
   std::vector<NodeId> known;  // every node the accepter knows of, so none is left out
+  bool known_same = false;    // `known` left out: the same set as the coordinator's
   AdminMap admin;             // what the accepter has been told of nodes (drain, gone)
+  Epoch installed;            // the accepter's installed epoch (null from an older node)
   bool operator==(const Accept&) const = default;
 };
+// Round 3. With a null `base`, members and map are whole. Otherwise they
+// are a change to the group installed at epoch `base`, which the receiver
+// holds (it said so in its Accept): `members` are the nodes that join or
+// change weight, `removed` those that leave, `moves` the buckets that
+// change manager. A receiver not at `base` installs nothing.
 struct Commit {
   Epoch epoch;
   std::vector<MemberWeight> members;
   UserMap map;
   AdminMap admin;  // merged from the accepters; a member is never Gone
+  Epoch base;
+  std::vector<NodeId> removed;
+  std::vector<std::pair<Bucket, NodeId>> moves;
 };
 
 // ---- mail map and profile reconstruction ---------------------------------
@@ -59,6 +79,11 @@ struct KeyedDelivery {
   std::vector<NodeId> nodes;  // its replicas
   bool stored = false;        // a replica acknowledged the whole store
   Time at = 0;                // when it was delivered (its key is kept delivery_key_ttl after)
+  // The lineage generation the UID was given in (null: not known, from an
+  // older node). A retry not stored is given the same UID only in the
+  // same generation: a UID of one generation stamped with a later one
+  // would escape the takeover rule that renumbers it.
+  Version gen;
   bool operator==(const KeyedDelivery&) const = default;
 };
 // A manager that lost a bucket hands each folder's UID lineage to the new

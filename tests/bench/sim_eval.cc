@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "core/hash.h"
+#include "codec/codec.h"
 #include "core/placement.h"
 #include "sim/cluster.h"
 #include "sim/cost.h"
@@ -354,9 +355,48 @@ int timeline(const Options& o) {
   return d.delivered() > 0 ? 0 : 1;
 }
 
+// Messages and their encoded bytes (the agent's wire format) by kind,
+// counted from when it is reset.
+class Tally {
+ public:
+  explicit Tally(Cluster& c) {
+    c.on_send = [this](Envelope& e) {
+      Kind& k = kinds_[message_name(e.body)];
+      ++k.msgs;
+      k.bytes += codec::encode_envelope(e).size();
+      if (std::holds_alternative<NewGroup>(e.body) || std::holds_alternative<Accept>(e.body) ||
+          std::holds_alternative<Commit>(e.body)) {
+        ++round_.msgs;
+        round_.bytes += codec::encode_envelope(e).size();
+      }
+    };
+  }
+  void reset() { kinds_.clear(); round_ = {}; }
+  // "kind:msgs:bytes,..." and the membership round's messages and bytes.
+  std::string str(const std::string& prefix) const {
+    std::ostringstream o;
+    o << prefix << "_round_msgs=" << round_.msgs << " " << prefix << "_round_bytes=" << round_.bytes << " "
+      << prefix << "_by_kind=";
+    bool first = true;
+    for (const auto& [name, k] : kinds_) {
+      o << (first ? "" : ",") << name << ":" << k.msgs << ":" << k.bytes;
+      first = false;
+    }
+    return o.str();
+  }
+
+ private:
+  struct Kind {
+    std::uint64_t msgs = 0, bytes = 0;
+  };
+  std::map<std::string, Kind> kinds_;
+  Kind round_;
+};
+
 int reconfig(const Options& o) {
   auto w0 = std::chrono::steady_clock::now();
   Cluster c(o.seed, core_config(o));
+  Tally tally(c);
   form(c, o.nodes);
   Time formed = c.now();
   double form_wall = wall_since(w0);
@@ -364,23 +404,29 @@ int reconfig(const Options& o) {
   NodeId victim = static_cast<NodeId>(o.nodes);
   std::uint64_t m0 = c.messages_sent();
   Time t0 = c.now();
+  tally.reset();
   c.crash(victim);
   bool ok1 = c.run_until_pred([&] { return c.converged() && c.up().size() == static_cast<std::size_t>(o.nodes - 1); }, 120'000);
   Time crash_ms = c.now() - t0;
   std::uint64_t crash_msgs = c.messages_sent() - m0;
+  std::string crash_tally = tally.str("crash");
   // Background traffic over the same span without a change, to subtract.
   std::uint64_t b0 = c.messages_sent();
+  tally.reset();
   c.run_for(crash_ms);
   std::uint64_t idle_msgs = c.messages_sent() - b0;
+  std::string idle_tally = tally.str("idle");
   m0 = c.messages_sent();
   t0 = c.now();
+  tally.reset();
   c.restart(victim);
   bool ok2 = c.run_until_pred([&] { return c.converged() && c.up().size() == static_cast<std::size_t>(o.nodes); }, 120'000);
   Time join_ms = c.now() - t0;
   std::uint64_t join_msgs = c.messages_sent() - m0;
   std::cout << "reconfig nodes=" << o.nodes << " formed_ms=" << formed << " form_wall_s=" << form_wall
             << " crash_ms=" << crash_ms << " crash_msgs=" << crash_msgs << " idle_msgs_same_span=" << idle_msgs
-            << " rejoin_ms=" << join_ms << " rejoin_msgs=" << join_msgs << " wall_s=" << wall_since(w0) << "\n";
+            << " rejoin_ms=" << join_ms << " rejoin_msgs=" << join_msgs << " wall_s=" << wall_since(w0) << " "
+            << crash_tally << " " << idle_tally << " " << tally.str("rejoin") << "\n";
   return ok1 && ok2 ? 0 : 1;
 }
 

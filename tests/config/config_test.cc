@@ -153,9 +153,9 @@ TEST(ConfigErrors, OutOfBoundsGivesTheAllowedRange) {
   EXPECT_TRUE(has(e.message, "buckets = 8 is out of range")) << e.message;
   EXPECT_TRUE(has(e.message, "16..65536")) << e.message;
 
-  e = only_error("node_id = 256\n");
+  e = only_error("node_id = 65536\n");
   EXPECT_EQ(e.line, 1);
-  EXPECT_TRUE(has(e.message, "1..255")) << e.message;
+  EXPECT_TRUE(has(e.message, "1..65535")) << e.message;
 
   e = only_error("node_id = 1\nprobe_interval_ms = 5\n");
   EXPECT_EQ(e.line, 2);
@@ -317,6 +317,19 @@ TEST(ConfigErrors, PeersMayListThisNodeWithItsOwnAddress) {
   EXPECT_FALSE(parse("node_id = 2\nlisten_address = 0.0.0.0:7400\npeers = 2@10.0.0.2:7401\n", errors));
 }
 
+// Past 255 nodes: ids of 16 bits, for this node and its peers.
+TEST(Config, NodeIdsAboveAByteAreAccepted) {
+  std::vector<Error> errors;
+  auto params = parse("node_id = 65535\nlisten_address = 10.0.1.2:7400\n"
+                      "peers = 300@10.0.0.1:7400, 65535@10.0.1.2:7400, 1000@10.0.0.3:7400\n",
+                      errors);
+  ASSERT_TRUE(params) << dump(errors);
+  EXPECT_EQ(params->node_id, 65535u);
+  const CoreConfig core = to_core(*params);
+  EXPECT_EQ(core.self, 65535u);
+  EXPECT_EQ(core.seeds, (std::vector<NodeId>{300, 1000}));
+}
+
 TEST(ConfigErrors, MalformedPeers) {
   Error e = only_error("node_id = 1\npeers = 2@10.0.0.2\n");
   EXPECT_EQ(e.line, 2);
@@ -326,7 +339,7 @@ TEST(ConfigErrors, MalformedPeers) {
   EXPECT_TRUE(has(e.message, "not id@host:port")) << e.message;
 
   e = only_error("node_id = 1\npeers = 0@10.0.0.2:7400\n");
-  EXPECT_TRUE(has(e.message, "1..255")) << e.message;
+  EXPECT_TRUE(has(e.message, "1..65535")) << e.message;
 
   e = only_error("node_id = 1\npeers = 2@10.0.0.2:7400 2@10.0.0.3:7400\n");
   EXPECT_TRUE(has(e.message, "node 2 is listed twice")) << e.message;

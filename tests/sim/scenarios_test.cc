@@ -199,6 +199,98 @@ TEST(Membership, JoinDuringReconfigurationEndsInOneGroup) {
   h.expect_invariants();
 }
 
+// What one membership round sends, by kind (Cluster::on_send).
+struct RoundTally {
+  int new_groups = 0, accepts = 0, commits = 0;
+  int accepts_with_map = 0, accepts_with_known = 0;
+  int whole_commits = 0;           // members and map in full
+  std::size_t most_entries = 0;    // the largest commit's members + map entries
+  std::set<NodeId> coordinators;   // senders of NewGroup
+  std::set<NodeId> whole_to;       // receivers of whole commits
+  void count(const Envelope& e) {
+    if (std::holds_alternative<NewGroup>(e.body)) {
+      ++new_groups;
+      coordinators.insert(e.from);
+    } else if (const auto* a = std::get_if<Accept>(&e.body)) {
+      ++accepts;
+      accepts_with_map += a->map.empty() ? 0 : 1;
+      accepts_with_known += a->known_same ? 0 : 1;
+    } else if (const auto* c = std::get_if<Commit>(&e.body)) {
+      ++commits;
+      if (c->base.is_null()) {
+        ++whole_commits;
+        whole_to.insert(e.to);
+      }
+      most_entries = std::max(most_entries, c->members.size() + c->removed.size() + c->map.size() + c->moves.size());
+    }
+  }
+};
+
+// A crash and a rejoin in a 30-node cluster each cost one round: one
+// coordinator, O(N) messages, and (deltas) messages whose size does not
+// grow with N: an accepter sends no user map and no node list the
+// coordinator holds, and a member still at the coordinator's group gets
+// only the change. Only the node that returns gets (and sends) the whole.
+TEST(Membership, ACrashAndARejoinEachCostOneRoundOfSmallMessages) {
+  constexpr int kNodes = 30;
+  Harness h(kNodes);
+  h.c.run_for(3000);
+  RoundTally crash;
+  h.c.on_send = [&](Envelope& e) { crash.count(e); };
+  h.c.crash(17);
+  ASSERT_TRUE(h.c.run_until_pred([&] { return h.c.converged() && h.c.up().size() == kNodes - 1; }, 10'000));
+  h.c.run_for(1000);
+  EXPECT_EQ(crash.coordinators, (std::set<NodeId>{16}));  // its watcher alone
+  EXPECT_LE(crash.new_groups, kNodes);
+  EXPECT_EQ(crash.accepts, kNodes - 2);
+  EXPECT_EQ(crash.commits, kNodes - 2);
+  EXPECT_EQ(crash.accepts_with_map, 0);
+  EXPECT_EQ(crash.accepts_with_known, 0);
+  EXPECT_EQ(crash.whole_commits, 0);
+  // The dead node's buckets (B/N of them) move, and it leaves.
+  EXPECT_LE(crash.most_entries, 2 * CoreConfig{}.buckets / kNodes);
+
+  RoundTally rejoin;
+  h.c.on_send = [&](Envelope& e) { rejoin.count(e); };
+  h.c.restart(17);
+  ASSERT_TRUE(h.c.run_until_pred([&] { return h.c.converged() && h.c.up().size() == kNodes; }, 10'000));
+  h.c.run_for(1000);
+  h.c.on_send = nullptr;
+  EXPECT_EQ(rejoin.coordinators, (std::set<NodeId>{1}));  // the leader it asked
+  EXPECT_LE(rejoin.new_groups, kNodes);
+  EXPECT_EQ(rejoin.accepts, kNodes - 1);
+  EXPECT_EQ(rejoin.commits, kNodes - 1);
+  EXPECT_EQ(rejoin.accepts_with_map, 0);    // the returning node has none newer
+  EXPECT_LE(rejoin.accepts_with_known, 1);  // it knows only its seeds
+  EXPECT_EQ(rejoin.whole_to, (std::set<NodeId>{17}));
+  EXPECT_TRUE(h.c.node(1)->membership().is_member(17));
+  h.expect_invariants();
+}
+
+// Node ids are not bytes: a cluster of ids past 255 forms, serves mail,
+// loses a node and takes it back.
+TEST(Membership, NodeIdsPastAByteFormAGroupAndServeMail) {
+  Cluster c(11, CoreConfig{});
+  const std::vector<NodeId> ids{7, 300, 4096, 65535};
+  for (NodeId n : ids) c.add_node(n, ids);
+  ASSERT_TRUE(c.run_until_pred([&] { return c.converged(); }, 30'000));
+  EXPECT_EQ(c.node(65535)->membership().members().size(), ids.size());
+  ASSERT_EQ(c.wait(c.create_user(300, "big@example.org"))->status, Status::Ok);
+  const ClientReply* d = c.wait(c.deliver(65535, "big@example.org", "INBOX", "Subject: t\r\n\r\nx\r\n"));
+  ASSERT_TRUE(d);
+  ASSERT_EQ(d->status, Status::Ok) << d->detail;
+  c.crash(4096);
+  ASSERT_TRUE(c.run_until_pred([&] { return c.converged() && c.up().size() == 3; }, 10'000));
+  for (NodeId m : c.node(7)->membership().map()) EXPECT_NE(m, 4096u);
+  c.restart(4096);
+  ASSERT_TRUE(c.run_until_pred([&] { return c.converged() && c.up().size() == 4; }, 10'000));
+  const ClientReply* l = c.wait(c.list(4096, "big@example.org", "INBOX"));
+  ASSERT_TRUE(l);
+  ASSERT_EQ(l->status, Status::Ok);
+  ASSERT_EQ(l->records.size(), 1u);
+  EXPECT_EQ(l->records[0].id, d->msg);
+}
+
 TEST(Membership, PartitionBothSidesServeAndMergeAfterHeal) {
   Harness h(5);
   h.user("ann@example.org");
@@ -2065,19 +2157,23 @@ TEST(Failover, AStoreWhoseReplicaDiesCompletesOnAnotherNodeBeforeItsDeadline) {
     Harness h(5);
     const std::string u = "fo@example.org";
     h.user(u);
-    ASSERT_EQ(h.deliver(1, u)->status, Status::Ok);
+    const ClientReply* first = h.deliver(1, u);
+    ASSERT_EQ(first->status, Status::Ok);
+    // Through a node that holds none of the user's mail: the front end
+    // (whose client would see its connection reset) is no replica.
+    const NodeId via = Harness::non_holder(Harness::target(*first, u));
     NodeId victim = kNoNode;
     h.c.on_send = [&](Envelope& e) {
       // The first copy of the next store pushed to another replica: that
       // replica dies with it.
-      if (victim == kNoNode && e.from != e.to)
+      if (victim == kNoNode && e.from != e.to && e.to != via)
         if (const auto* p = std::get_if<Push>(&e.body); p && p->update.kind == Update::Kind::Store) {
           victim = e.to;
           h.c.at(h.c.now() + 1, [&h, v = e.to, killed] { killed ? h.c.crash(v) : h.c.power_off(v); });
         }
     };
     const Time issued = h.c.now();
-    const ClientReply* r = h.deliver(1, u);
+    const ClientReply* r = h.deliver(via, u);
     h.c.on_send = nullptr;
     ASSERT_NE(victim, kNoNode);
     ASSERT_TRUE(r);
