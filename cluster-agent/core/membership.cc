@@ -15,8 +15,10 @@ Membership::Membership(const CoreConfig& cfg, SendFn send, LogFn log, ChangeFn o
 }
 
 bool Membership::is_member(NodeId n) const {
-  return std::any_of(members_.begin(), members_.end(),
-                     [n](const MemberWeight& m) { return m.id == n; });
+  // members_ is sorted by id (install()).
+  auto it = std::lower_bound(members_.begin(), members_.end(), n,
+                             [](const MemberWeight& m, NodeId id) { return m.id < id; });
+  return it != members_.end() && it->id == n;
 }
 
 void Membership::learn(NodeId n) {

@@ -7,7 +7,9 @@
 //   sim_eval scale    --nodes N [--replicas R] [--seconds S] [--warmup W] [common]
 //   sim_eval timeline --nodes N --crash K [--replicas R] [--crash-at T1] [--restart-at T2]
 //                     [--seconds S] [common]
-//   sim_eval reconfig --nodes N [common]
+//   sim_eval reconfig --nodes N [--mail-users U] [common]
+//                     (U users per node, one message each, before the crash;
+//                     after the rejoin every user's INBOX is listed)
 //   sim_eval hetero   --nodes N --fast-pct P --policy static|random|spread [--seconds S] [common]
 //                     [--users zipf|uniform]
 //                     (P % of the nodes have 3x faster disks, as in the paper)
@@ -29,6 +31,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <iostream>
 #include <map>
 #include <random>
@@ -59,6 +62,7 @@ struct Options {
   int clients_per_node = 8;
   double read_fraction = 0.5;
   int users_per_node = 20;
+  int mail_users = 0;  // reconfig: users per node with one message each
   double fast_pct = 0;
   std::string policy = "spread";
   bool zipf = true;  // hetero: users drawn by Zipf(1), else uniformly
@@ -393,6 +397,22 @@ class Tally {
   Kind round_;
 };
 
+// Issues one client operation per user (all at once) and runs until every
+// one is answered; the number answered `want`.
+int for_each_user(Cluster& c, int users, const std::function<std::uint64_t(int)>& op,
+                  const std::function<bool(const ClientReply&)>& want) {
+  std::vector<std::uint64_t> reqs;
+  for (int u = 0; u < users; ++u) reqs.push_back(op(u));
+  c.run_until_pred([&] {
+    for (auto r : reqs)
+      if (!c.reply(r)) return false;
+    return true;
+  }, 120'000);
+  int ok = 0;
+  for (auto r : reqs) ok += c.reply(r) && want(*c.reply(r)) ? 1 : 0;
+  return ok;
+}
+
 int reconfig(const Options& o) {
   auto w0 = std::chrono::steady_clock::now();
   Cluster c(o.seed, core_config(o));
@@ -400,34 +420,58 @@ int reconfig(const Options& o) {
   form(c, o.nodes);
   Time formed = c.now();
   double form_wall = wall_since(w0);
+  // Mail, so the crash and the rejoin move managers with state to rebuild.
+  const int users = o.mail_users * o.nodes;
+  auto via = [&](int u) { return static_cast<NodeId>(u % o.nodes + 1); };
+  const int created = for_each_user(
+      c, users, [&](int u) { return c.create_user(via(u), user_name(u)); },
+      [](const ClientReply& r) { return r.status == Status::Ok; });
+  const int delivered = for_each_user(
+      c, users, [&](int u) { return c.deliver(via(u + 1), user_name(u), "INBOX", "Subject: m\r\n\r\nx\r\n"); },
+      [](const ClientReply& r) { return r.status == Status::Ok; });
   c.run_for(3000);
   NodeId victim = static_cast<NodeId>(o.nodes);
+  // All traffic for kAfter ms with no change, then from each change to
+  // kAfter ms after the group converged (the round, the reports to the
+  // new managers, anti-entropy).
+  constexpr Time kAfter = 3000;
   std::uint64_t m0 = c.messages_sent();
-  Time t0 = c.now();
-  tally.reset();
-  c.crash(victim);
-  bool ok1 = c.run_until_pred([&] { return c.converged() && c.up().size() == static_cast<std::size_t>(o.nodes - 1); }, 120'000);
-  Time crash_ms = c.now() - t0;
-  std::uint64_t crash_msgs = c.messages_sent() - m0;
-  std::string crash_tally = tally.str("crash");
-  // Background traffic over the same span without a change, to subtract.
-  std::uint64_t b0 = c.messages_sent();
-  tally.reset();
-  c.run_for(crash_ms);
-  std::uint64_t idle_msgs = c.messages_sent() - b0;
-  std::string idle_tally = tally.str("idle");
-  m0 = c.messages_sent();
-  t0 = c.now();
-  tally.reset();
-  c.restart(victim);
-  bool ok2 = c.run_until_pred([&] { return c.converged() && c.up().size() == static_cast<std::size_t>(o.nodes); }, 120'000);
-  Time join_ms = c.now() - t0;
-  std::uint64_t join_msgs = c.messages_sent() - m0;
+  c.run_for(kAfter);
+  const std::uint64_t idle_msgs = c.messages_sent() - m0;
+  auto change = [&](const char* what, std::size_t want_up, auto&& act, Time& took, std::uint64_t& round_all,
+                    std::uint64_t& after_all, std::string& line) {
+    m0 = c.messages_sent();
+    const Time t0 = c.now();
+    tally.reset();
+    act();
+    bool ok = c.run_until_pred([&] { return c.converged() && c.up().size() == want_up; }, 120'000);
+    took = c.now() - t0;
+    round_all = c.messages_sent() - m0;
+    line = tally.str(what);
+    c.run_for(kAfter);
+    after_all = c.messages_sent() - m0;
+    return ok;
+  };
+  Time crash_ms = 0, join_ms = 0;
+  std::uint64_t crash_msgs = 0, crash_after = 0, join_msgs = 0, join_after = 0;
+  std::string crash_tally, rejoin_tally;
+  const bool ok1 = change("crash", static_cast<std::size_t>(o.nodes - 1), [&] { c.crash(victim); }, crash_ms,
+                          crash_msgs, crash_after, crash_tally);
+  const bool ok2 = change("rejoin", static_cast<std::size_t>(o.nodes), [&] { c.restart(victim); }, join_ms,
+                          join_msgs, join_after, rejoin_tally);
+  // Every user's mail, through a node other than the one it was delivered
+  // through, once the managers have their state again.
+  c.run_for(2000);
+  const int listed = for_each_user(
+      c, users, [&](int u) { return c.list(via(u + 2), user_name(u), "INBOX"); },
+      [](const ClientReply& r) { return r.status == Status::Ok && r.records.size() == 1; });
   std::cout << "reconfig nodes=" << o.nodes << " formed_ms=" << formed << " form_wall_s=" << form_wall
-            << " crash_ms=" << crash_ms << " crash_msgs=" << crash_msgs << " idle_msgs_same_span=" << idle_msgs
-            << " rejoin_ms=" << join_ms << " rejoin_msgs=" << join_msgs << " wall_s=" << wall_since(w0) << " "
-            << crash_tally << " " << idle_tally << " " << tally.str("rejoin") << "\n";
-  return ok1 && ok2 ? 0 : 1;
+            << " crash_ms=" << crash_ms << " crash_msgs=" << crash_msgs << " crash_msgs_3s=" << crash_after
+            << " idle_msgs_3s=" << idle_msgs << " rejoin_ms=" << join_ms << " rejoin_msgs=" << join_msgs
+            << " rejoin_msgs_3s=" << join_after << " wall_s=" << wall_since(w0) << " " << crash_tally << " "
+            << rejoin_tally << " users=" << users << " created=" << created << " delivered=" << delivered
+            << " listed=" << listed << "\n";
+  return ok1 && ok2 && listed == delivered ? 0 : 1;
 }
 
 // Heterogeneity: the same cost queues, placement decided by one policy, no
@@ -534,6 +578,7 @@ int main(int argc, char** argv) {
       else if (a == "--clients-per-node") o.clients_per_node = std::stoi(v);
       else if (a == "--read-fraction") o.read_fraction = std::stod(v);
       else if (a == "--users-per-node") o.users_per_node = std::stoi(v);
+      else if (a == "--mail-users") o.mail_users = std::stoi(v);
       else if (a == "--fast-pct") o.fast_pct = std::stod(v);
       else if (a == "--policy") o.policy = v;
       else if (a == "--users") o.zipf = v != "uniform";
