@@ -47,6 +47,13 @@ Agent::Agent(asio::io_context& io, AgentOptions opt, LogFn log)
 Agent::~Agent() { stop(); }
 
 Time Agent::now() const {
+  // Monotonic: deadlines and timers do not move when the wall clock steps.
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+Time Agent::wall() const {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
@@ -158,7 +165,7 @@ void Agent::measure_spool() {
   }
   if (!node_->spool_full() && reserve > 0 && spool_free_ < reserve) {
     node_->set_spool_full(true);
-    log_("agent: spool " + opt_.spool_dir + " has " + mib(spool_free_) + " free, below spool_reserve_bytes (" +
+    log_("warning: agent: spool " + opt_.spool_dir + " has " + mib(spool_free_) + " free, below spool_reserve_bytes (" +
          mib(reserve) + "): this node is full, no new message copies are placed on it");
   } else if (node_->spool_full() && (reserve == 0 || spool_free_ >= reserve + reserve / 4)) {
     node_->set_spool_full(false);

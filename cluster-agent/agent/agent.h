@@ -95,6 +95,7 @@ class Agent : private Env {
   // The spool filesystem's free bytes at the last measure (measure_spool).
   std::uint64_t spool_free() const { return spool_free_; }
   void log(const std::string& line) override { log_(line); }
+  Time wall() const override;
 
  private:
   // Env

@@ -51,6 +51,12 @@ class Env {
   virtual void send(Envelope e) = 0;
   virtual void reply(ClientReply r) = 0;
   virtual void log(const std::string& line) = 0;
+  // The wall clock, ms since 1970: for what is compared across nodes or
+  // kept on disk (version stamps, epochs, UIDVALIDITY, internal dates,
+  // the age of a death certificate or a delivery key). The `now` the
+  // shell passes to every call is a monotonic clock, for deadlines and
+  // timers only, so a step of the wall clock moves no timer.
+  virtual Time wall() const = 0;
 };
 
 }  // namespace porcupine

@@ -110,7 +110,7 @@ void Node::mutate(Time now, std::uint64_t req, Update::Kind kind, const MessageR
   p.update.record.id = target.id;
   p.update.record.user = target.user;
   p.update.record.folder = target.folder;
-  p.update.id = next_version(now);
+  p.update.id = next_version();
   if (fill) fill(p.update.record);
   p.retry_at = now;
   fe_tick(now);
@@ -593,7 +593,7 @@ void Node::fe_reply(NodeId from, Message& m) {
       }
       // The Move, with its UID, to a live replica (like any mutation).
       p->kind = Pending::Kind::Mutate;
-      p->update.id = next_version(now_);
+      p->update.id = next_version();
       p->update.record.uidvalidity = a->uidvalidity;
       p->update.record.uid = a->uid;
       p->update.record.uid_gen = a->gen;
@@ -733,7 +733,7 @@ void Node::fe_take_records(Pending& p, std::vector<MessageRecord>& records) {
       continue;
     }
     auto [it, fresh] = p.gathered.try_emplace(rec.id, std::move(rec));
-    if (!fresh) merge_record(it->second, rec, now_);
+    if (!fresh) merge_record(it->second, rec, wall());
   }
 }
 
@@ -752,7 +752,7 @@ void Node::fe_take_light(Pending& p, ListReply& l) {
 void Node::fe_store(std::uint64_t id, const AllocReply& a) {
   Pending& p = pending_.at(id);
   Update u;
-  u.id = next_version(now_);
+  u.id = next_version();
   u.kind = Update::Kind::Store;
   u.replicas = a.nodes;
   if (a.msg != MsgId{}) {
@@ -773,7 +773,7 @@ void Node::fe_store(std::uint64_t id, const AllocReply& a) {
   u.record.hdr_size = p.deliver.hdr_size;
   u.record.meta = p.deliver.meta;
   u.record.body = std::move(p.body);
-  u.record.internal_date = p.deliver.internal_date != 0 ? p.deliver.internal_date : now_;
+  u.record.internal_date = p.deliver.internal_date != 0 ? p.deliver.internal_date : wall();
   u.record.flags = p.deliver.flags;
   u.record.keywords = p.deliver.keywords;
   u.record.uidvalidity = a.uidvalidity;
@@ -958,7 +958,7 @@ void Node::store_failover(Time now) {
     }
     const MsgId msg = u.record.id;
     const std::string user = u.record.user;
-    const Version relisted = next_version(now);
+    const Version relisted = next_version();
     if (!repl_.retarget(now, id, list, relisted)) continue;
     w.replicas = list;
     w.relisted = relisted;
@@ -983,7 +983,7 @@ void Node::store_done(const Version& id) {
     // too (waited for until they are back or gone), so a copy a silent
     // one may hold is dropped and no replica keeps the old list.
     Update u;
-    u.id = next_version(now_);
+    u.id = next_version();
     u.kind = Update::Kind::Replicas;
     u.replicas = w.replicas;
     for (NodeId x : w.replaced)

@@ -146,7 +146,7 @@ void Node::mgr_on_change(Time now, const Membership::Change& ch) {
                 for (const auto& [uid, until] : f.inflight)
                   if (until > now) h.inflight.push_back(uid);
                 for (const auto& [key, k] : f.keys)
-                  if (k.at + cfg_.delivery_key_ttl > now) h.keys.push_back(k);
+                  if (k.at + cfg_.delivery_key_ttl > wall()) h.keys.push_back(k);
                 handoffs_[b].push_back(std::move(h));
               }
       expected_.erase(b);
@@ -228,10 +228,10 @@ bool Node::majority() const {
   return live(lowest);
 }
 
-std::uint32_t Node::fresh_uidvalidity(Time now, std::uint32_t before) const {
+std::uint32_t Node::fresh_uidvalidity(std::uint32_t before) const {
   // Seconds since 1970, and above what the folder had before (RFC 3501: a
   // folder created again under the same name gets a greater value).
-  return std::max(static_cast<std::uint32_t>(now / 1000), before + 1);
+  return std::max(static_cast<std::uint32_t>(wall() / 1000), before + 1);
 }
 
 FolderMeta* Node::lineage_meta(Time now, MgrUser& u, const std::string& folder, bool create) {
@@ -243,10 +243,10 @@ FolderMeta* Node::lineage_meta(Time now, MgrUser& u, const std::string& folder, 
   // were kept in the profile, or a delivery into a folder never created):
   // its UIDVALIDITY is fixed now, for good.
   FolderMeta& m = u.profile->folders[folder];
-  if (m.version.is_null() || m.deleted) m.version = next_version(now);
+  if (m.version.is_null() || m.deleted) m.version = next_version();
   m.deleted = false;  // new mail into a deleted folder makes it again
   m.renamed_to.clear();
-  m.uidvalidity = fresh_uidvalidity(now, m.uidvalidity);
+  m.uidvalidity = fresh_uidvalidity(m.uidvalidity);
   m.uid_reserved = 0;
   m.takeovers.clear();
   write_profile(now, u);
@@ -256,7 +256,7 @@ FolderMeta* Node::lineage_meta(Time now, MgrUser& u, const std::string& folder, 
 Version Node::write_profile(Time now, MgrUser& u, const std::vector<NodeId>& also) {
   if (!u.profile) return {};
   Update up;
-  up.id = next_version(now);
+  up.id = next_version();
   up.kind = Update::Kind::Profile;
   up.replicas = u.profile->holders;
   up.replicas.insert(up.replicas.end(), also.begin(), also.end());
@@ -299,7 +299,7 @@ bool Node::settle_lineage(Time now, const std::string& user, const std::string& 
       v = f.seen.rbegin()->first;
     }
     m = &u.profile->folders[folder];
-    if (m->version.is_null()) m->version = next_version(now);
+    if (m->version.is_null()) m->version = next_version();
     m->uidvalidity = v;
     m->uid_reserved = std::max(m->uid_reserved, seen_top(v));
     write_profile(now, u);
@@ -365,7 +365,7 @@ void Node::begin_generation(Time now, const std::string& user, const std::string
       if (g.gen == f.gen) g.top = std::max(g.top, f.next_uid - 1), mine = true;
     if (!mine) seen.push_back(GenTop{f.gen, f.next_uid - 1});
   }
-  f.gen = next_version(now);
+  f.gen = next_version();
   f.start_seen = seen;
   f.next_uid = std::max(f.next_uid, m->uid_reserved + 1);
   if (auto s = f.seen.find(f.uidvalidity); s != f.seen.end()) f.next_uid = std::max(f.next_uid, s->second + 1);
@@ -492,7 +492,7 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
     Bucket b = bucket(h.user);
     if (membership_.manager_of(b) != cfg_.self) continue;
     MgrFolder& f = managed_[b][h.user].folders[h.folder];
-    for (const KeyedDelivery& k : h.keys) remember_key(now, f, k);
+    for (const KeyedDelivery& k : h.keys) remember_key(f, k);
     if (f.uidvalidity != 0) continue;
     auto& next = f.handed[h.uidvalidity];
     next = std::max(next, h.next_uid);
@@ -531,7 +531,7 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
       absorb_entry(user, f, e);
       for (KeyedDelivery k : e.keys) {
         k.stored = true;  // a holder has it
-        remember_key(now, f, k);
+        remember_key(f, k);
       }
 
       // A folder first heard of after the bucket became ready.
@@ -730,7 +730,7 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
       rep.quota_checked = true;  // counted with its grant
       if (!a.key.empty())
         if (auto k = f.keys.find(a.key); k != f.keys.end()) rep.msg = k->second.msg;
-    } else if (const KeyedDelivery* k = retry_of(it->second, a, now)) {
+    } else if (const KeyedDelivery* k = retry_of(it->second, a)) {
       // A retry of a keyed delivery: stored whole, its message and nothing
       // stored again; otherwise the same message at the same UID on the
       // same nodes, stored again (where a copy landed, the store is
@@ -795,10 +795,10 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
           // message (its first store may yet land: one record).
           auto known = f.keys.find(a.key);
           rep.msg = known != f.keys.end() ? known->second.msg : a.msg;
-          KeyedDelivery kd{a.key, rep.msg, rep.uidvalidity, rep.uid, pl.nodes, false, now, rep.gen};
+          KeyedDelivery kd{a.key, rep.msg, rep.uidvalidity, rep.uid, pl.nodes, false, wall(), rep.gen};
           if (known != f.keys.end()) kd.at = known->second.at;
           f.keys.erase(a.key);
-          remember_key(now, f, kd);
+          remember_key(f, kd);
         }
       }
     }
@@ -820,11 +820,11 @@ void Node::mgr_alloc_done(const AllocDone& d) {
   }
 }
 
-const KeyedDelivery* Node::retry_of(MgrUser& u, const AllocRequest& a, Time now) {
+const KeyedDelivery* Node::retry_of(MgrUser& u, const AllocRequest& a) {
   if (a.key.empty()) return nullptr;
   auto f = u.folders.find(a.folder);
   if (f == u.folders.end()) return nullptr;
-  prune_keys(now, f->second);
+  prune_keys(f->second);
   auto k = f->second.keys.find(a.key);
   if (k == f->second.keys.end()) return nullptr;
   if (k->second.stored) return &k->second;
@@ -835,17 +835,18 @@ const KeyedDelivery* Node::retry_of(MgrUser& u, const AllocRequest& a, Time now)
   return &k->second;
 }
 
-void Node::prune_keys(Time now, MgrFolder& f) {
-  while (!f.key_order.empty() && f.key_order.begin()->first + cfg_.delivery_key_ttl <= now) {
+void Node::prune_keys(MgrFolder& f) {
+  // Keys are dated by the wall clock (a key's date travels in reports).
+  while (!f.key_order.empty() && f.key_order.begin()->first + cfg_.delivery_key_ttl <= wall()) {
     auto o = f.key_order.begin();
     if (auto x = f.keys.find(o->second); x != f.keys.end() && x->second.at == o->first) f.keys.erase(x);
     f.key_order.erase(o);
   }
 }
 
-void Node::remember_key(Time now, MgrFolder& f, const KeyedDelivery& k) {
-  prune_keys(now, f);
-  if (k.key.empty() || k.at + cfg_.delivery_key_ttl <= now) return;
+void Node::remember_key(MgrFolder& f, const KeyedDelivery& k) {
+  prune_keys(f);
+  if (k.key.empty() || k.at + cfg_.delivery_key_ttl <= wall()) return;
   auto [it, fresh] = f.keys.try_emplace(k.key, k);
   if (fresh) {
     // (A key put back after a retry keeps its first time, which may still
@@ -918,7 +919,7 @@ void Node::mgr_create_user(Time now, NodeId from, const CreateUserRequest& c) {
     MgrUser& u = managed_[b][c.user];
     Profile p;
     p.user = c.user;
-    p.version = next_version(now);
+    p.version = next_version();
     p.password_hash = c.password_hash;
     p.holders = pl.nodes;
     // INBOX exists from the start, its UIDVALIDITY with it (above any a
@@ -929,7 +930,7 @@ void Node::mgr_create_user(Time now, NodeId from, const CreateUserRequest& c) {
     }
     inbox.version = p.version;
     inbox.deleted = false;
-    inbox.uidvalidity = fresh_uidvalidity(now, inbox.uidvalidity);
+    inbox.uidvalidity = fresh_uidvalidity(inbox.uidvalidity);
     inbox.uid_reserved = 0;
     inbox.takeovers.clear();
     p.folders["INBOX"] = inbox;
@@ -1021,7 +1022,7 @@ void Node::on_rename_done(Time now, Pending& p) {
   for (const auto& [id, r] : p.gathered) {
     if (r.expunged || r.folder != p.folder) continue;
     Update up;
-    up.id = next_version(now);
+    up.id = next_version();
     up.kind = Update::Kind::Move;
     up.replicas = r.replicas;
     up.record.id = r.id;
@@ -1099,7 +1100,7 @@ void Node::on_renumber_done(Time now, Pending& p) {
     // that node's clock said.
     last_version_ = std::max(last_version_, r->uid_version.time);
     Update up;
-    up.id = next_version(now);
+    up.id = next_version();
     up.kind = Update::Kind::SetUid;
     up.replicas = r->replicas;
     up.record.id = r->id;

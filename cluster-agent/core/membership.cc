@@ -129,7 +129,7 @@ void Membership::admit_joiners(Time now) {
 bool Membership::lowest_known() const { return known_.empty() || *known_.begin() > cfg_.self; }
 
 Epoch Membership::next_epoch(Time now) const {
-  Time t = std::max({now, epoch_.time + 1, promised_.time + 1});
+  Time t = std::max({wall_clock ? wall_clock() : now, epoch_.time + 1, promised_.time + 1});
   return Epoch{t, cfg_.self};
 }
 
@@ -435,7 +435,7 @@ void Membership::on_message(Time now, NodeId from, const Message& m) {
       // A change to the group this node said it holds; if it holds another
       // (it never should), it installs nothing and a later round mends it.
       if (cm->base != epoch_ || !apply_change(*cm, whole)) {
-        log_("membership: commit " + cm->epoch.str() + " is a change to epoch " + cm->base.str() +
+        log_("warning: membership: commit " + cm->epoch.str() + " is a change to epoch " + cm->base.str() +
              ", not to the installed " + epoch_.str() + ": ignored");
         return;
       }

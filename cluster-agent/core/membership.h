@@ -74,6 +74,9 @@ class Membership {
     return it == admin_.end() ? AdminState::Active : it->second.state;
   }
   void load_admin(const AdminMap& a) { merge_admin(admin_, a); }
+  // The wall clock (Env::wall()): epochs are stamped with it; `now` (a
+  // monotonic clock) times everything else.
+  std::function<Time()> wall_clock;
   // Records `state` for `n` at `version` and runs a round to spread it.
   void set_admin(Time now, NodeId n, AdminState state, Version version);
   // Called whenever the table changes (the node keeps it durably).

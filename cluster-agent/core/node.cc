@@ -24,6 +24,8 @@ Node::Node(CoreConfig cfg, Env& env, DurableStore& disk)
   repl_.on_list_outdated = [this](const MsgId& id) { repair_forward_.insert(id); };
   membership_.on_admin = [this](const AdminMap& a) { disk_.put_admin(a); };
   repl_.on_complete = [this](const Version& id) { store_done(id); };
+  repl_.wall_clock = [this] { return wall(); };
+  membership_.wall_clock = [this] { return wall(); };
 }
 
 void Node::start(Time now) {
@@ -37,8 +39,8 @@ void Node::start(Time now) {
   // the same id, and its old ids may still be on other nodes: its
   // sequence starts at the clock (in microseconds), above any it can have
   // given before.
-  if (snap.fresh && snap.unindexed.empty() && now > 0) {
-    next_seq_ = std::max(next_seq_, static_cast<std::uint64_t>(now) * 1000);
+  if (snap.fresh && snap.unindexed.empty() && wall() > 0) {
+    next_seq_ = std::max(next_seq_, static_cast<std::uint64_t>(wall()) * 1000);
     persist_counters();
   }
   // A sequence number is never given twice, even if the counter went back
@@ -59,7 +61,7 @@ void Node::start(Time now) {
   }
   // Request ids must not repeat across restarts: a reply to the previous
   // incarnation's request may still be in flight.
-  next_req_ = (static_cast<std::uint64_t>(std::max(now, last_version_)) << 16) + 1;
+  next_req_ = (static_cast<std::uint64_t>(std::max(wall(), last_version_)) << 16) + 1;
   repl_.load(snap, now);
   for (const auto& [id, r] : snap.records)
     for (NodeId n : r.replicas) membership_.learn(n);
@@ -89,8 +91,8 @@ void Node::set_spool_full(bool full) {
 
 bool Node::live(NodeId n) const { return n == cfg_.self || membership_.is_member(n); }
 
-Version Node::next_version(Time now) {
-  last_version_ = std::max(now, last_version_ + 1);
+Version Node::next_version() {
+  last_version_ = std::max(wall(), last_version_ + 1);
   persist_counters();
   return Version{last_version_, cfg_.self};
 }
@@ -136,7 +138,7 @@ void Node::peer_unreachable(Time now, NodeId n) {
   const bool known = membership_.refuses(n);
   membership_.unreachable(now_, n);
   if (known) return;  // told already (the transport dials again and again)
-  env_.log("peer n" + std::to_string(n) + " refuses connections: taken for down");
+  env_.log("warning: peer n" + std::to_string(n) + " refuses connections: taken for down");
   for (auto& [id, p] : pending_)
     if (p.retry_at != 0 && (p.peer == n || p.awaiting.count(n))) p.retry_at = now_;
   store_failover(now_);

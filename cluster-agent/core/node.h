@@ -313,7 +313,8 @@ class Node {
   void send(NodeId to, Message m);
   void on_change(const Membership::Change& ch);
   bool live(NodeId n) const;
-  Version next_version(Time now);
+  Version next_version();     // stamped with the wall clock
+  Time wall() const { return env_.wall(); }
   void persist_counters();
   Bucket bucket(const std::string& user) const;
   bool manages(const std::string& user) const;
@@ -325,11 +326,11 @@ class Node {
   void mgr_alloc_done(const AllocDone& d);
   // Notes a keyed delivery in `f` (a stored one stays stored), after
   // dropping those older than delivery_key_ttl (prune_keys).
-  void remember_key(Time now, MgrFolder& f, const KeyedDelivery& k);
-  void prune_keys(Time now, MgrFolder& f);
+  void remember_key(MgrFolder& f, const KeyedDelivery& k);
+  void prune_keys(MgrFolder& f);  // by the wall clock: a key is dated by it
   // The keyed delivery an AllocRequest retries, when it is answered with
   // it: stored, or in the folder's lineage on live nodes.
-  const KeyedDelivery* retry_of(MgrUser& u, const AllocRequest& a, Time now);
+  const KeyedDelivery* retry_of(MgrUser& u, const AllocRequest& a);
   // Fills an allocation's answer (rep.uid taken) and notes its nodes in
   // the mail map and its UID in flight until `until`.
   // The grant of an AllocRequest asked again (same front end and request)
@@ -352,7 +353,7 @@ class Node {
   bool settle_lineage(Time now, const std::string& user, const std::string& folder, MgrFolder& f,
                       bool for_new_mail = false);
   FolderMeta* lineage_meta(Time now, MgrUser& u, const std::string& folder, bool create);
-  std::uint32_t fresh_uidvalidity(Time now, std::uint32_t before) const;
+  std::uint32_t fresh_uidvalidity(std::uint32_t before) const;
   // The next UID of the folder's lineage, or 0 while none is reserved (a
   // reservation is then on its way: try again).
   std::uint32_t take_uid(Time now, const std::string& user, const std::string& folder, MgrFolder& f);

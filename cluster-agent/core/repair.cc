@@ -66,7 +66,7 @@ void Node::administer(Time now, std::uint64_t req, NodeId n, AdminState state) {
     r.status = Status::TryAgain;
     r.detail = "this node is in no group yet";
   } else {
-    membership_.set_admin(now, n, state, next_version(now));
+    membership_.set_admin(now, n, state, next_version());
     env_.log(std::string(state == AdminState::Gone ? "warning: " : "") + "administration: node " + std::to_string(n) +
              " set " + admin_state_name(state));
   }
@@ -92,7 +92,7 @@ void Node::admin_tick(Time now) {
     env_.log("warning: node " + std::to_string(n) + " silent for " + std::to_string((now - since) / 1000) +
              " s (node_dead_timeout): declared gone; its copies are made again on other nodes");
     missing_since_.erase(n);
-    membership_.set_admin(now, n, AdminState::Gone, next_version(now));
+    membership_.set_admin(now, n, AdminState::Gone, next_version());
     return;  // one per round
   }
 }
@@ -127,7 +127,7 @@ void Node::repair_tick(Time now) {
     auto r = repl_.records().find(id);
     if (r == repl_.records().end() || r->second.replicas_version.is_null()) continue;
     Update u;
-    u.id = next_version(now);
+    u.id = next_version();
     u.kind = Update::Kind::Replicas;
     for (NodeId x : r->second.replicas)
       if (x != cfg_.self) u.replicas.push_back(x);
@@ -273,7 +273,7 @@ void Node::repair_start(Time now, const MessageRecord& r) {
   }
   const std::size_t k = std::min(to.size(), out.size());
   c.rec.replicas = list;
-  c.rec.replicas_version = next_version(now);
+  c.rec.replicas_version = next_version();
   c.waiting.insert(to.begin(), to.begin() + static_cast<std::ptrdiff_t>(k));
   c.size = r.size;
   if (!repair_send(now, r.id, c)) return;
@@ -324,7 +324,7 @@ void Node::repair_ack(Time now, NodeId from, const Version& v) {
     return;
   }
   Update u;
-  u.id = next_version(now);
+  u.id = next_version();
   u.kind = Update::Kind::Replicas;
   u.replicas = c.rec.replicas;
   // (Down ones too: the update waits for them, so a copy left out is
@@ -371,7 +371,7 @@ void Node::repair_profiles(Time now) {
       std::vector<NodeId> also;
       for (NodeId h : old)
         if (!has(p.holders, h) && membership_.admin_state(h) != AdminState::Gone) also.push_back(h);
-      p.version = next_version(now);
+      p.version = next_version();
       write_profile(now, u, also);
       ++repair_stats_.profiles;
       if (++done == kProfilesPerTick) return;

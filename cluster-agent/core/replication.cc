@@ -58,7 +58,7 @@ std::set<std::string> Replicator::local_users() const {
   return out;
 }
 
-void Replicator::apply(Time now, const Update& u) {
+void Replicator::apply(const Update& u) {
   if (u.kind == Update::Kind::Profile) {
     auto [it, fresh] = profiles_.try_emplace(u.profile.user, Profile{});
     if (merge_profile(it->second, u.profile) || fresh) {
@@ -131,7 +131,7 @@ void Replicator::apply(Time now, const Update& u) {
   const std::vector<NodeId> was_listed = fresh ? std::vector<NodeId>{} : it->second.replicas;
   const std::string was_folder = it->second.folder;
   const std::uint32_t was_uid = it->second.uid;
-  bool changed = merge_record(it->second, in, now);
+  bool changed = merge_record(it->second, in, wall());
   touched(in.user);
   if (auto o = unindexed_.find(in.id); o != unindexed_.end()) {
     // A body this node has on disk, now named by a record: it is the
@@ -244,16 +244,16 @@ std::uint64_t Replicator::state_digest(const MessageRecord& r) {
   return record_digest(s);
 }
 
-bool Replicator::absorb(Time now, const MessageRecord& r) {
+bool Replicator::absorb(const MessageRecord& r) {
   if (!contains(r.replicas, cfg_.self)) return false;
   // A certificate this node let go of (death_ttl) does not come back.
-  if (r.expunged && !records_.count(r.id) && now - r.expunge_version.time >= cfg_.death_ttl) return false;
+  if (r.expunged && !records_.count(r.id) && wall() - r.expunge_version.time >= cfg_.death_ttl) return false;
   Update u;
   u.kind = Update::Kind::Copy;
   u.record = r;
   u.record.body.clear();
   u.replicas = {cfg_.self};
-  apply(now, u);
+  apply(u);
   const MessageRecord& cur = records_.at(r.id);
   return r.has_body && !cur.has_body && !cur.expunged;
 }
@@ -263,7 +263,7 @@ void Replicator::absorb(const Profile& p) {
   Update u;
   u.kind = Update::Kind::Profile;
   u.profile = p;
-  apply(0, u);
+  apply(u);
 }
 
 void Replicator::absorb_newer(const Profile& p) {
@@ -272,7 +272,7 @@ void Replicator::absorb_newer(const Profile& p) {
   Update u;
   u.kind = Update::Kind::Profile;
   u.profile = p;
-  apply(0, u);
+  apply(u);
 }
 
 bool Replicator::is_complete(const LogEntry& e) const {
@@ -314,7 +314,7 @@ void Replicator::coordinate(Time now, Update u) {
     if (r != records_.end() && !r->second.replicas_version.is_null()) u.replicas = r->second.replicas;
   }
   bool replica = contains(u.replicas, cfg_.self);
-  if (replica) apply(now, u);
+  if (replica) apply(u);
   LogEntry e;
   e.update = std::move(u);
   if (replica) e.have.insert(cfg_.self);
@@ -332,7 +332,7 @@ void Replicator::coordinate(Time now, Update u) {
 
 void Replicator::on_push(Time now, NodeId from, const Push& p) {
   const Version id = p.update.id;
-  if (contains(p.update.replicas, cfg_.self)) apply(now, p.update);
+  if (contains(p.update.replicas, cfg_.self)) apply(p.update);
   auto it = log_.find(id);
   if (it == log_.end()) {
     LogEntry e;
@@ -423,7 +423,7 @@ void Replicator::tick(Time now, const LiveFn& live) {
     if (e.update.kind != Update::Kind::Profile) pending.insert(e.update.record.id);
   for (auto it = records_.begin(); it != records_.end();) {
     const MessageRecord& r = it->second;
-    if (r.expunged && now - r.expunged_at >= cfg_.death_ttl && !pending.count(r.id)) {
+    if (r.expunged && wall() - r.expunged_at >= cfg_.death_ttl && !pending.count(r.id)) {
       std::string user = r.user;
       disk_.erase_record(r.id);
       touched(user);

@@ -34,6 +34,9 @@ class Replicator {
   using LiveFn = std::function<bool(NodeId)>;
 
   Replicator(const CoreConfig& cfg, DurableStore& disk, SendFn send, LogFn log);
+  // The wall clock (Env::wall()): death certificates are dated by it.
+  std::function<Time()> wall_clock;
+  Time wall() const { return wall_clock ? wall_clock() : 0; }
 
   void load(const DurableSnapshot& snap, Time now);
 
@@ -46,7 +49,7 @@ class Replicator {
   // A record as a peer holds it, without its body (sync.cc): merged like a
   // Copy if it names this node as a replica. Returns true if this node
   // should hold its body and does not (ask the peer for it).
-  bool absorb(Time now, const MessageRecord& r);
+  bool absorb(const MessageRecord& r);
   // A profile as a peer holds it, merged if it names this node a holder.
   void absorb(const Profile& p);
   // The user's manager's profile, for a copy this node holds: merged if
@@ -94,7 +97,7 @@ class Replicator {
   std::size_t backlog() const { return log_.size(); }
 
  private:
-  void apply(Time now, const Update& u);
+  void apply(const Update& u);
   // A newer replica list or holder list left this node out (a repair or
   // drain moved its copy): the copy goes.
   void disown_record(const MsgId& id);

@@ -56,7 +56,7 @@ ReportEntry Node::summarize(const std::string& user, const std::string& folder, 
       bytes[list] += r.size;
     }
     // A new manager learns the keyed deliveries it may be asked again.
-    if (with_keys && !r.delivery_key.empty() && r.internal_date + cfg_.delivery_key_ttl > now_)
+    if (with_keys && !r.delivery_key.empty() && r.internal_date + cfg_.delivery_key_ttl > wall())
       e.keys.push_back({r.delivery_key, r.id, r.uidvalidity, r.uid, r.replicas, true, r.internal_date, r.uid_gen});
     if (r.uid == 0 && !(r.has_body && !r.expunged)) continue;  // a moved-in message still needs a UID
     auto [it, fresh] =

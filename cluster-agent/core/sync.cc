@@ -47,7 +47,7 @@ std::uint64_t Node::sync_digest(const std::string& user, NodeId node) const {
     // that old either).
     // (And its replica list's version, so two replicas that hold different
     // lists differ.)
-    if (names(r.replicas, node) && (!r.expunged || now_ - r.expunge_version.time < cfg_.death_ttl))
+    if (names(r.replicas, node) && (!r.expunged || wall() - r.expunge_version.time < cfg_.death_ttl))
       sum += copy_digest(r);
   }
   auto p = repl_.profiles().find(user);
@@ -158,7 +158,7 @@ void Node::on_sync_records(Time now, NodeId from, const SyncRecords& r) {
   for (const MessageRecord& rec : r.records) {
     ++sync_stats_.records_absorbed;
 
-    if (repl_.absorb(now, rec) && !st.inflight.count(rec.id)) {
+    if (repl_.absorb(rec) && !st.inflight.count(rec.id)) {
       st.need.emplace_back(rec.id, 0);
       ++sync_stats_.bodies_wanted;
     }

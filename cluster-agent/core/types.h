@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 // types.h - the small value types every protocol of the cluster core shares.
 //
-// Owns nothing; header only. Times are milliseconds on whatever clock the
-// shell feeds the core (the simulator's clock, or the agent's wall clock):
-// the core itself never reads a clock.
+// Owns nothing; header only. Times are milliseconds: `now`, passed to
+// every call, on a monotonic clock (deadlines, timers); stamps and dates
+// on the wall clock (Env::wall()). The core itself never reads a clock.
 #pragma once
 
 #include <compare>

@@ -176,7 +176,7 @@ void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
         if (r.folder.empty()) {
           rep.status = Status::Failed;
         } else {
-          p.subscriptions[r.folder] = Subscription{r.op == UserUpdateRequest::Op::Subscribe, next_version(now)};
+          p.subscriptions[r.folder] = Subscription{r.op == UserUpdateRequest::Op::Subscribe, next_version()};
         }
         break;
       case UserUpdateRequest::Op::CreateFolder:
@@ -190,12 +190,12 @@ void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
           rep.status = create ? Status::Exists : Status::NotFound;
         } else {
           FolderMeta& m = p.folders[r.folder];
-          m.version = next_version(now);
+          m.version = next_version();
           m.deleted = !create;
           m.renamed_to.clear();
           if (create) {
             // A new lineage, above the one a deleted folder of that name had.
-            m.uidvalidity = fresh_uidvalidity(now, m.uidvalidity);
+            m.uidvalidity = fresh_uidvalidity(m.uidvalidity);
             m.uid_reserved = 0;
             m.takeovers.clear();
           }
@@ -206,7 +206,7 @@ void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
       }
     }
     if (rep.status == Status::Ok && r.op != UserUpdateRequest::Op::RenameFolder) {
-      p.version = next_version(now);
+      p.version = next_version();
       write_profile(now, *u);
     }
   }
@@ -237,14 +237,14 @@ Status Node::mgr_rename_folder(Time now, const UserUpdateRequest& r, MgrUser& u)
   if (to_exists) return Status::Exists;
   if (from->second.uidvalidity == 0) lineage_meta(now, u, r.folder, true);  // a folder never used
   FolderMeta moved = p.folders[r.folder];
-  moved.version = next_version(now);
+  moved.version = next_version();
   moved.deleted = false;
   p.folders[r.to_folder] = moved;
   FolderMeta& old = p.folders[r.folder];
-  old.version = next_version(now);
+  old.version = next_version();
   old.deleted = true;  // keeps its UIDVALIDITY: a folder made again under the name gets a greater one
   old.renamed_to = r.to_folder;  // so a successor can finish moving its mail
-  p.version = next_version(now);
+  p.version = next_version();
   write_profile(now, u);
   MgrFolder mf;
   if (auto f = u.folders.find(r.folder); f != u.folders.end()) {

@@ -21,6 +21,7 @@ class Cluster::NodeEnv final : public Env {
     c_.replies_[req] = {std::move(r), c_.now_};
   }
   void log(const std::string& line) override { c_.record(id_, line); }
+  Time wall() const override { return c_.wall(); }
 
  private:
   Cluster& c_;

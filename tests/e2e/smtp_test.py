@@ -8,12 +8,14 @@ redis-server, all real processes started by scripts/porcupine-local.
 Usage:
   smtp_test.py --build BUILD_DIR [--subnet K] [unittest args]
   smtp_test.py --build BUILD_DIR --subnet K --soak [--messages M] [--sessions S] [--runs R]
-               [--only-run N] [--stop] [--down SECONDS]
+               [--only-run N] [--stop | --full] [--down SECONDS]
       the no-loss run outside ctest: R runs of M messages over S SMTP
       sessions spread over the three nodes, one node killed with SIGKILL
       (every process of it) at a different moment of each run, then
       restarted SECONDS (3) later; with --stop, its agent SIGSTOPped for
-      SECONDS instead. Prints per run what was accepted, lost, duplicated
+      SECONDS instead; with --full, no node is stopped, but one node's spool
+      is a small tmpfs of its own that fills during the run (it then takes
+      no more copies). Prints per run what was accepted, lost, duplicated
       and how many LMTP deliveries Postfix deferred.
       Exit status 1 if any accepted message was lost (or could not be
       read). --only-run N repeats only the Nth run (its node and moment).
@@ -93,12 +95,12 @@ class Stack:
 
     live = []  # stopped by the SIGTERM handler (a ctest timeout) too
 
-    def __init__(self, base, nodes, replicas, subnet):
+    def __init__(self, base, nodes, replicas, subnet, extra_config=None):
         self.cl = local.Cluster(base, BUILD)
         self.nodes, self.subnet = nodes, subnet
         Stack.live.append(self)
         self.cl.start(nodes, replicas, 2, subnet, services=["dovecot", "milter", "postfix"],
-                      domains=["example.org", "example.com"])
+                      domains=["example.org", "example.com"], extra_config=extra_config)
 
     def addr(self, i):
         return "127.0.%d.%d" % (self.subnet, i)
@@ -342,7 +344,9 @@ def crash_run(stack, messages, sessions, victim, crash_after, down_s, log=print,
     load.start()
     wait_for(lambda: load.done >= crash_after, 120, 0.02)
     crashed_at = load.done
-    if fault == "stop":
+    if fault == "full":
+        pass  # the victim's spool fills by itself (soak() gave it a small one)
+    elif fault == "stop":
         pid = stack.cl.pid(victim, "agent")
         os.kill(pid, signal.SIGSTOP)
         log("  stopped node %d's agent after %d messages" % (victim, crashed_at))
@@ -859,6 +863,23 @@ class Drain(StackCase):
             crashed, len(load.accepted), readers, time.time() - started))
 
 
+FULL_SPOOL = "12m"          # --full: the victim's spool (tmpfs): full after some hundreds of copies
+FULL_RESERVE = 8 << 20      # spool_reserve_bytes of every node
+
+
+def small_spool(st, i):
+    """Node i's spool on a tmpfs of FULL_SPOOL; returns its unmount."""
+    spool = os.path.join(st.cl.ndir(i), "spool")
+    st.cl.stop_pid(i, "agent")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s,mode=0700" % FULL_SPOOL, "tmpfs", spool], check=True)
+    st.cl.start_agent(i)
+
+    def unmount():
+        if subprocess.run(["umount", spool]).returncode != 0:
+            subprocess.run(["umount", "-l", spool])
+    return unmount
+
+
 def soak(messages, sessions, runs, only_run=0, fault="kill", down_s=3.0):
     lost = 0
     moments = [0.1, 0.5, 0.8, 0.3, 0.65]
@@ -867,22 +888,34 @@ def soak(messages, sessions, runs, only_run=0, fault="kill", down_s=3.0):
             continue
         base = tempfile.mkdtemp(prefix="pcpsoak-")
         os.chmod(base, 0o755)
-        st = None
+        st, unmount = None, None
         try:
-            st = Stack(os.path.join(base, "c"), 3, 2, SUBNET)
+            st = Stack(os.path.join(base, "c"), 3, 2, SUBNET,
+                       extra_config={"spool_reserve_bytes": str(FULL_RESERVE)} if fault == "full" else None)
             if not wait_for(st.cl.converged, 30):
                 raise SystemExit("soak: cluster did not form")
+            if fault == "full":
+                unmount = small_spool(st, run % 3 + 1)
+                if not wait_for(st.cl.converged, 30):
+                    raise SystemExit("soak: cluster did not form again")
             for user, pw in USERS.items():
                 st.ctl(1, "user", "add", user, "--password", pw)
             victim = run % 3 + 1
             after = int(messages * moments[run % len(moments)])
-            print("run %d: %d messages over %d sessions, node %d %s after %d" %
-                  (run + 1, messages, sessions, victim, "stopped" if fault == "stop" else "killed", after),
-                  flush=True)
+            if fault == "full":
+                print("run %d: %d messages over %d sessions, node %d's spool a %s tmpfs (reserve %d MB)" %
+                      (run + 1, messages, sessions, victim, FULL_SPOOL, FULL_RESERVE >> 20), flush=True)
+            else:
+                print("run %d: %d messages over %d sessions, node %d %s after %d" %
+                      (run + 1, messages, sessions, victim, "stopped" if fault == "stop" else "killed", after),
+                      flush=True)
             started = time.time()
             s = crash_run(st, messages, sessions, victim, after, down_s, log=lambda m: print(m, flush=True),
                           fault=fault)
             s["seconds"] = round(time.time() - started, 1)
+            if fault == "full":
+                with open(os.path.join(st.cl.ndir(victim), "agent.log"), errors="replace") as f:
+                    s["victim_full"] = "this node is full" in f.read()
             print(json.dumps(s, indent=1), flush=True)
             lost += s["messages"] if s["lost"] is None else s["lost"]
         finally:
@@ -891,6 +924,8 @@ def soak(messages, sessions, runs, only_run=0, fault="kill", down_s=3.0):
             else:
                 if st:
                     st.stop()
+                if unmount:
+                    unmount()
                 shutil.rmtree(base, ignore_errors=True)
     print("soak: %d runs, %d accepted messages lost or unreadable" % (runs, lost))
     return 1 if lost else 0
@@ -914,6 +949,8 @@ def main():
             soak_args["down_s"] = float(next(args))
         elif a == "--stop":  # SIGSTOP the victim's agent instead of killing the node
             soak_args["fault"] = "stop"
+        elif a == "--full":  # the victim's spool fills instead
+            soak_args["fault"] = "full"
         else:
             argv.append(a)
     signal.signal(signal.SIGTERM, on_sigterm)
