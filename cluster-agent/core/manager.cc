@@ -680,7 +680,8 @@ const Node::MgrUser::Grant* Node::regrant(const MgrUser& u, NodeId from, const A
   if (f == u.folders.end()) return nullptr;
   for (const auto& g : u.granted)
     if (g.front_end == from && g.req == a.req && g.folder == a.folder && g.until > now &&
-        g.uidvalidity == f->second.uidvalidity && g.gen == f->second.gen)
+        g.uidvalidity == f->second.uidvalidity && g.gen == f->second.gen &&
+        std::none_of(g.nodes.begin(), g.nodes.end(), [this](NodeId n) { return takes_no_copies(n); }))
       return &g;
   return nullptr;
 }
@@ -830,8 +831,11 @@ const KeyedDelivery* Node::retry_of(MgrUser& u, const AllocRequest& a) {
   if (k->second.stored) return &k->second;
   // Its UID only in the generation it was given in (wire.h, KeyedDelivery).
   if (k->second.uidvalidity != f->second.uidvalidity || k->second.gen != f->second.gen) return nullptr;
+  // Its nodes only while each can take the copy: live, and (a spool that
+  // filled since) not full. Otherwise a new placement, or every retry of
+  // it would wait on a node that refuses the copy until its deadline.
   for (NodeId n : k->second.nodes)
-    if (!live(n)) return nullptr;
+    if (!live(n) || takes_no_copies(n)) return nullptr;
   return &k->second;
 }
 

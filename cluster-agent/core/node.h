@@ -212,6 +212,8 @@ class Node {
   bool spool_full() const { return spool_full_; }
   // What `n`'s last message said of its spool (an older node: not full).
   bool peer_full(NodeId n) const { return full_peers_.count(n) > 0; }
+  // Its spool is below its reserve (this node's, or as the peer last said).
+  bool takes_no_copies(NodeId n) const { return n == cfg_.self ? spool_full_ : peer_full(n); }
   const MgrUser* managed_user(const std::string& user) const;
   MgrUser* managed_user(const std::string& user) {
     return const_cast<MgrUser*>(std::as_const(*this).managed_user(user));

@@ -2095,6 +2095,45 @@ TEST(ExactlyOnce, ARetryOfADeliveryWhoseAnswerWasLostStoresNoSecondCopy) {
   h.expect_invariants();
 }
 
+// A delivery that was not stored, retried after one of its nodes filled
+// its spool: the retry is placed anew on nodes with room (the same
+// message), instead of waiting on the full node until its deadline, as
+// every retry would (an MTA's queue that never empties).
+TEST(ExactlyOnce, ARetryIsPlacedAnewWhenANodeOfItsFirstPlacementIsFull) {
+  Harness h(3);
+  const std::string u = "fill@example.org";
+  h.user(u);
+  // The first try's stores never arrive: its client is told to try again.
+  bool holding = true;
+  h.c.on_arrival = [&](const Envelope& e, Time arrival) {
+    return holding && std::holds_alternative<StoreRequest>(e.body) ? arrival + 3'600'000 : arrival;
+  };
+  const ClientReply* first = h.deliver_keyed(1, u, "key-full");
+  ASSERT_TRUE(first);
+  ASSERT_EQ(first->status, Status::TryAgain);
+  holding = false;
+  h.c.on_arrival = nullptr;
+  const NodeId mgr = h.c.node(1)->membership().manager_of(bucket_of(u, CoreConfig{}.buckets));
+  const auto* mu = h.c.node(mgr)->managed_user(canonical_user(u));
+  ASSERT_TRUE(mu);
+  const auto& keys = mu->folders.at("INBOX").keys;
+  ASSERT_TRUE(keys.count("key-full"));
+  ASSERT_FALSE(keys.at("key-full").stored);
+  const std::vector<NodeId> placed = keys.at("key-full").nodes;
+  ASSERT_FALSE(placed.empty());
+  const NodeId full = placed.front();
+  h.c.node(full)->set_spool_full(true);
+  h.c.run_for(2'000);  // every peer hears it with the node's next message
+  const ClientReply* retry = h.deliver_keyed(2, u, "key-full");
+  ASSERT_TRUE(retry);
+  ASSERT_EQ(retry->status, Status::Ok) << retry->detail;
+  EXPECT_EQ(std::count(retry->replicas.begin(), retry->replicas.end(), full), 0) << "placed on the full node " << full;
+  EXPECT_EQ(retry->replicas.size(), 2u);
+  h.c.node(full)->set_spool_full(false);
+  EXPECT_EQ(h.count(3, u), 1u);
+  h.expect_invariants();
+}
+
 // The user's manager dies after the delivery: its successor learns the key
 // from the holders' reports; when it comes back, from the handoff and the
 // reports again. The retry is answered with the message each time.
