@@ -201,14 +201,15 @@ void Node::fe_tick(Time now) {
         // Not answered, and nothing at all heard from the node asked: the
         // next replica is asked (any can coordinate, and one that is
         // alive replaces a silent one), so a primary that died does not
-        // hold the delivery to its deadline. One that talks is waited for.
+        // hold the delivery to its deadline. One that talks is waited for,
+        // unless its spool is full (it refuses the copy).
         p.retry_at = now + cfg_.push_retry + store_crossing(cfg_, p.update.record.body.size());
         const auto& list = p.update.replicas;
-        if (p.peer != cfg_.self && silent_for(p.peer, cfg_.push_retry)) {
+        if ((p.peer != cfg_.self && silent_for(p.peer, cfg_.push_retry)) || takes_no_copies(p.peer)) {
           auto at = std::find(list.begin(), list.end(), p.peer);
           for (std::size_t k = 1; k < list.size(); ++k) {
             NodeId next = list[(static_cast<std::size_t>(at - list.begin()) + k) % list.size()];
-            if (live(next) && (next == cfg_.self || !silent_for(next, cfg_.push_retry))) {
+            if (live(next) && !takes_no_copies(next) && (next == cfg_.self || !silent_for(next, cfg_.push_retry))) {
               p.peer = next;
               break;
             }
@@ -931,13 +932,15 @@ void Node::store_failover(Time now) {
     const Update& u = e->second.update;
     // Replicas that have not acknowledged it and have said nothing at all
     // for as long (one that talks is slow, not gone: it is waited for),
-    // or that refuse connections (down: not waited for at all).
+    // or that refuse connections (down: not waited for at all), or whose
+    // spool is full (they refuse the copy: not waited for either).
     const Time patience = store_patience(w.size);
     const Time waited = now - w.since;
     std::vector<NodeId> silent;
     for (NodeId r : u.replicas)
       if (r != cfg_.self && !e->second.have.count(r) &&
-          ((membership_.refuses(r) && !w.nowhere) || (waited >= patience && silent_for(r, patience))))
+          (((membership_.refuses(r) || takes_no_copies(r)) && !w.nowhere) ||
+           (waited >= patience && silent_for(r, patience))))
         silent.push_back(r);
     if (silent.empty()) continue;
     // Not this node when it is not a replica (a coordinator whose copy a
