@@ -50,8 +50,6 @@ struct AgentOptions {
   std::string local_socket;
   std::string local_socket_group;
   std::string local_admin_group;  // may administer users (with root and the agent's user)
-  std::uint32_t auth_failures_per_user = 10;  // FailureThrottle burst; 0: no limit
-  std::int64_t auth_failure_window_ms = 60000;
   std::string metrics_listen;  // host:port of the Prometheus endpoint (Metrics); empty: none
   std::string peer_security = "tls";  // tls | both | legacy (PeerNet::Security)
   std::int64_t reconnect_backoff_max_ms = 5000;

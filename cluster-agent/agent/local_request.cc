@@ -45,12 +45,6 @@ std::optional<std::string> folder_problem(const std::string& name) {
 
 }  // namespace
 
-std::string printable(std::string_view s) {
-  std::string out;
-  for (unsigned char c : s.substr(0, 64)) out += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
-  return out;
-}
-
 bool decode_request(std::string_view bytes, pb::Request& out) {
   return bytes.size() <= static_cast<std::size_t>(std::numeric_limits<int>::max()) &&
          out.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()));

@@ -24,10 +24,6 @@ bool decode_request(std::string_view bytes, agentpb::Request& out);
 // the agent's user and local_admin_group only.
 bool administers(const agentpb::Request& q);
 
-// At most the first 64 bytes of `s`, each byte outside printable ASCII as
-// '?': a client's string made safe for a log line or a reply's detail.
-std::string printable(std::string_view s);
-
 // Why `q` must be answered BAD_REQUEST (one line), or nothing when it may
 // go ahead: missing users, folders and message references, a user to
 // create that is not an address the cluster finds again under its own name,

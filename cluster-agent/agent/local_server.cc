@@ -2,7 +2,6 @@
 // local_server.cc - see local_server.h.
 #include "agent/local_server.h"
 
-#include <crypt.h>
 #include <grp.h>
 #include <pwd.h>
 #include <sys/socket.h>
@@ -66,6 +65,7 @@ pb::Code code_of(Status s) {
     case Status::Failed: return pb::BAD_REQUEST;
     case Status::NotFound: return pb::NOT_FOUND;
     case Status::OverQuota: return pb::OVER_QUOTA;
+    case Status::AuthFailed: return pb::AUTH_FAILED;
   }
   return pb::INTERNAL;
 }
@@ -119,29 +119,6 @@ class Fds {
  private:
   std::vector<int> fds_;
 };
-
-// Checks a password against a stored hash in one of the schemes Dovecot
-// writes: {SHA512-CRYPT}, {SHA256-CRYPT}, {BLF-CRYPT}, {CRYPT} (crypt(3)
-// formats) or {PLAIN}.
-bool password_matches(const std::string& stored, const std::string& password) {
-  std::string scheme, hash = stored;
-  if (!stored.empty() && stored[0] == '{') {
-    auto close = stored.find('}');
-    if (close == std::string::npos) return false;
-    scheme = stored.substr(1, close - 1);
-    hash = stored.substr(close + 1);
-  }
-  if (scheme == "PLAIN")
-    return hash.size() == password.size() && CRYPTO_memcmp(hash.data(), password.data(), hash.size()) == 0;
-  if (!scheme.empty() && scheme != "CRYPT" && scheme != "SHA512-CRYPT" && scheme != "SHA256-CRYPT" &&
-      scheme != "BLF-CRYPT" && scheme != "MD5-CRYPT")
-    return false;
-  crypt_data data{};
-  const char* out = crypt_r(password.c_str(), hash.c_str(), &data);
-  if (!out || out[0] == '*') return false;
-  std::string got(out);
-  return got.size() == hash.size() && CRYPTO_memcmp(got.data(), hash.data(), got.size()) == 0;
-}
 
 }  // namespace
 
@@ -358,68 +335,33 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     if (auto bad = request_problem(q)) return fail(id, pb::BAD_REQUEST, *bad);
     switch (q.op_case()) {
       case pb::Request::kUserGet: {
-        auto self = shared_from_this();
-        agent_.op([u = q.user_get().user()](Node& n, Time t, std::uint64_t r) { n.get_user(t, r, u); },
-                  [this, self, id, with_usage = q.user_get().with_usage()](const ClientReply& c) {
-                    if (c.status != Status::Ok) return fail(id, code_of(c.status), c.detail);
-                    const Profile& p = *c.profile;
-                    auto out = std::make_shared<pb::Response>();
-                    out->set_id(id);
-                    auto* u = out->mutable_user();
-                    u->set_user(p.user);  // never the password hash: UserAuth checks passwords
-                    u->set_quota_bytes(p.quota_bytes);
-                    u->set_enabled(p.enabled);
-                    for (NodeId h : p.holders) u->add_holders(h);
-                    u->set_manager(c.manager);
-                    if (p.quota_bytes == 0 && !with_usage) return respond(*out);
-                    if (c.used_bytes) {  // counted by the manager
-                      u->set_used_bytes(*c.used_bytes);
-                      u->set_has_usage(true);
-                      return respond(*out);
-                    }
-                    // Not yet (a member has still to report to a new
-                    // manager): gathered from every node.
-                    agent_.op([name = p.user](Node& n, Time t, std::uint64_t r) { n.user_usage(t, r, name); },
-                              [this, self, id, out](const ClientReply& usage) {
-                                if (usage.status != Status::Ok) return fail(id, code_of(usage.status), usage.detail);
-                                out->mutable_user()->set_used_bytes(usage.used_bytes.value_or(0));
-                                out->mutable_user()->set_has_usage(true);
-                                respond(*out);
-                              });
-                  });
-        return;
+        const bool with_usage = q.user_get().with_usage();
+        return run(
+            id, [u = q.user_get().user(), with_usage](Node& n, Time t, std::uint64_t r) { n.lookup_user(t, r, u, with_usage); },
+            [](const ClientReply& c, pb::Response& r) {
+              const Profile& p = *c.profile;
+              auto* u = r.mutable_user();
+              u->set_user(p.user);  // never the password hash: UserAuth checks passwords
+              u->set_quota_bytes(p.quota_bytes);
+              u->set_enabled(p.enabled);
+              for (NodeId h : p.holders) u->add_holders(h);
+              u->set_manager(c.manager);
+              if (c.used_bytes) {
+                u->set_used_bytes(*c.used_bytes);
+                u->set_has_usage(true);
+              }
+            });
       }
-      case pb::Request::kUserAuth: {
-        if (!server_.auth_throttle().allowed(q.user_auth().user(), agent_.now()))
-          return fail(id, pb::TEMPFAIL, "too many failed logins for this user; try later");
-        auto self = shared_from_this();
-        std::string password = q.user_auth().password();
-        agent_.op([u = q.user_auth().user()](Node& n, Time t, std::uint64_t r) { n.get_user(t, r, u); },
-                  [this, self, id, password, user = q.user_auth().user()](const ClientReply& c) {
-                    pb::Response r;
-                    r.set_id(id);
-                    if (c.status != Status::Ok) {
-                      r.set_code(code_of(c.status));
-                      r.set_detail(c.detail);
-                    } else if (!c.profile->enabled) {
-                      r.set_code(pb::AUTH_FAILED);
-                      r.set_detail("user disabled");
-                    } else if (!password_matches(c.profile->password_hash, password)) {
-                      r.set_code(pb::AUTH_FAILED);
-                      r.set_detail("password mismatch");
-                      if (server_.auth_throttle().failed(user, agent_.now()))
-                        agent_.log("local: " + printable(user) + ": too many failed logins; its checks wait for " +
-                                   "auth_failure_window_ms");
-                    } else {
-                      r.set_code(pb::OK);
-                      r.mutable_user()->set_user(c.profile->user);
-                      r.mutable_user()->set_quota_bytes(c.profile->quota_bytes);
-                      r.mutable_user()->set_enabled(true);
-                    }
-                    respond(r);
-                  });
-        return;
-      }
+      case pb::Request::kUserAuth:
+        return run(id,
+                   [u = q.user_auth().user(), pw = q.user_auth().password()](Node& n, Time t, std::uint64_t r) {
+                     n.authenticate(t, r, u, pw);
+                   },
+                   [](const ClientReply& c, pb::Response& r) {
+                     r.mutable_user()->set_user(c.profile->user);
+                     r.mutable_user()->set_quota_bytes(c.profile->quota_bytes);
+                     r.mutable_user()->set_enabled(true);
+                   });
       case pb::Request::kUserCreate: {
         const auto& c = q.user_create();
         return run(id, [u = c.user(), h = c.password_hash()](Node& n, Time t, std::uint64_t r) {
@@ -503,9 +445,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
           arm_deadline(id, static_cast<std::uint32_t>(whole.timeout_ms +
                                                       crossing * static_cast<Time>(whole.recipients.size())));
         }
-        auto results = std::make_shared<pb::Response>();
-        results->set_id(id);
-        deliver_next(std::make_shared<Delivery>(std::move(whole)), 0, results);
+        deliver_all(id, std::make_shared<Delivery>(std::move(whole)));
         return;
       }
       case pb::Request::kFolderList: {
@@ -627,37 +567,22 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
         u.op = s.on() ? UserUpdateRequest::Op::Subscribe : UserUpdateRequest::Op::Unsubscribe;
         return run(id, [u](Node& n, Time t, std::uint64_t r) { n.update_user(t, r, u); });
       }
-      case pb::Request::kFolderCreate:
-        return run(id, folder_op(q.folder_create().user(), q.folder_create().folder(), true));
-      case pb::Request::kFolderDelete: {
-        const auto& d = q.folder_delete();
-        // Its messages first, then the folder.
-        return for_each_message(id, d.user(), d.folder(),
-                                [](Node& n, Time t, std::uint64_t r, const MessageRecord& m) { n.expunge(t, r, m); },
-                                folder_op(d.user(), d.folder(), false));
+      case pb::Request::kFolderCreate: {
+        UserUpdateRequest u;
+        u.user = q.folder_create().user();
+        u.folder = q.folder_create().folder();
+        u.op = UserUpdateRequest::Op::CreateFolder;
+        return run(id, [u](Node& n, Time t, std::uint64_t r) { n.update_user(t, r, u); });
       }
+      case pb::Request::kFolderDelete:
+        return run(id, [u = q.folder_delete().user(), f = q.folder_delete().folder()](Node& n, Time t, std::uint64_t r) {
+          n.delete_folder(t, r, u, f);
+        });
       case pb::Request::kFolderRename: {
         const auto& rn = q.folder_rename();
-        auto self = shared_from_this();
-        std::string user = rn.user(), from = rn.from(), to = rn.to();
-        if (from != "INBOX") {
-          // The folder keeps its UIDVALIDITY and every message its UID.
-          UserUpdateRequest u;
-          u.user = user;
-          u.op = UserUpdateRequest::Op::RenameFolder;
-          u.folder = from;
-          u.to_folder = to;
-          return run(id, [u](Node& n, Time t, std::uint64_t r) { n.update_user(t, r, u); });
-        }
-        // INBOX stays (emptied): its messages move to a new folder.
-        agent_.op(folder_op(user, to, true), [this, self, id, user, from, to](const ClientReply& c) {
-          if (c.status != Status::Ok) return fail(id, code_of(c.status), c.detail);
-          for_each_message(
-              id, user, from,
-              [to](Node& n, Time t, std::uint64_t r, const MessageRecord& m) { n.move(t, r, m, to); },
-              from == "INBOX" ? Step() : folder_op(user, from, false));
+        return run(id, [u = rn.user(), from = rn.from(), to = rn.to()](Node& n, Time t, std::uint64_t r) {
+          n.rename_folder(t, r, u, from, to);
         });
-        return;
       }
       case pb::Request::OP_NOT_SET:
         break;
@@ -771,93 +696,46 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
     respond(op->out, std::move(fds));
   }
 
-  using Step = std::function<void(Node&, Time, std::uint64_t)>;
-  using PerMessage = std::function<void(Node&, Time, std::uint64_t, const MessageRecord&)>;
-
-  static Step folder_op(const std::string& user, const std::string& folder, bool create) {
-    UserUpdateRequest u;
-    u.user = user;
-    u.folder = folder;
-    u.op = create ? UserUpdateRequest::Op::CreateFolder : UserUpdateRequest::Op::DeleteFolder;
-    return [u](Node& n, Time t, std::uint64_t r) { n.update_user(t, r, u); };
-  }
-
-  // Lists the folder, runs `each` on every message in turn, then `last`
-  // (if any); answers with the first failure or OK.
-  void for_each_message(std::uint64_t id, const std::string& user, const std::string& folder, PerMessage each,
-                        Step last) {
+  // The core delivers to each recipient in turn (Node::deliver_all); the
+  // answer has every recipient's result, and succeeds only if each did.
+  void deliver_all(std::uint64_t id, std::shared_ptr<Delivery> d) {
     auto self = shared_from_this();
-    agent_.op([user, folder](Node& n, Time t, std::uint64_t r) { n.list(t, r, user, folder); },
-              [this, self, id, each, last](const ClientReply& c) {
-                if (c.status != Status::Ok) return fail(id, code_of(c.status), c.detail);
-                auto msgs = std::make_shared<std::vector<MessageRecord>>(c.records);
-                step_messages(id, msgs, 0, each, last);
-              });
-  }
-
-  void step_messages(std::uint64_t id, std::shared_ptr<std::vector<MessageRecord>> msgs, std::size_t i,
-                     PerMessage each, Step last) {
-    auto self = shared_from_this();
-    if (i == msgs->size()) {
-      if (!last) {
-        pb::Response r;
-        r.set_id(id);
-        r.set_code(pb::OK);
-        return respond(r);
-      }
-      return run(id, last);
-    }
-    MessageRecord m = (*msgs)[i];
-    agent_.op([each, m](Node& n, Time t, std::uint64_t r) { each(n, t, r, m); },
-              [this, self, id, msgs, i, each, last](const ClientReply& c) {
-                if (c.status != Status::Ok) return fail(id, code_of(c.status), c.detail);
-                step_messages(id, msgs, i + 1, each, last);
-              });
-  }
-
-  void deliver_next(std::shared_ptr<Delivery> d, std::size_t i, std::shared_ptr<pb::Response> out) {
-    if (i == d->recipients.size()) {
-      // The request succeeds only if every recipient did; each has its result.
-      pb::Code worst = pb::OK;
-      for (const auto& rr : out->delivered())
-        if (rr.code() != pb::OK && (worst == pb::OK || rr.code() == pb::TEMPFAIL)) worst = rr.code();
-      out->set_code(worst);
-      respond(*out);
-      // After the answer, off the acknowledged path: the bodies this node
-      // holds no replica of go into its node cache, so a read here right
-      // after delivery finds them instead of fetching them back.
-      if (agent_.cache().enabled())
-        asio::post(sock_.get_executor(), [self = shared_from_this(), d, out] { self->cache_delivered(*d, *out); });
-      return;
-    }
-    auto self = shared_from_this();
-    const std::string rcpt = d->recipients[i];
     // A file is shared, bytes are copied: the body stays for the cache
     // fill after the answer, unless there is no cache.
-    Body body = (i + 1 == d->recipients.size() && !agent_.cache().enabled()) ? std::move(d->whole) : d->whole;
+    Body body = agent_.cache().enabled() ? d->whole : std::move(d->whole);
     const std::uint64_t size = body.size();
-    agent_.op([rcpt, folder = d->folder, opts = d->options, body = std::move(body)](Node& n, Time t,
-                                                                                   std::uint64_t r) mutable {
-      n.deliver(t, r, rcpt, folder, std::move(body), opts);
-    },
-              [this, self, d, i, out, rcpt, size](const ClientReply& c) {
-                auto* rr = out->add_delivered();
-                rr->set_recipient(rcpt);
-                rr->set_code(code_of(c.status));
-                agent_.metrics().delivered(rr->code(), size);
-                rr->set_detail(c.detail);
-                if (c.status == Status::Ok) {
-                  MessageRecord m;
-                  m.id = c.msg;
-                  m.replicas = c.replicas;
-                  m.user = canonical_user(rcpt);
-                  m.folder = d->folder;
-                  fill_ref(rr->mutable_message()->mutable_ref(), m);
-                  rr->mutable_message()->set_uid(c.uid);
-                  rr->set_uidvalidity(c.uidvalidity);
-                }
-                deliver_next(d, i + 1, out);
-              });
+    agent_.op(
+        [d, body = std::move(body)](Node& n, Time t, std::uint64_t r) mutable {
+          n.deliver_all(t, r, d->recipients, d->folder, std::move(body), d->options);
+        },
+        [this, self, id, d, size](const ClientReply& c) {
+          pb::Response out;
+          out.set_id(id);
+          out.set_code(code_of(c.status));
+          out.set_detail(c.detail);
+          for (const Delivered& one : c.delivered) {
+            auto* rr = out.add_delivered();
+            rr->set_recipient(one.recipient);
+            rr->set_code(code_of(one.status));
+            agent_.metrics().delivered(rr->code(), size);
+            rr->set_detail(one.detail);
+            if (one.status != Status::Ok) continue;
+            MessageRecord m;
+            m.id = one.msg;
+            m.replicas = one.replicas;
+            m.user = one.user;
+            m.folder = d->folder;
+            fill_ref(rr->mutable_message()->mutable_ref(), m);
+            rr->mutable_message()->set_uid(one.uid);
+            rr->set_uidvalidity(one.uidvalidity);
+          }
+          respond(out);
+          // After the answer, off the acknowledged path: the bodies this
+          // node holds no replica of go into its node cache, so a read here
+          // right after delivery finds them instead of fetching them back.
+          if (agent_.cache().enabled())
+            asio::post(sock_.get_executor(), [self, d, out = std::move(out)] { self->cache_delivered(*d, out); });
+        });
   }
 
   // The accepting node's cache fill: each recipient's message delivered
@@ -985,8 +863,7 @@ class LocalConnection : public std::enable_shared_from_this<LocalConnection> {
 LocalServer::LocalServer(asio::io_context& io, Agent& agent)
     : io_(io),
       agent_(agent),
-      acceptor_(io),
-      auth_throttle_(agent.options().auth_failures_per_user, agent.options().auth_failure_window_ms) {}
+      acceptor_(io) {}
 
 LocalServer::~LocalServer() { stop(); }
 

@@ -8,7 +8,7 @@
 // administration (create, change, list) is further kept to root, the
 // agent's user and local_admin_group, by the connection's peer credentials
 // (SO_PEERCRED); no answer carries a password hash, and a user's failed
-// password checks are limited (FailureThrottle). Requests
+// password checks are limited (Node::authenticate). Requests
 // on one connection may be pipelined; each gets exactly one Response with
 // its id. A malformed frame or request closes that connection with a log
 // line; a request that is well-formed but wrong gets BAD_REQUEST.
@@ -19,7 +19,6 @@
 #include <memory>
 #include <set>
 
-#include "core/throttle.h"
 #include "core/wire.h"
 
 namespace porcupine::agent {
@@ -34,8 +33,6 @@ class LocalServer {
   void start();  // throws std::runtime_error if the socket cannot be created
   void stop();
   void closed(const std::shared_ptr<LocalConnection>& c) { conns_.erase(c); }
-  // Failed UserAuth checks per user (auth_failures_per_user).
-  FailureThrottle& auth_throttle() { return auth_throttle_; }
   // What Open fetched from holders since the start (Status): whole
   // bodies and header parts, and their bytes.
   struct Fetched {
@@ -58,7 +55,6 @@ class LocalServer {
   Agent& agent_;
   boost::asio::local::stream_protocol::acceptor acceptor_;
   std::set<std::shared_ptr<LocalConnection>> conns_;
-  FailureThrottle auth_throttle_;
   Fetched fetched_;
   bool stopped_ = false;
 };

@@ -206,8 +206,6 @@ int main(int argc, char** argv) {
   opt.local_socket = params->local_socket;
   opt.local_socket_group = params->local_socket_group;
   opt.local_admin_group = params->local_admin_group;
-  opt.auth_failures_per_user = params->auth_failures_per_user;
-  opt.auth_failure_window_ms = params->auth_failure_window_ms;
   opt.metrics_listen = params->metrics_listen;
   opt.peer_security = params->peer_security;
   opt.reconnect_backoff_max_ms = params->reconnect_backoff_max_ms;

@@ -31,7 +31,9 @@ static_assert(pb::STATUS_OK == int(Status::Ok) && pb::STATUS_TRY_AGAIN == int(St
               pb::STATUS_EXISTS == int(Status::Exists) &&
               pb::STATUS_NOT_MANAGER == int(Status::NotManager) &&
               pb::STATUS_FAILED == int(Status::Failed) &&
-              pb::STATUS_NOT_FOUND == int(Status::NotFound));
+              pb::STATUS_NOT_FOUND == int(Status::NotFound) && pb::STATUS_OVER_QUOTA == int(Status::OverQuota));
+// Status::AuthFailed answers local clients only: no peer sends it, and a
+// frame that carries it is rejected.
 static_assert(pb::UPDATE_KIND_STORE == int(Update::Kind::Store) &&
               pb::UPDATE_KIND_FLAGS == int(Update::Kind::Flags) &&
               pb::UPDATE_KIND_EXPUNGE == int(Update::Kind::Expunge) &&

@@ -1089,6 +1089,8 @@ CoreConfig to_core(const Params& p) {
   c.node_dead_timeout = p.node_dead_timeout * kSecond;
   c.repair_inflight = p.repair_inflight;
   c.list_part = p.listing_part_records;
+  c.auth_failures_per_user = p.auth_failures_per_user;
+  c.auth_failure_window = p.auth_failure_window_ms;
   return c;
 }
 

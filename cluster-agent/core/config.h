@@ -58,6 +58,10 @@ struct CoreConfig {
   // asker takes parts): the asker merges one while the holder makes the
   // next, and no frame carries a whole large folder.
   std::uint32_t list_part = 1000;
+  // Failed password checks (Node::authenticate) allowed per user: a
+  // budget of this many that refills over auth_failure_window (0: no limit).
+  std::uint32_t auth_failures_per_user = 10;
+  Time auth_failure_window = 60000;
 };
 
 // How long a body of `bytes` is given to arrive, at the configured rate.

@@ -13,6 +13,17 @@
 
 namespace porcupine {
 
+// One recipient's outcome of a delivery to several (Node::deliver_all).
+struct Delivered {
+  std::string recipient;         // as given
+  std::string user;              // canonical (canonical_user)
+  Status status = Status::Ok;
+  std::string detail;
+  MsgId msg;
+  std::uint32_t uidvalidity = 0, uid = 0;
+  std::vector<NodeId> replicas;
+};
+
 // The answer to one local client operation (deliver, flags, expunge,
 // create user, list). `req` is the id the client passed in.
 struct ClientReply {
@@ -41,6 +52,7 @@ struct ClientReply {
   std::vector<std::string> users;      // list_users, sorted
   // user_usage; get_user: the manager's count, when it has one
   std::optional<std::uint64_t> used_bytes;
+  std::vector<Delivered> delivered;    // deliver_all: one per recipient, in order
 };
 
 class Env {

@@ -44,13 +44,14 @@ void Node::fe_fail(std::uint64_t id, Status s, const std::string& why) {
     r.req = it->second.client_req;
     r.status = s;
     r.detail = why;
-    env_.reply(std::move(r));
+    reply(std::move(r));
   }
   pending_.erase(it);
 }
 
 void Node::create_user(Time now, std::uint64_t req, const std::string& user,
                        const std::string& password_hash) {
+  Entry entry(*this, now);
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
   p.kind = Pending::Kind::CreateUser;
@@ -64,6 +65,7 @@ void Node::create_user(Time now, std::uint64_t req, const std::string& user,
 
 void Node::deliver(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
                    Body body, DeliverOptions opts) {
+  Entry entry(*this, now);
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
   p.kind = Pending::Kind::Alloc;
@@ -85,6 +87,7 @@ void Node::deliver(Time now, std::uint64_t req, const std::string& user, const s
 
 void Node::list(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
                 bool digest_only, std::uint32_t meta_from_uid) {
+  Entry entry(*this, now);
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
   p.kind = Pending::Kind::Map;
@@ -118,6 +121,7 @@ void Node::mutate(Time now, std::uint64_t req, Update::Kind kind, const MessageR
 
 void Node::set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags,
                      std::vector<std::string> keywords) {
+  Entry entry(*this, now);
   keywords = normal_keywords(std::move(keywords));
   mutate(now, req, Update::Kind::Flags, target, [flags, &keywords](MessageRecord& r) {
     r.flags = flags;
@@ -128,6 +132,7 @@ void Node::set_flags(Time now, std::uint64_t req, const MessageRecord& target, s
 void Node::change_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t add_flags,
                         std::uint32_t remove_flags, const std::vector<std::string>& add_keywords,
                         const std::vector<std::string>& remove_keywords) {
+  Entry entry(*this, now);
   mutate(now, req, Update::Kind::Flags, target, [&](MessageRecord& r) {
     // The versions are the update's own, set where it is applied.
     r.flag_marks = flag_marks(Version{}, add_flags, remove_flags, add_keywords, remove_keywords);
@@ -135,6 +140,7 @@ void Node::change_flags(Time now, std::uint64_t req, const MessageRecord& target
 }
 
 void Node::move(Time now, std::uint64_t req, const MessageRecord& target, const std::string& to_folder) {
+  Entry entry(*this, now);
   // First a UID in the destination, then the Move that carries it.
   Pending& p = pending_[fe_start(now, Pending::Kind::MoveAlloc, req, target.user)];
   p.folder = to_folder;
@@ -147,6 +153,7 @@ void Node::move(Time now, std::uint64_t req, const MessageRecord& target, const 
 }
 
 void Node::renumber(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t above) {
+  Entry entry(*this, now);
   Pending& p = pending_[fe_start(now, Pending::Kind::Renum, req, target.user)];
   p.folder = target.folder;
   p.update.record = target;
@@ -156,6 +163,7 @@ void Node::renumber(Time now, std::uint64_t req, const MessageRecord& target, st
 }
 
 void Node::expunge(Time now, std::uint64_t req, const MessageRecord& target) {
+  Entry entry(*this, now);
   mutate(now, req, Update::Kind::Expunge, target, nullptr);
 }
 
@@ -449,10 +457,11 @@ void Node::fe_finish_list(std::uint64_t id) {
     r.detail = "some fragments unreachable";
   }
   r.reachable.assign(reachable.begin(), reachable.end());
-  env_.reply(std::move(r));
+  reply(std::move(r));
 }
 
 void Node::fetch(Time now, std::uint64_t req, const MessageRecord& target, FetchPart part) {
+  Entry entry(*this, now);
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
   p.kind = Pending::Kind::Fetch;
@@ -550,7 +559,7 @@ void Node::fe_reply(NodeId from, Message& m) {
       r.part = f->part;
       r.cut = f->cut;
       pending_.erase(f->req);
-      env_.reply(std::move(r));
+      reply(std::move(r));
     } else if (f->status == Status::NoSuchUser) {
       fe_fail(f->req, Status::NoSuchUser, "message expunged");
     } else if (f->status == Status::NotFound) {
@@ -583,7 +592,7 @@ void Node::fe_reply(NodeId from, Message& m) {
       r.uid = a->uid;
       r.replicas = p->update.record.replicas;
       pending_.erase(a->req);
-      env_.reply(std::move(r));
+      reply(std::move(r));
       return;
     }
     if (p && p->kind == Pending::Kind::MoveAlloc) {
@@ -624,7 +633,7 @@ void Node::fe_reply(NodeId from, Message& m) {
       env_.log("delivery to " + p->user + "/" + p->folder + " is a retry of message " + a->msg.str() +
                " (UID " + std::to_string(a->uid) + "): not stored again");
       pending_.erase(a->req);
-      env_.reply(std::move(r));
+      reply(std::move(r));
       return;
     }
     // The manager checks the quota as it hands out the UID. One that did
@@ -662,7 +671,7 @@ void Node::fe_reply(NodeId from, Message& m) {
                               r.uidvalidity, r.uid, p->update.record.delivery_key});
       }
       pending_.erase(o->req);
-      env_.reply(std::move(r));
+      reply(std::move(r));
     } else if (o->status == Status::Exists || o->status == Status::NoSuchUser) {
       fe_fail(o->req, o->status, status_name(o->status));
     } else {
@@ -791,6 +800,7 @@ void Node::fe_store(std::uint64_t id, const AllocReply& a) {
 }
 
 void Node::user_usage(Time now, std::uint64_t req, const std::string& user) {
+  Entry entry(*this, now);
   std::uint64_t id = fe_start(now, Pending::Kind::Usage, req, user);
   fe_usage_gather(now, id);
 }
@@ -828,7 +838,7 @@ void Node::fe_usage_reply(NodeId from, const UsageReply& u) {
   r.req = p.client_req;
   r.used_bytes = p.used_bytes;
   pending_.erase(it);
-  env_.reply(std::move(r));
+  reply(std::move(r));
 }
 
 void Node::serve_usage(NodeId from, const UsageRequest& r) {

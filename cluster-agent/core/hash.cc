@@ -38,4 +38,10 @@ std::uint64_t nodes_digest(const std::set<NodeId>& ids) {
   return d;
 }
 
+std::string printable(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s.substr(0, 64)) out += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
+  return out;
+}
+
 }  // namespace porcupine

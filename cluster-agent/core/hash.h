@@ -18,6 +18,9 @@ namespace porcupine {
 // Canonical form of a mail address: surrounding whitespace and one pair of
 // angle brackets removed, ASCII lower-cased.
 std::string canonical_user(std::string_view address);
+// At most the first 64 bytes of `s`, each byte outside printable ASCII as
+// '?': a client's string made safe for a log line or a reply's detail.
+std::string printable(std::string_view s);
 
 // XXH64(canonical, seed 0).
 std::uint64_t user_hash(std::string_view canonical);

@@ -18,7 +18,8 @@ Node::Node(CoreConfig cfg, Env& env, DurableStore& disk)
           [this](const Membership::Change& ch) { on_change(ch); }),
       repl_(
           cfg_, disk_, [this](NodeId to, Message m) { send(to, std::move(m)); },
-          [this](const std::string& l) { env_.log(l); }) {
+          [this](const std::string& l) { env_.log(l); }),
+      auth_throttle_(cfg_.auth_failures_per_user, cfg_.auth_failure_window) {
   repl_.on_user_changed = [this](const std::string& u) { rep_user_changed(u); };
   repl_.gone = [this](NodeId n) { return membership_.admin_state(n) == AdminState::Gone; };
   repl_.on_list_outdated = [this](const MsgId& id) { repair_forward_.insert(id); };
@@ -28,7 +29,43 @@ Node::Node(CoreConfig cfg, Env& env, DurableStore& disk)
   membership_.wall_clock = [this] { return wall(); };
 }
 
+Node::Entry::Entry(Node& n, Time now) : n_(n) {
+  n_.now_ = std::max(n_.now_, now);
+  ++n_.depth_;
+}
+
+Node::Entry::~Entry() {
+  if (n_.depth_ == 1) n_.run_steps();
+  --n_.depth_;
+}
+
+std::uint64_t Node::step(Then then) {
+  const std::uint64_t id = kStepBit | next_step_++;
+  steps_.emplace(id, std::move(then));
+  return id;
+}
+
+void Node::reply(ClientReply r) {
+  if (r.req & kStepBit)
+    step_replies_.push_back(std::move(r));
+  else
+    env_.reply(std::move(r));
+}
+
+void Node::run_steps() {
+  while (!step_replies_.empty()) {
+    ClientReply r = std::move(step_replies_.front());
+    step_replies_.pop_front();
+    auto it = steps_.find(r.req);
+    if (it == steps_.end()) continue;
+    Then then = std::move(it->second);
+    steps_.erase(it);
+    then(r);
+  }
+}
+
 void Node::start(Time now) {
+  Entry entry(*this, now);
   now_ = now;
   DurableSnapshot snap = disk_.load();
   next_seq_ = snap.next_seq;
@@ -112,6 +149,7 @@ void Node::on_change(const Membership::Change& ch) {
 }
 
 void Node::tick(Time now) {
+  Entry entry(*this, now);
   now_ = now;
   membership_.tick(now);
   // Managers learn a spool's state from its node's messages; one that hears
@@ -134,7 +172,7 @@ void Node::tick(Time now) {
 }
 
 void Node::peer_unreachable(Time now, NodeId n) {
-  now_ = std::max(now_, now);
+  Entry entry(*this, now);
   const bool known = membership_.refuses(n);
   membership_.unreachable(now_, n);
   if (known) return;  // told already (the transport dials again and again)
@@ -145,7 +183,7 @@ void Node::peer_unreachable(Time now, NodeId n) {
 }
 
 void Node::receive(Time now, Envelope e) {
-  now_ = std::max(now_, now);
+  Entry entry(*this, now);
   if (e.from != cfg_.self) {
     heard_[e.from] = now_;
     loads_[e.from] = e.load;
@@ -229,6 +267,7 @@ const char* status_name(Status s) {
     case Status::Failed: return "failed";
     case Status::NotFound: return "not-found";
     case Status::OverQuota: return "over-quota";
+    case Status::AuthFailed: return "auth-failed";
   }
   return "?";
 }

@@ -29,6 +29,7 @@
 #include "membership.h"
 #include "placement.h"
 #include "replication.h"
+#include "throttle.h"
 
 namespace porcupine {
 
@@ -106,6 +107,31 @@ class Node {
   // longer by its crossing time. Header: the holder sends the header part
   // only (ClientReply::part says what came: an older holder sends Whole).
   void fetch(Time now, std::uint64_t req, const MessageRecord& target, FetchPart part = FetchPart::Whole);
+  // ---- operations made of several (composite.cc); each ends in one reply ----
+  // One body to each recipient's `folder`, one recipient after another:
+  // the reply's `delivered` has each one's outcome in order; its status is
+  // Ok only if every recipient's is (TryAgain if any is, else the first
+  // failure's).
+  void deliver_all(Time now, std::uint64_t req, const std::vector<std::string>& recipients,
+                   const std::string& folder, Body body, DeliverOptions opts = {});
+  // The folder's messages expunged (listed, then each in turn), then the
+  // folder deleted; the first failure ends it.
+  void delete_folder(Time now, std::uint64_t req, const std::string& user, const std::string& folder);
+  // A folder renamed with its UIDVALIDITY and every message's UID (the
+  // manager's RenameFolder). INBOX stays, emptied: `to` is created and
+  // INBOX's messages are moved there (new UIDs).
+  void rename_folder(Time now, std::uint64_t req, const std::string& user, const std::string& from,
+                     const std::string& to);
+  // get_user, with the user's used bytes in the reply when `with_usage` or
+  // the user has a quota: the manager's count, or, while it has none (a
+  // member has still to report to a new manager), gathered from every node.
+  void lookup_user(Time now, std::uint64_t req, const std::string& user, bool with_usage);
+  // A password check (password.h): Ok with the profile (no hash) when the
+  // user is enabled and the password matches its stored hash; AuthFailed
+  // otherwise. A user's failures are limited (cfg auth_failures_per_user
+  // per auth_failure_window): past them, TryAgain without a check.
+  void authenticate(Time now, std::uint64_t req, const std::string& user, const std::string& password);
+
   // The user database (users.cc), answered by each user's manager.
   void get_user(Time now, std::uint64_t req, const std::string& user);
   void update_user(Time now, std::uint64_t req, const UserUpdateRequest& change);
@@ -310,8 +336,43 @@ class Node {
     MsgId msg;                                    // Alloc/Quota with a key: the message's id, chosen first
   };
 
-  // frontend.cc
   // node.cc
+  // Every public entry holds one: when the outermost returns, the replies
+  // of steps (below) are handed to their continuations, so a continuation
+  // never runs inside the operation that replied.
+  class Entry {
+   public:
+    Entry(Node& n, Time now);
+    ~Entry();
+    Entry(const Entry&) = delete;
+    Entry& operator=(const Entry&) = delete;
+
+   private:
+    Node& n_;
+  };
+  // A step of a composite operation: an operation of this node's own whose
+  // reply goes to `then` instead of Env (request ids with kStepBit).
+  static constexpr std::uint64_t kStepBit = std::uint64_t{1} << 62;
+  using Then = std::function<void(ClientReply&)>;
+  std::uint64_t step(Then then);
+  void run_steps();
+  // Every client reply leaves through here: to Env, or to its step.
+  void reply(ClientReply r);
+
+  // composite.cc
+  struct Fanout;
+  void deliver_next(const std::shared_ptr<Fanout>& f);
+  using PerMessage = std::function<void(std::uint64_t sub, const MessageRecord&)>;
+  using Last = std::function<void(std::uint64_t sub)>;
+  // Lists the folder, runs `each` on its messages one after another, then
+  // `last` (none: the reply is Ok); the first failure is the reply.
+  void for_each_message(std::uint64_t req, const std::string& user, const std::string& folder, PerMessage each,
+                        Last last);
+  void step_messages(std::uint64_t req, std::shared_ptr<std::vector<MessageRecord>> msgs, std::size_t i,
+                     PerMessage each, Last last);
+  // A reply to the client `req` with `c`'s status and detail (nothing else).
+  void relay(std::uint64_t req, const ClientReply& c);
+
   void send(NodeId to, Message m);
   void on_change(const Membership::Change& ch);
   bool live(NodeId n) const;
@@ -503,6 +564,12 @@ class Node {
   Time last_version_ = 0;
   std::uint32_t last_lineage_ = 0;
   std::uint64_t next_req_ = 1;
+  // composite operations (node.cc Entry, step; composite.cc)
+  int depth_ = 0;
+  std::uint64_t next_step_ = 1;
+  std::map<std::uint64_t, Then> steps_;
+  std::deque<ClientReply> step_replies_;
+  FailureThrottle auth_throttle_;
 
   // manager role (soft state)
   std::map<Bucket, std::map<std::string, MgrUser>> managed_;

@@ -51,6 +51,7 @@ bool Node::anything_leaving() const {
 }
 
 void Node::administer(Time now, std::uint64_t req, NodeId n, AdminState state) {
+  Entry entry(*this, now);
   ClientReply r;
   r.req = req;
   if (n == kNoNode) {
@@ -70,7 +71,7 @@ void Node::administer(Time now, std::uint64_t req, NodeId n, AdminState state) {
     env_.log(std::string(state == AdminState::Gone ? "warning: " : "") + "administration: node " + std::to_string(n) +
              " set " + admin_state_name(state));
   }
-  env_.reply(std::move(r));
+  reply(std::move(r));
 }
 
 void Node::admin_tick(Time now) {

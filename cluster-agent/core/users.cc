@@ -25,11 +25,13 @@ std::uint64_t Node::fe_start(Time now, Pending::Kind kind, std::uint64_t req, co
 }
 
 void Node::get_user(Time now, std::uint64_t req, const std::string& user) {
+  Entry entry(*this, now);
   fe_start(now, Pending::Kind::Profile, req, user);
   fe_tick(now);
 }
 
 void Node::update_user(Time now, std::uint64_t req, const UserUpdateRequest& change) {
+  Entry entry(*this, now);
   std::uint64_t id = fe_start(now, Pending::Kind::UserUpdate, req, change.user);
   Pending& p = pending_[id];
   p.change = change;
@@ -38,6 +40,7 @@ void Node::update_user(Time now, std::uint64_t req, const UserUpdateRequest& cha
 }
 
 void Node::list_users(Time now, std::uint64_t req) {
+  Entry entry(*this, now);
   std::uint64_t id = fe_start(now, Pending::Kind::UserList, req, "");
   Pending& p = pending_[id];
   for (const auto& m : membership_.members()) p.awaiting.insert(m.id);
@@ -63,7 +66,7 @@ bool Node::fe_user_reply(NodeId from, const Message& m) {
       out.manager = from;
       if (r->has_usage) out.used_bytes = r->used_bytes;
       pending_.erase(r->req);
-      env_.reply(std::move(out));
+      reply(std::move(out));
     } else if (r->status == Status::NoSuchUser) {
       fe_fail(r->req, Status::NoSuchUser, "no such user");
     } else {
@@ -82,7 +85,7 @@ bool Node::fe_user_reply(NodeId from, const Message& m) {
       out.req = p->client_req;
       out.users.assign(p->users.begin(), p->users.end());
       pending_.erase(r->req);
-      env_.reply(std::move(out));
+      reply(std::move(out));
     }
     return true;
   }
@@ -93,7 +96,7 @@ bool Node::fe_user_reply(NodeId from, const Message& m) {
       ClientReply out;
       out.req = p->client_req;
       pending_.erase(o->req);
-      env_.reply(std::move(out));
+      reply(std::move(out));
     } else if (o->status == Status::NoSuchUser) {
       fe_fail(o->req, Status::NoSuchUser, "no such user");
     } else if (o->status == Status::Exists || o->status == Status::NotFound || o->status == Status::Failed) {

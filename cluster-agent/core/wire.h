@@ -144,7 +144,8 @@ struct ReportPoll {
 };
 
 // ---- delivery: manager side ---------------------------------------------
-enum class Status : std::uint8_t { Ok, TryAgain, NoSuchUser, Exists, NotManager, Failed, NotFound, OverQuota };
+// AuthFailed answers local clients only (Node::authenticate): not on the wire.
+enum class Status : std::uint8_t { Ok, TryAgain, NoSuchUser, Exists, NotManager, Failed, NotFound, OverQuota, AuthFailed };
 const char* status_name(Status s);
 
 struct AllocRequest {

@@ -2266,3 +2266,287 @@ TEST(Failover, AStoreWhosePrimaryDiesCompletesThroughTheNextReplica) {
     h.expect_invariants();
   }
 }
+
+// ---- operations made of several (composite.cc) ----------------------------
+
+namespace {
+// One delivery to several recipients through node `via`; each recipient's
+// acknowledgement is recorded for the invariant checker.
+const ClientReply* deliver_all(Harness& h, NodeId via, const std::vector<std::string>& rcpts,
+                               const std::string& folder = "INBOX") {
+  const Time issued = h.c.now();
+  const ClientReply* r = h.run(via, [&](Node& n, Time now, std::uint64_t req) {
+    n.deliver_all(now, req, rcpts, folder, std::string("Subject: all\r\n\r\nto each\r\n"));
+  });
+  if (!r) return r;
+  for (const Delivered& d : r->delivered) {
+    if (d.status != Status::Ok) continue;
+    Acked a;
+    a.target.id = d.msg;
+    a.target.user = d.user;
+    a.target.folder = folder;
+    a.target.replicas = d.replicas;
+    a.uidvalidity = d.uidvalidity;
+    a.uid = d.uid;
+    a.issued = issued;
+    a.acked = h.c.reply_time(r->req);
+    h.log.delivered.push_back(a);
+  }
+  return r;
+}
+
+UserUpdateRequest folder_op(const std::string& u, UserUpdateRequest::Op op, const std::string& folder) {
+  UserUpdateRequest r;
+  r.user = u;
+  r.op = op;
+  r.folder = folder;
+  return r;
+}
+}  // namespace
+
+// The milter's and LMTP's case: one body, several recipients, each stored
+// as its own message with its own result, a missing user failing alone.
+TEST(Delivery, EachOfSeveralRecipientsGetsItsOwnMessageAndResult) {
+  Harness h(4);
+  h.user("ann@example.org");
+  h.user("bob@example.org");
+  h.user("cy@example.org");
+  const std::vector<std::string> rcpts = {"ann@example.org", "Bob@Example.org", "nobody@example.org",
+                                          "cy@example.org"};
+  const ClientReply* r = deliver_all(h, 2, rcpts);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, Status::NoSuchUser);  // the one failure
+  ASSERT_EQ(r->delivered.size(), 4u);
+  std::set<MsgId> ids;
+  for (std::size_t i = 0; i < rcpts.size(); ++i) {
+    const Delivered& d = r->delivered[i];
+    EXPECT_EQ(d.recipient, rcpts[i]);
+    EXPECT_EQ(d.user, canonical_user(rcpts[i]));
+    if (i == 2) {
+      EXPECT_EQ(d.status, Status::NoSuchUser);
+      continue;
+    }
+    ASSERT_EQ(d.status, Status::Ok) << d.recipient << ": " << d.detail;
+    EXPECT_EQ(d.replicas.size(), 2u);
+    EXPECT_GT(d.uid, 0u);
+    ids.insert(d.msg);
+  }
+  EXPECT_EQ(ids.size(), 3u);  // a message each
+  for (const std::string u : {"ann@example.org", "bob@example.org", "cy@example.org"}) {
+    const ClientReply* l = h.list(4, u);
+    ASSERT_EQ(l->records.size(), 1u) << u;
+    MessageRecord t = l->records[0];
+    t.user = u;
+    const ClientReply* f = h.fetch(3, t);
+    ASSERT_EQ(f->status, Status::Ok);
+    EXPECT_EQ(f->body.bytes(), "Subject: all\r\n\r\nto each\r\n");
+  }
+  // Every recipient there: the whole delivery is Ok.
+  const ClientReply* all = deliver_all(h, 1, {"ann@example.org", "cy@example.org"});
+  EXPECT_EQ(all->status, Status::Ok);
+  EXPECT_EQ(h.count(2, "ann@example.org"), 2u);
+  h.expect_invariants();
+}
+
+// A replica dies while a delivery to several recipients is under way: the
+// recipients after it are placed on live nodes, and none is refused.
+TEST(Delivery, SeveralRecipientsThroughACrashAreAllStoredOnLiveNodes) {
+  Harness h(5);
+  std::vector<std::string> rcpts;
+  for (int i = 0; i < 6; ++i) {
+    rcpts.push_back("r" + std::to_string(i) + "@example.org");
+    h.user(rcpts.back());
+  }
+  NodeId victim = kNoNode;
+  h.c.on_send = [&](Envelope& e) {
+    if (victim == kNoNode && e.from == 1 && e.to != 1 && std::holds_alternative<StoreRequest>(e.body)) {
+      victim = e.to;
+      h.c.crash(victim);
+    }
+  };
+  const ClientReply* r = deliver_all(h, 1, rcpts);
+  h.c.on_send = nullptr;
+  ASSERT_TRUE(r);
+  ASSERT_NE(victim, kNoNode);
+  EXPECT_EQ(r->status, Status::Ok);
+  for (const Delivered& d : r->delivered) EXPECT_EQ(d.status, Status::Ok) << d.recipient << ": " << d.detail;
+  ASSERT_TRUE(h.settle());
+  for (const std::string& u : rcpts) EXPECT_EQ(h.count(1, u), 1u) << u;
+  h.c.restart(victim);
+  ASSERT_TRUE(h.settle());
+  h.expect_invariants();
+}
+
+// A folder's deletion expunges every message (on every holder, one that
+// was down included once it is back), then the folder: its name is free,
+// and a folder made again under it is a new lineage.
+TEST(Users, DeletingAFolderExpungesItsMailEverywhereThenTheFolder) {
+  Harness h(4);
+  const std::string u = "del@example.org";
+  h.user(u);
+  ASSERT_EQ(h.run(1, [&](Node& n, Time now, std::uint64_t req) {
+              n.update_user(now, req, folder_op(u, UserUpdateRequest::Op::CreateFolder, "Work"));
+            })->status,
+            Status::Ok);
+  for (int i = 0; i < 6; ++i) ASSERT_EQ(h.deliver(1 + i % 4, u, "Work")->status, Status::Ok);
+  ASSERT_EQ(h.deliver(2, u)->status, Status::Ok);  // INBOX: kept
+  const ClientReply* before = h.c.wait(h.c.list(3, u, "Work"));
+  ASSERT_EQ(before->records.size(), 6u);
+  h.c.crash(4);
+  ASSERT_TRUE(h.settle());
+  const ClientReply* d = h.run(2, [&](Node& n, Time now, std::uint64_t req) { n.delete_folder(now, req, u, "Work"); });
+  ASSERT_EQ(d->status, Status::Ok) << d->detail;
+  const ClientReply* p = h.run(3, [&](Node& n, Time now, std::uint64_t req) { n.get_user(now, req, u); });
+  ASSERT_EQ(p->status, Status::Ok);
+  ASSERT_TRUE(p->profile->folders.count("Work"));
+  EXPECT_TRUE(p->profile->folders.at("Work").deleted);
+  EXPECT_EQ(h.run(1, [&](Node& n, Time now, std::uint64_t req) { n.delete_folder(now, req, u, "Work"); })->status,
+            Status::NotFound);
+  h.c.restart(4);
+  ASSERT_TRUE(h.settle());
+  h.c.run_for(5000);
+  for (NodeId n = 1; n <= 4; ++n)
+    for (const auto& [id, r] : h.c.node(n)->replicator().records())
+      if (r.user == u && r.folder == "Work") EXPECT_TRUE(r.expunged) << "n" << n << " still holds a Work message";
+  EXPECT_EQ(h.count(4, u), 1u);  // INBOX as it was
+  ASSERT_EQ(h.run(1, [&](Node& n, Time now, std::uint64_t req) {
+              n.update_user(now, req, folder_op(u, UserUpdateRequest::Op::CreateFolder, "Work"));
+            })->status,
+            Status::Ok);
+  const ClientReply* again = h.c.wait(h.c.list(4, u, "Work"));
+  EXPECT_TRUE(again->records.empty());
+  EXPECT_NE(again->uidvalidity, before->uidvalidity);
+  h.expect_invariants();
+}
+
+// Renaming INBOX moves its messages into a new folder and leaves INBOX
+// there, empty; any other folder is renamed with its UIDVALIDITY and UIDs.
+TEST(Uids, RenamingInboxMovesItsMailToANewFolderAndAnyOtherKeepsItsUids) {
+  Harness h(4);
+  const std::string u = "inbox@example.org";
+  h.user(u);
+  for (int i = 0; i < 4; ++i) ASSERT_EQ(h.deliver(1 + i % 4, u)->status, Status::Ok);
+  const ClientReply* inbox = h.c.wait(h.c.list(2, u, "INBOX"));
+  ASSERT_EQ(inbox->records.size(), 4u);
+  auto rename = [&](const std::string& from, const std::string& to) {
+    return h.run(3, [&](Node& n, Time now, std::uint64_t req) { n.rename_folder(now, req, u, from, to); });
+  };
+  ASSERT_EQ(rename("INBOX", "Old")->status, Status::Ok);
+  const ClientReply* old = h.c.wait(h.c.list(4, u, "Old"));
+  ASSERT_EQ(old->status, Status::Ok);
+  ASSERT_EQ(old->records.size(), 4u);
+  std::set<MsgId> moved;
+  for (const auto& m : old->records) moved.insert(m.id);
+  for (const auto& m : inbox->records) EXPECT_TRUE(moved.count(m.id));  // the same messages
+  EXPECT_EQ(h.count(1, u), 0u);  // INBOX stays, emptied
+  ASSERT_EQ(h.deliver(2, u)->status, Status::Ok);
+  EXPECT_EQ(h.count(1, u), 1u);
+  // Into a folder that exists: refused, nothing moved.
+  EXPECT_EQ(rename("INBOX", "Old")->status, Status::Exists);
+  EXPECT_EQ(h.count(1, u), 1u);
+  ASSERT_EQ(rename("Old", "Older")->status, Status::Ok);
+  const ClientReply* older = h.c.wait(h.c.list(1, u, "Older"));
+  EXPECT_EQ(older->uidvalidity, old->uidvalidity);
+  expect_same_messages_and_uids(*old, *older);
+  h.expect_invariants();
+}
+
+// A lookup's usage: none asked and no quota, none given; asked, or with a
+// quota, the bytes of the user's live mail, right after its manager died
+// too (gathered from every node while the new manager cannot count). The
+// password hash never leaves the node.
+TEST(Users, ALookupCarriesTheUsersUsageWhenAskedOrUnderAQuota) {
+  Harness h(4);
+  const std::string u = "use@example.org";
+  h.user(u);
+  const std::size_t size = std::string("Subject: t\r\n\r\nx\r\n").size();
+  for (NodeId via = 1; via <= 3; ++via) ASSERT_EQ(h.deliver(via, u)->status, Status::Ok);
+  h.c.run_for(2000);
+  auto lookup = [&](NodeId via, bool with_usage) {
+    return h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.lookup_user(now, req, u, with_usage); });
+  };
+  const ClientReply* plain = lookup(2, false);
+  ASSERT_EQ(plain->status, Status::Ok);
+  EXPECT_FALSE(plain->used_bytes);
+  EXPECT_TRUE(plain->profile->password_hash.empty());
+  const ClientReply* asked = lookup(2, true);
+  ASSERT_TRUE(asked->used_bytes);
+  EXPECT_EQ(*asked->used_bytes, 3 * size);
+  UserUpdateRequest q;
+  q.user = u;
+  q.op = UserUpdateRequest::Op::SetQuota;
+  q.quota_bytes = 100 * size;
+  ASSERT_EQ(h.run(1, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, q); })->status, Status::Ok);
+  const ClientReply* quota = lookup(3, false);
+  ASSERT_TRUE(quota->used_bytes);
+  EXPECT_EQ(*quota->used_bytes, 3 * size);
+  const NodeId mgr = quota->manager;
+  h.c.crash(mgr);
+  ASSERT_TRUE(h.settle());
+  const NodeId via = mgr == 1 ? 2 : 1;
+  const ClientReply* after = lookup(via, false);
+  ASSERT_EQ(after->status, Status::Ok) << after->detail;
+  ASSERT_TRUE(after->used_bytes);
+  EXPECT_EQ(*after->used_bytes, 3 * size);
+  EXPECT_NE(after->manager, mgr);
+  EXPECT_EQ(lookup(via, true)->profile->quota_bytes, 100 * size);
+  h.c.restart(mgr);
+  ASSERT_TRUE(h.settle());
+  const ClientReply* none = h.run(via, [&](Node& n, Time now, std::uint64_t req) {
+    n.lookup_user(now, req, "nobody@example.org", true);
+  });
+  EXPECT_EQ(none->status, Status::NoSuchUser);  // every node back: a known answer
+  h.expect_invariants();
+}
+
+// A password is checked against its stored hash (the sim's users have
+// "{PLAIN}secret"; a crypt(3) hash set by SetPassword), a disabled user
+// fails whatever the password, and a user's failures are limited per node:
+// past auth_failures_per_user, even the right password is TryAgain until
+// the window refills.
+TEST(Users, APasswordIsCheckedAgainstItsHashAndGuessesAreLimitedPerNode) {
+  CoreConfig cfg;
+  cfg.auth_failures_per_user = 3;
+  cfg.auth_failure_window = 30'000;
+  Harness h(3, 7, cfg);
+  const std::string u = "pw@example.org";
+  h.user(u);
+  auto auth = [&](NodeId via, const std::string& who, const std::string& pw) {
+    return h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.authenticate(now, req, who, pw); });
+  };
+  const ClientReply* ok = auth(2, u, "secret");
+  ASSERT_EQ(ok->status, Status::Ok) << ok->detail;
+  EXPECT_EQ(ok->profile->user, u);
+  EXPECT_TRUE(ok->profile->password_hash.empty());
+  EXPECT_EQ(auth(2, "nobody@example.org", "secret")->status, Status::NoSuchUser);
+  UserUpdateRequest set;
+  set.user = u;
+  set.op = UserUpdateRequest::Op::SetPassword;
+  // crypt(3) SHA-512 of "n3w-pass" with salt "porcupine": what doveadm pw -s SHA512-CRYPT writes.
+  set.password_hash =
+      "{SHA512-CRYPT}$6$porcupine$okYXQw8nNiDC40xIkTNNC2kJCIQPik.2VzTvO1qYzQpXeAdbaJkC.8av6sOan.ckCSGLPgcp4LYZcSq7"
+      "HJIKm.";
+  ASSERT_EQ(h.run(1, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, set); })->status,
+            Status::Ok);
+  EXPECT_EQ(auth(2, u, "n3w-pass")->status, Status::Ok);
+  for (int i = 0; i < 3; ++i) {
+    const ClientReply* bad = auth(2, u, "guess" + std::to_string(i));
+    EXPECT_EQ(bad->status, Status::AuthFailed);
+    EXPECT_EQ(bad->detail, "password mismatch");
+  }
+  const ClientReply* held = auth(2, u, "n3w-pass");
+  EXPECT_EQ(held->status, Status::TryAgain);
+  EXPECT_NE(held->detail.find("too many failed logins"), std::string::npos);
+  EXPECT_EQ(auth(3, u, "n3w-pass")->status, Status::Ok);  // another node's budget
+  h.c.run_for(cfg.auth_failure_window / 3 + 1000);          // one failure refilled
+  EXPECT_EQ(auth(2, u, "n3w-pass")->status, Status::Ok);
+  UserUpdateRequest off;
+  off.user = u;
+  off.op = UserUpdateRequest::Op::Disable;
+  ASSERT_EQ(h.run(1, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, off); })->status,
+            Status::Ok);
+  const ClientReply* disabled = auth(3, u, "n3w-pass");
+  EXPECT_EQ(disabled->status, Status::AuthFailed);
+  EXPECT_EQ(disabled->detail, "user disabled");
+  h.expect_invariants();
+}
