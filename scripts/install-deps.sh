@@ -58,6 +58,9 @@ PACKAGES+=(groff-base man-db)
 PACKAGES+=(clang libclang-rt-dev)
 # The end-to-end check that nothing crosses between nodes in clear.
 PACKAGES+=(tcpdump)
+# The partition tests (tests/e2e/partition_test.py): a network namespace
+# of their own (unshare, util-linux; ip, iproute2) and links cut in it.
+PACKAGES+=(iptables iproute2 util-linux)
 # mount(8), for the tests that give a node a small disk of its own (tmpfs);
 # a minimal Debian 13 root lacks it. systemd for systemd-analyze (the
 # packages' units are verified) and, with systemd-dev on Debian 13, the

@@ -40,9 +40,15 @@ build_dir=${BUILD_DIR:-build}
 asan_dir=${ASAN_BUILD_DIR:-build-asan}
 timeout=${PORCUPINE_TEST_TIMEOUT:-600}
 
+# phase NAME - says how long the run has taken when NAME begins (the
+# phases' times are read from these lines).
+phase() { echo "test: [$((SECONDS / 60)) min $((SECONDS % 60)) s] $*"; }
+
 if [[ ${PORCUPINE_SKIP_DEPS:-0} != 1 ]]; then
+  phase "dependencies"
   bash scripts/install-deps.sh
 fi
+phase "build"
 bash scripts/build.sh
 
 # run_sanitized NAME ARGS... - run one test binary of the sanitizer tree;
@@ -66,6 +72,7 @@ run_sanitized() {
 # ctest run below still runs and still prints the last line.
 sanitizer_failed=0
 if [[ $sanitize == 1 ]]; then
+  phase "sanitizer build and tests"
   if ! bash scripts/build.sh --sanitize; then
     echo "test: sanitizer build FAILED" >&2
     sanitizer_failed=1
@@ -83,6 +90,7 @@ if [[ $sanitize == 1 ]]; then
       sanitizer_failed=1
     fi
   fi
+  phase "fuzzing"
   fuzz_seconds=${PORCUPINE_FUZZ_SECONDS:-30}
   echo "test: sanitizer pass: fuzz targets, $fuzz_seconds s each"
   if ! bash scripts/fuzz.sh --seconds "$fuzz_seconds"; then
@@ -101,7 +109,7 @@ fi
 # upgrade from. Two builds of the programs, so not beside the end-to-end
 # tests of the main run; a failure is remembered, not fatal.
 packaging_failed=0
-echo "test: Debian packages (tests/packaging/build_packages.sh $build_dir/packages)"
+phase "Debian packages (tests/packaging/build_packages.sh $build_dir/packages)"
 if ! bash tests/packaging/build_packages.sh "$build_dir/packages"; then
   echo "test: building the Debian packages FAILED; running the main suite anyway" >&2
   packaging_failed=1
@@ -113,7 +121,7 @@ fi
 # use the same test subnets. A failure is remembered, not fatal.
 debian13_failed=0
 if [[ ${PORCUPINE_SKIP_DEBIAN13:-0} != 1 ]]; then
-  echo "test: Debian 13 (tests/debian13/run.sh)"
+  phase "Debian 13 (tests/debian13/run.sh)"
   if ! bash tests/debian13/run.sh; then
     echo "test: Debian 13 FAILED; running the main suite anyway" >&2
     debian13_failed=1
@@ -123,11 +131,13 @@ fi
 # Main run, last. ctest prints its summary line before the total time and
 # the list of failed tests, so repeat the summary as the final line.
 log="$build_dir/ctest-output.log"
+phase "the main suite (ctest)"
 set +e
 ctest --test-dir "$build_dir" --output-on-failure -j2 --timeout "$timeout" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 
+phase "done"
 summary=$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1 || true)
 if [[ ($sanitizer_failed == 1 || $packaging_failed == 1 || $debian13_failed == 1) && $rc == 0 ]]; then
   rc=1
