@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cctype>
 #include <functional>
+#include <type_traits>
+#include <utility>
 
 #include <xxhash.h>
 
@@ -39,7 +41,7 @@ std::vector<std::string> normal_keywords(std::vector<std::string> keywords) {
 void Node::fe_fail(std::uint64_t id, Status s, const std::string& why) {
   auto it = pending_.find(id);
   if (it == pending_.end()) return;
-  if (it->second.client_req != 0 || it->second.kind != Pending::Kind::Renumber) {
+  if (it->second.client_req != 0 || !std::holds_alternative<RenumberOp>(it->second.op)) {
     ClientReply r;
     r.req = it->second.client_req;
     r.status = s;
@@ -54,11 +56,10 @@ void Node::create_user(Time now, std::uint64_t req, const std::string& user,
   Entry entry(*this, now);
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
-  p.kind = Pending::Kind::CreateUser;
   p.client_req = req;
   p.deadline = now + cfg_.request_timeout;
   p.user = canonical_user(user);
-  p.body = password_hash;
+  p.op = CreateUserOp{password_hash};
   p.retry_at = now;  // sent by fe_tick, which also resends
   fe_tick(now);
 }
@@ -68,17 +69,17 @@ void Node::deliver(Time now, std::uint64_t req, const std::string& user, const s
   Entry entry(*this, now);
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
-  p.kind = Pending::Kind::Alloc;
   p.client_req = req;
   p.deadline = now + cfg_.request_timeout;
   p.user = canonical_user(user);
-  p.folder = folder;
-  p.body = std::move(body);
-  p.deliver = std::move(opts);
-  p.deliver.keywords = normal_keywords(std::move(p.deliver.keywords));
-  if (!p.deliver.key.empty()) {
+  DeliverOp& d = p.op.emplace<DeliverOp>();
+  d.folder = folder;
+  d.body = std::move(body);
+  d.opts = std::move(opts);
+  d.opts.keywords = normal_keywords(std::move(d.opts.keywords));
+  if (!d.opts.key.empty()) {
     // Named before the manager is asked: a retry is answered with it.
-    p.msg = MsgId{cfg_.self, next_seq_++};
+    d.msg = MsgId{cfg_.self, next_seq_++};
     persist_counters();
   }
   p.retry_at = now;
@@ -90,13 +91,13 @@ void Node::list(Time now, std::uint64_t req, const std::string& user, const std:
   Entry entry(*this, now);
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
-  p.kind = Pending::Kind::Map;
-  p.digest_only = digest_only;
-  p.meta_from_uid = meta_from_uid;
+  ListOp& l = p.op.emplace<ListOp>();
+  l.digest_only = digest_only;
+  l.meta_from_uid = meta_from_uid;
   p.client_req = req;
   p.deadline = now + cfg_.request_timeout;
   p.user = canonical_user(user);
-  p.folder = folder;
+  l.g.folder = folder;
   p.retry_at = now;
   fe_tick(now);
 }
@@ -105,16 +106,16 @@ void Node::mutate(Time now, std::uint64_t req, Update::Kind kind, const MessageR
                   const std::function<void(MessageRecord&)>& fill) {
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
-  p.kind = Pending::Kind::Mutate;
+  Update& u = p.op.emplace<MutateOp>().update;
   p.client_req = req;
   p.deadline = now + cfg_.request_timeout;
-  p.update.kind = kind;
-  p.update.replicas = target.replicas;
-  p.update.record.id = target.id;
-  p.update.record.user = target.user;
-  p.update.record.folder = target.folder;
-  p.update.id = next_version();
-  if (fill) fill(p.update.record);
+  u.kind = kind;
+  u.replicas = target.replicas;
+  u.record.id = target.id;
+  u.record.user = target.user;
+  u.record.folder = target.folder;
+  u.id = next_version();
+  if (fill) fill(u.record);
   p.retry_at = now;
   fe_tick(now);
 }
@@ -142,23 +143,23 @@ void Node::change_flags(Time now, std::uint64_t req, const MessageRecord& target
 void Node::move(Time now, std::uint64_t req, const MessageRecord& target, const std::string& to_folder) {
   Entry entry(*this, now);
   // First a UID in the destination, then the Move that carries it.
-  Pending& p = pending_[fe_start(now, Pending::Kind::MoveAlloc, req, target.user)];
-  p.folder = to_folder;
-  p.update.kind = Update::Kind::Move;
-  p.update.replicas = target.replicas;
-  p.update.record.id = target.id;
-  p.update.record.user = target.user;
-  p.update.record.folder = to_folder;
+  MoveOp m;
+  m.update.kind = Update::Kind::Move;
+  m.update.replicas = target.replicas;
+  m.update.record.id = target.id;
+  m.update.record.user = target.user;
+  m.update.record.folder = to_folder;
+  fe_start(now, std::move(m), req, target.user);
   fe_tick(now);
 }
 
 void Node::renumber(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t above) {
   Entry entry(*this, now);
-  Pending& p = pending_[fe_start(now, Pending::Kind::Renum, req, target.user)];
-  p.folder = target.folder;
-  p.update.record = target;
-  p.update.record.body.clear();
-  p.above = above;
+  RenumOp r;
+  r.target = target;
+  r.target.body.clear();
+  r.above = above;
+  fe_start(now, std::move(r), req, target.user);
   fe_tick(now);
 }
 
@@ -177,119 +178,100 @@ void Node::fe_tick(Time now) {
     // A listing that waits only for nodes that refuse connections (their
     // processes are down: they will not answer) ends now with what the
     // others gave, as it would at its deadline.
-    if ((p.kind == Pending::Kind::List || p.kind == Pending::Kind::Renumber) && p.retry_at != 0 &&
-        !p.awaiting.empty() && std::all_of(p.awaiting.begin(), p.awaiting.end(), [this](NodeId n) {
-          return n != cfg_.self && membership_.refuses(n);
-        })) {
+    if (const Gather* g = gathering(p);
+        g && p.retry_at != 0 && !g->awaiting.empty() &&
+        std::all_of(g->awaiting.begin(), g->awaiting.end(),
+                    [this](NodeId n) { return n != cfg_.self && membership_.refuses(n); })) {
       expired.push_back(id);
       continue;
     }
     if (p.retry_at == 0 || now < p.retry_at) continue;
     p.retry_at = now + kRetry;
     NodeId mgr = membership_.in_group() ? membership_.manager_of(bucket(p.user)) : kNoNode;
-    switch (p.kind) {
-      case Pending::Kind::CreateUser:
-        send(mgr, CreateUserRequest{id, p.user, p.body.bytes()});
-        break;
-      case Pending::Kind::Alloc:
-        send(mgr, AllocRequest{id, p.user, p.folder, p.body.size(), {}, p.deliver.key, p.msg});
-        break;
-      case Pending::Kind::MoveAlloc:
-        send(mgr, AllocRequest{id, p.user, p.folder, 0, p.update.replicas, {}, {}});
-        break;
-      case Pending::Kind::Renum: {
-        const MessageRecord& t = p.update.record;
-        send(mgr, RenumberRequest{id, p.user, p.folder, t.id, t.replicas, t.uidvalidity, t.uid, p.above});
-        break;
-      }
-      case Pending::Kind::Map:
-        send(mgr, MapRequest{id, p.user, p.folder});
-        break;
-      case Pending::Kind::Store: {
-        // Not answered, and nothing at all heard from the node asked: the
-        // next replica is asked (any can coordinate, and one that is
-        // alive replaces a silent one), so a primary that died does not
-        // hold the delivery to its deadline. One that talks is waited for,
-        // unless its spool is full (it refuses the copy).
-        p.retry_at = now + cfg_.push_retry + store_crossing(cfg_, p.update.record.body.size());
-        const auto& list = p.update.replicas;
-        if ((p.peer != cfg_.self && silent_for(p.peer, cfg_.push_retry)) || takes_no_copies(p.peer)) {
-          auto at = std::find(list.begin(), list.end(), p.peer);
-          for (std::size_t k = 1; k < list.size(); ++k) {
-            NodeId next = list[(static_cast<std::size_t>(at - list.begin()) + k) % list.size()];
-            if (live(next) && !takes_no_copies(next) && (next == cfg_.self || !silent_for(next, cfg_.push_retry))) {
-              p.peer = next;
-              break;
+    std::visit(
+        [&, id = id, &p = p](auto& op) {
+          using T = std::decay_t<decltype(op)>;
+          if constexpr (std::is_same_v<T, CreateUserOp>) {
+            send(mgr, CreateUserRequest{id, p.user, op.password_hash});
+          } else if constexpr (std::is_same_v<T, DeliverOp>) {
+            if (!op.quota) {
+              send(mgr, AllocRequest{id, p.user, op.folder, op.body.size(), {}, op.opts.key, op.msg});
+            } else {
+              p.retry_at = now + cfg_.push_retry;
+              for (NodeId n : op.quota->usage.awaiting) send(n, UsageRequest{id, p.user});
             }
+          } else if constexpr (std::is_same_v<T, MoveOp>) {
+            send(mgr, AllocRequest{id, p.user, op.update.record.folder, 0, op.update.replicas, {}, {}});
+          } else if constexpr (std::is_same_v<T, RenumOp>) {
+            const MessageRecord& t = op.target;
+            send(mgr, RenumberRequest{id, p.user, t.folder, t.id, t.replicas, t.uidvalidity, t.uid, op.above});
+          } else if constexpr (std::is_same_v<T, StoreOp>) {
+            // Not answered, and nothing at all heard from the node asked: the
+            // next replica is asked (any can coordinate, and one that is
+            // alive replaces a silent one), so a primary that died does not
+            // hold the delivery to its deadline. One that talks is waited for,
+            // unless its spool is full (it refuses the copy).
+            p.retry_at = now + cfg_.push_retry + store_crossing(cfg_, op.update.record.body.size());
+            const auto& list = op.update.replicas;
+            if ((op.peer != cfg_.self && silent_for(op.peer, cfg_.push_retry)) || takes_no_copies(op.peer)) {
+              auto at = std::find(list.begin(), list.end(), op.peer);
+              for (std::size_t k = 1; k < list.size(); ++k) {
+                NodeId next = list[(static_cast<std::size_t>(at - list.begin()) + k) % list.size()];
+                if (live(next) && !takes_no_copies(next) && (next == cfg_.self || !silent_for(next, cfg_.push_retry))) {
+                  op.peer = next;
+                  break;
+                }
+              }
+            }
+            send(op.peer, StoreRequest{id, op.update});
+          } else if constexpr (std::is_same_v<T, MutateOp>) {
+            // Any live replica can coordinate; rotate through them on retries.
+            NodeId to = kNoNode;
+            for (NodeId r : op.update.replicas)
+              if (live(r) && r != op.peer) { to = r; break; }
+            if (to == kNoNode)
+              for (NodeId r : op.update.replicas)
+                if (live(r)) { to = r; break; }
+            op.peer = to;
+            send(to, MutateRequest{id, op.update});
+          } else if constexpr (std::is_same_v<T, ListOp> || std::is_same_v<T, RenumberOp>) {
+            if constexpr (std::is_same_v<T, ListOp>) {
+              if (op.phase == ListOp::Phase::Map) {
+                send(mgr, MapRequest{id, p.user, op.g.folder});
+                return;
+              }
+            }
+            fe_list_retry(id, p);
+          } else if constexpr (std::is_same_v<T, FetchOp>) {
+            // The holders asked have not answered yet: ask the next one too.
+            // A large body may still be on its way from them, and their answer
+            // is still taken; none is asked twice (each ask sends the whole
+            // body again). With none left to ask, wait for the deadline,
+            // unless every holder asked has left the group.
+            for (auto a = op.awaiting.begin(); a != op.awaiting.end();)
+              a = live(*a) ? std::next(a) : op.awaiting.erase(a);
+            if (!fe_fetch_next(p, id)) {
+              if (op.awaiting.empty()) p.deadline = now;  // fails on the next tick
+              else p.retry_at = p.deadline;
+            }
+          } else if constexpr (std::is_same_v<T, ProfileOp>) {
+            send(mgr, ProfileRequest{id, p.user});
+          } else if constexpr (std::is_same_v<T, UserUpdateOp>) {
+            op.change.req = id;
+            send(mgr, op.change);
+          } else if constexpr (std::is_same_v<T, UserListOp>) {
+            for (NodeId n : op.awaiting) send(n, UserListRequest{id});
+          } else {
+            static_assert(std::is_same_v<T, UsageOp>);
+            p.retry_at = now + cfg_.push_retry;
+            for (NodeId n : op.count.awaiting) send(n, UsageRequest{id, p.user});
           }
-        }
-        send(p.peer, StoreRequest{id, p.update});
-        break;
-      }
-      case Pending::Kind::Mutate: {
-        // Any live replica can coordinate; rotate through them on retries.
-        NodeId to = kNoNode;
-        for (NodeId r : p.update.replicas)
-          if (live(r) && r != p.peer) { to = r; break; }
-        if (to == kNoNode)
-          for (NodeId r : p.update.replicas)
-            if (live(r)) { to = r; break; }
-        p.peer = to;
-        send(to, MutateRequest{id, p.update});
-        break;
-      }
-      case Pending::Kind::List:
-      case Pending::Kind::Renumber:
-        // A node asked for its records that has not answered by now: every
-        // node is asked for its records (the listing no longer waits on it
-        // for what the others hold).
-        if (!p.digest_only) {
-          bool records_late = false;
-          for (NodeId n : p.awaiting) records_late |= p.full_from.count(n) > 0;
-          if (records_late) {
-            fe_list_unlight(id, p);
-            for (const auto& [n, d] : p.digests)
-              if (!p.with_records.count(n) && p.full_from.insert(n).second) p.awaiting.insert(n);
-          }
-        }
-        for (NodeId n : p.awaiting) {
-          if (!p.digest_only) p.full_from.insert(n);
-          send(n, list_request(p, id, n));
-        }
-        break;
-      case Pending::Kind::Fetch:
-        // The holders asked have not answered yet: ask the next one too.
-        // A large body may still be on its way from them, and their answer
-        // is still taken; none is asked twice (each ask sends the whole
-        // body again). With none left to ask, wait for the deadline,
-        // unless every holder asked has left the group.
-        for (auto a = p.awaiting.begin(); a != p.awaiting.end();)
-          a = live(*a) ? std::next(a) : p.awaiting.erase(a);
-        if (!fe_fetch_next(p, id)) {
-          if (p.awaiting.empty()) p.deadline = now;  // fails on the next tick
-          else p.retry_at = p.deadline;
-        }
-        break;
-      case Pending::Kind::Profile:
-        send(mgr, ProfileRequest{id, p.user});
-        break;
-      case Pending::Kind::UserUpdate:
-        p.change.req = id;
-        send(mgr, p.change);
-        break;
-      case Pending::Kind::UserList:
-        for (NodeId n : p.awaiting) send(n, UserListRequest{id});
-        break;
-      case Pending::Kind::Usage:
-      case Pending::Kind::Quota:
-        p.retry_at = now + cfg_.push_retry;
-        for (NodeId n : p.awaiting) send(n, UsageRequest{id, p.user});
-        break;
-    }
+        },
+        p.op);
   }
   for (std::uint64_t id : expired) {
     Pending& p = pending_[id];
-    if (p.kind == Pending::Kind::List || p.kind == Pending::Kind::Renumber) {
+    if (gathering(p)) {
       fe_finish_list(id);  // answer with what the reachable nodes gave
     } else {
       fe_fail(id, Status::TryAgain, "cluster did not answer in time");
@@ -297,52 +279,114 @@ void Node::fe_tick(Time now) {
   }
 }
 
+// A listing's or a renumbering's retry: the nodes still to answer asked again.
+void Node::fe_list_retry(std::uint64_t id, Pending& p) {
+  Gather& g = *gathering(p);
+  const ListOp* l = std::get_if<ListOp>(&p.op);
+  const bool digest_only = l && l->digest_only;
+  // A node asked for its records that has not answered by now: every
+  // node is asked for its records (the listing no longer waits on it
+  // for what the others hold).
+  if (!digest_only) {
+    bool records_late = false;
+    for (NodeId n : g.awaiting) records_late |= g.full_from.count(n) > 0;
+    if (records_late) {
+      fe_list_unlight(id, p);
+      for (const auto& [n, d] : g.digests)
+        if (!g.with_records.count(n) && g.full_from.insert(n).second) g.awaiting.insert(n);
+    }
+  }
+  for (NodeId n : g.awaiting) {
+    if (!digest_only) g.full_from.insert(n);
+    send(n, list_request(p, id, n));
+  }
+}
+
+const Node::Gather* Node::gathering(const Pending& p) {
+  if (const auto* l = std::get_if<ListOp>(&p.op)) return l->phase == ListOp::Phase::List ? &l->g : nullptr;
+  if (const auto* r = std::get_if<RenumberOp>(&p.op)) return &r->g;
+  return nullptr;
+}
+
+Node::Gather* Node::gathering(Pending& p) { return const_cast<Gather*>(gathering(std::as_const(p))); }
+
+bool Node::waits_on(const Pending& p, NodeId n) {
+  return std::visit(
+      [n](const auto& op) {
+        using T = std::decay_t<decltype(op)>;
+        if constexpr (std::is_same_v<T, StoreOp> || std::is_same_v<T, MutateOp>) {
+          return op.peer == n;
+        } else if constexpr (std::is_same_v<T, FetchOp>) {
+          return op.peer == n || op.awaiting.count(n) > 0;
+        } else if constexpr (std::is_same_v<T, ListOp> || std::is_same_v<T, RenumberOp>) {
+          return op.g.awaiting.count(n) > 0;
+        } else if constexpr (std::is_same_v<T, UserListOp>) {
+          return op.awaiting.count(n) > 0;
+        } else if constexpr (std::is_same_v<T, UsageOp>) {
+          return op.count.awaiting.count(n) > 0;
+        } else if constexpr (std::is_same_v<T, DeliverOp>) {
+          return op.quota && op.quota->usage.awaiting.count(n) > 0;
+        } else {
+          return false;  // asks the user's manager, whichever node that is
+        }
+      },
+      p.op);
+}
+
 ListRequest Node::list_request(const Pending& p, std::uint64_t id, NodeId n) const {
-  const bool records = !p.digest_only && p.full_from.count(n);
+  const Gather& g = *gathering(p);
+  const ListOp* l = std::get_if<ListOp>(&p.op);  // null: a renumbering, which asks for every record whole
+  const bool records = !(l && l->digest_only) && g.full_from.count(n);
   // In parts from another node (this node's own come with no encoding);
   // without names, which fe_take_records puts back; light from the one node
   // asked so.
-  return ListRequest{id,      p.user, p.folder, !records, records ? p.meta_from_uid : 0, records && n != cfg_.self,
-                     records, records && n == p.light_from};
+  const std::uint32_t meta_from_uid = records && l ? l->meta_from_uid : 0;
+  const bool light = records && l && n == l->light_from;
+  return ListRequest{id, p.user, g.folder, !records, meta_from_uid, records && n != cfg_.self, records, light};
 }
 
 void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& nodes) {
   Pending& p = pending_[id];
-  p.awaiting.clear();
-  p.full_from.clear();
-  p.with_records.clear();
-  p.parts_seen.clear();
-  p.light_from = kNoNode;
-  p.light_parts.clear();
+  Gather& g = *gathering(p);
+  ListOp* l = std::get_if<ListOp>(&p.op);
+  g.awaiting.clear();
+  g.full_from.clear();
+  g.with_records.clear();
+  g.parts_seen.clear();
+  if (l) {
+    l->light_from = kNoNode;
+    l->light_parts.clear();
+  }
   for (NodeId n : nodes)
-    if (live(n)) p.awaiting.insert(n);
-  if (p.awaiting.empty()) {
+    if (live(n)) g.awaiting.insert(n);
+  if (g.awaiting.empty()) {
     fe_finish_list(id);
     return;
   }
-  if (p.kind == Pending::Kind::List) {
+  if (l) {
     // One node's records (this node's if it holds some: no network), the
     // others' digests: a node whose digest is that node's holds the same
     // records. Those that differ are asked for theirs next (fe_list_more).
     // They come light: shown as they are unless another's differ
     // (fe_list_unlight asks for them whole then).
-    const NodeId first = p.awaiting.count(cfg_.self) ? cfg_.self : *p.awaiting.begin();
-    p.full_from.insert(first);
-    if (!p.digest_only) p.light_from = first;
+    const NodeId first = g.awaiting.count(cfg_.self) ? cfg_.self : *g.awaiting.begin();
+    g.full_from.insert(first);
+    if (!l->digest_only) l->light_from = first;
   } else {
-    p.full_from = p.awaiting;  // a renumbering reads every copy
+    g.full_from = g.awaiting;  // a renumbering reads every copy
   }
   p.retry_at = now + cfg_.push_retry;
-  for (NodeId n : p.awaiting) send(n, list_request(p, id, n));
+  for (NodeId n : g.awaiting) send(n, list_request(p, id, n));
 }
 
 std::set<NodeId> Node::fe_list_uncovered(const Pending& p) const {
   std::set<NodeId> out;
-  if (p.digest_only) return out;
+  const Gather& g = *gathering(p);
+  if (const ListOp* l = std::get_if<ListOp>(&p.op); l && l->digest_only) return out;
   std::set<std::uint64_t> have;
-  for (NodeId n : p.with_records) have.insert(p.digests.at(n));
-  for (const auto& [n, d] : p.digests)
-    if (!p.with_records.count(n) && !p.awaiting.count(n) && !have.count(d)) out.insert(n);
+  for (NodeId n : g.with_records) have.insert(g.digests.at(n));
+  for (const auto& [n, d] : g.digests)
+    if (!g.with_records.count(n) && !g.awaiting.count(n) && !have.count(d)) out.insert(n);
   return out;
 }
 
@@ -351,9 +395,10 @@ bool Node::fe_list_more(std::uint64_t id, Pending& p) {
   if (more.empty()) return false;
   fe_list_unlight(id, p);
   p.retry_at = now_ + cfg_.push_retry;
+  Gather& g = *gathering(p);
   for (NodeId n : more) {
-    p.full_from.insert(n);
-    p.awaiting.insert(n);
+    g.full_from.insert(n);
+    g.awaiting.insert(n);
     send(n, list_request(p, id, n));
   }
   return true;
@@ -363,14 +408,15 @@ bool Node::fe_list_more(std::uint64_t id, Pending& p) {
 // for, the light node's are dropped and asked for again whole (its light
 // parts still on their way are not taken: they say they are light).
 void Node::fe_list_unlight(std::uint64_t id, Pending& p) {
-  const NodeId n = p.light_from;
-  if (n == kNoNode) return;
-  p.light_from = kNoNode;
-  p.gathered.clear();  // its records, the only ones taken so far
-  p.light_parts.clear();
-  p.with_records.erase(n);
-  p.parts_seen.erase(n);
-  p.awaiting.insert(n);
+  ListOp* l = std::get_if<ListOp>(&p.op);  // a renumbering asks for nothing light
+  if (!l || l->light_from == kNoNode) return;
+  const NodeId n = l->light_from;
+  l->light_from = kNoNode;
+  l->g.gathered.clear();  // its records, the only ones taken so far
+  l->light_parts.clear();
+  l->g.with_records.erase(n);
+  l->g.parts_seen.erase(n);
+  l->g.awaiting.insert(n);
   send(n, list_request(p, id, n));
 }
 
@@ -379,14 +425,16 @@ void Node::fe_finish_list(std::uint64_t id) {
   if (it == pending_.end()) return;
   Pending p = std::move(it->second);
   pending_.erase(it);
-  if (p.kind == Pending::Kind::Renumber) {
-    on_renumber_done(now_, p);
+  if (auto* renumber = std::get_if<RenumberOp>(&p.op)) {
+    on_renumber_done(now_, p.user, *renumber);
     return;
   }
+  ListOp& l = std::get<ListOp>(p.op);
+  Gather& g = l.g;
   ClientReply r;
   r.req = p.client_req;
-  r.uidvalidity = p.uidvalidity;
-  r.uid = p.next_uid;
+  r.uidvalidity = l.uidvalidity;
+  r.uid = l.next_uid;
   // A message still carrying an older lineage's UID is being renumbered:
   // it shows once it has its UID in the current one.
   // One whose UID is at or above the first still in flight waits for it,
@@ -395,40 +443,40 @@ void Node::fe_finish_list(std::uint64_t id) {
   // An in-flight UID whose message a holder lists is stored (the manager
   // has not heard so yet): the limit moves to the next one none lists.
   // Every record taken: the light node's as they came, or those merged.
-  if (!p.gathered.empty())
-    for (auto& part : p.light_parts) fe_take_records(p, part);  // not expected: merged rather than shown twice
+  if (!g.gathered.empty())
+    for (auto& part : l.light_parts) fe_take_records(p, part);  // not expected: merged rather than shown twice
   std::vector<MessageRecord*> taken;
-  if (p.gathered.empty()) {
+  if (g.gathered.empty()) {
     std::size_t n = 0;
-    for (const auto& part : p.light_parts) n += part.size();
+    for (const auto& part : l.light_parts) n += part.size();
     taken.reserve(n);
-    for (auto& part : p.light_parts)
+    for (auto& part : l.light_parts)
       for (auto& rec : part) taken.push_back(&rec);
   } else {
-    taken.reserve(p.gathered.size());
-    for (auto& [mid, rec] : p.gathered) taken.push_back(&rec);
+    taken.reserve(g.gathered.size());
+    for (auto& [mid, rec] : g.gathered) taken.push_back(&rec);
   }
-  std::uint32_t below = p.visible_below;
-  if (below != 0 && !p.inflight.empty()) {
+  std::uint32_t below = l.visible_below;
+  if (below != 0 && !l.inflight.empty()) {
     std::set<std::uint32_t> listed;
     for (const MessageRecord* rec : taken)
-      if (rec->has_body && rec->uidvalidity == p.uidvalidity) listed.insert(rec->uid);
-    below = p.next_uid;
-    for (std::uint32_t uid : p.inflight)
+      if (rec->has_body && rec->uidvalidity == l.uidvalidity) listed.insert(rec->uid);
+    below = l.next_uid;
+    for (std::uint32_t uid : l.inflight)
       if (!listed.count(uid)) {
         below = uid;
         break;
       }
   }
   for (const MessageRecord* rec : taken)
-    if (rec->uidvalidity == p.uidvalidity) add_takeover(p.takeovers, rec->uid_gen, rec->uid_seen);
+    if (rec->uidvalidity == l.uidvalidity) add_takeover(l.takeovers, rec->uid_gen, rec->uid_seen);
   // In UID order (most often already so): the shown records are sorted by
   // reference, then moved once (p is this function's own).
   std::vector<MessageRecord*> shown;
   shown.reserve(taken.size());
   for (MessageRecord* rec : taken)
-    if (rec->has_body && !rec->expunged && rec->uidvalidity == p.uidvalidity &&
-        (below == 0 || rec->uid < below) && !uid_stale(p.takeovers, rec->uid_gen, rec->uid))
+    if (rec->has_body && !rec->expunged && rec->uidvalidity == l.uidvalidity &&
+        (below == 0 || rec->uid < below) && !uid_stale(l.takeovers, rec->uid_gen, rec->uid))
       shown.push_back(rec);
   const auto by_uid = [](const MessageRecord* a, const MessageRecord* b) {
     return std::tie(a->uid, a->id) < std::tie(b->uid, b->id);
@@ -436,20 +484,20 @@ void Node::fe_finish_list(std::uint64_t id) {
   if (!std::is_sorted(shown.begin(), shown.end(), by_uid)) std::sort(shown.begin(), shown.end(), by_uid);
   r.records.reserve(shown.size());
   for (MessageRecord* rec : shown) r.records.push_back(std::move(*rec));
-  if (!p.awaiting.empty()) r.detail = "some fragments unreachable";
+  if (!g.awaiting.empty()) r.detail = "some fragments unreachable";
   std::string d;
-  for (const auto& [n, digest] : p.digests) {
+  for (const auto& [n, digest] : g.digests) {
     d.append(reinterpret_cast<const char*>(&n), sizeof n);
     d.append(reinterpret_cast<const char*>(&digest), sizeof digest);
   }
-  d.append(reinterpret_cast<const char*>(&p.uidvalidity), sizeof p.uidvalidity);
-  d.append(reinterpret_cast<const char*>(&p.visible_below), sizeof p.visible_below);
+  d.append(reinterpret_cast<const char*>(&l.uidvalidity), sizeof l.uidvalidity);
+  d.append(reinterpret_cast<const char*>(&l.visible_below), sizeof l.visible_below);
   r.folder_digest = XXH64(d.data(), d.size(), 0);
-  if (p.digest_only) r.records.clear();
+  if (l.digest_only) r.records.clear();
   std::set<NodeId> reachable{cfg_.self};
   for (const auto& m : membership_.members())
     if (live(m.id) && !membership_.refuses(m.id)) reachable.insert(m.id);
-  for (NodeId n : p.awaiting) reachable.erase(n);
+  for (NodeId n : g.awaiting) reachable.erase(n);
   // A node that gave its digest alone, unlike every node whose records
   // came: what it holds is not in the listing.
   for (NodeId n : fe_list_uncovered(p)) {
@@ -464,33 +512,34 @@ void Node::fetch(Time now, std::uint64_t req, const MessageRecord& target, Fetch
   Entry entry(*this, now);
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
-  p.kind = Pending::Kind::Fetch;
+  FetchOp& f = p.op.emplace<FetchOp>();
   p.client_req = req;
-  p.part = part;
+  f.part = part;
   // A body the reader expects to be large is given the time to cross (a
   // header part: at most kHeaderPartMax; an older holder's whole body
   // then has the time of the retries).
   const std::uint64_t expect = part == FetchPart::Header ? std::min(target.size, kHeaderPartMax) : target.size;
   p.deadline = now + cfg_.request_timeout + transfer_time(cfg_, expect);
-  p.update.record.id = target.id;
-  p.update.record.user = target.user;
-  p.update.record.size = expect;
+  f.msg = target.id;
+  p.user = target.user;
+  f.size = expect;
   // This node first (no network), then the other replicas.
   if (std::find(target.replicas.begin(), target.replicas.end(), cfg_.self) != target.replicas.end())
-    p.candidates.push_back(cfg_.self);
+    f.candidates.push_back(cfg_.self);
   for (NodeId n : target.replicas)
-    if (n != cfg_.self) p.candidates.push_back(n);
+    if (n != cfg_.self) f.candidates.push_back(n);
   if (!fe_fetch_next(p, id)) fe_fail(id, Status::TryAgain, "no live replica holds the message");
 }
 
 bool Node::fe_fetch_next(Pending& p, std::uint64_t id) {
-  while (!p.candidates.empty() && !live(p.candidates.front())) p.candidates.erase(p.candidates.begin());
-  if (p.candidates.empty()) return false;
-  p.peer = p.candidates.front();
-  p.candidates.erase(p.candidates.begin());
-  p.awaiting.insert(p.peer);
-  p.retry_at = now_ + cfg_.push_retry + transfer_time(cfg_, p.update.record.size);
-  send(p.peer, FetchRequest{id, p.update.record.id, p.update.record.user, p.part});
+  FetchOp& f = std::get<FetchOp>(p.op);
+  while (!f.candidates.empty() && !live(f.candidates.front())) f.candidates.erase(f.candidates.begin());
+  if (f.candidates.empty()) return false;
+  f.peer = f.candidates.front();
+  f.candidates.erase(f.candidates.begin());
+  f.awaiting.insert(f.peer);
+  p.retry_at = now_ + cfg_.push_retry + transfer_time(cfg_, f.size);
+  send(f.peer, FetchRequest{id, f.msg, p.user, f.part});
   return true;
 }
 
@@ -549,9 +598,8 @@ void Node::fe_reply(NodeId from, Message& m) {
   if (fe_user_reply(from, m)) return;
   if (const auto* u = std::get_if<UsageReply>(&m)) return fe_usage_reply(from, *u);
   if (const auto* f = std::get_if<FetchReply>(&m)) {
-    auto it = pending_.find(f->req);
-    Pending* p = it == pending_.end() ? nullptr : &it->second;
-    if (!p || p->kind != Pending::Kind::Fetch || !p->awaiting.count(from)) return;
+    auto [p, fetch] = pending_as<FetchOp>(f->req);
+    if (!fetch || !fetch->awaiting.count(from)) return;
     if (f->status == Status::Ok) {
       ClientReply r;
       r.req = p->client_req;
@@ -566,19 +614,14 @@ void Node::fe_reply(NodeId from, Message& m) {
       fe_fail(f->req, Status::NotFound, "no such message of that user");
     } else {
       // This holder cannot give it: the next one, or wait for those asked.
-      p->awaiting.erase(from);
-      if (!fe_fetch_next(*p, f->req) && p->awaiting.empty())
+      fetch->awaiting.erase(from);
+      if (!fe_fetch_next(*p, f->req) && fetch->awaiting.empty())
         fe_fail(f->req, Status::TryAgain, "no live replica holds the message");
     }
     return;
   }
-  auto find = [this](std::uint64_t req) -> Pending* {
-    auto it = pending_.find(req);
-    return it == pending_.end() ? nullptr : &it->second;
-  };
   if (const auto* a = std::get_if<AllocReply>(&m)) {
-    Pending* p = find(a->req);
-    if (p && p->kind == Pending::Kind::Renum) {
+    if (auto [p, renum] = pending_as<RenumOp>(a->req); renum) {
       if (a->status == Status::NotFound || a->status == Status::NoSuchUser)
         return fe_fail(a->req, a->status, "not in that folder's lineage");
       if (a->status != Status::Ok) {
@@ -587,32 +630,34 @@ void Node::fe_reply(NodeId from, Message& m) {
       }
       ClientReply r;
       r.req = p->client_req;
-      r.msg = p->update.record.id;
+      r.msg = renum->target.id;
       r.uidvalidity = a->uidvalidity;
       r.uid = a->uid;
-      r.replicas = p->update.record.replicas;
+      r.replicas = renum->target.replicas;
       pending_.erase(a->req);
       reply(std::move(r));
       return;
     }
-    if (p && p->kind == Pending::Kind::MoveAlloc) {
+    if (auto [p, mv] = pending_as<MoveOp>(a->req); mv) {
       if (a->status == Status::NoSuchUser) return fe_fail(a->req, Status::NoSuchUser, "no such user");
       if (a->status != Status::Ok) {
         p->retry_at = now_ + kRetry;
         return;
       }
       // The Move, with its UID, to a live replica (like any mutation).
-      p->kind = Pending::Kind::Mutate;
-      p->update.id = next_version();
-      p->update.record.uidvalidity = a->uidvalidity;
-      p->update.record.uid = a->uid;
-      p->update.record.uid_gen = a->gen;
-      p->update.record.uid_seen = a->seen;
+      MutateOp mut{std::move(mv->update)};
+      mut.update.id = next_version();
+      mut.update.record.uidvalidity = a->uidvalidity;
+      mut.update.record.uid = a->uid;
+      mut.update.record.uid_gen = a->gen;
+      mut.update.record.uid_seen = a->seen;
+      p->op = std::move(mut);
       p->retry_at = now_;
       fe_tick(now_);
       return;
     }
-    if (!p || p->kind != Pending::Kind::Alloc) return;
+    auto [p, d] = pending_as<DeliverOp>(a->req);
+    if (!d || d->quota) return;
     if (a->status == Status::NoSuchUser) return fe_fail(a->req, Status::NoSuchUser, "no such user");
     if (a->status == Status::OverQuota)
       return fe_fail(a->req, Status::OverQuota,
@@ -630,7 +675,7 @@ void Node::fe_reply(NodeId from, Message& m) {
       r.uidvalidity = a->uidvalidity;
       r.uid = a->uid;
       r.replicas = a->nodes;
-      env_.log("delivery to " + p->user + "/" + p->folder + " is a retry of message " + a->msg.str() +
+      env_.log("delivery to " + p->user + "/" + d->folder + " is a retry of message " + a->msg.str() +
                " (UID " + std::to_string(a->uid) + "): not stored again");
       pending_.erase(a->req);
       reply(std::move(r));
@@ -640,35 +685,35 @@ void Node::fe_reply(NodeId from, Message& m) {
     // not (an older one, or one that an older member's reports leave
     // without a count) leaves it to this node, which counts first.
     if (a->quota_bytes > 0 && !a->quota_checked) {
-      p->kind = Pending::Kind::Quota;
-      p->alloc = *a;
-      p->quota_bytes = a->quota_bytes;
+      d->quota.emplace().alloc = *a;
       fe_usage_gather(now_, a->req);
       return;
     }
     fe_store(a->req, *a);
   } else if (const auto* o = std::get_if<OpReply>(&m)) {
-    Pending* p = find(o->req);
-    if (!p || (p->kind != Pending::Kind::Store && p->kind != Pending::Kind::Mutate &&
-               p->kind != Pending::Kind::CreateUser))
-      return;
+    auto it = pending_.find(o->req);
+    if (it == pending_.end()) return;
+    Pending* p = &it->second;
+    auto* store = std::get_if<StoreOp>(&p->op);
+    auto* mut = std::get_if<MutateOp>(&p->op);
+    if (!store && !mut && !std::holds_alternative<CreateUserOp>(p->op)) return;
     if (o->status == Status::Ok) {
-      if (p->kind == Pending::Kind::Store && !o->replicas.empty()) p->update.replicas = o->replicas;
+      if (store && !o->replicas.empty()) store->update.replicas = o->replicas;
       ClientReply r;
       r.req = p->client_req;
-      const bool placed = p->kind == Pending::Kind::Store ||
-                          (p->kind == Pending::Kind::Mutate && p->update.kind == Update::Kind::Move &&
-                           p->update.record.uid != 0);
+      const Update* placed = nullptr;  // a message under its new UID: a store's, or a move's
+      if (store) placed = &store->update;
+      else if (mut && mut->update.kind == Update::Kind::Move && mut->update.record.uid != 0) placed = &mut->update;
       if (placed) {
-        r.msg = p->update.record.id;
-        r.uidvalidity = p->update.record.uidvalidity;
-        r.uid = p->update.record.uid;
-        r.replicas = p->update.replicas;
+        r.msg = placed->record.id;
+        r.uidvalidity = placed->record.uidvalidity;
+        r.uid = placed->record.uid;
+        r.replicas = placed->replicas;
         // Its UID is used: listings may show what comes after it.
-        NodeId mgr = membership_.in_group() ? membership_.manager_of(bucket(p->update.record.user)) : kNoNode;
+        NodeId mgr = membership_.in_group() ? membership_.manager_of(bucket(placed->record.user)) : kNoNode;
         if (mgr != kNoNode)
-          send(mgr, AllocDone{canonical_user(p->update.record.user), p->update.record.folder,
-                              r.uidvalidity, r.uid, p->update.record.delivery_key});
+          send(mgr, AllocDone{canonical_user(placed->record.user), placed->record.folder, r.uidvalidity, r.uid,
+                              placed->record.delivery_key});
       }
       pending_.erase(o->req);
       reply(std::move(r));
@@ -678,36 +723,40 @@ void Node::fe_reply(NodeId from, Message& m) {
       p->retry_at = now_ + kRetry;
     }
   } else if (const auto* mr = std::get_if<MapReply>(&m)) {
-    Pending* p = find(mr->req);
-    if (!p || p->kind != Pending::Kind::Map) return;
+    auto [p, l] = pending_as<ListOp>(mr->req);
+    if (!l || l->phase != ListOp::Phase::Map) return;
     if (mr->status == Status::NoSuchUser) return fe_fail(mr->req, Status::NoSuchUser, "no such user");
     if (mr->status != Status::Ok) {
       p->retry_at = now_ + kRetry;
       return;
     }
-    p->kind = Pending::Kind::List;
-    p->uidvalidity = mr->uidvalidity;
-    p->next_uid = mr->next_uid;
-    p->visible_below = mr->visible_below;
-    p->inflight = mr->inflight;
-    p->takeovers = mr->takeovers;
+    l->phase = ListOp::Phase::List;
+    l->uidvalidity = mr->uidvalidity;
+    l->next_uid = mr->next_uid;
+    l->visible_below = mr->visible_below;
+    l->inflight = mr->inflight;
+    l->takeovers = mr->takeovers;
     fe_gather(now_, mr->req, mr->nodes);
   } else if (auto* l = std::get_if<ListReply>(&m)) {
-    Pending* p = find(l->req);
-    if (!p || (p->kind != Pending::Kind::List && p->kind != Pending::Kind::Renumber)) return;
-    if (!p->awaiting.count(from)) return;
-    if (l->light && from != p->light_from) return;  // asked whole since
+    auto it = pending_.find(l->req);
+    Gather* g = it == pending_.end() ? nullptr : gathering(it->second);
+    if (!g) return;
+    Pending* p = &it->second;
+    ListOp* lo = std::get_if<ListOp>(&p->op);  // null: a renumbering
+    const bool digest_only = lo && lo->digest_only;
+    if (!g->awaiting.count(from)) return;
+    if (l->light && (!lo || from != lo->light_from)) return;  // asked whole since
     std::uint64_t digest = l->digest;
     if (!l->has_digest) {  // an older node's records
       digest = 0;
       for (const auto& rec : l->records) digest += copy_digest(rec);
     }
     const bool with_records = !l->has_digest || l->full;
-    if (l->parts > 1 && with_records && !p->digest_only) {
+    if (l->parts > 1 && with_records && !digest_only) {
       // A reply in parts, which may come in any order and more than once
       // (the request is resent): each part's records are taken as they
       // come, and the node has answered once every part has.
-      auto& seen = p->parts_seen[from];
+      auto& seen = g->parts_seen[from];
       const bool fresh = seen.insert(l->part).second;
       if (l->light) {
         if (fresh) fe_take_light(*p, *l);
@@ -717,50 +766,53 @@ void Node::fe_reply(NodeId from, Message& m) {
       if (seen.size() < l->parts) return;
       l->records.clear();
     }
-    p->digests[from] = digest;
+    g->digests[from] = digest;
     // The digest alone, from before its records were asked for: they
     // are still awaited.
-    if (!p->digest_only && p->full_from.count(from) && !with_records) return;
-    p->awaiting.erase(from);
-    p->answered.insert(from);
-    if (!p->digest_only && with_records) {
-      p->with_records.insert(from);
+    if (!digest_only && g->full_from.count(from) && !with_records) return;
+    g->awaiting.erase(from);
+    g->answered.insert(from);
+    if (!digest_only && with_records) {
+      g->with_records.insert(from);
       if (l->light) fe_take_light(*p, *l);
       else fe_take_records(*p, l->records);
     }
-    if (p->awaiting.empty() && !fe_list_more(l->req, *p)) fe_finish_list(l->req);
+    if (g->awaiting.empty() && !fe_list_more(l->req, *p)) fe_finish_list(l->req);
   }
 }
 
 void Node::fe_take_records(Pending& p, std::vector<MessageRecord>& records) {
   // In MsgId order from a node of this version: each goes at the end. Its
   // user and folder are the request's (serve_list leaves them out).
+  Gather& g = *gathering(p);
   for (auto& rec : records) {
     if (rec.user.empty()) rec.user = p.user;
-    if (rec.folder.empty()) rec.folder = p.folder;
-    if (p.gathered.empty() || p.gathered.rbegin()->first < rec.id) {
-      p.gathered.emplace_hint(p.gathered.end(), rec.id, std::move(rec));
+    if (rec.folder.empty()) rec.folder = g.folder;
+    if (g.gathered.empty() || g.gathered.rbegin()->first < rec.id) {
+      g.gathered.emplace_hint(g.gathered.end(), rec.id, std::move(rec));
       continue;
     }
-    auto [it, fresh] = p.gathered.try_emplace(rec.id, std::move(rec));
+    auto [it, fresh] = g.gathered.try_emplace(rec.id, std::move(rec));
     if (!fresh) merge_record(it->second, rec, wall());
   }
 }
 
 void Node::fe_take_light(Pending& p, ListReply& l) {
   if (l.records.empty()) return;  // an empty folder, or a reply in parts whose parts were taken
+  ListOp& lo = std::get<ListOp>(p.op);
   for (auto& rec : l.records) {
     if (rec.user.empty()) rec.user = p.user;
-    if (rec.folder.empty()) rec.folder = p.folder;
+    if (rec.folder.empty()) rec.folder = lo.g.folder;
   }
   const std::size_t part = l.parts > 1 ? l.part : 0;
-  if (p.light_parts.size() <= part) p.light_parts.resize(std::max<std::size_t>(part + 1, l.parts));
-  p.light_parts[part] = std::move(l.records);
+  if (lo.light_parts.size() <= part) lo.light_parts.resize(std::max<std::size_t>(part + 1, l.parts));
+  lo.light_parts[part] = std::move(l.records);
   l.records.clear();
 }
 
 void Node::fe_store(std::uint64_t id, const AllocReply& a) {
   Pending& p = pending_.at(id);
+  DeliverOp& d = std::get<DeliverOp>(p.op);
   Update u;
   u.id = next_version();
   u.kind = Update::Kind::Store;
@@ -768,75 +820,82 @@ void Node::fe_store(std::uint64_t id, const AllocReply& a) {
   if (a.msg != MsgId{}) {
     u.record.id = a.msg;  // a keyed delivery's message (an earlier try's, on a retry)
     // Its list wins over an earlier try's, which may have landed somewhere.
-    if (a.msg != p.msg) u.record.replicas_version = u.id;
-  } else if (p.msg != MsgId{}) {
-    u.record.id = p.msg;
+    if (a.msg != d.msg) u.record.replicas_version = u.id;
+  } else if (d.msg != MsgId{}) {
+    u.record.id = d.msg;
   } else {
     u.record.id = MsgId{cfg_.self, next_seq_++};
     persist_counters();
   }
-  u.record.delivery_key = p.deliver.key;
+  u.record.delivery_key = d.opts.key;
   u.record.user = p.user;
-  u.record.folder = p.folder;
-  u.record.size = p.body.size();
-  u.record.vsize = p.deliver.vsize;
-  u.record.hdr_size = p.deliver.hdr_size;
-  u.record.meta = p.deliver.meta;
-  u.record.body = std::move(p.body);
-  u.record.internal_date = p.deliver.internal_date != 0 ? p.deliver.internal_date : wall();
-  u.record.flags = p.deliver.flags;
-  u.record.keywords = p.deliver.keywords;
+  u.record.folder = d.folder;
+  u.record.size = d.body.size();
+  u.record.vsize = d.opts.vsize;
+  u.record.hdr_size = d.opts.hdr_size;
+  u.record.meta = d.opts.meta;
+  u.record.body = std::move(d.body);
+  u.record.internal_date = d.opts.internal_date != 0 ? d.opts.internal_date : wall();
+  u.record.flags = d.opts.flags;
+  u.record.keywords = d.opts.keywords;
   u.record.uidvalidity = a.uidvalidity;
   u.record.uid = a.uid;
   u.record.uid_gen = a.gen;
   u.record.uid_seen = a.seen;
-  p.kind = Pending::Kind::Store;
-  p.update = std::move(u);
-  p.peer = a.nodes.front();
-  const Time transfer = store_crossing(cfg_, p.update.record.body.size());
+  StoreOp& s = p.op.emplace<StoreOp>(StoreOp{std::move(u), a.nodes.front()});  // in the delivery's place
+  const Time transfer = store_crossing(cfg_, s.update.record.body.size());
   p.deadline += transfer;
   p.retry_at = now_ + cfg_.push_retry + transfer;
-  send(p.peer, StoreRequest{id, p.update});
+  send(s.peer, StoreRequest{id, s.update});
 }
 
 void Node::user_usage(Time now, std::uint64_t req, const std::string& user) {
   Entry entry(*this, now);
-  std::uint64_t id = fe_start(now, Pending::Kind::Usage, req, user);
+  std::uint64_t id = fe_start(now, UsageOp{}, req, user);
   fe_usage_gather(now, id);
+}
+
+Node::UsageCount* Node::usage_count(Pending& p) {
+  if (auto* u = std::get_if<UsageOp>(&p.op)) return &u->count;
+  if (auto* d = std::get_if<DeliverOp>(&p.op); d && d->quota) return &d->quota->usage;
+  return nullptr;
 }
 
 void Node::fe_usage_gather(Time now, std::uint64_t id) {
   Pending& p = pending_.at(id);
-  p.awaiting.clear();
-  p.used_bytes = 0;
+  UsageCount& c = *usage_count(p);
+  c.awaiting.clear();
+  c.used_bytes = 0;
   for (const auto& m : membership_.members())
-    if (live(m.id)) p.awaiting.insert(m.id);
-  if (p.awaiting.empty()) {
+    if (live(m.id)) c.awaiting.insert(m.id);
+  if (c.awaiting.empty()) {
     fe_fail(id, Status::TryAgain, "not in a group yet");
     return;
   }
   p.retry_at = now + cfg_.push_retry;
-  for (NodeId n : p.awaiting) send(n, UsageRequest{id, p.user});
+  for (NodeId n : c.awaiting) send(n, UsageRequest{id, p.user});
 }
 
 void Node::fe_usage_reply(NodeId from, const UsageReply& u) {
   auto it = pending_.find(u.req);
   if (it == pending_.end()) return;
   Pending& p = it->second;
-  if ((p.kind != Pending::Kind::Usage && p.kind != Pending::Kind::Quota) || !p.awaiting.erase(from)) return;
-  p.used_bytes += u.bytes;
-  if (!p.awaiting.empty()) return;
-  if (p.kind == Pending::Kind::Quota) {
-    if (p.used_bytes + p.body.size() > p.quota_bytes)
+  UsageCount* c = usage_count(p);
+  if (!c || !c->awaiting.erase(from)) return;
+  c->used_bytes += u.bytes;
+  if (!c->awaiting.empty()) return;
+  if (auto* d = std::get_if<DeliverOp>(&p.op)) {
+    const QuotaCheck& q = *d->quota;
+    if (c->used_bytes + d->body.size() > q.alloc.quota_bytes)
       return fe_fail(u.req, Status::OverQuota,
-                     "mailbox over quota (" + std::to_string(p.used_bytes) + " of " +
-                         std::to_string(p.quota_bytes) + " bytes used)");
-    AllocReply a = p.alloc;
+                     "mailbox over quota (" + std::to_string(c->used_bytes) + " of " +
+                         std::to_string(q.alloc.quota_bytes) + " bytes used)");
+    AllocReply a = q.alloc;
     return fe_store(u.req, a);
   }
   ClientReply r;
   r.req = p.client_req;
-  r.used_bytes = p.used_bytes;
+  r.used_bytes = c->used_bytes;
   pending_.erase(it);
   reply(std::move(r));
 }

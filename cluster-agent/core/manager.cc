@@ -991,9 +991,8 @@ bool Node::start_renumber(Time now, const std::string& user, const std::string& 
   f.renumber_running = true;
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
-  p.kind = Pending::Kind::Renumber;
+  p.op.emplace<RenumberOp>().g.folder = folder;
   p.user = user;
-  p.folder = folder;
   p.deadline = now + cfg_.request_timeout;
   fe_gather(now, id, std::vector<NodeId>(f.nodes.begin(), f.nodes.end()));
   return true;
@@ -1004,60 +1003,60 @@ void Node::start_rename(Time now, const std::string& user, const std::string& to
   f.renumber_running = true;
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
-  p.kind = Pending::Kind::Renumber;
+  RenumberOp& r = p.op.emplace<RenumberOp>();
   p.user = user;
-  p.folder = f.renamed_from;  // listed under the old name
-  p.rename_to = to;
+  r.g.folder = f.renamed_from;  // listed under the old name
+  r.rename_to = to;
   p.deadline = now + cfg_.request_timeout;
   fe_gather(now, id, std::vector<NodeId>(f.nodes.begin(), f.nodes.end()));
 }
 
-void Node::on_rename_done(Time now, Pending& p) {
-  auto b = managed_.find(bucket(p.user));
+void Node::on_rename_done(Time now, const std::string& user, const RenumberOp& op) {
+  auto b = managed_.find(bucket(user));
   if (b == managed_.end()) return;  // no longer the manager
-  auto u = b->second.find(p.user);
+  auto u = b->second.find(user);
   if (u == b->second.end()) return;
-  auto fi = u->second.folders.find(p.rename_to);
+  auto fi = u->second.folders.find(op.rename_to);
   if (fi == u->second.folders.end()) return;
   MgrFolder& f = fi->second;
   f.renumber_running = false;
   // Each message goes over under its UID, UIDVALIDITY and generation: the
   // new name has the folder's lineage.
-  for (const auto& [id, r] : p.gathered) {
-    if (r.expunged || r.folder != p.folder) continue;
+  for (const auto& [id, r] : op.g.gathered) {
+    if (r.expunged || r.folder != op.g.folder) continue;
     Update up;
     up.id = next_version();
     up.kind = Update::Kind::Move;
     up.replicas = r.replicas;
     up.record.id = r.id;
-    up.record.user = p.user;
-    up.record.folder = p.rename_to;
+    up.record.user = user;
+    up.record.folder = op.rename_to;
     up.record.uidvalidity = r.uidvalidity;
     up.record.uid = r.uid;
     up.record.uid_gen = r.uid_gen;
     up.record.uid_seen = r.uid_seen;
     repl_.coordinate(now, std::move(up));
   }
-  if (!p.awaiting.empty()) {
-    renames_due_.insert({p.user, p.rename_to});  // some holders silent: again
+  if (!op.g.awaiting.empty()) {
+    renames_due_.insert({user, op.rename_to});  // some holders silent: again
     return;
   }
-  env_.log("manager: " + p.user + "/" + f.renamed_from + " renamed " + p.rename_to + ": " +
-           std::to_string(p.gathered.size()) + " messages moved over under their UIDs");
+  env_.log("manager: " + user + "/" + f.renamed_from + " renamed " + op.rename_to + ": " +
+           std::to_string(op.g.gathered.size()) + " messages moved over under their UIDs");
   f.renamed_from.clear();
 }
 
-void Node::on_renumber_done(Time now, Pending& p) {
-  if (!p.rename_to.empty()) return on_rename_done(now, p);
-  auto b = managed_.find(bucket(p.user));
+void Node::on_renumber_done(Time now, const std::string& user, const RenumberOp& op) {
+  if (!op.rename_to.empty()) return on_rename_done(now, user, op);
+  auto b = managed_.find(bucket(user));
   if (b == managed_.end()) return;  // no longer the manager
-  auto u = b->second.find(p.user);
+  auto u = b->second.find(user);
   if (u == b->second.end()) return;
-  MgrFolder& f = u->second.folders[p.folder];
+  MgrFolder& f = u->second.folders[op.g.folder];
   f.renumber_running = false;
-  if (!settle_lineage(now, p.user, p.folder, f) || !current_generation(now, p.user, p.folder, f)) {
+  if (!settle_lineage(now, user, op.g.folder, f) || !current_generation(now, user, op.g.folder, f)) {
     f.renumber_due = true;
-    renumbers_due_.insert({p.user, p.folder});
+    renumbers_due_.insert({user, op.g.folder});
     return;
   }
   // Messages of other lineages, and every message but the first stamped of
@@ -1066,10 +1065,10 @@ void Node::on_renumber_done(Time now, Pending& p) {
   // new mail, never a UID naming two messages.
   std::vector<const MessageRecord*> todo, dups;
   std::map<std::uint32_t, std::vector<const MessageRecord*>> by_uid;
-  auto takeovers = takeovers_of(p.user, p.folder, f);
-  for (const auto& [id, r] : p.gathered)
+  auto takeovers = takeovers_of(user, op.g.folder, f);
+  for (const auto& [id, r] : op.g.gathered)
     if (r.uidvalidity == f.uidvalidity) add_takeover(takeovers, UidTakeover{r.uid_gen, r.uid_seen});
-  for (const auto& [id, r] : p.gathered) {
+  for (const auto& [id, r] : op.g.gathered) {
     if (!r.has_body || r.expunged) continue;
     auto late = f.late.find(id);
     if (r.uidvalidity != f.uidvalidity || uid_stale(takeovers, r.uid_gen, r.uid) ||
@@ -1094,9 +1093,9 @@ void Node::on_renumber_done(Time now, Pending& p) {
   // Every new UID must be reserved first; until then listings wait.
   const std::uint32_t avail = f.reserved >= f.next_uid ? f.reserved - f.next_uid + 1 : 0;
   if (todo.size() > avail) {
-    reserve_uids(now, p.user, p.folder, f, static_cast<std::uint32_t>(todo.size()));
+    reserve_uids(now, user, op.g.folder, f, static_cast<std::uint32_t>(todo.size()));
     f.renumber_due = true;
-    renumbers_due_.insert({p.user, p.folder});
+    renumbers_due_.insert({user, op.g.folder});
     return;
   }
   for (const MessageRecord* r : todo) {
@@ -1108,8 +1107,8 @@ void Node::on_renumber_done(Time now, Pending& p) {
     up.kind = Update::Kind::SetUid;
     up.replicas = r->replicas;
     up.record.id = r->id;
-    up.record.user = p.user;
-    up.record.folder = p.folder;
+    up.record.user = user;
+    up.record.folder = op.g.folder;
     up.record.folder_version = r->folder_version;  // the placement this UID is for
     up.record.uidvalidity = f.uidvalidity;
     up.record.uid = f.next_uid++;
@@ -1117,14 +1116,14 @@ void Node::on_renumber_done(Time now, Pending& p) {
     up.record.uid_seen = f.start_seen;
     repl_.coordinate(now, std::move(up));
   }
-  bool incomplete = !p.awaiting.empty();
+  bool incomplete = !op.g.awaiting.empty();
   if (!todo.empty() || incomplete)
-    env_.log("manager: " + p.user + "/" + p.folder + " renumbered " + std::to_string(todo.size()) +
+    env_.log("manager: " + user + "/" + op.g.folder + " renumbered " + std::to_string(todo.size()) +
              " messages (" + std::to_string(dups.size()) + " of them held a UID twice) in UIDVALIDITY " +
              std::to_string(f.uidvalidity) + (incomplete ? "; some holders silent, again" : ""));
   if (incomplete && !f.renumber_due) {
     f.renumber_due = true;
-    renumbers_due_.insert({p.user, p.folder});
+    renumbers_due_.insert({user, op.g.folder});
   }
   if (incomplete) return;
   f.late.clear();

@@ -178,7 +178,7 @@ void Node::peer_unreachable(Time now, NodeId n) {
   if (known) return;  // told already (the transport dials again and again)
   env_.log("warning: peer n" + std::to_string(n) + " refuses connections: taken for down");
   for (auto& [id, p] : pending_)
-    if (p.retry_at != 0 && (p.peer == n || p.awaiting.count(n))) p.retry_at = now_;
+    if (p.retry_at != 0 && waits_on(p, n)) p.retry_at = now_;
   store_failover(now_);
 }
 

@@ -21,6 +21,7 @@
 #include <set>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "config.h"
@@ -291,50 +292,136 @@ class Node {
   std::uint64_t sync_digest(const std::string& user, NodeId node) const;
 
  private:
-  // front-end work in flight (frontend.cc), and manager renumberings
+  // Front-end work in flight (frontend.cc, users.cc), and manager
+  // renumberings (manager.cc): one type per operation, holding only its
+  // own state; a Pending holds one of them, with what every operation has.
+  struct CreateUserOp {
+    std::string password_hash;
+  };
+  // A count of the user's bytes, gathered from every live member.
+  struct UsageCount {
+    std::set<NodeId> awaiting;     // nodes still to answer
+    std::uint64_t used_bytes = 0;  // summed so far
+  };
+  // A delivery's quota, counted here when the manager handed out its UID
+  // without checking it (an older manager, or one that cannot count).
+  struct QuotaCheck {
+    AllocReply alloc;  // the allocation to store with; its quota_bytes: the user's quota
+    UsageCount usage;
+  };
+  // A delivery, until it is stored: a UID asked of the manager, then, if
+  // the manager did not check the quota, the user's usage counted. A
+  // StoreOp then takes its place.
+  struct DeliverOp {
+    std::string folder;
+    Body body;                        // the message
+    DeliverOptions opts;              // date and flags to store with
+    MsgId msg;                        // with a key: the message's id, chosen first
+    std::optional<QuotaCheck> quota;  // set: the UID is granted, the usage being counted
+  };
+  // A delivery's store, asked of one replica, which coordinates it.
+  struct StoreOp {
+    Update update;
+    NodeId peer = kNoNode;  // the replica asked
+  };
+  // An update of a message (flags, expunge, a move's Move), asked of one live replica at a time.
+  struct MutateOp {
+    Update update;
+    NodeId peer = kNoNode;  // the replica asked last
+  };
+  // A move, until the destination's manager gives it a UID: a MutateOp
+  // then sends the Move.
+  struct MoveOp {
+    Update update;  // the Move; its record's folder is the destination
+  };
+  // A reader's request that a message be given a new UID (renumber()).
+  struct RenumOp {
+    MessageRecord target;     // without its body
+    std::uint32_t above = 0;  // the reader's highest UID
+  };
+  // A folder's records, gathered from the nodes of its mail map: by a
+  // listing (ListOp) and by a renumbering (RenumberOp).
+  struct Gather {
+    std::string folder;                                    // the folder listed (a rename's: the old name)
+    std::set<NodeId> awaiting;                             // nodes still to answer
+    std::set<NodeId> answered;                             // nodes that answered
+    std::map<MsgId, MessageRecord> gathered;               // merged records
+    std::set<NodeId> full_from;                            // nodes asked for their records
+    std::set<NodeId> with_records;                         // nodes whose records came
+    std::map<NodeId, std::set<std::uint32_t>> parts_seen;  // parts of a reply in parts
+    std::map<NodeId, std::uint64_t> digests;               // each answering node's folder digest
+  };
+  // A listing: the folder's mail map and lineage from its manager (Map),
+  // then its records gathered from the map's nodes (List).
+  struct ListOp {
+    enum class Phase { Map, List } phase = Phase::Map;
+    Gather g;
+    std::uint32_t uidvalidity = 0, next_uid = 1;  // the folder's lineage
+    std::uint32_t visible_below = 0;              // show only UIDs below (0: all)
+    std::vector<std::uint32_t> inflight;          // in flight from visible_below up
+    std::vector<UidTakeover> takeovers;           // hide the UIDs these make stale
+    // The one node whose records are asked light (no versions), while
+    // they are the only records asked for; kNoNode once a merge needs them whole.
+    NodeId light_from = kNoNode;
+    // The light node's records, by part, taken as they are: nothing is
+    // merged into them, so they go to no map (g.gathered stays empty).
+    std::vector<std::vector<MessageRecord>> light_parts;
+    bool digest_only = false;         // the digest alone
+    std::uint32_t meta_from_uid = 0;  // records' meta from this UID on (0: none)
+  };
+  // A manager's renumbering of a folder, or a rename's move of every
+  // message: every holder's records, read whole.
+  struct RenumberOp {
+    Gather g;
+    std::string rename_to;  // a rename's move of every message
+  };
+  // A message's body, asked of its holders one after another.
+  struct FetchOp {
+    MsgId msg;
+    std::uint64_t size = 0;             // what the reader expects
+    FetchPart part = FetchPart::Whole;  // what is asked for
+    std::vector<NodeId> candidates;     // holders still to try
+    std::set<NodeId> awaiting;          // holders asked
+    NodeId peer = kNoNode;              // the holder asked last
+  };
+  struct ProfileOp {};  // get_user: the user's manager asked for the profile
+  struct UserUpdateOp {
+    UserUpdateRequest change;
+  };
+  // list_users: every member asked for the users it manages.
+  struct UserListOp {
+    std::set<NodeId> awaiting;    // nodes still to answer
+    std::set<std::string> users;  // gathered
+  };
+  struct UsageOp {  // user_usage
+    UsageCount count;
+  };
   struct Pending {
-    enum class Kind {
-      CreateUser, Alloc, Quota, Store, Mutate, Map, List, Renumber, Fetch, Profile, UserUpdate, UserList, Usage,
-      MoveAlloc, Renum
-    } kind;
     std::uint64_t client_req = 0;  // the local client's id (0 for internal work)
     Time deadline = 0;
     Time retry_at = 0;
-    NodeId peer = kNoNode;
-    std::string user, folder;
-    Body body;                                    // Alloc/Quota: the message; CreateUser: the password hash
-    std::uint32_t uidvalidity = 0, next_uid = 1;  // List: the folder's lineage
-    std::uint32_t visible_below = 0;              // List: show only UIDs below (0: all)
-    std::vector<std::uint32_t> inflight;          // List: in flight from visible_below up
-    std::uint32_t above = 0;                      // Renum: the reader's highest UID
-    std::vector<UidTakeover> takeovers;           // List: hide the UIDs these make stale
-    Update update;
-    std::set<NodeId> awaiting;                    // List/Renumber: nodes still to answer; Fetch: holders asked
-    std::set<NodeId> answered;                    // List/Renumber: nodes that answered
-    std::map<MsgId, MessageRecord> gathered;      // List/Renumber: merged records
-    std::set<NodeId> full_from;                   // List/Renumber: nodes asked for their records
-    std::set<NodeId> with_records;                // List/Renumber: nodes whose records came
-    std::map<NodeId, std::set<std::uint32_t>> parts_seen;  // List/Renumber: parts of a reply in parts
-    // List: the one node whose records are asked light (no versions), while
-    // they are the only records asked for; kNoNode once a merge needs them whole.
-    NodeId light_from = kNoNode;
-    // List: the light node's records, by part, taken as they are: nothing
-    // is merged into them, so they go to no map (gathered stays empty).
-    std::vector<std::vector<MessageRecord>> light_parts;
-    bool digest_only = false;                     // List: the digest alone
-    std::uint32_t meta_from_uid = 0;              // List: records' meta from this UID on (0: none)
-    std::string rename_to;                        // Renumber: a rename's move of every message
-    std::map<NodeId, std::uint64_t> digests;      // List: each answering node's folder digest
-    std::vector<NodeId> candidates;               // Fetch: holders still to try
-    FetchPart part = FetchPart::Whole;            // Fetch: what is asked for
-    UserUpdateRequest change;                     // UserUpdate
-    std::set<std::string> users;                  // UserList: gathered
-    std::uint64_t used_bytes = 0;                 // Usage, Quota: summed so far
-    std::uint64_t quota_bytes = 0;                // Quota: the user's quota
-    AllocReply alloc;                             // Quota: the allocation to store with
-    DeliverOptions deliver;                       // Alloc/Quota: date and flags to store with
-    MsgId msg;                                    // Alloc/Quota with a key: the message's id, chosen first
+    // The user (canonical) whose manager is asked; a fetch's as its target
+    // names it. Empty for mutations and list_users.
+    std::string user;
+    using Op = std::variant<CreateUserOp, DeliverOp, StoreOp, MutateOp, MoveOp, RenumOp, ListOp, RenumberOp, FetchOp,
+                            ProfileOp, UserUpdateOp, UserListOp, UsageOp>;
+    Op op;
   };
+  // The operation `id` when it is in flight and a T, with its entry;
+  // nulls otherwise.
+  template <class T>
+  std::pair<Pending*, T*> pending_as(std::uint64_t id) {
+    auto it = pending_.find(id);
+    T* op = it == pending_.end() ? nullptr : std::get_if<T>(&it->second.op);
+    return {op ? &it->second : nullptr, op};
+  }
+  // The gathering of a listing past its Map step, or of a renumbering;
+  // null for any other operation.
+  static Gather* gathering(Pending& p);
+  static const Gather* gathering(const Pending& p);
+  // Whether the operation waits on an answer from `n` (asked it, or waits
+  // for it among others).
+  static bool waits_on(const Pending& p, NodeId n);
 
   // node.cc
   // Every public entry holds one: when the outermost returns, the replies
@@ -440,7 +527,7 @@ class Node {
   std::vector<UidTakeover> takeovers_of(const std::string& user, const std::string& folder,
                                         const MgrFolder& f) const;
   bool start_renumber(Time now, const std::string& user, const std::string& folder);
-  void on_renumber_done(Time now, Pending& p);
+  void on_renumber_done(Time now, const std::string& user, const RenumberOp& op);
   // Members and their loads for placement; draining nodes count as full
   // unless `with_draining`.
   std::vector<NodeLoad> live_loads(bool with_draining = false) const;
@@ -458,9 +545,10 @@ class Node {
   void fe_reply(NodeId from, Message& m);
   void fe_tick(Time now);
   void fe_fail(std::uint64_t id, Status s, const std::string& why);
-  void fe_send_alloc(Time now, Pending& p, std::uint64_t id);
   void fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& nodes);
   ListRequest list_request(const Pending& p, std::uint64_t id, NodeId n) const;
+  // A listing's or a renumbering's nodes still to answer, asked again.
+  void fe_list_retry(std::uint64_t id, Pending& p);
   // Nodes that answered their digest alone, equal to no digest of a node
   // whose records came: the records they hold are not gathered.
   std::set<NodeId> fe_list_uncovered(const Pending& p) const;
@@ -541,14 +629,17 @@ class Node {
                                      bool for_profile, bool draining = false) const;
 
   // users.cc
-  std::uint64_t fe_start(Time now, Pending::Kind kind, std::uint64_t req, const std::string& user);
+  std::uint64_t fe_start(Time now, Pending::Op op, std::uint64_t req, const std::string& user);
   void mgr_profile(NodeId from, const ProfileRequest& r);
   void mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r);
   Status mgr_rename_folder(Time now, const UserUpdateRequest& r, MgrUser& u);
   void start_rename(Time now, const std::string& user, const std::string& to);
-  void on_rename_done(Time now, Pending& p);
+  void on_rename_done(Time now, const std::string& user, const RenumberOp& op);
   void mgr_user_list(NodeId from, const UserListRequest& r);
   void serve_usage(NodeId from, const UsageRequest& r);
+  // The count of a usage lookup or of a delivery's quota check; null for
+  // any other operation.
+  static UsageCount* usage_count(Pending& p);
   void fe_usage_gather(Time now, std::uint64_t id);
   void fe_store(std::uint64_t id, const AllocReply& a);
   void fe_usage_reply(NodeId from, const UsageReply& u);

@@ -13,10 +13,10 @@
 
 namespace porcupine {
 
-std::uint64_t Node::fe_start(Time now, Pending::Kind kind, std::uint64_t req, const std::string& user) {
+std::uint64_t Node::fe_start(Time now, Pending::Op op, std::uint64_t req, const std::string& user) {
   std::uint64_t id = new_req();
   Pending& p = pending_[id];
-  p.kind = kind;
+  p.op = std::move(op);
   p.client_req = req;
   p.deadline = now + cfg_.request_timeout;
   p.user = canonical_user(user);
@@ -26,25 +26,24 @@ std::uint64_t Node::fe_start(Time now, Pending::Kind kind, std::uint64_t req, co
 
 void Node::get_user(Time now, std::uint64_t req, const std::string& user) {
   Entry entry(*this, now);
-  fe_start(now, Pending::Kind::Profile, req, user);
+  fe_start(now, ProfileOp{}, req, user);
   fe_tick(now);
 }
 
 void Node::update_user(Time now, std::uint64_t req, const UserUpdateRequest& change) {
   Entry entry(*this, now);
-  std::uint64_t id = fe_start(now, Pending::Kind::UserUpdate, req, change.user);
+  std::uint64_t id = fe_start(now, UserUpdateOp{change}, req, change.user);
   Pending& p = pending_[id];
-  p.change = change;
-  p.change.user = p.user;
+  std::get<UserUpdateOp>(p.op).change.user = p.user;
   fe_tick(now);
 }
 
 void Node::list_users(Time now, std::uint64_t req) {
   Entry entry(*this, now);
-  std::uint64_t id = fe_start(now, Pending::Kind::UserList, req, "");
-  Pending& p = pending_[id];
-  for (const auto& m : membership_.members()) p.awaiting.insert(m.id);
-  if (p.awaiting.empty()) {
+  std::uint64_t id = fe_start(now, UserListOp{}, req, "");
+  auto& awaiting = std::get<UserListOp>(pending_[id].op).awaiting;
+  for (const auto& m : membership_.members()) awaiting.insert(m.id);
+  if (awaiting.empty()) {
     fe_fail(id, Status::TryAgain, "not in a group yet");
     return;
   }
@@ -52,12 +51,8 @@ void Node::list_users(Time now, std::uint64_t req) {
 }
 
 bool Node::fe_user_reply(NodeId from, const Message& m) {
-  auto pending = [this](std::uint64_t req, Pending::Kind kind) -> Pending* {
-    auto it = pending_.find(req);
-    return it == pending_.end() || it->second.kind != kind ? nullptr : &it->second;
-  };
   if (const auto* r = std::get_if<ProfileReply>(&m)) {
-    Pending* p = pending(r->req, Pending::Kind::Profile);
+    Pending* p = pending_as<ProfileOp>(r->req).first;
     if (!p) return true;
     if (r->status == Status::Ok) {
       ClientReply out;
@@ -75,22 +70,22 @@ bool Node::fe_user_reply(NodeId from, const Message& m) {
     return true;
   }
   if (const auto* r = std::get_if<UserListReply>(&m)) {
-    Pending* p = pending(r->req, Pending::Kind::UserList);
-    if (!p || !p->awaiting.count(from)) return true;
+    auto [p, list] = pending_as<UserListOp>(r->req);
+    if (!p || !list->awaiting.count(from)) return true;
     if (r->status != Status::Ok) return true;  // asked again on retry
-    p->awaiting.erase(from);
-    p->users.insert(r->users.begin(), r->users.end());
-    if (p->awaiting.empty()) {
+    list->awaiting.erase(from);
+    list->users.insert(r->users.begin(), r->users.end());
+    if (list->awaiting.empty()) {
       ClientReply out;
       out.req = p->client_req;
-      out.users.assign(p->users.begin(), p->users.end());
+      out.users.assign(list->users.begin(), list->users.end());
       pending_.erase(r->req);
       reply(std::move(out));
     }
     return true;
   }
   if (const auto* o = std::get_if<OpReply>(&m)) {
-    Pending* p = pending(o->req, Pending::Kind::UserUpdate);
+    Pending* p = pending_as<UserUpdateOp>(o->req).first;
     if (!p) return false;  // someone else's OpReply
     if (o->status == Status::Ok) {
       ClientReply out;

@@ -2406,8 +2406,11 @@ TEST(Users, DeletingAFolderExpungesItsMailEverywhereThenTheFolder) {
   ASSERT_TRUE(h.settle());
   h.c.run_for(5000);
   for (NodeId n = 1; n <= 4; ++n)
-    for (const auto& [id, r] : h.c.node(n)->replicator().records())
-      if (r.user == u && r.folder == "Work") EXPECT_TRUE(r.expunged) << "n" << n << " still holds a Work message";
+    for (const auto& [id, r] : h.c.node(n)->replicator().records()) {
+      if (r.user == u && r.folder == "Work") {
+        EXPECT_TRUE(r.expunged) << "n" << n << " still holds a Work message";
+      }
+    }
   EXPECT_EQ(h.count(4, u), 1u);  // INBOX as it was
   ASSERT_EQ(h.run(1, [&](Node& n, Time now, std::uint64_t req) {
               n.update_user(now, req, folder_op(u, UserUpdateRequest::Op::CreateFolder, "Work"));
