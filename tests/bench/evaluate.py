@@ -39,6 +39,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 local = importlib.machinery.SourceFileLoader("porcupine_local", os.path.join(ROOT, "scripts", "porcupine-local")).load_module()
 stock_dovecot = importlib.machinery.SourceFileLoader("stock_dovecot", os.path.join(HERE, "stock_dovecot.py")).load_module()
+netsplit = importlib.machinery.SourceFileLoader("porcupine_netsplit",
+                                                os.path.join(ROOT, "tests", "e2e", "netsplit.py")).load_module()
 
 # The message size table of mail_load.cc (bytes, weight): median 4 KiB,
 # mean about 22.6 KiB, a tail to 1 MiB.
@@ -532,11 +534,18 @@ def fsync_rate(build):
 # ---------------------------------------------------------------------------
 # (2) The failure timeline with real agents.
 def real_timeline(build, quick, seed, outdir):
+    """Crashes and restarts, then (in a network namespace of this run's
+    own: netsplit) a split of the nodes into two sides and its heal.
+    A split event's nodes are node 1's side."""
     nodes = 3 if quick else 5
     total = 10 if quick else 60
     plan = [(3, "kill", [3]), (6, "restart", [3])] if quick else \
         [(15, "kill", [5]), (25, "kill", [4]), (40, "restart", [5, 4])]
+    if netsplit.in_namespace():
+        total = 16 if quick else 80
+        plan += [(10, "split", [1, 2]), (13, "heal", [])] if quick else [(52, "split", [1, 2, 3]), (64, "heal", [])]
     cl, d = start_cluster(build, nodes, 2, 81)
+    links = netsplit.Links(cl.address) if netsplit.in_namespace() else None
     changes = []
     try:
         load = subprocess.Popen(mail_load_argv(build, cl, nodes, total, seed, per_second=True), stdout=subprocess.PIPE,
@@ -561,7 +570,11 @@ def real_timeline(build, quick, seed, outdir):
         events = []
         for at, what, victims in plan:
             time.sleep(max(0, t0 + at - time.time()))
-            for v in victims:
+            if what == "split":
+                links.cut_off(victims, [i for i in range(1, nodes + 1) if i not in victims])
+            elif what == "heal":
+                links.heal()
+            for v in victims if what in ("kill", "restart") else []:
                 if what == "kill":
                     cl.kill(v, redis=False)
                 else:
@@ -571,6 +584,8 @@ def real_timeline(build, quick, seed, outdir):
         stop.set()
         w.join()
     finally:
+        if links:
+            links.heal()
         cl.stop()
         shutil.rmtree(d, ignore_errors=True)
     # The last second is partial (the load stops inside it): left out.
@@ -580,12 +595,15 @@ def real_timeline(build, quick, seed, outdir):
     summary = kv(out.strip().splitlines()[-1]) if out.strip() else {}
     if not series or summary.get("deliveries", 0) <= 0:
         raise RuntimeError("timeline load failed: " + err[-500:])
-    # Time to reconfigure: from each event to node 1's first view with the new members.
+    # Time to reconfigure: from each event to node 1's first view with the
+    # new members (a split: its side; a heal: every node).
     for e in events:
         want = None
         for c in changes:
             if c["t"] >= e["t"] and ((e["what"] == "kill" and not set(e["nodes"]) & set(c["members"])) or
-                                     (e["what"] == "restart" and set(e["nodes"]) <= set(c["members"]))):
+                                     (e["what"] == "restart" and set(e["nodes"]) <= set(c["members"])) or
+                                     (e["what"] == "split" and set(c["members"]) == set(e["nodes"])) or
+                                     (e["what"] == "heal" and len(c["members"]) == nodes)):
                 want = c
                 break
         e["reconfig_s"] = want["t"] - e["t"] if want else None
@@ -602,7 +620,9 @@ def crash_effects(events, series, p99s, nodes):
     level before (dip), the seconds from the kill to the end of the first
     second at or above 90 % of that share (back_s), and the highest
     per-second p99 delivery latency in those 3 seconds beside the median
-    per-second p99 of the 10 seconds before the first event."""
+    per-second p99 of the 10 seconds before the first event. Per split, the
+    same, the share being the larger side's (whose nodes serve on as most
+    of the cluster)."""
     per = dict(series)
     lat = dict(p99s)
     first = int(min(e["t"] for e in events)) if events else 0
@@ -610,15 +630,16 @@ def crash_effects(events, series, p99s, nodes):
     live = nodes
     for e in events:
         before_live = live
-        live += -len(e["nodes"]) if e["what"] == "kill" else len(e["nodes"])
-        if e["what"] != "kill":
+        live += {"kill": -len(e["nodes"]), "restart": len(e["nodes"])}.get(e["what"], 0)
+        if e["what"] not in ("kill", "split"):
             continue
         at = int(e["t"])
         pre = [per[s] for s in range(at - 5, at) if s in per]
         if not pre or not steady:
             continue
         level = statistics.median(pre)
-        share = level * live / before_live
+        share = level * live / before_live if e["what"] == "kill" else \
+            level * max(len(e["nodes"]), live - len(e["nodes"])) / live
         after = [s for s in range(at, at + 3) if s in per]
         e["level_before"] = level
         e["share_level"] = share
@@ -627,6 +648,15 @@ def crash_effects(events, series, p99s, nodes):
         e["back_s"] = max(0.0, back + 1 - e["t"]) if back is not None else None
         e["p99_through_ms"] = max(lat[s] for s in after if s in lat) if after else None
         e["p99_steady_ms"] = statistics.median(steady)
+
+
+def event_name(e, nodes):
+    if e["what"] == "split":
+        return "split %s from %s" % (",".join(map(str, e["nodes"])),
+                                  ",".join(str(i) for i in range(1, nodes + 1) if i not in e["nodes"]))
+    if e["what"] == "heal":
+        return "heal"
+    return "%s node %s" % (e["what"], ",".join(map(str, e["nodes"])))
 
 
 def steady_after(series, t, later):
@@ -706,14 +736,15 @@ def plots(outdir, R):
     fig, ax = plt.subplots(figsize=(10, 4))
     ax.plot([s for s, _v in tl["series"]], [v for _s, v in tl["series"]], "-o", ms=3, label="deliveries per second")
     for e in tl["events"]:
-        ax.axvline(e["t"], color="red" if e["what"] == "kill" else "green", ls="--",
-                   label="%s node %s" % (e["what"], ",".join(map(str, e["nodes"]))))
+        ax.axvline(e["t"], color={"kill": "red", "restart": "green", "split": "orange"}.get(e["what"], "blue"),
+                   ls="--", label=event_name(e, tl["nodes"]))
     for c in tl["changes"][1:]:
         ax.axvline(c["t"], color="gray", ls=":", lw=1)
     ax.plot([], [], color="gray", ls=":", label="membership change seen by node 1")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("messages delivered per second")
-    ax.set_title("Failure timeline: %d real agents, R=2, kill -9 and restart" % tl["nodes"])
+    ax.set_title("Failure timeline: %d real agents, R=2, kill -9 and restart%s" % (
+        tl["nodes"], ", a split and its heal" if any(e["what"] == "split" for e in tl["events"]) else ""))
     ax.legend(fontsize=8, loc="lower left")
     save(fig, "real_failure_timeline.png")
 
@@ -804,6 +835,11 @@ def plots(outdir, R):
 
 # ---------------------------------------------------------------------------
 def main():
+    # The failure timeline cuts links between nodes: in a network namespace
+    # of this run's own (its own loopback; nothing of the host's is cut).
+    # Not root: no namespace, and the timeline has no split.
+    if os.geteuid() == 0:
+        netsplit.enter_namespace()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--out", default=os.path.join(ROOT, "results"))
@@ -1137,9 +1173,9 @@ def report(R, quick, runs, sim_runs, scale_ns, stamp):
     w("|---|---|---|---|---|---|")
     for k, e in enumerate(tl["events"]):
         col = lambda key: [t[k].get(key) for t in R["timeline_runs"] if t[k].get(key) is not None]
-        kill = e["what"] == "kill"
-        w("| %s node %s at t=%.0f s | %s | %s | %s | %s | %s |" % (
-            e["what"], ",".join(map(str, e["nodes"])), e["t"], fmt(col("reconfig_s"), 2), fmt(col("steady_s"), 0),
+        kill = e["what"] in ("kill", "split")
+        w("| %s at t=%.0f s | %s | %s | %s | %s | %s |" % (
+            event_name(e, tl["nodes"]), e["t"], fmt(col("reconfig_s"), 2), fmt(col("steady_s"), 0),
             fmt(col("dip"), 2) if kill and col("dip") else "",
             fmt(col("back_s"), 1) if kill and col("back_s") else "",
             "%s (%s)" % (fmt(col("p99_through_ms"), 0), fmt(col("p99_steady_ms"), 0)) if kill and col("p99_through_ms")
@@ -1153,7 +1189,11 @@ def report(R, quick, runs, sim_runs, scale_ns, stamp):
       "live nodes before. p99 through it: the highest per-second p99 delivery latency of the deliveries begun in "
       "those 3 seconds (failed ones included); steady: the median per-second p99 of the 10 seconds before the "
       "first kill. On this 2-core machine fewer live agents leave more CPU to the rest, so throughput can rise "
-      "after a kill." % len(R["timeline_runs"]))
+      "after a kill. A split (when the run had a network namespace of its own, as root): iptables drops every "
+      "packet between node 1's side and the other, both ways; the time to reconfigure is to node 1's view of "
+      "its side alone, and the share the throughput is measured against is the larger side's (it serves on as "
+      "most of the cluster; the smaller defers deliveries to folders it had to take over). A heal: the rules "
+      "go; the time to reconfigure is to node 1's view of every node." % len(R["timeline_runs"]))
     w("")
     w("![timeline](real_failure_timeline.png)")
     w("")

@@ -9,7 +9,7 @@ loopback, so nothing it does reaches the host's), each node on its own
 address 127.0.K.i. Every connection a node makes leaves from that address
 (the agent's source_address, Postfix's smtp/lmtp_bind_address), so
 iptables rules on source and destination cut exactly the links between
-nodes named:
+nodes named (netsplit.py):
 
   Links.cut(a, b)           a and b no longer hear each other
   Links.cut(a, b, one_way)  packets from a to b are dropped, b to a pass
@@ -41,76 +41,11 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 smtp = importlib.machinery.SourceFileLoader("porcupine_smtp_test", os.path.join(HERE, "smtp_test.py")).load_module()
+netsplit = importlib.machinery.SourceFileLoader("porcupine_netsplit", os.path.join(HERE, "netsplit.py")).load_module()
 
 SUBNET = 90
-CHAIN = "PORCUPINE-SPLIT"
 CONVERGE_S = 30          # the bound after a heal
 FLAG_MESSAGES = 4        # per user, delivered before the split; flagged on both sides of it
-
-
-def enter_namespace():
-    """Runs this script again in a new network namespace (once)."""
-    if os.environ.get("PORCUPINE_NETNS") == "1":
-        subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-        return
-    env = dict(os.environ, PORCUPINE_NETNS="1")
-    argv = ["unshare", "--net", "--", sys.executable] + sys.argv
-    os.execvpe("unshare", argv, env)
-
-
-def iptables(*args, check=True):
-    r = subprocess.run(["iptables", "-w"] + list(args), capture_output=True, text=True)
-    if check and r.returncode != 0:
-        raise AssertionError("iptables %s: %s" % (" ".join(args), r.stderr.strip()))
-    return r
-
-
-class Links:
-    """Cuts between the nodes of a stack: DROP rules on source and
-    destination address in a chain of INPUT."""
-
-    def __init__(self, stack):
-        self.st = stack
-        self.cuts = set()
-        self.lock = threading.Lock()
-        iptables("-N", CHAIN, check=False)
-        iptables("-F", CHAIN)
-        if iptables("-C", "INPUT", "-j", CHAIN, check=False).returncode != 0:
-            iptables("-I", "INPUT", "-j", CHAIN)
-
-    def _rule(self, op, a, b):
-        iptables(op, CHAIN, "-s", self.st.addr(a), "-d", self.st.addr(b), "-j", "DROP")
-
-    def cut(self, a, b, one_way=False):
-        with self.lock:
-            for x, y in [(a, b)] + ([] if one_way else [(b, a)]):
-                if (x, y) not in self.cuts:
-                    self._rule("-A", x, y)
-                    self.cuts.add((x, y))
-
-    def cut_off(self, side_a, side_b):
-        for a in side_a:
-            for b in side_b:
-                self.cut(a, b)
-
-    def heal(self):
-        with self.lock:
-            iptables("-F", CHAIN)
-            self.cuts.clear()
-
-    def flap(self, a, b, period_s, for_s):
-        """Cuts the link for half of every period, for for_s seconds, in a
-        thread; returns it (join it)."""
-        def run():
-            end = time.time() + for_s
-            while time.time() < end:
-                self.cut(a, b)
-                time.sleep(period_s / 2)
-                self.heal()
-                time.sleep(period_s / 2)
-        t = threading.Thread(target=run, daemon=True)
-        t.start()
-        return t
 
 
 def mailbox_views(stack, node, users):
@@ -165,7 +100,7 @@ class Split(unittest.TestCase):
         self.assertTrue(smtp.wait_for(self.st.cl.converged, 30), "cluster did not form")
         for user, pw in smtp.USERS.items():
             self.st.ctl(1, "user", "add", user, "--password", pw)
-        self.links = Links(self.st)
+        self.links = netsplit.Links(self.st.addr)
         self.users = sorted(smtp.USERS)
 
     def stop_all(self):
@@ -376,7 +311,7 @@ def main():
             argv.append(a)
     if os.geteuid() != 0:
         sys.exit("partition_test: needs root (a network namespace and iptables)")
-    enter_namespace()
+    netsplit.enter_namespace()
     import signal
     signal.signal(signal.SIGTERM, smtp.on_sigterm)
     unittest.main(argv=argv, verbosity=2)
