@@ -258,6 +258,26 @@ class Split(unittest.TestCase):
         import json
         return int(json.loads(r.stdout)["manager"])
 
+    def test_0_every_connection_between_nodes_leaves_from_its_nodes_address(self):
+        """What makes a cut by address possible at all: each agent's peer
+        connections, in both directions, have its own node's address at
+        its end (source_address defaults to the listen address's host)."""
+        with self.st.smtp(2) as s:  # some traffic between the nodes
+            s.sendmail("sender@outside.test", [self.users[0]], smtp.make_message(self.users[0], "addr-check", 300))
+        agents = {self.st.cl.pid(i, "agent"): i for i in range(1, self.nodes + 1)}
+        out = subprocess.run(["ss", "-tnpH", "state", "established"], capture_output=True, text=True,
+                             check=True).stdout
+        seen = 0
+        for line in out.splitlines():
+            cols = line.split()
+            local, peer = cols[2].rsplit(":", 1)[0], cols[3].rsplit(":", 1)[0]
+            for pid in map(int, re.findall(r"pid=(\d+)", line)):
+                if pid in agents and peer != local:
+                    self.assertEqual(local, self.st.addr(agents[pid]), line)
+                    seen += 1
+        # Every agent has a connection to each other (one each way at most).
+        self.assertGreaterEqual(seen, self.nodes * (self.nodes - 1), out)
+
     def test_a_one_node_cut_off_from_the_rest(self):
         self.run_scenario("(a) node 3 cut off", lambda: self.links.cut_off([3], [1, 2]), sides=[1, 3])
 
@@ -288,6 +308,7 @@ class SplitOfFive(Split):
     sessions = 10
 
     # Only (c) here: the scenarios of three nodes are not run again.
+    test_0_every_connection_between_nodes_leaves_from_its_nodes_address = None
     test_a_one_node_cut_off_from_the_rest = None
     test_b_the_manager_of_a_busy_mailbox_cut_off = None
     test_d_a_bridge_node_sees_both_the_others_do_not_see_each_other = None
