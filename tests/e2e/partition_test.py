@@ -307,13 +307,16 @@ class SplitOfFive(Split):
     messages = 300
     sessions = 10
 
-    # Only (c) here: the scenarios of three nodes are not run again.
+    # (c), and (a) again: one node of five cut off. The other scenarios of
+    # three nodes are not run again.
     test_0_every_connection_between_nodes_leaves_from_its_nodes_address = None
-    test_a_one_node_cut_off_from_the_rest = None
     test_b_the_manager_of_a_busy_mailbox_cut_off = None
     test_d_a_bridge_node_sees_both_the_others_do_not_see_each_other = None
     test_e_a_one_way_cut = None
     test_f_a_link_flapping_every_second_for_30_s = None
+
+    def test_a_one_node_cut_off_from_the_rest(self):
+        self.run_scenario("(a) node 5 of 5 cut off", lambda: self.links.cut_off([5], [1, 2, 3, 4]), sides=[1, 5])
 
     def test_c_two_against_three(self):
         self.run_scenario("(c) n1 n2 | n3 n4 n5", lambda: self.links.cut_off([1, 2], [3, 4, 5]), sides=[1, 4])
