@@ -19,8 +19,15 @@ Node::Node(CoreConfig cfg, Env& env, DurableStore& disk)
       repl_(
           cfg_, disk_, [this](NodeId to, Message m) { send(to, std::move(m)); },
           [this](const std::string& l) { env_.log(l); }),
-      auth_throttle_(cfg_.auth_failures_per_user, cfg_.auth_failure_window) {
-  repl_.on_user_changed = [this](const std::string& u) { rep_user_changed(u); };
+      auth_throttle_(cfg_.auth_failures_per_user, cfg_.auth_failure_window),
+      reporter_(
+          cfg_, membership_, repl_, handoffs_, [this](NodeId to, Message m) { send(to, std::move(m)); },
+          [this] { return wall(); }),
+      anti_entropy_(
+          cfg_, membership_, repl_, disk_, [this](NodeId to, Message m) { send(to, std::move(m)); },
+          [this](const std::string& l) { env_.log(l); }, [this] { return wall(); },
+          [this](NodeId n) { return live(n); }, [this] { return spool_full(); }) {
+  repl_.on_user_changed = [this](const std::string& u) { reporter_.user_changed(now_, u); };
   repl_.gone = [this](NodeId n) { return membership_.admin_state(n) == AdminState::Gone; };
   repl_.on_list_outdated = [this](const MsgId& id) { repair_forward_.insert(id); };
   membership_.on_admin = [this](const AdminMap& a) { disk_.put_admin(a); };
@@ -144,8 +151,8 @@ bool Node::manages(const std::string& user) const {
 
 void Node::on_change(const Membership::Change& ch) {
   mgr_on_change(now_, ch);
-  rep_on_change(ch);
-  sync_on_change(ch);
+  reporter_.on_change(now_, ch);
+  anti_entropy_.on_change(now_, ch);
 }
 
 void Node::tick(Time now) {
@@ -163,10 +170,10 @@ void Node::tick(Time now) {
   }
   repl_.tick(now, [this](NodeId n) { return live(n); });
   mgr_tick(now);
-  rep_tick(now);
+  reporter_.tick(now);
   fe_tick(now);
   store_failover(now);
-  sync_tick(now);
+  anti_entropy_.tick(now);
   admin_tick(now);
   repair_tick(now);
 }
@@ -201,9 +208,9 @@ void Node::receive(Time now, Envelope e) {
         } else if constexpr (std::is_same_v<T, Report>) {
           mgr_report(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, ReportAck>) {
-          rep_ack(now_, e.from, msg);
+          reporter_.on_ack(e.from, msg);
         } else if constexpr (std::is_same_v<T, ReportPoll>) {
-          rep_poll(msg);
+          reporter_.on_poll(now_, msg);
         } else if constexpr (std::is_same_v<T, AllocRequest>) {
           mgr_alloc(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, AllocDone>) {
@@ -220,7 +227,7 @@ void Node::receive(Time now, Envelope e) {
           serve_mutate(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, Push>) {
           repl_.on_push(now_, e.from, msg);
-          if (msg.update.kind == Update::Kind::Copy) sync_body_arrived(e.from, msg.update.record.id);
+          if (msg.update.kind == Update::Kind::Copy) anti_entropy_.body_arrived(now_, e.from, msg.update.record.id);
         } else if constexpr (std::is_same_v<T, PushAck>) {
           repl_.on_ack(now_, e.from, msg);
           repair_ack(now_, e.from, msg.id);
@@ -239,15 +246,15 @@ void Node::receive(Time now, Envelope e) {
         } else if constexpr (std::is_same_v<T, UsageRequest>) {
           serve_usage(e.from, msg);
         } else if constexpr (std::is_same_v<T, SyncRequest>) {
-          serve_sync_request(e.from, msg);
+          anti_entropy_.serve_request(e.from, msg);
         } else if constexpr (std::is_same_v<T, SyncDigest>) {
-          on_sync_digest(e.from, msg);
+          anti_entropy_.on_digest(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, SyncPull>) {
-          serve_sync_pull(e.from, msg);
+          anti_entropy_.serve_pull(e.from, msg);
         } else if constexpr (std::is_same_v<T, SyncRecords>) {
-          on_sync_records(now_, e.from, msg);
+          anti_entropy_.on_records(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, SyncBodies>) {
-          serve_sync_bodies(e.from, msg);
+          anti_entropy_.serve_bodies(e.from, msg);
         } else if constexpr (std::is_same_v<T, ProfileReply>) {
           if (!drain_profile_reply(msg)) fe_reply(e.from, m);
         } else {

@@ -9,7 +9,8 @@
 // Single-threaded: every call must come from the same thread.
 //
 // Files: node.cc (wiring, dispatch), manager.cc (manager role),
-// report.cc (mail-map reporting), frontend.cc (client operations).
+// report.h/report.cc (mail-map reporting: Reporter), frontend.cc (client
+// operations), sync.h/sync.cc (anti-entropy: AntiEntropy).
 #pragma once
 
 #include <cstdint>
@@ -30,6 +31,8 @@
 #include "membership.h"
 #include "placement.h"
 #include "replication.h"
+#include "report.h"
+#include "sync.h"
 #include "throttle.h"
 
 namespace porcupine {
@@ -252,18 +255,10 @@ class Node {
   // them; nothing while it cannot: not the manager, the bucket not ready,
   // a member yet to report it, or a member that does not say (older).
   std::optional<std::uint64_t> managed_usage(const std::string& user) const;
-  std::size_t pending_reports() const { return report_buckets_.size() + dirty_users_.size(); }
-  // Anti-entropy (sync.cc): what this node has asked of its peers and got.
-  struct SyncProgress {
-    std::uint64_t rounds = 0;            // digests asked of a peer
-    std::uint64_t users_pulled = 0;      // users whose digests differed
-    std::uint64_t records_absorbed = 0;  // records received in pulls
-    std::uint64_t bodies_wanted = 0;     // bodies this node found it lacked
-    std::uint64_t bodies_copied = 0;     // of them, received
-    std::uint64_t bodies_pending = 0;    // still to ask or on their way
-    std::uint64_t unindexed = 0;         // bodies on disk no record names yet
-  };
-  SyncProgress sync_progress() const;
+  std::size_t pending_reports() const { return reporter_.pending(); }
+  // Anti-entropy (sync.h): what this node has asked of its peers and got.
+  using SyncProgress = AntiEntropy::Progress;
+  SyncProgress sync_progress() const { return anti_entropy_.progress(); }
   // Repair and drain (repair.cc), as this node sees them.
   struct RepairProgress {
     std::uint64_t copies = 0;         // new copies acknowledged
@@ -289,7 +284,7 @@ class Node {
   // records listing `node` as a replica, and the profile if `node` is a
   // holder): X's digest for Y equals Y's for X when the two hold the same
   // of what they share.
-  std::uint64_t sync_digest(const std::string& user, NodeId node) const;
+  std::uint64_t sync_digest(const std::string& user, NodeId node) const { return anti_entropy_.digest(user, node); }
 
  private:
   // Front-end work in flight (frontend.cc, users.cc), and manager
@@ -532,15 +527,6 @@ class Node {
   // unless `with_draining`.
   std::vector<NodeLoad> live_loads(bool with_draining = false) const;
 
-  // report.cc
-  void rep_on_change(const Membership::Change& ch);
-  void rep_user_changed(const std::string& user);
-  void rep_tick(Time now);
-  void rep_ack(Time now, NodeId from, const ReportAck& a);
-  void rep_poll(const ReportPoll& p);
-  // `with_keys`: the keyed deliveries of the last delivery_key_ttl too.
-  ReportEntry summarize(const std::string& user, const std::string& folder, bool with_keys) const;
-
   std::uint64_t new_req() { return next_req_++; }
   void fe_reply(NodeId from, Message& m);
   void fe_tick(Time now);
@@ -571,40 +557,12 @@ class Node {
               const std::function<void(MessageRecord&)>& fill);
   bool fe_fetch_next(Pending& p, std::uint64_t id);
 
-  // sync.cc
-  struct SyncPeer {
-    std::uint64_t round = 0;      // the round this node runs with the peer
-    Time deadline = 0;            // no answer in the round by then: ask again
-    bool digests_done = false;    // the round's last digest came
-    std::uint64_t next_pull = 1;
-    std::set<std::uint64_t> pulls_open;  // pulls not yet answered in full
-    bool done = false;            // the round is complete (or given up until the next)
-    int silent = 0;               // rounds asked again for want of any answer
-    std::uint64_t pulled_users = 0, pulled_records = 0;  // in this round
-    struct Asked {
-      Time until = 0;
-      int attempts = 0;
-    };
-    std::deque<std::pair<MsgId, int>> need;  // bodies to ask the peer for (with attempts so far)
-    std::map<MsgId, Asked> inflight;         // asked, until
-  };
-  void sync_on_change(const Membership::Change& ch);
-  void sync_ask(NodeId peer);
-  void sync_tick(Time now);
-  void serve_sync_request(NodeId from, const SyncRequest& r);
-  void on_sync_digest(NodeId from, const SyncDigest& d);
-  void serve_sync_pull(NodeId from, const SyncPull& p);
-  void on_sync_records(Time now, NodeId from, const SyncRecords& r);
-  void sync_bodies(Time now, NodeId peer, SyncPeer& st);
-  void sync_progress(NodeId peer, SyncPeer& st);
-  void serve_sync_bodies(NodeId from, const SyncBodies& b);
-  void sync_body_arrived(NodeId from, const MsgId& id);
-  // A record as this node holds it (its body if `r` carries one) to one
-  // node, as a Push of a Copy under `id` (Version{0, self}: never logged,
-  // complete on arrival; a repair's copy: its new list's version).
-  void send_copy(NodeId to, MessageRecord r, const Version& id);
-
   // repair.cc
+  // A record as this node holds it (its body if `r` carries one) to one
+  // node, as a Push of a Copy under `id` (copy_push).
+  void send_copy(NodeId to, MessageRecord r, const Version& id) {
+    send(to, copy_push(cfg_.self, to, std::move(r), id));
+  }
   struct RepairCopy {
     MessageRecord rec;           // under its new replica list (without body)
     std::vector<NodeId> old;     // the list it replaces
@@ -675,23 +633,18 @@ class Node {
   std::set<std::pair<std::string, std::string>> reserving_;      // (user, folder): reservation on its way
   std::set<std::pair<std::string, std::string>> renames_due_;    // (user, new name): messages to move over
   // Lineages of buckets this node managed until the last change, for their
-  // new managers; valid only in the epoch that moved them.
+  // new managers (the reporter sends them); valid only in the epoch that
+  // moved them.
   std::map<Bucket, std::vector<Handoff>> handoffs_;
   Time awaiting_since_ = 0;
   Time last_inflight_prune_ = 0;
   Time last_poll_ = 0;
 
-  // reporter role (soft state)
-  std::set<Bucket> report_buckets_;
-  std::map<std::string, std::uint64_t> dirty_users_;  // user -> generation
-  std::uint64_t dirty_gen_ = 0;
-  Time next_report_ = 0;
+  // reporter role (soft state; report.h)
+  Reporter reporter_;
 
-  // anti-entropy (soft state)
-  std::map<NodeId, SyncPeer> sync_;
-  std::uint64_t sync_round_ = 0;
-  Time next_sync_ = 0;
-  SyncProgress sync_stats_;
+  // anti-entropy (soft state; sync.h)
+  AntiEntropy anti_entropy_;
 
   // repair and drain (soft state)
   std::map<MsgId, RepairCopy> repair_;

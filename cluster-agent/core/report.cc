@@ -1,43 +1,44 @@
 // SPDX-License-Identifier: MIT
-// report.cc - the reporter role: tell each user's manager which fragments
-// and profile replicas this node holds, and the bytes of the live mail in
-// them (the quota's usage), so managers can rebuild their soft state
-// (ARCHITECTURE.md 4, "Mail map").
-//
-// What is owed is kept as two sets: buckets whose manager changed in this
-// node's view of the user map (reported in full, marked complete), and
-// single users whose local state changed since the last acknowledged
-// report (a delivery, an expunge, a new replica list, a death certificate
-// that expired). Both are resent every report_retry until the manager
-// acknowledges them, and a manager still waiting for a bucket can poll
-// for it. The cost of a membership change is proportional to the data in
-// the moved buckets, not to the size of the cluster.
+// report.cc - the reporter role; see report.h.
+#include "report.h"
+
 #include <algorithm>
+#include <utility>
 
 #include "hash.h"
-#include "node.h"
 
 namespace porcupine {
 
-void Node::rep_on_change(const Membership::Change& ch) {
+Reporter::Reporter(const CoreConfig& cfg, const Membership& membership, const Replicator& repl,
+                   std::map<Bucket, std::vector<Handoff>>& handoffs, SendFn send, WallFn wall)
+    : cfg_(cfg),
+      membership_(membership),
+      repl_(repl),
+      handoffs_(handoffs),
+      send_(std::move(send)),
+      wall_(std::move(wall)) {}
+
+Bucket Reporter::bucket(const std::string& user) const { return bucket_of(user, cfg_.buckets); }
+
+void Reporter::on_change(Time now, const Membership::Change& ch) {
   bool same = ch.old_map.size() == ch.map.size();
   for (Bucket b = 0; b < ch.map.size(); ++b)
     if (!same || ch.old_map[b] != ch.map[b]) report_buckets_.insert(b);
-  next_report_ = now_;
+  next_report_ = now;
 }
 
-void Node::rep_user_changed(const std::string& user) {
+void Reporter::user_changed(Time now, const std::string& user) {
   dirty_users_[user] = ++dirty_gen_;
-  next_report_ = std::min(next_report_, now_);
+  next_report_ = std::min(next_report_, now);
 }
 
-void Node::rep_poll(const ReportPoll& p) {
+void Reporter::on_poll(Time now, const ReportPoll& p) {
   if (p.epoch != membership_.epoch()) return;
   report_buckets_.insert(p.buckets.begin(), p.buckets.end());
-  next_report_ = now_;
+  next_report_ = now;
 }
 
-ReportEntry Node::summarize(const std::string& user, const std::string& folder, bool with_keys) const {
+ReportEntry Reporter::summarize(const std::string& user, const std::string& folder, bool with_keys) const {
   ReportEntry e;
   e.user = user;
   e.folder = folder;
@@ -56,7 +57,7 @@ ReportEntry Node::summarize(const std::string& user, const std::string& folder, 
       bytes[list] += r.size;
     }
     // A new manager learns the keyed deliveries it may be asked again.
-    if (with_keys && !r.delivery_key.empty() && r.internal_date + cfg_.delivery_key_ttl > wall())
+    if (with_keys && !r.delivery_key.empty() && r.internal_date + cfg_.delivery_key_ttl > wall_())
       e.keys.push_back({r.delivery_key, r.id, r.uidvalidity, r.uid, r.replicas, true, r.internal_date, r.uid_gen});
     if (r.uid == 0 && !(r.has_body && !r.expunged)) continue;  // a moved-in message still needs a UID
     auto [it, fresh] =
@@ -72,7 +73,7 @@ ReportEntry Node::summarize(const std::string& user, const std::string& folder, 
   return e;
 }
 
-void Node::rep_tick(Time now) {
+void Reporter::tick(Time now) {
   if (!membership_.in_group() || now < next_report_) return;
   if (report_buckets_.empty() && dirty_users_.empty()) return;
   next_report_ = now + cfg_.report_retry;
@@ -103,11 +104,11 @@ void Node::rep_tick(Time now) {
   for (const auto& [user, gen] : dirty_users_) add_user(user);
   for (auto& [mgr, r] : out) {
     r.epoch = membership_.epoch();
-    send(mgr, std::move(r));
+    send_(mgr, std::move(r));
   }
 }
 
-void Node::rep_ack(Time, NodeId from, const ReportAck& a) {
+void Reporter::on_ack(NodeId from, const ReportAck& a) {
   if (a.epoch != membership_.epoch()) return;
   for (Bucket b : a.complete)
     if (membership_.manager_of(b) == from) {

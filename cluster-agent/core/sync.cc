@@ -1,24 +1,8 @@
 // SPDX-License-Identifier: MIT
-// sync.cc - anti-entropy between replicas.
-//
-// Replication (replication.cc) gets an update to every replica while the
-// update is in its log; once retired, nothing would notice a replica that
-// lost it later: an index cut short by a damaged Redis file, a body file
-// gone. So each node asks every member, when the member joins its group
-// and every sync_interval after, for what the member holds that names
-// this node: records that list it as a replica, profiles that list it as
-// a holder. The member answers one digest per user (sync_digest); the
-// users whose digest differs from this node's own of what it holds that
-// names the member are pulled as records without bodies and merged
-// (Replicator::absorb: attribute by attribute, versions and all, so
-// nothing newer is undone); a record whose body this node lacks is then
-// asked for, a few bodies at a time per peer, and comes back as a Push of
-// a Copy. A body this node still has on disk but no
-// record named (DurableSnapshot::unindexed) is claimed by its record
-// instead of copied again. Nothing here decides where copies live.
-#include <algorithm>
+// sync.cc - anti-entropy between replicas; see sync.h.
+#include "sync.h"
 
-#include "node.h"
+#include <algorithm>
 
 namespace porcupine {
 
@@ -37,7 +21,19 @@ constexpr int kBodyAttempts = 3;
 bool names(const std::vector<NodeId>& v, NodeId n) { return std::find(v.begin(), v.end(), n) != v.end(); }
 }  // namespace
 
-std::uint64_t Node::sync_digest(const std::string& user, NodeId node) const {
+AntiEntropy::AntiEntropy(const CoreConfig& cfg, const Membership& membership, Replicator& repl, DurableStore& disk,
+                         SendFn send, LogFn log, WallFn wall, LiveFn live, FullFn spool_full)
+    : cfg_(cfg),
+      membership_(membership),
+      repl_(repl),
+      disk_(disk),
+      send_(std::move(send)),
+      log_(std::move(log)),
+      wall_(std::move(wall)),
+      live_(std::move(live)),
+      spool_full_(std::move(spool_full)) {}
+
+std::uint64_t AntiEntropy::digest(const std::string& user, NodeId node) const {
   std::uint64_t sum = 0;
   for (const MsgId& id : repl_.user_records(user)) {
     const MessageRecord& r = repl_.records().at(id);
@@ -47,7 +43,7 @@ std::uint64_t Node::sync_digest(const std::string& user, NodeId node) const {
     // that old either).
     // (And its replica list's version, so two replicas that hold different
     // lists differ.)
-    if (names(r.replicas, node) && (!r.expunged || wall() - r.expunge_version.time < cfg_.death_ttl))
+    if (names(r.replicas, node) && (!r.expunged || wall_() - r.expunge_version.time < cfg_.death_ttl))
       sum += copy_digest(r);
   }
   auto p = repl_.profiles().find(user);
@@ -55,83 +51,83 @@ std::uint64_t Node::sync_digest(const std::string& user, NodeId node) const {
   return sum;
 }
 
-void Node::sync_on_change(const Membership::Change& ch) {
+void AntiEntropy::on_change(Time now, const Membership::Change& ch) {
   for (const MemberWeight& m : ch.members) {
     if (m.id == cfg_.self) continue;
     bool was = std::any_of(ch.old_members.begin(), ch.old_members.end(),
                            [&](const MemberWeight& o) { return o.id == m.id; });
-    if (!was) sync_ask(m.id);
+    if (!was) start_round(now, m.id);
   }
 }
 
-void Node::sync_ask(NodeId peer) {
-  SyncPeer& st = sync_[peer];
-  st.round = ++sync_round_;
-  st.deadline = now_ + kRoundSilence * cfg_.request_timeout;
+void AntiEntropy::start_round(Time now, NodeId peer) {
+  Peer& st = peers_[peer];
+  st.round = ++round_;
+  st.deadline = now + kRoundSilence * cfg_.request_timeout;
   st.digests_done = st.done = false;
   st.pulls_open.clear();
   st.pulled_users = st.pulled_records = 0;
-  ++sync_stats_.rounds;
-  send(peer, SyncRequest{st.round});
+  ++stats_.rounds;
+  send_(peer, SyncRequest{st.round});
 }
 
-void Node::sync_progress(NodeId peer, SyncPeer& st) {
-  st.deadline = now_ + kRoundSilence * cfg_.request_timeout;
+void AntiEntropy::round_progress(Time now, NodeId peer, Peer& st) {
+  st.deadline = now + kRoundSilence * cfg_.request_timeout;
   st.silent = 0;
   if (st.done || !st.digests_done || !st.pulls_open.empty()) return;
   st.done = true;
   if (st.pulled_users > 0)
-    env_.log("sync: with n" + std::to_string(peer) + ": " + std::to_string(st.pulled_users) + " users differed, " +
-             std::to_string(st.pulled_records) + " records merged, " + std::to_string(st.need.size() + st.inflight.size()) +
-             " bodies to copy");
+    log_("sync: with n" + std::to_string(peer) + ": " + std::to_string(st.pulled_users) + " users differed, " +
+         std::to_string(st.pulled_records) + " records merged, " + std::to_string(st.need.size() + st.inflight.size()) +
+         " bodies to copy");
 }
 
-void Node::serve_sync_request(NodeId from, const SyncRequest& r) {
+void AntiEntropy::serve_request(NodeId from, const SyncRequest& r) {
   SyncDigest d;
   d.round = r.round;
   for (const std::string& user : repl_.local_users()) {
-    std::uint64_t digest = sync_digest(user, from);
-    if (digest == 0) continue;
-    d.users.push_back({user, digest});
+    std::uint64_t sum = digest(user, from);
+    if (sum == 0) continue;
+    d.users.push_back({user, sum});
     if (d.users.size() == kDigestsPerMessage) {
-      send(from, d);
+      send_(from, d);
       d.users.clear();
     }
   }
   d.last = true;
-  send(from, std::move(d));
+  send_(from, std::move(d));
 }
 
-void Node::on_sync_digest(NodeId from, const SyncDigest& d) {
-  auto it = sync_.find(from);
-  if (it == sync_.end() || it->second.round != d.round) return;  // a round this node no longer runs
-  SyncPeer& st = it->second;
+void AntiEntropy::on_digest(Time now, NodeId from, const SyncDigest& d) {
+  auto it = peers_.find(from);
+  if (it == peers_.end() || it->second.round != d.round) return;  // a round this node no longer runs
+  Peer& st = it->second;
   SyncPull pull;
   pull.round = d.round;
   auto send_pull = [&] {
     pull.pull = st.next_pull++;
     st.pulls_open.insert(pull.pull);
-    send(from, pull);
+    send_(from, pull);
     pull.users.clear();
   };
   for (const UserDigest& u : d.users) {
-    if (sync_digest(u.user, from) == u.digest) continue;
+    if (digest(u.user, from) == u.digest) continue;
     pull.users.push_back(u.user);
-    ++sync_stats_.users_pulled;
+    ++stats_.users_pulled;
     ++st.pulled_users;
     if (pull.users.size() == kUsersPerPull) send_pull();
   }
   if (!pull.users.empty()) send_pull();
   if (d.last) st.digests_done = true;
-  sync_progress(from, st);
+  round_progress(now, from, st);
 }
 
-void Node::serve_sync_pull(NodeId from, const SyncPull& p) {
+void AntiEntropy::serve_pull(NodeId from, const SyncPull& p) {
   SyncRecords out;
   out.round = p.round;
   out.pull = p.pull;
   auto flush = [&] {
-    send(from, out);
+    send_(from, out);
     out.records.clear();
     out.profiles.clear();
   };
@@ -150,17 +146,17 @@ void Node::serve_sync_pull(NodeId from, const SyncPull& p) {
   flush();
 }
 
-void Node::on_sync_records(Time now, NodeId from, const SyncRecords& r) {
-  SyncPeer& st = sync_[from];
+void AntiEntropy::on_records(Time now, NodeId from, const SyncRecords& r) {
+  Peer& st = peers_[from];
   // Whatever round it answers, it is what the peer holds: merged.
   for (const Profile& p : r.profiles) repl_.absorb(p);
   if (r.round == st.round) st.pulled_records += r.records.size();
   for (const MessageRecord& rec : r.records) {
-    ++sync_stats_.records_absorbed;
+    ++stats_.records_absorbed;
 
     if (repl_.absorb(rec) && !st.inflight.count(rec.id)) {
       st.need.emplace_back(rec.id, 0);
-      ++sync_stats_.bodies_wanted;
+      ++stats_.bodies_wanted;
     }
     // The peer holds a copy under a list a repair or drain has since
     // replaced, one that leaves it out (it was away, declared gone, and is
@@ -176,18 +172,18 @@ void Node::on_sync_records(Time now, NodeId from, const SyncRecords& r) {
       MessageRecord bare = cur->second;
       bare.body.clear();
       bare.has_body = false;
-      send_copy(from, std::move(bare), Version{0, cfg_.self});
+      send_(from, copy_push(cfg_.self, from, std::move(bare), Version{0, cfg_.self}));
     }
   }
   if (r.round == st.round) {
     if (r.last) st.pulls_open.erase(r.pull);
-    sync_progress(from, st);
+    round_progress(now, from, st);
   }
-  sync_bodies(now, from, st);
+  ask_bodies(now, from, st);
 }
 
-void Node::sync_bodies(Time now, NodeId peer, SyncPeer& st) {
-  if (spool_full()) return;  // they would be dropped on arrival: asked once there is room
+void AntiEntropy::ask_bodies(Time now, NodeId peer, Peer& st) {
+  if (spool_full_()) return;  // they would be dropped on arrival: asked once there is room
   SyncBodies ask;
   while (st.inflight.size() < cfg_.sync_bodies_inflight && !st.need.empty()) {
     auto [id, attempts] = st.need.front();
@@ -198,10 +194,10 @@ void Node::sync_bodies(Time now, NodeId peer, SyncPeer& st) {
     st.inflight[id] = {now + cfg_.request_timeout + store_crossing(cfg_, r->second.size), attempts + 1};
     ask.ids.push_back(id);
   }
-  if (!ask.ids.empty()) send(peer, std::move(ask));
+  if (!ask.ids.empty()) send_(peer, std::move(ask));
 }
 
-void Node::serve_sync_bodies(NodeId from, const SyncBodies& b) {
+void AntiEntropy::serve_bodies(NodeId from, const SyncBodies& b) {
   for (const MsgId& id : b.ids) {
     auto it = repl_.records().find(id);
     if (it == repl_.records().end() || !it->second.has_body || it->second.expunged) continue;
@@ -209,34 +205,34 @@ void Node::serve_sync_bodies(NodeId from, const SyncBodies& b) {
     if (!body) continue;  // the asker's wait runs out; it asks again, then the next round
     MessageRecord r = it->second;
     r.body = std::move(*body);
-    send_copy(from, std::move(r), Version{0, cfg_.self});
+    send_(from, copy_push(cfg_.self, from, std::move(r), Version{0, cfg_.self}));
   }
 }
 
-void Node::send_copy(NodeId to, MessageRecord r, const Version& id) {
+Push copy_push(NodeId self, NodeId to, MessageRecord r, const Version& id) {
   Push p;
   p.update.id = id;
   p.update.kind = Update::Kind::Copy;
-  p.update.coordinator = cfg_.self;
+  p.update.coordinator = self;
   p.update.replicas = {to};
   p.update.record = std::move(r);
-  p.have = {cfg_.self};
-  send(to, std::move(p));
+  p.have = {self};
+  return p;
 }
 
-void Node::sync_body_arrived(NodeId from, const MsgId& id) {
-  auto it = sync_.find(from);
-  if (it == sync_.end() || !it->second.inflight.erase(id)) return;
-  ++sync_stats_.bodies_copied;
-  sync_bodies(now_, from, it->second);
+void AntiEntropy::body_arrived(Time now, NodeId from, const MsgId& id) {
+  auto it = peers_.find(from);
+  if (it == peers_.end() || !it->second.inflight.erase(id)) return;
+  ++stats_.bodies_copied;
+  ask_bodies(now, from, it->second);
 }
 
-void Node::sync_tick(Time now) {
-  for (auto it = sync_.begin(); it != sync_.end();) {
+void AntiEntropy::tick(Time now) {
+  for (auto it = peers_.begin(); it != peers_.end();) {
     NodeId peer = it->first;
-    SyncPeer& st = it->second;
-    if (!live(peer)) {  // asked again when it is back
-      it = sync_.erase(it);
+    Peer& st = it->second;
+    if (!live_(peer)) {  // asked again when it is back
+      it = peers_.erase(it);
       continue;
     }
     for (auto f = st.inflight.begin(); f != st.inflight.end();) {
@@ -247,7 +243,7 @@ void Node::sync_tick(Time now) {
       if (f->second.attempts < kBodyAttempts) st.need.emplace_front(f->first, f->second.attempts);
       f = st.inflight.erase(f);
     }
-    sync_bodies(now, peer, st);
+    ask_bodies(now, peer, st);
     // A round whose messages were lost (a connection that dropped) is
     // asked again: nothing in it is lost by asking twice. A peer that
     // never answers (one that does not know the sync) is left until the
@@ -257,7 +253,7 @@ void Node::sync_tick(Time now) {
         st.done = true;
       } else {
         int silent = st.silent;
-        sync_ask(peer);
+        start_round(now, peer);
         st.silent = silent;
       }
     }
@@ -268,12 +264,12 @@ void Node::sync_tick(Time now) {
   if (now < next_sync_) return;
   next_sync_ = now + cfg_.sync_interval;
   for (const MemberWeight& m : membership_.members())
-    if (m.id != cfg_.self) sync_ask(m.id);
+    if (m.id != cfg_.self) start_round(now, m.id);
 }
 
-Node::SyncProgress Node::sync_progress() const {
-  SyncProgress p = sync_stats_;
-  for (const auto& [peer, st] : sync_) p.bodies_pending += st.need.size() + st.inflight.size();
+AntiEntropy::Progress AntiEntropy::progress() const {
+  Progress p = stats_;
+  for (const auto& [peer, st] : peers_) p.bodies_pending += st.need.size() + st.inflight.size();
   p.unindexed = repl_.unindexed().size();
   return p;
 }
