@@ -685,7 +685,7 @@ void Node::fe_reply(NodeId from, Message& m) {
     // not (an older one, or one that an older member's reports leave
     // without a count) leaves it to this node, which counts first.
     if (a->quota_bytes > 0 && !a->quota_checked) {
-      d->quota.emplace().alloc = *a;
+      d->quota = QuotaCheck{*a, {}};
       fe_usage_gather(now_, a->req);
       return;
     }
