@@ -201,8 +201,8 @@ void Node::authenticate(Time now, std::uint64_t req, const std::string& user, co
                  env_.log("warning: " + printable(user) +
                           ": too many failed logins; its checks wait for auth_failure_window_ms");
              } else {
+               c.profile->password_hash.clear();  // never leaves the node
                out.profile = std::move(c.profile);
-               out.profile->password_hash.clear();
                out.manager = c.manager;
              }
              reply(std::move(out));
