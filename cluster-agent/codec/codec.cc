@@ -799,10 +799,13 @@ bool from_pb(const pb::FetchReply& p, FetchReply& m, Check& c) {
 void to_pb(const ProfileRequest& m, pb::ProfileRequest& p) {
   p.set_req(m.req);
   p.set_user(m.user);
+  if (m.remembered) to_pb(*m.remembered, *p.mutable_remembered());
 }
-bool from_pb(const pb::ProfileRequest& p, ProfileRequest& m, Check&) {
-  m = {p.req(), p.user()};
-  return true;
+bool from_pb(const pb::ProfileRequest& p, ProfileRequest& m, Check& c) {
+  m = {p.req(), p.user(), std::nullopt};
+  if (!p.has_remembered()) return true;
+  m.remembered.emplace();
+  return from_pb(p.remembered(), *m.remembered, c);
 }
 
 void to_pb(const ProfileReply& m, pb::ProfileReply& p) {

@@ -123,6 +123,15 @@ constexpr std::array kTable{
     P("auth_failure_window_ms", Type::kMillis, "60000", 1000, 86400 * kSecond,
       "Time over which a user's budget of failed password checks refills completely.",
       &Params::auth_failure_window_ms),
+    P("profile_memory_users", Type::kCount, "50000", 0, 10000000,
+      "Profiles (password hash, quota, folders) of users this node looked up lately that it keeps in memory (0: "
+      "none). When every holder of a user's profile is out of reach (a partition, or both holders down), the "
+      "user's manager takes the profile from this memory: the user can log in, read and change flags on this "
+      "side; a password change or deletion made on the other side is seen here only after the heal.",
+      &Params::profile_memory_users),
+    P("profile_memory_ttl", Type::kSeconds, "1d", 60, 30 * kDay,
+      "How long a profile in the memory of profile_memory_users may be used after it was last looked up.",
+      &Params::profile_memory_ttl),
     // A string, not an address: empty is allowed and means no endpoint;
     // cross_check parses any other value as host:port.
     P("metrics_listen", Type::kString, "",
@@ -1091,6 +1100,8 @@ CoreConfig to_core(const Params& p) {
   c.list_part = p.listing_part_records;
   c.auth_failures_per_user = p.auth_failures_per_user;
   c.auth_failure_window = p.auth_failure_window_ms;
+  c.profile_memory_users = p.profile_memory_users;
+  c.profile_memory_ttl = p.profile_memory_ttl * kSecond;
   return c;
 }
 

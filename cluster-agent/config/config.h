@@ -86,6 +86,8 @@ struct Params {
   std::string local_admin_group;
   std::uint32_t auth_failures_per_user{};
   Time auth_failure_window_ms{};
+  std::uint32_t profile_memory_users{};
+  std::int64_t profile_memory_ttl{};  // seconds
   std::string metrics_listen;  // host:port of the Prometheus endpoint; empty: none
   std::string source_address;  // outgoing peer connections' address; empty: listen's host; "any": none
 

@@ -62,6 +62,12 @@ struct CoreConfig {
   // budget of this many that refills over auth_failure_window (0: no limit).
   std::uint32_t auth_failures_per_user = 10;
   Time auth_failure_window = 60000;
+  // Profiles this node looked up lately, kept in memory (at most this
+  // many, each usable for profile_memory_ttl after its last lookup): a
+  // manager whose user's profile holders are all out of reach takes the
+  // profile from a front end's memory (Node::get_user).
+  std::uint32_t profile_memory_users = 50000;
+  Time profile_memory_ttl = 86'400'000;
 };
 
 // How long a body of `bytes` is given to arrive, at the configured rate.

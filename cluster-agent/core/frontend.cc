@@ -255,7 +255,8 @@ void Node::fe_tick(Time now) {
               else p.retry_at = p.deadline;
             }
           } else if constexpr (std::is_same_v<T, ProfileOp>) {
-            send(mgr, ProfileRequest{id, p.user});
+            const Profile* known = op.offer ? remembered_profile(p.user) : nullptr;
+            send(mgr, ProfileRequest{id, p.user, known ? std::optional<Profile>(*known) : std::nullopt});
           } else if constexpr (std::is_same_v<T, UserUpdateOp>) {
             op.change.req = id;
             send(mgr, op.change);
@@ -728,6 +729,9 @@ void Node::fe_reply(NodeId from, Message& m) {
     if (mr->status == Status::NoSuchUser) return fe_fail(mr->req, Status::NoSuchUser, "no such user");
     if (mr->status != Status::Ok) {
       p->retry_at = now_ + kRetry;
+      // The profile's holders may be out of reach (a reader whose session
+      // began before a split): the manager is offered this node's memory.
+      if (mr->status == Status::TryAgain) offer_profile(p->user);
       return;
     }
     l->phase = ListOp::Phase::List;

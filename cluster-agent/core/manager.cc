@@ -238,7 +238,7 @@ FolderMeta* Node::lineage_meta(Time now, MgrUser& u, const std::string& folder, 
   if (!u.profile || u.profile->deleted) return nullptr;
   auto it = u.profile->folders.find(folder);
   if (it != u.profile->folders.end() && it->second.uidvalidity != 0 && !it->second.deleted) return &it->second;
-  if (!create) return nullptr;
+  if (!create || u.adopted) return nullptr;  // an adopted profile gets no new lineage
   // A folder with no lineage yet (INBOX of a user from before lineages
   // were kept in the profile, or a delivery into a folder never created):
   // its UIDVALIDITY is fixed now, for good.
@@ -254,7 +254,7 @@ FolderMeta* Node::lineage_meta(Time now, MgrUser& u, const std::string& folder, 
 }
 
 Version Node::write_profile(Time now, MgrUser& u, const std::vector<NodeId>& also) {
-  if (!u.profile) return {};
+  if (!u.profile || u.adopted) return {};
   Update up;
   up.id = next_version();
   up.kind = Update::Kind::Profile;
@@ -284,6 +284,7 @@ bool Node::settle_lineage(Time now, const std::string& user, const std::string& 
       !for_new_mail && gone != u.profile->folders.end() && gone->second.deleted)
     return false;  // deleted: what is still reported of it is on its way out, and a listing has no folder
   FolderMeta* m = lineage_meta(now, u, folder, false);
+  if (!m && u.adopted) return false;  // decided once a holder of the profile reports it
   if (!m && !u.profile->folders.count(folder) && (!f.handed.empty() || !f.seen.empty())) {
     // No lineage in the profile (mail from before lineages were kept
     // there): the handed-on one, or the newest that holds live mail,
@@ -354,6 +355,7 @@ bool Node::current_generation(Time now, const std::string& user, const std::stri
 
 void Node::begin_generation(Time now, const std::string& user, const std::string& folder, MgrFolder& f) {
   MgrUser& u = managed_[bucket(user)][user];
+  if (u.adopted) return;  // a takeover is written to the profile's holders
   FolderMeta* m = lineage_meta(now, u, folder, false);
   if (!m || m->uidvalidity != f.uidvalidity) return;
   // What this manager has been shown of the lineage, its own generation's
@@ -430,7 +432,7 @@ void Node::reserve_uids(Time now, const std::string& user, const std::string& fo
   if (!f.reserve_write.is_null()) return;  // one at a time
   MgrUser& u = managed_[bucket(user)][user];
   FolderMeta* m = lineage_meta(now, u, folder, false);
-  if (!m || m->uidvalidity != f.uidvalidity) return;  // no profile here: nothing can be reserved
+  if (!m || m->uidvalidity != f.uidvalidity || u.adopted) return;  // no profile here: nothing can be reserved
   const std::uint32_t first = std::max(f.reserved + 1, f.next_uid);
   const std::uint32_t last = std::max(first + kUidBlock - 1, f.next_uid + need - 1);
   m->uid_reserved = std::max(m->uid_reserved, last);
@@ -523,6 +525,10 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
       if (p.user != user) continue;
       if (!mu.profile) mu.profile = p;
       else merge_profile(*mu.profile, p);
+      if (mu.adopted)
+        env_.log("manager: " + printable(user) + ": node " + std::to_string(from) +
+                 " holds its profile; the adopted copy is merged into it");
+      mu.adopted = false;  // a holder's copy: the manager's own again
     }
     for (const auto& e : r.entries) {
       if (e.user != user) continue;
@@ -708,6 +714,8 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
     auto it = users.find(a.user);
     if (it == users.end() || !it->second.profile || it->second.profile->deleted) {
       rep.status = missing_user_status(b, it == users.end() ? nullptr : &it->second);
+    } else if (it->second.adopted) {
+      rep.status = Status::TryAgain;  // UIDs are reserved on the profile's holders
     } else if (!a.move_nodes.empty()) {
       // A Move's UID in the destination: the message stays on its nodes.
       MgrFolder& f = it->second.folders[a.folder];
@@ -877,6 +885,8 @@ void Node::mgr_renumber(Time now, NodeId from, const RenumberRequest& r) {
     rep.status = Status::TryAgain;
   } else if (!u || !u->profile || u->profile->deleted) {
     rep.status = missing_user_status(b, u);
+  } else if (u->adopted) {
+    rep.status = Status::TryAgain;
   } else {
     MgrFolder& f = u->folders[r.folder];
     if (!settle_lineage(now, r.user, r.folder, f)) {

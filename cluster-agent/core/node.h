@@ -201,6 +201,11 @@ class Node {
   };
   struct MgrUser {
     std::optional<Profile> profile;
+    // The profile came from a front end's memory (ProfileRequest::remembered),
+    // not from a holder: none of its holders is live. It answers lookups
+    // and listings; nothing is written to the profile (no UID is handed
+    // out, no user change is taken) until a holder reports it.
+    bool adopted = false;
     std::map<std::string, MgrFolder> folders;
     // The quota's usage, soft state like the mail map: per member, the
     // bytes of the user's live mail it last reported, by replica list
@@ -379,7 +384,11 @@ class Node {
     std::set<NodeId> awaiting;          // holders asked
     NodeId peer = kNoNode;              // the holder asked last
   };
-  struct ProfileOp {};  // get_user: the user's manager asked for the profile
+  // get_user: the user's manager asked for the profile; after a TryAgain,
+  // with this node's memory of it (offer).
+  struct ProfileOp {
+    bool offer = false;
+  };
   struct UserUpdateOp {
     UserUpdateRequest change;
   };
@@ -602,6 +611,17 @@ class Node {
   void fe_store(std::uint64_t id, const AllocReply& a);
   void fe_usage_reply(NodeId from, const UsageReply& u);
   bool fe_user_reply(NodeId from, const Message& m);
+  // The front end's memory of profiles it got (profile_memory_users,
+  // profile_memory_ttl): the newest of each user.
+  void remember_profile(const Profile& p);
+  void forget_profile(const std::string& user);
+  const Profile* remembered_profile(const std::string& user) const;
+  // Offers the user's manager this node's memory of the profile (a reader
+  // was told to try again).
+  void offer_profile(const std::string& user);
+  // The manager takes a front end's memory of a profile when it has none
+  // and none of its holders is live; null when it does not.
+  const MgrUser* adopt_profile(Bucket b, NodeId from, const Profile& p);
 
   CoreConfig cfg_;
   Env& env_;
@@ -686,6 +706,12 @@ class Node {
     return h == heard_.end() || now_ - h->second >= t;
   }
   std::uint64_t store_failovers_ = 0;  // silent replicas replaced
+  struct RememberedProfile {
+    Profile profile;
+    Time at = 0;  // last got
+  };
+  std::map<std::string, RememberedProfile> remembered_;
+  std::multimap<Time, std::string> remembered_order_;  // oldest first
 };
 
 }  // namespace porcupine

@@ -349,7 +349,7 @@ void Node::repair_profiles(Time now) {
   for (auto& [b, users] : managed_) {
     if (!bucket_ready(b)) continue;
     for (auto& [name, u] : users) {
-      if (!u.profile) continue;
+      if (!u.profile || u.adopted) continue;
       Profile& p = *u.profile;
       // (Also one left with fewer holders than R: a Gone holder dropped
       // when no other node was there to take its place.)
@@ -394,7 +394,7 @@ void Node::drain_check_profiles(Time now) {
     if (mgr == kNoNode || mgr == cfg_.self) continue;
     std::uint64_t req = new_req();
     profile_checks_[req] = user;
-    send(mgr, ProfileRequest{req, user});
+    send(mgr, ProfileRequest{req, user, std::nullopt});
     if (profile_checks_.size() == kProfilesPerTick) break;
   }
 }

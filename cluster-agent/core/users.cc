@@ -55,6 +55,7 @@ bool Node::fe_user_reply(NodeId from, const Message& m) {
     Pending* p = pending_as<ProfileOp>(r->req).first;
     if (!p) return true;
     if (r->status == Status::Ok) {
+      remember_profile(r->profile);
       ClientReply out;
       out.req = p->client_req;
       out.profile = r->profile;
@@ -63,9 +64,13 @@ bool Node::fe_user_reply(NodeId from, const Message& m) {
       pending_.erase(r->req);
       reply(std::move(out));
     } else if (r->status == Status::NoSuchUser) {
+      forget_profile(p->user);
       fe_fail(r->req, Status::NoSuchUser, "no such user");
     } else {
       p->retry_at = now_ + 200;  // not ready, not the manager: ask again
+      // The profile's holders may be out of reach: asked again with what
+      // this node remembers of it.
+      if (r->status == Status::TryAgain) std::get<ProfileOp>(p->op).offer = true;
     }
     return true;
   }
@@ -107,6 +112,64 @@ bool Node::fe_user_reply(NodeId from, const Message& m) {
   return false;
 }
 
+void Node::remember_profile(const Profile& p) {
+  if (cfg_.profile_memory_users == 0 || p.user.empty() || p.deleted) return;
+  auto [it, added] = remembered_.try_emplace(p.user);
+  if (!added) {
+    auto [a, z] = remembered_order_.equal_range(it->second.at);
+    for (; a != z; ++a)
+      if (a->second == p.user) {
+        remembered_order_.erase(a);
+        break;
+      }
+  }
+  it->second = {p, now_};
+  remembered_order_.emplace(now_, p.user);
+  while (remembered_.size() > cfg_.profile_memory_users) {
+    remembered_.erase(remembered_order_.begin()->second);
+    remembered_order_.erase(remembered_order_.begin());
+  }
+}
+
+void Node::forget_profile(const std::string& user) {
+  auto it = remembered_.find(user);
+  if (it == remembered_.end()) return;
+  auto [a, z] = remembered_order_.equal_range(it->second.at);
+  for (; a != z; ++a)
+    if (a->second == user) {
+      remembered_order_.erase(a);
+      break;
+    }
+  remembered_.erase(it);
+}
+
+const Profile* Node::remembered_profile(const std::string& user) const {
+  auto it = remembered_.find(user);
+  if (it == remembered_.end() || now_ - it->second.at > cfg_.profile_memory_ttl) return nullptr;
+  return &it->second.profile;
+}
+
+void Node::offer_profile(const std::string& user) {
+  const Profile* p = remembered_profile(user);
+  NodeId mgr = membership_.manager_of(bucket(user));
+  if (!p || mgr == kNoNode) return;
+  send(mgr, ProfileRequest{0, user, *p});  // its answer matches no request
+}
+
+const Node::MgrUser* Node::adopt_profile(Bucket b, NodeId from, const Profile& p) {
+  MgrUser* u = managed_user(p.user);
+  if ((u && u->profile) || p.deleted || p.holders.empty() || missing_user_status(b, u) != Status::TryAgain)
+    return nullptr;
+  for (NodeId h : p.holders)
+    if (live(h)) return nullptr;  // its report is on its way
+  MgrUser& mu = managed_[b][p.user];
+  mu.profile = p;
+  mu.adopted = true;
+  env_.log("manager: " + printable(p.user) + ": no holder of its profile is live; node " + std::to_string(from) +
+           "'s last copy (" + p.version.str() + ") answers until one reports");
+  return &mu;
+}
+
 // A deleted profile is a known answer. No profile at all is one only while
 // every node this one knows of is in the group: mail without a profile, or
 // a known node that is down, means the profile's holders may be out of
@@ -131,18 +194,23 @@ void Node::mgr_profile(NodeId from, const ProfileRequest& r) {
     rep.status = Status::NotManager;
   } else if (!bucket_ready(b)) {
     rep.status = Status::TryAgain;
-  } else if (const MgrUser* u = managed_user(r.user); !u || !u->profile || u->profile->deleted) {
-    rep.status = missing_user_status(b, u);
-    // A deleted user's tombstone goes along (a draining holder of an old
-    // copy learns from it that it holds it no more; repair.cc).
-    if (u && u->profile) rep.profile = *u->profile;
   } else {
-    rep.profile = *u->profile;
-    // The usage too, once this manager can count it (the milter's RCPT
-    // check and `user show` then ask no other node).
-    if (auto used = managed_usage(r.user)) {
-      rep.has_usage = true;
-      rep.used_bytes = *used;
+    const MgrUser* u = managed_user(r.user);
+    if ((!u || !u->profile) && r.remembered && r.remembered->user == r.user)
+      if (const MgrUser* a = adopt_profile(b, from, *r.remembered)) u = a;
+    if (!u || !u->profile || u->profile->deleted) {
+      rep.status = missing_user_status(b, u);
+      // A deleted user's tombstone goes along (a draining holder of an old
+      // copy learns from it that it holds it no more; repair.cc).
+      if (u && u->profile) rep.profile = *u->profile;
+    } else {
+      rep.profile = *u->profile;
+      // The usage too, once this manager can count it (the milter's RCPT
+      // check and `user show` then ask no other node).
+      if (auto used = managed_usage(r.user)) {
+        rep.has_usage = true;
+        rep.used_bytes = *used;
+      }
     }
   }
   send(from, std::move(rep));
@@ -158,6 +226,8 @@ void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
     rep.status = Status::TryAgain;
   } else if (!u || !u->profile || u->profile->deleted) {
     rep.status = missing_user_status(b, u);
+  } else if (u->adopted) {
+    rep.status = Status::TryAgain;  // a change waits for the profile's holders
   } else {
     Profile& p = *u->profile;
     switch (r.op) {

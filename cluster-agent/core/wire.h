@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -335,6 +336,10 @@ inline std::size_t header_end(std::string_view head) {
 struct ProfileRequest {
   std::uint64_t req = 0;
   std::string user;
+  // The profile as the asking front end last got it (its memory), offered
+  // after the manager answered TryAgain: the manager takes it when none of
+  // the profile's holders is live (MgrUser::adopted). Not from an older node.
+  std::optional<Profile> remembered;
   bool operator==(const ProfileRequest&) const = default;
 };
 struct ProfileReply {

@@ -74,7 +74,7 @@ TEST(Config, DefaultsOfCoreTunablesEqualCoreConfig) {
   // Fails to compile when CoreConfig gains or loses a field: map it in to_core
   // (and give it a parameter), then update this count.
   [[maybe_unused]] const auto& [f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17,
-                                f18, f19, f20, f21, f22, f23, f24, f25, f26, f27] = want;
+                                f18, f19, f20, f21, f22, f23, f24, f25, f26, f27, f28, f29] = want;
   EXPECT_EQ(core.self, 1u);
   EXPECT_TRUE(core.seeds.empty());
   EXPECT_EQ(core.weight, want.weight);
@@ -100,6 +100,8 @@ TEST(Config, DefaultsOfCoreTunablesEqualCoreConfig) {
   EXPECT_EQ(core.node_dead_timeout, want.node_dead_timeout);
   EXPECT_EQ(core.auth_failures_per_user, want.auth_failures_per_user);
   EXPECT_EQ(core.auth_failure_window, want.auth_failure_window);
+  EXPECT_EQ(core.profile_memory_users, want.profile_memory_users);
+  EXPECT_EQ(core.profile_memory_ttl, want.profile_memory_ttl);
   EXPECT_EQ(core.repair_inflight, want.repair_inflight);
   EXPECT_EQ(core.list_part, want.list_part);
 }

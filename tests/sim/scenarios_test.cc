@@ -1065,29 +1065,37 @@ TEST(Reads, AFolderDigestMovesWithWhatAListingShowsAndOnlyThen) {
 // A user whose profile's holders are all down is not "no such user" (an
 // SMTP server would bounce mail for a real user with a 5xx); a user no node
 // knows while every node is up is.
+// Both holders of a profile down: a node that never looked the user up
+// gets TryAgain, not NoSuchUser (the profile may be on the nodes that are
+// down); one that did offers its memory of the profile, which the manager
+// then answers with, to every node, until a holder is back.
 TEST(Users, AUserWhoseProfileIsOutOfReachIsTryAgainNotNoSuchUser) {
   Harness h(4);
   const std::string u = "lou@example.org";
   h.user(u);
   const std::vector<NodeId> profile_holders = h.profile_holders(u);
   ASSERT_EQ(profile_holders.size(), 2u);
-  NodeId via = 1;
-  while (via == profile_holders[0] || via == profile_holders[1]) ++via;
-  auto lookup = [&](const std::string& who) {
-    return h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.get_user(now, req, who); })->status;
+  std::vector<NodeId> others;
+  for (NodeId n = 1; n <= 4; ++n)
+    if (n != profile_holders[0] && n != profile_holders[1]) others.push_back(n);
+  const NodeId via = others[0], fresh = others[1];
+  auto lookup = [&](NodeId at, const std::string& who) {
+    return h.run(at, [&](Node& n, Time now, std::uint64_t req) { n.get_user(now, req, who); })->status;
   };
-  EXPECT_EQ(lookup(u), Status::Ok);
-  EXPECT_EQ(lookup("nobody@example.org"), Status::NoSuchUser);
+  EXPECT_EQ(lookup(via, u), Status::Ok);
+  EXPECT_EQ(lookup(via, "nobody@example.org"), Status::NoSuchUser);
   h.c.crash(profile_holders[0]);
   h.c.crash(profile_holders[1]);
   ASSERT_TRUE(h.settle());
-  EXPECT_EQ(lookup(u), Status::TryAgain);
-  EXPECT_EQ(lookup("nobody@example.org"), Status::TryAgain);  // it may be the same case
+  EXPECT_EQ(lookup(fresh, u), Status::TryAgain);
+  EXPECT_EQ(lookup(via, "nobody@example.org"), Status::TryAgain);  // it may be the same case
+  EXPECT_EQ(lookup(via, u), Status::Ok);    // from its memory of the profile
+  EXPECT_EQ(lookup(fresh, u), Status::Ok);  // the manager took it
   h.c.restart(profile_holders[0]);
   h.c.restart(profile_holders[1]);
   ASSERT_TRUE(h.settle());
-  EXPECT_EQ(lookup(u), Status::Ok);
-  EXPECT_EQ(lookup("nobody@example.org"), Status::NoSuchUser);
+  EXPECT_EQ(lookup(fresh, u), Status::Ok);
+  EXPECT_EQ(lookup(fresh, "nobody@example.org"), Status::NoSuchUser);
   h.expect_invariants();
 }
 
@@ -2552,4 +2560,80 @@ TEST(Users, APasswordIsCheckedAgainstItsHashAndGuessesAreLimitedPerNode) {
   EXPECT_EQ(disabled->status, Status::AuthFailed);
   EXPECT_EQ(disabled->detail, "user disabled");
   h.expect_invariants();
+}
+
+// A side of a split with no copy of a user's profile (R = 2: both holders
+// are on the other side, with its manager) still lets the user log in and read there, from
+// the profile a front end of that side got before the split: the manager
+// takes it (MgrUser::adopted). Nothing is written to it there: deliveries
+// wait (TryAgain: Postfix keeps them queued) and user changes are refused
+// until the heal. A node that never looked the user up has no memory to
+// offer; once another has offered it, the side's manager answers it too.
+// After the heal the holders' copy wins: a password changed on their side
+// during the split is the one that works everywhere.
+TEST(Users, ASideWithoutTheProfileAnswersFromAFrontEndsMemoryOfIt) {
+  std::size_t read_on_near_side = 0;
+  for (std::uint64_t seed : {7u, 8u, 9u}) {
+    Harness h(5, seed);
+    const std::string u = "far@example.org";
+    h.user(u);
+    for (NodeId via = 1; via <= 5; ++via) ASSERT_EQ(h.deliver(via, u)->status, Status::Ok) << "seed " << seed;
+    const std::vector<NodeId> holders = h.profile_holders(u);
+    ASSERT_EQ(holders.size(), 2u);
+    // Its manager goes with the holders: the near side's new manager knows
+    // the user only from its reports (none has the profile).
+    std::set<NodeId> near, far(holders.begin(), holders.end());
+    far.insert(h.c.node(1)->membership().manager_of(bucket_of(canonical_user(u), 1024)));
+    for (NodeId n = 1; n <= 5; ++n)
+      if (!far.count(n)) near.insert(n);
+    const NodeId reader = *near.begin(), stranger = *near.rbegin(), holder = holders[0];
+    auto auth = [&](NodeId via, const std::string& pw) {
+      return h.run(via, [&](Node& n, Time now, std::uint64_t req) { n.authenticate(now, req, u, pw); });
+    };
+    ASSERT_EQ(auth(reader, "secret")->status, Status::Ok);  // the reader's node remembers the profile
+    const std::size_t before = h.count(reader, u);
+
+    h.c.partition({near, far});
+    ASSERT_TRUE(h.c.run_until_pred([&] {
+      return h.c.node(reader)->membership().members().size() == near.size() &&
+             h.c.node(holder)->membership().members().size() == far.size();
+    }, 20'000)) << "seed " << seed;
+    h.c.run_for(3000);
+    // The stranger never looked the user up: nothing on its side to answer with.
+    EXPECT_EQ(auth(stranger, "secret")->status, Status::TryAgain) << "seed " << seed;
+    const ClientReply* in = auth(reader, "secret");
+    ASSERT_EQ(in->status, Status::Ok) << "seed " << seed << ": " << in->detail;
+    EXPECT_TRUE(in->profile->password_hash.empty());
+    EXPECT_EQ(auth(reader, "wrong")->status, Status::AuthFailed);
+    EXPECT_EQ(auth(stranger, "secret")->status, Status::Ok) << "seed " << seed;  // the manager has it now
+    const ClientReply* l = h.list(reader, u);
+    ASSERT_EQ(l->status, Status::Ok) << "seed " << seed << ": " << l->detail;
+    // What this side holds (spread placement may have put none of it here).
+    EXPECT_LE(l->records.size(), before);
+    for (const auto& rec : l->records)
+      EXPECT_TRUE(std::any_of(rec.replicas.begin(), rec.replicas.end(), [&](NodeId n) { return near.count(n) > 0; }));
+    read_on_near_side += l->records.size();
+    EXPECT_EQ(h.deliver(reader, u)->status, Status::TryAgain) << "seed " << seed;
+    UserUpdateRequest pw;
+    pw.user = u;
+    pw.op = UserUpdateRequest::Op::SetPassword;
+    pw.password_hash = "{PLAIN}near-side";
+    EXPECT_EQ(h.run(reader, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, pw); })->status,
+              Status::TryAgain);
+    // The holders' side changes the password meanwhile.
+    pw.password_hash = "{PLAIN}far-side";
+    ASSERT_EQ(h.run(holder, [&](Node& n, Time now, std::uint64_t req) { n.update_user(now, req, pw); })->status,
+              Status::Ok);
+    EXPECT_EQ(auth(reader, "secret")->status, Status::Ok);  // not seen here until the heal
+
+    h.c.heal();
+    ASSERT_TRUE(h.settle()) << "seed " << seed;
+    h.c.run_for(5000);
+    EXPECT_EQ(auth(reader, "far-side")->status, Status::Ok) << "seed " << seed;
+    EXPECT_EQ(auth(reader, "secret")->status, Status::AuthFailed) << "seed " << seed;
+    EXPECT_EQ(h.deliver(reader, u)->status, Status::Ok) << "seed " << seed;
+    EXPECT_EQ(h.count(stranger, u), before + 1) << "seed " << seed;
+    h.expect_invariants();
+  }
+  EXPECT_GT(read_on_near_side, 0u);  // some seed put mail on the near side, and it was read there
 }
