@@ -380,6 +380,18 @@ void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& node
   for (NodeId n : g.awaiting) send(n, list_request(p, id, n));
 }
 
+void Node::fe_gather_for(Time now, const std::string& user, const std::string& folder, const std::string& rename_to,
+                         const std::vector<NodeId>& nodes) {
+  std::uint64_t id = new_req();
+  Pending& p = pending_[id];
+  RenumberOp& r = p.op.emplace<RenumberOp>();
+  p.user = user;
+  r.g.folder = folder;
+  r.rename_to = rename_to;
+  p.deadline = now + cfg_.request_timeout;
+  fe_gather(now, id, nodes);
+}
+
 std::set<NodeId> Node::fe_list_uncovered(const Pending& p) const {
   std::set<NodeId> out;
   const Gather& g = *gathering(p);
@@ -427,7 +439,8 @@ void Node::fe_finish_list(std::uint64_t id) {
   Pending p = std::move(it->second);
   pending_.erase(it);
   if (auto* renumber = std::get_if<RenumberOp>(&p.op)) {
-    on_renumber_done(now_, p.user, *renumber);
+    manager_.on_gathered(now_, p.user, renumber->g.folder, renumber->rename_to, renumber->g.gathered,
+                         renumber->g.awaiting.empty());
     return;
   }
   ListOp& l = std::get<ListOp>(p.op);

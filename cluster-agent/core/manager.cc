@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
-// manager.cc - the manager role: for the users of the buckets this node
-// manages, the mail map (which nodes hold which folder's fragments), the
-// profile rebuilt from its replicas, UID allocation and placement.
+// manager.cc - the manager role (Manager, manager.h): for the users of the
+// buckets this node manages, the mail map (which nodes hold which folder's
+// fragments), the profile rebuilt from its replicas, UID allocation and
+// placement.
 //
 // All of it is soft state, rebuilt after every user-map change from the
 // members' reports (report.cc). A bucket that moved here serves nothing
@@ -24,11 +25,13 @@
 // starts a new lineage, and every message still carrying another
 // lineage's UID is renumbered into the current one.
 
+#include "manager.h"
+
 #include <algorithm>
 #include <tuple>
+#include <utility>
 
 #include "hash.h"
-#include "node.h"
 #include "placement.h"
 
 namespace porcupine {
@@ -39,18 +42,31 @@ namespace {
 constexpr std::uint32_t kUidBlock = 64;
 }  // namespace
 
-const Node::MgrUser* Node::managed_user(const std::string& user) const {
+Manager::Manager(const CoreConfig& cfg, const Membership& membership, Replicator& repl, Hooks hooks)
+    : cfg_(cfg), membership_(membership), repl_(repl), hooks_(std::move(hooks)) {}
+
+Bucket Manager::bucket(const std::string& user) const { return bucket_of(user, cfg_.buckets); }
+
+const Manager::User* Manager::managed_user(const std::string& user) const {
   auto b = managed_.find(bucket(user));
   if (b == managed_.end()) return nullptr;
   auto u = b->second.find(user);
   return u == b->second.end() ? nullptr : &u->second;
 }
 
-bool Node::bucket_ready(Bucket b) const {
+bool Manager::bucket_ready(Bucket b) const {
   return membership_.in_group() && membership_.manager_of(b) == cfg_.self && !awaiting_.count(b);
 }
 
-std::optional<std::uint64_t> Node::usage_of(const MgrUser& u) const {
+void Manager::each_ready_user(const std::function<bool(const std::string&, User&)>& fn) {
+  for (auto& [b, users] : managed_) {
+    if (!bucket_ready(b)) continue;
+    for (auto& [name, u] : users)
+      if (!fn(name, u)) return;
+  }
+}
+
+std::optional<std::uint64_t> Manager::usage_of(const User& u, Time now) const {
   if (!u.unsized.empty()) return std::nullopt;
   // Every replica of a message reports it under the same list: the
   // largest report of a list is its bytes, counted once however many
@@ -65,18 +81,18 @@ std::optional<std::uint64_t> Node::usage_of(const MgrUser& u) const {
   std::uint64_t sum = 0;
   for (const auto& [list, bytes] : most) sum += bytes;
   for (const auto& g : u.granted)
-    if (g.until > now_) sum += g.size;
+    if (g.until > now) sum += g.size;
   return sum;
 }
 
-std::optional<std::uint64_t> Node::managed_usage(const std::string& user) const {
+std::optional<std::uint64_t> Manager::managed_usage(const std::string& user, Time now) const {
   Bucket b = bucket(user);
   if (!bucket_ready(b) || expected_.count(b)) return std::nullopt;
-  const MgrUser* u = managed_user(user);
-  return u ? usage_of(*u) : std::optional<std::uint64_t>(0);
+  const User* u = managed_user(user);
+  return u ? usage_of(*u, now) : std::optional<std::uint64_t>(0);
 }
 
-void Node::absorb_usage(const std::string& user, MgrUser& u, NodeId from, const std::vector<ReportEntry>& entries) {
+void Manager::absorb_usage(const std::string& user, User& u, NodeId from, const std::vector<ReportEntry>& entries) {
   std::map<std::vector<NodeId>, std::uint64_t> held;
   bool sized = true;
   for (const auto& e : entries) {
@@ -86,7 +102,7 @@ void Node::absorb_usage(const std::string& user, MgrUser& u, NodeId from, const 
     // A delivery is in the report once a node it went to reports its UID
     // (a UID below another it holds while its own store is still on the
     // way goes uncounted until that store is reported too).
-    std::erase_if(u.granted, [&](const MgrUser::Grant& g) {
+    std::erase_if(u.granted, [&](const User::Grant& g) {
       if (g.folder != e.folder || std::find(g.nodes.begin(), g.nodes.end(), from) == g.nodes.end()) return false;
       for (const auto& r : e.ranges)
         if (r.uidvalidity == g.uidvalidity && r.min_uid <= g.uid && g.uid <= r.max_uid) return true;
@@ -99,33 +115,20 @@ void Node::absorb_usage(const std::string& user, MgrUser& u, NodeId from, const 
   else u.unsized.insert(from);
 }
 
-std::uint32_t Node::MgrFolder::visible_below(Time now) const {
+std::uint32_t Manager::Folder::visible_below(Time now) const {
   for (const auto& [uid, until] : inflight)
     if (until > now) return uid;
   return next_uid;
 }
 
-UidView Node::MgrFolder::view() const {
+UidView Manager::Folder::view() const {
   UidView out;
   for (const auto& [key, t] : gen_top)
     if (key.first == uidvalidity) out.push_back(GenTop{key.second, t.top});
   return out;
 }
 
-std::vector<NodeLoad> Node::live_loads(bool with_draining) const {
-  std::vector<NodeLoad> out;
-  for (const auto& m : membership_.members()) {
-    auto it = loads_.find(m.id);
-    std::uint32_t l = m.id == cfg_.self ? load() : (it == loads_.end() ? 0 : it->second);
-    // A node that drains or is gone takes no new copies (unless asked for).
-    bool full = (m.id == cfg_.self ? spool_full_ : peer_full(m.id)) ||
-                !(admin_active(m.id) || (with_draining && membership_.admin_state(m.id) == AdminState::Draining));
-    out.push_back({m.id, l, full});
-  }
-  return out;
-}
-
-void Node::mgr_on_change(Time now, const Membership::Change& ch) {
+void Manager::on_change(Time now, const Membership::Change& ch) {
   std::set<NodeId> now_members, departed;
   for (const auto& m : ch.members) now_members.insert(m.id);
   for (const auto& m : ch.old_members)
@@ -146,7 +149,7 @@ void Node::mgr_on_change(Time now, const Membership::Change& ch) {
                 for (const auto& [uid, until] : f.inflight)
                   if (until > now) h.inflight.push_back(uid);
                 for (const auto& [key, k] : f.keys)
-                  if (k.at + cfg_.delivery_key_ttl > wall()) h.keys.push_back(k);
+                  if (k.at + cfg_.delivery_key_ttl > hooks_.wall()) h.keys.push_back(k);
                 handoffs_[b].push_back(std::move(h));
               }
       expected_.erase(b);
@@ -194,7 +197,7 @@ void Node::mgr_on_change(Time now, const Membership::Change& ch) {
   last_poll_ = now - cfg_.report_poll;  // new members of kept buckets are asked at once
 }
 
-void Node::absorb_entry(const std::string& user, MgrFolder& f, const ReportEntry& e) {
+void Manager::absorb_entry(const std::string& user, Folder& f, const ReportEntry& e) {
   for (const auto& r : e.ranges) {
     if (r.max_uid != 0) {
       auto [it, fresh] = f.seen.try_emplace(r.uidvalidity, r.max_uid);
@@ -215,26 +218,26 @@ void Node::absorb_entry(const std::string& user, MgrFolder& f, const ReportEntry
       f.next_uid = std::max(f.next_uid, s->second + 1);
 }
 
-bool Node::majority() const {
+bool Manager::majority() const {
   const auto& known = membership_.known();
   std::size_t in = 0;
-  for (NodeId n : known) in += live(n) ? 1 : 0;
+  for (NodeId n : known) in += hooks_.live(n) ? 1 : 0;
   if (!known.count(cfg_.self)) ++in;
   std::size_t all = known.size() + (known.count(cfg_.self) ? 0 : 1);
   if (2 * in != all) return 2 * in > all;
   // Exactly half: the half with the lowest known node.
   NodeId lowest = cfg_.self;
   for (NodeId n : known) lowest = std::min(lowest, n);
-  return live(lowest);
+  return hooks_.live(lowest);
 }
 
-std::uint32_t Node::fresh_uidvalidity(std::uint32_t before) const {
+std::uint32_t Manager::fresh_uidvalidity(std::uint32_t before) const {
   // Seconds since 1970, and above what the folder had before (RFC 3501: a
   // folder created again under the same name gets a greater value).
-  return std::max(static_cast<std::uint32_t>(wall() / 1000), before + 1);
+  return std::max(static_cast<std::uint32_t>(hooks_.wall() / 1000), before + 1);
 }
 
-FolderMeta* Node::lineage_meta(Time now, MgrUser& u, const std::string& folder, bool create) {
+FolderMeta* Manager::lineage_meta(Time now, User& u, const std::string& folder, bool create) {
   if (!u.profile || u.profile->deleted) return nullptr;
   auto it = u.profile->folders.find(folder);
   if (it != u.profile->folders.end() && it->second.uidvalidity != 0 && !it->second.deleted) return &it->second;
@@ -243,7 +246,7 @@ FolderMeta* Node::lineage_meta(Time now, MgrUser& u, const std::string& folder, 
   // were kept in the profile, or a delivery into a folder never created):
   // its UIDVALIDITY is fixed now, for good.
   FolderMeta& m = u.profile->folders[folder];
-  if (m.version.is_null() || m.deleted) m.version = next_version();
+  if (m.version.is_null() || m.deleted) m.version = hooks_.next_version();
   m.deleted = false;  // new mail into a deleted folder makes it again
   m.renamed_to.clear();
   m.uidvalidity = fresh_uidvalidity(m.uidvalidity);
@@ -253,10 +256,10 @@ FolderMeta* Node::lineage_meta(Time now, MgrUser& u, const std::string& folder, 
   return &m;
 }
 
-Version Node::write_profile(Time now, MgrUser& u, const std::vector<NodeId>& also) {
+Version Manager::write_profile(Time now, User& u, const std::vector<NodeId>& also) {
   if (!u.profile || u.adopted) return {};
   Update up;
-  up.id = next_version();
+  up.id = hooks_.next_version();
   up.kind = Update::Kind::Profile;
   up.replicas = u.profile->holders;
   up.replicas.insert(up.replicas.end(), also.begin(), also.end());
@@ -266,10 +269,10 @@ Version Node::write_profile(Time now, MgrUser& u, const std::vector<NodeId>& als
   return id;
 }
 
-bool Node::settle_lineage(Time now, const std::string& user, const std::string& folder,
-                          MgrFolder& f, bool for_new_mail) {
+bool Manager::settle_lineage(Time now, const std::string& user, const std::string& folder,
+                             Folder& f, bool for_new_mail) {
   if (f.uidvalidity != 0) return true;
-  MgrUser& u = managed_[bucket(user)][user];
+  User& u = managed_[bucket(user)][user];
   // The lineage is the profile's: decided only once a holder of it is
   // heard from (what the others were shown is not enough).
   if (!u.profile || u.profile->deleted) return false;
@@ -300,7 +303,7 @@ bool Node::settle_lineage(Time now, const std::string& user, const std::string& 
       v = f.seen.rbegin()->first;
     }
     m = &u.profile->folders[folder];
-    if (m->version.is_null()) m->version = next_version();
+    if (m->version.is_null()) m->version = hooks_.next_version();
     m->uidvalidity = v;
     m->uid_reserved = std::max(m->uid_reserved, seen_top(v));
     write_profile(now, u);
@@ -342,7 +345,7 @@ bool Node::settle_lineage(Time now, const std::string& user, const std::string& 
   return true;
 }
 
-bool Node::current_generation(Time now, const std::string& user, const std::string& folder, MgrFolder& f) {
+bool Manager::current_generation(Time now, const std::string& user, const std::string& folder, Folder& f) {
   bool newer = f.gen.is_null();
   for (const auto& t : takeovers_of(user, folder, f)) newer |= t.gen > f.gen;
   if (!newer) return !f.takeover_pending;
@@ -353,8 +356,8 @@ bool Node::current_generation(Time now, const std::string& user, const std::stri
   return false;
 }
 
-void Node::begin_generation(Time now, const std::string& user, const std::string& folder, MgrFolder& f) {
-  MgrUser& u = managed_[bucket(user)][user];
+void Manager::begin_generation(Time now, const std::string& user, const std::string& folder, Folder& f) {
+  User& u = managed_[bucket(user)][user];
   if (u.adopted) return;  // a takeover is written to the profile's holders
   FolderMeta* m = lineage_meta(now, u, folder, false);
   if (!m || m->uidvalidity != f.uidvalidity) return;
@@ -367,7 +370,7 @@ void Node::begin_generation(Time now, const std::string& user, const std::string
       if (g.gen == f.gen) g.top = std::max(g.top, f.next_uid - 1), mine = true;
     if (!mine) seen.push_back(GenTop{f.gen, f.next_uid - 1});
   }
-  f.gen = next_version();
+  f.gen = hooks_.next_version();
   f.start_seen = seen;
   f.next_uid = std::max(f.next_uid, m->uid_reserved + 1);
   if (auto s = f.seen.find(f.uidvalidity); s != f.seen.end()) f.next_uid = std::max(f.next_uid, s->second + 1);
@@ -381,10 +384,10 @@ void Node::begin_generation(Time now, const std::string& user, const std::string
   reserve_uids(now, user, folder, f, 1);
 }
 
-std::vector<UidTakeover> Node::takeovers_of(const std::string& user, const std::string& folder,
-                                            const MgrFolder& f) const {
+std::vector<UidTakeover> Manager::takeovers_of(const std::string& user, const std::string& folder,
+                                               const Folder& f) const {
   std::vector<UidTakeover> out;
-  if (const MgrUser* u = managed_user(user); u && u->profile)
+  if (const User* u = managed_user(user); u && u->profile)
     if (auto m = u->profile->folders.find(folder);
         m != u->profile->folders.end() && m->second.uidvalidity == f.uidvalidity)
       out = m->second.takeovers;
@@ -394,7 +397,7 @@ std::vector<UidTakeover> Node::takeovers_of(const std::string& user, const std::
   return out;
 }
 
-void Node::check_stale(const std::string& user, const std::string& folder, MgrFolder& f) {
+void Manager::check_stale(const std::string& user, const std::string& folder, Folder& f) {
   if (f.uidvalidity == 0 || f.renumber_due) return;
   const auto t = takeovers_of(user, folder, f);
   for (const auto& [key, top] : f.gen_top)
@@ -405,7 +408,7 @@ void Node::check_stale(const std::string& user, const std::string& folder, MgrFo
     }
 }
 
-void Node::decide_lineages(Time now, Bucket b) {
+void Manager::decide_lineages(Time now, Bucket b) {
   auto m = managed_.find(b);
   if (m == managed_.end()) return;
   for (auto& [name, u] : m->second)
@@ -414,8 +417,8 @@ void Node::decide_lineages(Time now, Bucket b) {
         settle_lineage(now, name, fname, f);
 }
 
-std::uint32_t Node::take_uid(Time now, const std::string& user, const std::string& folder,
-                             MgrFolder& f) {
+std::uint32_t Manager::take_uid(Time now, const std::string& user, const std::string& folder,
+                                Folder& f) {
   if (!settle_lineage(now, user, folder, f, true) || !current_generation(now, user, folder, f)) return 0;
   if (f.next_uid > f.reserved) {
     reserve_uids(now, user, folder, f, 1);
@@ -427,10 +430,10 @@ std::uint32_t Node::take_uid(Time now, const std::string& user, const std::strin
   return uid;
 }
 
-void Node::reserve_uids(Time now, const std::string& user, const std::string& folder, MgrFolder& f,
-                        std::uint32_t need) {
+void Manager::reserve_uids(Time now, const std::string& user, const std::string& folder, Folder& f,
+                           std::uint32_t need) {
   if (!f.reserve_write.is_null()) return;  // one at a time
-  MgrUser& u = managed_[bucket(user)][user];
+  User& u = managed_[bucket(user)][user];
   FolderMeta* m = lineage_meta(now, u, folder, false);
   if (!m || m->uidvalidity != f.uidvalidity || u.adopted) return;  // no profile here: nothing can be reserved
   const std::uint32_t first = std::max(f.reserved + 1, f.next_uid);
@@ -442,7 +445,7 @@ void Node::reserve_uids(Time now, const std::string& user, const std::string& fo
   check_reservations();  // a profile with one holder, this node, is durable at once
 }
 
-void Node::check_reservations() {
+void Manager::check_reservations() {
   for (auto it = reserving_.begin(); it != reserving_.end();) {
     auto b = managed_.find(bucket(it->first));
     auto u = b == managed_.end() ? decltype(b->second.end()){} : b->second.find(it->first);
@@ -455,7 +458,7 @@ void Node::check_reservations() {
       it = reserving_.erase(it);
       continue;
     }
-    MgrFolder& mf = f->second;
+    Folder& mf = f->second;
     // Taken once every holder has it (its log entry is gone then); or, in
     // a group of most of the cluster, once every live holder has it. So
     // two groups (the sides of a partition, a restarted node that has not
@@ -467,7 +470,7 @@ void Node::check_reservations() {
     if (!durable && majority()) {
       bool all_live = true, any = false;
       for (NodeId h : u->second.profile->holders) {
-        if (!live(h)) continue;
+        if (!hooks_.live(h)) continue;
         any = true;
         all_live &= e->second.have.count(h) > 0;
       }
@@ -484,7 +487,7 @@ void Node::check_reservations() {
   }
 }
 
-void Node::mgr_report(Time now, NodeId from, const Report& r) {
+void Manager::on_report(Time now, NodeId from, const Report& r) {
   if (r.epoch != membership_.epoch()) return;  // sender retries under the right epoch
   ReportAck ack;
   ack.epoch = r.epoch;
@@ -493,7 +496,7 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
     // a lineage keeps it (the other's messages get renumbered).
     Bucket b = bucket(h.user);
     if (membership_.manager_of(b) != cfg_.self) continue;
-    MgrFolder& f = managed_[b][h.user].folders[h.folder];
+    Folder& f = managed_[b][h.user].folders[h.folder];
     for (const KeyedDelivery& k : h.keys) remember_key(f, k);
     if (f.uidvalidity != 0) continue;
     auto& next = f.handed[h.uidvalidity];
@@ -514,7 +517,7 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
     const std::string& user = r.users[i];
     Bucket b = bucket(user);
     if (membership_.manager_of(b) != cfg_.self) continue;
-    MgrUser& mu = managed_[b][user];
+    User& mu = managed_[b][user];
     std::set<std::string> holding;
     for (const auto& e : r.entries)
       if (e.user == user && e.count > 0) holding.insert(e.folder);
@@ -526,13 +529,13 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
       if (!mu.profile) mu.profile = p;
       else merge_profile(*mu.profile, p);
       if (mu.adopted)
-        env_.log("manager: " + printable(user) + ": node " + std::to_string(from) +
+        hooks_.log("manager: " + printable(user) + ": node " + std::to_string(from) +
                  " holds its profile; the adopted copy is merged into it");
       mu.adopted = false;  // a holder's copy: the manager's own again
     }
     for (const auto& e : r.entries) {
       if (e.user != user) continue;
-      MgrFolder& f = mu.folders[e.folder];
+      Folder& f = mu.folders[e.folder];
       if (e.count > 0) f.nodes.insert(from);
       absorb_entry(user, f, e);
       for (KeyedDelivery k : e.keys) {
@@ -552,8 +555,8 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
         auto meta = mu.profile->folders.find(fname);
         if (f.uidvalidity == 0 || meta == mu.profile->folders.end() || meta->second.uidvalidity <= f.uidvalidity)
           continue;
-        env_.log("manager: " + user + "/" + fname + " follows the newer lineage " +
-                 std::to_string(meta->second.uidvalidity) + " of the profile, not " + std::to_string(f.uidvalidity));
+        hooks_.log("manager: " + user + "/" + fname + " follows the newer lineage " +
+                   std::to_string(meta->second.uidvalidity) + " of the profile, not " + std::to_string(f.uidvalidity));
         f.uidvalidity = 0;
         f.next_uid = 1;
         f.reserved = 0;
@@ -572,7 +575,7 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
         auto target = mu.profile->folders.find(tname);
         if (target == mu.profile->folders.end() || target->second.deleted) continue;
         {
-          MgrFolder& to = mu.folders[tname];
+          Folder& to = mu.folders[tname];
           if (auto old = mu.folders.find(e.folder); old != mu.folders.end())
             to.nodes.insert(old->second.nodes.begin(), old->second.nodes.end());
           to.nodes.insert(from);
@@ -604,8 +607,8 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
           continue;
         }
         begin_generation(now, user, fname, f);
-        env_.log("manager: " + user + "/" + fname + " was taken over elsewhere meanwhile; generation " +
-                 f.gen.str() + " from UID " + std::to_string(f.next_uid));
+        hooks_.log("manager: " + user + "/" + fname + " was taken over elsewhere meanwhile; generation " +
+                   f.gen.str() + " from UID " + std::to_string(f.next_uid));
         if (!f.renumber_due) {
           f.renumber_due = true;
           renumbers_due_.insert({user, fname});
@@ -629,10 +632,10 @@ void Node::mgr_report(Time now, NodeId from, const Report& r) {
     awaiting_.erase(a);
     decide_lineages(now, b);
   }
-  send(from, std::move(ack));
+  hooks_.send(from, std::move(ack));
 }
 
-void Node::mgr_tick(Time now) {
+void Manager::tick(Time now) {
   check_reservations();
   if (now - last_inflight_prune_ >= 1000) {
     last_inflight_prune_ = now;
@@ -640,7 +643,7 @@ void Node::mgr_tick(Time now) {
       for (auto& [name, u] : users) {
         for (auto& [fname, f] : u.folders)
           std::erase_if(f.inflight, [now](const auto& e) { return e.second <= now; });
-        std::erase_if(u.granted, [now](const MgrUser::Grant& g) { return g.until <= now; });
+        std::erase_if(u.granted, [now](const User::Grant& g) { return g.until <= now; });
       }
   }
   // A renumbering may end at once (no holder to ask) and be due again: the
@@ -648,7 +651,7 @@ void Node::mgr_tick(Time now) {
   const auto due = renumbers_due_;
   for (const auto& [user, folder] : due) {
     Bucket b = bucket(user);
-    const MgrUser* u = managed_user(user);
+    const User* u = managed_user(user);
     auto f = u ? u->folders.find(folder) : decltype(u->folders.end()){};
     if (!u || f == u->folders.end() || !f->second.renumber_due) {
       renumbers_due_.erase({user, folder});  // the bucket went, or the folder's state with it
@@ -659,7 +662,7 @@ void Node::mgr_tick(Time now) {
   }
   for (const auto& [user, to] : std::set<std::pair<std::string, std::string>>(renames_due_)) {
     Bucket b = bucket(user);
-    const MgrUser* u = managed_user(user);
+    const User* u = managed_user(user);
     auto f = u ? u->folders.find(to) : decltype(u->folders.end()){};
     if (!u || f == u->folders.end() || f->second.renamed_from.empty()) {
       renames_due_.erase({user, to});
@@ -678,21 +681,21 @@ void Node::mgr_tick(Time now) {
       for (NodeId n : nodes) ask[n].push_back(b);
   for (const auto& [b, nodes] : expected_)
     for (NodeId n : nodes) ask[n].push_back(b);
-  for (auto& [n, bs] : ask) send(n, ReportPoll{membership_.epoch(), std::move(bs)});
+  for (auto& [n, bs] : ask) hooks_.send(n, ReportPoll{membership_.epoch(), std::move(bs)});
 }
 
-const Node::MgrUser::Grant* Node::regrant(const MgrUser& u, NodeId from, const AllocRequest& a, Time now) const {
+const Manager::User::Grant* Manager::regrant(const User& u, NodeId from, const AllocRequest& a, Time now) const {
   auto f = u.folders.find(a.folder);
   if (f == u.folders.end()) return nullptr;
   for (const auto& g : u.granted)
     if (g.front_end == from && g.req == a.req && g.folder == a.folder && g.until > now &&
         g.uidvalidity == f->second.uidvalidity && g.gen == f->second.gen &&
-        std::none_of(g.nodes.begin(), g.nodes.end(), [this](NodeId n) { return takes_no_copies(n); }))
+        std::none_of(g.nodes.begin(), g.nodes.end(), [this](NodeId n) { return hooks_.takes_no_copies(n); }))
       return &g;
   return nullptr;
 }
 
-void Node::grant(AllocReply& rep, MgrFolder& f, const std::vector<NodeId>& nodes, Time until) {
+void Manager::grant(AllocReply& rep, Folder& f, const std::vector<NodeId>& nodes, Time until) {
   rep.uidvalidity = f.uidvalidity;
   rep.gen = f.gen;
   rep.seen = f.start_seen;
@@ -701,7 +704,7 @@ void Node::grant(AllocReply& rep, MgrFolder& f, const std::vector<NodeId>& nodes
   f.inflight[rep.uid] = until;
 }
 
-void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
+void Manager::on_alloc(Time now, NodeId from, const AllocRequest& a) {
   AllocReply rep;
   rep.req = a.req;
   Bucket b = bucket(a.user);
@@ -718,18 +721,18 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
       rep.status = Status::TryAgain;  // UIDs are reserved on the profile's holders
     } else if (!a.move_nodes.empty()) {
       // A Move's UID in the destination: the message stays on its nodes.
-      MgrFolder& f = it->second.folders[a.folder];
+      Folder& f = it->second.folders[a.folder];
       rep.uid = take_uid(now, a.user, a.folder, f);
       if (rep.uid == 0) {
         rep.status = Status::TryAgain;  // its reservation is on its way
       } else {
         grant(rep, f, a.move_nodes, now + cfg_.request_timeout + cfg_.push_retry);
       }
-    } else if (const MgrUser::Grant* again = regrant(it->second, from, a, now)) {
+    } else if (const User::Grant* again = regrant(it->second, from, a, now)) {
       // The same request again (sent before its answer came): the same
       // UID, while the folder is in the generation that gave it. A second one would stay in flight, unused, and hide every
       // message after it from listings until its time ran out.
-      MgrFolder& f = it->second.folders[a.folder];
+      Folder& f = it->second.folders[a.folder];
       rep.uid = again->uid;
       rep.uidvalidity = f.uidvalidity;
       rep.gen = f.gen;
@@ -744,7 +747,7 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
       // stored again; otherwise the same message at the same UID on the
       // same nodes, stored again (where a copy landed, the store is
       // answered at once).
-      MgrFolder& f = it->second.folders[a.folder];
+      Folder& f = it->second.folders[a.folder];
       rep.uid = k->uid;
       rep.uidvalidity = k->uidvalidity;
       rep.nodes = k->nodes;
@@ -759,19 +762,19 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
           in->second = std::max(in->second, now + cfg_.request_timeout + store_crossing(cfg_, a.size) + cfg_.push_retry);
     } else {
       const std::uint64_t quota = it->second.profile->quota_bytes;
-      const std::optional<std::uint64_t> used = usage_of(it->second);
+      const std::optional<std::uint64_t> used = usage_of(it->second, now);
       if (quota > 0 && used && *used + a.size > quota) {
         // Refused with the UID's answer: no front end asks every node.
         rep.status = Status::OverQuota;
         rep.quota_bytes = quota;
         rep.quota_checked = true;
-        send(from, std::move(rep));
+        hooks_.send(from, std::move(rep));
         return;
       }
-      MgrFolder& f = it->second.folders[a.folder];
+      Folder& f = it->second.folders[a.folder];
       PlacementInput in;
       in.mail_map.assign(f.nodes.begin(), f.nodes.end());
-      in.live = live_loads();
+      in.live = hooks_.live_loads(false);
       in.spread = cfg_.spread;
       in.replicas = cfg_.replicas;
       in.salt = user_hash(a.user);
@@ -781,7 +784,7 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
         // Fewer than R active nodes with room: draining ones (with room)
         // make up the copies rather than the message having fewer; they
         // move off with the rest of the drain.
-        in.live = live_loads(true);
+        in.live = hooks_.live_loads(true);
         pl = choose_placement(in);
       }
       if (pl.nodes.empty()) {
@@ -796,7 +799,7 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
         const Time until = now + cfg_.request_timeout + store_crossing(cfg_, a.size) + cfg_.push_retry;
         grant(rep, f, pl.nodes, until);
         auto& granted = it->second.granted;
-        std::erase_if(granted, [&](const MgrUser::Grant& g) { return g.front_end == from && g.req == a.req; });
+        std::erase_if(granted, [&](const User::Grant& g) { return g.front_end == from && g.req == a.req; });
         granted.push_back({from, a.req, a.folder, rep.uidvalidity, rep.uid, a.size, pl.nodes, until, rep.gen});
         if (!a.key.empty()) {
           // A retry of one not stored whose UID or nodes cannot serve (a
@@ -804,7 +807,7 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
           // message (its first store may yet land: one record).
           auto known = f.keys.find(a.key);
           rep.msg = known != f.keys.end() ? known->second.msg : a.msg;
-          KeyedDelivery kd{a.key, rep.msg, rep.uidvalidity, rep.uid, pl.nodes, false, wall(), rep.gen};
+          KeyedDelivery kd{a.key, rep.msg, rep.uidvalidity, rep.uid, pl.nodes, false, hooks_.wall(), rep.gen};
           if (known != f.keys.end()) kd.at = known->second.at;
           f.keys.erase(a.key);
           remember_key(f, kd);
@@ -812,10 +815,10 @@ void Node::mgr_alloc(Time now, NodeId from, const AllocRequest& a) {
       }
     }
   }
-  send(from, std::move(rep));
+  hooks_.send(from, std::move(rep));
 }
 
-void Node::mgr_alloc_done(const AllocDone& d) {
+void Manager::on_alloc_done(const AllocDone& d) {
   auto b = managed_.find(bucket(d.user));
   if (b == managed_.end()) return;
   auto u = b->second.find(d.user);
@@ -829,7 +832,7 @@ void Node::mgr_alloc_done(const AllocDone& d) {
   }
 }
 
-const KeyedDelivery* Node::retry_of(MgrUser& u, const AllocRequest& a) {
+const KeyedDelivery* Manager::retry_of(User& u, const AllocRequest& a) {
   if (a.key.empty()) return nullptr;
   auto f = u.folders.find(a.folder);
   if (f == u.folders.end()) return nullptr;
@@ -843,22 +846,22 @@ const KeyedDelivery* Node::retry_of(MgrUser& u, const AllocRequest& a) {
   // filled since) not full. Otherwise a new placement, or every retry of
   // it would wait on a node that refuses the copy until its deadline.
   for (NodeId n : k->second.nodes)
-    if (!live(n) || takes_no_copies(n)) return nullptr;
+    if (!hooks_.live(n) || hooks_.takes_no_copies(n)) return nullptr;
   return &k->second;
 }
 
-void Node::prune_keys(MgrFolder& f) {
+void Manager::prune_keys(Folder& f) {
   // Keys are dated by the wall clock (a key's date travels in reports).
-  while (!f.key_order.empty() && f.key_order.begin()->first + cfg_.delivery_key_ttl <= wall()) {
+  while (!f.key_order.empty() && f.key_order.begin()->first + cfg_.delivery_key_ttl <= hooks_.wall()) {
     auto o = f.key_order.begin();
     if (auto x = f.keys.find(o->second); x != f.keys.end() && x->second.at == o->first) f.keys.erase(x);
     f.key_order.erase(o);
   }
 }
 
-void Node::remember_key(MgrFolder& f, const KeyedDelivery& k) {
+void Manager::remember_key(Folder& f, const KeyedDelivery& k) {
   prune_keys(f);
-  if (k.key.empty() || k.at + cfg_.delivery_key_ttl <= wall()) return;
+  if (k.key.empty() || k.at + cfg_.delivery_key_ttl <= hooks_.wall()) return;
   auto [it, fresh] = f.keys.try_emplace(k.key, k);
   if (fresh) {
     // (A key put back after a retry keeps its first time, which may still
@@ -874,11 +877,11 @@ void Node::remember_key(MgrFolder& f, const KeyedDelivery& k) {
   }
 }
 
-void Node::mgr_renumber(Time now, NodeId from, const RenumberRequest& r) {
+void Manager::on_renumber(Time now, NodeId from, const RenumberRequest& r) {
   AllocReply rep;
   rep.req = r.req;
   Bucket b = bucket(r.user);
-  MgrUser* u = managed_user(r.user);
+  User* u = managed_user(r.user);
   if (!membership_.in_group() || membership_.manager_of(b) != cfg_.self) {
     rep.status = Status::NotManager;
   } else if (!bucket_ready(b) || expected_.count(b)) {
@@ -888,7 +891,7 @@ void Node::mgr_renumber(Time now, NodeId from, const RenumberRequest& r) {
   } else if (u->adopted) {
     rep.status = Status::TryAgain;
   } else {
-    MgrFolder& f = u->folders[r.folder];
+    Folder& f = u->folders[r.folder];
     if (!settle_lineage(now, r.user, r.folder, f)) {
       rep.status = Status::TryAgain;
     } else if (r.uidvalidity != f.uidvalidity || r.id.origin == kNoNode || r.replicas.empty()) {
@@ -903,16 +906,16 @@ void Node::mgr_renumber(Time now, NodeId from, const RenumberRequest& r) {
         f.renumber_due = true;
         renumbers_due_.insert({r.user, r.folder});
       }
-      env_.log("manager: " + r.user + "/" + r.folder + " " + r.id.str() + " found under UID " +
-               std::to_string(r.uid) + ", below UID " + std::to_string(r.above) +
-               " a reader had taken: moving it to the end");
+      hooks_.log("manager: " + r.user + "/" + r.folder + " " + r.id.str() + " found under UID " +
+                 std::to_string(r.uid) + ", below UID " + std::to_string(r.above) +
+                 " a reader had taken: moving it to the end");
     }
     rep.uidvalidity = f.uidvalidity;
   }
-  send(from, std::move(rep));
+  hooks_.send(from, std::move(rep));
 }
 
-void Node::mgr_create_user(Time now, NodeId from, const CreateUserRequest& c) {
+void Manager::on_create_user(Time now, NodeId from, const CreateUserRequest& c) {
   OpReply rep{c.req, Status::Ok, {}};
   Bucket b = bucket(c.user);
   if (!membership_.in_group() || membership_.manager_of(b) != cfg_.self) {
@@ -924,16 +927,16 @@ void Node::mgr_create_user(Time now, NodeId from, const CreateUserRequest& c) {
     rep.status = Status::Exists;
   } else {
     PlacementInput in;
-    in.live = live_loads();
+    in.live = hooks_.live_loads(false);
     for (NodeLoad& l : in.live) l.full = false;  // a profile lives in the metadata store, not the spool
     in.spread = cfg_.replicas;
     in.replicas = cfg_.replicas;
     in.salt = user_hash(c.user);
     Placement pl = choose_placement(in);
-    MgrUser& u = managed_[b][c.user];
+    User& u = managed_[b][c.user];
     Profile p;
     p.user = c.user;
-    p.version = next_version();
+    p.version = hooks_.next_version();
     p.password_hash = c.password_hash;
     p.holders = pl.nodes;
     // INBOX exists from the start, its UIDVALIDITY with it (above any a
@@ -952,10 +955,10 @@ void Node::mgr_create_user(Time now, NodeId from, const CreateUserRequest& c) {
     u.folders.clear();
     write_profile(now, u);
   }
-  send(from, rep);
+  hooks_.send(from, rep);
 }
 
-void Node::mgr_map(NodeId from, const MapRequest& m) {
+void Manager::on_map(Time now, NodeId from, const MapRequest& m) {
   MapReply rep;
   rep.req = m.req;
   Bucket b = bucket(m.user);
@@ -967,106 +970,102 @@ void Node::mgr_map(NodeId from, const MapRequest& m) {
     // without them would claim to cover them (an absent message taken
     // for expunged).
     rep.status = Status::TryAgain;
-  } else if (const MgrUser* u = managed_user(m.user); !u || !u->profile || u->profile->deleted) {
+  } else if (const User* u = managed_user(m.user); !u || !u->profile || u->profile->deleted) {
     rep.status = missing_user_status(b, u);
   } else {
-    MgrUser& mu = managed_[b][m.user];
+    User& mu = managed_[b][m.user];
     auto pf = mu.profile->folders.find(m.folder);
     bool exists = m.folder == "INBOX" || mu.folders.count(m.folder) ||
                   (pf != mu.profile->folders.end() && !pf->second.deleted);
     if (exists) {
       // An empty folder has its UIDVALIDITY too, the same on every node.
-      MgrFolder& f = mu.folders[m.folder];
-      settle_lineage(now_, m.user, m.folder, f);
+      Folder& f = mu.folders[m.folder];
+      settle_lineage(now, m.user, m.folder, f);
       if (f.renumber_due || f.renumber_running || f.takeover_pending || !f.renamed_from.empty()) {
         rep.status = Status::TryAgain;  // a list now would miss messages being renumbered
       } else {
         rep.nodes.assign(f.nodes.begin(), f.nodes.end());
         rep.uidvalidity = f.uidvalidity;
         rep.next_uid = f.next_uid;
-        rep.visible_below = f.visible_below(now_);
+        rep.visible_below = f.visible_below(now);
         for (const auto& [uid, until] : f.inflight)
-          if (until > now_ && uid >= rep.visible_below) rep.inflight.push_back(uid);
+          if (until > now && uid >= rep.visible_below) rep.inflight.push_back(uid);
         rep.takeovers = takeovers_of(m.user, m.folder, f);
       }
     }
   }
-  send(from, std::move(rep));
+  hooks_.send(from, std::move(rep));
 }
 
-bool Node::start_renumber(Time now, const std::string& user, const std::string& folder) {
-  MgrFolder& f = managed_[bucket(user)][user].folders[folder];
+bool Manager::start_renumber(Time now, const std::string& user, const std::string& folder) {
+  Folder& f = managed_[bucket(user)][user].folders[folder];
   if (f.renumber_running) return false;  // due again once this one ends
   f.renumber_due = false;
   f.renumber_running = true;
-  std::uint64_t id = new_req();
-  Pending& p = pending_[id];
-  p.op.emplace<RenumberOp>().g.folder = folder;
-  p.user = user;
-  p.deadline = now + cfg_.request_timeout;
-  fe_gather(now, id, std::vector<NodeId>(f.nodes.begin(), f.nodes.end()));
+  hooks_.gather(now, user, folder, {}, std::vector<NodeId>(f.nodes.begin(), f.nodes.end()));
   return true;
 }
 
-void Node::start_rename(Time now, const std::string& user, const std::string& to) {
-  MgrFolder& f = managed_[bucket(user)][user].folders[to];
+void Manager::start_rename(Time now, const std::string& user, const std::string& to) {
+  Folder& f = managed_[bucket(user)][user].folders[to];
   f.renumber_running = true;
-  std::uint64_t id = new_req();
-  Pending& p = pending_[id];
-  RenumberOp& r = p.op.emplace<RenumberOp>();
-  p.user = user;
-  r.g.folder = f.renamed_from;  // listed under the old name
-  r.rename_to = to;
-  p.deadline = now + cfg_.request_timeout;
-  fe_gather(now, id, std::vector<NodeId>(f.nodes.begin(), f.nodes.end()));
+  // Listed under the old name.
+  hooks_.gather(now, user, f.renamed_from, to, std::vector<NodeId>(f.nodes.begin(), f.nodes.end()));
 }
 
-void Node::on_rename_done(Time now, const std::string& user, const RenumberOp& op) {
+void Manager::on_rename_done(Time now, const std::string& user, const std::string& folder, const std::string& to,
+                             const std::map<MsgId, MessageRecord>& records, bool complete) {
   auto b = managed_.find(bucket(user));
   if (b == managed_.end()) return;  // no longer the manager
   auto u = b->second.find(user);
   if (u == b->second.end()) return;
-  auto fi = u->second.folders.find(op.rename_to);
+  auto fi = u->second.folders.find(to);
   if (fi == u->second.folders.end()) return;
-  MgrFolder& f = fi->second;
+  Folder& f = fi->second;
   f.renumber_running = false;
   // Each message goes over under its UID, UIDVALIDITY and generation: the
   // new name has the folder's lineage.
-  for (const auto& [id, r] : op.g.gathered) {
-    if (r.expunged || r.folder != op.g.folder) continue;
+  for (const auto& [id, r] : records) {
+    if (r.expunged || r.folder != folder) continue;
     Update up;
-    up.id = next_version();
+    up.id = hooks_.next_version();
     up.kind = Update::Kind::Move;
     up.replicas = r.replicas;
     up.record.id = r.id;
     up.record.user = user;
-    up.record.folder = op.rename_to;
+    up.record.folder = to;
     up.record.uidvalidity = r.uidvalidity;
     up.record.uid = r.uid;
     up.record.uid_gen = r.uid_gen;
     up.record.uid_seen = r.uid_seen;
     repl_.coordinate(now, std::move(up));
   }
-  if (!op.g.awaiting.empty()) {
-    renames_due_.insert({user, op.rename_to});  // some holders silent: again
+  if (!complete) {
+    renames_due_.insert({user, to});  // some holders silent: again
     return;
   }
-  env_.log("manager: " + user + "/" + f.renamed_from + " renamed " + op.rename_to + ": " +
-           std::to_string(op.g.gathered.size()) + " messages moved over under their UIDs");
+  hooks_.log("manager: " + user + "/" + f.renamed_from + " renamed " + to + ": " +
+             std::to_string(records.size()) + " messages moved over under their UIDs");
   f.renamed_from.clear();
 }
 
-void Node::on_renumber_done(Time now, const std::string& user, const RenumberOp& op) {
-  if (!op.rename_to.empty()) return on_rename_done(now, user, op);
+void Manager::on_gathered(Time now, const std::string& user, const std::string& folder, const std::string& rename_to,
+                          const std::map<MsgId, MessageRecord>& records, bool complete) {
+  if (!rename_to.empty()) return on_rename_done(now, user, folder, rename_to, records, complete);
+  on_renumber_done(now, user, folder, records, complete);
+}
+
+void Manager::on_renumber_done(Time now, const std::string& user, const std::string& folder,
+                               const std::map<MsgId, MessageRecord>& records, bool complete) {
   auto b = managed_.find(bucket(user));
   if (b == managed_.end()) return;  // no longer the manager
   auto u = b->second.find(user);
   if (u == b->second.end()) return;
-  MgrFolder& f = u->second.folders[op.g.folder];
+  Folder& f = u->second.folders[folder];
   f.renumber_running = false;
-  if (!settle_lineage(now, user, op.g.folder, f) || !current_generation(now, user, op.g.folder, f)) {
+  if (!settle_lineage(now, user, folder, f) || !current_generation(now, user, folder, f)) {
     f.renumber_due = true;
-    renumbers_due_.insert({user, op.g.folder});
+    renumbers_due_.insert({user, folder});
     return;
   }
   // Messages of other lineages, and every message but the first stamped of
@@ -1075,10 +1074,10 @@ void Node::on_renumber_done(Time now, const std::string& user, const RenumberOp&
   // new mail, never a UID naming two messages.
   std::vector<const MessageRecord*> todo, dups;
   std::map<std::uint32_t, std::vector<const MessageRecord*>> by_uid;
-  auto takeovers = takeovers_of(user, op.g.folder, f);
-  for (const auto& [id, r] : op.g.gathered)
+  auto takeovers = takeovers_of(user, folder, f);
+  for (const auto& [id, r] : records)
     if (r.uidvalidity == f.uidvalidity) add_takeover(takeovers, UidTakeover{r.uid_gen, r.uid_seen});
-  for (const auto& [id, r] : op.g.gathered) {
+  for (const auto& [id, r] : records) {
     if (!r.has_body || r.expunged) continue;
     auto late = f.late.find(id);
     if (r.uidvalidity != f.uidvalidity || uid_stale(takeovers, r.uid_gen, r.uid) ||
@@ -1103,22 +1102,22 @@ void Node::on_renumber_done(Time now, const std::string& user, const RenumberOp&
   // Every new UID must be reserved first; until then listings wait.
   const std::uint32_t avail = f.reserved >= f.next_uid ? f.reserved - f.next_uid + 1 : 0;
   if (todo.size() > avail) {
-    reserve_uids(now, user, op.g.folder, f, static_cast<std::uint32_t>(todo.size()));
+    reserve_uids(now, user, folder, f, static_cast<std::uint32_t>(todo.size()));
     f.renumber_due = true;
-    renumbers_due_.insert({user, op.g.folder});
+    renumbers_due_.insert({user, folder});
     return;
   }
   for (const MessageRecord* r : todo) {
     // The new UID must win over whatever stamped the old one, whatever
     // that node's clock said.
-    last_version_ = std::max(last_version_, r->uid_version.time);
+    hooks_.version_above(r->uid_version.time);
     Update up;
-    up.id = next_version();
+    up.id = hooks_.next_version();
     up.kind = Update::Kind::SetUid;
     up.replicas = r->replicas;
     up.record.id = r->id;
     up.record.user = user;
-    up.record.folder = op.g.folder;
+    up.record.folder = folder;
     up.record.folder_version = r->folder_version;  // the placement this UID is for
     up.record.uidvalidity = f.uidvalidity;
     up.record.uid = f.next_uid++;
@@ -1126,14 +1125,14 @@ void Node::on_renumber_done(Time now, const std::string& user, const RenumberOp&
     up.record.uid_seen = f.start_seen;
     repl_.coordinate(now, std::move(up));
   }
-  bool incomplete = !op.g.awaiting.empty();
+  bool incomplete = !complete;
   if (!todo.empty() || incomplete)
-    env_.log("manager: " + user + "/" + op.g.folder + " renumbered " + std::to_string(todo.size()) +
-             " messages (" + std::to_string(dups.size()) + " of them held a UID twice) in UIDVALIDITY " +
-             std::to_string(f.uidvalidity) + (incomplete ? "; some holders silent, again" : ""));
+    hooks_.log("manager: " + user + "/" + folder + " renumbered " + std::to_string(todo.size()) +
+               " messages (" + std::to_string(dups.size()) + " of them held a UID twice) in UIDVALIDITY " +
+               std::to_string(f.uidvalidity) + (incomplete ? "; some holders silent, again" : ""));
   if (incomplete && !f.renumber_due) {
     f.renumber_due = true;
-    renumbers_due_.insert({user, op.g.folder});
+    renumbers_due_.insert({user, folder});
   }
   if (incomplete) return;
   f.late.clear();

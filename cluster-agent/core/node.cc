@@ -20,8 +20,23 @@ Node::Node(CoreConfig cfg, Env& env, DurableStore& disk)
           cfg_, disk_, [this](NodeId to, Message m) { send(to, std::move(m)); },
           [this](const std::string& l) { env_.log(l); }),
       auth_throttle_(cfg_.auth_failures_per_user, cfg_.auth_failure_window),
+      manager_(cfg_, membership_, repl_,
+               Manager::Hooks{
+                   .send = [this](NodeId to, Message m) { send(to, std::move(m)); },
+                   .log = [this](const std::string& l) { env_.log(l); },
+                   .next_version = [this] { return next_version(); },
+                   .version_above = [this](Time t) { last_version_ = std::max(last_version_, t); },
+                   .wall = [this] { return wall(); },
+                   .live = [this](NodeId n) { return live(n); },
+                   .takes_no_copies = [this](NodeId n) { return takes_no_copies(n); },
+                   .live_loads = [this](bool with_draining) { return live_loads(with_draining); },
+                   .gather = [this](Time now, const std::string& user, const std::string& folder,
+                                    const std::string& rename_to, const std::vector<NodeId>& nodes) {
+                     fe_gather_for(now, user, folder, rename_to, nodes);
+                   },
+               }),
       reporter_(
-          cfg_, membership_, repl_, handoffs_, [this](NodeId to, Message m) { send(to, std::move(m)); },
+          cfg_, membership_, repl_, manager_.handoffs(), [this](NodeId to, Message m) { send(to, std::move(m)); },
           [this] { return wall(); }),
       anti_entropy_(
           cfg_, membership_, repl_, disk_, [this](NodeId to, Message m) { send(to, std::move(m)); },
@@ -117,6 +132,19 @@ std::uint32_t Node::load() const {
   return static_cast<std::uint32_t>(repl_.backlog() + stores_.size());
 }
 
+std::vector<NodeLoad> Node::live_loads(bool with_draining) const {
+  std::vector<NodeLoad> out;
+  for (const auto& m : membership_.members()) {
+    auto it = loads_.find(m.id);
+    std::uint32_t l = m.id == cfg_.self ? load() : (it == loads_.end() ? 0 : it->second);
+    // A node that drains or is gone takes no new copies (unless asked for).
+    bool full = (m.id == cfg_.self ? spool_full_ : peer_full(m.id)) ||
+                !(admin_active(m.id) || (with_draining && membership_.admin_state(m.id) == AdminState::Draining));
+    out.push_back({m.id, l, full});
+  }
+  return out;
+}
+
 void Node::send(NodeId to, Message m) {
   // Messages to self go through the shell as well, so no handler ever
   // re-enters the node while it is iterating its own state.
@@ -150,7 +178,7 @@ bool Node::manages(const std::string& user) const {
 }
 
 void Node::on_change(const Membership::Change& ch) {
-  mgr_on_change(now_, ch);
+  manager_.on_change(now_, ch);
   reporter_.on_change(now_, ch);
   anti_entropy_.on_change(now_, ch);
 }
@@ -169,7 +197,7 @@ void Node::tick(Time now) {
       if (m.id != cfg_.self) send(m.id, ProbeAck{membership_.epoch()});
   }
   repl_.tick(now, [this](NodeId n) { return live(n); });
-  mgr_tick(now);
+  manager_.tick(now);
   reporter_.tick(now);
   fe_tick(now);
   store_failover(now);
@@ -206,21 +234,21 @@ void Node::receive(Time now, Envelope e) {
                       std::is_same_v<T, Commit>) {
           membership_.on_message(now_, e.from, m);
         } else if constexpr (std::is_same_v<T, Report>) {
-          mgr_report(now_, e.from, msg);
+          manager_.on_report(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, ReportAck>) {
           reporter_.on_ack(e.from, msg);
         } else if constexpr (std::is_same_v<T, ReportPoll>) {
           reporter_.on_poll(now_, msg);
         } else if constexpr (std::is_same_v<T, AllocRequest>) {
-          mgr_alloc(now_, e.from, msg);
+          manager_.on_alloc(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, AllocDone>) {
-          mgr_alloc_done(msg);
+          manager_.on_alloc_done(msg);
         } else if constexpr (std::is_same_v<T, RenumberRequest>) {
-          mgr_renumber(now_, e.from, msg);
+          manager_.on_renumber(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, CreateUserRequest>) {
-          mgr_create_user(now_, e.from, msg);
+          manager_.on_create_user(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, MapRequest>) {
-          mgr_map(e.from, msg);
+          manager_.on_map(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, StoreRequest>) {
           serve_store(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, MutateRequest>) {
@@ -238,11 +266,11 @@ void Node::receive(Time now, Envelope e) {
         } else if constexpr (std::is_same_v<T, FetchRequest>) {
           serve_fetch(e.from, msg);
         } else if constexpr (std::is_same_v<T, ProfileRequest>) {
-          mgr_profile(e.from, msg);
+          manager_.on_profile(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, UserUpdateRequest>) {
-          mgr_user_update(now_, e.from, msg);
+          manager_.on_user_update(now_, e.from, msg);
         } else if constexpr (std::is_same_v<T, UserListRequest>) {
-          mgr_user_list(e.from, msg);
+          manager_.on_user_list(e.from, msg);
         } else if constexpr (std::is_same_v<T, UsageRequest>) {
           serve_usage(e.from, msg);
         } else if constexpr (std::is_same_v<T, SyncRequest>) {

@@ -8,9 +8,10 @@
 // for local requests; effects leave through Env and the DurableStore.
 // Single-threaded: every call must come from the same thread.
 //
-// Files: node.cc (wiring, dispatch), manager.cc (manager role),
-// report.h/report.cc (mail-map reporting: Reporter), frontend.cc (client
-// operations), sync.h/sync.cc (anti-entropy: AntiEntropy).
+// Files: node.cc (wiring, dispatch), manager.h/manager.cc (manager role:
+// Manager; its side of the user database in users.cc), report.h/report.cc
+// (mail-map reporting: Reporter), frontend.cc (client operations),
+// sync.h/sync.cc (anti-entropy: AntiEntropy).
 #pragma once
 
 #include <cstdint>
@@ -28,6 +29,7 @@
 #include "config.h"
 #include "durable.h"
 #include "env.h"
+#include "manager.h"
 #include "membership.h"
 #include "placement.h"
 #include "replication.h"
@@ -150,83 +152,9 @@ class Node {
   void administer(Time now, std::uint64_t req, NodeId n, AdminState state);
 
   // ---- observation (status, tests, the simulator's checker) ----
-  struct MgrFolder {
-    std::set<NodeId> nodes;        // the mail map: nodes holding fragments
-    // The folder's UID lineage: UIDVALIDITY and the next UID. Only this
-    // manager hands out UIDs under it, until it hands the lineage on.
-    std::uint32_t uidvalidity = 0;  // 0: not decided yet
-    std::uint32_t next_uid = 1;
-    std::map<std::uint32_t, std::uint32_t> handed;  // lineage -> next UID, from handoffs
-    Version handed_gen;                              // the newest generation handed on
-    UidView handed_seen;
-    std::map<std::uint32_t, std::uint32_t> seen;    // lineage -> highest UID reported
-    std::set<std::uint32_t> seen_live;              // lineages reported with live messages
-    // (lineage, generation) -> highest UID reported where live mail is:
-    // what a takeover may make stale.
-    struct GenInfo {
-      std::uint32_t top = 0;
-      UidView seen;  // what the generation had been shown when it began
-    };
-    std::map<std::pair<std::uint32_t, Version>, GenInfo> gen_top;
-    // What this manager has been shown of the lineage, per generation.
-    UidView view() const;
-    bool renumber_due = false;     // messages of other lineages await new UIDs
-    bool renumber_running = false;
-    // UIDs handed out (current lineage) whose store or move may still be
-    // on its way, each until it is done or its deadline passes: listings
-    // show nothing from the lowest of them on.
-    std::map<std::uint32_t, Time> inflight;
-    std::uint32_t visible_below(Time now) const;
-    // Deliveries with a key (KeyedDelivery) of the last delivery_key_ttl,
-    // by key, and their keys by time (pruned as the folder is delivered to).
-    std::map<std::string, KeyedDelivery> keys;
-    std::multimap<Time, std::string> key_order;
-    // UIDs up to `reserved` may be handed out: their reservation is in the
-    // profile on every live holder. One reservation is written at a time.
-    std::uint32_t reserved = 0;
-    Version reserve_write;         // the profile write of a reservation on its way
-    std::uint32_t reserve_to = 0;
-    // This manager's generation in the lineage: its predecessor's, handed
-    // on, or a new one (a UidTakeover in the profile) when taken over.
-    Version gen;
-    UidView start_seen;  // what this generation had been shown when it began
-    std::map<MsgId, std::uint32_t> late;  // readers found these below what they took: UID found under
-    // Renamed from this folder (its lineage, mail map and state came
-    // along): its messages are moved over under their UIDs; listings wait.
-    std::string renamed_from;
-    // This generation began by a takeover that is not yet on the profile's
-    // holders: no listing is answered until it is (a reader must not see
-    // what it hides come back if it were lost).
-    bool takeover_pending = false;
-  };
-  struct MgrUser {
-    std::optional<Profile> profile;
-    // The profile came from a front end's memory (ProfileRequest::remembered),
-    // not from a holder: none of its holders is live. It answers lookups
-    // and listings; nothing is written to the profile (no UID is handed
-    // out, no user change is taken) until a holder reports it.
-    bool adopted = false;
-    std::map<std::string, MgrFolder> folders;
-    // The quota's usage, soft state like the mail map: per member, the
-    // bytes of the user's live mail it last reported, by replica list
-    // (summed over folders). Each list counts once, at its largest report.
-    std::map<NodeId, std::map<std::vector<NodeId>, std::uint64_t>> held;
-    std::set<NodeId> unsized;  // members whose reports say no bytes (older nodes)
-    // Deliveries given a UID that no report of their nodes shows yet:
-    // counted until one does, or until their store's deadline, so racing
-    // deliveries count each other.
-    struct Grant {
-      NodeId front_end = kNoNode;
-      std::uint64_t req = 0;  // a request asked again replaces its grant
-      std::string folder;
-      std::uint32_t uidvalidity = 0, uid = 0;
-      std::uint64_t size = 0;
-      std::vector<NodeId> nodes;
-      Time until = 0;
-      Version gen;  // the folder's generation when granted
-    };
-    std::vector<Grant> granted;
-  };
+  // The manager's state of a folder and of a user (manager.h).
+  using MgrFolder = Manager::Folder;
+  using MgrUser = Manager::User;
   NodeId id() const { return cfg_.self; }
   // Stores of this node's that replaced a silent replica (store_failover).
   std::uint64_t store_failovers() const { return store_failovers_; }
@@ -249,17 +177,17 @@ class Node {
   bool peer_full(NodeId n) const { return full_peers_.count(n) > 0; }
   // Its spool is below its reserve (this node's, or as the peer last said).
   bool takes_no_copies(NodeId n) const { return n == cfg_.self ? spool_full_ : peer_full(n); }
-  const MgrUser* managed_user(const std::string& user) const;
-  MgrUser* managed_user(const std::string& user) {
-    return const_cast<MgrUser*>(std::as_const(*this).managed_user(user));
-  }
+  const MgrUser* managed_user(const std::string& user) const { return manager_.managed_user(user); }
+  MgrUser* managed_user(const std::string& user) { return manager_.managed_user(user); }
   // The answer for a user this manager has no live profile of.
-  Status missing_user_status(Bucket b, const MgrUser* u) const;
-  bool bucket_ready(Bucket b) const;
+  Status missing_user_status(Bucket b, const MgrUser* u) const { return manager_.missing_user_status(b, u); }
+  bool bucket_ready(Bucket b) const { return manager_.bucket_ready(b); }
   // The bytes of the user's live mail as this node, its manager, counts
   // them; nothing while it cannot: not the manager, the bucket not ready,
   // a member yet to report it, or a member that does not say (older).
-  std::optional<std::uint64_t> managed_usage(const std::string& user) const;
+  std::optional<std::uint64_t> managed_usage(const std::string& user) const {
+    return manager_.managed_usage(user, now_);
+  }
   std::size_t pending_reports() const { return reporter_.pending(); }
   // Anti-entropy (sync.h): what this node has asked of its peers and got.
   using SyncProgress = AntiEntropy::Progress;
@@ -292,8 +220,8 @@ class Node {
   std::uint64_t sync_digest(const std::string& user, NodeId node) const { return anti_entropy_.digest(user, node); }
 
  private:
-  // Front-end work in flight (frontend.cc, users.cc), and manager
-  // renumberings (manager.cc): one type per operation, holding only its
+  // Front-end work in flight (frontend.cc, users.cc), and the manager's
+  // renumberings (fe_gather_for): one type per operation, holding only its
   // own state; a Pending holds one of them, with what every operation has.
   struct CreateUserOp {
     std::string password_hash;
@@ -473,67 +401,8 @@ class Node {
   Bucket bucket(const std::string& user) const;
   bool manages(const std::string& user) const;
 
-  // manager.cc
-  void mgr_on_change(Time now, const Membership::Change& ch);
-  void mgr_report(Time now, NodeId from, const Report& r);
-  void mgr_alloc(Time now, NodeId from, const AllocRequest& a);
-  void mgr_alloc_done(const AllocDone& d);
-  // Notes a keyed delivery in `f` (a stored one stays stored), after
-  // dropping those older than delivery_key_ttl (prune_keys).
-  void remember_key(MgrFolder& f, const KeyedDelivery& k);
-  void prune_keys(MgrFolder& f);  // by the wall clock: a key is dated by it
-  // The keyed delivery an AllocRequest retries, when it is answered with
-  // it: stored, or in the folder's lineage on live nodes.
-  const KeyedDelivery* retry_of(MgrUser& u, const AllocRequest& a);
-  // Fills an allocation's answer (rep.uid taken) and notes its nodes in
-  // the mail map and its UID in flight until `until`.
-  // The grant of an AllocRequest asked again (same front end and request)
-  // before its time ran out; null if none.
-  const MgrUser::Grant* regrant(const MgrUser& u, NodeId from, const AllocRequest& a, Time now) const;
-  void grant(AllocReply& rep, MgrFolder& f, const std::vector<NodeId>& nodes, Time until);
-  void mgr_renumber(Time now, NodeId from, const RenumberRequest& r);
-  void mgr_create_user(Time now, NodeId from, const CreateUserRequest& c);
-  void mgr_map(NodeId from, const MapRequest& m);
-  void mgr_tick(Time now);
-  void absorb_entry(const std::string& user, MgrFolder& f, const ReportEntry& e);
-  // A member's report of the user (all its mail of the user) replaces what
-  // it said of the user's bytes before.
-  void absorb_usage(const std::string& user, MgrUser& u, NodeId from, const std::vector<ReportEntry>& entries);
-  std::optional<std::uint64_t> usage_of(const MgrUser& u) const;
-  void decide_lineages(Time now, Bucket b);
-  // To the profile's holders, and to `also` (old holders a new holder
-  // list leaves out, so they drop their copies).
-  Version write_profile(Time now, MgrUser& u, const std::vector<NodeId>& also = {});
-  bool settle_lineage(Time now, const std::string& user, const std::string& folder, MgrFolder& f,
-                      bool for_new_mail = false);
-  FolderMeta* lineage_meta(Time now, MgrUser& u, const std::string& folder, bool create);
-  std::uint32_t fresh_uidvalidity(std::uint32_t before) const;
-  // The next UID of the folder's lineage, or 0 while none is reserved (a
-  // reservation is then on its way: try again).
-  std::uint32_t take_uid(Time now, const std::string& user, const std::string& folder, MgrFolder& f);
-  void reserve_uids(Time now, const std::string& user, const std::string& folder, MgrFolder& f,
-                    std::uint32_t need);
-  void check_reservations();
-  // Whether UIDs may be handed out under the folder's generation now: it
-  // exists, no newer takeover is known, and it is on the holders. Begins a
-  // new one when due and this group is most of the cluster.
-  bool current_generation(Time now, const std::string& user, const std::string& folder, MgrFolder& f);
-  // A new generation of the folder's lineage (a takeover, in the profile).
-  void begin_generation(Time now, const std::string& user, const std::string& folder, MgrFolder& f);
-  // This node's group holds most of the nodes it knows of (exactly half:
-  // the half with the lowest id).
-  bool majority() const;
-  // Renumbering is due if the folder's reported mail holds UIDs a
-  // takeover of its lineage makes stale.
-  void check_stale(const std::string& user, const std::string& folder, MgrFolder& f);
-  // Every takeover known of the folder's lineage: the profile's, and those
-  // its reported mail names (each message carries its generation's).
-  std::vector<UidTakeover> takeovers_of(const std::string& user, const std::string& folder,
-                                        const MgrFolder& f) const;
-  bool start_renumber(Time now, const std::string& user, const std::string& folder);
-  void on_renumber_done(Time now, const std::string& user, const RenumberOp& op);
-  // Members and their loads for placement; draining nodes count as full
-  // unless `with_draining`.
+  // Members and their loads for placement (the manager's and repair's);
+  // draining nodes count as full unless `with_draining`.
   std::vector<NodeLoad> live_loads(bool with_draining = false) const;
 
   std::uint64_t new_req() { return next_req_++; }
@@ -541,6 +410,11 @@ class Node {
   void fe_tick(Time now);
   void fe_fail(std::uint64_t id, Status s, const std::string& why);
   void fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& nodes);
+  // The manager's renumbering, or a rename's move (`rename_to`): a
+  // RenumberOp gathering the folder's records from `nodes`, handed to
+  // Manager::on_gathered when done (Manager::Hooks::gather).
+  void fe_gather_for(Time now, const std::string& user, const std::string& folder, const std::string& rename_to,
+                     const std::vector<NodeId>& nodes);
   ListRequest list_request(const Pending& p, std::uint64_t id, NodeId n) const;
   // A listing's or a renumbering's nodes still to answer, asked again.
   void fe_list_retry(std::uint64_t id, Pending& p);
@@ -597,12 +471,6 @@ class Node {
 
   // users.cc
   std::uint64_t fe_start(Time now, Pending::Op op, std::uint64_t req, const std::string& user);
-  void mgr_profile(NodeId from, const ProfileRequest& r);
-  void mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r);
-  Status mgr_rename_folder(Time now, const UserUpdateRequest& r, MgrUser& u);
-  void start_rename(Time now, const std::string& user, const std::string& to);
-  void on_rename_done(Time now, const std::string& user, const RenumberOp& op);
-  void mgr_user_list(NodeId from, const UserListRequest& r);
   void serve_usage(NodeId from, const UsageRequest& r);
   // The count of a usage lookup or of a delivery's quota check; null for
   // any other operation.
@@ -619,9 +487,6 @@ class Node {
   // Offers the user's manager this node's memory of the profile (a reader
   // was told to try again).
   void offer_profile(const std::string& user);
-  // The manager takes a front end's memory of a profile when it has none
-  // and none of its holders is live; null when it does not.
-  const MgrUser* adopt_profile(Bucket b, NodeId from, const Profile& p);
 
   CoreConfig cfg_;
   Env& env_;
@@ -640,25 +505,15 @@ class Node {
   std::deque<ClientReply> step_replies_;
   FailureThrottle auth_throttle_;
 
-  // manager role (soft state)
-  std::map<Bucket, std::map<std::string, MgrUser>> managed_;
-  std::map<NodeId, std::uint32_t> loads_;          // load table, piggybacked on every message
+  // manager role (soft state; manager.h); before the reporter, which
+  // sends its handoffs
+  Manager manager_;
+  // load table, piggybacked on every message (placement by the manager,
+  // repair targets)
+  std::map<NodeId, std::uint32_t> loads_;
   std::set<NodeId> full_peers_;                    // nodes whose last message said their spool is full
   bool spool_full_ = false;                        // this node's (set_spool_full)
   Time full_told_until_ = 0, full_told_at_ = 0;    // announcing spool_full_ to every member
-  std::map<Bucket, std::set<NodeId>> awaiting_;   // bucket -> members yet to report
-  std::map<Bucket, std::set<NodeId>> reported_;   // bucket -> members that have reported
-  std::map<Bucket, std::set<NodeId>> expected_;   // kept bucket -> members back that have not reported it (allocations and listings wait)
-  std::set<std::pair<std::string, std::string>> renumbers_due_;  // (user, folder)
-  std::set<std::pair<std::string, std::string>> reserving_;      // (user, folder): reservation on its way
-  std::set<std::pair<std::string, std::string>> renames_due_;    // (user, new name): messages to move over
-  // Lineages of buckets this node managed until the last change, for their
-  // new managers (the reporter sends them); valid only in the epoch that
-  // moved them.
-  std::map<Bucket, std::vector<Handoff>> handoffs_;
-  Time awaiting_since_ = 0;
-  Time last_inflight_prune_ = 0;
-  Time last_poll_ = 0;
 
   // reporter role (soft state; report.h)
   Reporter reporter_;

@@ -82,7 +82,7 @@ void Node::admin_tick(Time now) {
   // One node decides: the group's lowest, and only in a group of most of
   // the cluster (the other side of a partition must not replace copies
   // that are only out of its reach).
-  if (membership_.members().front().id != cfg_.self || !majority()) return;
+  if (membership_.members().front().id != cfg_.self || !manager_.majority()) return;
   for (NodeId n : membership_.known()) {
     if (membership_.is_member(n) || membership_.admin_state(n) == AdminState::Gone) {
       missing_since_.erase(n);
@@ -346,38 +346,35 @@ void Node::repair_ack(Time now, NodeId from, const Version& v) {
 
 void Node::repair_profiles(Time now) {
   std::size_t done = 0;
-  for (auto& [b, users] : managed_) {
-    if (!bucket_ready(b)) continue;
-    for (auto& [name, u] : users) {
-      if (!u.profile || u.adopted) continue;
-      Profile& p = *u.profile;
-      // (Also one left with fewer holders than R: a Gone holder dropped
-      // when no other node was there to take its place.)
-      bool leaving = p.holders.size() < cfg_.replicas;
-      for (NodeId h : p.holders) leaving |= !admin_active(h);
-      if (!leaving) continue;
-      std::vector<NodeId> keep, gone;
-      for (NodeId h : p.holders) (admin_active(h) ? keep : gone).push_back(h);
-      std::size_t want = cfg_.replicas > keep.size() ? cfg_.replicas - keep.size() : 0;
-      std::vector<NodeId> add = repair_targets(name, p.holders, want, true);
-      if (add.empty() && want > 0 && keep.empty()) continue;  // nowhere to put it yet
-      std::vector<NodeId> old = p.holders;
-      p.holders = keep;
-      p.holders.insert(p.holders.end(), add.begin(), add.end());
-      // A draining holder with nowhere to go stays.
-      for (NodeId h : gone)
-        if (p.holders.size() < cfg_.replicas && membership_.admin_state(h) == AdminState::Draining)
-          p.holders.push_back(h);
-      if (p.holders == old) continue;
-      std::vector<NodeId> also;
-      for (NodeId h : old)
-        if (!has(p.holders, h) && membership_.admin_state(h) != AdminState::Gone) also.push_back(h);
-      p.version = next_version();
-      write_profile(now, u, also);
-      ++repair_stats_.profiles;
-      if (++done == kProfilesPerTick) return;
-    }
-  }
+  manager_.each_ready_user([&](const std::string& name, Manager::User& u) {
+    if (!u.profile || u.adopted) return true;
+    Profile& p = *u.profile;
+    // (Also one left with fewer holders than R: a Gone holder dropped
+    // when no other node was there to take its place.)
+    bool leaving = p.holders.size() < cfg_.replicas;
+    for (NodeId h : p.holders) leaving |= !admin_active(h);
+    if (!leaving) return true;
+    std::vector<NodeId> keep, gone;
+    for (NodeId h : p.holders) (admin_active(h) ? keep : gone).push_back(h);
+    std::size_t want = cfg_.replicas > keep.size() ? cfg_.replicas - keep.size() : 0;
+    std::vector<NodeId> add = repair_targets(name, p.holders, want, true);
+    if (add.empty() && want > 0 && keep.empty()) return true;  // nowhere to put it yet
+    std::vector<NodeId> old = p.holders;
+    p.holders = keep;
+    p.holders.insert(p.holders.end(), add.begin(), add.end());
+    // A draining holder with nowhere to go stays.
+    for (NodeId h : gone)
+      if (p.holders.size() < cfg_.replicas && membership_.admin_state(h) == AdminState::Draining)
+        p.holders.push_back(h);
+    if (p.holders == old) return true;
+    std::vector<NodeId> also;
+    for (NodeId h : old)
+      if (!has(p.holders, h) && membership_.admin_state(h) != AdminState::Gone) also.push_back(h);
+    p.version = next_version();
+    manager_.write_profile(now, u, also);
+    ++repair_stats_.profiles;
+    return ++done != kProfilesPerTick;
+  });
 }
 
 void Node::drain_check_profiles(Time now) {

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: MIT
 // users.cc - the cluster's user database: each user's profile (password
 // hash, quota, enabled, folders) is hard state replicated like mail, and
-// the user's manager answers for it (ARCHITECTURE.md 3). Front-end and
-// manager sides of lookup, change and listing.
+// the user's manager answers for it (ARCHITECTURE.md 3). Front-end (Node)
+// and manager (Manager, manager.h) sides of lookup, change and listing.
 //
 // A deleted user keeps a tombstone profile (deleted = true, newer
 // version), so a replica that was down cannot bring the user back.
@@ -156,16 +156,16 @@ void Node::offer_profile(const std::string& user) {
   send(mgr, ProfileRequest{0, user, *p});  // its answer matches no request
 }
 
-const Node::MgrUser* Node::adopt_profile(Bucket b, NodeId from, const Profile& p) {
-  MgrUser* u = managed_user(p.user);
+const Manager::User* Manager::adopt(Bucket b, NodeId from, const Profile& p) {
+  User* u = managed_user(p.user);
   if ((u && u->profile) || p.deleted || p.holders.empty() || missing_user_status(b, u) != Status::TryAgain)
     return nullptr;
   for (NodeId h : p.holders)
-    if (live(h)) return nullptr;  // its report is on its way
-  MgrUser& mu = managed_[b][p.user];
+    if (hooks_.live(h)) return nullptr;  // its report is on its way
+  User& mu = managed_[b][p.user];
   mu.profile = p;
   mu.adopted = true;
-  env_.log("manager: " + printable(p.user) + ": no holder of its profile is live; node " + std::to_string(from) +
+  hooks_.log("manager: " + printable(p.user) + ": no holder of its profile is live; node " + std::to_string(from) +
            "'s last copy (" + p.version.str() + ") answers until one reports");
   return &mu;
 }
@@ -175,18 +175,18 @@ const Node::MgrUser* Node::adopt_profile(Bucket b, NodeId from, const Profile& p
 // a known node that is down, means the profile's holders may be out of
 // reach, and "no such user" would make an SMTP server bounce (5xx) mail
 // for a real user. So the answer is to try again.
-Status Node::missing_user_status(Bucket b, const MgrUser* u) const {
+Status Manager::missing_user_status(Bucket b, const User* u) const {
   if (u && u->profile) return Status::NoSuchUser;  // deleted
   if (u && !u->folders.empty()) return Status::TryAgain;
   // A member that has not reported the bucket yet (one just back) may hold
   // the profile.
   if (expected_.count(b)) return Status::TryAgain;
   for (NodeId n : membership_.known())
-    if (!live(n)) return Status::TryAgain;
+    if (!hooks_.live(n)) return Status::TryAgain;
   return Status::NoSuchUser;
 }
 
-void Node::mgr_profile(NodeId from, const ProfileRequest& r) {
+void Manager::on_profile(Time now, NodeId from, const ProfileRequest& r) {
   ProfileReply rep;
   rep.req = r.req;
   Bucket b = bucket(r.user);
@@ -195,9 +195,9 @@ void Node::mgr_profile(NodeId from, const ProfileRequest& r) {
   } else if (!bucket_ready(b)) {
     rep.status = Status::TryAgain;
   } else {
-    const MgrUser* u = managed_user(r.user);
+    const User* u = managed_user(r.user);
     if ((!u || !u->profile) && r.remembered && r.remembered->user == r.user)
-      if (const MgrUser* a = adopt_profile(b, from, *r.remembered)) u = a;
+      if (const User* a = adopt(b, from, *r.remembered)) u = a;
     if (!u || !u->profile || u->profile->deleted) {
       rep.status = missing_user_status(b, u);
       // A deleted user's tombstone goes along (a draining holder of an old
@@ -207,19 +207,19 @@ void Node::mgr_profile(NodeId from, const ProfileRequest& r) {
       rep.profile = *u->profile;
       // The usage too, once this manager can count it (the milter's RCPT
       // check and `user show` then ask no other node).
-      if (auto used = managed_usage(r.user)) {
+      if (auto used = managed_usage(r.user, now)) {
         rep.has_usage = true;
         rep.used_bytes = *used;
       }
     }
   }
-  send(from, std::move(rep));
+  hooks_.send(from, std::move(rep));
 }
 
-void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
+void Manager::on_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
   OpReply rep{r.req, Status::Ok, {}};
   Bucket b = bucket(r.user);
-  MgrUser* u = managed_user(r.user);
+  User* u = managed_user(r.user);
   if (!membership_.in_group() || membership_.manager_of(b) != cfg_.self) {
     rep.status = Status::NotManager;
   } else if (!bucket_ready(b)) {
@@ -237,14 +237,14 @@ void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
       case UserUpdateRequest::Op::Disable: p.enabled = false; break;
       case UserUpdateRequest::Op::Delete: p.deleted = true; break;
       case UserUpdateRequest::Op::RenameFolder:
-        rep.status = mgr_rename_folder(now, r, *u);
+        rep.status = rename_folder(now, r, *u);
         break;
       case UserUpdateRequest::Op::Subscribe:
       case UserUpdateRequest::Op::Unsubscribe:
         if (r.folder.empty()) {
           rep.status = Status::Failed;
         } else {
-          p.subscriptions[r.folder] = Subscription{r.op == UserUpdateRequest::Op::Subscribe, next_version()};
+          p.subscriptions[r.folder] = Subscription{r.op == UserUpdateRequest::Op::Subscribe, hooks_.next_version()};
         }
         break;
       case UserUpdateRequest::Op::CreateFolder:
@@ -258,7 +258,7 @@ void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
           rep.status = create ? Status::Exists : Status::NotFound;
         } else {
           FolderMeta& m = p.folders[r.folder];
-          m.version = next_version();
+          m.version = hooks_.next_version();
           m.deleted = !create;
           m.renamed_to.clear();
           if (create) {
@@ -274,11 +274,11 @@ void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
       }
     }
     if (rep.status == Status::Ok && r.op != UserUpdateRequest::Op::RenameFolder) {
-      p.version = next_version();
+      p.version = hooks_.next_version();
       write_profile(now, *u);
     }
   }
-  send(from, rep);
+  hooks_.send(from, rep);
 }
 
 // RENAME of a folder other than INBOX: the new name takes the folder's
@@ -286,7 +286,7 @@ void Node::mgr_user_update(Time now, NodeId from, const UserUpdateRequest& r) {
 // of it; the old name stays as a tombstone. Then every message is moved
 // over under its UID (start_rename). Answered TryAgain until that is done
 // (the front end asks again), then Ok.
-Status Node::mgr_rename_folder(Time now, const UserUpdateRequest& r, MgrUser& u) {
+Status Manager::rename_folder(Time now, const UserUpdateRequest& r, User& u) {
   Profile& p = *u.profile;
   if (r.folder.empty() || r.to_folder.empty() || r.folder == "INBOX" || r.to_folder == "INBOX" ||
       r.folder == r.to_folder)
@@ -305,16 +305,16 @@ Status Node::mgr_rename_folder(Time now, const UserUpdateRequest& r, MgrUser& u)
   if (to_exists) return Status::Exists;
   if (from->second.uidvalidity == 0) lineage_meta(now, u, r.folder, true);  // a folder never used
   FolderMeta moved = p.folders[r.folder];
-  moved.version = next_version();
+  moved.version = hooks_.next_version();
   moved.deleted = false;
   p.folders[r.to_folder] = moved;
   FolderMeta& old = p.folders[r.folder];
-  old.version = next_version();
+  old.version = hooks_.next_version();
   old.deleted = true;  // keeps its UIDVALIDITY: a folder made again under the name gets a greater one
   old.renamed_to = r.to_folder;  // so a successor can finish moving its mail
-  p.version = next_version();
+  p.version = hooks_.next_version();
   write_profile(now, u);
-  MgrFolder mf;
+  Folder mf;
   if (auto f = u.folders.find(r.folder); f != u.folders.end()) {
     mf = std::move(f->second);
     u.folders.erase(f);
@@ -324,11 +324,11 @@ Status Node::mgr_rename_folder(Time now, const UserUpdateRequest& r, MgrUser& u)
   mf.renumber_running = false;
   u.folders[r.to_folder] = std::move(mf);
   renames_due_.insert({p.user, r.to_folder});
-  env_.log("manager: " + p.user + "/" + r.folder + " renamed " + r.to_folder + ": moving its messages");
+  hooks_.log("manager: " + p.user + "/" + r.folder + " renamed " + r.to_folder + ": moving its messages");
   return Status::TryAgain;
 }
 
-void Node::mgr_user_list(NodeId from, const UserListRequest& r) {
+void Manager::on_user_list(NodeId from, const UserListRequest& r) {
   UserListReply rep;
   rep.req = r.req;
   for (Bucket b = 0; b < membership_.map().size() && rep.status == Status::Ok; ++b) {
@@ -343,7 +343,7 @@ void Node::mgr_user_list(NodeId from, const UserListRequest& r) {
   }
   if (!membership_.in_group()) rep.status = Status::NotManager;
   if (rep.status != Status::Ok) rep.users.clear();
-  send(from, std::move(rep));
+  hooks_.send(from, std::move(rep));
 }
 
 }  // namespace porcupine

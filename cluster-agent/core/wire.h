@@ -102,7 +102,7 @@ struct Handoff {
 };
 // The bytes of the live messages a node holds under one replica list
 // (sorted). Every replica of a message puts it under the same list, so the
-// manager counts each list once (Node::usage_of), however many copies.
+// manager counts each list once (Manager::usage_of), however many copies.
 struct ReplicaBytes {
   std::vector<NodeId> replicas;
   std::uint64_t bytes = 0;
@@ -338,7 +338,7 @@ struct ProfileRequest {
   std::string user;
   // The profile as the asking front end last got it (its memory), offered
   // after the manager answered TryAgain: the manager takes it when none of
-  // the profile's holders is live (MgrUser::adopted). Not from an older node.
+  // the profile's holders is live (Manager::User::adopted). Not from an older node.
   std::optional<Profile> remembered;
   bool operator==(const ProfileRequest&) const = default;
 };

@@ -2565,7 +2565,7 @@ TEST(Users, APasswordIsCheckedAgainstItsHashAndGuessesAreLimitedPerNode) {
 // A side of a split with no copy of a user's profile (R = 2: both holders
 // are on the other side, with its manager) still lets the user log in and read there, from
 // the profile a front end of that side got before the split: the manager
-// takes it (MgrUser::adopted). Nothing is written to it there: deliveries
+// takes it (Manager::User::adopted). Nothing is written to it there: deliveries
 // wait (TryAgain: Postfix keeps them queued) and user changes are refused
 // until the heal. A node that never looked the user up has no memory to
 // offer; once another has offered it, the side's manager answers it too.
