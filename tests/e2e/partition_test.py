@@ -18,10 +18,13 @@ nodes named (netsplit.py):
 
 Each scenario runs SMTP load on every node throughout (sessions on every
 side of the split; a 4xx or a broken session is tried again on the next
-node), sets IMAP flags on both sides of the split, then heals, and checks:
-0 acknowledged messages lost, 0 duplicated, and every node converging to
-the same mailboxes (UIDVALIDITY, and per message UID, flags and content)
-within 30 s of the heal. The time to converge is printed.
+node), logs every user in on both sides of the split and sets IMAP flags
+there, then heals, and checks: every login and SELECT during the split
+answered (every node looked every user up before it, so a side without a
+copy of a user's profile has one in memory), 0 acknowledged messages
+lost, 0 duplicated, and every node converging to the same mailboxes
+(UIDVALIDITY, and per message UID, flags and content) within 30 s of the
+heal. The time to converge is printed.
 
 Usage:
   partition_test.py --build BUILD_DIR [--subnet K] [unittest args]
@@ -104,6 +107,7 @@ class Split(unittest.TestCase):
         self.links = netsplit.Links(self.st.addr)
         self.users = sorted(smtp.USERS)
         self.refused_logins = []
+        self.refused_selects = []
 
     def stop_all(self):
         if self.st:
@@ -145,14 +149,19 @@ class Split(unittest.TestCase):
             self.refused_logins.append((node, user, str(e)))
             return False
         try:
-            typ, _ = m.select("INBOX")
+            typ, data = m.select("INBOX")
             if typ != "OK":
+                self.log("node %d: SELECT for %s refused during the split: %s" % (node, user, data))
+                self.refused_selects.append((node, user, str(data)))
                 return False
             typ, data = m.uid("SEARCH", None, "SUBJECT", "pre-%s-%d" % (user.split("@")[0], k))
             if typ != "OK" or not data[0]:
+                self.log("node %d: message pre-%s-%d has no copy on this side" % (node, user.split("@")[0], k))
                 return False
             uid = data[0].split()[0].decode()
-            typ, _ = m.uid("STORE", uid, "+FLAGS", "(%s)" % flag)
+            typ, data = m.uid("STORE", uid, "+FLAGS", "(%s)" % flag)
+            if typ != "OK":
+                self.log("node %d: STORE for %s answered %s" % (node, user, data))
             return typ == "OK"
         except Exception as e:
             self.log("node %d: STORE for %s failed during the split: %s" % (node, user, e))
@@ -254,6 +263,7 @@ class Split(unittest.TestCase):
                 if stored.get((node, user, 1)):
                     self.assertIn("\\Flagged", rows["pre-%s-%d" % (user.split("@")[0], 1 + n)].split(), user)
         self.assertEqual(self.refused_logins, [], "logins refused during the split")
+        self.assertEqual(self.refused_selects, [], "SELECT refused during the split")
         answered = sum(1 for k, v in stored.items() if v)
         self.log("%s: %d of %d flag changes during the split answered OK, each kept" % (
             name, answered, len(stored)))
