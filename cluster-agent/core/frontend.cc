@@ -4,8 +4,11 @@
 // to the user's manager and to the nodes that store the fragments.
 //
 // Every operation has a deadline (request_timeout) and ends in exactly one
-// Env::reply. Requests to peers are resent until answered or until the
-// deadline: each is idempotent (same update id, or a fresh harmless UID).
+// reply (Hooks::reply). Requests to peers are resent until answered or
+// until the deadline: each is idempotent (same update id, or a fresh
+// harmless UID).
+#include "frontend.h"
+
 #include <algorithm>
 #include <cctype>
 #include <functional>
@@ -15,7 +18,7 @@
 #include <xxhash.h>
 
 #include "hash.h"
-#include "node.h"
+#include "records.h"
 
 namespace porcupine {
 
@@ -38,7 +41,19 @@ std::vector<std::string> normal_keywords(std::vector<std::string> keywords) {
 }
 }  // namespace
 
-void Node::fe_fail(std::uint64_t id, Status s, const std::string& why) {
+FrontEnd::FrontEnd(const CoreConfig& cfg, const Membership& membership, Hooks hooks)
+    : cfg_(cfg), membership_(membership), hooks_(std::move(hooks)) {}
+
+bool FrontEnd::live(NodeId n) const { return n == cfg_.self || membership_.is_member(n); }
+
+Bucket FrontEnd::bucket(const std::string& user) const { return bucket_of(user, cfg_.buckets); }
+
+void FrontEnd::peer_unreachable(NodeId n) {
+  for (auto& [id, p] : pending_)
+    if (p.retry_at != 0 && waits_on(p, n)) p.retry_at = hooks_.now();
+}
+
+void FrontEnd::fail(std::uint64_t id, Status s, const std::string& why) {
   auto it = pending_.find(id);
   if (it == pending_.end()) return;
   if (it->second.client_req != 0 || !std::holds_alternative<RenumberOp>(it->second.op)) {
@@ -46,28 +61,26 @@ void Node::fe_fail(std::uint64_t id, Status s, const std::string& why) {
     r.req = it->second.client_req;
     r.status = s;
     r.detail = why;
-    reply(std::move(r));
+    hooks_.reply(std::move(r));
   }
   pending_.erase(it);
 }
 
-void Node::create_user(Time now, std::uint64_t req, const std::string& user,
-                       const std::string& password_hash) {
-  Entry entry(*this, now);
-  std::uint64_t id = new_req();
+void FrontEnd::create_user(Time now, std::uint64_t req, const std::string& user,
+                           const std::string& password_hash) {
+  std::uint64_t id = hooks_.new_req();
   Pending& p = pending_[id];
   p.client_req = req;
   p.deadline = now + cfg_.request_timeout;
   p.user = canonical_user(user);
   p.op = CreateUserOp{password_hash};
-  p.retry_at = now;  // sent by fe_tick, which also resends
-  fe_tick(now);
+  p.retry_at = now;  // sent by tick, which also resends
+  tick(now);
 }
 
-void Node::deliver(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
-                   Body body, DeliverOptions opts) {
-  Entry entry(*this, now);
-  std::uint64_t id = new_req();
+void FrontEnd::deliver(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
+                       Body body, DeliverOptions opts) {
+  std::uint64_t id = hooks_.new_req();
   Pending& p = pending_[id];
   p.client_req = req;
   p.deadline = now + cfg_.request_timeout;
@@ -79,17 +92,15 @@ void Node::deliver(Time now, std::uint64_t req, const std::string& user, const s
   d.opts.keywords = normal_keywords(std::move(d.opts.keywords));
   if (!d.opts.key.empty()) {
     // Named before the manager is asked: a retry is answered with it.
-    d.msg = MsgId{cfg_.self, next_seq_++};
-    persist_counters();
+    d.msg = hooks_.new_msg();
   }
   p.retry_at = now;
-  fe_tick(now);
+  tick(now);
 }
 
-void Node::list(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
-                bool digest_only, std::uint32_t meta_from_uid) {
-  Entry entry(*this, now);
-  std::uint64_t id = new_req();
+void FrontEnd::list(Time now, std::uint64_t req, const std::string& user, const std::string& folder,
+                    bool digest_only, std::uint32_t meta_from_uid) {
+  std::uint64_t id = hooks_.new_req();
   Pending& p = pending_[id];
   ListOp& l = p.op.emplace<ListOp>();
   l.digest_only = digest_only;
@@ -99,12 +110,12 @@ void Node::list(Time now, std::uint64_t req, const std::string& user, const std:
   p.user = canonical_user(user);
   l.g.folder = folder;
   p.retry_at = now;
-  fe_tick(now);
+  tick(now);
 }
 
-void Node::mutate(Time now, std::uint64_t req, Update::Kind kind, const MessageRecord& target,
-                  const std::function<void(MessageRecord&)>& fill) {
-  std::uint64_t id = new_req();
+void FrontEnd::mutate(Time now, std::uint64_t req, Update::Kind kind, const MessageRecord& target,
+                      const std::function<void(MessageRecord&)>& fill) {
+  std::uint64_t id = hooks_.new_req();
   Pending& p = pending_[id];
   Update& u = p.op.emplace<MutateOp>().update;
   p.client_req = req;
@@ -114,15 +125,14 @@ void Node::mutate(Time now, std::uint64_t req, Update::Kind kind, const MessageR
   u.record.id = target.id;
   u.record.user = target.user;
   u.record.folder = target.folder;
-  u.id = next_version();
+  u.id = hooks_.next_version();
   if (fill) fill(u.record);
   p.retry_at = now;
-  fe_tick(now);
+  tick(now);
 }
 
-void Node::set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags,
-                     std::vector<std::string> keywords) {
-  Entry entry(*this, now);
+void FrontEnd::set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags,
+                         std::vector<std::string> keywords) {
   keywords = normal_keywords(std::move(keywords));
   mutate(now, req, Update::Kind::Flags, target, [flags, &keywords](MessageRecord& r) {
     r.flags = flags;
@@ -130,18 +140,16 @@ void Node::set_flags(Time now, std::uint64_t req, const MessageRecord& target, s
   });
 }
 
-void Node::change_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t add_flags,
-                        std::uint32_t remove_flags, const std::vector<std::string>& add_keywords,
-                        const std::vector<std::string>& remove_keywords) {
-  Entry entry(*this, now);
+void FrontEnd::change_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t add_flags,
+                            std::uint32_t remove_flags, const std::vector<std::string>& add_keywords,
+                            const std::vector<std::string>& remove_keywords) {
   mutate(now, req, Update::Kind::Flags, target, [&](MessageRecord& r) {
     // The versions are the update's own, set where it is applied.
     r.flag_marks = flag_marks(Version{}, add_flags, remove_flags, add_keywords, remove_keywords);
   });
 }
 
-void Node::move(Time now, std::uint64_t req, const MessageRecord& target, const std::string& to_folder) {
-  Entry entry(*this, now);
+void FrontEnd::move(Time now, std::uint64_t req, const MessageRecord& target, const std::string& to_folder) {
   // First a UID in the destination, then the Move that carries it.
   MoveOp m;
   m.update.kind = Update::Kind::Move;
@@ -149,26 +157,24 @@ void Node::move(Time now, std::uint64_t req, const MessageRecord& target, const 
   m.update.record.id = target.id;
   m.update.record.user = target.user;
   m.update.record.folder = to_folder;
-  fe_start(now, std::move(m), req, target.user);
-  fe_tick(now);
+  start(now, std::move(m), req, target.user);
+  tick(now);
 }
 
-void Node::renumber(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t above) {
-  Entry entry(*this, now);
+void FrontEnd::renumber(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t above) {
   RenumOp r;
   r.target = target;
   r.target.body.clear();
   r.above = above;
-  fe_start(now, std::move(r), req, target.user);
-  fe_tick(now);
+  start(now, std::move(r), req, target.user);
+  tick(now);
 }
 
-void Node::expunge(Time now, std::uint64_t req, const MessageRecord& target) {
-  Entry entry(*this, now);
+void FrontEnd::expunge(Time now, std::uint64_t req, const MessageRecord& target) {
   mutate(now, req, Update::Kind::Expunge, target, nullptr);
 }
 
-void Node::fe_tick(Time now) {
+void FrontEnd::tick(Time now) {
   std::vector<std::uint64_t> expired;
   for (auto& [id, p] : pending_) {
     if (now >= p.deadline) {
@@ -213,11 +219,13 @@ void Node::fe_tick(Time now) {
             // unless its spool is full (it refuses the copy).
             p.retry_at = now + cfg_.push_retry + store_crossing(cfg_, op.update.record.body.size());
             const auto& list = op.update.replicas;
-            if ((op.peer != cfg_.self && silent_for(op.peer, cfg_.push_retry)) || takes_no_copies(op.peer)) {
+            if ((op.peer != cfg_.self && hooks_.silent_for(op.peer, cfg_.push_retry)) ||
+                hooks_.takes_no_copies(op.peer)) {
               auto at = std::find(list.begin(), list.end(), op.peer);
               for (std::size_t k = 1; k < list.size(); ++k) {
                 NodeId next = list[(static_cast<std::size_t>(at - list.begin()) + k) % list.size()];
-                if (live(next) && !takes_no_copies(next) && (next == cfg_.self || !silent_for(next, cfg_.push_retry))) {
+                if (live(next) && !hooks_.takes_no_copies(next) &&
+                    (next == cfg_.self || !hooks_.silent_for(next, cfg_.push_retry))) {
                   op.peer = next;
                   break;
                 }
@@ -241,7 +249,7 @@ void Node::fe_tick(Time now) {
                 return;
               }
             }
-            fe_list_retry(id, p);
+            list_retry(id, p);
           } else if constexpr (std::is_same_v<T, FetchOp>) {
             // The holders asked have not answered yet: ask the next one too.
             // A large body may still be on its way from them, and their answer
@@ -250,7 +258,7 @@ void Node::fe_tick(Time now) {
             // unless every holder asked has left the group.
             for (auto a = op.awaiting.begin(); a != op.awaiting.end();)
               a = live(*a) ? std::next(a) : op.awaiting.erase(a);
-            if (!fe_fetch_next(p, id)) {
+            if (!fetch_next(p, id)) {
               if (op.awaiting.empty()) p.deadline = now;  // fails on the next tick
               else p.retry_at = p.deadline;
             }
@@ -273,15 +281,15 @@ void Node::fe_tick(Time now) {
   for (std::uint64_t id : expired) {
     Pending& p = pending_[id];
     if (gathering(p)) {
-      fe_finish_list(id);  // answer with what the reachable nodes gave
+      finish_list(id);  // answer with what the reachable nodes gave
     } else {
-      fe_fail(id, Status::TryAgain, "cluster did not answer in time");
+      fail(id, Status::TryAgain, "cluster did not answer in time");
     }
   }
 }
 
 // A listing's or a renumbering's retry: the nodes still to answer asked again.
-void Node::fe_list_retry(std::uint64_t id, Pending& p) {
+void FrontEnd::list_retry(std::uint64_t id, Pending& p) {
   Gather& g = *gathering(p);
   const ListOp* l = std::get_if<ListOp>(&p.op);
   const bool digest_only = l && l->digest_only;
@@ -292,7 +300,7 @@ void Node::fe_list_retry(std::uint64_t id, Pending& p) {
     bool records_late = false;
     for (NodeId n : g.awaiting) records_late |= g.full_from.count(n) > 0;
     if (records_late) {
-      fe_list_unlight(id, p);
+      list_unlight(id, p);
       for (const auto& [n, d] : g.digests)
         if (!g.with_records.count(n) && g.full_from.insert(n).second) g.awaiting.insert(n);
     }
@@ -303,15 +311,15 @@ void Node::fe_list_retry(std::uint64_t id, Pending& p) {
   }
 }
 
-const Node::Gather* Node::gathering(const Pending& p) {
+const FrontEnd::Gather* FrontEnd::gathering(const Pending& p) {
   if (const auto* l = std::get_if<ListOp>(&p.op)) return l->phase == ListOp::Phase::List ? &l->g : nullptr;
   if (const auto* r = std::get_if<RenumberOp>(&p.op)) return &r->g;
   return nullptr;
 }
 
-Node::Gather* Node::gathering(Pending& p) { return const_cast<Gather*>(gathering(std::as_const(p))); }
+FrontEnd::Gather* FrontEnd::gathering(Pending& p) { return const_cast<Gather*>(gathering(std::as_const(p))); }
 
-bool Node::waits_on(const Pending& p, NodeId n) {
+bool FrontEnd::waits_on(const Pending& p, NodeId n) {
   return std::visit(
       [n](const auto& op) {
         using T = std::decay_t<decltype(op)>;
@@ -334,19 +342,19 @@ bool Node::waits_on(const Pending& p, NodeId n) {
       p.op);
 }
 
-ListRequest Node::list_request(const Pending& p, std::uint64_t id, NodeId n) const {
+ListRequest FrontEnd::list_request(const Pending& p, std::uint64_t id, NodeId n) const {
   const Gather& g = *gathering(p);
   const ListOp* l = std::get_if<ListOp>(&p.op);  // null: a renumbering, which asks for every record whole
   const bool records = !(l && l->digest_only) && g.full_from.count(n);
   // In parts from another node (this node's own come with no encoding);
-  // without names, which fe_take_records puts back; light from the one node
+  // without names, which take_records puts back; light from the one node
   // asked so.
   const std::uint32_t meta_from_uid = records && l ? l->meta_from_uid : 0;
   const bool light = records && l && n == l->light_from;
   return ListRequest{id, p.user, g.folder, !records, meta_from_uid, records && n != cfg_.self, records, light};
 }
 
-void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& nodes) {
+void FrontEnd::gather(Time now, std::uint64_t id, const std::vector<NodeId>& nodes) {
   Pending& p = pending_[id];
   Gather& g = *gathering(p);
   ListOp* l = std::get_if<ListOp>(&p.op);
@@ -361,15 +369,15 @@ void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& node
   for (NodeId n : nodes)
     if (live(n)) g.awaiting.insert(n);
   if (g.awaiting.empty()) {
-    fe_finish_list(id);
+    finish_list(id);
     return;
   }
   if (l) {
     // One node's records (this node's if it holds some: no network), the
     // others' digests: a node whose digest is that node's holds the same
-    // records. Those that differ are asked for theirs next (fe_list_more).
+    // records. Those that differ are asked for theirs next (list_more).
     // They come light: shown as they are unless another's differ
-    // (fe_list_unlight asks for them whole then).
+    // (list_unlight asks for them whole then).
     const NodeId first = g.awaiting.count(cfg_.self) ? cfg_.self : *g.awaiting.begin();
     g.full_from.insert(first);
     if (!l->digest_only) l->light_from = first;
@@ -380,19 +388,19 @@ void Node::fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& node
   for (NodeId n : g.awaiting) send(n, list_request(p, id, n));
 }
 
-void Node::fe_gather_for(Time now, const std::string& user, const std::string& folder, const std::string& rename_to,
-                         const std::vector<NodeId>& nodes) {
-  std::uint64_t id = new_req();
+void FrontEnd::gather_for(Time now, const std::string& user, const std::string& folder, const std::string& rename_to,
+                          const std::vector<NodeId>& nodes) {
+  std::uint64_t id = hooks_.new_req();
   Pending& p = pending_[id];
   RenumberOp& r = p.op.emplace<RenumberOp>();
   p.user = user;
   r.g.folder = folder;
   r.rename_to = rename_to;
   p.deadline = now + cfg_.request_timeout;
-  fe_gather(now, id, nodes);
+  gather(now, id, nodes);
 }
 
-std::set<NodeId> Node::fe_list_uncovered(const Pending& p) const {
+std::set<NodeId> FrontEnd::list_uncovered(const Pending& p) const {
   std::set<NodeId> out;
   const Gather& g = *gathering(p);
   if (const ListOp* l = std::get_if<ListOp>(&p.op); l && l->digest_only) return out;
@@ -403,11 +411,11 @@ std::set<NodeId> Node::fe_list_uncovered(const Pending& p) const {
   return out;
 }
 
-bool Node::fe_list_more(std::uint64_t id, Pending& p) {
-  std::set<NodeId> more = fe_list_uncovered(p);
+bool FrontEnd::list_more(std::uint64_t id, Pending& p) {
+  std::set<NodeId> more = list_uncovered(p);
   if (more.empty()) return false;
-  fe_list_unlight(id, p);
-  p.retry_at = now_ + cfg_.push_retry;
+  list_unlight(id, p);
+  p.retry_at = hooks_.now() + cfg_.push_retry;
   Gather& g = *gathering(p);
   for (NodeId n : more) {
     g.full_from.insert(n);
@@ -420,7 +428,7 @@ bool Node::fe_list_more(std::uint64_t id, Pending& p) {
 // Records are merged by their versions: once a second node's are asked
 // for, the light node's are dropped and asked for again whole (its light
 // parts still on their way are not taken: they say they are light).
-void Node::fe_list_unlight(std::uint64_t id, Pending& p) {
+void FrontEnd::list_unlight(std::uint64_t id, Pending& p) {
   ListOp* l = std::get_if<ListOp>(&p.op);  // a renumbering asks for nothing light
   if (!l || l->light_from == kNoNode) return;
   const NodeId n = l->light_from;
@@ -433,14 +441,14 @@ void Node::fe_list_unlight(std::uint64_t id, Pending& p) {
   send(n, list_request(p, id, n));
 }
 
-void Node::fe_finish_list(std::uint64_t id) {
+void FrontEnd::finish_list(std::uint64_t id) {
   auto it = pending_.find(id);
   if (it == pending_.end()) return;
   Pending p = std::move(it->second);
   pending_.erase(it);
   if (auto* renumber = std::get_if<RenumberOp>(&p.op)) {
-    manager_.on_gathered(now_, p.user, renumber->g.folder, renumber->rename_to, renumber->g.gathered,
-                         renumber->g.awaiting.empty());
+    hooks_.gathered(hooks_.now(), p.user, renumber->g.folder, renumber->rename_to, renumber->g.gathered,
+                    renumber->g.awaiting.empty());
     return;
   }
   ListOp& l = std::get<ListOp>(p.op);
@@ -458,7 +466,7 @@ void Node::fe_finish_list(std::uint64_t id) {
   // has not heard so yet): the limit moves to the next one none lists.
   // Every record taken: the light node's as they came, or those merged.
   if (!g.gathered.empty())
-    for (auto& part : l.light_parts) fe_take_records(p, part);  // not expected: merged rather than shown twice
+    for (auto& part : l.light_parts) take_records(p, part);  // not expected: merged rather than shown twice
   std::vector<MessageRecord*> taken;
   if (g.gathered.empty()) {
     std::size_t n = 0;
@@ -514,17 +522,16 @@ void Node::fe_finish_list(std::uint64_t id) {
   for (NodeId n : g.awaiting) reachable.erase(n);
   // A node that gave its digest alone, unlike every node whose records
   // came: what it holds is not in the listing.
-  for (NodeId n : fe_list_uncovered(p)) {
+  for (NodeId n : list_uncovered(p)) {
     reachable.erase(n);
     r.detail = "some fragments unreachable";
   }
   r.reachable.assign(reachable.begin(), reachable.end());
-  reply(std::move(r));
+  hooks_.reply(std::move(r));
 }
 
-void Node::fetch(Time now, std::uint64_t req, const MessageRecord& target, FetchPart part) {
-  Entry entry(*this, now);
-  std::uint64_t id = new_req();
+void FrontEnd::fetch(Time now, std::uint64_t req, const MessageRecord& target, FetchPart part) {
+  std::uint64_t id = hooks_.new_req();
   Pending& p = pending_[id];
   FetchOp& f = p.op.emplace<FetchOp>();
   p.client_req = req;
@@ -542,75 +549,24 @@ void Node::fetch(Time now, std::uint64_t req, const MessageRecord& target, Fetch
     f.candidates.push_back(cfg_.self);
   for (NodeId n : target.replicas)
     if (n != cfg_.self) f.candidates.push_back(n);
-  if (!fe_fetch_next(p, id)) fe_fail(id, Status::TryAgain, "no live replica holds the message");
+  if (!fetch_next(p, id)) fail(id, Status::TryAgain, "no live replica holds the message");
 }
 
-bool Node::fe_fetch_next(Pending& p, std::uint64_t id) {
+bool FrontEnd::fetch_next(Pending& p, std::uint64_t id) {
   FetchOp& f = std::get<FetchOp>(p.op);
   while (!f.candidates.empty() && !live(f.candidates.front())) f.candidates.erase(f.candidates.begin());
   if (f.candidates.empty()) return false;
   f.peer = f.candidates.front();
   f.candidates.erase(f.candidates.begin());
   f.awaiting.insert(f.peer);
-  p.retry_at = now_ + cfg_.push_retry + transfer_time(cfg_, f.size);
+  p.retry_at = hooks_.now() + cfg_.push_retry + transfer_time(cfg_, f.size);
   send(f.peer, FetchRequest{id, f.msg, p.user, f.part});
   return true;
 }
 
-// The header part of record `r`, whose body this node holds: the bytes up
-// to and including the blank line (hdr_size, or found in the first
-// kHeaderPartMax bytes of an older record that lacks it), read without
-// the body. The whole message when that is all of it; its first
-// kHeaderPartMax bytes, cut, when no blank line comes within them.
-static std::optional<FetchReply> header_part(DurableStore& disk, const MessageRecord& r) {
-  if (r.size == 0) return std::nullopt;  // a record that does not say: the whole body
-  const std::uint64_t want = std::min<std::uint64_t>(r.hdr_size != 0 ? r.hdr_size : r.size, kHeaderPartMax);
-  auto head = disk.body_head(r.id, want);
-  if (!head) return std::nullopt;
-  // A body shorter than the record says: what was read is the message.
-  const bool short_read = head->size() < want;
-  bool complete = r.hdr_size != 0 && r.hdr_size <= kHeaderPartMax && head->size() == r.hdr_size;
-  if (r.hdr_size == 0) {
-    if (std::size_t end = header_end(*head); end != 0) {
-      head->resize(end);
-      complete = true;
-    }
-  }
-  FetchReply rep;
-  const bool whole = short_read || head->size() == r.size;  // or all of it is header
-  rep.part = whole ? FetchPart::Whole : FetchPart::Header;
-  rep.cut = !whole && !complete;
-  rep.body = Body(std::move(*head));
-  return rep;
-}
-
-void Node::serve_fetch(NodeId from, const FetchRequest& f) {
-  FetchReply rep;
-  rep.req = f.req;
-  auto r = repl_.records().find(f.id);
-  std::optional<Body> body;
-  if (r != repl_.records().end() && !f.user.empty() && r->second.user != f.user) {
-    rep.status = Status::NotFound;  // not the asker's: as if there were no such message
-    send(from, std::move(rep));
-    return;
-  }
-  const bool held = r != repl_.records().end() && r->second.has_body && !r->second.expunged;
-  if (held && f.part == FetchPart::Header) {
-    if (auto part = header_part(disk_, r->second)) {
-      part->req = f.req;
-      send(from, std::move(*part));
-      return;
-    }
-  }
-  if (held) body = disk_.body_ref(f.id);
-  if (body) rep.body = std::move(*body);
-  else rep.status = (r != repl_.records().end() && r->second.expunged) ? Status::NoSuchUser : Status::Failed;
-  send(from, std::move(rep));
-}
-
-void Node::fe_reply(NodeId from, Message& m) {
-  if (fe_user_reply(from, m)) return;
-  if (const auto* u = std::get_if<UsageReply>(&m)) return fe_usage_reply(from, *u);
+void FrontEnd::on_reply(NodeId from, Message& m) {
+  if (user_reply(from, m)) return;
+  if (const auto* u = std::get_if<UsageReply>(&m)) return usage_reply(from, *u);
   if (const auto* f = std::get_if<FetchReply>(&m)) {
     auto [p, fetch] = pending_as<FetchOp>(f->req);
     if (!fetch || !fetch->awaiting.count(from)) return;
@@ -621,25 +577,25 @@ void Node::fe_reply(NodeId from, Message& m) {
       r.part = f->part;
       r.cut = f->cut;
       pending_.erase(f->req);
-      reply(std::move(r));
+      hooks_.reply(std::move(r));
     } else if (f->status == Status::NoSuchUser) {
-      fe_fail(f->req, Status::NoSuchUser, "message expunged");
+      fail(f->req, Status::NoSuchUser, "message expunged");
     } else if (f->status == Status::NotFound) {
-      fe_fail(f->req, Status::NotFound, "no such message of that user");
+      fail(f->req, Status::NotFound, "no such message of that user");
     } else {
       // This holder cannot give it: the next one, or wait for those asked.
       fetch->awaiting.erase(from);
-      if (!fe_fetch_next(*p, f->req) && fetch->awaiting.empty())
-        fe_fail(f->req, Status::TryAgain, "no live replica holds the message");
+      if (!fetch_next(*p, f->req) && fetch->awaiting.empty())
+        fail(f->req, Status::TryAgain, "no live replica holds the message");
     }
     return;
   }
   if (const auto* a = std::get_if<AllocReply>(&m)) {
     if (auto [p, renum] = pending_as<RenumOp>(a->req); renum) {
       if (a->status == Status::NotFound || a->status == Status::NoSuchUser)
-        return fe_fail(a->req, a->status, "not in that folder's lineage");
+        return fail(a->req, a->status, "not in that folder's lineage");
       if (a->status != Status::Ok) {
-        p->retry_at = now_ + kRetry;
+        p->retry_at = hooks_.now() + kRetry;
         return;
       }
       ClientReply r;
@@ -649,35 +605,35 @@ void Node::fe_reply(NodeId from, Message& m) {
       r.uid = a->uid;
       r.replicas = renum->target.replicas;
       pending_.erase(a->req);
-      reply(std::move(r));
+      hooks_.reply(std::move(r));
       return;
     }
     if (auto [p, mv] = pending_as<MoveOp>(a->req); mv) {
-      if (a->status == Status::NoSuchUser) return fe_fail(a->req, Status::NoSuchUser, "no such user");
+      if (a->status == Status::NoSuchUser) return fail(a->req, Status::NoSuchUser, "no such user");
       if (a->status != Status::Ok) {
-        p->retry_at = now_ + kRetry;
+        p->retry_at = hooks_.now() + kRetry;
         return;
       }
       // The Move, with its UID, to a live replica (like any mutation).
       MutateOp mut{std::move(mv->update)};
-      mut.update.id = next_version();
+      mut.update.id = hooks_.next_version();
       mut.update.record.uidvalidity = a->uidvalidity;
       mut.update.record.uid = a->uid;
       mut.update.record.uid_gen = a->gen;
       mut.update.record.uid_seen = a->seen;
       p->op = std::move(mut);
-      p->retry_at = now_;
-      fe_tick(now_);
+      p->retry_at = hooks_.now();
+      tick(hooks_.now());
       return;
     }
     auto [p, d] = pending_as<DeliverOp>(a->req);
     if (!d || d->quota) return;
-    if (a->status == Status::NoSuchUser) return fe_fail(a->req, Status::NoSuchUser, "no such user");
+    if (a->status == Status::NoSuchUser) return fail(a->req, Status::NoSuchUser, "no such user");
     if (a->status == Status::OverQuota)
-      return fe_fail(a->req, Status::OverQuota,
-                     "mailbox over quota (" + std::to_string(a->quota_bytes) + " bytes)");
+      return fail(a->req, Status::OverQuota,
+                  "mailbox over quota (" + std::to_string(a->quota_bytes) + " bytes)");
     if (a->status != Status::Ok) {
-      p->retry_at = now_ + kRetry;
+      p->retry_at = hooks_.now() + kRetry;
       return;
     }
     if (a->stored) {
@@ -689,10 +645,10 @@ void Node::fe_reply(NodeId from, Message& m) {
       r.uidvalidity = a->uidvalidity;
       r.uid = a->uid;
       r.replicas = a->nodes;
-      env_.log("delivery to " + p->user + "/" + d->folder + " is a retry of message " + a->msg.str() +
-               " (UID " + std::to_string(a->uid) + "): not stored again");
+      hooks_.log("delivery to " + p->user + "/" + d->folder + " is a retry of message " + a->msg.str() +
+                 " (UID " + std::to_string(a->uid) + "): not stored again");
       pending_.erase(a->req);
-      reply(std::move(r));
+      hooks_.reply(std::move(r));
       return;
     }
     // The manager checks the quota as it hands out the UID. One that did
@@ -700,10 +656,10 @@ void Node::fe_reply(NodeId from, Message& m) {
     // without a count) leaves it to this node, which counts first.
     if (a->quota_bytes > 0 && !a->quota_checked) {
       d->quota = QuotaCheck{*a, {}};
-      fe_usage_gather(now_, a->req);
+      usage_gather(hooks_.now(), a->req);
       return;
     }
-    fe_store(a->req, *a);
+    store(a->req, *a);
   } else if (const auto* o = std::get_if<OpReply>(&m)) {
     auto it = pending_.find(o->req);
     if (it == pending_.end()) return;
@@ -730,18 +686,18 @@ void Node::fe_reply(NodeId from, Message& m) {
                               placed->record.delivery_key});
       }
       pending_.erase(o->req);
-      reply(std::move(r));
+      hooks_.reply(std::move(r));
     } else if (o->status == Status::Exists || o->status == Status::NoSuchUser) {
-      fe_fail(o->req, o->status, status_name(o->status));
+      fail(o->req, o->status, status_name(o->status));
     } else {
-      p->retry_at = now_ + kRetry;
+      p->retry_at = hooks_.now() + kRetry;
     }
   } else if (const auto* mr = std::get_if<MapReply>(&m)) {
     auto [p, l] = pending_as<ListOp>(mr->req);
     if (!l || l->phase != ListOp::Phase::Map) return;
-    if (mr->status == Status::NoSuchUser) return fe_fail(mr->req, Status::NoSuchUser, "no such user");
+    if (mr->status == Status::NoSuchUser) return fail(mr->req, Status::NoSuchUser, "no such user");
     if (mr->status != Status::Ok) {
-      p->retry_at = now_ + kRetry;
+      p->retry_at = hooks_.now() + kRetry;
       // The profile's holders may be out of reach (a reader whose session
       // began before a split): the manager is offered this node's memory.
       if (mr->status == Status::TryAgain) offer_profile(p->user);
@@ -753,7 +709,7 @@ void Node::fe_reply(NodeId from, Message& m) {
     l->visible_below = mr->visible_below;
     l->inflight = mr->inflight;
     l->takeovers = mr->takeovers;
-    fe_gather(now_, mr->req, mr->nodes);
+    gather(hooks_.now(), mr->req, mr->nodes);
   } else if (auto* l = std::get_if<ListReply>(&m)) {
     auto it = pending_.find(l->req);
     Gather* g = it == pending_.end() ? nullptr : gathering(it->second);
@@ -776,9 +732,9 @@ void Node::fe_reply(NodeId from, Message& m) {
       auto& seen = g->parts_seen[from];
       const bool fresh = seen.insert(l->part).second;
       if (l->light) {
-        if (fresh) fe_take_light(*p, *l);
+        if (fresh) take_light(*p, *l);
       } else {
-        fe_take_records(*p, l->records);
+        take_records(*p, l->records);
       }
       if (seen.size() < l->parts) return;
       l->records.clear();
@@ -791,16 +747,16 @@ void Node::fe_reply(NodeId from, Message& m) {
     g->answered.insert(from);
     if (!digest_only && with_records) {
       g->with_records.insert(from);
-      if (l->light) fe_take_light(*p, *l);
-      else fe_take_records(*p, l->records);
+      if (l->light) take_light(*p, *l);
+      else take_records(*p, l->records);
     }
-    if (g->awaiting.empty() && !fe_list_more(l->req, *p)) fe_finish_list(l->req);
+    if (g->awaiting.empty() && !list_more(l->req, *p)) finish_list(l->req);
   }
 }
 
-void Node::fe_take_records(Pending& p, std::vector<MessageRecord>& records) {
+void FrontEnd::take_records(Pending& p, std::vector<MessageRecord>& records) {
   // In MsgId order from a node of this version: each goes at the end. Its
-  // user and folder are the request's (serve_list leaves them out).
+  // user and folder are the request's (Node::serve_list leaves them out).
   Gather& g = *gathering(p);
   for (auto& rec : records) {
     if (rec.user.empty()) rec.user = p.user;
@@ -810,11 +766,11 @@ void Node::fe_take_records(Pending& p, std::vector<MessageRecord>& records) {
       continue;
     }
     auto [it, fresh] = g.gathered.try_emplace(rec.id, std::move(rec));
-    if (!fresh) merge_record(it->second, rec, wall());
+    if (!fresh) merge_record(it->second, rec, hooks_.wall());
   }
 }
 
-void Node::fe_take_light(Pending& p, ListReply& l) {
+void FrontEnd::take_light(Pending& p, ListReply& l) {
   if (l.records.empty()) return;  // an empty folder, or a reply in parts whose parts were taken
   ListOp& lo = std::get<ListOp>(p.op);
   for (auto& rec : l.records) {
@@ -827,11 +783,11 @@ void Node::fe_take_light(Pending& p, ListReply& l) {
   l.records.clear();
 }
 
-void Node::fe_store(std::uint64_t id, const AllocReply& a) {
+void FrontEnd::store(std::uint64_t id, const AllocReply& a) {
   Pending& p = pending_.at(id);
   DeliverOp& d = std::get<DeliverOp>(p.op);
   Update u;
-  u.id = next_version();
+  u.id = hooks_.next_version();
   u.kind = Update::Kind::Store;
   u.replicas = a.nodes;
   if (a.msg != MsgId{}) {
@@ -841,8 +797,7 @@ void Node::fe_store(std::uint64_t id, const AllocReply& a) {
   } else if (d.msg != MsgId{}) {
     u.record.id = d.msg;
   } else {
-    u.record.id = MsgId{cfg_.self, next_seq_++};
-    persist_counters();
+    u.record.id = hooks_.new_msg();
   }
   u.record.delivery_key = d.opts.key;
   u.record.user = p.user;
@@ -852,7 +807,7 @@ void Node::fe_store(std::uint64_t id, const AllocReply& a) {
   u.record.hdr_size = d.opts.hdr_size;
   u.record.meta = d.opts.meta;
   u.record.body = std::move(d.body);
-  u.record.internal_date = d.opts.internal_date != 0 ? d.opts.internal_date : wall();
+  u.record.internal_date = d.opts.internal_date != 0 ? d.opts.internal_date : hooks_.wall();
   u.record.flags = d.opts.flags;
   u.record.keywords = d.opts.keywords;
   u.record.uidvalidity = a.uidvalidity;
@@ -862,23 +817,22 @@ void Node::fe_store(std::uint64_t id, const AllocReply& a) {
   StoreOp& s = p.op.emplace<StoreOp>(StoreOp{std::move(u), a.nodes.front()});  // in the delivery's place
   const Time transfer = store_crossing(cfg_, s.update.record.body.size());
   p.deadline += transfer;
-  p.retry_at = now_ + cfg_.push_retry + transfer;
+  p.retry_at = hooks_.now() + cfg_.push_retry + transfer;
   send(s.peer, StoreRequest{id, s.update});
 }
 
-void Node::user_usage(Time now, std::uint64_t req, const std::string& user) {
-  Entry entry(*this, now);
-  std::uint64_t id = fe_start(now, UsageOp{}, req, user);
-  fe_usage_gather(now, id);
+void FrontEnd::user_usage(Time now, std::uint64_t req, const std::string& user) {
+  std::uint64_t id = start(now, UsageOp{}, req, user);
+  usage_gather(now, id);
 }
 
-Node::UsageCount* Node::usage_count(Pending& p) {
+FrontEnd::UsageCount* FrontEnd::usage_count(Pending& p) {
   if (auto* u = std::get_if<UsageOp>(&p.op)) return &u->count;
   if (auto* d = std::get_if<DeliverOp>(&p.op); d && d->quota) return &d->quota->usage;
   return nullptr;
 }
 
-void Node::fe_usage_gather(Time now, std::uint64_t id) {
+void FrontEnd::usage_gather(Time now, std::uint64_t id) {
   Pending& p = pending_.at(id);
   UsageCount& c = *usage_count(p);
   c.awaiting.clear();
@@ -886,14 +840,14 @@ void Node::fe_usage_gather(Time now, std::uint64_t id) {
   for (const auto& m : membership_.members())
     if (live(m.id)) c.awaiting.insert(m.id);
   if (c.awaiting.empty()) {
-    fe_fail(id, Status::TryAgain, "not in a group yet");
+    fail(id, Status::TryAgain, "not in a group yet");
     return;
   }
   p.retry_at = now + cfg_.push_retry;
   for (NodeId n : c.awaiting) send(n, UsageRequest{id, p.user});
 }
 
-void Node::fe_usage_reply(NodeId from, const UsageReply& u) {
+void FrontEnd::usage_reply(NodeId from, const UsageReply& u) {
   auto it = pending_.find(u.req);
   if (it == pending_.end()) return;
   Pending& p = it->second;
@@ -904,204 +858,18 @@ void Node::fe_usage_reply(NodeId from, const UsageReply& u) {
   if (auto* d = std::get_if<DeliverOp>(&p.op)) {
     const QuotaCheck& q = *d->quota;
     if (c->used_bytes + d->body.size() > q.alloc.quota_bytes)
-      return fe_fail(u.req, Status::OverQuota,
-                     "mailbox over quota (" + std::to_string(c->used_bytes) + " of " +
-                         std::to_string(q.alloc.quota_bytes) + " bytes used)");
+      return fail(u.req, Status::OverQuota,
+                  "mailbox over quota (" + std::to_string(c->used_bytes) + " of " +
+                      std::to_string(q.alloc.quota_bytes) + " bytes used)");
     AllocReply a = q.alloc;
-    return fe_store(u.req, a);
+    return store(u.req, a);
   }
   ClientReply r;
   r.req = p.client_req;
   r.used_bytes = c->used_bytes;
   pending_.erase(it);
-  reply(std::move(r));
+  hooks_.reply(std::move(r));
 }
 
-void Node::serve_usage(NodeId from, const UsageRequest& r) {
-  UsageReply rep{r.req, 0};
-  for (const MsgId& id : repl_.user_records(r.user)) {
-    const MessageRecord& m = repl_.records().at(id);
-    if (!m.has_body || m.expunged) continue;
-    auto first = std::find_if(m.replicas.begin(), m.replicas.end(), [this](NodeId n) { return live(n); });
-    if (first != m.replicas.end() && *first == cfg_.self) rep.bytes += m.size;
-  }
-  send(from, rep);
-}
-
-void Node::serve_list(NodeId from, const ListRequest& l) {
-  ListReply head;
-  head.req = l.req;
-  head.has_digest = true;
-  head.digest = repl_.folder_digest(l.user, l.folder);
-  if (l.digest_only) {
-    send(from, std::move(head));
-    return;
-  }
-  head.full = true;
-  head.light = l.light;
-  // The user's records in MsgId order, found in the node's (also in MsgId
-  // order) by stepping to the next where that is the one: one hop for a
-  // user whose mail is most of the node's, a lookup otherwise.
-  const auto& all = repl_.records();
-  const auto& ids = repl_.user_records(l.user);
-  std::vector<const MessageRecord*> listed;
-  listed.reserve(ids.size());
-  auto at = all.end();
-  for (const MsgId& id : ids) {
-    if (at != all.end()) ++at;
-    if (at == all.end() || at->first != id) at = all.find(id);
-    if (at != all.end() && at->second.folder == l.folder) listed.push_back(&at->second);
-  }
-  // Cut into parts when asked so (each sent as it is cut: the asker merges
-  // one while the next is encoded). No body (has_body says it is here), no
-  // user or folder when the asker puts them back (an asker of an earlier
-  // version does not), the meta only where the reader asked for it, the
-  // versions only when not asked light.
-  const std::size_t n = listed.size();
-  const std::size_t part = l.in_parts ? std::max<std::size_t>(cfg_.list_part, 1) : std::max<std::size_t>(n, 1);
-  const auto parts = static_cast<std::uint32_t>(std::max<std::size_t>((n + part - 1) / part, 1));
-  for (std::uint32_t i = 0; i < parts; ++i) {
-    ListReply one = head;
-    if (parts > 1) {
-      one.part = i;
-      one.parts = parts;
-    }
-    const std::size_t from_i = i * part, to_i = std::min(n, from_i + part);
-    one.records.reserve(to_i - from_i);
-    for (std::size_t k = from_i; k < to_i; ++k) {
-      const MessageRecord& r = *listed[k];
-      one.records.push_back(
-          listing_copy(r, !l.without_names, l.meta_from_uid != 0 && r.uid >= l.meta_from_uid, !l.light));
-    }
-    send(from, std::move(one));
-  }
-}
-
-void Node::serve_store(Time now, NodeId from, const StoreRequest& s) {
-  const Version id = s.update.id;
-  auto rec = repl_.records().find(s.update.record.id);
-  bool held = rec != repl_.records().end() && (rec->second.has_body || rec->second.expunged);
-  if (held && !repl_.log().count(id)) {
-    // A resend of a store already complete (or a keyed retry of one held
-    // here): under the list the record has now.
-    OpReply r{s.req, Status::Ok, {}};
-    if (!rec->second.replicas_version.is_null()) r.replicas = rec->second.replicas;
-    send(from, std::move(r));
-    return;
-  }
-  auto [w, fresh] =
-      stores_.try_emplace(id, StoreWaiter{from, s.req, now, s.update.record.body.size(), s.update.record.id, {}, {}, {}, false});
-  if (!fresh) {
-    w->second.peer = from;  // the front end asked again (through this node)
-    w->second.req = s.req;
-  }
-  // Coordinated here unless an entry for it is here already (a push, or
-  // an earlier ask): its coordinator finishes it.
-  if (!held && !repl_.log().count(id)) repl_.coordinate(now, s.update);
-}
-
-Time Node::store_patience(std::uint64_t size) const {
-  // As TCP's retransmission timeout: the smoothed time plus four mean
-  // deviations, at least 300 ms and at most half a client's deadline, and
-  // longer by the body's crossing.
-  const double t = store_srtt_ + 4 * store_rttvar_;
-  const Time patience = std::clamp<Time>(static_cast<Time>(t), 300, std::max<Time>(cfg_.request_timeout / 2, 300));
-  return patience + transfer_time(cfg_, size);
-}
-
-void Node::store_failover(Time now) {
-  for (auto& [id, w] : stores_) {
-    auto e = repl_.log().find(id);
-    if (e == repl_.log().end() || e->second.update.kind != Update::Kind::Store ||
-        e->second.update.coordinator != cfg_.self)
-      continue;
-    const Update& u = e->second.update;
-    // Replicas that have not acknowledged it and have said nothing at all
-    // for as long (one that talks is slow, not gone: it is waited for),
-    // or that refuse connections (down: not waited for at all), or whose
-    // spool is full (they refuse the copy: not waited for either).
-    const Time patience = store_patience(w.size);
-    const Time waited = now - w.since;
-    std::vector<NodeId> silent;
-    for (NodeId r : u.replicas)
-      if (r != cfg_.self && !e->second.have.count(r) &&
-          (((membership_.refuses(r) || takes_no_copies(r)) && !w.nowhere) ||
-           (waited >= patience && silent_for(r, patience))))
-        silent.push_back(r);
-    if (silent.empty()) continue;
-    // Not this node when it is not a replica (a coordinator whose copy a
-    // newer list dropped): the replacement must be pushed to.
-    std::vector<NodeId> exclude = u.replicas;
-    exclude.insert(exclude.end(), w.replaced.begin(), w.replaced.end());
-    exclude.push_back(cfg_.self);
-    std::vector<NodeId> to = repair_targets(u.record.user, exclude, silent.size(), false);
-    w.since = now;  // the next look after another patience
-    w.nowhere = to.empty();
-    if (to.empty()) continue;  // nowhere else: wait for the silent ones, until the deadline
-    std::vector<NodeId> list = u.replicas;
-    std::string told;
-    for (std::size_t k = 0; k < to.size(); ++k) {
-      std::replace(list.begin(), list.end(), silent[k], to[k]);
-      w.replaced.push_back(silent[k]);
-      told += (told.empty() ? "" : ", ") + std::string("n") + std::to_string(silent[k]) + " by n" + std::to_string(to[k]);
-    }
-    const MsgId msg = u.record.id;
-    const std::string user = u.record.user;
-    const Version relisted = next_version();
-    if (!repl_.retarget(now, id, list, relisted)) continue;
-    w.replicas = list;
-    w.relisted = relisted;
-    ++store_failovers_;
-    env_.log("store of " + msg.str() + " (" + user + "): replaced silent or down " + told + " after " +
-             std::to_string(waited) + " ms");
-  }
-}
-
-void Node::store_done(const Version& id) {
-  auto it = stores_.find(id);
-  if (it == stores_.end()) return;
-  StoreWaiter w = std::move(it->second);
-  stores_.erase(it);
-  if (w.replaced.empty()) {
-    // How long a whole store takes here, for store_patience.
-    const double sample = static_cast<double>(std::max<Time>(now_ - w.since - transfer_time(cfg_, w.size), 0));
-    store_rttvar_ = 0.75 * store_rttvar_ + 0.25 * std::abs(sample - store_srtt_);
-    store_srtt_ = 0.875 * store_srtt_ + 0.125 * sample;
-  } else if (auto cur = repl_.records().find(w.msg); cur != repl_.records().end()) {
-    // Retargeted: the new list goes to every replica, the replaced ones
-    // too (waited for until they are back or gone), so a copy a silent
-    // one may hold is dropped and no replica keeps the old list.
-    Update u;
-    u.id = next_version();
-    u.kind = Update::Kind::Replicas;
-    u.replicas = w.replicas;
-    for (NodeId x : w.replaced)
-      if (std::find(u.replicas.begin(), u.replicas.end(), x) == u.replicas.end() &&
-          membership_.admin_state(x) != AdminState::Gone)
-        u.replicas.push_back(x);
-    u.record = cur->second;
-    u.record.body.clear();
-    u.record.has_body = false;
-    if (newer(w.relisted, u.record.replicas_version)) {  // this node's record: still the list it had
-      u.record.replicas = w.replicas;
-      u.record.replicas_version = w.relisted;
-    }
-    repl_.coordinate(now_, std::move(u));
-  }
-  send(w.peer, OpReply{w.req, Status::Ok, w.replicas});
-}
-
-void Node::serve_mutate(Time now, NodeId from, const MutateRequest& m) {
-  // Not a holder (any more: a drain or repair moved the copy away): another
-  // live replica the sender names is asked instead, which knows the list.
-  if (!repl_.records().count(m.update.record.id))
-    for (NodeId r : m.update.replicas)
-      if (r != cfg_.self && live(r)) {
-        send(from, OpReply{m.req, Status::TryAgain, {}});
-        return;
-      }
-  repl_.coordinate(now, m.update);
-  send(from, OpReply{m.req, Status::Ok, {}});
-}
 
 }  // namespace porcupine

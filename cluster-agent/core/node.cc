@@ -32,7 +32,7 @@ Node::Node(CoreConfig cfg, Env& env, DurableStore& disk)
                    .live_loads = [this](bool with_draining) { return live_loads(with_draining); },
                    .gather = [this](Time now, const std::string& user, const std::string& folder,
                                     const std::string& rename_to, const std::vector<NodeId>& nodes) {
-                     fe_gather_for(now, user, folder, rename_to, nodes);
+                     fe_.gather_for(now, user, folder, rename_to, nodes);
                    },
                }),
       reporter_(
@@ -41,7 +41,30 @@ Node::Node(CoreConfig cfg, Env& env, DurableStore& disk)
       anti_entropy_(
           cfg_, membership_, repl_, disk_, [this](NodeId to, Message m) { send(to, std::move(m)); },
           [this](const std::string& l) { env_.log(l); }, [this] { return wall(); },
-          [this](NodeId n) { return live(n); }, [this] { return spool_full(); }) {
+          [this](NodeId n) { return live(n); }, [this] { return spool_full(); }),
+      fe_(cfg_, membership_,
+          FrontEnd::Hooks{
+              .send = [this](NodeId to, Message m) { send(to, std::move(m)); },
+              .log = [this](const std::string& l) { env_.log(l); },
+              .reply = [this](ClientReply r) { reply(std::move(r)); },
+              .now = [this] { return now_; },
+              .wall = [this] { return wall(); },
+              .new_req = [this] { return new_req(); },
+              .new_msg =
+                  [this] {
+                    MsgId id{cfg_.self, next_seq_++};
+                    persist_counters();
+                    return id;
+                  },
+              .next_version = [this] { return next_version(); },
+              .takes_no_copies = [this](NodeId n) { return takes_no_copies(n); },
+              .silent_for = [this](NodeId n, Time t) { return silent_for(n, t); },
+              .gathered = [this](Time now, const std::string& user, const std::string& folder,
+                                 const std::string& rename_to, const std::map<MsgId, MessageRecord>& records,
+                                 bool complete) {
+                manager_.on_gathered(now, user, folder, rename_to, records, complete);
+              },
+          }) {
   repl_.on_user_changed = [this](const std::string& u) { reporter_.user_changed(now_, u); };
   repl_.gone = [this](NodeId n) { return membership_.admin_state(n) == AdminState::Gone; };
   repl_.on_list_outdated = [this](const MsgId& id) { repair_forward_.insert(id); };
@@ -199,7 +222,7 @@ void Node::tick(Time now) {
   repl_.tick(now, [this](NodeId n) { return live(n); });
   manager_.tick(now);
   reporter_.tick(now);
-  fe_tick(now);
+  fe_.tick(now);
   store_failover(now);
   anti_entropy_.tick(now);
   admin_tick(now);
@@ -212,8 +235,7 @@ void Node::peer_unreachable(Time now, NodeId n) {
   membership_.unreachable(now_, n);
   if (known) return;  // told already (the transport dials again and again)
   env_.log("warning: peer n" + std::to_string(n) + " refuses connections: taken for down");
-  for (auto& [id, p] : pending_)
-    if (p.retry_at != 0 && waits_on(p, n)) p.retry_at = now_;
+  fe_.peer_unreachable(n);
   store_failover(now_);
 }
 
@@ -284,12 +306,84 @@ void Node::receive(Time now, Envelope e) {
         } else if constexpr (std::is_same_v<T, SyncBodies>) {
           anti_entropy_.serve_bodies(e.from, msg);
         } else if constexpr (std::is_same_v<T, ProfileReply>) {
-          if (!drain_profile_reply(msg)) fe_reply(e.from, m);
+          if (!drain_profile_reply(msg)) fe_.on_reply(e.from, m);
         } else {
-          fe_reply(e.from, m);  // the replies
+          fe_.on_reply(e.from, m);  // the replies
         }
       },
       m);
+}
+
+// The client operations, done by the front end (frontend.h).
+
+void Node::create_user(Time now, std::uint64_t req, const std::string& user, const std::string& password_hash) {
+  Entry entry(*this, now);
+  fe_.create_user(now, req, user, password_hash);
+}
+
+void Node::deliver(Time now, std::uint64_t req, const std::string& user, const std::string& folder, Body body,
+                   DeliverOptions opts) {
+  Entry entry(*this, now);
+  fe_.deliver(now, req, user, folder, std::move(body), std::move(opts));
+}
+
+void Node::set_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t flags,
+                     std::vector<std::string> keywords) {
+  Entry entry(*this, now);
+  fe_.set_flags(now, req, target, flags, std::move(keywords));
+}
+
+void Node::change_flags(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t add_flags,
+                        std::uint32_t remove_flags, const std::vector<std::string>& add_keywords,
+                        const std::vector<std::string>& remove_keywords) {
+  Entry entry(*this, now);
+  fe_.change_flags(now, req, target, add_flags, remove_flags, add_keywords, remove_keywords);
+}
+
+void Node::expunge(Time now, std::uint64_t req, const MessageRecord& target) {
+  Entry entry(*this, now);
+  fe_.expunge(now, req, target);
+}
+
+void Node::renumber(Time now, std::uint64_t req, const MessageRecord& target, std::uint32_t above) {
+  Entry entry(*this, now);
+  fe_.renumber(now, req, target, above);
+}
+
+void Node::move(Time now, std::uint64_t req, const MessageRecord& target, const std::string& to_folder) {
+  Entry entry(*this, now);
+  fe_.move(now, req, target, to_folder);
+}
+
+void Node::list(Time now, std::uint64_t req, const std::string& user, const std::string& folder, bool digest_only,
+                std::uint32_t meta_from_uid) {
+  Entry entry(*this, now);
+  fe_.list(now, req, user, folder, digest_only, meta_from_uid);
+}
+
+void Node::fetch(Time now, std::uint64_t req, const MessageRecord& target, FetchPart part) {
+  Entry entry(*this, now);
+  fe_.fetch(now, req, target, part);
+}
+
+void Node::get_user(Time now, std::uint64_t req, const std::string& user) {
+  Entry entry(*this, now);
+  fe_.get_user(now, req, user);
+}
+
+void Node::update_user(Time now, std::uint64_t req, const UserUpdateRequest& change) {
+  Entry entry(*this, now);
+  fe_.update_user(now, req, change);
+}
+
+void Node::list_users(Time now, std::uint64_t req) {
+  Entry entry(*this, now);
+  fe_.list_users(now, req);
+}
+
+void Node::user_usage(Time now, std::uint64_t req, const std::string& user) {
+  Entry entry(*this, now);
+  fe_.user_usage(now, req, user);
 }
 
 const char* status_name(Status s) {

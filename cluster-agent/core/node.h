@@ -10,7 +10,9 @@
 //
 // Files: node.cc (wiring, dispatch), manager.h/manager.cc (manager role:
 // Manager; its side of the user database in users.cc), report.h/report.cc
-// (mail-map reporting: Reporter), frontend.cc (client operations),
+// (mail-map reporting: Reporter), frontend.h/frontend.cc (front-end role,
+// the client operations: FrontEnd; its side of the user database in
+// users.cc), serve.cc (the mail this node holds, served to peers),
 // sync.h/sync.cc (anti-entropy: AntiEntropy).
 #pragma once
 
@@ -29,6 +31,7 @@
 #include "config.h"
 #include "durable.h"
 #include "env.h"
+#include "frontend.h"
 #include "manager.h"
 #include "membership.h"
 #include "placement.h"
@@ -38,23 +41,6 @@
 #include "throttle.h"
 
 namespace porcupine {
-
-// What a delivery may carry besides the body: IMAP APPEND's INTERNALDATE
-// and flags, and COPY's source's (0: the time of delivery; none).
-struct DeliverOptions {
-  Time internal_date = 0;
-  std::uint32_t flags = 0;
-  std::vector<std::string> keywords;
-  // The body's sizes as the receiver counted them (MessageRecord::vsize,
-  // hdr_size; 0: not counted).
-  std::uint64_t vsize = 0;
-  std::uint32_t hdr_size = 0;
-  std::string meta;  // MessageRecord::meta (empty: none)
-  // MessageRecord::delivery_key (empty: none). A delivery with a key its
-  // manager knows is answered with the message it made: stored once,
-  // however often it is retried within delivery_key_ttl.
-  std::string key;
-};
 
 class Node {
  public:
@@ -220,141 +206,6 @@ class Node {
   std::uint64_t sync_digest(const std::string& user, NodeId node) const { return anti_entropy_.digest(user, node); }
 
  private:
-  // Front-end work in flight (frontend.cc, users.cc), and the manager's
-  // renumberings (fe_gather_for): one type per operation, holding only its
-  // own state; a Pending holds one of them, with what every operation has.
-  struct CreateUserOp {
-    std::string password_hash;
-  };
-  // A count of the user's bytes, gathered from every live member.
-  struct UsageCount {
-    std::set<NodeId> awaiting;     // nodes still to answer
-    std::uint64_t used_bytes = 0;  // summed so far
-  };
-  // A delivery's quota, counted here when the manager handed out its UID
-  // without checking it (an older manager, or one that cannot count).
-  struct QuotaCheck {
-    AllocReply alloc;  // the allocation to store with; its quota_bytes: the user's quota
-    UsageCount usage;
-  };
-  // A delivery, until it is stored: a UID asked of the manager, then, if
-  // the manager did not check the quota, the user's usage counted. A
-  // StoreOp then takes its place.
-  struct DeliverOp {
-    std::string folder;
-    Body body;                        // the message
-    DeliverOptions opts;              // date and flags to store with
-    MsgId msg;                        // with a key: the message's id, chosen first
-    std::optional<QuotaCheck> quota;  // set: the UID is granted, the usage being counted
-  };
-  // A delivery's store, asked of one replica, which coordinates it.
-  struct StoreOp {
-    Update update;
-    NodeId peer = kNoNode;  // the replica asked
-  };
-  // An update of a message (flags, expunge, a move's Move), asked of one live replica at a time.
-  struct MutateOp {
-    Update update;
-    NodeId peer = kNoNode;  // the replica asked last
-  };
-  // A move, until the destination's manager gives it a UID: a MutateOp
-  // then sends the Move.
-  struct MoveOp {
-    Update update;  // the Move; its record's folder is the destination
-  };
-  // A reader's request that a message be given a new UID (renumber()).
-  struct RenumOp {
-    MessageRecord target;     // without its body
-    std::uint32_t above = 0;  // the reader's highest UID
-  };
-  // A folder's records, gathered from the nodes of its mail map: by a
-  // listing (ListOp) and by a renumbering (RenumberOp).
-  struct Gather {
-    std::string folder;                                    // the folder listed (a rename's: the old name)
-    std::set<NodeId> awaiting;                             // nodes still to answer
-    std::set<NodeId> answered;                             // nodes that answered
-    std::map<MsgId, MessageRecord> gathered;               // merged records
-    std::set<NodeId> full_from;                            // nodes asked for their records
-    std::set<NodeId> with_records;                         // nodes whose records came
-    std::map<NodeId, std::set<std::uint32_t>> parts_seen;  // parts of a reply in parts
-    std::map<NodeId, std::uint64_t> digests;               // each answering node's folder digest
-  };
-  // A listing: the folder's mail map and lineage from its manager (Map),
-  // then its records gathered from the map's nodes (List).
-  struct ListOp {
-    enum class Phase { Map, List } phase = Phase::Map;
-    Gather g;
-    std::uint32_t uidvalidity = 0, next_uid = 1;  // the folder's lineage
-    std::uint32_t visible_below = 0;              // show only UIDs below (0: all)
-    std::vector<std::uint32_t> inflight;          // in flight from visible_below up
-    std::vector<UidTakeover> takeovers;           // hide the UIDs these make stale
-    // The one node whose records are asked light (no versions), while
-    // they are the only records asked for; kNoNode once a merge needs them whole.
-    NodeId light_from = kNoNode;
-    // The light node's records, by part, taken as they are: nothing is
-    // merged into them, so they go to no map (g.gathered stays empty).
-    std::vector<std::vector<MessageRecord>> light_parts;
-    bool digest_only = false;         // the digest alone
-    std::uint32_t meta_from_uid = 0;  // records' meta from this UID on (0: none)
-  };
-  // A manager's renumbering of a folder, or a rename's move of every
-  // message: every holder's records, read whole.
-  struct RenumberOp {
-    Gather g;
-    std::string rename_to;  // a rename's move of every message
-  };
-  // A message's body, asked of its holders one after another.
-  struct FetchOp {
-    MsgId msg;
-    std::uint64_t size = 0;             // what the reader expects
-    FetchPart part = FetchPart::Whole;  // what is asked for
-    std::vector<NodeId> candidates;     // holders still to try
-    std::set<NodeId> awaiting;          // holders asked
-    NodeId peer = kNoNode;              // the holder asked last
-  };
-  // get_user: the user's manager asked for the profile; after a TryAgain,
-  // with this node's memory of it (offer).
-  struct ProfileOp {
-    bool offer = false;
-  };
-  struct UserUpdateOp {
-    UserUpdateRequest change;
-  };
-  // list_users: every member asked for the users it manages.
-  struct UserListOp {
-    std::set<NodeId> awaiting;    // nodes still to answer
-    std::set<std::string> users;  // gathered
-  };
-  struct UsageOp {  // user_usage
-    UsageCount count;
-  };
-  struct Pending {
-    std::uint64_t client_req = 0;  // the local client's id (0 for internal work)
-    Time deadline = 0;
-    Time retry_at = 0;
-    // The user (canonical) whose manager is asked; a fetch's as its target
-    // names it. Empty for mutations and list_users.
-    std::string user;
-    using Op = std::variant<CreateUserOp, DeliverOp, StoreOp, MutateOp, MoveOp, RenumOp, ListOp, RenumberOp, FetchOp,
-                            ProfileOp, UserUpdateOp, UserListOp, UsageOp>;
-    Op op;
-  };
-  // The operation `id` when it is in flight and a T, with its entry;
-  // nulls otherwise.
-  template <class T>
-  std::pair<Pending*, T*> pending_as(std::uint64_t id) {
-    auto it = pending_.find(id);
-    T* op = it == pending_.end() ? nullptr : std::get_if<T>(&it->second.op);
-    return {op ? &it->second : nullptr, op};
-  }
-  // The gathering of a listing past its Map step, or of a renumbering;
-  // null for any other operation.
-  static Gather* gathering(Pending& p);
-  static const Gather* gathering(const Pending& p);
-  // Whether the operation waits on an answer from `n` (asked it, or waits
-  // for it among others).
-  static bool waits_on(const Pending& p, NodeId n);
-
   // node.cc
   // Every public entry holds one: when the outermost returns, the replies
   // of steps (below) are handed to their continuations, so a continuation
@@ -405,28 +256,10 @@ class Node {
   // draining nodes count as full unless `with_draining`.
   std::vector<NodeLoad> live_loads(bool with_draining = false) const;
 
+  // Request ids: the front end's (FrontEnd::Hooks::new_req) and repair's.
   std::uint64_t new_req() { return next_req_++; }
-  void fe_reply(NodeId from, Message& m);
-  void fe_tick(Time now);
-  void fe_fail(std::uint64_t id, Status s, const std::string& why);
-  void fe_gather(Time now, std::uint64_t id, const std::vector<NodeId>& nodes);
-  // The manager's renumbering, or a rename's move (`rename_to`): a
-  // RenumberOp gathering the folder's records from `nodes`, handed to
-  // Manager::on_gathered when done (Manager::Hooks::gather).
-  void fe_gather_for(Time now, const std::string& user, const std::string& folder, const std::string& rename_to,
-                     const std::vector<NodeId>& nodes);
-  ListRequest list_request(const Pending& p, std::uint64_t id, NodeId n) const;
-  // A listing's or a renumbering's nodes still to answer, asked again.
-  void fe_list_retry(std::uint64_t id, Pending& p);
-  // Nodes that answered their digest alone, equal to no digest of a node
-  // whose records came: the records they hold are not gathered.
-  std::set<NodeId> fe_list_uncovered(const Pending& p) const;
-  // Asks those for their records; false when there are none.
-  bool fe_list_more(std::uint64_t id, Pending& p);
-  void fe_list_unlight(std::uint64_t id, Pending& p);
-  void fe_take_light(Pending& p, ListReply& l);
-  void fe_finish_list(std::uint64_t id);
-  void fe_take_records(Pending& p, std::vector<MessageRecord>& records);
+
+  // serve.cc: the mail this node holds, served to the peers' front ends.
   void serve_list(NodeId from, const ListRequest& l);
   void serve_store(Time now, NodeId from, const StoreRequest& s);
   // Stores waiting on a replica silent beyond store_patience: it is
@@ -436,9 +269,7 @@ class Node {
   void store_done(const Version& id);
   void serve_mutate(Time now, NodeId from, const MutateRequest& m);
   void serve_fetch(NodeId from, const FetchRequest& f);
-  void mutate(Time now, std::uint64_t req, Update::Kind kind, const MessageRecord& target,
-              const std::function<void(MessageRecord&)>& fill);
-  bool fe_fetch_next(Pending& p, std::uint64_t id);
+  void serve_usage(NodeId from, const UsageRequest& r);
 
   // repair.cc
   // A record as this node holds it (its body if `r` carries one) to one
@@ -468,25 +299,6 @@ class Node {
   bool drain_profile_reply(const ProfileReply& r);
   std::vector<NodeId> repair_targets(const std::string& user, const std::vector<NodeId>& exclude, std::size_t want,
                                      bool for_profile, bool draining = false) const;
-
-  // users.cc
-  std::uint64_t fe_start(Time now, Pending::Op op, std::uint64_t req, const std::string& user);
-  void serve_usage(NodeId from, const UsageRequest& r);
-  // The count of a usage lookup or of a delivery's quota check; null for
-  // any other operation.
-  static UsageCount* usage_count(Pending& p);
-  void fe_usage_gather(Time now, std::uint64_t id);
-  void fe_store(std::uint64_t id, const AllocReply& a);
-  void fe_usage_reply(NodeId from, const UsageReply& u);
-  bool fe_user_reply(NodeId from, const Message& m);
-  // The front end's memory of profiles it got (profile_memory_users,
-  // profile_memory_ttl): the newest of each user.
-  void remember_profile(const Profile& p);
-  void forget_profile(const std::string& user);
-  const Profile* remembered_profile(const std::string& user) const;
-  // Offers the user's manager this node's memory of the profile (a reader
-  // was told to try again).
-  void offer_profile(const std::string& user);
 
   CoreConfig cfg_;
   Env& env_;
@@ -532,8 +344,10 @@ class Node {
   Time profile_checked_ = 0;
   std::set<MsgId> repair_forward_;        // records changed through an outdated list (on_list_outdated)
 
-  // front-end role (soft state)
-  std::map<std::uint64_t, Pending> pending_;
+  // front-end role (soft state; frontend.h)
+  FrontEnd fe_;
+
+  // the holder's side of the front ends' stores (serve.cc)
   // A store this node coordinates for a front end (serve_store), answered
   // when every replica holds it (on_complete).
   struct StoreWaiter {
@@ -561,12 +375,6 @@ class Node {
     return h == heard_.end() || now_ - h->second >= t;
   }
   std::uint64_t store_failovers_ = 0;  // silent replicas replaced
-  struct RememberedProfile {
-    Profile profile;
-    Time at = 0;  // last got
-  };
-  std::map<std::string, RememberedProfile> remembered_;
-  std::multimap<Time, std::string> remembered_order_;  // oldest first
 };
 
 }  // namespace porcupine

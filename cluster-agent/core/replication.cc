@@ -78,7 +78,7 @@ void Replicator::apply(const Update& u) {
   if (u.kind != Update::Kind::Copy && u.kind != Update::Kind::Replicas) {
     in.replicas = u.replicas;
     // A store's list has no version, but a keyed delivery's retry (its
-    // list wins over an earlier try's: Node::fe_store).
+    // list wins over an earlier try's: FrontEnd::store).
     if (u.kind != Update::Kind::Store) in.replicas_version = {};
   }
   switch (u.kind) {

@@ -1,20 +1,22 @@
 // SPDX-License-Identifier: MIT
 // users.cc - the cluster's user database: each user's profile (password
 // hash, quota, enabled, folders) is hard state replicated like mail, and
-// the user's manager answers for it (ARCHITECTURE.md 3). Front-end (Node)
-// and manager (Manager, manager.h) sides of lookup, change and listing.
+// the user's manager answers for it (ARCHITECTURE.md 3). Front-end
+// (FrontEnd, frontend.h) and manager (Manager, manager.h) sides of lookup,
+// change and listing.
 //
 // A deleted user keeps a tombstone profile (deleted = true, newer
 // version), so a replica that was down cannot bring the user back.
 #include <algorithm>
 
+#include "frontend.h"
 #include "hash.h"
-#include "node.h"
+#include "manager.h"
 
 namespace porcupine {
 
-std::uint64_t Node::fe_start(Time now, Pending::Op op, std::uint64_t req, const std::string& user) {
-  std::uint64_t id = new_req();
+std::uint64_t FrontEnd::start(Time now, Pending::Op op, std::uint64_t req, const std::string& user) {
+  std::uint64_t id = hooks_.new_req();
   Pending& p = pending_[id];
   p.op = std::move(op);
   p.client_req = req;
@@ -24,33 +26,30 @@ std::uint64_t Node::fe_start(Time now, Pending::Op op, std::uint64_t req, const 
   return id;
 }
 
-void Node::get_user(Time now, std::uint64_t req, const std::string& user) {
-  Entry entry(*this, now);
-  fe_start(now, ProfileOp{}, req, user);
-  fe_tick(now);
+void FrontEnd::get_user(Time now, std::uint64_t req, const std::string& user) {
+  start(now, ProfileOp{}, req, user);
+  tick(now);
 }
 
-void Node::update_user(Time now, std::uint64_t req, const UserUpdateRequest& change) {
-  Entry entry(*this, now);
-  std::uint64_t id = fe_start(now, UserUpdateOp{change}, req, change.user);
+void FrontEnd::update_user(Time now, std::uint64_t req, const UserUpdateRequest& change) {
+  std::uint64_t id = start(now, UserUpdateOp{change}, req, change.user);
   Pending& p = pending_[id];
   std::get<UserUpdateOp>(p.op).change.user = p.user;
-  fe_tick(now);
+  tick(now);
 }
 
-void Node::list_users(Time now, std::uint64_t req) {
-  Entry entry(*this, now);
-  std::uint64_t id = fe_start(now, UserListOp{}, req, "");
+void FrontEnd::list_users(Time now, std::uint64_t req) {
+  std::uint64_t id = start(now, UserListOp{}, req, "");
   auto& awaiting = std::get<UserListOp>(pending_[id].op).awaiting;
   for (const auto& m : membership_.members()) awaiting.insert(m.id);
   if (awaiting.empty()) {
-    fe_fail(id, Status::TryAgain, "not in a group yet");
+    fail(id, Status::TryAgain, "not in a group yet");
     return;
   }
-  fe_tick(now);
+  tick(now);
 }
 
-bool Node::fe_user_reply(NodeId from, const Message& m) {
+bool FrontEnd::user_reply(NodeId from, const Message& m) {
   if (const auto* r = std::get_if<ProfileReply>(&m)) {
     Pending* p = pending_as<ProfileOp>(r->req).first;
     if (!p) return true;
@@ -62,12 +61,12 @@ bool Node::fe_user_reply(NodeId from, const Message& m) {
       out.manager = from;
       if (r->has_usage) out.used_bytes = r->used_bytes;
       pending_.erase(r->req);
-      reply(std::move(out));
+      hooks_.reply(std::move(out));
     } else if (r->status == Status::NoSuchUser) {
       forget_profile(p->user);
-      fe_fail(r->req, Status::NoSuchUser, "no such user");
+      fail(r->req, Status::NoSuchUser, "no such user");
     } else {
-      p->retry_at = now_ + 200;  // not ready, not the manager: ask again
+      p->retry_at = hooks_.now() + 200;  // not ready, not the manager: ask again
       // The profile's holders may be out of reach: asked again with what
       // this node remembers of it.
       if (r->status == Status::TryAgain) std::get<ProfileOp>(p->op).offer = true;
@@ -85,7 +84,7 @@ bool Node::fe_user_reply(NodeId from, const Message& m) {
       out.req = p->client_req;
       out.users.assign(list->users.begin(), list->users.end());
       pending_.erase(r->req);
-      reply(std::move(out));
+      hooks_.reply(std::move(out));
     }
     return true;
   }
@@ -96,23 +95,23 @@ bool Node::fe_user_reply(NodeId from, const Message& m) {
       ClientReply out;
       out.req = p->client_req;
       pending_.erase(o->req);
-      reply(std::move(out));
+      hooks_.reply(std::move(out));
     } else if (o->status == Status::NoSuchUser) {
-      fe_fail(o->req, Status::NoSuchUser, "no such user");
+      fail(o->req, Status::NoSuchUser, "no such user");
     } else if (o->status == Status::Exists || o->status == Status::NotFound || o->status == Status::Failed) {
-      fe_fail(o->req, o->status,
-              o->status == Status::Exists ? "folder exists"
-              : o->status == Status::NotFound ? "no such folder"
-                                              : "that folder cannot be created or deleted");
+      fail(o->req, o->status,
+           o->status == Status::Exists ? "folder exists"
+           : o->status == Status::NotFound ? "no such folder"
+                                           : "that folder cannot be created or deleted");
     } else {
-      p->retry_at = now_ + 200;
+      p->retry_at = hooks_.now() + 200;
     }
     return true;
   }
   return false;
 }
 
-void Node::remember_profile(const Profile& p) {
+void FrontEnd::remember_profile(const Profile& p) {
   if (cfg_.profile_memory_users == 0 || p.user.empty() || p.deleted) return;
   auto [it, added] = remembered_.try_emplace(p.user);
   if (!added) {
@@ -123,15 +122,15 @@ void Node::remember_profile(const Profile& p) {
         break;
       }
   }
-  it->second = {p, now_};
-  remembered_order_.emplace(now_, p.user);
+  it->second = {p, hooks_.now()};
+  remembered_order_.emplace(hooks_.now(), p.user);
   while (remembered_.size() > cfg_.profile_memory_users) {
     remembered_.erase(remembered_order_.begin()->second);
     remembered_order_.erase(remembered_order_.begin());
   }
 }
 
-void Node::forget_profile(const std::string& user) {
+void FrontEnd::forget_profile(const std::string& user) {
   auto it = remembered_.find(user);
   if (it == remembered_.end()) return;
   auto [a, z] = remembered_order_.equal_range(it->second.at);
@@ -143,13 +142,13 @@ void Node::forget_profile(const std::string& user) {
   remembered_.erase(it);
 }
 
-const Profile* Node::remembered_profile(const std::string& user) const {
+const Profile* FrontEnd::remembered_profile(const std::string& user) const {
   auto it = remembered_.find(user);
-  if (it == remembered_.end() || now_ - it->second.at > cfg_.profile_memory_ttl) return nullptr;
+  if (it == remembered_.end() || hooks_.now() - it->second.at > cfg_.profile_memory_ttl) return nullptr;
   return &it->second.profile;
 }
 
-void Node::offer_profile(const std::string& user) {
+void FrontEnd::offer_profile(const std::string& user) {
   const Profile* p = remembered_profile(user);
   NodeId mgr = membership_.manager_of(bucket(user));
   if (!p || mgr == kNoNode) return;
