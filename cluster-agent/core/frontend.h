@@ -301,12 +301,14 @@ class FrontEnd {
   const Membership& membership_;
   Hooks hooks_;
   std::map<std::uint64_t, Pending> pending_;
+  // By when each was last got, oldest first; each profile holds its place.
+  using RememberedOrder = std::multimap<Time, std::string>;
   struct RememberedProfile {
     Profile profile;
-    Time at = 0;  // last got
+    RememberedOrder::iterator order;  // its place in remembered_order_; the key: when last got
   };
   std::map<std::string, RememberedProfile> remembered_;
-  std::multimap<Time, std::string> remembered_order_;  // oldest first
+  RememberedOrder remembered_order_;
 };
 
 }  // namespace porcupine

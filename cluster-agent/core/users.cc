@@ -114,16 +114,9 @@ bool FrontEnd::user_reply(NodeId from, const Message& m) {
 void FrontEnd::remember_profile(const Profile& p) {
   if (cfg_.profile_memory_users == 0 || p.user.empty() || p.deleted) return;
   auto [it, added] = remembered_.try_emplace(p.user);
-  if (!added) {
-    auto [a, z] = remembered_order_.equal_range(it->second.at);
-    for (; a != z; ++a)
-      if (a->second == p.user) {
-        remembered_order_.erase(a);
-        break;
-      }
-  }
-  it->second = {p, hooks_.now()};
-  remembered_order_.emplace(hooks_.now(), p.user);
+  if (!added) remembered_order_.erase(it->second.order);
+  it->second.profile = p;
+  it->second.order = remembered_order_.emplace(hooks_.now(), p.user);
   while (remembered_.size() > cfg_.profile_memory_users) {
     remembered_.erase(remembered_order_.begin()->second);
     remembered_order_.erase(remembered_order_.begin());
@@ -133,18 +126,13 @@ void FrontEnd::remember_profile(const Profile& p) {
 void FrontEnd::forget_profile(const std::string& user) {
   auto it = remembered_.find(user);
   if (it == remembered_.end()) return;
-  auto [a, z] = remembered_order_.equal_range(it->second.at);
-  for (; a != z; ++a)
-    if (a->second == user) {
-      remembered_order_.erase(a);
-      break;
-    }
+  remembered_order_.erase(it->second.order);
   remembered_.erase(it);
 }
 
 const Profile* FrontEnd::remembered_profile(const std::string& user) const {
   auto it = remembered_.find(user);
-  if (it == remembered_.end() || hooks_.now() - it->second.at > cfg_.profile_memory_ttl) return nullptr;
+  if (it == remembered_.end() || hooks_.now() - it->second.order->first > cfg_.profile_memory_ttl) return nullptr;
   return &it->second.profile;
 }
 
@@ -165,7 +153,7 @@ const Manager::User* Manager::adopt(Bucket b, NodeId from, const Profile& p) {
   mu.profile = p;
   mu.adopted = true;
   hooks_.log("manager: " + printable(p.user) + ": no holder of its profile is live; node " + std::to_string(from) +
-           "'s last copy (" + p.version.str() + ") answers until one reports");
+             "'s last copy (" + p.version.str() + ") answers until one reports");
   return &mu;
 }
 
